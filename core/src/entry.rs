@@ -1,0 +1,217 @@
+//! Registration entries: which SPIFFE ID a workload (or a node alias) gets, under
+//! which parent, when its selectors match.
+
+use serde::{Deserialize, Serialize};
+
+use crate::selector::Selector;
+use crate::spiffe_id::{SpiffeId, TrustDomain};
+
+/// The path of the server's own ID; entries parented to it are node aliases.
+pub const SERVER_PATH: &str = "/spire/server";
+
+/// A registration entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationEntry {
+    /// Opaque unique ID chosen by the server.
+    pub id: String,
+    pub spiffe_id: SpiffeId,
+    pub parent_id: SpiffeId,
+    pub selectors: Vec<Selector>,
+    /// X509-SVID lifetime in seconds; 0 means the server's default.
+    #[serde(default)]
+    pub x509_svid_ttl: u32,
+    /// JWT-SVID lifetime in seconds; 0 means the server's default.
+    #[serde(default)]
+    pub jwt_svid_ttl: u32,
+    #[serde(default)]
+    pub federates_with: Vec<TrustDomain>,
+    #[serde(default)]
+    pub admin: bool,
+    #[serde(default)]
+    pub downstream: bool,
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    #[serde(default)]
+    pub hint: String,
+    /// Unix seconds after which the entry no longer applies; 0 means never.
+    #[serde(default)]
+    pub expires_at: i64,
+    /// Global change counter value of the last change to this entry.
+    #[serde(default)]
+    pub revision_number: u64,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created_at: i64,
+}
+
+/// Why an entry cannot be stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EntryError {
+    #[error("an entry needs at least one selector")]
+    NoSelectors,
+    #[error("spiffe_id {0} has no path: workload and node IDs need one")]
+    SpiffeIdWithoutPath(SpiffeId),
+    #[error("spiffe_id {id} is not in this server's trust domain {td}")]
+    ForeignSpiffeId { id: SpiffeId, td: TrustDomain },
+    #[error("parent_id {id} is not in this server's trust domain {td}")]
+    ForeignParentId { id: SpiffeId, td: TrustDomain },
+    #[error("dns name {0:?} is not a valid DNS name")]
+    BadDnsName(String),
+    #[error("hint is longer than 1024 bytes")]
+    HintTooLong,
+    #[error("selector {0} is listed twice")]
+    DuplicateSelector(Selector),
+}
+
+impl RegistrationEntry {
+    /// Checks the entry against the registration rules for a server of trust domain `td`.
+    pub fn validate(&self, td: &TrustDomain) -> Result<(), EntryError> {
+        if self.selectors.is_empty() {
+            return Err(EntryError::NoSelectors);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &self.selectors {
+            if !seen.insert(s) {
+                return Err(EntryError::DuplicateSelector(s.clone()));
+            }
+        }
+        if self.spiffe_id.is_trust_domain_id() {
+            return Err(EntryError::SpiffeIdWithoutPath(self.spiffe_id.clone()));
+        }
+        if !self.spiffe_id.is_member_of(td) {
+            return Err(EntryError::ForeignSpiffeId {
+                id: self.spiffe_id.clone(),
+                td: td.clone(),
+            });
+        }
+        if !self.parent_id.is_member_of(td) {
+            return Err(EntryError::ForeignParentId {
+                id: self.parent_id.clone(),
+                td: td.clone(),
+            });
+        }
+        for name in &self.dns_names {
+            if !is_dns_name(name) {
+                return Err(EntryError::BadDnsName(name.clone()));
+            }
+        }
+        if self.hint.len() > 1024 {
+            return Err(EntryError::HintTooLong);
+        }
+        Ok(())
+    }
+
+    /// Whether the entry is a node alias: parented to the server, so that it applies to
+    /// every agent whose node selectors include its selectors.
+    pub fn is_node_alias(&self) -> bool {
+        self.parent_id.path() == SERVER_PATH
+    }
+
+    /// Whether the entry has expired at `now` (Unix seconds).
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at != 0 && self.expires_at <= now
+    }
+
+    /// The key that makes two entries the same registration: creating a second entry
+    /// with the same key is refused.
+    pub fn identity_key(&self) -> (String, String, Vec<String>) {
+        let mut selectors: Vec<String> = self.selectors.iter().map(|s| s.to_string()).collect();
+        selectors.sort();
+        (
+            self.spiffe_id.to_string(),
+            self.parent_id.to_string(),
+            selectors,
+        )
+    }
+}
+
+/// A DNS name as X.509 SANs accept it: labels of letters, digits and '-', an optional
+/// leading `*.` wildcard label, at most 253 bytes.
+pub fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> RegistrationEntry {
+        RegistrationEntry {
+            id: "e1".into(),
+            spiffe_id: "spiffe://example.org/web".parse().unwrap(),
+            parent_id: "spiffe://example.org/spire/agent/x".parse().unwrap(),
+            selectors: vec!["unix:uid:1000".parse().unwrap()],
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            federates_with: vec![],
+            admin: false,
+            downstream: false,
+            dns_names: vec!["web.example.org".into()],
+            hint: String::new(),
+            expires_at: 0,
+            revision_number: 0,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn validation() {
+        let td = TrustDomain::new("example.org").unwrap();
+        assert_eq!(entry().validate(&td), Ok(()));
+        let mut e = entry();
+        e.selectors.clear();
+        assert_eq!(e.validate(&td), Err(EntryError::NoSelectors));
+        let mut e = entry();
+        e.selectors.push(e.selectors[0].clone());
+        assert!(matches!(
+            e.validate(&td),
+            Err(EntryError::DuplicateSelector(_))
+        ));
+        let mut e = entry();
+        e.spiffe_id = "spiffe://example.org".parse().unwrap();
+        assert!(matches!(
+            e.validate(&td),
+            Err(EntryError::SpiffeIdWithoutPath(_))
+        ));
+        let mut e = entry();
+        e.spiffe_id = "spiffe://other.org/web".parse().unwrap();
+        assert!(matches!(
+            e.validate(&td),
+            Err(EntryError::ForeignSpiffeId { .. })
+        ));
+        let mut e = entry();
+        e.dns_names = vec!["bad_name".into()];
+        assert!(matches!(e.validate(&td), Err(EntryError::BadDnsName(_))));
+    }
+
+    #[test]
+    fn dns_names() {
+        assert!(is_dns_name("a.example.org"));
+        assert!(is_dns_name("*.example.org"));
+        assert!(!is_dns_name("-a.example.org"));
+        assert!(!is_dns_name("a..b"));
+        assert!(!is_dns_name(""));
+    }
+
+    #[test]
+    fn node_alias_and_expiry() {
+        let mut e = entry();
+        assert!(!e.is_node_alias());
+        e.parent_id = "spiffe://example.org/spire/server".parse().unwrap();
+        assert!(e.is_node_alias());
+        assert!(!e.is_expired(100));
+        e.expires_at = 100;
+        assert!(e.is_expired(100));
+        assert!(!e.is_expired(99));
+    }
+}

@@ -1,0 +1,22 @@
+//! Tessera's core: SPIFFE identity types, selectors, registration entries, the
+//! X509-SVID and JWT-SVID profiles, trust bundles, and the key seam that software,
+//! PKCS#11 and TPM keys all implement.
+//!
+//! Nothing here talks to the network. The one exception to "no I/O" is
+//! [`key::DiskKeyManager`] and [`fsutil`], which the server and the agent share.
+
+pub mod bundle;
+pub mod der;
+pub mod duration;
+pub mod entry;
+pub mod fsutil;
+pub mod jwt;
+pub mod key;
+pub mod selector;
+pub mod spiffe_id;
+pub mod x509;
+
+pub use bundle::{Bundle, JwtAuthority};
+pub use entry::RegistrationEntry;
+pub use selector::{Selector, SelectorSet};
+pub use spiffe_id::{SpiffeId, TrustDomain};
