@@ -6,6 +6,7 @@
 //! [`key::DiskKeyManager`] and [`fsutil`], which the server and the agent share.
 
 pub mod bundle;
+pub mod config;
 pub mod der;
 pub mod duration;
 pub mod entry;
@@ -14,6 +15,7 @@ pub mod jwt;
 pub mod key;
 pub mod selector;
 pub mod spiffe_id;
+pub mod tls;
 pub mod x509;
 
 pub use bundle::{Bundle, JwtAuthority};

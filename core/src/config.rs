@@ -1,0 +1,296 @@
+//! Loading TOML configuration files with overrides, shared by the server and the agent.
+//!
+//! Every value in a file can be overridden by a `--set key.path=value` flag or by an
+//! environment variable `<PREFIX><KEY>` where nested keys are joined with `__`
+//! (`TESSERA_SERVER_DATASTORE__PATH=/x` sets `datastore.path`). Errors in the file are
+//! reported with the file name, line and column.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    File {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Whole { path: String, message: String },
+    #[error("override {name}: {message}")]
+    Override { name: String, message: String },
+    #[error("configuration (after overrides): {0}")]
+    Merged(String),
+}
+
+/// One override: a dotted key path and its value as written (TOML literal or bare text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// Where it came from, for error messages (`--set x=y`, `$TESSERA_X`).
+    pub origin: String,
+    pub key: Vec<String>,
+    pub value: String,
+}
+
+impl Override {
+    /// Parses `a.b.c=value` from a `--set` flag.
+    pub fn from_flag(text: &str) -> Result<Self, ConfigError> {
+        let (key, value) = text.split_once('=').ok_or_else(|| ConfigError::Override {
+            name: format!("--set {text}"),
+            message: "expected key=value (e.g. --set datastore.path=/var/lib/x.db)".into(),
+        })?;
+        let key: Vec<String> = key.trim().split('.').map(|s| s.trim().to_owned()).collect();
+        if key.iter().any(String::is_empty) {
+            return Err(ConfigError::Override {
+                name: format!("--set {text}"),
+                message: "empty key segment".into(),
+            });
+        }
+        Ok(Self {
+            origin: format!("--set {text}"),
+            key,
+            value: value.to_owned(),
+        })
+    }
+
+    /// Collects `<prefix>KEY__SUB=value` environment variables.
+    pub fn from_env(prefix: &str) -> Vec<Self> {
+        let mut out: Vec<Self> = std::env::vars()
+            .filter_map(|(name, value)| {
+                let rest = name.strip_prefix(prefix)?;
+                if rest.is_empty() {
+                    return None;
+                }
+                let key = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+                Some(Self {
+                    origin: format!("${name}"),
+                    key,
+                    value,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.origin.cmp(&b.origin));
+        out
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, column)
+}
+
+fn file_error(path: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    match e.span() {
+        Some(span) => {
+            let (line, column) = line_col(text, span.start);
+            ConfigError::File {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }
+        }
+        None => ConfigError::Whole {
+            path: path.to_owned(),
+            message: e.message().trim().to_owned(),
+        },
+    }
+}
+
+fn parse_value(text: &str) -> toml::Value {
+    // A TOML literal when it parses as one (numbers, booleans, arrays, quoted strings),
+    // the bare text otherwise.
+    toml::from_str::<toml::Table>(&format!("v = {text}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_owned()))
+}
+
+fn apply(table: &mut toml::Table, o: &Override) -> Result<(), ConfigError> {
+    let mut cur = table;
+    for (i, seg) in o.key.iter().enumerate() {
+        if i + 1 == o.key.len() {
+            cur.insert(seg.clone(), parse_value(&o.value));
+            return Ok(());
+        }
+        let next = cur
+            .entry(seg.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = next.as_table_mut().ok_or_else(|| ConfigError::Override {
+            name: o.origin.clone(),
+            message: format!("{seg} is not a table"),
+        })?;
+    }
+    Ok(())
+}
+
+/// Parses configuration text (named `path` in errors) and applies `overrides` in order.
+pub fn parse<T: DeserializeOwned>(
+    path: &str,
+    text: &str,
+    overrides: &[Override],
+) -> Result<T, ConfigError> {
+    // First the file alone, so that its mistakes are reported with a line number. A
+    // missing field may be supplied by an override, so that one case waits.
+    match toml::from_str::<T>(text) {
+        Ok(v) if overrides.is_empty() => return Ok(v),
+        Ok(_) => {}
+        Err(e) if overrides.is_empty() || !e.message().starts_with("missing field") => {
+            return Err(file_error(path, text, &e));
+        }
+        Err(_) => {}
+    }
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| file_error(path, text, &e))?;
+    for o in overrides {
+        apply(&mut table, o)?;
+    }
+    T::deserialize(table).map_err(|e| ConfigError::Merged(e.message().trim().to_owned()))
+}
+
+/// Reads a configuration file and applies overrides. A missing file is an error.
+pub fn load<T: DeserializeOwned>(path: &Path, overrides: &[Override]) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&path.display().to_string(), &text, overrides)
+}
+
+/// Reads a secret from the first source given: a file, an environment variable, or a
+/// systemd credential (`$CREDENTIALS_DIRECTORY/<name>`). Trailing newlines are removed.
+pub fn read_secret(
+    file: Option<&Path>,
+    env: Option<&str>,
+    credential: Option<&str>,
+) -> Result<Option<zeroize::Zeroizing<String>>, String> {
+    if let Some(f) = file {
+        let s = std::fs::read_to_string(f)
+            .map_err(|e| format!("cannot read secret file {}: {e}", f.display()))?;
+        return Ok(Some(zeroize::Zeroizing::new(
+            s.trim_end_matches(['\n', '\r']).to_owned(),
+        )));
+    }
+    if let Some(var) = env {
+        return match std::env::var(var) {
+            Ok(v) => Ok(Some(zeroize::Zeroizing::new(v))),
+            Err(_) => Err(format!("environment variable {var} is not set")),
+        };
+    }
+    if let Some(name) = credential {
+        let dir = std::env::var("CREDENTIALS_DIRECTORY").map_err(|_| {
+            format!("systemd credential {name:?} asked for, but $CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the unit)")
+        })?;
+        let p = Path::new(&dir).join(name);
+        let s = std::fs::read_to_string(&p)
+            .map_err(|e| format!("cannot read systemd credential {}: {e}", p.display()))?;
+        return Ok(Some(zeroize::Zeroizing::new(
+            s.trim_end_matches(['\n', '\r']).to_owned(),
+        )));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Conf {
+        name: String,
+        #[serde(default)]
+        port: u16,
+        #[serde(default)]
+        inner: Inner,
+    }
+
+    #[derive(Debug, Default, serde::Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        #[serde(default)]
+        path: String,
+    }
+
+    #[test]
+    fn errors_carry_file_and_line() {
+        let text = "name = \"a\"\n\nprot = 3\n";
+        let err = parse::<Conf>("x.toml", text, &[]).unwrap_err();
+        match &err {
+            ConfigError::File { line, message, .. } => {
+                assert_eq!(*line, 3);
+                assert!(message.contains("prot"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(err.to_string().starts_with("x.toml:3:"));
+        let err = parse::<Conf>("x.toml", "name = \"a\"\nport = \"no\"\n", &[]).unwrap_err();
+        assert!(err.to_string().starts_with("x.toml:2:"), "{err}");
+        let err = parse::<Conf>("x.toml", "name = [\n", &[]).unwrap_err();
+        assert!(err.to_string().starts_with("x.toml:"), "{err}");
+    }
+
+    #[test]
+    fn overrides_apply_and_can_fill_missing_fields() {
+        let o = vec![
+            Override::from_flag("port=8081").unwrap(),
+            Override::from_flag("inner.path=/var/x").unwrap(),
+            Override::from_flag("name=b").unwrap(),
+        ];
+        let c: Conf = parse("x.toml", "", &o).unwrap();
+        assert_eq!(c.port, 8081);
+        assert_eq!(c.inner.path, "/var/x");
+        assert_eq!(c.name, "b");
+        let bad = vec![Override::from_flag("port=notanumber").unwrap()];
+        assert!(matches!(
+            parse::<Conf>("x.toml", "name = \"a\"", &bad),
+            Err(ConfigError::Merged(_))
+        ));
+        assert!(Override::from_flag("novalue").is_err());
+        assert!(Override::from_flag("a..b=1").is_err());
+    }
+
+    #[test]
+    fn env_overrides_use_double_underscore_for_nesting() {
+        // SAFETY of the test: the variable name is unique to this test.
+        unsafe_env_set("TESSERA_CFGTEST_INNER__PATH", "/p");
+        let o = Override::from_env("TESSERA_CFGTEST_");
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[0].key, vec!["inner".to_string(), "path".to_string()]);
+    }
+
+    #[expect(
+        unsafe_code,
+        reason = "set_var is unsafe since edition 2024; tests set unique names"
+    )]
+    fn unsafe_env_set(k: &str, v: &str) {
+        unsafe { std::env::set_var(k, v) };
+    }
+
+    #[test]
+    fn secrets_from_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s");
+        std::fs::write(&p, "hunter2\n").unwrap();
+        let s = read_secret(Some(&p), None, None).unwrap().unwrap();
+        assert_eq!(s.as_str(), "hunter2");
+        assert!(read_secret(Some(&dir.path().join("none")), None, None).is_err());
+        assert!(read_secret(None, Some("TESSERA_SURELY_UNSET_VAR"), None).is_err());
+        assert!(read_secret(None, None, None).unwrap().is_none());
+    }
+}
