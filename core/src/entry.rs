@@ -126,6 +126,19 @@ impl RegistrationEntry {
     }
 }
 
+/// The digest an agent and a server compare to learn whether the agent's entries are
+/// current: SHA-256 over `id:revision\n` lines, in entry ID order.
+pub fn revision_digest<'a>(pairs: impl Iterator<Item = (&'a str, u64)>) -> Vec<u8> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for (id, rev) in pairs {
+        ctx.update(id.as_bytes());
+        ctx.update(b":");
+        ctx.update(rev.to_string().as_bytes());
+        ctx.update(b"\n");
+    }
+    ctx.finish().as_ref().to_vec()
+}
+
 /// A DNS name as X.509 SANs accept it: labels of letters, digits and '-', an optional
 /// leading `*.` wildcard label, at most 253 bytes.
 pub fn is_dns_name(name: &str) -> bool {
@@ -192,6 +205,14 @@ mod tests {
         let mut e = entry();
         e.dns_names = vec!["bad_name".into()];
         assert!(matches!(e.validate(&td), Err(EntryError::BadDnsName(_))));
+    }
+
+    #[test]
+    fn digest_depends_on_ids_and_revisions() {
+        let a = revision_digest([("a", 1), ("b", 2)].into_iter());
+        assert_eq!(a, revision_digest([("a", 1), ("b", 2)].into_iter()));
+        assert_ne!(a, revision_digest([("a", 1), ("b", 3)].into_iter()));
+        assert_ne!(a, revision_digest([("a", 1)].into_iter()));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 
 #![allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
 
+pub mod convert;
+
 /// The SPIFFE Workload API.
 pub mod workload {
     tonic::include_proto!("_");
@@ -44,3 +46,20 @@ pub use tessera::types::v1 as types;
 
 /// The metadata key every Workload API request must carry with the value `true`.
 pub const WORKLOAD_HEADER: &str = "workload.spiffe.io";
+
+/// A client channel over a Unix socket (the admin socket, the Workload API socket).
+///
+/// The URI is a placeholder: every connection goes to `path`. The `:authority` sent is
+/// `localhost`, which every HTTP/2 server accepts.
+pub async fn unix_channel(path: &std::path::Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path = path.to_owned();
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(&path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+}
