@@ -1,0 +1,226 @@
+//! The simulator harness: two provisioned swtpm states ("a" and "b", two different
+//! TPMs with two different local CAs) are made once with scripts/swtpm.sh and kept
+//! under the target folder; every test starts its own simulator on a fresh copy, so
+//! tests run in parallel and never see each other's keys. Copies of one template are
+//! the same TPM (same seeds), which is what "a second TPM" must not be: tests that
+//! need two TPMs take one copy of each template.
+//!
+//! The tests need swtpm, swtpm-tools and tpm2-tools. Without them they fail, saying
+//! what to install; they never skip.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use tessera_tpm::chain::{CaPool, load_pem_file};
+use tessera_tpm::{Tcti, Tpm};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("crate folder has a parent")
+        .to_owned()
+}
+
+fn script() -> PathBuf {
+    repo_root().join("scripts/swtpm.sh")
+}
+
+fn run_script(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(script())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run bash {}: {e}", script().display()));
+    if !out.status.success() {
+        panic!(
+            "scripts/swtpm.sh {} failed (these tests need swtpm, swtpm-tools and tpm2-tools: apt-get install swtpm swtpm-tools tpm2-tools):\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn parse_env(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.strip_prefix("export ").unwrap_or(l).split_once('=')?;
+            Some((k.to_owned(), v.trim_matches('\'').to_owned()))
+        })
+        .collect()
+}
+
+/// The stamp a template carries: a template made by another version of the script
+/// is made again.
+fn script_stamp() -> String {
+    let body = std::fs::read(script()).expect("read scripts/swtpm.sh");
+    tessera_tpm::structures::hex(&tessera_tpm::structures::HashAlg::Sha256.digest(&[&body]))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Which provisioned TPM to copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    A,
+    B,
+}
+
+fn template(which: Which) -> &'static Path {
+    static A: OnceLock<PathBuf> = OnceLock::new();
+    static B: OnceLock<PathBuf> = OnceLock::new();
+    let (cell, name) = match which {
+        Which::A => (&A, "a"),
+        Which::B => (&B, "b"),
+    };
+    cell.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("swtpm-templates")
+            .join(name);
+        let marker = dir.join("ready");
+        let stamp = script_stamp();
+        if std::fs::read_to_string(&marker).ok().as_deref() == Some(stamp.as_str()) {
+            return dir;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let started = std::time::Instant::now();
+        run_script(&["start", dir.to_str().unwrap()]);
+        run_script(&["stop", dir.to_str().unwrap()]);
+        eprintln!(
+            "provisioned swtpm template {name} in {:?}",
+            started.elapsed()
+        );
+        std::fs::write(&marker, stamp).unwrap();
+        dir
+    })
+}
+
+/// A running simulator on a private copy of a template; stopped when dropped.
+pub struct Sim {
+    dir: tempfile::TempDir,
+    pub env: HashMap<String, String>,
+    pub which: Which,
+}
+
+impl Sim {
+    pub fn start(which: Which) -> Sim {
+        let src = template(which);
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["state", "ca", "certs"] {
+            copy_dir(&src.join(sub), &dir.path().join(sub));
+        }
+        let env = parse_env(&run_script(&["start", dir.path().to_str().unwrap()]));
+        Sim { dir, env, which }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn tcti(&self) -> Tcti {
+        self.env["TPM_TCTI"].parse().unwrap()
+    }
+
+    pub fn tpm(&self) -> Arc<Tpm> {
+        Arc::new(Tpm::open(&self.tcti()).unwrap())
+    }
+
+    /// Stops and starts the simulator on the same state (a reboot).
+    pub fn restart(&mut self) {
+        self.env = parse_env(&run_script(&["restart", self.dir.path().to_str().unwrap()]));
+    }
+
+    /// The local CA's root certificate (DER).
+    pub fn ek_root(&self) -> Vec<u8> {
+        load_pem_file(Path::new(&self.env["TPM_EK_CA_ROOT"]))
+            .unwrap()
+            .remove(0)
+    }
+
+    /// The local CA's issuing certificate (DER), which signs the EK certificates.
+    pub fn ek_intermediate(&self) -> Vec<u8> {
+        load_pem_file(Path::new(&self.env["TPM_EK_CA_INTERMEDIATE"]))
+            .unwrap()
+            .remove(0)
+    }
+
+    /// Trust for this simulator's EK certificates: its root as the anchor, its
+    /// issuing CA as an intermediate.
+    pub fn ek_pool(&self) -> CaPool {
+        CaPool::new(vec![self.ek_root()])
+            .unwrap()
+            .with_intermediates(vec![self.ek_intermediate()])
+            .unwrap()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .args(["stop", self.dir.path().to_str().unwrap_or("")])
+            .output();
+    }
+}
+
+/// A vendor CA for DevIDs, written as PEM files the way an operator would hold it.
+pub struct VendorCaFiles {
+    pub dir: tempfile::TempDir,
+    pub cert_der: Vec<u8>,
+}
+
+impl VendorCaFiles {
+    pub fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let cert = p.self_signed(&key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.crt"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("ca.key"), key.serialize_pem()).unwrap();
+        VendorCaFiles {
+            dir,
+            cert_der: cert.der().to_vec(),
+        }
+    }
+
+    pub fn ca(&self) -> tessera_tpm::provision::VendorCa {
+        tessera_tpm::provision::VendorCa::from_files(
+            &self.dir.path().join("ca.crt"),
+            &self.dir.path().join("ca.key"),
+        )
+        .unwrap()
+    }
+
+    pub fn pool(&self) -> CaPool {
+        CaPool::new(vec![self.cert_der.clone()]).unwrap()
+    }
+}
+
+/// Serialises through JSON, as the adapters will.
+pub fn via_json<T: serde::Serialize + serde::de::DeserializeOwned>(value: &T) -> T {
+    serde_json::from_str(&serde_json::to_string(value).unwrap()).unwrap()
+}
