@@ -1,7 +1,13 @@
 //! Compiles the .proto files with protox (no protoc needed) into tonic code.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["workload.proto", "types.proto", "agent.proto", "admin.proto", "local.proto"];
+    let files = [
+        "workload.proto",
+        "types.proto",
+        "agent.proto",
+        "admin.proto",
+        "local.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed=proto/{f}");
     }

@@ -143,7 +143,11 @@ mod tests {
             x509_authorities: vec![b"junk".to_vec()],
             ..Default::default()
         };
-        assert!(bundle_from_proto(p).unwrap_err().starts_with("x509_authorities[0]"));
+        assert!(
+            bundle_from_proto(p)
+                .unwrap_err()
+                .starts_with("x509_authorities[0]")
+        );
         let p = pb::Bundle {
             trust_domain: "e.org".into(),
             jwt_authorities: vec![pb::JwtKey {
@@ -153,6 +157,10 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(bundle_from_proto(p).unwrap_err().starts_with("jwt_authorities[0]"));
+        assert!(
+            bundle_from_proto(p)
+                .unwrap_err()
+                .starts_with("jwt_authorities[0]")
+        );
     }
 }

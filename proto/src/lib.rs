@@ -51,7 +51,9 @@ pub const WORKLOAD_HEADER: &str = "workload.spiffe.io";
 ///
 /// The URI is a placeholder: every connection goes to `path`. The `:authority` sent is
 /// `localhost`, which every HTTP/2 server accepts.
-pub async fn unix_channel(path: &std::path::Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+pub async fn unix_channel(
+    path: &std::path::Path,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let path = path.to_owned();
     tonic::transport::Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {

@@ -1,0 +1,465 @@
+//! The `tessera-agent` command line: `run`, the `api` commands that act as a workload
+//! against the Workload API (like `spire-agent api`), and `healthcheck`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use tessera_core::key::{DiskKeyManager, KeyManager, MemoryKeyManager};
+use tessera_proto::local::HealthCheckRequest;
+use tessera_proto::local::agent_health_client::AgentHealthClient;
+use tessera_proto::workload as pb;
+use tessera_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::attestor::NodeAttestor;
+use crate::attestor::join_token::JoinToken;
+use crate::config::{AgentConfig, KeyManagerConfig};
+use crate::manager::Agent;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tessera-agent",
+    version,
+    about = "Tessera agent: serves SPIFFE identities to workloads on this node"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args, Clone)]
+pub struct SocketArg {
+    /// The Workload API socket (default: $SPIFFE_ENDPOINT_SOCKET, then the agent's default).
+    #[arg(long)]
+    pub socket_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the agent.
+    Run {
+        #[arg(long, short, default_value = crate::config::DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Overrides a configuration value (repeatable), e.g. --set sync_interval=10s.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// A join token (also read from $TESSERA_AGENT_JOIN_TOKEN).
+        #[arg(long, env = "TESSERA_AGENT_JOIN_TOKEN", hide_env_values = true)]
+        join_token: Option<String>,
+    },
+    /// Acts as a workload against the Workload API.
+    #[command(subcommand)]
+    Api(ApiCommand),
+    /// Checks that the agent is up and has its identity.
+    Healthcheck {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[arg(long)]
+        verbose: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiCommand {
+    /// Fetches SVIDs.
+    #[command(subcommand)]
+    Fetch(FetchCommand),
+    /// Validates SVIDs.
+    #[command(subcommand)]
+    Validate(ValidateCommand),
+    /// Prints every X509-SVID update as the agent pushes it.
+    Watch {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FetchCommand {
+    /// Fetches the caller's X509-SVIDs and bundles.
+    X509 {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Write svid.N.pem, svid.N.key and bundle.N.pem into this directory.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
+    /// Fetches a JWT-SVID.
+    Jwt {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[arg(long = "audience", required = true)]
+        audience: Vec<String>,
+        #[arg(long)]
+        spiffe_id: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ValidateCommand {
+    /// Validates a JWT-SVID through the agent.
+    Jwt {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[arg(long)]
+        audience: String,
+        #[arg(long)]
+        svid: String,
+    },
+}
+
+/// A CLI failure: the message printed after `Error: `.
+#[derive(Debug)]
+pub struct CliError(pub String);
+
+impl From<tonic::Status> for CliError {
+    fn from(s: tonic::Status) -> Self {
+        CliError(format!("{} ({:?})", s.message(), s.code()))
+    }
+}
+
+impl SocketArg {
+    /// The socket to use: the flag, then `SPIFFE_ENDPOINT_SOCKET`, then the default.
+    pub fn resolve(&self) -> Result<PathBuf, CliError> {
+        if let Some(p) = &self.socket_path {
+            return Ok(p.clone());
+        }
+        match std::env::var("SPIFFE_ENDPOINT_SOCKET") {
+            Ok(v) => {
+                let p = v.strip_prefix("unix://").ok_or_else(|| {
+                    CliError(format!(
+                        "SPIFFE_ENDPOINT_SOCKET={v} is not a unix:///absolute/path address"
+                    ))
+                })?;
+                if !p.starts_with('/') {
+                    return Err(CliError(format!(
+                        "SPIFFE_ENDPOINT_SOCKET={v}: the path must be absolute"
+                    )));
+                }
+                Ok(PathBuf::from(p))
+            }
+            Err(_) => Ok(PathBuf::from(crate::config::DEFAULT_SOCKET)),
+        }
+    }
+}
+
+type WorkloadClient = SpiffeWorkloadApiClient<
+    InterceptedService<
+        Channel,
+        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+    >,
+>;
+
+fn add_header(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    req.metadata_mut().insert(
+        tessera_proto::WORKLOAD_HEADER,
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    Ok(req)
+}
+
+async fn channel(path: &Path) -> Result<Channel, CliError> {
+    tessera_proto::unix_channel(path).await.map_err(|e| {
+        CliError(format!(
+            "cannot reach the Workload API at {}: {e} (is the agent running? set --socket-path)",
+            path.display()
+        ))
+    })
+}
+
+async fn workload_client(path: &Path) -> Result<WorkloadClient, CliError> {
+    let f: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> = add_header;
+    Ok(SpiffeWorkloadApiClient::with_interceptor(
+        channel(path).await?,
+        f,
+    ))
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// Splits concatenated DER certificates.
+fn split_ders(mut data: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        match x509_parser::parse_x509_certificate(data) {
+            Ok((rest, _)) => {
+                out.push(data[..data.len() - rest.len()].to_vec());
+                data = rest;
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+fn print_x509(resp: &pb::X509svidResponse, elapsed: Duration) {
+    println!(
+        "Received {} svid{} after {:.1?}\n",
+        resp.svids.len(),
+        if resp.svids.len() == 1 { "" } else { "s" },
+        elapsed
+    );
+    for s in &resp.svids {
+        println!("SPIFFE ID:\t\t{}", s.spiffe_id);
+        if !s.hint.is_empty() {
+            println!("Hint:\t\t\t{}", s.hint);
+        }
+        if let Some(leaf) = split_ders(&s.x509_svid).first()
+            && let Ok(i) = tessera_core::x509::cert_info(leaf)
+        {
+            println!("SVID Valid After:\t{}", rfc3339(i.not_before));
+            println!("SVID Valid Until:\t{}", rfc3339(i.not_after));
+        }
+        for (n, ca) in split_ders(&s.bundle).iter().enumerate() {
+            if let Ok(i) = tessera_core::x509::cert_info(ca) {
+                println!("CA #{} Valid After:\t{}", n + 1, rfc3339(i.not_before));
+                println!("CA #{} Valid Until:\t{}", n + 1, rfc3339(i.not_after));
+            }
+        }
+        println!();
+    }
+}
+
+fn pems(ders: &[Vec<u8>]) -> String {
+    ders.iter()
+        .map(|d| tessera_core::x509::to_pem("CERTIFICATE", d))
+        .collect()
+}
+
+fn write_x509(resp: &pb::X509svidResponse, dir: &Path) -> Result<(), CliError> {
+    tessera_core::fsutil::ensure_dir(dir, 0o755)
+        .map_err(|e| CliError(format!("{}: {e}", dir.display())))?;
+    let write = |name: String, data: &[u8], mode: u32| -> Result<(), CliError> {
+        let p = dir.join(name);
+        tessera_core::fsutil::write_atomic(&p, data, mode)
+            .map_err(|e| CliError(format!("{}: {e}", p.display())))?;
+        println!("Writing {}", p.display());
+        Ok(())
+    };
+    for (i, s) in resp.svids.iter().enumerate() {
+        write(
+            format!("svid.{i}.pem"),
+            pems(&split_ders(&s.x509_svid)).as_bytes(),
+            0o644,
+        )?;
+        write(
+            format!("svid.{i}.key"),
+            tessera_core::x509::to_pem("PRIVATE KEY", &s.x509_svid_key).as_bytes(),
+            0o600,
+        )?;
+        write(
+            format!("bundle.{i}.pem"),
+            pems(&split_ders(&s.bundle)).as_bytes(),
+            0o644,
+        )?;
+        for (j, (_, fed)) in resp.federated_bundles.iter().enumerate() {
+            write(
+                format!("federated_bundle.{i}.{j}.pem"),
+                pems(&split_ders(fed)).as_bytes(),
+                0o644,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs one `api` or `healthcheck` command.
+pub async fn client_command(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Run { .. } => unreachable!("run is handled by main"),
+        Command::Api(ApiCommand::Fetch(FetchCommand::X509 { socket, write })) => {
+            let mut c = workload_client(&socket.resolve()?).await?;
+            let start = Instant::now();
+            let mut stream = c.fetch_x509svid(pb::X509svidRequest {}).await?.into_inner();
+            let resp = stream
+                .message()
+                .await?
+                .ok_or_else(|| CliError("the agent closed the stream without an answer".into()))?;
+            match write {
+                Some(dir) => write_x509(&resp, &dir)?,
+                None => print_x509(&resp, start.elapsed()),
+            }
+        }
+        Command::Api(ApiCommand::Fetch(FetchCommand::Jwt {
+            socket,
+            audience,
+            spiffe_id,
+        })) => {
+            let path = socket.resolve()?;
+            let mut c = workload_client(&path).await?;
+            let resp = c
+                .fetch_jwtsvid(pb::JwtsvidRequest {
+                    audience,
+                    spiffe_id: spiffe_id.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            for s in &resp.svids {
+                println!("token({}):\n\t{}", s.spiffe_id, s.svid);
+            }
+            let mut bundles = c
+                .fetch_jwt_bundles(pb::JwtBundlesRequest {})
+                .await?
+                .into_inner();
+            if let Some(b) = bundles.message().await? {
+                for (td, jwks) in &b.bundles {
+                    println!("bundle({td}):\n\t{}", String::from_utf8_lossy(jwks));
+                }
+            }
+        }
+        Command::Api(ApiCommand::Validate(ValidateCommand::Jwt {
+            socket,
+            audience,
+            svid,
+        })) => {
+            let mut c = workload_client(&socket.resolve()?).await?;
+            let resp = c
+                .validate_jwtsvid(pb::ValidateJwtsvidRequest { audience, svid })
+                .await?
+                .into_inner();
+            println!("SVID is valid.");
+            println!("SPIFFE ID : {}", resp.spiffe_id);
+            if let Some(claims) = resp.claims {
+                let map: serde_json::Map<String, serde_json::Value> = claims
+                    .fields
+                    .into_iter()
+                    .map(|(k, v)| (k, struct_value_to_json(v)))
+                    .collect();
+                println!("Claims    : {}", serde_json::Value::Object(map));
+            }
+        }
+        Command::Api(ApiCommand::Watch { socket }) => {
+            let mut c = workload_client(&socket.resolve()?).await?;
+            let start = Instant::now();
+            let mut stream = c.fetch_x509svid(pb::X509svidRequest {}).await?.into_inner();
+            while let Some(resp) = stream.message().await? {
+                print_x509(&resp, start.elapsed());
+            }
+        }
+        Command::Healthcheck { socket, verbose } => {
+            let path = socket.resolve()?;
+            let mut c = AgentHealthClient::new(channel(&path).await?);
+            let h = c.check(HealthCheckRequest {}).await?.into_inner();
+            if verbose {
+                for d in &h.details {
+                    println!("{d}");
+                }
+            }
+            if h.ready {
+                println!("Agent is healthy.");
+            } else {
+                return Err(CliError(format!(
+                    "agent is unhealthy: {}",
+                    h.details.join("; ")
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn struct_value_to_json(v: prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match v.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(b),
+        Some(Kind::NumberValue(n)) => {
+            if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                serde_json::Value::from(n as i64)
+            } else {
+                serde_json::Value::from(n)
+            }
+        }
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s),
+        Some(Kind::ListValue(l)) => {
+            serde_json::Value::Array(l.values.into_iter().map(struct_value_to_json).collect())
+        }
+        Some(Kind::StructValue(s)) => serde_json::Value::Object(
+            s.fields
+                .into_iter()
+                .map(|(k, v)| (k, struct_value_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// Opens the configured key manager for the agent's own key.
+pub fn open_key_manager(cfg: &AgentConfig) -> Result<Arc<dyn KeyManager>, String> {
+    Ok(match cfg.key_manager {
+        KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::new()),
+        KeyManagerConfig::Disk => Arc::new(
+            DiskKeyManager::open(&cfg.data_dir.join("keys"))
+                .map_err(|e| format!("key manager: {e}"))?,
+        ),
+    })
+}
+
+/// The node attestor from the flag, the environment or the configuration.
+pub fn node_attestor(
+    cfg: &AgentConfig,
+    flag: Option<String>,
+) -> Result<Option<Arc<dyn NodeAttestor>>, String> {
+    if let Some(t) = flag.filter(|t| !t.is_empty()) {
+        return Ok(Some(Arc::new(JoinToken::new(zeroize::Zeroizing::new(t)))));
+    }
+    if let Some(jt) = &cfg.node_attestor.join_token {
+        if let Some(t) = &jt.token {
+            return Ok(Some(Arc::new(JoinToken::new(zeroize::Zeroizing::new(
+                t.clone(),
+            )))));
+        }
+        let secret = tessera_core::config::read_secret(
+            jt.token_file.as_deref(),
+            jt.token_env.as_deref(),
+            jt.token_credential.as_deref(),
+        )
+        .map_err(|e| format!("join token: {e}"))?;
+        if let Some(t) = secret {
+            return Ok(Some(Arc::new(JoinToken::new(t))));
+        }
+    }
+    Ok(None)
+}
+
+/// `tessera-agent run`.
+pub async fn run(cfg: AgentConfig, join_token: Option<String>) -> Result<(), String> {
+    let km = open_key_manager(&cfg)?;
+    let attestor = node_attestor(&cfg, join_token)?;
+    // Bind first: a second agent on the same socket fails before touching any state.
+    let listener = crate::workload::bind(&cfg.socket_path)?;
+    let socket_path = cfg.socket_path.clone();
+    let agent = Agent::start(cfg, km, attestor)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(agent.clone().run());
+    tracing::info!(socket = %socket_path.display(), spiffe_id = ?agent.spiffe_id().map(|i| i.to_string()), "Tessera agent is up");
+    let result = crate::workload::serve(agent, listener, shutdown_signal()).await;
+    let _ = std::fs::remove_file(&socket_path);
+    result
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

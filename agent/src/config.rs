@@ -1,0 +1,260 @@
+//! The agent's configuration file (`/etc/tessera/agent.toml`) and its defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tessera_core::TrustDomain;
+use tessera_core::config::{ConfigError, Override};
+use tessera_core::duration::serde_human;
+use tessera_core::key::KeyType;
+
+/// Environment variables starting with this override configuration values.
+pub const ENV_PREFIX: &str = "TESSERA_AGENT_";
+/// Where the agent looks for its configuration when no `--config` is given.
+pub const DEFAULT_CONFIG: &str = "/etc/tessera/agent.toml";
+/// Where the Workload API listens when the configuration names no socket.
+pub const DEFAULT_SOCKET: &str = "/run/tessera/agent/public/api.sock";
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/tessera/agent")
+}
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+fn default_sync() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_key_type() -> KeyType {
+    KeyType::EcP256
+}
+fn default_server_port() -> u16 {
+    8081
+}
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub trust_domain: TrustDomain,
+    /// The server's host name or address (`host` or `host:port`).
+    #[serde(default)]
+    pub server_address: String,
+    #[serde(default = "default_server_port")]
+    pub server_port: u16,
+    /// More servers to try in order when the first cannot be reached.
+    #[serde(default)]
+    pub server_addresses: Vec<String>,
+    /// State: the agent SVID, its key, the bundle and cached entries.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The SPIFFE Workload API socket.
+    #[serde(default = "default_socket")]
+    pub socket_path: PathBuf,
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// PEM CA certificates to trust the server with before the agent has a bundle.
+    #[serde(default)]
+    pub trust_bundle_path: Option<PathBuf>,
+    /// Trust whatever server answers the first time (and pin the bundle it sends).
+    /// Unsafe outside labs: anyone who can answer first becomes your CA.
+    #[serde(default)]
+    pub insecure_bootstrap: bool,
+    /// How often entries are synced with the server.
+    #[serde(default = "default_sync", with = "serde_human")]
+    pub sync_interval: Duration,
+    /// The kind of key made for each workload SVID.
+    #[serde(default = "default_key_type")]
+    pub workload_key_type: KeyType,
+    /// Let callers without an identity read bundles and validate JWT-SVIDs.
+    #[serde(default)]
+    pub allow_unauthenticated_verifiers: bool,
+    #[serde(default)]
+    pub key_manager: KeyManagerConfig,
+    #[serde(default)]
+    pub node_attestor: NodeAttestorConfig,
+    #[serde(default)]
+    pub workload_attestors: WorkloadAttestorsConfig,
+}
+
+/// Where the agent's own SVID key lives.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum KeyManagerConfig {
+    /// In memory: a restart means attesting again.
+    Memory,
+    /// A PKCS#8 file (mode 0600) in `<data_dir>/keys`.
+    #[default]
+    Disk,
+}
+
+/// How the agent proves its node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAttestorConfig {
+    #[serde(default)]
+    pub join_token: Option<JoinTokenConfig>,
+}
+
+impl Default for NodeAttestorConfig {
+    fn default() -> Self {
+        Self {
+            join_token: Some(JoinTokenConfig::default()),
+        }
+    }
+}
+
+/// Where the join token comes from: the first that is set. The `--join-token` flag
+/// and `$TESSERA_AGENT_JOIN_TOKEN` work as well.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenConfig {
+    /// The token inline (prefer a file, a variable or a credential).
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The name of an environment variable holding the token.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// The name of a systemd credential holding the token.
+    #[serde(default)]
+    pub token_credential: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadAttestorsConfig {
+    #[serde(default)]
+    pub unix: UnixAttestorConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UnixAttestorConfig {
+    /// Add `unix:path` and `unix:sha256` selectors for the caller's binary.
+    #[serde(default)]
+    pub discover_workload_path: bool,
+    /// Binaries larger than this many bytes get no `sha256` selector (0: no limit).
+    #[serde(default)]
+    pub workload_size_limit: u64,
+}
+
+/// Why a configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidConfig {
+    #[error("{0}")]
+    Load(#[from] ConfigError),
+    #[error("invalid configuration: {0}")]
+    Rule(String),
+}
+
+impl AgentConfig {
+    /// Loads the file and applies `--set` flags and `TESSERA_AGENT_*` variables.
+    pub fn load(path: &Path, flags: &[String]) -> Result<Self, InvalidConfig> {
+        // TESSERA_AGENT_JOIN_TOKEN is the token itself, not a config key.
+        let mut overrides: Vec<Override> = Override::from_env(ENV_PREFIX)
+            .into_iter()
+            .filter(|o| o.key != ["join_token"])
+            .collect();
+        for f in flags {
+            overrides.push(Override::from_flag(f)?);
+        }
+        let cfg: AgentConfig = tessera_core::config::load(path, &overrides)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses configuration text (tests and embedded defaults).
+    pub fn parse(text: &str) -> Result<Self, InvalidConfig> {
+        let cfg: AgentConfig = tessera_core::config::parse("<config>", text, &[])?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), InvalidConfig> {
+        if self.server_address.is_empty() && self.server_addresses.is_empty() {
+            return Err(InvalidConfig::Rule("server_address is required".into()));
+        }
+        if self.trust_bundle_path.is_none() && !self.insecure_bootstrap {
+            return Err(InvalidConfig::Rule(
+                "trust_bundle_path is required to trust the server the first time (or set insecure_bootstrap = true, which is unsafe)".into(),
+            ));
+        }
+        if self.sync_interval < Duration::from_millis(100) {
+            return Err(InvalidConfig::Rule(
+                "sync_interval must be at least 100ms".into(),
+            ));
+        }
+        if !self.socket_path.is_absolute() {
+            return Err(InvalidConfig::Rule(format!(
+                "socket_path {} must be absolute",
+                self.socket_path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every server address to try, `host:port`, in order.
+    pub fn servers(&self) -> Vec<String> {
+        let with_port = |a: &str| {
+            if a.rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+                && !a.ends_with(']')
+            {
+                a.to_owned()
+            } else {
+                format!("{a}:{}", self.server_port)
+            }
+        };
+        std::iter::once(self.server_address.as_str())
+            .filter(|a| !a.is_empty())
+            .chain(self.server_addresses.iter().map(String::as_str))
+            .map(with_port)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_and_defaults() {
+        let c = AgentConfig::parse(
+            "trust_domain = \"example.org\"\nserver_address = \"10.0.0.1\"\ntrust_bundle_path = \"/b.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.sync_interval, Duration::from_secs(5));
+        assert_eq!(c.servers(), vec!["10.0.0.1:8081".to_string()]);
+        assert!(matches!(c.key_manager, KeyManagerConfig::Disk));
+        assert!(c.node_attestor.join_token.is_some());
+    }
+
+    #[test]
+    fn servers_keep_explicit_ports() {
+        let c = AgentConfig::parse(
+            "trust_domain = \"e.org\"\nserver_address = \"a:9\"\nserver_addresses = [\"b\"]\ninsecure_bootstrap = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.servers(), vec!["a:9".to_string(), "b:8081".to_string()]);
+    }
+
+    #[test]
+    fn mistakes() {
+        let e =
+            AgentConfig::parse("trust_domain = \"e.org\"\nserver_address = \"a\"\n").unwrap_err();
+        assert!(e.to_string().contains("trust_bundle_path"), "{e}");
+        let e =
+            AgentConfig::parse("trust_domain = \"e.org\"\nserver_adress = \"a\"\n").unwrap_err();
+        assert!(e.to_string().contains(":2:"), "{e}");
+        let e = AgentConfig::parse(
+            "trust_domain = \"e.org\"\nserver_address = \"a\"\ninsecure_bootstrap = true\nsocket_path = \"rel.sock\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("absolute"), "{e}");
+    }
+}

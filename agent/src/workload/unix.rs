@@ -1,0 +1,194 @@
+//! The `unix` workload attestor: selectors from the calling process's user, groups and,
+//! when enabled, the path and SHA-256 of its binary, read from /proc.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+
+use tessera_core::Selector;
+
+use crate::config::UnixAttestorConfig;
+
+/// Why a process could not be attested.
+#[derive(Debug, thiserror::Error)]
+pub enum UnixError {
+    #[error("cannot read /proc/{pid}/{what}: {source}")]
+    Proc {
+        pid: i32,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("/proc/{0}/status has no {1} line")]
+    Missing(i32, &'static str),
+    #[error("selector: {0}")]
+    Selector(#[from] tessera_core::selector::SelectorError),
+}
+
+fn sel(kind: &str, value: String) -> Result<Selector, UnixError> {
+    Ok(Selector::new("unix", &format!("{kind}:{value}"))?)
+}
+
+fn ids(status: &str, key: &'static str, pid: i32) -> Result<Vec<u32>, UnixError> {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .ok_or(UnixError::Missing(pid, key))?;
+    Ok(line[key.len()..]
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect())
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+}
+
+fn group_name(gid: u32) -> Option<String> {
+    nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map(|g| g.name)
+}
+
+/// Attests process `pid`.
+pub fn attest(pid: i32, cfg: &UnixAttestorConfig) -> Result<Vec<Selector>, UnixError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|source| {
+        UnixError::Proc {
+            pid,
+            what: "status",
+            source,
+        }
+    })?;
+    // Effective IDs: what the process acts as (the second value of Uid:/Gid:).
+    let uids = ids(&status, "Uid:", pid)?;
+    let gids = ids(&status, "Gid:", pid)?;
+    let uid = *uids.get(1).ok_or(UnixError::Missing(pid, "Uid:"))?;
+    let gid = *gids.get(1).ok_or(UnixError::Missing(pid, "Gid:"))?;
+    let groups: BTreeSet<u32> = ids(&status, "Groups:", pid)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+
+    let mut out = vec![sel("uid", uid.to_string())?, sel("gid", gid.to_string())?];
+    if let Some(u) = user_name(uid) {
+        out.push(sel("user", u)?);
+    }
+    if let Some(g) = group_name(gid) {
+        out.push(sel("group", g)?);
+    }
+    for g in groups {
+        out.push(sel("supplementary_gid", g.to_string())?);
+        if let Some(name) = group_name(g) {
+            out.push(sel("supplementary_group", name)?);
+        }
+    }
+    if cfg.discover_workload_path {
+        let exe =
+            std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|source| UnixError::Proc {
+                pid,
+                what: "exe",
+                source,
+            })?;
+        out.push(sel("path", exe.display().to_string())?);
+        // Hash what the process runs (through /proc, so a replaced file on disk does
+        // not fool us), unless it is larger than the configured limit.
+        let mut f =
+            std::fs::File::open(format!("/proc/{pid}/exe")).map_err(|source| UnixError::Proc {
+                pid,
+                what: "exe",
+                source,
+            })?;
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if cfg.workload_size_limit == 0 || len <= cfg.workload_size_limit {
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = f.read(&mut buf).map_err(|source| UnixError::Proc {
+                    pid,
+                    what: "exe",
+                    source,
+                })?;
+                if n == 0 {
+                    break;
+                }
+                ctx.update(&buf[..n]);
+            }
+            let hex: String = ctx
+                .finish()
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            out.push(sel("sha256", hex)?);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attests_this_process() {
+        let pid = std::process::id() as i32;
+        let cfg = UnixAttestorConfig {
+            discover_workload_path: true,
+            workload_size_limit: 0,
+        };
+        let sels: Vec<String> = attest(pid, &cfg)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let euid = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap()
+            .split_whitespace()
+            .nth(2)
+            .unwrap();
+        assert!(sels.contains(&format!("unix:uid:{euid}")), "{sels:?}");
+        assert!(sels.iter().any(|s| s.starts_with("unix:gid:")));
+        let exe = std::env::current_exe().unwrap();
+        assert!(
+            sels.contains(&format!("unix:path:{}", exe.display())),
+            "{sels:?}"
+        );
+        let bytes = std::fs::read(&exe).unwrap();
+        let want: String = ring::digest::digest(&ring::digest::SHA256, &bytes)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(sels.contains(&format!("unix:sha256:{want}")));
+        if euid == "0" {
+            assert!(sels.contains(&"unix:user:root".to_string()), "{sels:?}");
+        }
+    }
+
+    #[test]
+    fn size_limit_skips_the_hash_and_path_is_off_by_default() {
+        let pid = std::process::id() as i32;
+        let sels = attest(
+            pid,
+            &UnixAttestorConfig {
+                discover_workload_path: true,
+                workload_size_limit: 1,
+            },
+        )
+        .unwrap();
+        assert!(!sels.iter().any(|s| s.value().starts_with("sha256:")));
+        let sels = attest(pid, &UnixAttestorConfig::default()).unwrap();
+        assert!(!sels.iter().any(|s| s.value().starts_with("path:")));
+    }
+
+    #[test]
+    fn a_missing_process_is_an_error() {
+        assert!(attest(i32::MAX, &UnixAttestorConfig::default()).is_err());
+    }
+}

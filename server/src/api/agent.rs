@@ -1,0 +1,494 @@
+//! The agent API: node attestation, agent SVID renewal, entry sync by revision, batch
+//! X509-SVID signing and JWT-SVID minting.
+//!
+//! The server decides every SVID's SPIFFE ID, lifetime and DNS names from the
+//! registration entry; a CSR contributes only its public key (and the proof that the
+//! agent holds the private half).
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tessera_core::selector::SelectorSet;
+use tessera_core::{RegistrationEntry, SpiffeId, TrustDomain};
+use tessera_proto::agent as pb;
+use tessera_proto::agent::node_server::Node;
+use tessera_proto::agent::{attest_request, attest_response};
+use tokio::sync::mpsc;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use super::convert::{bundle_to_proto, entry_to_proto, status_of};
+use super::{ServerState, join_error};
+use crate::attestor::Step;
+use crate::datastore::AttestedNode;
+use crate::entries::AuthorizedSet;
+use crate::transport::PeerInfo;
+
+/// How long the server waits for an agent's answer to a challenge.
+const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most SVIDs one batch may ask for (SPIRE's figure).
+pub const MAX_BATCH: usize = 500;
+
+/// The agent API service.
+#[derive(Debug, Clone)]
+pub struct AgentApi {
+    state: Arc<ServerState>,
+}
+
+impl AgentApi {
+    pub fn new(state: Arc<ServerState>) -> Self {
+        Self { state }
+    }
+}
+
+/// An agent that proved itself with its SVID on this connection.
+struct Caller {
+    id: SpiffeId,
+    node: AttestedNode,
+}
+
+impl Caller {
+    fn selectors(&self) -> SelectorSet {
+        self.node.selectors.iter().cloned().collect()
+    }
+}
+
+impl AgentApi {
+    /// Checks that the caller presented the current SVID of an attested, unbanned agent.
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        let info = req
+            .extensions()
+            .get::<PeerInfo>()
+            .ok_or_else(|| Status::internal("connection carries no peer information"))?;
+        let id = info.spiffe_id.clone().ok_or_else(|| {
+            Status::unauthenticated("this call needs the agent's SVID (mTLS); attest first")
+        })?;
+        if !id.is_member_of(self.state.trust_domain()) || !id.path().starts_with("/spire/agent/") {
+            return Err(Status::permission_denied(format!(
+                "{id} is not an agent ID"
+            )));
+        }
+        let node = self
+            .state
+            .nodes
+            .get(self.state.ds.as_ref(), &id)
+            .await?
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "agent {id} is not attested (it may have been evicted): attest again"
+                ))
+            })?;
+        if node.banned {
+            return Err(Status::permission_denied(format!("agent {id} is banned")));
+        }
+        let now = crate::ca::now_unix();
+        let current = node.cert_serial == info.serial;
+        let previous = !node.prev_cert_serial.is_empty()
+            && node.prev_cert_serial == info.serial
+            && node.prev_cert_not_after > now;
+        if !current && !previous {
+            return Err(Status::permission_denied(format!(
+                "agent {id} presented an SVID (serial {}) that is no longer its current one",
+                info.serial
+            )));
+        }
+        Ok(Caller { id, node })
+    }
+
+    fn authorized(&self, caller: &Caller) -> Arc<AuthorizedSet> {
+        self.state
+            .entries
+            .authorized(&caller.id, &caller.selectors())
+    }
+
+    fn entry_ttl(&self, e: &RegistrationEntry) -> Duration {
+        if e.x509_svid_ttl > 0 {
+            Duration::from_secs(u64::from(e.x509_svid_ttl))
+        } else {
+            self.state.config.x509_svid_ttl
+        }
+    }
+}
+
+type AttestStream = Pin<Box<dyn Stream<Item = Result<pb::AttestResponse, Status>> + Send>>;
+
+async fn next_message(
+    inbound: &mut Streaming<pb::AttestRequest>,
+) -> Result<pb::AttestRequest, Status> {
+    match tokio::time::timeout(CHALLENGE_TIMEOUT, inbound.message()).await {
+        Err(_) => Err(Status::deadline_exceeded(
+            "the agent did not answer in time",
+        )),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(None)) => Err(Status::cancelled("the agent closed the attestation stream")),
+        Ok(Ok(Some(m))) => Ok(m),
+    }
+}
+
+impl AgentApi {
+    async fn run_attestation(
+        &self,
+        peer: Option<PeerInfo>,
+        inbound: &mut Streaming<pb::AttestRequest>,
+        tx: &mpsc::Sender<Result<pb::AttestResponse, Status>>,
+    ) -> Result<(), Status> {
+        let first = next_message(inbound).await?;
+        let Some(attest_request::Step::Params(params)) = first.step else {
+            return Err(Status::invalid_argument(
+                "the first attestation message must carry the attestation parameters",
+            ));
+        };
+        let attestor = self
+            .state
+            .attestors
+            .get(params.attestor.as_str())
+            .cloned()
+            .ok_or_else(|| {
+                let mut names: Vec<&str> = self.state.attestors.keys().copied().collect();
+                names.sort();
+                Status::invalid_argument(format!(
+                    "node attestor {:?} is not enabled on this server (enabled: {})",
+                    params.attestor,
+                    names.join(", ")
+                ))
+            })?;
+        // Check the CSR before the evidence, so that a bad CSR does not burn a
+        // one-time join token.
+        let public_key = tessera_core::x509::csr_public_key(&params.csr, None)
+            .map_err(|e| Status::invalid_argument(format!("agent CSR: {e}")))?;
+
+        let mut session = attestor.session();
+        let mut input = params.payload;
+        let attested = loop {
+            match session.step(input).await? {
+                Step::Attested(a) => break a,
+                Step::Challenge(c) => {
+                    tx.send(Ok(pb::AttestResponse {
+                        step: Some(attest_response::Step::Challenge(c)),
+                    }))
+                    .await
+                    .map_err(|_| Status::cancelled("the agent went away"))?;
+                    let msg = next_message(inbound).await?;
+                    match msg.step {
+                        Some(attest_request::Step::ChallengeResponse(r)) => input = r,
+                        _ => return Err(Status::invalid_argument("expected a challenge response")),
+                    }
+                }
+            }
+        };
+
+        let td = self.state.trust_domain().clone();
+        let agent_id = td
+            .id(&format!("/spire/agent/{}", attested.agent_path))
+            .map_err(|e| Status::internal(format!("attestor produced an invalid agent ID: {e}")))?;
+        let existing = self.state.ds.get_attested_node(&agent_id).await?;
+        if let Some(n) = &existing {
+            if n.banned {
+                return Err(Status::permission_denied(format!(
+                    "agent {agent_id} is banned"
+                )));
+            }
+            if !attested.can_reattest {
+                return Err(Status::permission_denied(format!(
+                    "agent {agent_id} is already attested and {} does not allow re-attestation",
+                    params.attestor
+                )));
+            }
+        }
+
+        let ca = self.state.ca.clone();
+        let ttl = self.state.config.agent_svid_ttl();
+        let id = agent_id.clone();
+        let chain =
+            tokio::task::spawn_blocking(move || ca.sign_x509_svid(&id, &public_key, &[], ttl))
+                .await
+                .map_err(join_error)??;
+        let info = tessera_core::x509::cert_info(&chain[0])
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let now = crate::ca::now_unix();
+        let node = AttestedNode {
+            spiffe_id: agent_id.clone(),
+            attestation_type: params.attestor.clone(),
+            cert_serial: info.serial_hex,
+            cert_not_after: info.not_after,
+            prev_cert_serial: String::new(),
+            prev_cert_not_after: 0,
+            banned: false,
+            can_reattest: attested.can_reattest,
+            selectors: attested.selectors,
+            created_at: existing.as_ref().map_or(now, |n| n.created_at),
+            updated_at: now,
+        };
+        self.state.ds.upsert_attested_node(node.clone()).await?;
+        self.state.nodes.put(&agent_id, Some(node));
+        self.state.entries.forget_agent(&agent_id);
+        tracing::info!(
+            agent = %agent_id,
+            attestor = %params.attestor,
+            peer = ?peer.and_then(|p| p.addr),
+            "agent attested"
+        );
+        let bundle = self.state.ca.bundle();
+        tx.send(Ok(pb::AttestResponse {
+            step: Some(attest_response::Step::Result(pb::AttestResult {
+                spiffe_id: agent_id.to_string(),
+                svid_chain: chain,
+                bundle: Some(bundle_to_proto(&bundle)),
+                can_reattest: attested.can_reattest,
+            })),
+        }))
+        .await
+        .map_err(|_| Status::cancelled("the agent went away"))?;
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Node for AgentApi {
+    type AttestStream = AttestStream;
+
+    async fn attest(
+        &self,
+        req: Request<Streaming<pb::AttestRequest>>,
+    ) -> Result<Response<AttestStream>, Status> {
+        let peer = req.extensions().get::<PeerInfo>().cloned();
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let api = self.clone();
+        tokio::spawn(async move {
+            if let Err(status) = api.run_attestation(peer.clone(), &mut inbound, &tx).await {
+                tracing::warn!(
+                    peer = ?peer.and_then(|p| p.addr),
+                    code = ?status.code(),
+                    "attestation failed: {}",
+                    status.message()
+                );
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn renew_agent(
+        &self,
+        req: Request<pb::RenewAgentRequest>,
+    ) -> Result<Response<pb::RenewAgentResponse>, Status> {
+        let caller = self.authenticate(&req).await?;
+        let csr = req.into_inner().csr;
+        let public_key = tessera_core::x509::csr_public_key(&csr, Some(&caller.id))
+            .map_err(|e| Status::invalid_argument(format!("agent CSR: {e}")))?;
+        let ca = self.state.ca.clone();
+        let ttl = self.state.config.agent_svid_ttl();
+        let id = caller.id.clone();
+        let chain =
+            tokio::task::spawn_blocking(move || ca.sign_x509_svid(&id, &public_key, &[], ttl))
+                .await
+                .map_err(join_error)??;
+        let info = tessera_core::x509::cert_info(&chain[0])
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.state
+            .ds
+            .update_node_svid(&caller.id, &info.serial_hex, info.not_after)
+            .await?;
+        let mut node = caller.node;
+        node.prev_cert_serial = std::mem::take(&mut node.cert_serial);
+        node.prev_cert_not_after = node.cert_not_after;
+        node.cert_serial = info.serial_hex;
+        node.cert_not_after = info.not_after;
+        self.state.nodes.put(&caller.id, Some(node));
+        tracing::debug!(agent = %caller.id, "agent SVID renewed");
+        Ok(Response::new(pb::RenewAgentResponse { svid_chain: chain }))
+    }
+
+    async fn sync_entries(
+        &self,
+        req: Request<pb::SyncRequest>,
+    ) -> Result<Response<pb::SyncResponse>, Status> {
+        let caller = self.authenticate(&req).await?;
+        let req = req.into_inner();
+        let set = self.authorized(&caller);
+        let changed = set.digest != req.known_digest;
+        let mut resp = pb::SyncResponse {
+            revision: set.revision,
+            ..Default::default()
+        };
+        if changed || !req.want_ids.is_empty() {
+            let wanted: BTreeSet<&str> = req.want_ids.iter().map(String::as_str).collect();
+            resp.entries = set
+                .entries
+                .iter()
+                .filter(|e| {
+                    e.revision_number > req.known_revision || wanted.contains(e.id.as_str())
+                })
+                .map(|e| entry_to_proto(e))
+                .collect();
+        }
+        if changed {
+            resp.full_list = true;
+            resp.authorized = set
+                .entries
+                .iter()
+                .map(|e| pb::EntryRevision {
+                    id: e.id.clone(),
+                    revision_number: e.revision_number,
+                })
+                .collect();
+        }
+        let bundle = self.state.ca.bundle();
+        if bundle.sequence() != req.bundle_sequence {
+            resp.bundle = Some(bundle_to_proto(&bundle));
+        }
+        let federated: BTreeSet<&TrustDomain> = set
+            .entries
+            .iter()
+            .flat_map(|e| e.federates_with.iter())
+            .collect();
+        for td in federated {
+            if let Some(b) = self.state.ds.get_bundle(td).await? {
+                resp.federated_bundles.push(bundle_to_proto(&b));
+            }
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn batch_new_x509_svid(
+        &self,
+        req: Request<pb::BatchNewX509SvidRequest>,
+    ) -> Result<Response<pb::BatchNewX509SvidResponse>, Status> {
+        let caller = self.authenticate(&req).await?;
+        let requests = req.into_inner().requests;
+        if requests.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "{} SVIDs asked for in one batch; at most {MAX_BATCH}",
+                requests.len()
+            )));
+        }
+        let set = self.authorized(&caller);
+        // Check everything first, then sign the accepted ones in parallel blocking
+        // tasks: with an HSM each signature waits on the token.
+        let mut results: Vec<pb::SvidResult> = Vec::with_capacity(requests.len());
+        let mut jobs: Vec<(usize, SpiffeId, Vec<u8>, Vec<String>, Duration)> = Vec::new();
+        for r in requests {
+            let idx = results.len();
+            results.push(pb::SvidResult {
+                entry_id: r.entry_id.clone(),
+                ..Default::default()
+            });
+            let Some(entry) = set.get(&r.entry_id) else {
+                tracing::warn!(agent = %caller.id, entry = %r.entry_id, "refused an SVID for an entry the agent is not authorized for");
+                results[idx].status = Some(status_of(
+                    Code::PermissionDenied,
+                    format!(
+                        "entry {} is not authorized for agent {}",
+                        r.entry_id, caller.id
+                    ),
+                ));
+                continue;
+            };
+            match tessera_core::x509::csr_public_key(&r.csr, Some(&entry.spiffe_id)) {
+                Ok(pk) => jobs.push((
+                    idx,
+                    entry.spiffe_id.clone(),
+                    pk,
+                    entry.dns_names.clone(),
+                    self.entry_ttl(entry),
+                )),
+                Err(e) => {
+                    tracing::warn!(agent = %caller.id, entry = %r.entry_id, "refused a CSR: {e}");
+                    results[idx].status = Some(status_of(
+                        Code::InvalidArgument,
+                        format!("entry {}: {e}", r.entry_id),
+                    ));
+                }
+            }
+        }
+        let workers = jobs.len().clamp(1, signing_parallelism());
+        let per = jobs.len().div_ceil(workers);
+        let mut handles = Vec::new();
+        let mut jobs = jobs.into_iter();
+        for _ in 0..workers {
+            let chunk: Vec<_> = jobs.by_ref().take(per).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let ca = self.state.ca.clone();
+            handles.push(tokio::task::spawn_blocking(move || {
+                chunk
+                    .into_iter()
+                    .map(|(idx, id, pk, dns, ttl)| (idx, ca.sign_x509_svid(&id, &pk, &dns, ttl)))
+                    .collect::<Vec<_>>()
+            }));
+        }
+        for h in handles {
+            for (idx, res) in h.await.map_err(join_error)? {
+                match res {
+                    Ok(chain) => {
+                        let expires = tessera_core::x509::cert_info(&chain[0])
+                            .map(|i| i.not_after)
+                            .unwrap_or(0);
+                        results[idx].status = Some(status_of(Code::Ok, ""));
+                        results[idx].cert_chain = chain;
+                        results[idx].expires_at = expires;
+                    }
+                    Err(e) => {
+                        // A fault of the key store fails the whole call, so the agent
+                        // retries later rather than caching a partial failure.
+                        let status: Status = e.into();
+                        if status.code() == Code::Unavailable {
+                            return Err(status);
+                        }
+                        results[idx].status = Some(status_of(status.code(), status.message()));
+                    }
+                }
+            }
+        }
+        Ok(Response::new(pb::BatchNewX509SvidResponse { results }))
+    }
+
+    async fn new_jwt_svid(
+        &self,
+        req: Request<pb::NewJwtSvidRequest>,
+    ) -> Result<Response<pb::NewJwtSvidResponse>, Status> {
+        let caller = self.authenticate(&req).await?;
+        let req = req.into_inner();
+        if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument(
+                "audience is required and must not hold empty values",
+            ));
+        }
+        let set = self.authorized(&caller);
+        let entry = set.get(&req.entry_id).cloned().ok_or_else(|| {
+            Status::permission_denied(format!(
+                "entry {} is not authorized for agent {}",
+                req.entry_id, caller.id
+            ))
+        })?;
+        let ttl = if entry.jwt_svid_ttl > 0 {
+            Duration::from_secs(u64::from(entry.jwt_svid_ttl))
+        } else {
+            self.state.config.jwt_svid_ttl
+        };
+        let ca = self.state.ca.clone();
+        let svid = tokio::task::spawn_blocking(move || {
+            ca.sign_jwt_svid(&entry.spiffe_id, &req.audience, ttl)
+        })
+        .await
+        .map_err(join_error)??;
+        Ok(Response::new(pb::NewJwtSvidResponse {
+            token: svid.token,
+            issued_at: svid.issued_at,
+            expires_at: svid.expiry,
+        }))
+    }
+}
+
+/// How many blocking signers one batch may use.
+fn signing_parallelism() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 8)
+}

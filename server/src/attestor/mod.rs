@@ -1,0 +1,64 @@
+//! The node attestor seam, server side: an attestor verifies what an agent sends,
+//! issues challenges when it needs proof of possession, and decides the agent's ID and
+//! node selectors. Each attestor lives in its own module, named as its agent half is.
+
+use async_trait::async_trait;
+use tessera_core::Selector;
+
+pub mod join_token;
+
+/// Why an attestation was refused. The message is logged on the server and returned to
+/// the agent, so it says what was wrong without revealing secrets.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestError {
+    /// The agent's evidence is not acceptable.
+    #[error("{0}")]
+    Refused(String),
+    /// The evidence is malformed.
+    #[error("malformed attestation data: {0}")]
+    Malformed(String),
+    /// Something on the server failed; the agent may retry.
+    #[error("attestation could not be completed: {0}")]
+    Unavailable(String),
+}
+
+/// What a successful attestation establishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attested {
+    /// The agent ID's path after `/spire/agent/`, e.g. `join_token/<token>`.
+    pub agent_path: String,
+    /// Node selectors, for node alias entries.
+    pub selectors: Vec<Selector>,
+    /// Whether the agent may attest again with the same evidence (TPM: yes; join
+    /// token: no).
+    pub can_reattest: bool,
+}
+
+/// One step of an attestation.
+#[derive(Debug)]
+pub enum Step {
+    /// Send this challenge to the agent and feed its answer to the next step.
+    Challenge(Vec<u8>),
+    /// Done.
+    Attested(Attested),
+}
+
+/// One attestation in progress. The state between challenge and answer lives here
+/// and nowhere else, so an answer can only be checked against the challenge it
+/// answers.
+#[async_trait]
+pub trait Session: Send {
+    /// First call: the agent's payload. Later calls: its answers to challenges.
+    async fn step(&mut self, input: Vec<u8>) -> Result<Step, AttestError>;
+}
+
+/// A server-side node attestor.
+#[async_trait]
+pub trait NodeAttestor: Send + Sync + std::fmt::Debug {
+    /// The name agents use (`join_token`, `tpm_devid`, `tpm_ek`).
+    fn name(&self) -> &'static str;
+
+    /// Starts an attestation.
+    fn session(&self) -> Box<dyn Session>;
+}

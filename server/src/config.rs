@@ -1,0 +1,297 @@
+//! The server's configuration file (`/etc/tessera/server.toml`) and its defaults,
+//! which follow SPIRE's where SPIRE's users would expect them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tessera_core::TrustDomain;
+use tessera_core::config::{ConfigError, Override};
+use tessera_core::duration::serde_human;
+use tessera_core::key::KeyType;
+
+/// Environment variables starting with this override configuration values.
+pub const ENV_PREFIX: &str = "TESSERA_SERVER_";
+/// Where the server looks for its configuration when no `--config` is given.
+pub const DEFAULT_CONFIG: &str = "/etc/tessera/server.toml";
+/// The admin socket when the configuration names none.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/tessera/server/admin.sock";
+
+fn default_bind() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8081))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/tessera/server")
+}
+fn default_admin_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_ADMIN_SOCKET)
+}
+fn default_ca_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_x509_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_jwt_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_refresh_hint() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_join_token_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_key_type() -> KeyType {
+    KeyType::EcP256
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The trust domain this server is the authority of.
+    pub trust_domain: TrustDomain,
+    /// Where agents connect (gRPC over TLS).
+    #[serde(default = "default_bind")]
+    pub bind_address: SocketAddr,
+    /// State: the SQLite database and disk keys by default.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The admin API's Unix socket (mode 0770).
+    #[serde(default = "default_admin_socket")]
+    pub admin_socket: PathBuf,
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// Lifetime of each signing CA.
+    #[serde(default = "default_ca_ttl", with = "serde_human")]
+    pub ca_ttl: Duration,
+    /// Default X509-SVID lifetime (an entry may set its own).
+    #[serde(default = "default_x509_ttl", with = "serde_human")]
+    pub x509_svid_ttl: Duration,
+    /// Default JWT-SVID lifetime (an entry may set its own).
+    #[serde(default = "default_jwt_ttl", with = "serde_human")]
+    pub jwt_svid_ttl: Duration,
+    /// Agent SVID lifetime; the X509-SVID default when unset.
+    #[serde(default, with = "opt_duration")]
+    pub agent_svid_ttl: Option<Duration>,
+    #[serde(default = "default_key_type")]
+    pub ca_key_type: KeyType,
+    #[serde(default = "default_key_type")]
+    pub jwt_key_type: KeyType,
+    /// The `spiffe_refresh_hint` published in the bundle.
+    #[serde(default = "default_refresh_hint", with = "serde_human")]
+    pub bundle_refresh_hint: Duration,
+    /// Lifetime of join tokens made by `token generate` without `--ttl`.
+    #[serde(default = "default_join_token_ttl", with = "serde_human")]
+    pub default_join_token_ttl: Duration,
+    #[serde(default)]
+    pub datastore: DatastoreConfig,
+    #[serde(default)]
+    pub key_manager: KeyManagerConfig,
+    #[serde(default)]
+    pub node_attestors: NodeAttestorsConfig,
+}
+
+/// Optional human durations.
+mod opt_duration {
+    use super::*;
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        serde_human::deserialize(d).map(Some)
+    }
+}
+
+/// Which database holds the server's state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum DatastoreConfig {
+    /// A SQLite file (default: `<data_dir>/datastore.sqlite3`).
+    Sqlite {
+        #[serde(default)]
+        path: Option<PathBuf>,
+    },
+}
+
+impl Default for DatastoreConfig {
+    fn default() -> Self {
+        DatastoreConfig::Sqlite { path: None }
+    }
+}
+
+/// Where CA and JWT keys live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum KeyManagerConfig {
+    /// In memory: lost on restart (a new CA every start; for tests).
+    Memory,
+    /// PKCS#8 files, mode 0600 (default: `<data_dir>/keys`).
+    Disk {
+        #[serde(default)]
+        dir: Option<PathBuf>,
+    },
+}
+
+impl Default for KeyManagerConfig {
+    fn default() -> Self {
+        KeyManagerConfig::Disk { dir: None }
+    }
+}
+
+/// The node attestors the server accepts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAttestorsConfig {
+    #[serde(default)]
+    pub join_token: JoinTokenConfig,
+}
+
+impl Default for NodeAttestorsConfig {
+    fn default() -> Self {
+        Self {
+            join_token: JoinTokenConfig { enabled: true },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinTokenConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for JoinTokenConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// Why a configuration is unusable even though it parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidConfig {
+    #[error("{0}")]
+    Load(#[from] ConfigError),
+    #[error("invalid configuration: {0}")]
+    Rule(String),
+}
+
+impl ServerConfig {
+    /// Loads the file and applies `--set` flags and `TESSERA_SERVER_*` variables.
+    pub fn load(path: &Path, flags: &[String]) -> Result<Self, InvalidConfig> {
+        let mut overrides = Override::from_env(ENV_PREFIX);
+        for f in flags {
+            overrides.push(Override::from_flag(f)?);
+        }
+        let cfg: ServerConfig = tessera_core::config::load(path, &overrides)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses configuration text (for tests and embedded defaults).
+    pub fn parse(text: &str) -> Result<Self, InvalidConfig> {
+        let cfg: ServerConfig = tessera_core::config::parse("<config>", text, &[])?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), InvalidConfig> {
+        let rule = |m: String| Err(InvalidConfig::Rule(m));
+        if self.ca_ttl < Duration::from_secs(10) {
+            return rule(format!(
+                "ca_ttl {:?} is too short (at least 10s)",
+                self.ca_ttl
+            ));
+        }
+        if self.x509_svid_ttl.is_zero() || self.jwt_svid_ttl.is_zero() {
+            return rule("SVID lifetimes must be positive".into());
+        }
+        if self.x509_svid_ttl > self.ca_ttl {
+            tracing::warn!(
+                "x509_svid_ttl is longer than ca_ttl: SVIDs will be cut short at the CA's expiry"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn agent_svid_ttl(&self) -> Duration {
+        self.agent_svid_ttl.unwrap_or(self.x509_svid_ttl)
+    }
+
+    pub fn datastore_path(&self) -> PathBuf {
+        match &self.datastore {
+            DatastoreConfig::Sqlite { path } => path
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("datastore.sqlite3")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_spire_like() {
+        let c = ServerConfig::parse("trust_domain = \"example.org\"").unwrap();
+        assert_eq!(c.ca_ttl, Duration::from_secs(86400));
+        assert_eq!(c.x509_svid_ttl, Duration::from_secs(3600));
+        assert_eq!(c.jwt_svid_ttl, Duration::from_secs(300));
+        assert_eq!(c.agent_svid_ttl(), c.x509_svid_ttl);
+        assert_eq!(c.ca_key_type, KeyType::EcP256);
+        assert_eq!(c.default_join_token_ttl, Duration::from_secs(600));
+        assert!(c.node_attestors.join_token.enabled);
+        assert!(matches!(c.key_manager, KeyManagerConfig::Disk { .. }));
+    }
+
+    #[test]
+    fn full_file() {
+        let c = ServerConfig::parse(
+            r#"
+trust_domain = "Example.ORG"
+bind_address = "127.0.0.1:9000"
+ca_ttl = "2h"
+x509_svid_ttl = "10m"
+ca_key_type = "ec-p384"
+
+[datastore]
+type = "sqlite"
+path = "/tmp/x.db"
+
+[key_manager]
+type = "memory"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.trust_domain.name(), "example.org");
+        assert_eq!(c.ca_ttl, Duration::from_secs(7200));
+        assert_eq!(c.datastore_path(), PathBuf::from("/tmp/x.db"));
+        assert!(matches!(c.key_manager, KeyManagerConfig::Memory));
+    }
+
+    #[test]
+    fn mistakes_are_reported_with_a_line() {
+        let e = ServerConfig::parse("trust_domain = \"example.org\"\nbind_adress = \"x\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains(":2:"), "{e}");
+        assert!(e.to_string().contains("bind_adress"), "{e}");
+        let e = ServerConfig::parse("trust_domain = \"exa mple\"\n").unwrap_err();
+        assert!(e.to_string().contains("trust domain"), "{e}");
+        let e = ServerConfig::parse("trust_domain = \"e.org\"\nca_ttl = \"1y\"\n").unwrap_err();
+        assert!(e.to_string().contains("unknown unit"), "{e}");
+        let e = ServerConfig::parse("trust_domain = \"e.org\"\n[key_manager]\ntype = \"tape\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains(":3:"), "{e}");
+        let e = ServerConfig::parse("trust_domain = \"e.org\"\nca_ttl = \"1s\"\n").unwrap_err();
+        assert!(e.to_string().contains("too short"), "{e}");
+        let e = ServerConfig::parse("bind_address = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(e.to_string().contains("trust_domain"), "{e}");
+    }
+}

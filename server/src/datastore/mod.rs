@@ -1,0 +1,242 @@
+//! The datastore seam: everything the server persists (registration entries and their
+//! change events, attested nodes, join tokens, bundles, the CA journal) behind one
+//! trait, so that SQLite (the embedded default) and PostgreSQL (several servers) are
+//! interchangeable and pass the same conformance suite.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tessera_core::{Bundle, RegistrationEntry, Selector, SpiffeId, TrustDomain};
+
+pub mod conformance;
+pub mod sqlite;
+
+/// Why a datastore operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DatastoreError {
+    /// The record asked for does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A record with the same identity already exists.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The request is inconsistent with what is stored.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database cannot be reached or is locked; retrying may work.
+    #[error("datastore unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be decoded, or the database failed.
+    #[error("datastore error: {0}")]
+    Backend(String),
+}
+
+pub type Result<T> = std::result::Result<T, DatastoreError>;
+
+/// Filters for listing entries; unset fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct EntryFilter {
+    pub by_spiffe_id: Option<SpiffeId>,
+    pub by_parent_id: Option<SpiffeId>,
+    /// Entries that hold every one of these selectors (they may hold more).
+    pub by_selectors: Vec<Selector>,
+}
+
+/// A page request: at most `size` results after the opaque `token` (empty: first page).
+/// `size` 0 means no limit: everything after `token` in one page.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub size: u32,
+    pub token: String,
+}
+
+/// One change to the entries table. Event IDs grow strictly; an entry's
+/// `revision_number` is the ID of the event that last changed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryEvent {
+    pub event_id: u64,
+    pub entry_id: String,
+    pub deleted: bool,
+}
+
+/// An agent that attested.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestedNode {
+    pub spiffe_id: SpiffeId,
+    pub attestation_type: String,
+    /// Serial (lower-case hex) of the agent's current SVID; empty when banned.
+    pub cert_serial: String,
+    pub cert_not_after: i64,
+    /// Serial of the SVID the current one replaced; still accepted until it expires,
+    /// so that connections opened before a renewal keep working.
+    pub prev_cert_serial: String,
+    pub prev_cert_not_after: i64,
+    pub banned: bool,
+    pub can_reattest: bool,
+    pub selectors: Vec<Selector>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Which kind of signing authority a CA journal record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaKind {
+    X509,
+    Jwt,
+}
+
+/// Where a signing authority is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaStatus {
+    /// Created, published in the bundle, not yet signing.
+    Prepared,
+    /// Signing.
+    Active,
+    /// Replaced; kept (and published) until it expires.
+    Old,
+}
+
+/// One signing authority in the CA journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRecord {
+    /// Unique, chosen by the CA manager.
+    pub id: String,
+    pub kind: CaKind,
+    /// The key's name in the key manager.
+    pub key_id: String,
+    /// The key manager that holds the key (`memory`, `disk`, `pkcs11`).
+    pub key_manager: String,
+    /// X.509: the CA certificate, DER. Empty for JWT.
+    pub cert_der: Vec<u8>,
+    /// X.509: the chain above the CA certificate up to (excluding) the root in the
+    /// bundle, DER, when an upstream authority signed it.
+    pub upstream_chain: Vec<Vec<u8>>,
+    /// X.509 with an upstream authority: the roots that go into the bundle.
+    pub upstream_roots: Vec<Vec<u8>>,
+    /// JWT: the public key, SubjectPublicKeyInfo DER. Empty for X.509.
+    pub public_key_der: Vec<u8>,
+    /// JWT: the `kid`.
+    pub jwt_kid: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub status: CaStatus,
+    pub created_at: i64,
+}
+
+/// Everything the server persists.
+///
+/// Implementations must be safe to share between tasks, keep every operation atomic
+/// (nothing half-written on error), and never lose what is already stored.
+#[async_trait]
+pub trait Datastore: Send + Sync + fmt::Debug {
+    /// A short name for logs (`sqlite`, `postgres`).
+    fn name(&self) -> &'static str;
+
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<()>;
+
+    // ---- registration entries ----
+
+    /// Stores a new entry. An empty `id` gets a fresh UUID; `created_at` is set when 0;
+    /// `revision_number` is set from the change event. An entry with the same
+    /// SPIFFE ID, parent ID and selectors (in any order) is `AlreadyExists`; so is an
+    /// entry whose explicit `id` is taken.
+    async fn create_entry(&self, entry: RegistrationEntry) -> Result<RegistrationEntry>;
+
+    /// Stores many entries in one transaction; each gets its own result, in order.
+    async fn create_entries(
+        &self,
+        entries: Vec<RegistrationEntry>,
+    ) -> Result<Vec<Result<RegistrationEntry>>>;
+
+    async fn get_entry(&self, id: &str) -> Result<Option<RegistrationEntry>>;
+
+    /// Lists entries matching `filter`, ordered by ID, one page at a time; returns the
+    /// token of the next page (empty when this was the last).
+    async fn list_entries(
+        &self,
+        filter: &EntryFilter,
+        page: &Page,
+    ) -> Result<(Vec<RegistrationEntry>, String)>;
+
+    /// Every entry (to warm the server's cache).
+    async fn all_entries(&self) -> Result<Vec<RegistrationEntry>>;
+
+    /// Replaces the entry with the same ID, keeping `created_at`, with a new revision.
+    /// `NotFound` if absent; `AlreadyExists` if the change would duplicate another
+    /// entry's identity.
+    async fn update_entry(&self, entry: RegistrationEntry) -> Result<RegistrationEntry>;
+
+    /// Deletes an entry and returns what it was; `NotFound` if absent.
+    async fn delete_entry(&self, id: &str) -> Result<RegistrationEntry>;
+
+    /// Change events with an ID greater than `after`, in order.
+    async fn entry_events_since(&self, after: u64) -> Result<Vec<EntryEvent>>;
+
+    /// The highest event ID (0 when none). Pruning never lowers it.
+    async fn latest_entry_event(&self) -> Result<u64>;
+
+    /// Deletes events with an ID at or below `up_to` (they are only needed by readers
+    /// that are behind).
+    async fn prune_entry_events(&self, up_to: u64) -> Result<u64>;
+
+    // ---- attested nodes ----
+
+    /// Stores a node, replacing any record with the same ID (re-attestation).
+    async fn upsert_attested_node(&self, node: AttestedNode) -> Result<()>;
+
+    async fn get_attested_node(&self, id: &SpiffeId) -> Result<Option<AttestedNode>>;
+
+    async fn list_attested_nodes(&self) -> Result<Vec<AttestedNode>>;
+
+    /// Records a renewed SVID: the current serial becomes the previous one.
+    /// `NotFound` if the node is absent; `Invalid` if it is banned (a renewal racing a
+    /// ban must not give the node a serial back).
+    async fn update_node_svid(&self, id: &SpiffeId, serial: &str, not_after: i64) -> Result<()>;
+
+    /// Deletes a node (evict: it may attest again). `NotFound` if absent.
+    async fn delete_attested_node(&self, id: &SpiffeId) -> Result<()>;
+
+    /// Bans a node: keeps the record, clears its serials, refuses re-attestation until
+    /// it is deleted. `NotFound` if absent.
+    async fn ban_attested_node(&self, id: &SpiffeId) -> Result<()>;
+
+    // ---- join tokens ----
+
+    /// Stores a token; `AlreadyExists` if the value is taken.
+    async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<()>;
+
+    /// Atomically deletes a token and returns its expiry: of two concurrent callers
+    /// with the same token, exactly one gets `Some`.
+    async fn take_join_token(&self, token: &str) -> Result<Option<i64>>;
+
+    /// Deletes tokens that expired before `now`; returns how many.
+    async fn prune_join_tokens(&self, now: i64) -> Result<u64>;
+
+    // ---- bundles ----
+
+    /// Stores a bundle (the server's own or a federated one), replacing any bundle of
+    /// that trust domain.
+    async fn set_bundle(&self, bundle: &Bundle) -> Result<()>;
+
+    async fn get_bundle(&self, td: &TrustDomain) -> Result<Option<Bundle>>;
+
+    async fn list_bundles(&self) -> Result<Vec<Bundle>>;
+
+    /// `NotFound` if absent.
+    async fn delete_bundle(&self, td: &TrustDomain) -> Result<()>;
+
+    // ---- CA journal ----
+
+    /// Stores or replaces a record by ID.
+    async fn put_ca_record(&self, record: &CaRecord) -> Result<()>;
+
+    async fn list_ca_records(&self) -> Result<Vec<CaRecord>>;
+
+    /// `NotFound` if absent.
+    async fn delete_ca_record(&self, id: &str) -> Result<()>;
+}

@@ -1,0 +1,381 @@
+//! The in-memory entry index and the authorization rule that decides which entries an
+//! agent may hold.
+//!
+//! The index follows the datastore's change events, so it also sees entries written by
+//! other servers sharing the database. An agent is authorized for:
+//! entries whose parent is the agent; entries whose parent is a node alias (an entry
+//! parented to the server) whose selectors are all among the agent's node selectors;
+//! and, recursively, entries whose parent is the SPIFFE ID of an entry already
+//! authorized. Results are cached per agent and recomputed only after a change, so
+//! that a sync with nothing new costs a hash comparison.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use tessera_core::entry::revision_digest;
+use tessera_core::selector::{self, SelectorSet};
+use tessera_core::{RegistrationEntry, SpiffeId};
+
+use crate::datastore::{Datastore, DatastoreError};
+
+/// Above this many pending events, reloading everything is cheaper than one read each.
+const RELOAD_THRESHOLD: usize = 512;
+
+/// The entries one agent may hold, at one revision of the index.
+#[derive(Debug)]
+pub struct AuthorizedSet {
+    /// The index revision this was computed at.
+    pub revision: u64,
+    /// Sorted by entry ID.
+    pub entries: Vec<Arc<RegistrationEntry>>,
+    /// SHA-256 over `id:revision\n` lines in ID order: what the agent compares.
+    pub digest: Vec<u8>,
+}
+
+impl AuthorizedSet {
+    /// Whether the entry with this ID is in the set.
+    pub fn get(&self, id: &str) -> Option<&Arc<RegistrationEntry>> {
+        self.entries
+            .binary_search_by(|e| e.id.as_str().cmp(id))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    revision: u64,
+    entries: HashMap<String, Arc<RegistrationEntry>>,
+    by_parent: HashMap<SpiffeId, Vec<String>>,
+    aliases: Vec<String>,
+}
+
+impl Index {
+    fn insert(&mut self, e: RegistrationEntry) {
+        self.remove(&e.id.clone());
+        let id = e.id.clone();
+        self.by_parent
+            .entry(e.parent_id.clone())
+            .or_default()
+            .push(id.clone());
+        if e.is_node_alias() {
+            self.aliases.push(id.clone());
+        }
+        self.entries.insert(id, Arc::new(e));
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(old) = self.entries.remove(id) {
+            if let Some(v) = self.by_parent.get_mut(&old.parent_id) {
+                v.retain(|x| x != id);
+                if v.is_empty() {
+                    self.by_parent.remove(&old.parent_id);
+                }
+            }
+            self.aliases.retain(|x| x != id);
+        }
+    }
+
+    fn authorized(
+        &self,
+        agent: &SpiffeId,
+        node_selectors: &SelectorSet,
+        now: i64,
+    ) -> AuthorizedSet {
+        let mut out: Vec<Arc<RegistrationEntry>> = Vec::new();
+        let mut seen_ids: HashSet<&SpiffeId> = HashSet::new();
+        let mut seen_entries: HashSet<&str> = HashSet::new();
+        let mut queue: Vec<&SpiffeId> = vec![agent];
+        seen_ids.insert(agent);
+        for alias_id in &self.aliases {
+            if let Some(alias) = self.entries.get(alias_id)
+                && !alias.is_expired(now)
+                && selector::matches(&alias.selectors, node_selectors)
+                && seen_ids.insert(&alias.spiffe_id)
+            {
+                queue.push(&alias.spiffe_id);
+            }
+        }
+        while let Some(parent) = queue.pop() {
+            let Some(children) = self.by_parent.get(parent) else {
+                continue;
+            };
+            for cid in children {
+                let Some(e) = self.entries.get(cid) else {
+                    continue;
+                };
+                if e.is_expired(now) || !seen_entries.insert(cid.as_str()) {
+                    continue;
+                }
+                out.push(e.clone());
+                if seen_ids.insert(&e.spiffe_id) {
+                    queue.push(&e.spiffe_id);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        let digest = revision_digest(out.iter().map(|e| (e.id.as_str(), e.revision_number)));
+        AuthorizedSet {
+            revision: self.revision,
+            entries: out,
+            digest,
+        }
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct EntryCache {
+    ds: Arc<dyn Datastore>,
+    index: RwLock<Index>,
+    per_agent: RwLock<HashMap<SpiffeId, Arc<AuthorizedSet>>>,
+    /// Serialises catch-up so two callers do not apply the same events twice.
+    catch_up: tokio::sync::Mutex<()>,
+    /// Wakes the follower after a local write.
+    pub changed: tokio::sync::Notify,
+}
+
+impl EntryCache {
+    /// Loads every entry.
+    pub async fn load(ds: Arc<dyn Datastore>) -> Result<Arc<Self>, DatastoreError> {
+        let cache = Arc::new(Self {
+            ds,
+            index: RwLock::new(Index::default()),
+            per_agent: RwLock::new(HashMap::new()),
+            catch_up: tokio::sync::Mutex::new(()),
+            changed: tokio::sync::Notify::new(),
+        });
+        cache.reload().await?;
+        Ok(cache)
+    }
+
+    async fn reload(&self) -> Result<(), DatastoreError> {
+        // The revision is read first: events after it are applied again later, which
+        // is harmless, while events between would be lost if read after.
+        let revision = self.ds.latest_entry_event().await?;
+        let all = self.ds.all_entries().await?;
+        let mut idx = Index {
+            revision,
+            ..Index::default()
+        };
+        for e in all {
+            idx.insert(e);
+        }
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = idx;
+        self.per_agent
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(())
+    }
+
+    /// Applies the datastore's change events since the last call.
+    pub async fn catch_up(&self) -> Result<(), DatastoreError> {
+        let _g = self.catch_up.lock().await;
+        let from = self.revision();
+        let events = self.ds.entry_events_since(from).await?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        if events.len() > RELOAD_THRESHOLD {
+            return self.reload().await;
+        }
+        let mut changes = Vec::with_capacity(events.len());
+        let mut last = from;
+        for ev in &events {
+            last = last.max(ev.event_id);
+            if ev.deleted {
+                changes.push((ev.entry_id.clone(), None));
+            } else {
+                changes.push((ev.entry_id.clone(), self.ds.get_entry(&ev.entry_id).await?));
+            }
+        }
+        {
+            let mut idx = self.index.write().unwrap_or_else(|p| p.into_inner());
+            for (id, e) in changes {
+                match e {
+                    Some(e) => idx.insert(e),
+                    None => idx.remove(&id),
+                }
+            }
+            idx.revision = last;
+        }
+        self.per_agent
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(())
+    }
+
+    /// Follows the datastore until the process stops: promptly after local writes,
+    /// and every `interval` for writes by other servers.
+    pub async fn follow(self: Arc<Self>, interval: std::time::Duration) {
+        loop {
+            tokio::select! {
+                _ = self.changed.notified() => {}
+                _ = tokio::time::sleep(interval) => {}
+            }
+            if let Err(e) = self.catch_up().await {
+                tracing::warn!("entry cache could not catch up (will retry): {e}");
+            }
+        }
+    }
+
+    /// The index revision (the last change event applied).
+    pub fn revision(&self) -> u64 {
+        self.index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .revision
+    }
+
+    /// Number of entries held.
+    pub fn len(&self) -> usize {
+        self.index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .entries
+            .len()
+    }
+
+    /// Whether the index holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The entries `agent` may hold given its node selectors.
+    pub fn authorized(&self, agent: &SpiffeId, node_selectors: &SelectorSet) -> Arc<AuthorizedSet> {
+        let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = self
+            .per_agent
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(agent)
+            && s.revision == idx.revision
+        {
+            return s.clone();
+        }
+        let set = Arc::new(idx.authorized(agent, node_selectors, crate::ca::now_unix()));
+        drop(idx);
+        self.per_agent
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(agent.clone(), set.clone());
+        set
+    }
+
+    /// Forgets an agent's cached set (its node selectors changed, or it left).
+    pub fn forget_agent(&self, agent: &SpiffeId) {
+        self.per_agent
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(agent);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(id: &str, spiffe: &str, parent: &str, sels: &[&str]) -> RegistrationEntry {
+        RegistrationEntry {
+            id: id.into(),
+            spiffe_id: spiffe.parse().unwrap(),
+            parent_id: parent.parse().unwrap(),
+            selectors: sels.iter().map(|s| s.parse().unwrap()).collect(),
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            federates_with: vec![],
+            admin: false,
+            downstream: false,
+            dns_names: vec![],
+            hint: String::new(),
+            expires_at: 0,
+            revision_number: 1,
+            created_at: 0,
+        }
+    }
+
+    fn ids(s: &AuthorizedSet) -> Vec<&str> {
+        s.entries.iter().map(|e| e.id.as_str()).collect()
+    }
+
+    #[test]
+    fn authorization_rule() {
+        let agent: SpiffeId = "spiffe://td/spire/agent/join_token/t1".parse().unwrap();
+        let other: SpiffeId = "spiffe://td/spire/agent/join_token/t2".parse().unwrap();
+        let mut idx = Index::default();
+        // Parent is the agent.
+        idx.insert(e(
+            "a",
+            "spiffe://td/w1",
+            agent.to_string().as_str(),
+            &["unix:uid:1"],
+        ));
+        // Node alias matching the agent's node selectors, and a child of it.
+        idx.insert(e(
+            "alias",
+            "spiffe://td/nodes/rack1",
+            "spiffe://td/spire/server",
+            &["tpm:pub_hash:aa"],
+        ));
+        idx.insert(e(
+            "b",
+            "spiffe://td/w2",
+            "spiffe://td/nodes/rack1",
+            &["unix:uid:2"],
+        ));
+        // Alias that does not match, and its child.
+        idx.insert(e(
+            "alias2",
+            "spiffe://td/nodes/rack2",
+            "spiffe://td/spire/server",
+            &["tpm:pub_hash:bb"],
+        ));
+        idx.insert(e(
+            "c",
+            "spiffe://td/w3",
+            "spiffe://td/nodes/rack2",
+            &["unix:uid:3"],
+        ));
+        // Recursion: child of an authorized workload entry.
+        idx.insert(e("d", "spiffe://td/w4", "spiffe://td/w1", &["unix:uid:4"]));
+        // Another agent's entry.
+        idx.insert(e(
+            "x",
+            "spiffe://td/w5",
+            other.to_string().as_str(),
+            &["unix:uid:5"],
+        ));
+        // An expired entry under the agent.
+        let mut old = e(
+            "z",
+            "spiffe://td/w6",
+            agent.to_string().as_str(),
+            &["unix:uid:6"],
+        );
+        old.expires_at = 1;
+        idx.insert(old);
+        // A cycle must not loop forever.
+        idx.insert(e(
+            "cyc",
+            "spiffe://td/spire/agent/join_token/t1",
+            "spiffe://td/w4",
+            &["unix:uid:7"],
+        ));
+
+        let node: SelectorSet = ["tpm:pub_hash:aa".parse().unwrap()].into_iter().collect();
+        let s = idx.authorized(&agent, &node, 100);
+        assert_eq!(ids(&s), vec!["a", "b", "cyc", "d"]);
+        let s_none = idx.authorized(&agent, &SelectorSet::new(), 100);
+        assert_eq!(ids(&s_none), vec!["a", "cyc", "d"]);
+        assert_ne!(s.digest, s_none.digest);
+        assert!(s.get("b").is_some() && s.get("c").is_none());
+        let s_other = idx.authorized(&other, &SelectorSet::new(), 100);
+        assert_eq!(ids(&s_other), vec!["x"]);
+
+        idx.remove("alias");
+        let s = idx.authorized(&agent, &node, 100);
+        assert_eq!(ids(&s), vec!["a", "cyc", "d"]);
+    }
+}

@@ -1,0 +1,13 @@
+//! The Tessera server: the CA (keys in memory, on disk or in an HSM), the registration
+//! store, node attestation, and the agent and admin APIs.
+
+pub mod api;
+pub mod attestor;
+pub mod ca;
+pub mod cli;
+pub mod config;
+pub mod datastore;
+pub mod entries;
+pub mod run;
+
+pub mod transport;

@@ -1,0 +1,76 @@
+//! The `tessera-server` binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tessera_server::cli::{Cli, Command, admin_command};
+use tessera_server::config::ServerConfig;
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Command-line tools die quietly when their output pipe closes (`| head`), instead
+/// of panicking on the failed write.
+#[expect(
+    unsafe_code,
+    reason = "restoring the default SIGPIPE action needs libc::signal"
+)]
+fn default_sigpipe() {
+    // SAFETY: called once at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        default_sigpipe();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Run { config, set } => {
+            let cfg = match ServerConfig::load(&config, &set) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_logging(&cfg.log_level);
+            match runtime.block_on(tessera_server::run::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("Error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        command => {
+            init_logging("warn");
+            match runtime.block_on(admin_command(&cli.socket_path, command)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("Error: {}", e.0);
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

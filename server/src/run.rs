@@ -1,0 +1,277 @@
+//! `tessera-server run`: opens the datastore and key manager, starts the CA, and serves
+//! the agent API (TLS) and the admin API (Unix socket) until SIGINT or SIGTERM.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tessera_core::key::{DiskKeyManager, Key, KeyManager, KeyType, MemoryKeyManager, SoftwareKey};
+use tessera_core::tls::{SharedBundle, SharedIdentity};
+use tessera_proto::admin::admin_server::AdminServer;
+use tessera_proto::agent::node_server::NodeServer;
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::api::admin::AdminApi;
+use crate::api::agent::AgentApi;
+use crate::api::{NodeCache, ServerState, server_id};
+use crate::attestor::NodeAttestor;
+use crate::attestor::join_token::JoinToken;
+use crate::ca::{CaManager, CaSettings};
+use crate::config::{KeyManagerConfig, ServerConfig};
+use crate::datastore::Datastore;
+use crate::datastore::sqlite::SqliteDatastore;
+use crate::entries::EntryCache;
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Startup(String),
+    #[error("serving failed: {0}")]
+    Serve(String),
+}
+
+fn startup(msg: impl std::fmt::Display) -> RunError {
+    RunError::Startup(msg.to_string())
+}
+
+/// Opens the configured key manager.
+pub fn open_key_manager(config: &ServerConfig) -> Result<Arc<dyn KeyManager>, RunError> {
+    Ok(match &config.key_manager {
+        KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::new()),
+        KeyManagerConfig::Disk { dir } => {
+            let dir = dir.clone().unwrap_or_else(|| config.data_dir.join("keys"));
+            Arc::new(DiskKeyManager::open(&dir).map_err(|e| startup(format!("key manager: {e}")))?)
+        }
+    })
+}
+
+/// Binds the admin socket: mode 0770 in a directory only the server's user and group
+/// can enter. A live socket means another server is running: refuse rather than steal.
+async fn bind_admin_socket(path: &Path) -> Result<UnixListener, RunError> {
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| startup(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o770))
+            .map_err(|e| startup(format!("cannot set mode of {}: {e}", dir.display())))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(startup(format!(
+                "admin socket {} is in use: is another server running?",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path).map_err(|e| {
+            startup(format!(
+                "cannot remove stale socket {}: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| startup(format!("cannot bind admin socket {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o770))
+        .map_err(|e| startup(format!("cannot set mode of {}: {e}", path.display())))?;
+    Ok(listener)
+}
+
+type ChainAndKey = (Vec<Vec<u8>>, Arc<dyn Key>);
+
+/// Keeps the server's own TLS SVID (`spiffe://<td>/spire/server`) fresh: renewed at
+/// half-life with a new key each time.
+async fn server_identity(state: Arc<ServerState>, identity: Arc<SharedIdentity>) {
+    let id = state.server_id();
+    loop {
+        let ca = state.ca.clone();
+        let sid = id.clone();
+        let ttl = state.config.x509_svid_ttl;
+        let made = tokio::task::spawn_blocking(move || -> Result<ChainAndKey, String> {
+            let key: Arc<dyn Key> =
+                Arc::new(SoftwareKey::generate(KeyType::EcP256).map_err(|e| e.to_string())?);
+            let chain = ca
+                .sign_x509_svid(&sid, key.public_key_der(), &[], ttl)
+                .map_err(|e| e.to_string())?;
+            Ok((chain, key))
+        })
+        .await;
+        let wait = match made {
+            Ok(Ok((chain, key))) => {
+                let life = tessera_core::x509::cert_info(&chain[0])
+                    .map(|i| i.not_after - tessera_core::x509::unix_seconds(SystemTime::now()))
+                    .unwrap_or(60);
+                identity.set(&chain, key);
+                Duration::from_secs((life.max(2) / 2) as u64)
+            }
+            Ok(Err(e)) => {
+                tracing::error!("cannot renew the server's TLS certificate (retrying): {e}");
+                Duration::from_secs(2)
+            }
+            Err(e) => {
+                tracing::error!("server identity task failed: {e}");
+                Duration::from_secs(2)
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// Builds the shared state: datastore, key manager, CA, entry cache, attestors.
+pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunError> {
+    tessera_core::fsutil::ensure_dir(&config.data_dir, 0o700).map_err(|e| {
+        startup(format!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let ds_path = config.datastore_path();
+    let ds: Arc<dyn Datastore> = Arc::new(
+        SqliteDatastore::open(&ds_path)
+            .map_err(|e| startup(format!("datastore {}: {e}", ds_path.display())))?,
+    );
+    let km = open_key_manager(&config)?;
+    let ca = CaManager::start(
+        CaSettings {
+            trust_domain: config.trust_domain.clone(),
+            ca_ttl: config.ca_ttl,
+            ca_key_type: config.ca_key_type,
+            jwt_key_type: config.jwt_key_type,
+            refresh_hint: config.bundle_refresh_hint,
+        },
+        km.clone(),
+        ds.clone(),
+    )
+    .await
+    .map_err(|e| startup(format!("CA: {e}")))?;
+    let entries = EntryCache::load(ds.clone())
+        .await
+        .map_err(|e| startup(format!("loading entries: {e}")))?;
+    let mut attestors: HashMap<&'static str, Arc<dyn NodeAttestor>> = HashMap::new();
+    if config.node_attestors.join_token.enabled {
+        let a = Arc::new(JoinToken::new(ds.clone()));
+        attestors.insert(a.name(), a);
+    }
+    Ok(Arc::new(ServerState {
+        config,
+        ds,
+        ca,
+        entries,
+        attestors,
+        nodes: NodeCache::default(),
+        key_manager: km,
+    }))
+}
+
+/// Runs the server until a shutdown signal.
+pub async fn run(config: ServerConfig) -> Result<(), RunError> {
+    let bind = config.bind_address;
+    let admin_path = config.admin_socket.clone();
+    let state = build_state(config).await?;
+
+    tokio::spawn(state.ca.clone().run());
+    tokio::spawn(state.entries.clone().follow(Duration::from_secs(1)));
+    {
+        let ds = state.ds.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                match ds.prune_join_tokens(crate::ca::now_unix()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("{n} expired join tokens removed"),
+                    Err(e) => tracing::warn!("cannot prune join tokens: {e}"),
+                }
+            }
+        });
+    }
+
+    let bundle = SharedBundle::new((*state.ca.bundle()).clone());
+    {
+        let bundle = bundle.clone();
+        let mut rx = state.ca.subscribe();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let b = (**rx.borrow_and_update()).clone();
+                bundle.set(b);
+            }
+        });
+    }
+    let identity = SharedIdentity::new();
+    tokio::spawn(server_identity(state.clone(), identity.clone()));
+    // The first handshake must find a certificate.
+    for _ in 0..100 {
+        if identity.get().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let tls = Arc::new(tessera_core::tls::server_config(identity, bundle));
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|e| startup(format!("cannot listen on {bind}: {e}")))?;
+    let local = listener.local_addr().map_err(|e| startup(e.to_string()))?;
+    let admin_listener = bind_admin_socket(&admin_path).await?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let agent_api = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(NodeServer::new(AgentApi::new(state.clone())))
+        .serve_with_incoming_shutdown(crate::transport::incoming(listener, tls), {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.changed().await;
+            }
+        });
+    let admin_api = tonic::transport::Server::builder()
+        .add_service(AdminServer::new(AdminApi::new(state.clone())))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(admin_listener),
+            {
+                let mut rx = stop_rx.clone();
+                async move {
+                    let _ = rx.changed().await;
+                }
+            },
+        );
+    tracing::info!(
+        trust_domain = %state.trust_domain(),
+        agent_api = %local,
+        admin_socket = %admin_path.display(),
+        server_id = %server_id(state.trust_domain()),
+        "Tessera server is up"
+    );
+    let agent_task = tokio::spawn(agent_api);
+    let admin_task = tokio::spawn(admin_api);
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let (a, b) = tokio::join!(agent_task, admin_task);
+    let _ = std::fs::remove_file(&admin_path);
+    for r in [a, b] {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(RunError::Serve(e.to_string())),
+            Err(e) => return Err(RunError::Serve(e.to_string())),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,503 @@
+//! The end-to-end harness: starts the real `tessera-server` and `tessera-agent`
+//! binaries as processes in a private directory, talks to them through their CLIs and
+//! sockets, and runs third-party SPIFFE clients (py-spiffe) against them.
+//!
+//! The binaries must be built first (`cargo build --bins`, which the project's test
+//! script does); the harness says so clearly when they are missing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// Where cargo put the binaries: `$TESSERA_BIN_DIR`, or the target directory of this
+/// test executable (`target/<profile>/deps/..`).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("TESSERA_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current test executable");
+    let deps = exe.parent().expect("deps directory");
+    deps.parent().expect("profile directory").to_path_buf()
+}
+
+/// The path of a project binary; panics with the command to run when it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first (cargo build --bins), or set TESSERA_BIN_DIR",
+        p.display()
+    );
+    p
+}
+
+/// A TCP port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `f` every 50 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs a command and returns its output, panicking with everything it said on failure.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let o = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
+    let f = std::fs::File::create(log).expect("log file");
+    let f2 = f.try_clone().expect("log file");
+    cmd.stdout(Stdio::from(f))
+        .stderr(Stdio::from(f2))
+        .env(
+            "TESSERA_LOG",
+            std::env::var("TESSERA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+}
+
+fn stop_child(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A running `tessera-server`.
+#[derive(Debug)]
+pub struct Server {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub admin: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    starts: u32,
+}
+
+impl Server {
+    /// Writes a configuration (trust domain `example.org`, everything under `dir`,
+    /// plus `extra` TOML lines) and starts the server.
+    pub fn start(dir: &Path, extra: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("server dir");
+        let port = free_port();
+        let admin = dir.join("admin.sock");
+        let config = dir.join("server.toml");
+        let text = format!(
+            "trust_domain = \"example.org\"\nbind_address = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nadmin_socket = \"{}\"\n{extra}\n",
+            dir.join("data").display(),
+            admin.display()
+        );
+        std::fs::write(&config, text).expect("server config");
+        let mut s = Self {
+            dir: dir.to_owned(),
+            port,
+            admin,
+            config,
+            child: None,
+            log: dir.join("server.log"),
+            starts: 0,
+        };
+        s.launch();
+        s
+    }
+
+    fn launch(&mut self) {
+        self.starts += 1;
+        let log = self.dir.join(format!("server.{}.log", self.starts));
+        self.log = log.clone();
+        let child = spawn_logged(
+            Command::new(bin("tessera-server"))
+                .arg("run")
+                .arg("--config")
+                .arg(&self.config),
+            &log,
+        );
+        self.child = Some(child);
+        let ok = wait_until(Duration::from_secs(30), || {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("server exited at start ({status}):\n{}", self.log());
+            }
+            self.cli(&["healthcheck"]).status.success()
+        });
+        assert!(ok, "server did not become healthy:\n{}", self.log());
+    }
+
+    /// Stops and starts the server on the same state.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c);
+        }
+    }
+
+    /// Runs `tessera-server --socket-path <admin> <args>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("tessera-server"))
+            .arg("--socket-path")
+            .arg(&self.admin)
+            .args(args)
+            .output()
+            .expect("tessera-server CLI")
+    }
+
+    /// Like [`Self::cli`], panicking on failure; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(
+            o.status.success(),
+            "tessera-server {args:?} failed:\n{}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        stdout(&o)
+    }
+
+    /// A fresh join token (optionally with an alias SPIFFE ID and a TTL like `1s`).
+    pub fn token(&self, spiffe_id: Option<&str>, ttl: Option<&str>) -> String {
+        let mut args = vec!["token", "generate"];
+        if let Some(id) = spiffe_id {
+            args.extend(["--spiffe-id", id]);
+        }
+        if let Some(t) = ttl {
+            args.extend(["--ttl", t]);
+        }
+        let out = self.cli_ok(&args);
+        out.trim()
+            .strip_prefix("Token: ")
+            .expect("Token: line")
+            .to_owned()
+    }
+
+    /// Creates an entry and returns its ID.
+    pub fn entry(
+        &self,
+        spiffe_id: &str,
+        parent_id: &str,
+        selectors: &[&str],
+        extra: &[&str],
+    ) -> String {
+        let mut args = vec![
+            "entry",
+            "create",
+            "--spiffe-id",
+            spiffe_id,
+            "--parent-id",
+            parent_id,
+            "--output",
+            "json",
+        ];
+        for s in selectors {
+            args.extend(["--selector", s]);
+        }
+        args.extend(extra);
+        let out = self.cli_ok(&args);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("entry JSON");
+        v["id"].as_str().expect("entry id").to_owned()
+    }
+
+    /// Writes the server's bundle as PEM to `<dir>/bundle.pem` and returns the path.
+    pub fn bundle_pem(&self) -> PathBuf {
+        let p = self.dir.join("bundle.pem");
+        std::fs::write(&p, self.cli_ok(&["bundle", "show"])).expect("bundle file");
+        p
+    }
+
+    /// What the current server process logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A `tessera-agent` process.
+#[derive(Debug)]
+pub struct Agent {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    starts: u32,
+}
+
+impl Agent {
+    /// Writes a configuration pointing at `server` (bootstrap bundle from it, state in
+    /// `dir`, `extra` TOML lines) without starting anything.
+    pub fn configure(dir: &Path, server: &Server, extra: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("agent dir");
+        let bundle = server.bundle_pem();
+        let socket = dir.join("api.sock");
+        let config = dir.join("agent.toml");
+        let text = format!(
+            "trust_domain = \"example.org\"\nserver_address = \"{}\"\ndata_dir = \"{}\"\nsocket_path = \"{}\"\ntrust_bundle_path = \"{}\"\n{}{extra}\n",
+            server.address(),
+            dir.join("data").display(),
+            socket.display(),
+            bundle.display(),
+            if extra.contains("sync_interval") {
+                ""
+            } else {
+                "sync_interval = \"500ms\"\n"
+            }
+        );
+        std::fs::write(&config, text).expect("agent config");
+        Self {
+            dir: dir.to_owned(),
+            socket,
+            config,
+            child: None,
+            log: dir.join("agent.log"),
+            starts: 0,
+        }
+    }
+
+    /// Starts the agent process (with a join token when given) without waiting.
+    pub fn spawn(&mut self, token: Option<&str>) {
+        self.starts += 1;
+        self.log = self.dir.join(format!("agent.{}.log", self.starts));
+        let mut cmd = Command::new(bin("tessera-agent"));
+        cmd.arg("run").arg("--config").arg(&self.config);
+        if let Some(t) = token {
+            cmd.arg("--join-token").arg(t);
+        }
+        cmd.env_remove("TESSERA_AGENT_JOIN_TOKEN");
+        self.child = Some(spawn_logged(&mut cmd, &self.log));
+    }
+
+    /// Starts the agent and waits until it is healthy.
+    pub fn start(dir: &Path, server: &Server, token: Option<&str>, extra: &str) -> Self {
+        let mut a = Self::configure(dir, server, extra);
+        a.spawn(token);
+        a.wait_healthy();
+        a
+    }
+
+    /// Waits until `tessera-agent healthcheck` passes.
+    pub fn wait_healthy(&mut self) {
+        let ok = wait_until(Duration::from_secs(30), || {
+            if let Some(status) = self.exited() {
+                panic!("agent exited ({status}):\n{}", self.log());
+            }
+            self.cli(&["healthcheck"]).status.success()
+        });
+        assert!(ok, "agent did not become healthy:\n{}", self.log());
+    }
+
+    /// The exit status if the process has ended.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits for the process to end.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.exited();
+            status.is_some()
+        });
+        status
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c);
+        }
+    }
+
+    /// Runs `tessera-agent <args> --socket-path <socket>` for the subcommands that take it.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("tessera-agent"))
+            .args(args)
+            .arg("--socket-path")
+            .arg(&self.socket)
+            .output()
+            .expect("tessera-agent CLI")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `unix:///...`, as SPIFFE_ENDPOINT_SOCKET wants it.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// The agent's SPIFFE ID, from its state directory.
+    pub fn spiffe_id(&self) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.join("data").join("agent.json")).expect("agent.json");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("agent.json is JSON");
+        v["spiffe_id"].as_str().expect("spiffe_id").to_owned()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The virtualenv's python with py-spiffe installed (made once per test process by
+/// `scripts/python-env.sh`).
+pub fn python() -> PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let script = repo_root().join("scripts").join("python-env.sh");
+        let out = run_ok(Command::new("bash").arg(&script));
+        let path = out.lines().last().unwrap_or_default().trim().to_owned();
+        assert!(
+            Path::new(&path).exists(),
+            "{} printed no python path:\n{out}",
+            script.display()
+        );
+        PathBuf::from(path)
+    })
+    .clone()
+}
+
+/// Runs `swtpm-tests/py/<script>` with the venv python against an agent.
+pub fn py(agent: &Agent, script: &str, args: &[&str]) -> Output {
+    Command::new(python())
+        .arg(repo_root().join("swtpm-tests").join("py").join(script))
+        .args(args)
+        .env("SPIFFE_ENDPOINT_SOCKET", agent.endpoint())
+        .output()
+        .expect("python")
+}
+
+/// Like [`py`], panicking on failure; returns stdout.
+pub fn py_ok(agent: &Agent, script: &str, args: &[&str]) -> String {
+    let o = py(agent, script, args);
+    assert!(
+        o.status.success(),
+        "python {script} {args:?} failed:\nstdout:\n{}\nstderr:\n{}\nagent log:\n{}",
+        stdout(&o),
+        stderr(&o),
+        agent.log()
+    );
+    stdout(&o)
+}
+
+/// A private temporary directory for one test; kept (and its path printed) when
+/// `TESSERA_KEEP_TEST_DIRS` is set, for post-mortems.
+#[derive(Debug)]
+pub struct TestDir {
+    path: PathBuf,
+    _guard: Option<tempfile::TempDir>,
+}
+
+impl TestDir {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+pub fn test_dir(name: &str) -> TestDir {
+    let d = tempfile::Builder::new()
+        .prefix(&format!("tessera-{name}-"))
+        .tempdir()
+        .expect("temp dir");
+    if std::env::var_os("TESSERA_KEEP_TEST_DIRS").is_some() {
+        let path = d.keep();
+        eprintln!("test directory kept: {}", path.display());
+        return TestDir { path, _guard: None };
+    }
+    TestDir {
+        path: d.path().to_owned(),
+        _guard: Some(d),
+    }
+}
+
+/// The effective UID of this test process (the workload in most tests).
+pub fn my_uid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|s| s.parse().ok())
+        .expect("Uid line")
+}
+
+/// Runs `openssl verify` of `cert` (PEM file, leaf first) against `ca` (PEM file).
+pub fn openssl_verify(ca: &Path, cert: &Path) -> Output {
+    Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(ca)
+        .arg(cert)
+        .output()
+        .expect("openssl")
+}
