@@ -188,19 +188,10 @@ fn rfc3339(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
-/// Splits concatenated DER certificates.
-fn split_ders(mut data: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    while !data.is_empty() {
-        match x509_parser::parse_x509_certificate(data) {
-            Ok((rest, _)) => {
-                out.push(data[..data.len() - rest.len()].to_vec());
-                data = rest;
-            }
-            Err(_) => break,
-        }
-    }
-    out
+/// Splits concatenated DER certificates (what the agent sent is trusted to parse;
+/// anything unparseable is simply not shown).
+fn split_ders(data: &[u8]) -> Vec<Vec<u8>> {
+    tessera_core::x509::split_concatenated(data).unwrap_or_default()
 }
 
 fn print_x509(resp: &pb::X509svidResponse, elapsed: Duration) {

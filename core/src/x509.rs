@@ -162,7 +162,6 @@ pub struct Issuer {
 
 /// Runs an rcgen signing operation, recovering the key error rcgen hides.
 fn with_key_error<T>(r: Result<T, rcgen::Error>) -> Result<T, BuildError> {
-    let _ = RcgenKey::take_error();
     r.map_err(|e| match RcgenKey::take_error() {
         Some(key_err) => BuildError::Key(key_err),
         None => BuildError::Encoding(e.to_string()),
@@ -256,6 +255,7 @@ pub fn self_signed_ca(
     // A root's AKI would only repeat its SKI.
     params.use_authority_key_identifier_extension = false;
     let signer = RcgenKey::new(key.clone()).map_err(|_| BuildError::UnsupportedPublicKey)?;
+    let _ = RcgenKey::take_error();
     with_key_error(params.self_signed(&signer)).map(|c| c.der().to_vec())
 }
 
@@ -338,6 +338,7 @@ pub fn build_csr(key: &Arc<dyn Key>) -> Result<Vec<u8>, BuildError> {
     let mut p = CertificateParams::default();
     p.distinguished_name = DistinguishedName::new();
     let signer = RcgenKey::new(key.clone()).map_err(|_| BuildError::UnsupportedPublicKey)?;
+    let _ = RcgenKey::take_error();
     with_key_error(p.serialize_request(&signer)).map(|c| c.der().to_vec())
 }
 
@@ -639,6 +640,20 @@ pub fn verify_path(
     ee.verify_for_usage(SIG_ALGS, &anchors, &intermediates, now, usage, None, None)
         .map(|_| ())
         .map_err(|e| SvidError::Chain(format!("{e:?}")))
+}
+
+/// Splits concatenated DER certificates (the Workload API's form) into one per item.
+pub fn split_concatenated(mut data: &[u8]) -> Result<Vec<Vec<u8>>, der::DerError> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let (tag, _, rest) = der::read_tlv(data)?;
+        if tag != 0x30 {
+            return Err(der::DerError("a certificate is not a DER SEQUENCE"));
+        }
+        out.push(data[..data.len() - rest.len()].to_vec());
+        data = rest;
+    }
+    Ok(out)
 }
 
 /// Parses one or more PEM certificates.
@@ -1002,6 +1017,76 @@ mod tests {
             csr_public_key(b"nope", None),
             Err(CsrError::Parse(_))
         ));
+    }
+
+    /// A key whose store has gone away.
+    #[derive(Debug)]
+    struct GoneKey(SoftwareKey);
+
+    impl Key for GoneKey {
+        fn key_type(&self) -> KeyType {
+            self.0.key_type()
+        }
+        fn public_key_der(&self) -> &[u8] {
+            self.0.public_key_der()
+        }
+        fn sign(&self, _: crate::key::SignatureScheme, _: &[u8]) -> Result<Vec<u8>, KeyError> {
+            Err(KeyError::Unavailable("token removed".into()))
+        }
+    }
+
+    #[test]
+    fn key_store_faults_surface_as_key_errors() {
+        let gone: Arc<dyn Key> = Arc::new(GoneKey(SoftwareKey::generate(KeyType::EcP256).unwrap()));
+        // A CA whose key fails: the cause is the key store's, not an encoding error.
+        let now = SystemTime::now();
+        let err =
+            self_signed_ca(&td(), "x", &gone, now, now + Duration::from_secs(60)).unwrap_err();
+        assert!(
+            matches!(err, BuildError::Key(KeyError::Unavailable(_))),
+            "{err}"
+        );
+        let err = build_csr(&gone).unwrap_err();
+        assert!(
+            matches!(err, BuildError::Key(KeyError::Unavailable(_))),
+            "{err}"
+        );
+        // An issuer whose key worked when the CA was made and fails now.
+        let sk = SoftwareKey::generate(KeyType::EcP256).unwrap();
+        let pkcs8 = sk.pkcs8_der().to_vec();
+        let good: Arc<dyn Key> = Arc::new(sk);
+        let cert = self_signed_ca(&td(), "x", &good, now, now + Duration::from_secs(60)).unwrap();
+        let failing: Arc<dyn Key> = Arc::new(GoneKey(SoftwareKey::from_pkcs8(&pkcs8).unwrap()));
+        let gone_issuer = Issuer::new(cert, failing).unwrap();
+        let id = SpiffeId::new("spiffe://example.org/w").unwrap();
+        let err = sign_x509_svid(
+            &SvidTemplate {
+                spiffe_id: &id,
+                public_key_der: good.public_key_der(),
+                dns_names: &[],
+                ttl: Duration::from_secs(10),
+                now,
+            },
+            &gone_issuer,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, BuildError::Key(KeyError::Unavailable(_))),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn concatenated_certificates_split_back() {
+        let a = ca(KeyType::EcP256);
+        let b = ca(KeyType::Rsa2048);
+        let joined = [a.cert_der(), b.cert_der()].concat();
+        assert_eq!(
+            split_concatenated(&joined).unwrap(),
+            vec![a.cert_der().to_vec(), b.cert_der().to_vec()]
+        );
+        assert!(split_concatenated(&joined[..joined.len() - 1]).is_err());
+        assert!(split_concatenated(&[]).unwrap().is_empty());
     }
 
     #[test]

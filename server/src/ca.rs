@@ -58,6 +58,8 @@ pub struct CaSettings {
     pub ca_key_type: KeyType,
     pub jwt_key_type: KeyType,
     pub refresh_hint: Duration,
+    /// The root that signs the server's CA; `None`: the server's CA is a self-signed root.
+    pub upstream: Option<Arc<Issuer>>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +78,9 @@ struct JwtSlot {
 struct State {
     x509: Vec<X509Slot>,
     jwt: Vec<JwtSlot>,
+    /// Expired authorities whose key could not be destroyed yet (the key store was
+    /// down); retried on every rotation step.
+    to_destroy: Vec<CaRecord>,
 }
 
 /// The active X.509 authority, ready to sign.
@@ -150,7 +155,7 @@ impl CaManager {
             if record.not_after <= now {
                 continue;
             }
-            let key = self.find_key(&record).await;
+            let key = self.find_key(&record).await?;
             match record.kind {
                 CaKind::X509 => {
                     let issuer = match key {
@@ -174,7 +179,10 @@ impl CaManager {
         Ok(())
     }
 
-    async fn find_key(&self, record: &CaRecord) -> Option<Arc<dyn Key>> {
+    /// The key of a journal record. A key that is gone leaves the authority in the
+    /// bundle but unable to sign; a key store that cannot answer stops the start, so
+    /// that a token outage never makes the server replace its CA.
+    async fn find_key(&self, record: &CaRecord) -> Result<Option<Arc<dyn Key>>, CaError> {
         if record.key_manager != self.km.name() {
             tracing::warn!(
                 ca = %record.id,
@@ -182,24 +190,24 @@ impl CaManager {
                 record.key_manager,
                 self.km.name()
             );
-            return None;
+            return Ok(None);
         }
         let km = self.km.clone();
         let id = record.key_id.clone();
-        match tokio::task::spawn_blocking(move || km.get_key(&id)).await {
-            Ok(Ok(Some(k))) => Some(k),
-            Ok(Ok(None)) => {
+        match tokio::task::spawn_blocking(move || km.get_key(&id))
+            .await
+            .map_err(|e| CaError::Internal(e.to_string()))?
+        {
+            Ok(Some(k)) => Ok(Some(k)),
+            Ok(None) => {
                 tracing::warn!(ca = %record.id, key = %record.key_id, "CA key is gone from the key manager; the authority cannot sign");
-                None
+                Ok(None)
             }
-            Ok(Err(e)) => {
-                tracing::warn!(ca = %record.id, "cannot load CA key: {e}");
-                None
+            Err(KeyError::Corrupt { id, reason }) => {
+                tracing::warn!(ca = %record.id, "CA key {id} is unreadable ({reason}); the authority cannot sign");
+                Ok(None)
             }
-            Err(e) => {
-                tracing::error!("key lookup task failed: {e}");
-                None
-            }
+            Err(e) => Err(CaError::Key(e)),
         }
     }
 
@@ -223,43 +231,55 @@ impl CaManager {
     }
 
     async fn prune(&self, now: i64) {
-        let (gone_x, gone_j): (Vec<CaRecord>, Vec<CaRecord>) = {
+        let gone: Vec<CaRecord> = {
             let mut st = self.write_state();
-            let gone_x = st
+            let mut gone: Vec<CaRecord> = st
                 .x509
                 .iter()
                 .filter(|s| s.record.not_after <= now)
                 .map(|s| s.record.clone())
+                .chain(
+                    st.jwt
+                        .iter()
+                        .filter(|s| s.record.not_after <= now)
+                        .map(|s| s.record.clone()),
+                )
                 .collect();
             st.x509.retain(|s| s.record.not_after > now);
-            let gone_j = st
-                .jwt
-                .iter()
-                .filter(|s| s.record.not_after <= now)
-                .map(|s| s.record.clone())
-                .collect();
             st.jwt.retain(|s| s.record.not_after > now);
-            (gone_x, gone_j)
+            gone.append(&mut st.to_destroy);
+            gone
         };
-        for r in gone_x.into_iter().chain(gone_j) {
-            // Everything this key signed has expired with it: destroy it.
-            let km = self.km.clone();
-            let key_id = r.key_id.clone();
-            if r.key_manager == km.name() {
+        let mut retry = Vec::new();
+        for r in gone {
+            // Everything this key signed has expired with it: destroy it. The record
+            // goes only once the key is gone, so a key store outage cannot leak keys.
+            if r.key_manager == self.km.name() {
+                let km = self.km.clone();
+                let key_id = r.key_id.clone();
                 match tokio::task::spawn_blocking(move || km.delete_key(&key_id)).await {
                     Ok(Ok(())) => {
                         tracing::info!(ca = %r.id, key = %r.key_id, "expired authority removed and its key destroyed")
                     }
                     Ok(Err(e)) => {
-                        tracing::warn!(ca = %r.id, "cannot destroy expired key {}: {e}", r.key_id)
+                        tracing::warn!(ca = %r.id, "cannot destroy expired key {} yet (will retry): {e}", r.key_id);
+                        retry.push(r);
+                        continue;
                     }
-                    Err(e) => tracing::warn!("key deletion task failed: {e}"),
+                    Err(e) => {
+                        tracing::warn!("key deletion task failed: {e}");
+                        retry.push(r);
+                        continue;
+                    }
                 }
             }
-            if let Err(e) = self.ds.delete_ca_record(&r.id).await {
+            if let Err(e) = self.ds.delete_ca_record(&r.id).await
+                && !matches!(e, DatastoreError::NotFound(_))
+            {
                 tracing::warn!(ca = %r.id, "cannot delete CA record: {e}");
             }
         }
+        self.write_state().to_destroy.extend(retry);
     }
 
     fn thresholds(r: &CaRecord) -> (i64, i64) {
@@ -408,10 +428,19 @@ impl CaManager {
         let ttl = self.settings.ca_ttl;
         let cn = format!("Tessera CA {id}");
         let k = key.clone();
-        let cert =
-            tokio::task::spawn_blocking(move || x509::self_signed_ca(&td, &cn, &k, now, now + ttl))
-                .await
-                .map_err(|e| CaError::Internal(e.to_string()))??;
+        let upstream = self.settings.upstream.clone();
+        let cert = tokio::task::spawn_blocking(move || match &upstream {
+            Some(up) => x509::intermediate_ca(&td, &cn, k.public_key_der(), now, now + ttl, up),
+            None => x509::self_signed_ca(&td, &cn, &k, now, now + ttl),
+        })
+        .await
+        .map_err(|e| CaError::Internal(e.to_string()))??;
+        let upstream_roots = self
+            .settings
+            .upstream
+            .as_ref()
+            .map(|u| vec![u.cert_der().to_vec()])
+            .unwrap_or_default();
         let info = x509::cert_info(&cert).map_err(|e| CaError::Internal(e.to_string()))?;
         let record = CaRecord {
             id: id.clone(),
@@ -420,7 +449,7 @@ impl CaManager {
             key_manager: self.km.name().to_owned(),
             cert_der: cert.clone(),
             upstream_chain: Vec::new(),
-            upstream_roots: Vec::new(),
+            upstream_roots,
             public_key_der: Vec::new(),
             jwt_kid: String::new(),
             // The moment of issue, not the backdated NotBefore: lifetimes are counted

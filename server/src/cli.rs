@@ -58,11 +58,34 @@ pub enum Command {
     /// JWT-SVIDs minted directly.
     #[command(subcommand)]
     Jwt(JwtCommand),
+    /// The upstream root CA (offline: needs the configuration, not a running server).
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Checks that the server is up and can sign.
     Healthcheck {
         /// Print each component's state.
         #[arg(long)]
         verbose: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Creates the upstream root key (in the token for `pkcs11`) and its self-signed
+    /// certificate, for the server's `[upstream_authority]`.
+    Init {
+        #[arg(long, short, default_value = crate::config::DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Lifetime of the root certificate.
+        #[arg(long, value_parser = parse_duration, default_value = "3650d")]
+        ttl: Duration,
+        #[arg(long, default_value = "ec-p384")]
+        key_type: tessera_core::key::KeyType,
+        /// Replace an existing root (every agent then needs the new bundle).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -404,7 +427,7 @@ fn print_bundle(b: &tpb::Bundle, format: BundleFormat) -> Result<(), CliError> {
 pub async fn admin_command(socket: &std::path::Path, command: Command) -> Result<(), CliError> {
     let mut c = connect(socket).await?;
     match command {
-        Command::Run { .. } => unreachable!("run is handled by main"),
+        Command::Run { .. } | Command::Ca(_) => unreachable!("handled by main"),
         Command::Entry(EntryCommand::Create {
             fields,
             entry_id,
@@ -714,4 +737,26 @@ pub async fn admin_command(socket: &std::path::Path, command: Command) -> Result
         }
     }
     Ok(())
+}
+
+/// `tessera-server ca init`.
+pub fn ca_command(command: CaCommand) -> Result<(), CliError> {
+    match command {
+        CaCommand::Init {
+            config,
+            set,
+            ttl,
+            key_type,
+            force,
+        } => {
+            let cfg = crate::config::ServerConfig::load(&config, &set)
+                .map_err(|e| CliError(e.to_string()))?;
+            let r = crate::upstream::init_root(&cfg, ttl, key_type, force).map_err(CliError)?;
+            println!("Root CA certificate written to {}", r.cert_path.display());
+            println!("Subject          : {}", r.subject);
+            println!("Valid until      : {}", r.not_after);
+            println!("SHA-256          : {}", r.sha256);
+            Ok(())
+        }
+    }
 }

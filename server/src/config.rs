@@ -97,7 +97,39 @@ pub struct ServerConfig {
     pub key_manager: KeyManagerConfig,
     #[serde(default)]
     pub node_attestors: NodeAttestorsConfig,
+    /// A root CA above the server's CA; without it the server's CA is a self-signed
+    /// root.
+    #[serde(default)]
+    pub upstream_authority: Option<UpstreamAuthorityConfig>,
 }
+
+/// Who signs the server's CA certificates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum UpstreamAuthorityConfig {
+    /// A root key in a PKCS#11 token, made by `tessera-server ca init` or named by a
+    /// `pkcs11:` URI with `object=`/`id=`.
+    Pkcs11 {
+        /// The root certificate (PEM), written by `ca init` (default:
+        /// `<data_dir>/upstream-root.pem`).
+        #[serde(default)]
+        root_cert: Option<PathBuf>,
+        /// The root key's ID among Tessera's keys in the token (default
+        /// `upstream-root`); ignored when the URI names an object.
+        #[serde(default)]
+        key_id: Option<String>,
+        /// The token, PIN and module; may be the key manager's token.
+        pkcs11: tessera_hsm::Pkcs11Config,
+    },
+    /// A root key and certificate in files (PKCS#8 and PEM).
+    Disk {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
+}
+
+/// The default ID of the upstream root key in the token.
+pub const DEFAULT_UPSTREAM_KEY_ID: &str = "upstream-root";
 
 /// Optional human durations.
 mod opt_duration {
@@ -137,6 +169,8 @@ pub enum KeyManagerConfig {
         #[serde(default)]
         dir: Option<PathBuf>,
     },
+    /// A PKCS#11 token (an HSM): keys are made inside it and never leave it.
+    Pkcs11(tessera_hsm::Pkcs11Config),
 }
 
 impl Default for KeyManagerConfig {
@@ -225,6 +259,19 @@ impl ServerConfig {
         self.agent_svid_ttl.unwrap_or(self.x509_svid_ttl)
     }
 
+    /// Where the upstream root certificate lives.
+    pub fn upstream_root_cert(&self) -> Option<PathBuf> {
+        match &self.upstream_authority {
+            Some(UpstreamAuthorityConfig::Pkcs11 { root_cert, .. }) => Some(
+                root_cert
+                    .clone()
+                    .unwrap_or_else(|| self.data_dir.join("upstream-root.pem")),
+            ),
+            Some(UpstreamAuthorityConfig::Disk { cert_file, .. }) => Some(cert_file.clone()),
+            None => None,
+        }
+    }
+
     pub fn datastore_path(&self) -> PathBuf {
         match &self.datastore {
             DatastoreConfig::Sqlite { path } => path
@@ -274,6 +321,43 @@ type = "memory"
         assert_eq!(c.ca_ttl, Duration::from_secs(7200));
         assert_eq!(c.datastore_path(), PathBuf::from("/tmp/x.db"));
         assert!(matches!(c.key_manager, KeyManagerConfig::Memory));
+    }
+
+    #[test]
+    fn pkcs11_sections() {
+        let c = ServerConfig::parse(
+            r#"
+trust_domain = "example.org"
+[key_manager]
+type = "pkcs11"
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "tessera"
+pin_file = "/etc/tessera/hsm.pin"
+
+[upstream_authority]
+type = "pkcs11"
+[upstream_authority.pkcs11]
+uri = "pkcs11:token=root;object=tessera-root?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=/etc/pin"
+"#,
+        )
+        .unwrap();
+        match &c.key_manager {
+            KeyManagerConfig::Pkcs11(p) => assert_eq!(p.token_label.as_deref(), Some("tessera")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            c.upstream_authority,
+            Some(UpstreamAuthorityConfig::Pkcs11 { .. })
+        ));
+        assert_eq!(
+            c.upstream_root_cert().unwrap(),
+            PathBuf::from("/var/lib/tessera/server/upstream-root.pem")
+        );
+        let e = ServerConfig::parse(
+            "trust_domain = \"e.org\"\n[key_manager]\ntype = \"pkcs11\"\nmodul = \"x\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("modul"), "{e}");
     }
 
     #[test]

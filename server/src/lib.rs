@@ -11,3 +11,4 @@ pub mod entries;
 pub mod run;
 
 pub mod transport;
+pub mod upstream;

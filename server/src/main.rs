@@ -3,12 +3,15 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tessera_server::cli::{Cli, Command, admin_command};
+use tessera_server::cli::{Cli, Command, admin_command, ca_command};
 use tessera_server::config::ServerConfig;
 
 fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| {
+        // cryptoki logs every mechanism a token lists that it has no name for, at
+        // ERROR; that is noise, not a fault.
+        tracing_subscriber::EnvFilter::new(format!("{level},cryptoki::mechanism=off"))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -58,6 +61,16 @@ fn main() -> ExitCode {
                 Err(e) => {
                     tracing::error!("{e}");
                     eprintln!("Error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Ca(c) => {
+            init_logging("warn");
+            match ca_command(c) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("Error: {}", e.0);
                     ExitCode::FAILURE
                 }
             }

@@ -45,6 +45,10 @@ pub fn open_key_manager(config: &ServerConfig) -> Result<Arc<dyn KeyManager>, Ru
             let dir = dir.clone().unwrap_or_else(|| config.data_dir.join("keys"));
             Arc::new(DiskKeyManager::open(&dir).map_err(|e| startup(format!("key manager: {e}")))?)
         }
+        KeyManagerConfig::Pkcs11(p) => Arc::new(
+            tessera_hsm::Pkcs11KeyManager::open(p)
+                .map_err(|e| startup(format!("key manager pkcs11: {e}")))?,
+        ),
     })
 }
 
@@ -157,6 +161,7 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
             ca_key_type: config.ca_key_type,
             jwt_key_type: config.jwt_key_type,
             refresh_hint: config.bundle_refresh_hint,
+            upstream: crate::upstream::load(&config).map_err(startup)?,
         },
         km.clone(),
         ds.clone(),

@@ -126,12 +126,23 @@ pub struct Server {
     child: Option<Child>,
     log: PathBuf,
     starts: u32,
+    /// Extra environment for the server process and its CLI (e.g. SOFTHSM2_CONF).
+    env: Vec<(String, String)>,
 }
 
 impl Server {
+    /// Like [`Self::start`], with extra environment variables for the process and CLI.
+    pub fn start_with_env(dir: &Path, extra: &str, env: &[(String, String)]) -> Self {
+        Self::start_inner(dir, extra, env.to_vec())
+    }
+
     /// Writes a configuration (trust domain `example.org`, everything under `dir`,
     /// plus `extra` TOML lines) and starts the server.
     pub fn start(dir: &Path, extra: &str) -> Self {
+        Self::start_inner(dir, extra, Vec::new())
+    }
+
+    fn start_inner(dir: &Path, extra: &str, env: Vec<(String, String)>) -> Self {
         std::fs::create_dir_all(dir).expect("server dir");
         let port = free_port();
         let admin = dir.join("admin.sock");
@@ -150,22 +161,26 @@ impl Server {
             child: None,
             log: dir.join("server.log"),
             starts: 0,
+            env,
         };
         s.launch();
         s
+    }
+
+    fn run_command(&self) -> Command {
+        let mut cmd = Command::new(bin("tessera-server"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
     }
 
     fn launch(&mut self) {
         self.starts += 1;
         let log = self.dir.join(format!("server.{}.log", self.starts));
         self.log = log.clone();
-        let child = spawn_logged(
-            Command::new(bin("tessera-server"))
-                .arg("run")
-                .arg("--config")
-                .arg(&self.config),
-            &log,
-        );
+        let child = spawn_logged(&mut self.run_command(), &log);
         self.child = Some(child);
         let ok = wait_until(Duration::from_secs(30), || {
             if let Some(c) = self.child.as_mut()
@@ -176,6 +191,27 @@ impl Server {
             self.cli(&["healthcheck"]).status.success()
         });
         assert!(ok, "server did not become healthy:\n{}", self.log());
+    }
+
+    /// Starts the server again after [`Self::stop`].
+    pub fn start_again(&mut self) {
+        self.launch();
+    }
+
+    /// Starts the server process without waiting for it to be healthy; returns its
+    /// exit status if it ended within `wait`.
+    pub fn try_start(&mut self, wait: Duration) -> Option<ExitStatus> {
+        self.starts += 1;
+        let log = self.dir.join(format!("server.{}.log", self.starts));
+        self.log = log.clone();
+        let mut child = spawn_logged(&mut self.run_command(), &log);
+        let mut status = None;
+        wait_until(wait, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        self.child = Some(child);
+        status
     }
 
     /// Stops and starts the server on the same state.
@@ -196,6 +232,7 @@ impl Server {
             .arg("--socket-path")
             .arg(&self.admin)
             .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("tessera-server CLI")
     }
@@ -275,6 +312,77 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A SoftHSM2 token under a private configuration, made by `scripts/softhsm.sh`.
+#[derive(Debug, Clone)]
+pub struct SoftHsm {
+    pub dir: PathBuf,
+    pub conf: PathBuf,
+    pub module: PathBuf,
+    pub label: String,
+    pub pin_file: PathBuf,
+}
+
+impl SoftHsm {
+    /// Creates token `label` (user PIN `pin`) in `dir`.
+    pub fn init(dir: &Path, label: &str, pin: &str) -> Self {
+        let script = repo_root().join("scripts").join("softhsm.sh");
+        let out = run_ok(
+            Command::new("bash")
+                .arg(&script)
+                .arg("init")
+                .arg(dir)
+                .arg(label)
+                .arg(pin),
+        );
+        let var = |name: &str| -> String {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                .map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_owned())
+                .unwrap_or_else(|| panic!("softhsm.sh printed no {name}:\n{out}"))
+        };
+        Self {
+            dir: dir.to_owned(),
+            conf: PathBuf::from(var("SOFTHSM2_CONF")),
+            module: PathBuf::from(var("PKCS11_MODULE")),
+            label: label.to_owned(),
+            pin_file: PathBuf::from(var("PKCS11_PIN_FILE")),
+        }
+    }
+
+    /// The environment a process needs to see this token.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![("SOFTHSM2_CONF".into(), self.conf.display().to_string())]
+    }
+
+    /// A `[key_manager]`-style PKCS#11 section body for this token.
+    pub fn section(&self) -> String {
+        format!(
+            "module = \"{}\"\ntoken_label = \"{}\"\npin_file = \"{}\"\n",
+            self.module.display(),
+            self.label,
+            self.pin_file.display()
+        )
+    }
+
+    /// Runs pkcs11-tool against this token (logged in) and returns its stdout.
+    pub fn pkcs11_tool(&self, args: &[&str]) -> Output {
+        let pin = std::fs::read_to_string(&self.pin_file).expect("pin file");
+        Command::new("pkcs11-tool")
+            .arg("--module")
+            .arg(&self.module)
+            .args(["--token-label", &self.label, "--login", "--pin", pin.trim()])
+            .args(args)
+            .env("SOFTHSM2_CONF", &self.conf)
+            .output()
+            .expect("pkcs11-tool")
+    }
+
+    /// The token directory SoftHSM keeps this token's objects in.
+    pub fn tokens_dir(&self) -> PathBuf {
+        self.dir.join("tokens")
     }
 }
 
@@ -500,4 +608,102 @@ pub fn openssl_verify(ca: &Path, cert: &Path) -> Output {
         .arg(cert)
         .output()
         .expect("openssl")
+}
+
+/// One FetchX509SVID stream message, as a workload received it.
+#[derive(Debug, Clone)]
+pub struct X509Update {
+    pub at: std::time::SystemTime,
+    /// The default SVID's chain, leaf first.
+    pub chain: Vec<Vec<u8>>,
+    /// The bundle sent with it.
+    pub bundle: tessera_core::Bundle,
+    pub serial: String,
+    pub not_after: i64,
+    pub issuer: String,
+}
+
+/// Holds a FetchX509SVID stream open for `duration` (waiting first for the caller to
+/// have an identity) and returns every message.
+pub fn watch_x509(agent: &Agent, duration: Duration) -> Vec<X509Update> {
+    use tessera_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+    let td = tessera_core::TrustDomain::new("example.org").expect("trust domain");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let ch = tessera_proto::unix_channel(&agent.socket)
+            .await
+            .expect("agent socket");
+        let mut client =
+            SpiffeWorkloadApiClient::with_interceptor(ch, |mut r: tonic::Request<()>| {
+                r.metadata_mut().insert(
+                    "workload.spiffe.io",
+                    tonic::metadata::MetadataValue::from_static("true"),
+                );
+                Ok(r)
+            });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut stream = loop {
+            match client
+                .fetch_x509svid(tessera_proto::workload::X509svidRequest {})
+                .await
+            {
+                Ok(s) => break s.into_inner(),
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(e) => panic!("no SVID: {e}\n{}", agent.log()),
+            }
+        };
+        let mut out = Vec::new();
+        let end = Instant::now() + duration;
+        while let Ok(Some(msg)) = tokio::time::timeout_at(end.into(), stream.message())
+            .await
+            .map(|r| r.expect("stream error"))
+        {
+            let at = std::time::SystemTime::now();
+            let svid = &msg.svids[0];
+            let chain =
+                tessera_core::x509::split_concatenated(&svid.x509_svid).expect("SVID chain");
+            let roots = tessera_core::x509::split_concatenated(&svid.bundle).expect("bundle");
+            let info = tessera_core::x509::cert_info(&chain[0]).expect("leaf");
+            out.push(X509Update {
+                at,
+                chain,
+                bundle: tessera_core::Bundle::with_x509(td.clone(), roots),
+                serial: info.serial_hex,
+                not_after: info.not_after,
+                issuer: info.issuer,
+            });
+        }
+        out
+    })
+}
+
+/// Checks what a workload saw: every SVID valid against the bundle it came with; each
+/// new SVID arriving before the previous one expired; the SVID held before every
+/// update still valid against the new bundle.
+pub fn assert_continuous(updates: &[X509Update]) {
+    for (i, r) in updates.iter().enumerate() {
+        tessera_core::x509::verify_svid_chain(&r.chain, &r.bundle, r.at).unwrap_or_else(|e| {
+            panic!("update {i}: SVID does not verify against its own bundle: {e}")
+        });
+        if i == 0 {
+            continue;
+        }
+        let prev = &updates[i - 1];
+        let new_svid = prev.serial != r.serial;
+        let new_bundle = prev.bundle.x509_authorities() != r.bundle.x509_authorities();
+        assert!(new_svid || new_bundle, "update {i} changes nothing");
+        let at = tessera_core::x509::unix_seconds(r.at);
+        assert!(
+            !new_svid || at < prev.not_after,
+            "update {i} arrived at {at}, after the previous SVID expired at {}",
+            prev.not_after
+        );
+        tessera_core::x509::verify_svid_chain(&prev.chain, &r.bundle, r.at).unwrap_or_else(|e| {
+            panic!(
+                "update {i}: the SVID held before no longer verifies against the new bundle: {e}"
+            )
+        });
+    }
 }
