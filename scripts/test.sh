@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every Tessera test on this machine: formatting and lints, unit tests, and the
+# end-to-end tests that start real swtpm, SoftHSM2, servers and agents and talk to
+# them with py-spiffe, the `spiffe` crate, OpenSSL and pkcs11-tool.
+#
+#   scripts/test.sh            # set up the machine if needed, then test everything
+#
+# Installs what it needs first (scripts/setup.sh). Prints the test runner's summary.
+
+set -euo pipefail
+
+root=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
+cd "$root"
+
+bash scripts/setup.sh
+
+echo "== format"
+cargo fmt --all -- --check
+
+echo "== lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== build (the end-to-end tests run these binaries)"
+cargo build --workspace --bins --locked
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+else
+    cargo test --workspace --locked --no-fail-fast
+fi
