@@ -15,7 +15,7 @@ use super::convert::{
     bundle_from_proto, bundle_to_proto, entry_from_proto, entry_to_proto, status_of,
 };
 use super::{ServerState, join_error};
-use crate::datastore::{DatastoreError, EntryFilter, Page};
+use crate::datastore::{EntryFilter, Page};
 
 /// The admin API service.
 #[derive(Debug, Clone)]
@@ -39,6 +39,18 @@ impl AdminApi {
             tracing::warn!("entry cache refresh failed (the follower will retry): {e}");
             self.state.entries.changed.notify_one();
         }
+    }
+
+    /// A workload ID of this trust domain (for minting).
+    fn workload_id(&self, s: &str) -> Result<SpiffeId, Status> {
+        let id =
+            SpiffeId::new(s).map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?;
+        if !id.is_member_of(self.state.trust_domain()) || id.is_trust_domain_id() {
+            return Err(Status::invalid_argument(format!(
+                "{id} is not a workload ID of this trust domain"
+            )));
+        }
+        Ok(id)
     }
 
     fn agent_id(&self, s: &str) -> Result<SpiffeId, Status> {
@@ -307,14 +319,7 @@ impl Admin for AdminApi {
         req: Request<pb::AgentRequest>,
     ) -> Result<Response<pb::AgentActionResponse>, Status> {
         let id = self.agent_id(&req.into_inner().spiffe_id)?;
-        self.state
-            .ds
-            .delete_attested_node(&id)
-            .await
-            .map_err(|e| match e {
-                DatastoreError::NotFound(_) => Status::not_found(format!("agent {id} not found")),
-                other => other.into(),
-            })?;
+        self.state.ds.delete_attested_node(&id).await?;
         self.state.nodes.put(&id, None);
         self.state.entries.forget_agent(&id);
         tracing::info!(agent = %id, "agent evicted");
@@ -326,14 +331,7 @@ impl Admin for AdminApi {
         req: Request<pb::AgentRequest>,
     ) -> Result<Response<pb::AgentActionResponse>, Status> {
         let id = self.agent_id(&req.into_inner().spiffe_id)?;
-        self.state
-            .ds
-            .ban_attested_node(&id)
-            .await
-            .map_err(|e| match e {
-                DatastoreError::NotFound(_) => Status::not_found(format!("agent {id} not found")),
-                other => other.into(),
-            })?;
+        self.state.ds.ban_attested_node(&id).await?;
         let node = self.state.ds.get_attested_node(&id).await?;
         self.state.nodes.put(&id, node);
         self.state.entries.forget_agent(&id);
@@ -410,13 +408,7 @@ impl Admin for AdminApi {
         req: Request<pb::MintX509SvidRequest>,
     ) -> Result<Response<pb::MintX509SvidResponse>, Status> {
         let r = req.into_inner();
-        let id = SpiffeId::new(&r.spiffe_id)
-            .map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?;
-        if !id.is_member_of(self.state.trust_domain()) || id.is_trust_domain_id() {
-            return Err(Status::invalid_argument(format!(
-                "{id} is not a workload ID of this trust domain"
-            )));
-        }
+        let id = self.workload_id(&r.spiffe_id)?;
         for d in &r.dns_names {
             if !tessera_core::entry::is_dns_name(d) {
                 return Err(Status::invalid_argument(format!(
@@ -446,13 +438,7 @@ impl Admin for AdminApi {
         req: Request<pb::MintJwtSvidRequest>,
     ) -> Result<Response<pb::MintJwtSvidResponse>, Status> {
         let r = req.into_inner();
-        let id = SpiffeId::new(&r.spiffe_id)
-            .map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?;
-        if !id.is_member_of(self.state.trust_domain()) || id.is_trust_domain_id() {
-            return Err(Status::invalid_argument(format!(
-                "{id} is not a workload ID of this trust domain"
-            )));
-        }
+        let id = self.workload_id(&r.spiffe_id)?;
         if r.audience.is_empty() {
             return Err(Status::invalid_argument(
                 "at least one audience is required",
