@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Tessera demo, on embedded defaults: a server whose CA key lives in a (SoftHSM2)
-# HSM, an agent that proves its node, an entry for the user running this script,
-# and that user's SVID fetched over the SPIFFE Workload API and checked.
+# HSM, an agent that proves its node with its (swtpm) TPM's DevID and keeps its own
+# key in that TPM, an entry for the user running this script, and that user's SVID
+# fetched over the SPIFFE Workload API and checked.
 #
 #   scripts/demo.sh [--keep]
 #
@@ -51,6 +52,17 @@ step "An HSM token for the CA key (SoftHSM2, private configuration)"
 eval "$(bash scripts/softhsm.sh init "$demo/hsm" tessera-demo 4321)"
 export SOFTHSM2_CONF
 
+step "A TPM (swtpm) with EK certificates from its maker, and a DevID from its vendor"
+bash scripts/swtpm.sh start "$demo/swtpm" >/dev/null
+# shellcheck disable=SC1091
+source "$demo/swtpm/env"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -subj "/CN=Demo Appliance Vendor CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -keyout "$demo/vendor-ca.key" -out "$demo/vendor-ca.pem" 2>/dev/null
+"$bin/tessera-agent" tpm provision-devid --tcti "$TPM_TCTI" --common-name demo-appliance-0001 \
+    --vendor-ca-cert "$demo/vendor-ca.pem" --vendor-ca-key "$demo/vendor-ca.key" --out "$demo/devid"
+
 step "The server"
 cat >"$demo/server.toml" <<TOML
 trust_domain = "example.org"
@@ -63,6 +75,11 @@ type = "pkcs11"
 module = "$PKCS11_MODULE"
 token_label = "tessera-demo"
 pin_file = "$PKCS11_PIN_FILE"
+
+[node_attestors.tpm_devid]
+devid_ca_bundle = ["$demo/vendor-ca.pem"]
+ek_ca_bundle = ["$TPM_EK_CA_ROOT"]
+ek_intermediates = ["$TPM_EK_CA_INTERMEDIATE"]
 TOML
 "$bin/tessera-server" run --config "$demo/server.toml" >"$demo/server.log" 2>&1 &
 echo $! >"$demo/server.pid"
@@ -76,24 +93,34 @@ pin=$(cat "$PKCS11_PIN_FILE")
 pkcs11-tool --module "$PKCS11_MODULE" --token-label tessera-demo --login --pin "$pin" \
     --list-objects --type privkey 2>/dev/null | grep -E 'label|Access|Usage'
 
-step "An entry for you ($(id -un), uid $(id -u))"
-token=$(srv token generate --spiffe-id spiffe://example.org/demo-node | awk '{print $2}')
-srv entry create --parent-id spiffe://example.org/demo-node \
+step "Entries: the vendor's appliances (by DevID), and you ($(id -un), uid $(id -u)) on them"
+srv entry create --node --spiffe-id spiffe://example.org/appliances \
+    --selector "tpm_devid:issuer:cn:Demo Appliance Vendor CA"
+srv entry create --parent-id spiffe://example.org/appliances \
     --spiffe-id "spiffe://example.org/demo/$(id -un)" --selector "unix:uid:$(id -u)"
 
-step "The agent (join token attestation)"
+step "The agent (TPM DevID attestation; its own key in the TPM)"
 cat >"$demo/agent.toml" <<TOML
 trust_domain = "example.org"
 server_address = "127.0.0.1:$port"
 data_dir = "$demo/agent"
 socket_path = "$demo/agent/api.sock"
 trust_bundle_path = "$demo/bundle.pem"
+
+[key_manager]
+type = "tpm"
+
+[node_attestor.tpm_devid]
+tcti = "$TPM_TCTI"
+devid_dir = "$demo/devid"
 TOML
-"$bin/tessera-agent" run --config "$demo/agent.toml" --join-token "$token" >"$demo/agent.log" 2>&1 &
+"$bin/tessera-agent" run --config "$demo/agent.toml" >"$demo/agent.log" 2>&1 &
 echo $! >"$demo/agent.pid"
 agent() { "$bin/tessera-agent" "$@" --socket-path "$demo/agent/api.sock"; }
 for _ in $(seq 100); do agent healthcheck >/dev/null 2>&1 && break; sleep 0.1; done
 agent healthcheck --verbose
+"$bin/tessera-server" --socket-path "$demo/server/admin.sock" agent list
+echo "The agent's key on disk is a TPM blob: $(ls "$demo"/agent/keys/)"
 
 step "Your X509-SVID over the SPIFFE Workload API"
 for _ in $(seq 50); do agent api fetch x509 >/dev/null 2>&1 && break; sleep 0.2; done

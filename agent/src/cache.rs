@@ -29,6 +29,9 @@ pub struct Svid {
 pub struct Snapshot {
     /// Grows with every publication.
     pub generation: u64,
+    /// Whether the entries have been synced with the server at least once: before
+    /// that, "no entry matches" means "not known yet", not "no identity".
+    pub synced: bool,
     pub bundle: Option<Arc<Bundle>>,
     pub federated: BTreeMap<TrustDomain, Arc<Bundle>>,
     /// Every entry held, sorted by ID.

@@ -53,6 +53,9 @@ pub enum Command {
     /// Acts as a workload against the Workload API.
     #[command(subcommand)]
     Api(ApiCommand),
+    /// The TPM: DevID provisioning and what to allow-list.
+    #[command(subcommand)]
+    Tpm(crate::tpm_cli::TpmCommand),
     /// Checks that the agent is up and has its identity.
     Healthcheck {
         #[command(flatten)]
@@ -269,6 +272,7 @@ fn write_x509(resp: &pb::X509svidResponse, dir: &Path) -> Result<(), CliError> {
 pub async fn client_command(command: Command) -> Result<(), CliError> {
     match command {
         Command::Run { .. } => unreachable!("run is handled by main"),
+        Command::Tpm(c) => crate::tpm_cli::command(c)?,
         Command::Api(ApiCommand::Fetch(FetchCommand::X509 { socket, write })) => {
             let mut c = workload_client(&socket.resolve()?).await?;
             let start = Instant::now();
@@ -385,22 +389,84 @@ fn struct_value_to_json(v: prost_types::Value) -> serde_json::Value {
     }
 }
 
+/// Opens the TPM the configuration names, once: the node attestor and the key manager
+/// share it (one TPM context; the device serialises commands).
+pub fn open_tpm(cfg: &AgentConfig) -> Result<Option<Arc<tessera_tpm::Tpm>>, String> {
+    let Some(tcti) = cfg.tpm_tcti() else {
+        return Ok(None);
+    };
+    let attestor_tcti = cfg
+        .node_attestor
+        .tpm_devid
+        .as_ref()
+        .map(|c| &c.tcti)
+        .or_else(|| cfg.node_attestor.tpm_ek.as_ref().map(|c| &c.tcti));
+    if let Some(a) = attestor_tcti
+        && a != &tcti
+    {
+        return Err(format!(
+            "the key manager's TPM ({tcti}) and the node attestor's ({a}) differ: the agent uses one TPM"
+        ));
+    }
+    crate::tpm_cli::open(&tcti).map(Some)
+}
+
 /// Opens the configured key manager for the agent's own key.
-pub fn open_key_manager(cfg: &AgentConfig) -> Result<Arc<dyn KeyManager>, String> {
+pub fn open_key_manager(
+    cfg: &AgentConfig,
+    tpm: Option<Arc<tessera_tpm::Tpm>>,
+) -> Result<Arc<dyn KeyManager>, String> {
     Ok(match cfg.key_manager {
         KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::new()),
         KeyManagerConfig::Disk => Arc::new(
             DiskKeyManager::open(&cfg.data_dir.join("keys"))
                 .map_err(|e| format!("key manager: {e}"))?,
         ),
+        KeyManagerConfig::Tpm { .. } => {
+            let tpm = tpm.ok_or("the tpm key manager needs a TPM (tcti)")?;
+            Arc::new(
+                tessera_tpm::TpmKeyManager::open(tpm, &cfg.data_dir.join("keys"))
+                    .map_err(|e| format!("key manager tpm: {e}"))?,
+            )
+        }
     })
 }
 
-/// The node attestor from the flag, the environment or the configuration.
+/// The node attestor: a configured TPM attestor first (the device proves itself, and
+/// can do so again), else a join token from the flag, the environment or the file.
 pub fn node_attestor(
     cfg: &AgentConfig,
     flag: Option<String>,
+    tpm: Option<Arc<tessera_tpm::Tpm>>,
 ) -> Result<Option<Arc<dyn NodeAttestor>>, String> {
+    let tpm_attestor: Option<Arc<dyn NodeAttestor>> = if let Some(c) = &cfg.node_attestor.tpm_devid
+    {
+        let tpm = tpm.clone().ok_or("tpm_devid needs a TPM")?;
+        let identity = tessera_tpm::provision::load_devid(&c.devid_dir)
+            .map_err(|e| format!("node_attestor.tpm_devid: {e} (provision it with `tessera-agent tpm provision-devid`)"))?;
+        Some(Arc::new(crate::attestor::tpm_devid::TpmDevId::new(
+            tpm,
+            identity,
+            tessera_tpm::AgentOptions { ek: c.ek, ak: c.ak },
+        )))
+    } else if let Some(c) = &cfg.node_attestor.tpm_ek {
+        let tpm = tpm.clone().ok_or("tpm_ek needs a TPM")?;
+        Some(Arc::new(crate::attestor::tpm_ek::TpmEk::new(
+            tpm,
+            tessera_tpm::AgentOptions { ek: c.ek, ak: c.ak },
+        )))
+    } else {
+        None
+    };
+    if let Some(a) = tpm_attestor {
+        if flag.as_deref().is_some_and(|t| !t.is_empty()) {
+            tracing::warn!(
+                "a join token was given but {} attestation is configured: the token is ignored",
+                a.name()
+            );
+        }
+        return Ok(Some(a));
+    }
     if let Some(t) = flag.filter(|t| !t.is_empty()) {
         return Ok(Some(Arc::new(JoinToken::new(zeroize::Zeroizing::new(t)))));
     }
@@ -425,8 +491,9 @@ pub fn node_attestor(
 
 /// `tessera-agent run`.
 pub async fn run(cfg: AgentConfig, join_token: Option<String>) -> Result<(), String> {
-    let km = open_key_manager(&cfg)?;
-    let attestor = node_attestor(&cfg, join_token)?;
+    let tpm = open_tpm(&cfg)?;
+    let km = open_key_manager(&cfg, tpm.clone())?;
+    let attestor = node_attestor(&cfg, join_token, tpm)?;
     // Bind first: a second agent on the same socket fails before touching any state.
     let listener = crate::workload::bind(&cfg.socket_path)?;
     let socket_path = cfg.socket_path.clone();

@@ -89,6 +89,13 @@ pub enum KeyManagerConfig {
     /// A PKCS#8 file (mode 0600) in `<data_dir>/keys`.
     #[default]
     Disk,
+    /// A key in the TPM; `<data_dir>/keys` holds only its TPM blob, useless on any
+    /// other TPM.
+    Tpm {
+        /// The TPM; defaults to the TPM node attestor's.
+        #[serde(default)]
+        tcti: Option<tessera_tpm::Tcti>,
+    },
 }
 
 /// How the agent proves its node.
@@ -97,14 +104,55 @@ pub enum KeyManagerConfig {
 pub struct NodeAttestorConfig {
     #[serde(default)]
     pub join_token: Option<JoinTokenConfig>,
+    /// TPM DevID attestation (provision the DevID with `tessera-agent tpm provision-devid`).
+    #[serde(default)]
+    pub tpm_devid: Option<TpmDevIdConfig>,
+    /// TPM EK attestation.
+    #[serde(default)]
+    pub tpm_ek: Option<TpmEkConfig>,
 }
 
 impl Default for NodeAttestorConfig {
     fn default() -> Self {
         Self {
             join_token: Some(JoinTokenConfig::default()),
+            tpm_devid: None,
+            tpm_ek: None,
         }
     }
+}
+
+fn default_tcti() -> tessera_tpm::Tcti {
+    tessera_tpm::Tcti::default_device()
+}
+
+/// `[node_attestor.tpm_devid]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmDevIdConfig {
+    /// `device:/dev/tpmrm0` (default), `swtpm:host=..,port=..`, `mssim:...`, `tabrmd`.
+    #[serde(default = "default_tcti")]
+    pub tcti: tessera_tpm::Tcti,
+    /// The folder `tpm provision-devid` wrote (DevID key blob and certificate chain).
+    pub devid_dir: PathBuf,
+    /// The EK: `rsa-2048`, `ecc-p256`, `ecc-p384` (default: the first with a certificate).
+    #[serde(default)]
+    pub ek: Option<tessera_tpm::ek::EkKind>,
+    /// The fresh AK's algorithm: `ecc-p256` (default) or `rsa-2048`.
+    #[serde(default)]
+    pub ak: tessera_tpm::ak::AkKind,
+}
+
+/// `[node_attestor.tpm_ek]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmEkConfig {
+    #[serde(default = "default_tcti")]
+    pub tcti: tessera_tpm::Tcti,
+    #[serde(default)]
+    pub ek: Option<tessera_tpm::ek::EkKind>,
+    #[serde(default)]
+    pub ak: tessera_tpm::ak::AkKind,
 }
 
 /// Where the join token comes from: the first that is set. The `--join-token` flag
@@ -189,6 +237,18 @@ impl AgentConfig {
                 "sync_interval must be at least 100ms".into(),
             ));
         }
+        if self.node_attestor.tpm_devid.is_some() && self.node_attestor.tpm_ek.is_some() {
+            return Err(InvalidConfig::Rule(
+                "configure one TPM node attestor: [node_attestor.tpm_devid] or [node_attestor.tpm_ek], not both".into(),
+            ));
+        }
+        if matches!(self.key_manager, KeyManagerConfig::Tpm { tcti: None })
+            && self.tpm_tcti().is_none()
+        {
+            return Err(InvalidConfig::Rule(
+                "[key_manager] type = \"tpm\" needs a tcti (in [key_manager] or in a TPM node attestor section)".into(),
+            ));
+        }
         if !self.socket_path.is_absolute() {
             return Err(InvalidConfig::Rule(format!(
                 "socket_path {} must be absolute",
@@ -196,6 +256,19 @@ impl AgentConfig {
             )));
         }
         Ok(())
+    }
+
+    /// The TPM this agent uses: the key manager's, else the node attestor's. Both given
+    /// and different is refused at start-up.
+    pub fn tpm_tcti(&self) -> Option<tessera_tpm::Tcti> {
+        if let KeyManagerConfig::Tpm { tcti: Some(t) } = &self.key_manager {
+            return Some(t.clone());
+        }
+        self.node_attestor
+            .tpm_devid
+            .as_ref()
+            .map(|c| c.tcti.clone())
+            .or_else(|| self.node_attestor.tpm_ek.as_ref().map(|c| c.tcti.clone()))
     }
 
     /// Every server address to try, `host:port`, in order.
@@ -241,6 +314,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.servers(), vec!["a:9".to_string(), "b:8081".to_string()]);
+    }
+
+    #[test]
+    fn tpm_sections() {
+        let c = AgentConfig::parse(
+            r#"
+trust_domain = "e.org"
+server_address = "a"
+insecure_bootstrap = true
+[key_manager]
+type = "tpm"
+[node_attestor.tpm_devid]
+tcti = "swtpm:host=127.0.0.1,port=2321"
+devid_dir = "/var/lib/tessera/devid"
+ek = "ecc-p384"
+"#,
+        )
+        .unwrap();
+        assert!(c.node_attestor.tpm_devid.is_some());
+        assert!(c.tpm_tcti().is_some());
+        let e = AgentConfig::parse(
+            "trust_domain = \"e.org\"\nserver_address = \"a\"\ninsecure_bootstrap = true\n[key_manager]\ntype = \"tpm\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("tcti"), "{e}");
+        let e = AgentConfig::parse(
+            "trust_domain = \"e.org\"\nserver_address = \"a\"\ninsecure_bootstrap = true\n[node_attestor.tpm_ek]\n[node_attestor.tpm_devid]\ndevid_dir = \"/x\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("one TPM node attestor"), "{e}");
+        let e = AgentConfig::parse(
+            "trust_domain = \"e.org\"\nserver_address = \"a\"\ninsecure_bootstrap = true\n[node_attestor.tpm_ek]\nek = \"rsa-1024\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains(":5:"), "{e}");
     }
 
     #[test]

@@ -8,4 +8,5 @@ pub mod client;
 pub mod config;
 pub mod manager;
 pub mod state;
+pub mod tpm_cli;
 pub mod workload;

@@ -468,7 +468,7 @@ impl Agent {
         svids.retain(|id, _| entries.contains_key(id));
         changed |= svids.len() != before;
         changed |= self.mint(&mut st).await?;
-        if changed {
+        if changed || !self.cache.snapshot().synced {
             let keep: HashSet<String> = st.entries.keys().cloned().collect();
             self.cache.forget_jwts_except(&keep);
             self.publish(&st);
@@ -586,6 +586,7 @@ impl Agent {
         let federated = st.federated.clone();
         self.cache.update(move |_| Snapshot {
             generation: 0,
+            synced: true,
             bundle: Some(bundle),
             federated,
             entries,
@@ -765,6 +766,7 @@ impl Agent {
 fn clone_snapshot(s: &Snapshot) -> Snapshot {
     Snapshot {
         generation: s.generation,
+        synced: s.synced,
         bundle: s.bundle.clone(),
         federated: s.federated.clone(),
         entries: s.entries.clone(),

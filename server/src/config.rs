@@ -185,12 +185,20 @@ impl Default for KeyManagerConfig {
 pub struct NodeAttestorsConfig {
     #[serde(default)]
     pub join_token: JoinTokenConfig,
+    /// TPM DevID attestation (off unless configured).
+    #[serde(default)]
+    pub tpm_devid: Option<crate::attestor::tpm_devid::TpmDevIdConfig>,
+    /// TPM EK attestation (off unless configured).
+    #[serde(default)]
+    pub tpm_ek: Option<crate::attestor::tpm_ek::TpmEkConfig>,
 }
 
 impl Default for NodeAttestorsConfig {
     fn default() -> Self {
         Self {
             join_token: JoinTokenConfig { enabled: true },
+            tpm_devid: None,
+            tpm_ek: None,
         }
     }
 }

@@ -176,6 +176,14 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
         let a = Arc::new(JoinToken::new(ds.clone()));
         attestors.insert(a.name(), a);
     }
+    if let Some(c) = &config.node_attestors.tpm_devid {
+        let a = Arc::new(crate::attestor::tpm_devid::TpmDevId::new(c).map_err(startup)?);
+        attestors.insert(a.name(), a);
+    }
+    if let Some(c) = &config.node_attestors.tpm_ek {
+        let a = Arc::new(crate::attestor::tpm_ek::TpmEk::new(c).map_err(startup)?);
+        attestors.insert(a.name(), a);
+    }
     Ok(Arc::new(ServerState {
         config,
         ds,

@@ -707,3 +707,114 @@ pub fn assert_continuous(updates: &[X509Update]) {
         });
     }
 }
+
+/// A swtpm simulator owned by `scripts/swtpm.sh`: provisioned with EK certificates
+/// from its own local CA (the stand-in for a TPM manufacturer), stopped on drop.
+#[derive(Debug)]
+pub struct Swtpm {
+    pub dir: PathBuf,
+    /// Tessera's TCTI setting for it.
+    pub tcti: String,
+    /// The local CA's root and intermediate (PEM files).
+    pub ek_ca_root: PathBuf,
+    pub ek_ca_intermediate: PathBuf,
+}
+
+impl Swtpm {
+    /// Provisions (on first use of `dir`) and starts a simulator.
+    pub fn start(dir: &Path) -> Self {
+        let script = repo_root().join("scripts").join("swtpm.sh");
+        run_ok(Command::new("bash").arg(&script).arg("start").arg(dir));
+        let env = std::fs::read_to_string(dir.join("env")).expect("swtpm env file");
+        let var = |name: &str| -> String {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                .map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_owned())
+                .unwrap_or_else(|| panic!("swtpm.sh wrote no {name}:\n{env}"))
+        };
+        Self {
+            dir: dir.to_owned(),
+            tcti: var("TPM_TCTI"),
+            ek_ca_root: PathBuf::from(var("TPM_EK_CA_ROOT")),
+            ek_ca_intermediate: PathBuf::from(var("TPM_EK_CA_INTERMEDIATE")),
+        }
+    }
+
+    /// `tessera-agent tpm provision-devid` with `ca`, into `out`.
+    pub fn provision_devid(&self, ca: &TestCa, out: &Path, cn: &str) {
+        run_ok(
+            Command::new(bin("tessera-agent"))
+                .args([
+                    "tpm",
+                    "provision-devid",
+                    "--tcti",
+                    &self.tcti,
+                    "--common-name",
+                    cn,
+                ])
+                .arg("--vendor-ca-cert")
+                .arg(&ca.cert)
+                .arg("--vendor-ca-key")
+                .arg(&ca.key)
+                .arg("--out")
+                .arg(out),
+        );
+    }
+
+    /// `tessera-agent tpm info --output json`.
+    pub fn info(&self, devid: Option<&Path>) -> serde_json::Value {
+        let mut cmd = Command::new(bin("tessera-agent"));
+        cmd.args(["tpm", "info", "--output", "json", "--tcti", &self.tcti]);
+        if let Some(d) = devid {
+            cmd.arg("--devid-dir").arg(d);
+        }
+        serde_json::from_str(&run_ok(&mut cmd)).expect("tpm info JSON")
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo_root().join("scripts").join("swtpm.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+/// A throw-away CA made with OpenSSL (a DevID vendor CA in the TPM tests).
+#[derive(Debug, Clone)]
+pub struct TestCa {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path, name: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("CA dir");
+        let cert = dir.join(format!("{name}.pem"));
+        let key = dir.join(format!("{name}.key"));
+        run_ok(
+            Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-days",
+                    "2",
+                ])
+                .args(["-subj", &format!("/CN={name}")])
+                .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+                .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert),
+        );
+        Self { cert, key }
+    }
+}

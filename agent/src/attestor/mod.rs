@@ -5,6 +5,8 @@
 use async_trait::async_trait;
 
 pub mod join_token;
+pub mod tpm_devid;
+pub mod tpm_ek;
 
 /// Why the agent could not produce or answer attestation evidence.
 #[derive(Debug, thiserror::Error)]

@@ -87,8 +87,10 @@ impl WorkloadApi {
     }
 
     fn ready(snap: &Snapshot) -> Result<(), Status> {
-        if snap.bundle.is_none() {
-            return Err(Status::unavailable("the agent is not ready yet"));
+        if snap.bundle.is_none() || !snap.synced {
+            return Err(Status::unavailable(
+                "the agent is not ready yet (it has not synced with the server)",
+            ));
         }
         Ok(())
     }
@@ -178,7 +180,7 @@ impl WorkloadApi {
             loop {
                 let snap = rx.borrow_and_update().clone();
                 if needs_identity
-                    && snap.bundle.is_some()
+                    && snap.synced
                     && snap.matching_entries(&selectors).next().is_none()
                 {
                     let _ = tx.send(Err(WorkloadApi::no_identity())).await;
