@@ -112,12 +112,14 @@ provisioned() {
 provision() {
     local dir=$1
     note "provisioning a new TPM in $dir/state"
-    if ! swtpm_setup --tpm2 --tpmstate "$dir/state" --create-ek-cert --create-platform-cert \
+    # swtpm_setup waits for ever on a simulator that could not start (another
+    # swtpm_setup holding the state's lock, say): bound it.
+    if ! timeout 300 swtpm_setup --tpm2 --tpmstate "$dir/state" --create-ek-cert --create-platform-cert \
         --config "$dir/swtpm_setup.conf" --write-ek-cert-files "$dir/certs" \
         --overwrite --logfile "$dir/swtpm_setup.log" >/dev/null 2>&1; then
         cat "$dir/swtpm_setup.log" >&2 2>/dev/null || true
         rm -f -- "$dir/state/tpm2-00.permall"
-        die "swtpm_setup failed (log above, also in $dir/swtpm_setup.log)"
+        die "swtpm_setup failed or did not finish in 300 s (log above, also in $dir/swtpm_setup.log)"
     fi
 }
 

@@ -90,24 +90,44 @@ fn template(which: Which) -> &'static Path {
         Which::B => (&B, "b"),
     };
     cell.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("swtpm-templates")
-            .join(name);
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("swtpm-templates");
+        let dir = root.join(name);
         let marker = dir.join("ready");
         let stamp = script_stamp();
-        if std::fs::read_to_string(&marker).ok().as_deref() == Some(stamp.as_str()) {
+        let ready = || std::fs::read_to_string(&marker).ok().as_deref() == Some(stamp.as_str());
+        if ready() {
             return dir;
         }
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        // The test runner may run every test in its own process: one of them
+        // provisions, the others wait on the lock and then find the template ready.
+        // Two swtpm_setup runs on one state folder make one of them hang for good.
+        std::fs::create_dir_all(&root).unwrap();
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join(format!("{name}.lock")))
+            .unwrap();
+        lock.lock().unwrap();
+        if ready() {
+            return dir;
+        }
+        // Made aside and moved into place whole, so that no process ever copies a
+        // half-made template.
+        let staging = root.join(format!("{name}.staging"));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).unwrap();
         let started = std::time::Instant::now();
-        run_script(&["start", dir.to_str().unwrap()]);
-        run_script(&["stop", dir.to_str().unwrap()]);
+        run_script(&["start", staging.to_str().unwrap()]);
+        run_script(&["stop", staging.to_str().unwrap()]);
+        std::fs::write(staging.join("ready"), &stamp).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&staging, &dir).unwrap();
         eprintln!(
             "provisioned swtpm template {name} in {:?}",
             started.elapsed()
         );
-        std::fs::write(&marker, stamp).unwrap();
+        drop(lock);
         dir
     })
 }
