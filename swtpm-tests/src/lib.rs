@@ -18,15 +18,20 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".."))
 }
 
-/// Where cargo put the binaries: `$TESSERA_BIN_DIR`, or the target directory of this
-/// test executable (`target/<profile>/deps/..`).
+/// Where cargo put the binaries: `$TESSERA_BIN_DIR`, or the directory of the running
+/// executable (the profile directory for a test executable in `deps/`).
 pub fn bin_dir() -> PathBuf {
     if let Ok(d) = std::env::var("TESSERA_BIN_DIR") {
         return PathBuf::from(d);
     }
-    let exe = std::env::current_exe().expect("current test executable");
-    let deps = exe.parent().expect("deps directory");
-    deps.parent().expect("profile directory").to_path_buf()
+    let exe = std::env::current_exe().expect("current executable");
+    let dir = exe.parent().expect("executable directory");
+    // Test executables live in target/<profile>/deps, binaries in target/<profile>.
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("profile directory").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// The path of a project binary; panics with the command to run when it is missing.
@@ -299,6 +304,11 @@ impl Server {
         p
     }
 
+    /// The server process's PID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// What the current server process logged.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -447,6 +457,11 @@ impl Agent {
         a.spawn(token);
         a.wait_healthy();
         a
+    }
+
+    /// The agent process's PID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Waits until `tessera-agent healthcheck` passes.

@@ -1,0 +1,212 @@
+//! `issuance`: X509-SVIDs per second through the agent API's BatchNewX509Svid (attested
+//! agents over mTLS), with one and with several agents at once, beside the raw
+//! signing rate of the same kind of key measured in the same run.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tessera_core::key::{Key, KeyType, SoftwareKey};
+use tessera_swtpm_tests::{Server, SoftHsm};
+
+use crate::env;
+use crate::report::Report;
+use crate::sim::{self, SimAgent};
+
+/// The bytes a CA signs for one SVID are about this long (a TBSCertificate).
+const TBS_LEN: usize = 420;
+const BATCH: usize = 100;
+
+/// Which key manager the server uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyManagerKind {
+    Memory,
+    Pkcs11,
+}
+
+async fn issue_for(
+    agents: &[SimAgent],
+    work: &[Vec<(String, Vec<u8>)>],
+    secs: Duration,
+) -> Result<f64, String> {
+    let count = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + secs;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (a, w) in agents.iter().zip(work) {
+        let (a, w, count) = (a.clone(), w.clone(), count.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < end {
+                let n = a.sign(&w).await?;
+                count.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Software signing rate of a P-256 key on `threads` threads.
+fn raw_software_rate(threads: usize, secs: Duration) -> f64 {
+    let key = match SoftwareKey::generate(KeyType::EcP256) {
+        Ok(k) => Arc::new(k),
+        Err(_) => return 0.0,
+    };
+    let msg = vec![0x5a_u8; TBS_LEN];
+    let end = Instant::now() + secs;
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (key, msg) = (key.clone(), msg.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    if key.sign_default(&msg).is_ok() {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    let total: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Raw C_Sign rate of the token, measured in a child process (SoftHSM2 is found
+/// through SOFTHSM2_CONF, which only a new process can be given safely).
+fn raw_pkcs11_rate(hsm: &SoftHsm, threads: usize, secs: Duration) -> Result<f64, String> {
+    let out = std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .arg("raw-pkcs11-sign")
+        .arg("--module")
+        .arg(&hsm.module)
+        .arg("--token-label")
+        .arg(&hsm.label)
+        .arg("--pin-file")
+        .arg(&hsm.pin_file)
+        .arg("--threads")
+        .arg(threads.to_string())
+        .arg("--secs")
+        .arg(secs.as_secs_f64().to_string())
+        .env("SOFTHSM2_CONF", &hsm.conf)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|e| format!("raw-pkcs11-sign printed no rate: {e}"))
+}
+
+/// The child process of [`raw_pkcs11_rate`].
+pub fn raw_pkcs11_child(
+    module: &Path,
+    label: &str,
+    pin_file: &Path,
+    threads: usize,
+    secs: f64,
+) -> Result<f64, String> {
+    let cfg = tessera_hsm::Pkcs11Config {
+        module: Some(module.to_owned()),
+        token_label: Some(label.to_owned()),
+        pin_file: Some(pin_file.to_owned()),
+        sessions: threads.max(1),
+        ..Default::default()
+    };
+    let m = tessera_hsm::Pkcs11KeyManager::open(&cfg).map_err(|e| e.to_string())?;
+    m.create_key("bench-raw", KeyType::EcP256)
+        .map_err(|e| e.to_string())?;
+    // Rounds of a few hundred signatures per thread until the time is up.
+    let (mut signatures, mut elapsed) = (0usize, Duration::ZERO);
+    while elapsed.as_secs_f64() < secs {
+        let r = m
+            .raw_sign_rate("bench-raw", threads, 200)
+            .map_err(|e| e.to_string())?;
+        signatures += r.signatures;
+        elapsed += r.elapsed;
+    }
+    let _ = m.destroy_key("bench-raw");
+    Ok(signatures as f64 / elapsed.as_secs_f64())
+}
+
+pub async fn run(dir: &Path, quick: bool, km: KeyManagerKind) -> Result<Report, String> {
+    let secs = Duration::from_secs(if quick { 2 } else { 10 });
+    let many = if quick { 2 } else { 4 };
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (server, hsm) = match km {
+        KeyManagerKind::Memory => (
+            Server::start(&dir.join("server"), "[key_manager]\ntype = \"memory\"\n"),
+            None,
+        ),
+        KeyManagerKind::Pkcs11 => {
+            let hsm = SoftHsm::init(&dir.join("hsm"), "bench", "1234");
+            let s = Server::start_with_env(
+                &dir.join("server"),
+                &format!(
+                    "[key_manager]\ntype = \"pkcs11\"\nsessions = {}\n{}",
+                    workers.max(2),
+                    hsm.section()
+                ),
+                &hsm.env(),
+            );
+            (s, Some(hsm))
+        }
+    };
+    let mut admin = env::admin(&server).await?;
+    let tokens = env::tokens(&mut admin, many).await?;
+    let mut work = Vec::new();
+    for t in &tokens {
+        let parent = env::agent_id(t);
+        let entries = (0..BATCH)
+            .map(|i| {
+                env::entry(
+                    format!("spiffe://example.org/bench/{t}/{i}"),
+                    &parent,
+                    format!("unix:uid:{}", 100_000 + i),
+                )
+            })
+            .collect();
+        let ids = env::create_entries(&mut admin, entries).await?;
+        work.push(
+            ids.into_iter()
+                .map(|id| (id, sim::csr()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    let bundle = sim::bootstrap(&server.cli_ok(&["bundle", "show"]))?;
+    let agents = sim::attest_many(&server.address(), bundle, tokens, 4).await?;
+    // Warm up connections and caches.
+    issue_for(&agents[..1], &work[..1], Duration::from_millis(300)).await?;
+
+    let one = issue_for(&agents[..1], &work[..1], secs).await?;
+    let several = issue_for(&agents, &work, secs).await?;
+    let raw = match (&km, &hsm) {
+        (KeyManagerKind::Pkcs11, Some(h)) => raw_pkcs11_rate(h, workers.max(2), secs)?,
+        _ => tokio::task::spawn_blocking(move || raw_software_rate(workers, secs))
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    let name = match km {
+        KeyManagerKind::Memory => "memory",
+        KeyManagerKind::Pkcs11 => "pkcs11",
+    };
+    let mut r = Report::new(&format!("issuance ({name} key manager)"));
+    r.add("key_manager", "key manager", name);
+    r.add("batch_size", "SVIDs per BatchNewX509Svid", BATCH as u64);
+    r.add("svids_per_sec_1_agent", "SVIDs/s, 1 agent", one);
+    r.add("agents", "agents at once", many as u64);
+    r.add("svids_per_sec_n_agents", "SVIDs/s, N agents", several);
+    r.add("raw_sign_per_sec", "raw signatures/s, same key type", raw);
+    r.add("ratio_1_agent", "ratio (1 agent / raw)", one / raw);
+    r.add("ratio_n_agents", "ratio (N agents / raw)", several / raw);
+    r.note(&format!(
+        "the server, its agents' TLS and this client share {workers} cores; raw signing runs alone"
+    ));
+    Ok(r)
+}

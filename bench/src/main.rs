@@ -1,0 +1,196 @@
+//! `tessera-bench`: benchmarks that start the real server and agent binaries and drive
+//! them through the real protocols, printing a table and a JSON document.
+//!
+//! Every subcommand has `--quick`, a small run that proves it works (CI runs those);
+//! the figures worth recording come from the full runs (see docs/BENCHMARKS.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod coldstart;
+mod env;
+mod footprint;
+mod issuance;
+mod report;
+mod sim;
+mod stats;
+mod sync;
+mod workload;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tessera-bench",
+    about = "Benchmarks of the real Tessera binaries"
+)]
+struct Cli {
+    /// Small sizes and short runs: proves the benchmark works, measures little.
+    #[arg(long, global = true)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+    /// Keep the working directory (logs, state) for inspection.
+    #[arg(long, global = true)]
+    keep: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// SVIDs/s through BatchNewX509Svid vs the raw signing rate.
+    Issuance {
+        /// Key managers to measure (memory; pkcs11 on SoftHSM2).
+        #[arg(long = "key-manager", value_enum, default_values_t = [issuance::KeyManagerKind::Memory, issuance::KeyManagerKind::Pkcs11])]
+        key_managers: Vec<issuance::KeyManagerKind>,
+    },
+    /// FetchX509SVID latency and throughput vs a bare gRPC round trip.
+    WorkloadApi,
+    /// Thousands of agents syncing against many entries.
+    Sync,
+    /// Binary sizes and resident memory.
+    Footprint,
+    /// Agent start to first SVID, join token vs TPM attestation.
+    ColdStart,
+    /// Every benchmark above, in turn.
+    All,
+    /// (internal) raw C_Sign rate of a token, printed as a number.
+    #[command(hide = true)]
+    RawPkcs11Sign {
+        #[arg(long)]
+        module: PathBuf,
+        #[arg(long)]
+        token_label: String,
+        #[arg(long)]
+        pin_file: PathBuf,
+        #[arg(long)]
+        threads: usize,
+        #[arg(long)]
+        secs: f64,
+    },
+}
+
+async fn run(cli: Cli, dir: &std::path::Path) -> Result<Vec<report::Report>, String> {
+    let quick = cli.quick;
+    let mut out = Vec::new();
+    let all = matches!(cli.command, Command::All);
+    if let Command::Issuance { key_managers } = &cli.command {
+        for km in key_managers {
+            out.push(issuance::run(&dir.join(format!("issuance-{km:?}")), quick, *km).await?);
+        }
+    }
+    if all {
+        for km in [
+            issuance::KeyManagerKind::Memory,
+            issuance::KeyManagerKind::Pkcs11,
+        ] {
+            out.push(issuance::run(&dir.join(format!("issuance-{km:?}")), quick, km).await?);
+        }
+    }
+    if all || matches!(cli.command, Command::WorkloadApi) {
+        out.push(workload::run(&dir.join("workload-api"), quick).await?);
+    }
+    if all || matches!(cli.command, Command::Sync) {
+        out.push(sync::run(&dir.join("sync"), quick).await?);
+    }
+    if all || matches!(cli.command, Command::Footprint) {
+        out.push(footprint::run(&dir.join("footprint"), quick).await?);
+    }
+    if all || matches!(cli.command, Command::ColdStart) {
+        out.push(coldstart::run(&dir.join("cold-start"), quick).await?);
+    }
+    Ok(out)
+}
+
+fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let mem_gib = stats::status_kb_meminfo().unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    serde_json::json!({
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cpu_model": cpu,
+        "memory_gib": (mem_gib * 10.0).round() / 10.0,
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::RawPkcs11Sign {
+        module,
+        token_label,
+        pin_file,
+        threads,
+        secs,
+    } = &cli.command
+    {
+        return match issuance::raw_pkcs11_child(module, token_label, pin_file, *threads, *secs) {
+            Ok(rate) => {
+                println!("{rate}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("Error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    stats::raise_fd_limit();
+    let dir = match tempfile::Builder::new().prefix("tessera-bench-").tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("Error: cannot make a working directory: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let keep = cli.keep;
+    let json_path = cli.json.clone();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run(cli, dir.path()));
+    if keep {
+        let kept = dir.keep();
+        eprintln!("working directory kept: {}", kept.display());
+    }
+    match result {
+        Ok(reports) => {
+            println!("machine: {}", machine());
+            for r in &reports {
+                r.print();
+            }
+            let doc = serde_json::json!({
+                "machine": machine(),
+                "results": reports.iter().map(|r| (r.name.clone(), r.json())).collect::<serde_json::Map<_, _>>(),
+            });
+            println!("\nJSON: {doc}");
+            if let Some(p) = json_path
+                && let Err(e) =
+                    std::fs::write(&p, serde_json::to_vec_pretty(&doc).unwrap_or_default())
+            {
+                eprintln!("Error: cannot write {}: {e}", p.display());
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! `workload-api`: FetchX509SVID as a workload sees it (time to the first message,
+//! fetches per second with 1, 100 and 1,000 clients, each on its own connection),
+//! beside a bare unary gRPC round trip over the same socket in the same run: the
+//! agent's local health check, which crosses the same connection handling and
+//! :authority fix but does no attestation and no matching.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tessera_swtpm_tests::{Agent, Server};
+
+use crate::env;
+use crate::report::Report;
+use crate::stats;
+
+async fn bare_once(
+    c: &mut tessera_proto::local::agent_health_client::AgentHealthClient<tonic::transport::Channel>,
+) -> Result<(), tonic::Status> {
+    c.check(tessera_proto::local::HealthCheckRequest {})
+        .await
+        .map(|_| ())
+}
+
+/// Time per call for one client, sequentially.
+async fn latencies(
+    socket: &std::path::Path,
+    n: usize,
+    bare: bool,
+) -> Result<stats::Latency, String> {
+    let mut samples = Vec::with_capacity(n);
+    if bare {
+        let ch = tessera_proto::unix_channel(socket)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut c = tessera_proto::local::agent_health_client::AgentHealthClient::new(ch);
+        for _ in 0..n {
+            let t = Instant::now();
+            bare_once(&mut c).await.map_err(|e| e.to_string())?;
+            samples.push(t.elapsed());
+        }
+    } else {
+        let mut c = env::workload(socket).await?;
+        for _ in 0..n {
+            let t = Instant::now();
+            env::fetch_once(&mut c).await.map_err(|e| e.to_string())?;
+            samples.push(t.elapsed());
+        }
+    }
+    Ok(stats::latency(&mut samples))
+}
+
+/// Calls per second with `clients` clients, each on its own connection.
+async fn throughput(
+    socket: &std::path::Path,
+    clients: usize,
+    secs: Duration,
+    bare: bool,
+) -> Result<f64, String> {
+    let count = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start_at = Instant::now() + Duration::from_millis(200);
+    let end = start_at + secs;
+    let mut tasks = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let (socket, count, errors) = (socket.to_owned(), count.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            // One connection per client, of the kind being measured.
+            let mut health = if bare {
+                let ch = tessera_proto::unix_channel(&socket)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Some(tessera_proto::local::agent_health_client::AgentHealthClient::new(ch))
+            } else {
+                None
+            };
+            let mut w = if bare {
+                None
+            } else {
+                Some(env::workload(&socket).await?)
+            };
+            tokio::time::sleep_until(start_at.into()).await;
+            while Instant::now() < end {
+                let ok = match (&mut health, &mut w) {
+                    (Some(h), _) => bare_once(h).await.is_ok(),
+                    (_, Some(w)) => env::fetch_once(w).await.is_ok(),
+                    _ => false,
+                };
+                if ok {
+                    count.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let failed = errors.load(Ordering::Relaxed);
+    if failed > 0 {
+        return Err(format!("{failed} calls failed with {clients} clients"));
+    }
+    Ok(count.load(Ordering::Relaxed) as f64 / secs.as_secs_f64())
+}
+
+pub async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, String> {
+    let secs = Duration::from_secs(if quick { 1 } else { 5 });
+    let samples = if quick { 200 } else { 2000 };
+    let levels: &[usize] = if quick { &[1, 10, 50] } else { &[1, 100, 1000] };
+    let server = Server::start(&dir.join("server"), "[key_manager]\ntype = \"memory\"\n");
+    let mut admin = env::admin(&server).await?;
+    let token = env::tokens(&mut admin, 1).await?.remove(0);
+    env::create_entries(
+        &mut admin,
+        vec![env::entry(
+            "spiffe://example.org/bench/workload".into(),
+            &env::agent_id(&token),
+            env::my_selector(),
+        )],
+    )
+    .await?;
+    let agent = Agent::start(
+        &dir.join("agent"),
+        &server,
+        Some(&token),
+        "[key_manager]\ntype = \"memory\"\n",
+    );
+    env::wait_for_svid(&agent.socket, Duration::from_secs(30)).await?;
+
+    let fetch = latencies(&agent.socket, samples, false).await?;
+    let bare = latencies(&agent.socket, samples, true).await?;
+    let mut r = Report::new("workload-api");
+    r.add(
+        "fetch_first_message_p50_us",
+        "FetchX509SVID first message p50 (µs)",
+        fetch.p50_us,
+    );
+    r.add(
+        "fetch_first_message_p99_us",
+        "FetchX509SVID first message p99 (µs)",
+        fetch.p99_us,
+    );
+    r.add(
+        "bare_unary_p50_us",
+        "bare unary round trip p50 (µs)",
+        bare.p50_us,
+    );
+    r.add(
+        "bare_unary_p99_us",
+        "bare unary round trip p99 (µs)",
+        bare.p99_us,
+    );
+    r.add(
+        "latency_ratio_p50",
+        "ratio p50 (fetch / bare)",
+        fetch.p50_us / bare.p50_us,
+    );
+    let mut levels_json = Vec::new();
+    for &c in levels {
+        let f = throughput(&agent.socket, c, secs, false).await?;
+        let b = throughput(&agent.socket, c, secs, true).await?;
+        r.add(
+            &format!("fetches_per_sec_{c}"),
+            &format!("fetches/s, {c} clients"),
+            f,
+        );
+        r.add(
+            &format!("bare_per_sec_{c}"),
+            &format!("bare calls/s, {c} clients"),
+            b,
+        );
+        r.add(
+            &format!("throughput_ratio_{c}"),
+            &format!("ratio (bare / fetch), {c} clients"),
+            b / f,
+        );
+        levels_json.push(c as u64);
+    }
+    if let Some(pid) = agent.pid() {
+        r.add(
+            "agent_rss_mib_after",
+            "agent RSS after the run (MiB)",
+            stats::rss_mib(pid),
+        );
+    }
+    r.note("each fetch is a new stream: the agent attests the caller (reads /proc) every time, as it must");
+    Ok(r)
+}

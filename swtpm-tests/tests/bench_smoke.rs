@@ -1,0 +1,92 @@
+//! Every benchmark runs in its short mode and reports the figures it promises (their
+//! values are not judged here: timings are for the full runs, recorded in
+//! docs/BENCHMARKS.md).
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "test code: a failed unwrap is a failed test"
+)]
+
+use std::process::Command;
+
+#[test]
+fn every_benchmark_runs_in_quick_mode() {
+    let dir = tessera_swtpm_tests::test_dir("bench");
+    let json = dir.path().join("bench.json");
+    let out = Command::new(tessera_swtpm_tests::bin("tessera-bench"))
+        .args(["--quick", "all", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tessera-bench failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let results = &doc["results"];
+    let positive = |bench: &str, keys: &[&str]| {
+        let r = &results[bench];
+        assert!(r.is_object(), "no results for {bench}: {doc}");
+        for k in keys {
+            let v = r[*k]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{bench}: {k} missing in {r}"));
+            assert!(v > 0.0, "{bench}: {k} = {v}");
+        }
+    };
+    for km in ["memory", "pkcs11"] {
+        positive(
+            &format!("issuance ({km} key manager)"),
+            &[
+                "svids_per_sec_1_agent",
+                "svids_per_sec_n_agents",
+                "raw_sign_per_sec",
+                "ratio_1_agent",
+                "ratio_n_agents",
+            ],
+        );
+    }
+    positive(
+        "workload-api",
+        &[
+            "fetch_first_message_p50_us",
+            "fetch_first_message_p99_us",
+            "bare_unary_p50_us",
+            "latency_ratio_p50",
+            "fetches_per_sec_1",
+            "bare_per_sec_1",
+        ],
+    );
+    positive(
+        "sync",
+        &[
+            "syncs",
+            "sync_p50_ms",
+            "sync_p99_ms",
+            "server_cpu_per_sec",
+            "server_peak_rss_mib",
+            "big_agent_all_cached_secs",
+        ],
+    );
+    assert_eq!(
+        results["sync"]["entries_held_total"], results["sync"]["entries"],
+        "agents did not get their entries"
+    );
+    positive(
+        "footprint",
+        &[
+            "agent_binary_mib",
+            "server_binary_mib",
+            "agent_rss_mib_0_svids",
+            "agent_rss_mib_100_svids",
+            "server_rss_mib",
+        ],
+    );
+    positive(
+        "cold-start",
+        &["join_token_ms", "tpm_devid_ms", "tpm_ek_ms"],
+    );
+    assert!(doc["machine"]["cpus"].as_u64().unwrap() > 0);
+}
