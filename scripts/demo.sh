@@ -127,7 +127,7 @@ for _ in $(seq 50); do agent api fetch x509 >/dev/null 2>&1 && break; sleep 0.2;
 agent api fetch x509
 agent api fetch x509 --write "$demo/svid" >/dev/null
 openssl x509 -in "$demo/svid/svid.0.pem" -noout -subject -ext subjectAltName
-openssl verify -CAfile "$demo/svid/bundle.0.pem" "$demo/svid/svid.0.pem"
+(cd "$demo" && openssl verify -CAfile svid/bundle.0.pem svid/svid.0.pem)
 
 step "The same through py-spiffe, a stock SPIFFE client"
 SPIFFE_ENDPOINT_SOCKET="unix://$demo/agent/api.sock" \
