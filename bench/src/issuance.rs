@@ -50,22 +50,18 @@ async fn issue_for(
     Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Software signing rate of a P-256 key on `threads` threads.
-fn raw_software_rate(threads: usize, secs: Duration) -> f64 {
-    let key = match SoftwareKey::generate(KeyType::EcP256) {
-        Ok(k) => Arc::new(k),
-        Err(_) => return 0.0,
-    };
-    let msg = vec![0x5a_u8; TBS_LEN];
+/// How many times per second `threads` threads together can run `op` (which
+/// reports success), for `secs`.
+fn rate_on_threads(threads: usize, secs: Duration, op: Arc<dyn Fn() -> bool + Send + Sync>) -> f64 {
     let end = Instant::now() + secs;
     let start = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let (key, msg) = (key.clone(), msg.clone());
+            let op = op.clone();
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 while Instant::now() < end {
-                    if key.sign_default(&msg).is_ok() {
+                    if op() {
                         n += 1;
                     }
                 }
@@ -75,6 +71,30 @@ fn raw_software_rate(threads: usize, secs: Duration) -> f64 {
         .collect();
     let total: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
     total as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Software signing rate of a P-256 key on `threads` threads.
+fn raw_software_rate(threads: usize, secs: Duration) -> f64 {
+    let key = match SoftwareKey::generate(KeyType::EcP256) {
+        Ok(k) => Arc::new(k),
+        Err(_) => return 0.0,
+    };
+    let msg = vec![0x5a_u8; TBS_LEN];
+    rate_on_threads(
+        threads,
+        secs,
+        Arc::new(move || key.sign_default(&msg).is_ok()),
+    )
+}
+
+/// The rate at which the server's CSR check (parse and signature verification)
+/// runs on `threads` threads: work every issued SVID needs besides its signature.
+fn csr_check_rate(threads: usize, secs: Duration, csr: Vec<u8>) -> f64 {
+    rate_on_threads(
+        threads,
+        secs,
+        Arc::new(move || tessera_core::x509::csr_public_key(&csr, None).is_ok()),
+    )
 }
 
 /// Raw C_Sign rate of the token, measured in a child process (SoftHSM2 is found
@@ -185,13 +205,24 @@ pub async fn run(dir: &Path, quick: bool, km: KeyManagerKind) -> Result<Report, 
     issue_for(&agents[..1], &work[..1], Duration::from_millis(300)).await?;
 
     let one = issue_for(&agents[..1], &work[..1], secs).await?;
+    let cpu_before = server.pid().and_then(crate::stats::cpu_seconds);
+    let run_start = Instant::now();
     let several = issue_for(&agents, &work, secs).await?;
+    let issued = several * run_start.elapsed().as_secs_f64();
+    let server_cpu_us = match (cpu_before, server.pid().and_then(crate::stats::cpu_seconds)) {
+        (Some(a), Some(b)) if issued > 0.0 => (b - a) * 1e6 / issued,
+        _ => 0.0,
+    };
     let raw = match (&km, &hsm) {
         (KeyManagerKind::Pkcs11, Some(h)) => raw_pkcs11_rate(h, workers.max(2), secs)?,
         _ => tokio::task::spawn_blocking(move || raw_software_rate(workers, secs))
             .await
             .map_err(|e| e.to_string())?,
     };
+    let csr = work[0][0].1.clone();
+    let verify = tokio::task::spawn_blocking(move || csr_check_rate(workers, secs / 2, csr))
+        .await
+        .map_err(|e| e.to_string())?;
     let name = match km {
         KeyManagerKind::Memory => "memory",
         KeyManagerKind::Pkcs11 => "pkcs11",
@@ -205,6 +236,30 @@ pub async fn run(dir: &Path, quick: bool, km: KeyManagerKind) -> Result<Report, 
     r.add("raw_sign_per_sec", "raw signatures/s, same key type", raw);
     r.add("ratio_1_agent", "ratio (1 agent / raw)", one / raw);
     r.add("ratio_n_agents", "ratio (N agents / raw)", several / raw);
+    // CPU time per operation, from rates measured on all cores at once.
+    let per_op_us = |rate: f64| {
+        if rate > 0.0 {
+            workers as f64 * 1e6 / rate
+        } else {
+            0.0
+        }
+    };
+    r.add(
+        "server_cpu_us_per_svid",
+        "server CPU µs per SVID (N agents)",
+        server_cpu_us,
+    );
+    r.add(
+        "raw_sign_cpu_us",
+        "CPU µs per raw signature",
+        per_op_us(raw),
+    );
+    r.add("csr_check_per_sec", "CSR checks/s (parse + verify)", verify);
+    r.add(
+        "csr_check_cpu_us",
+        "CPU µs per CSR check",
+        per_op_us(verify),
+    );
     r.note(&format!(
         "the server, its agents' TLS and this client share {workers} cores; raw signing runs alone"
     ));

@@ -57,28 +57,16 @@ impl WorkloadApi {
         }
         let cfg = self.agent.config().workload_attestors.unix.clone();
         let pid = cred.pid;
-        let selectors =
-            tokio::task::spawn_blocking(move || -> Result<Vec<tessera_core::Selector>, Status> {
-                let before = start_time(pid).map_err(|e| {
-                    Status::permission_denied(format!("caller process {pid} is gone: {e}"))
-                })?;
-                let s = super::unix::attest(pid, &cfg).map_err(|e| {
-                    Status::permission_denied(format!("workload attestation failed: {e}"))
-                })?;
-                let after = start_time(pid).map_err(|e| {
-                    Status::permission_denied(format!(
-                        "caller process {pid} exited during attestation: {e}"
-                    ))
-                })?;
-                if before != after {
-                    return Err(Status::permission_denied(format!(
-                        "PID {pid} was reused by another process during attestation"
-                    )));
-                }
-                Ok(s)
-            })
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        // Reading /proc/<pid>/status takes microseconds and names come from a cache,
+        // so attestation runs in place; hashing the caller's binary reads a file of
+        // any size and goes to the blocking pool.
+        let selectors = if cfg.discover_workload_path {
+            tokio::task::spawn_blocking(move || attest_guarded(pid, &cfg))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??
+        } else {
+            attest_guarded(pid, &cfg)?
+        };
         Ok(selectors.into_iter().collect())
     }
 
@@ -94,6 +82,29 @@ impl WorkloadApi {
         }
         Ok(())
     }
+}
+
+/// Attests process `pid` between two reads of its start time: if the PID was reused
+/// by another process meanwhile, the caller is refused (SPEC.md's PID-reuse guard).
+fn attest_guarded(
+    pid: i32,
+    cfg: &crate::config::UnixAttestorConfig,
+) -> Result<Vec<tessera_core::Selector>, Status> {
+    let before = start_time(pid)
+        .map_err(|e| Status::permission_denied(format!("caller process {pid} is gone: {e}")))?;
+    let s = super::unix::attest(pid, cfg)
+        .map_err(|e| Status::permission_denied(format!("workload attestation failed: {e}")))?;
+    let after = start_time(pid).map_err(|e| {
+        Status::permission_denied(format!(
+            "caller process {pid} exited during attestation: {e}"
+        ))
+    })?;
+    if before != after {
+        return Err(Status::permission_denied(format!(
+            "PID {pid} was reused by another process during attestation"
+        )));
+    }
+    Ok(s)
 }
 
 /// The trust domains a workload's entries federate with.
@@ -170,13 +181,15 @@ impl WorkloadApi {
     /// alters it; ends with PermissionDenied when the caller has no identity left.
     fn stream<T, F>(&self, selectors: SelectorSet, needs_identity: bool, build: F) -> Out<T>
     where
-        T: Message + Send + 'static,
+        T: Message + Clone + PartialEq + Send + 'static,
         F: Fn(&Snapshot, &SelectorSet) -> Option<T> + Send + 'static,
     {
         let mut rx = self.agent.cache.subscribe();
         let (tx, out) = mpsc::channel::<Result<T, Status>>(2);
         tokio::spawn(async move {
-            let mut last: Option<Vec<u8>> = None;
+            // What was last sent: a change of the snapshot that leaves this caller's
+            // answer as it was sends nothing.
+            let mut last: Option<T> = None;
             loop {
                 let snap = rx.borrow_and_update().clone();
                 if needs_identity
@@ -186,14 +199,13 @@ impl WorkloadApi {
                     let _ = tx.send(Err(WorkloadApi::no_identity())).await;
                     return;
                 }
-                if let Some(msg) = build(&snap, &selectors) {
-                    let bytes = msg.encode_to_vec();
-                    if last.as_ref() != Some(&bytes) {
-                        if tx.send(Ok(msg)).await.is_err() {
-                            return;
-                        }
-                        last = Some(bytes);
+                if let Some(msg) = build(&snap, &selectors)
+                    && last.as_ref() != Some(&msg)
+                {
+                    if tx.send(Ok(msg.clone())).await.is_err() {
+                        return;
                     }
+                    last = Some(msg);
                 }
                 tokio::select! {
                     r = rx.changed() => if r.is_err() { return },

@@ -39,18 +39,53 @@ fn ids(status: &str, key: &'static str, pid: i32) -> Result<Vec<u32>, UnixError>
         .collect())
 }
 
+/// How long a user or group name looked up through NSS is reused. Every Workload API
+/// call attests its caller, and a lookup reads /etc/passwd or /etc/group (or asks a
+/// directory service); a renamed user is seen within this time.
+const NAME_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// At most this many names are remembered; past it the cache starts over.
+const NAME_CACHE_MAX: usize = 4096;
+
+type NameCache = std::collections::HashMap<(bool, u32), (std::time::Instant, Option<String>)>;
+
+/// A name from NSS, through a small time-bounded cache (`group` tells users from
+/// groups).
+fn cached_name(group: bool, id: u32, lookup: fn(u32) -> Option<String>) -> Option<String> {
+    static CACHE: std::sync::Mutex<Option<NameCache>> = std::sync::Mutex::new(None);
+    let now = std::time::Instant::now();
+    if let Ok(guard) = CACHE.lock()
+        && let Some((at, name)) = guard.as_ref().and_then(|c| c.get(&(group, id)))
+        && now.duration_since(*at) < NAME_TTL
+    {
+        return name.clone();
+    }
+    let name = lookup(id);
+    if let Ok(mut guard) = CACHE.lock() {
+        let cache = guard.get_or_insert_with(Default::default);
+        if cache.len() >= NAME_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert((group, id), (now, name.clone()));
+    }
+    name
+}
+
 fn user_name(uid: u32) -> Option<String> {
-    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|u| u.name)
+    cached_name(false, uid, |uid| {
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+    })
 }
 
 fn group_name(gid: u32) -> Option<String> {
-    nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
-        .ok()
-        .flatten()
-        .map(|g| g.name)
+    cached_name(true, gid, |gid| {
+        nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+            .ok()
+            .flatten()
+            .map(|g| g.name)
+    })
 }
 
 /// Attests process `pid`.
@@ -190,5 +225,23 @@ mod tests {
     #[test]
     fn a_missing_process_is_an_error() {
         assert!(attest(i32::MAX, &UnixAttestorConfig::default()).is_err());
+    }
+
+    #[test]
+    fn names_are_looked_up_once_per_ttl_and_users_and_groups_apart() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        fn lookup(id: u32) -> Option<String> {
+            CALLS.fetch_add(1, Ordering::SeqCst);
+            Some(format!("name-{id}"))
+        }
+        // An ID no other test uses, so the shared cache holds nothing for it yet.
+        let id = 4_000_000_123;
+        assert_eq!(cached_name(false, id, lookup).as_deref(), Some("name-4000000123"));
+        assert_eq!(cached_name(false, id, lookup).as_deref(), Some("name-4000000123"));
+        assert_eq!(CALLS.load(Ordering::SeqCst), 1, "the second call hit the cache");
+        // A group with the same number is another name.
+        cached_name(true, id, lookup);
+        assert_eq!(CALLS.load(Ordering::SeqCst), 2);
     }
 }
