@@ -45,6 +45,8 @@ fn every_benchmark_runs_in_quick_mode() {
                 "raw_sign_per_sec",
                 "ratio_1_agent",
                 "ratio_n_agents",
+                "server_cpu_us_per_svid",
+                "csr_check_per_sec",
             ],
         );
     }
@@ -57,8 +59,14 @@ fn every_benchmark_runs_in_quick_mode() {
             "latency_ratio_p50",
             "fetches_per_sec_1",
             "bare_per_sec_1",
+            "agent_rss_mib_after",
         ],
     );
+    let again = results["workload-api"]["agent_rss_mib_again"]
+        .as_array()
+        .expect("agent_rss_mib_again is a list");
+    assert_eq!(again.len(), 3, "{again:?}");
+    assert!(again.iter().all(|v| v.as_f64().is_some_and(|m| m > 0.0)));
     positive(
         "sync",
         &[

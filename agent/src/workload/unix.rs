@@ -237,9 +237,19 @@ mod tests {
         }
         // An ID no other test uses, so the shared cache holds nothing for it yet.
         let id = 4_000_000_123;
-        assert_eq!(cached_name(false, id, lookup).as_deref(), Some("name-4000000123"));
-        assert_eq!(cached_name(false, id, lookup).as_deref(), Some("name-4000000123"));
-        assert_eq!(CALLS.load(Ordering::SeqCst), 1, "the second call hit the cache");
+        assert_eq!(
+            cached_name(false, id, lookup).as_deref(),
+            Some("name-4000000123")
+        );
+        assert_eq!(
+            cached_name(false, id, lookup).as_deref(),
+            Some("name-4000000123")
+        );
+        assert_eq!(
+            CALLS.load(Ordering::SeqCst),
+            1,
+            "the second call hit the cache"
+        );
         // A group with the same number is another name.
         cached_name(true, id, lookup);
         assert_eq!(CALLS.load(Ordering::SeqCst), 2);
