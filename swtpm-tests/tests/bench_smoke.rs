@@ -62,11 +62,13 @@ fn every_benchmark_runs_in_quick_mode() {
             "agent_rss_mib_after",
         ],
     );
-    let again = results["workload-api"]["agent_rss_mib_again"]
-        .as_array()
-        .expect("agent_rss_mib_again is a list");
-    assert_eq!(again.len(), 3, "{again:?}");
-    assert!(again.iter().all(|v| v.as_f64().is_some_and(|m| m > 0.0)));
+    for key in ["agent_rss_mib_again", "agent_rss_mib_streams"] {
+        let rounds = results["workload-api"][key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key} is a list"));
+        assert_eq!(rounds.len(), 3, "{key}: {rounds:?}");
+        assert!(rounds.iter().all(|v| v.as_f64().is_some_and(|m| m > 0.0)));
+    }
     positive(
         "sync",
         &[
