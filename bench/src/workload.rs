@@ -200,6 +200,13 @@ pub async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, String> {
                 rounds,
             );
         }
+        // The agent returns free memory once no connection has been open for 2 s.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        r.add(
+            "agent_rss_mib_settled",
+            "agent RSS 3 s after the last client left (MiB)",
+            stats::rss_mib(pid),
+        );
     }
     r.note("each fetch is a new stream: the agent attests the caller (reads /proc) every time, as it must");
     Ok(r)

@@ -60,6 +60,7 @@ fn every_benchmark_runs_in_quick_mode() {
             "fetches_per_sec_1",
             "bare_per_sec_1",
             "agent_rss_mib_after",
+            "agent_rss_mib_settled",
         ],
     );
     for key in ["agent_rss_mib_again", "agent_rss_mib_streams"] {

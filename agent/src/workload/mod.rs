@@ -16,6 +16,7 @@ use crate::manager::Agent;
 pub mod api;
 pub mod authority;
 pub mod peer;
+pub mod trim;
 pub mod unix;
 
 /// The local health service.
@@ -109,7 +110,9 @@ pub async fn serve(
     listener: UnixListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), String> {
-    let incoming = async_stream_of(listener);
+    let trimmer = Arc::new(trim::Trimmer::default());
+    tokio::spawn(trimmer.clone().run());
+    let incoming = async_stream_of(listener, trimmer);
     tonic::transport::Server::builder()
         .add_service(SpiffeWorkloadApiServer::with_interceptor(
             api::WorkloadApi::new(agent.clone()),
@@ -123,13 +126,15 @@ pub async fn serve(
 
 fn async_stream_of(
     listener: UnixListener,
+    trimmer: Arc<trim::Trimmer>,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<peer::WorkloadConn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((s, _)) => {
-                    if tx.send(Ok(peer::WorkloadConn::new(s))).await.is_err() {
+                    let conn = peer::WorkloadConn::new(s).tracked_by(trimmer.track());
+                    if tx.send(Ok(conn)).await.is_err() {
                         return;
                     }
                 }

@@ -25,6 +25,8 @@ pub struct PeerCred {
 pub struct WorkloadConn {
     io: AuthorityFix<UnixStream>,
     cred: Option<PeerCred>,
+    /// Counts the connection as open while it lives.
+    _open: Option<super::trim::ConnGuard>,
 }
 
 impl WorkloadConn {
@@ -38,7 +40,14 @@ impl WorkloadConn {
         Self {
             io: fix_authority(stream),
             cred,
+            _open: None,
         }
+    }
+
+    /// Counts this connection as open until it is dropped.
+    pub fn tracked_by(mut self, guard: super::trim::ConnGuard) -> Self {
+        self._open = Some(guard);
+        self
     }
 }
 
