@@ -16,16 +16,8 @@
 
 set -euo pipefail
 
-prog=${0##*/}
-
-die() {
-    printf '%s: error: %s\n' "$prog" "$*" >&2
-    exit 1
-}
-
-note() {
-    printf '%s: %s\n' "$prog" "$*" >&2
-}
+# prog, die, note
+. "$(dirname -- "${BASH_SOURCE[0]}")/common.sh"
 
 # Pins. grpcio >= 1.57 is what sends the socket path as `:authority` over a
 # Unix socket; spiffe 0.3.2 requires grpcio >= 1.78.

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # Prepares a Debian (bookworm or later) machine to build, test and demo Tessera:
 # the Debian packages the build and the tests use (SoftHSM2, swtpm, tpm2-tools,
-# libtss2, OpenSSL, Python's venv), the Rust components, and the Python virtualenv
-# with py-spiffe. Safe to run again: it installs only what is missing.
+# libtss2, OpenSSL, Python's venv; with --tests also a JDK and grpc-java), the Rust
+# components, the Python virtualenv with py-spiffe and, with --tests, the compiled
+# Java workload. Safe to run again: it installs only what is missing.
 #
-#   scripts/setup.sh
+#   scripts/setup.sh            # what the build and the demo need
+#   scripts/setup.sh --tests    # and what the tests need besides (the Java workload)
 #
 # Run as root, or as a user with sudo. Only Debian's archive, crates.io and PyPI
 # are contacted.
 
 set -euo pipefail
 
-prog=${0##*/}
 root=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
-
-note() { printf '%s: %s\n' "$prog" "$*" >&2; }
-die() { printf '%s: error: %s\n' "$prog" "$*" >&2; exit 1; }
+# prog, die, note
+. "$root/scripts/common.sh"
 
 packages=(
     build-essential pkg-config clang
@@ -25,6 +25,23 @@ packages=(
     python3 python3-venv
     protobuf-compiler musl-tools
 )
+# Only the tests need the Java workload (grpc-java over Netty; scripts/java-env.sh
+# builds it).
+java_packages=(
+    default-jdk-headless libgrpc-java libnetty-java libprotobuf-java libprotobuf-dev
+    protobuf-compiler-grpc-java-plugin libguava-java libperfmark-java libgoogle-gson-java
+    libgeronimo-annotation-1.3-spec-java
+)
+
+tests=false
+case ${1-} in
+    '') ;;
+    --tests) tests=true ;;
+    *) die "unknown argument '$1' (usage: $prog [--tests])" ;;
+esac
+if $tests; then
+    packages+=("${java_packages[@]}")
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -59,4 +76,8 @@ fi
 
 # py-spiffe, the Python workload the tests and the demo use.
 bash "$root/scripts/python-env.sh" >/dev/null
+# The grpc-java workload the tests use.
+if $tests; then
+    bash "$root/scripts/java-env.sh" >/dev/null
+fi
 note "ready"

@@ -21,16 +21,8 @@
 
 set -euo pipefail
 
-prog=${0##*/}
-
-die() {
-    printf '%s: error: %s\n' "$prog" "$*" >&2
-    exit 1
-}
-
-note() {
-    printf '%s: %s\n' "$prog" "$*" >&2
-}
+# prog, die, note
+. "$(dirname -- "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
     sed -n '/^#   /,/^# SOFTHSM2_MODULE/p' "$0" | sed 's/^# \{0,1\}//' >&2

@@ -5,14 +5,14 @@
 #
 #   scripts/test.sh            # set up the machine if needed, then test everything
 #
-# Installs what it needs first (scripts/setup.sh). Prints the test runner's summary.
+# Installs what it needs first (scripts/setup.sh --tests). Prints the test runner's summary.
 
 set -euo pipefail
 
 root=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$root"
 
-bash scripts/setup.sh
+bash scripts/setup.sh --tests
 
 echo "== format"
 cargo fmt --all -- --check

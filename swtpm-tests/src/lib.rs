@@ -532,45 +532,98 @@ impl Drop for Agent {
     }
 }
 
+/// Runs `scripts/<script>` (which prepares a client environment once) and returns
+/// the last line it prints: the path or class path to run the client with.
+fn env_script_output(script: &str) -> String {
+    let path = repo_root().join("scripts").join(script);
+    let out = run_ok(Command::new("bash").arg(&path));
+    let last = out.lines().last().unwrap_or_default().trim().to_owned();
+    assert!(
+        !last.is_empty(),
+        "{} printed nothing:\n{out}",
+        path.display()
+    );
+    last
+}
+
 /// The virtualenv's python with py-spiffe installed (made once per test process by
 /// `scripts/python-env.sh`).
 pub fn python() -> PathBuf {
     static PY: OnceLock<PathBuf> = OnceLock::new();
-    PY.get_or_init(|| {
-        let script = repo_root().join("scripts").join("python-env.sh");
-        let out = run_ok(Command::new("bash").arg(&script));
-        let path = out.lines().last().unwrap_or_default().trim().to_owned();
-        assert!(
-            Path::new(&path).exists(),
-            "{} printed no python path:\n{out}",
-            script.display()
-        );
-        PathBuf::from(path)
-    })
-    .clone()
+    PY.get_or_init(|| PathBuf::from(env_script_output("python-env.sh")))
+        .clone()
 }
 
-/// Runs `swtpm-tests/py/<script>` with the venv python against an agent.
-pub fn py(agent: &Agent, script: &str, args: &[&str]) -> Output {
-    Command::new(python())
-        .arg(repo_root().join("swtpm-tests").join("py").join(script))
-        .args(args)
-        .env("SPIFFE_ENDPOINT_SOCKET", agent.endpoint())
+/// The class path of the grpc-java workload (compiled once per test process by
+/// `scripts/java-env.sh`).
+pub fn java_classpath() -> String {
+    static CP: OnceLock<String> = OnceLock::new();
+    CP.get_or_init(|| env_script_output("java-env.sh")).clone()
+}
+
+/// Runs a workload client command against an agent (its socket in
+/// `SPIFFE_ENDPOINT_SOCKET`).
+fn workload(agent: &Agent, mut cmd: Command) -> Output {
+    cmd.env("SPIFFE_ENDPOINT_SOCKET", agent.endpoint())
         .output()
-        .expect("python")
+        .expect("workload client")
 }
 
-/// Like [`py`], panicking on failure; returns stdout.
-pub fn py_ok(agent: &Agent, script: &str, args: &[&str]) -> String {
-    let o = py(agent, script, args);
+/// Like [`workload`], panicking on failure; returns stdout.
+fn workload_ok(agent: &Agent, what: &str, cmd: Command) -> String {
+    let o = workload(agent, cmd);
     assert!(
         o.status.success(),
-        "python {script} {args:?} failed:\nstdout:\n{}\nstderr:\n{}\nagent log:\n{}",
+        "{what} failed:\nstdout:\n{}\nstderr:\n{}\nagent log:\n{}",
         stdout(&o),
         stderr(&o),
         agent.log()
     );
     stdout(&o)
+}
+
+fn py_command(script: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(python());
+    cmd.arg(repo_root().join("swtpm-tests").join("py").join(script))
+        .args(args);
+    cmd
+}
+
+fn java_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new("java");
+    cmd.arg("-cp")
+        .arg(java_classpath())
+        .arg("WorkloadClient")
+        .args(args);
+    cmd
+}
+
+/// Runs `swtpm-tests/py/<script>` with the venv python against an agent.
+pub fn py(agent: &Agent, script: &str, args: &[&str]) -> Output {
+    workload(agent, py_command(script, args))
+}
+
+/// Like [`py`], panicking on failure; returns stdout.
+pub fn py_ok(agent: &Agent, script: &str, args: &[&str]) -> String {
+    workload_ok(
+        agent,
+        &format!("python {script} {args:?}"),
+        py_command(script, args),
+    )
+}
+
+/// Runs `swtpm-tests/java/WorkloadClient.java` (grpc-java) against an agent.
+pub fn java(agent: &Agent, args: &[&str]) -> Output {
+    workload(agent, java_command(args))
+}
+
+/// Like [`java`], panicking on failure; returns stdout.
+pub fn java_ok(agent: &Agent, args: &[&str]) -> String {
+    workload_ok(
+        agent,
+        &format!("java WorkloadClient {args:?}"),
+        java_command(args),
+    )
 }
 
 /// A private temporary directory for one test; kept (and its path printed) when

@@ -1,6 +1,7 @@
 //! End to end with join tokens and software keys: a real server and agent, SVIDs
-//! fetched by py-spiffe and by the `spiffe` crate, checked by OpenSSL, JWT-SVIDs
-//! cross-validated, and the agent restarted from its state directory.
+//! fetched by py-spiffe, by the `spiffe` crate and by grpc-java, checked by
+//! OpenSSL, JWT-SVIDs cross-validated, and the agent restarted from its state
+//! directory.
 
 #![allow(
     clippy::unwrap_used,
@@ -10,7 +11,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tessera_swtpm_tests::{Agent, Server, my_uid, openssl_verify, py_ok, test_dir};
+use tessera_swtpm_tests::{Agent, Server, java, java_ok, my_uid, openssl_verify, py_ok, test_dir};
 
 fn uid_selector() -> String {
     format!("unix:uid:{}", my_uid())
@@ -143,6 +144,60 @@ fn stock_clients_get_valid_svids_and_cross_validate_jwts() {
     assert_eq!(v["agent"], "spiffe://example.org/workload");
 }
 
+/// grpc-java (grpc-netty), as java-spiffe uses it, sends the socket path as the
+/// HTTP/2 `:authority`; the agent must still serve it.
+#[test]
+fn java_grpc_workload_gets_svids_and_jwts() {
+    let dir = test_dir("java");
+    let (_server, agent) = setup(dir.path(), "", "");
+    wait_for_svid(&agent);
+
+    let out = dir.path().join("java-x509");
+    let facts = java_ok(&agent, &["x509", out.to_str().unwrap()]);
+    let fact = |key: &str| {
+        facts
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in:\n{facts}"))
+            .to_owned()
+    };
+    assert_eq!(fact("spiffe_id"), "spiffe://example.org/workload");
+    assert_eq!(fact("chain_len"), "1", "{facts}");
+    assert_ne!(fact("key_len"), "0", "{facts}");
+    // The trap itself: grpc-java's authority is the socket's path.
+    assert_eq!(fact("authority"), agent.socket.display().to_string());
+    let v = openssl_verify(&out.join("bundle.pem"), &out.join("chain.pem"));
+    assert!(
+        v.status.success(),
+        "openssl verify: {}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+
+    // A JWT-SVID fetched by Java, validated by the agent through Java and by
+    // py-spiffe with its own rules.
+    let token = java_ok(&agent, &["jwt", "java-audience"]).trim().to_owned();
+    let by_agent = java_ok(&agent, &["validate", &token, "java-audience"]);
+    assert_eq!(by_agent.trim(), "spiffe_id=spiffe://example.org/workload");
+    let wrong = java(&agent, &["validate", &token, "someone-else"]);
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("INVALID_ARGUMENT"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    let py: serde_json::Value = serde_json::from_str(
+        py_ok(
+            &agent,
+            "workload.py",
+            &["validate", &token, "java-audience"],
+        )
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(py["local"], "spiffe://example.org/workload");
+    assert_eq!(py["agent"], "spiffe://example.org/workload");
+}
+
 #[test]
 fn workload_without_entry_is_denied_and_header_is_required() {
     let dir = test_dir("denied");
@@ -161,6 +216,8 @@ fn workload_without_entry_is_denied_and_header_is_required() {
     let out = py_ok(&agent, "workload.py", &["expect-denied"]);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["error"], "PERMISSION_DENIED", "{out}");
+    let out = java_ok(&agent, &["expect-denied"]);
+    assert!(out.starts_with("denied:"), "{out}");
     let cli = agent.cli(&["api", "fetch", "x509"]);
     assert!(!cli.status.success());
     assert!(String::from_utf8_lossy(&cli.stderr).contains("no identity issued"));
