@@ -3,7 +3,7 @@
 # the agent the way Java services do: grpc-java over the grpc-netty transport,
 # with the Workload API stubs generated from Tessera's own workload.proto by
 # protoc and Debian's grpc-java plugin. Everything comes from Debian's packages
-# (scripts/setup.sh installs them); nothing is downloaded here.
+# (scripts/setup.sh --tests installs them); nothing is downloaded here.
 #
 #   scripts/java-env.sh
 #       Compiles swtpm-tests/java/WorkloadClient.java unless it is up to date and
@@ -26,12 +26,10 @@ jars=/usr/share/java
 plugin=/usr/bin/grpc_java_plugin
 
 for tool in javac protoc; do
-    command -v "$tool" >/dev/null 2>&1 || die "$tool not found; run scripts/setup.sh"
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found; run scripts/setup.sh --tests"
 done
-[[ -x $plugin ]] || die "$plugin not found; run scripts/setup.sh (package protobuf-compiler-grpc-java-plugin)"
-# google/protobuf/struct.proto, which workload.proto imports.
-[[ -f /usr/include/google/protobuf/struct.proto ]] ||
-    die "/usr/include/google/protobuf/struct.proto not found; run scripts/setup.sh (package libprotobuf-dev)"
+[[ -x $plugin ]] || die "$plugin not found; run scripts/setup.sh --tests (package protobuf-compiler-grpc-java-plugin)"
+need_struct_proto
 
 # The run-time class path: grpc-java and what it needs, Netty, protobuf-java, and
 # the generated code's javax.annotation.Generated. The Unix socket is the JDK's
@@ -41,20 +39,16 @@ for jar in grpc-api grpc-core grpc-context grpc-netty grpc-stub grpc-protobuf gr
     netty-buffer netty-codec netty-codec-http netty-codec-http2 netty-common netty-handler \
     netty-resolver netty-transport \
     protobuf guava perfmark-api gson geronimo-annotation-1.3-spec; do
-    [[ -f $jars/$jar.jar ]] || die "$jars/$jar.jar not found; run scripts/setup.sh"
+    [[ -f $jars/$jar.jar ]] || die "$jars/$jar.jar not found; run scripts/setup.sh --tests"
     classpath+=:$jars/$jar.jar
 done
 
 mkdir -p -- "$out" || die "cannot create $out"
 
 # Test binaries may run this script concurrently; one compiles, the others wait.
-exec 9>"$out.lock" || die "cannot open $out.lock"
-if command -v flock >/dev/null 2>&1; then
-    flock 9 || die "cannot lock $out.lock"
-fi
+lock_for "$out"
 
-stamp=$out/classes/.built
-if [[ ! -f $stamp || $source -nt $stamp || $proto_dir/workload.proto -nt $stamp || $0 -nt $stamp ]]; then
+if stale "$out/classes/.built" "$source" "$proto_dir/workload.proto" "$0"; then
     note "generating the Workload API stubs and compiling WorkloadClient into $out"
     rm -rf -- "$out/gen" "$out/classes.new"
     mkdir -p -- "$out/gen" "$out/classes.new"

@@ -36,10 +36,7 @@ mkdir -p -- "$(dirname -- "$venv")" || die "cannot create the parent of $venv"
 
 # Test binaries may run this script concurrently; one of them installs, the
 # others wait for it rather than racing pip over the same directory.
-exec 9>"$venv.lock" || die "cannot open $venv.lock"
-if command -v flock >/dev/null 2>&1; then
-    flock 9 || die "cannot lock $venv.lock"
-fi
+lock_for "$venv"
 
 installed() {
     [[ -x $venv/bin/python ]] &&

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Prepares a Debian (bookworm or later) machine to build, test and demo Tessera:
 # the Debian packages the build and the tests use (SoftHSM2, swtpm, tpm2-tools,
-# libtss2, OpenSSL, Python's venv; with --tests also a JDK and grpc-java), the Rust
-# components, the Python virtualenv with py-spiffe and, with --tests, the compiled
-# Java workload. Safe to run again: it installs only what is missing.
+# libtss2, OpenSSL, Python's venv; with --tests also a JDK, Go, grpc-java and
+# grpc-go), the Rust components, the Python virtualenv with py-spiffe and, with
+# --tests, the compiled Java and Go workloads. Safe to run again: it installs only
+# what is missing.
 #
 #   scripts/setup.sh            # what the build and the demo need
-#   scripts/setup.sh --tests    # and what the tests need besides (the Java workload)
+#   scripts/setup.sh --tests    # and what the tests need besides (Java and Go workloads)
 #
 # Run as root, or as a user with sudo. Only Debian's archive, crates.io and PyPI
 # are contacted.
@@ -25,12 +26,15 @@ packages=(
     python3 python3-venv
     protobuf-compiler musl-tools
 )
-# Only the tests need the Java workload (grpc-java over Netty; scripts/java-env.sh
-# builds it).
-java_packages=(
-    default-jdk-headless libgrpc-java libnetty-java libprotobuf-java libprotobuf-dev
+# Only the tests need the Java and Go workloads (grpc-java over Netty, built by
+# scripts/java-env.sh; grpc-go, built by scripts/go-env.sh).
+test_packages=(
+    libprotobuf-dev
+    default-jdk-headless libgrpc-java libnetty-java libprotobuf-java
     protobuf-compiler-grpc-java-plugin libguava-java libperfmark-java libgoogle-gson-java
     libgeronimo-annotation-1.3-spec-java
+    golang-go golang-google-grpc-dev golang-google-protobuf-dev
+    golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc
 )
 
 tests=false
@@ -40,7 +44,7 @@ case ${1-} in
     *) die "unknown argument '$1' (usage: $prog [--tests])" ;;
 esac
 if $tests; then
-    packages+=("${java_packages[@]}")
+    packages+=("${test_packages[@]}")
 fi
 
 missing=()
@@ -76,8 +80,9 @@ fi
 
 # py-spiffe, the Python workload the tests and the demo use.
 bash "$root/scripts/python-env.sh" >/dev/null
-# The grpc-java workload the tests use.
+# The grpc-java and grpc-go workloads the tests use.
 if $tests; then
     bash "$root/scripts/java-env.sh" >/dev/null
+    bash "$root/scripts/go-env.sh" >/dev/null
 fi
 note "ready"

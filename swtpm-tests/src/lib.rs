@@ -589,6 +589,19 @@ fn py_command(script: &str, args: &[&str]) -> Command {
     cmd
 }
 
+/// The grpc-go workload binary (built once per test process by `scripts/go-env.sh`).
+pub fn go_client() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| PathBuf::from(env_script_output("go-env.sh")))
+        .clone()
+}
+
+fn go_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(go_client());
+    cmd.args(args);
+    cmd
+}
+
 fn java_command(args: &[&str]) -> Command {
     let mut cmd = Command::new("java");
     cmd.arg("-cp")
@@ -623,6 +636,20 @@ pub fn java_ok(agent: &Agent, args: &[&str]) -> String {
         agent,
         &format!("java WorkloadClient {args:?}"),
         java_command(args),
+    )
+}
+
+/// Runs `swtpm-tests/go/workloadclient.go` (grpc-go) against an agent.
+pub fn go(agent: &Agent, args: &[&str]) -> Output {
+    workload(agent, go_command(args))
+}
+
+/// Like [`go`], panicking on failure; returns stdout.
+pub fn go_ok(agent: &Agent, args: &[&str]) -> String {
+    workload_ok(
+        agent,
+        &format!("go workloadclient {args:?}"),
+        go_command(args),
     )
 }
 

@@ -1,7 +1,7 @@
 //! End to end with join tokens and software keys: a real server and agent, SVIDs
-//! fetched by py-spiffe, by the `spiffe` crate and by grpc-java, checked by
-//! OpenSSL, JWT-SVIDs cross-validated, and the agent restarted from its state
-//! directory.
+//! fetched by py-spiffe, by the `spiffe` crate, by grpc-java and by grpc-go,
+//! checked by OpenSSL, JWT-SVIDs cross-validated, and the agent restarted from
+//! its state directory.
 
 #![allow(
     clippy::unwrap_used,
@@ -11,7 +11,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tessera_swtpm_tests::{Agent, Server, java, java_ok, my_uid, openssl_verify, py_ok, test_dir};
+use tessera_swtpm_tests::{
+    Agent, Server, go, go_ok, java, java_ok, my_uid, openssl_verify, py_ok, test_dir,
+};
 
 fn uid_selector() -> String {
     format!("unix:uid:{}", my_uid())
@@ -144,6 +146,68 @@ fn stock_clients_get_valid_svids_and_cross_validate_jwts() {
     assert_eq!(v["agent"], "spiffe://example.org/workload");
 }
 
+/// A workload client in another language, run as a process against the agent
+/// (`swtpm-tests/java`, `swtpm-tests/go`): both print `key=value` facts for
+/// `x509 DIR`, a token for `jwt AUD`, `spiffe_id=` for `validate TOKEN AUD`, and
+/// the gRPC status on failure.
+struct Client<'a> {
+    agent: &'a Agent,
+    run: fn(&Agent, &[&str]) -> std::process::Output,
+    run_ok: fn(&Agent, &[&str]) -> String,
+    /// How the client prints the InvalidArgument code.
+    invalid_argument: &'static str,
+}
+
+impl Client<'_> {
+    /// Fetches the X509-SVID into `out` and checks it (and its chain, with OpenSSL);
+    /// fetches a JWT-SVID and has it validated by the agent through this client and
+    /// by py-spiffe; returns the facts the client printed about the X509-SVID.
+    fn fetch_and_check(&self, out: &Path, audience: &str) -> Vec<(String, String)> {
+        let printed = (self.run_ok)(self.agent, &["x509", out.to_str().unwrap()]);
+        let facts: Vec<(String, String)> = printed
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let fact = |key: &str| {
+            facts
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(
+            fact("spiffe_id"),
+            Some("spiffe://example.org/workload"),
+            "{printed}"
+        );
+        assert_eq!(fact("chain_len"), Some("1"), "{printed}");
+        assert!(fact("key_len").is_some_and(|n| n != "0"), "{printed}");
+        let v = openssl_verify(&out.join("bundle.pem"), &out.join("chain.pem"));
+        assert!(
+            v.status.success(),
+            "openssl verify: {}",
+            String::from_utf8_lossy(&v.stderr)
+        );
+
+        let token = (self.run_ok)(self.agent, &["jwt", audience])
+            .trim()
+            .to_owned();
+        let by_agent = (self.run_ok)(self.agent, &["validate", &token, audience]);
+        assert_eq!(by_agent.trim(), "spiffe_id=spiffe://example.org/workload");
+        let wrong = (self.run)(self.agent, &["validate", &token, "someone-else"]);
+        assert!(!wrong.status.success());
+        let err = String::from_utf8_lossy(&wrong.stderr);
+        assert!(err.contains(self.invalid_argument), "{err}");
+        let py: serde_json::Value = serde_json::from_str(
+            py_ok(self.agent, "workload.py", &["validate", &token, audience]).trim(),
+        )
+        .unwrap();
+        assert_eq!(py["local"], "spiffe://example.org/workload");
+        assert_eq!(py["agent"], "spiffe://example.org/workload");
+        facts
+    }
+}
+
 /// grpc-java (grpc-netty), as java-spiffe uses it, sends the socket path as the
 /// HTTP/2 `:authority`; the agent must still serve it.
 #[test]
@@ -151,51 +215,41 @@ fn java_grpc_workload_gets_svids_and_jwts() {
     let dir = test_dir("java");
     let (_server, agent) = setup(dir.path(), "", "");
     wait_for_svid(&agent);
-
-    let out = dir.path().join("java-x509");
-    let facts = java_ok(&agent, &["x509", out.to_str().unwrap()]);
-    let fact = |key: &str| {
-        facts
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .unwrap_or_else(|| panic!("no {key}= in:\n{facts}"))
-            .to_owned()
+    let client = Client {
+        agent: &agent,
+        run: java,
+        run_ok: java_ok,
+        invalid_argument: "code=INVALID_ARGUMENT",
     };
-    assert_eq!(fact("spiffe_id"), "spiffe://example.org/workload");
-    assert_eq!(fact("chain_len"), "1", "{facts}");
-    assert_ne!(fact("key_len"), "0", "{facts}");
+    let facts = client.fetch_and_check(&dir.path().join("java-x509"), "java-audience");
     // The trap itself: grpc-java's authority is the socket's path.
-    assert_eq!(fact("authority"), agent.socket.display().to_string());
-    let v = openssl_verify(&out.join("bundle.pem"), &out.join("chain.pem"));
+    let socket = agent.socket.display().to_string();
     assert!(
-        v.status.success(),
-        "openssl verify: {}",
-        String::from_utf8_lossy(&v.stderr)
+        facts.iter().any(|(k, v)| k == "authority" && *v == socket),
+        "{facts:?}"
     );
+}
 
-    // A JWT-SVID fetched by Java, validated by the agent through Java and by
-    // py-spiffe with its own rules.
-    let token = java_ok(&agent, &["jwt", "java-audience"]).trim().to_owned();
-    let by_agent = java_ok(&agent, &["validate", &token, "java-audience"]);
-    assert_eq!(by_agent.trim(), "spiffe_id=spiffe://example.org/workload");
-    let wrong = java(&agent, &["validate", &token, "someone-else"]);
-    assert!(!wrong.status.success());
+/// grpc-go, the gRPC stack under go-spiffe, with a `unix:` target.
+#[test]
+fn go_grpc_workload_gets_svids_and_jwts() {
+    let dir = test_dir("go");
+    let (_server, agent) = setup(dir.path(), "", "");
+    wait_for_svid(&agent);
+    let client = Client {
+        agent: &agent,
+        run: go,
+        run_ok: go_ok,
+        invalid_argument: "code=InvalidArgument",
+    };
+    let facts = client.fetch_and_check(&dir.path().join("go-x509"), "go-audience");
+    // Go's own X.509 parser read the SPIFFE ID from the leaf's URI SAN.
     assert!(
-        String::from_utf8_lossy(&wrong.stderr).contains("INVALID_ARGUMENT"),
-        "{}",
-        String::from_utf8_lossy(&wrong.stderr)
+        facts
+            .iter()
+            .any(|(k, v)| k == "leaf_uri" && v == "spiffe://example.org/workload"),
+        "{facts:?}"
     );
-    let py: serde_json::Value = serde_json::from_str(
-        py_ok(
-            &agent,
-            "workload.py",
-            &["validate", &token, "java-audience"],
-        )
-        .trim(),
-    )
-    .unwrap();
-    assert_eq!(py["local"], "spiffe://example.org/workload");
-    assert_eq!(py["agent"], "spiffe://example.org/workload");
 }
 
 #[test]
@@ -216,8 +270,12 @@ fn workload_without_entry_is_denied_and_header_is_required() {
     let out = py_ok(&agent, "workload.py", &["expect-denied"]);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["error"], "PERMISSION_DENIED", "{out}");
-    let out = java_ok(&agent, &["expect-denied"]);
-    assert!(out.starts_with("denied:"), "{out}");
+    for out in [
+        java_ok(&agent, &["expect-denied"]),
+        go_ok(&agent, &["expect-denied"]),
+    ] {
+        assert!(out.starts_with("denied:"), "{out}");
+    }
     let cli = agent.cli(&["api", "fetch", "x509"]);
     assert!(!cli.status.success());
     assert!(String::from_utf8_lossy(&cli.stderr).contains("no identity issued"));
