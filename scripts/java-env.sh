@@ -30,6 +30,10 @@ for tool in javac protoc; do
 done
 [[ -x $plugin ]] || die "$plugin not found; run scripts/setup.sh --tests (package protobuf-compiler-grpc-java-plugin)"
 need_struct_proto
+# The client uses the JDK's own Unix sockets (java.net.UnixDomainSocketAddress).
+major=$(javac -version 2>&1 | sed -n 's/^javac \([0-9][0-9]*\).*/\1/p')
+[[ ${major:-0} -ge 16 ]] ||
+    die "javac ${major:-of unknown version} is too old: the Java workload needs Java 16 or later for Unix sockets"
 
 # The run-time class path: grpc-java and what it needs, Netty, protobuf-java, and
 # the generated code's javax.annotation.Generated. The Unix socket is the JDK's
