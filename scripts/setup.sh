@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Prepares a Debian (bookworm or later) machine to build, test and demo Tessera:
 # the Debian packages the build and the tests use (SoftHSM2, swtpm, tpm2-tools,
-# libtss2, OpenSSL, Python's venv; with --tests also a JDK, Go, grpc-java and
-# grpc-go), the Rust components, the Python virtualenv with py-spiffe and, with
-# --tests, the compiled Java and Go workloads. Safe to run again: it installs only
+# libtss2, OpenSSL, Python's venv; with --tests also a JDK, Go, grpc-java, grpc-go
+# and QEMU), the Rust components, the Python virtualenv with py-spiffe and, with
+# --tests, the compiled Java and Go workloads and a Debian kernel for the boot test. Safe to run again: it installs only
 # what is missing.
 #
 #   scripts/setup.sh            # what the build and the demo need
@@ -26,8 +26,8 @@ packages=(
     python3 python3-venv
     protobuf-compiler musl-tools
 )
-# Only the tests need the Java and Go workloads (grpc-java over Netty, built by
-# scripts/java-env.sh; grpc-go, built by scripts/go-env.sh).
+# Only the tests need these: the Java and Go workloads (grpc-java over Netty, built
+# by scripts/java-env.sh; grpc-go, built by scripts/go-env.sh) and QEMU.
 test_packages=(
     libprotobuf-dev
     default-jdk-headless libgrpc-java libnetty-java libprotobuf-java
@@ -35,6 +35,8 @@ test_packages=(
     libgeronimo-annotation-1.3-spec-java
     golang-go golang-google-grpc-dev golang-google-protobuf-dev
     golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc
+    # The appliance boot test (images/boot-test.sh).
+    qemu-system-x86 cpio
 )
 
 tests=false
@@ -80,9 +82,11 @@ fi
 
 # py-spiffe, the Python workload the tests and the demo use.
 bash "$root/scripts/python-env.sh" >/dev/null
-# The grpc-java and grpc-go workloads the tests use.
+# The grpc-java and grpc-go workloads the tests use, and the kernel and busybox
+# the appliance boot test puts in its image (downloaded from Debian, not installed).
 if $tests; then
     bash "$root/scripts/java-env.sh" >/dev/null
     bash "$root/scripts/go-env.sh" >/dev/null
+    bash "$root/images/boot-test.sh" fetch
 fi
 note "ready"

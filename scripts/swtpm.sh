@@ -17,6 +17,11 @@
 #       stop, then start on the same state (keys made before must load again).
 #   scripts/swtpm.sh env DIR
 #       Prints DIR/env.
+#   scripts/swtpm.sh vm DIR
+#       Starts the simulator provisioned in DIR (by `start`, then `stop`) as a TPM
+#       device for QEMU: its control channel on the Unix socket DIR/vm.sock (for
+#       `-chardev socket,path=DIR/vm.sock -tpmdev emulator`), whose path it prints.
+#       The simulator exits when QEMU lets go of it; `stop` ends it otherwise.
 #
 # DIR/env holds `export` lines, for `source` or `eval`:
 #   TPM_TCTI             Tessera's TCTI setting: swtpm:host=127.0.0.1,port=P
@@ -294,6 +299,31 @@ cmd_restart() {
     cmd_start "$1"
 }
 
+cmd_vm() {
+    [[ $# -eq 1 ]] || usage
+    check_tools
+    local dir pid sock i
+    dir=$(prepare_dir "$1")
+    provisioned "$dir" || die "no TPM is provisioned in $dir/state; run: $prog start $dir (and stop) first"
+    if pid=$(running_pid "$dir"); then
+        die "swtpm is already running for $dir (pid $pid); run: $prog stop $dir"
+    fi
+    sock=$dir/vm.sock
+    rm -f -- "$sock" "$dir/swtpm.pid"
+    : >"$dir/swtpm.log"
+    swtpm socket --tpm2 --ctrl "type=unixio,path=$sock" --terminate \
+        --tpmstate "dir=$dir/state" \
+        --pid "file=$dir/swtpm.pid" \
+        --log "file=$dir/swtpm.log" \
+        --daemon 2>>"$dir/swtpm.log" || die "swtpm did not start (see $dir/swtpm.log)"
+    for i in $(seq 1 100); do
+        [[ -S $sock ]] && break
+        sleep 0.02
+    done
+    [[ -S $sock ]] || die "swtpm made no control socket at $sock (see $dir/swtpm.log)"
+    printf '%s\n' "$sock"
+}
+
 cmd_env() {
     [[ $# -eq 1 ]] || usage
     [[ -f $1/env ]] || die "$1/env does not exist; run: $prog start $1"
@@ -308,6 +338,7 @@ start) cmd_start "$@" ;;
 stop) cmd_stop "$@" ;;
 restart) cmd_restart "$@" ;;
 env) cmd_env "$@" ;;
+vm) cmd_vm "$@" ;;
 -h | --help | help) usage ;;
 *) usage ;;
 esac

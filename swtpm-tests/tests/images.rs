@@ -1,5 +1,7 @@
-//! The appliance overlay's default agent configuration must load with the agent's own
-//! parser (a typo there would brick every device built from it).
+//! The appliance image: the overlay's default agent configuration must load with the
+//! agent's own parser (a typo there would brick every device built from it), and an
+//! appliance booted under QEMU with a swtpm TPM device attests with its DevID and
+//! serves an SVID (`images/boot-test.sh`).
 
 #![allow(
     clippy::unwrap_used,
@@ -17,5 +19,44 @@ fn image_default_agent_config_parses() {
     assert_eq!(
         cfg.servers(),
         vec!["tessera-server.example.org:8081".to_string()]
+    );
+}
+
+#[test]
+fn appliance_boots_attests_with_its_tpm_and_serves_an_svid() {
+    use tessera_swtpm_tests::{bin, repo_root, test_dir};
+    let dir = test_dir("boot");
+    let work = dir.path().join("boot");
+    // Fail early, with the cargo command, if the binaries are missing.
+    let agent = bin("tessera-agent");
+    let out = std::process::Command::new("bash")
+        .arg(repo_root().join("images/boot-test.sh"))
+        .arg("run")
+        .arg(&work)
+        .env("TESSERA_BIN_DIR", agent.parent().unwrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "boot test failed:\n{stdout}\n{stderr}\nserver log:\n{}",
+        std::fs::read_to_string(work.join("server.log")).unwrap_or_default()
+    );
+    // The guest's console: its TPM device, the SVID the agent served it, and the
+    // agent's key on disk being a TPM blob.
+    assert!(stdout.contains("/dev/tpmrm0"), "{stdout}");
+    assert!(
+        stdout.contains("SPIFFE ID:\t\tspiffe://example.org/appliance/root"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(".tpmkey"), "{stdout}");
+    let ok = stdout
+        .lines()
+        .find(|l| l.starts_with("boot test: OK: "))
+        .unwrap_or_else(|| panic!("no verdict:\n{stdout}"));
+    assert!(
+        ok.contains("spiffe://example.org/spire/agent/tpm_devid/"),
+        "{ok}"
     );
 }
