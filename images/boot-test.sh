@@ -15,7 +15,8 @@
 # server recorded a `tpm_devid` agent for this TPM's DevID.
 #
 #   images/boot-test.sh run WORK
-#       Everything under WORK (made fresh); prints the guest's console and, last,
+#       Everything under WORK (made fresh: a folder of an earlier run is emptied,
+#       any other non-empty one refused); prints the guest's console and, last,
 #       `boot test: OK ...`. Fails with the reason otherwise.
 #   images/boot-test.sh fetch
 #       Downloads Debian's kernel and busybox-static packages (apt-get download,
@@ -103,8 +104,14 @@ run() {
     done
     fetch
 
-    rm -rf -- "$work"
+    # WORK is made fresh; refuse to empty a folder a boot test did not make.
+    if [[ -e $work ]]; then
+        [[ -f $work/.boot-test || -z $(ls -A -- "$work" 2>/dev/null) ]] ||
+            die "$work exists and is not a boot test's folder; name a new one"
+        rm -rf -- "$work"
+    fi
     mkdir -p -- "$work"
+    : >"$work/.boot-test"
     # Global, for the exit trap.
     work=$(cd -- "$work" && pwd -P)
     pids=()
