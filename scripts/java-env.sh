@@ -15,7 +15,7 @@
 
 set -euo pipefail
 
-# prog, die, note
+# prog, die, note, lock_for, stale, need_struct_proto
 . "$(dirname -- "${BASH_SOURCE[0]}")/common.sh"
 
 root=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)

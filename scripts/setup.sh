@@ -3,11 +3,11 @@
 # the Debian packages the build and the tests use (SoftHSM2, swtpm, tpm2-tools,
 # libtss2, OpenSSL, Python's venv; with --tests also a JDK, Go, grpc-java, grpc-go
 # and QEMU), the Rust components, the Python virtualenv with py-spiffe and, with
-# --tests, the compiled Java and Go workloads and a Debian kernel for the boot test. Safe to run again: it installs only
-# what is missing.
+# --tests, the compiled Java and Go workloads and a Debian kernel for the boot
+# test. Safe to run again: it installs only what is missing.
 #
 #   scripts/setup.sh            # what the build and the demo need
-#   scripts/setup.sh --tests    # and what the tests need besides (Java and Go workloads)
+#   scripts/setup.sh --tests    # and what only the tests need (Java, Go, QEMU)
 #
 # Run as root, or as a user with sudo. Only Debian's archive, crates.io and PyPI
 # are contacted.

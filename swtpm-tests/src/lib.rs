@@ -550,8 +550,16 @@ fn env_script_output(script: &str) -> String {
 /// `scripts/python-env.sh`).
 pub fn python() -> PathBuf {
     static PY: OnceLock<PathBuf> = OnceLock::new();
-    PY.get_or_init(|| PathBuf::from(env_script_output("python-env.sh")))
-        .clone()
+    PY.get_or_init(|| {
+        let path = PathBuf::from(env_script_output("python-env.sh"));
+        assert!(
+            path.exists(),
+            "python-env.sh printed {}, which does not exist",
+            path.display()
+        );
+        path
+    })
+    .clone()
 }
 
 /// The class path of the grpc-java workload (compiled once per test process by
