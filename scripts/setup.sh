@@ -37,6 +37,8 @@ test_packages=(
     golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc
     # The appliance boot test (images/boot-test.sh).
     qemu-system-x86 cpio
+    # The PostgreSQL datastore's tests (scripts/postgres.sh).
+    postgresql postgresql-client
 )
 
 tests=false

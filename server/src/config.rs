@@ -150,6 +150,35 @@ pub enum DatastoreConfig {
         #[serde(default)]
         path: Option<PathBuf>,
     },
+    /// A PostgreSQL database, shared by several servers. Exactly one of
+    /// `connection_string` (libpq `key=value` pairs or a `postgres://` URL) and
+    /// `connection_string_file` (a file holding it, so that a password stays out of
+    /// this file) is set.
+    Postgres {
+        #[serde(default)]
+        connection_string: Option<ConnectionString>,
+        #[serde(default)]
+        connection_string_file: Option<PathBuf>,
+    },
+}
+
+/// A PostgreSQL connection string; it may hold a password, so it never shows in
+/// `Debug` output.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct ConnectionString(pub String);
+
+impl std::fmt::Debug for ConnectionString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionString(<redacted>)")
+    }
+}
+
+/// The datastore to open, resolved from the configuration.
+#[derive(Debug, Clone)]
+pub enum DatastoreTarget {
+    Sqlite(PathBuf),
+    Postgres(ConnectionString),
 }
 
 impl Default for DatastoreConfig {
@@ -255,6 +284,32 @@ impl ServerConfig {
         if self.x509_svid_ttl.is_zero() || self.jwt_svid_ttl.is_zero() {
             return rule("SVID lifetimes must be positive".into());
         }
+        if let DatastoreConfig::Postgres {
+            connection_string,
+            connection_string_file,
+        } = &self.datastore
+        {
+            match (connection_string, connection_string_file) {
+                (Some(_), Some(_)) => {
+                    return rule(
+                        "[datastore] sets both connection_string and connection_string_file; \
+                         set one"
+                            .into(),
+                    );
+                }
+                (None, None) => {
+                    return rule(
+                        "[datastore] type \"postgres\" needs connection_string or \
+                         connection_string_file"
+                            .into(),
+                    );
+                }
+                (Some(s), None) if s.0.trim().is_empty() => {
+                    return rule("[datastore] connection_string is empty".into());
+                }
+                _ => {}
+            }
+        }
         if self.x509_svid_ttl > self.ca_ttl {
             tracing::warn!(
                 "x509_svid_ttl is longer than ca_ttl: SVIDs will be cut short at the CA's expiry"
@@ -280,11 +335,42 @@ impl ServerConfig {
         }
     }
 
-    pub fn datastore_path(&self) -> PathBuf {
+    /// The datastore to open; reads `connection_string_file` (trimmed) when set.
+    pub fn datastore_target(&self) -> Result<DatastoreTarget, InvalidConfig> {
         match &self.datastore {
-            DatastoreConfig::Sqlite { path } => path
-                .clone()
-                .unwrap_or_else(|| self.data_dir.join("datastore.sqlite3")),
+            DatastoreConfig::Sqlite { path } => {
+                Ok(DatastoreTarget::Sqlite(path.clone().unwrap_or_else(|| {
+                    self.data_dir.join("datastore.sqlite3")
+                })))
+            }
+            DatastoreConfig::Postgres {
+                connection_string: Some(s),
+                ..
+            } => Ok(DatastoreTarget::Postgres(s.clone())),
+            DatastoreConfig::Postgres {
+                connection_string_file: Some(file),
+                ..
+            } => {
+                let text = std::fs::read_to_string(file).map_err(|e| {
+                    InvalidConfig::Rule(format!(
+                        "[datastore] connection_string_file {}: {e}",
+                        file.display()
+                    ))
+                })?;
+                let text = text.trim();
+                if text.is_empty() {
+                    return Err(InvalidConfig::Rule(format!(
+                        "[datastore] connection_string_file {} is empty",
+                        file.display()
+                    )));
+                }
+                Ok(DatastoreTarget::Postgres(ConnectionString(text.to_owned())))
+            }
+            DatastoreConfig::Postgres { .. } => Err(InvalidConfig::Rule(
+                "[datastore] type \"postgres\" needs connection_string or \
+                 connection_string_file"
+                    .into(),
+            )),
         }
     }
 }
@@ -327,8 +413,79 @@ type = "memory"
         .unwrap();
         assert_eq!(c.trust_domain.name(), "example.org");
         assert_eq!(c.ca_ttl, Duration::from_secs(7200));
-        assert_eq!(c.datastore_path(), PathBuf::from("/tmp/x.db"));
+        match c.datastore_target().unwrap() {
+            DatastoreTarget::Sqlite(path) => assert_eq!(path, PathBuf::from("/tmp/x.db")),
+            DatastoreTarget::Postgres(_) => panic!("sqlite expected"),
+        }
         assert!(matches!(c.key_manager, KeyManagerConfig::Memory));
+    }
+
+    #[test]
+    fn datastore_defaults_to_sqlite_in_data_dir() {
+        let c = ServerConfig::parse("trust_domain = \"e.org\"\ndata_dir = \"/d\"\n").unwrap();
+        match c.datastore_target().unwrap() {
+            DatastoreTarget::Sqlite(path) => {
+                assert_eq!(path, PathBuf::from("/d/datastore.sqlite3"));
+            }
+            DatastoreTarget::Postgres(_) => panic!("sqlite expected"),
+        }
+    }
+
+    #[test]
+    fn postgres_datastore() {
+        let c = ServerConfig::parse(
+            "trust_domain = \"e.org\"\n[datastore]\ntype = \"postgres\"\n\
+             connection_string = \"host=db port=5432 user=tessera password=hunter2\"\n",
+        )
+        .unwrap();
+        match c.datastore_target().unwrap() {
+            DatastoreTarget::Postgres(s) => {
+                assert_eq!(s.0, "host=db port=5432 user=tessera password=hunter2");
+            }
+            DatastoreTarget::Sqlite(_) => panic!("postgres expected"),
+        }
+        assert!(
+            !format!("{c:?}").contains("hunter2"),
+            "the password is redacted"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pg");
+        std::fs::write(&file, "  postgres://tessera:pw@db/tessera\n").unwrap();
+        let c = ServerConfig::parse(&format!(
+            "trust_domain = \"e.org\"\n[datastore]\ntype = \"postgres\"\n\
+             connection_string_file = \"{}\"\n",
+            file.display()
+        ))
+        .unwrap();
+        match c.datastore_target().unwrap() {
+            DatastoreTarget::Postgres(s) => assert_eq!(s.0, "postgres://tessera:pw@db/tessera"),
+            DatastoreTarget::Sqlite(_) => panic!("postgres expected"),
+        }
+        std::fs::write(&file, " \n").unwrap();
+        let e = c.datastore_target().err().unwrap();
+        assert!(e.to_string().contains("is empty"), "{e}");
+        std::fs::remove_file(&file).unwrap();
+        let e = c.datastore_target().err().unwrap();
+        assert!(e.to_string().contains(&file.display().to_string()), "{e}");
+
+        let e = ServerConfig::parse("trust_domain = \"e.org\"\n[datastore]\ntype = \"postgres\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("connection_string"), "{e}");
+        let e = ServerConfig::parse(
+            "trust_domain = \"e.org\"\n[datastore]\ntype = \"postgres\"\n\
+             connection_string = \"host=db\"\nconnection_string_file = \"/x\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("both"), "{e}");
+        let e = ServerConfig::parse(
+            "trust_domain = \"e.org\"\n[datastore]\ntype = \"postgres\"\npath = \"/x\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("path"),
+            "unknown fields are refused: {e}"
+        );
     }
 
     #[test]

@@ -19,8 +19,9 @@ use crate::api::{NodeCache, ServerState, server_id};
 use crate::attestor::NodeAttestor;
 use crate::attestor::join_token::JoinToken;
 use crate::ca::{CaManager, CaSettings};
-use crate::config::{KeyManagerConfig, ServerConfig};
+use crate::config::{DatastoreTarget, KeyManagerConfig, ServerConfig};
 use crate::datastore::Datastore;
+use crate::datastore::postgres::PostgresDatastore;
 use crate::datastore::sqlite::SqliteDatastore;
 use crate::entries::EntryCache;
 
@@ -140,6 +141,25 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Opens the configured datastore (and brings its schema up to date).
+async fn open_datastore(config: &ServerConfig) -> Result<Arc<dyn Datastore>, RunError> {
+    match config.datastore_target().map_err(startup)? {
+        DatastoreTarget::Sqlite(path) => {
+            Ok(Arc::new(SqliteDatastore::open(&path).map_err(|e| {
+                startup(format!("datastore {}: {e}", path.display()))
+            })?))
+        }
+        // Errors name the host, port, database and user, never the connection string.
+        DatastoreTarget::Postgres(conn) => {
+            let ds = PostgresDatastore::connect(&conn.0)
+                .await
+                .map_err(|e| startup(format!("datastore: {e}")))?;
+            tracing::info!(target = %ds.target(), "datastore: postgres");
+            Ok(Arc::new(ds))
+        }
+    }
+}
+
 /// Builds the shared state: datastore, key manager, CA, entry cache, attestors.
 pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunError> {
     tessera_core::fsutil::ensure_dir(&config.data_dir, 0o700).map_err(|e| {
@@ -148,11 +168,7 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
             config.data_dir.display()
         ))
     })?;
-    let ds_path = config.datastore_path();
-    let ds: Arc<dyn Datastore> = Arc::new(
-        SqliteDatastore::open(&ds_path)
-            .map_err(|e| startup(format!("datastore {}: {e}", ds_path.display())))?,
-    );
+    let ds = open_datastore(&config).await?;
     let km = open_key_manager(&config)?;
     let ca = CaManager::start(
         CaSettings {

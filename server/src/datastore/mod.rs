@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tessera_core::{Bundle, RegistrationEntry, Selector, SpiffeId, TrustDomain};
 
+mod codec;
 pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 /// Why a datastore operation failed.

@@ -73,19 +73,21 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use ring::digest;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{
     Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, ffi,
     params, params_from_iter,
 };
-use tessera_core::bundle::JwtAuthority;
 use tessera_core::{Bundle, RegistrationEntry, Selector, SpiffeId, TrustDomain};
 use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 
+use super::codec::{
+    Identity, decode_bundle, decode_entry, decode_error, encode_bundle, encode_entry, from_sql_id,
+    now_unix, to_sql_id, token_label,
+};
 use super::{
     AttestedNode, CaRecord, Datastore, DatastoreError, EntryEvent, EntryFilter, Page, Result,
 };
@@ -517,85 +519,12 @@ impl<T> Ctx<T> for rusqlite::Result<T> {
     }
 }
 
-fn decode_error(what: impl fmt::Display, e: impl fmt::Display) -> DatastoreError {
-    DatastoreError::Backend(format!("{what}: stored record cannot be decoded: {e}"))
-}
-
 fn begin(conn: &mut Connection) -> Result<Transaction<'_>> {
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
         .ctx("write transaction")
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-/// Event IDs and revisions are u64 in the API and INTEGER (i64) in SQLite.
-fn to_sql_id(id: u64) -> i64 {
-    // Any ID above i64::MAX is beyond every stored one, which is what callers mean.
-    i64::try_from(id).unwrap_or(i64::MAX)
-}
-
-fn from_sql_id(id: i64) -> Result<u64> {
-    u64::try_from(id).map_err(|_| DatastoreError::Backend(format!("negative event ID {id}")))
-}
-
 // ---- entries ----
-
-/// What makes two entries the same registration.
-struct Identity {
-    hash: String,
-    spiffe_id: String,
-    parent_id: String,
-    /// Sorted and deduplicated.
-    selectors: Vec<String>,
-}
-
-impl Identity {
-    fn of(entry: &RegistrationEntry) -> Self {
-        let (spiffe_id, parent_id, mut selectors) = entry.identity_key();
-        selectors.dedup();
-        // Length-prefixed parts, so that no two different keys hash the same input.
-        // Changing this encoding changes every stored hash: it needs a migration.
-        let mut ctx = digest::Context::new(&digest::SHA256);
-        for part in [&spiffe_id, &parent_id].into_iter().chain(&selectors) {
-            ctx.update(&(part.len() as u64).to_be_bytes());
-            ctx.update(part.as_bytes());
-        }
-        let hash = ctx
-            .finish()
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Self {
-            hash,
-            spiffe_id,
-            parent_id,
-            selectors,
-        }
-    }
-
-    fn duplicate_of(&self, existing_id: &str) -> DatastoreError {
-        DatastoreError::AlreadyExists(format!(
-            "entry {existing_id} with spiffe_id {}, parent_id {} and selectors [{}]",
-            self.spiffe_id,
-            self.parent_id,
-            self.selectors.join(", ")
-        ))
-    }
-}
-
-fn encode_entry(entry: &RegistrationEntry) -> Result<String> {
-    serde_json::to_string(entry)
-        .map_err(|e| DatastoreError::Invalid(format!("entry {} cannot be encoded: {e}", entry.id)))
-}
-
-fn decode_entry(id: &str, data: &str) -> Result<RegistrationEntry> {
-    serde_json::from_str(data).map_err(|e| decode_error(format_args!("entry {id}"), e))
-}
 
 fn load_entry(conn: &Connection, id: &str) -> Result<Option<RegistrationEntry>> {
     let data: Option<String> = conn
@@ -845,65 +774,11 @@ fn node_selectors(conn: &Connection, id: &str) -> Result<Vec<String>> {
 
 // ---- bundles ----
 
-/// The bundle as stored: its JWK Set and its JWT authorities' expiry times, in order.
-fn encode_bundle(bundle: &Bundle) -> Result<(String, String)> {
-    let td = bundle.trust_domain();
-    let jwks = bundle.to_jwks();
-    let expiries: Vec<i64> = bundle
-        .jwt_authorities()
-        .iter()
-        .map(|a| a.expires_at)
-        .collect();
-    // The JWK Set form silently drops keys it cannot express (an unsupported key type,
-    // a certificate that does not parse): check that what would be read back is what
-    // was given, rather than lose an authority.
-    let faithful = decode_bundle(td, &jwks, &expiries).is_ok_and(|back| back == *bundle);
-    if !faithful {
-        return Err(DatastoreError::Invalid(format!(
-            "bundle of {td} holds an authority that cannot be stored as a JWK \
-             (unsupported key type or malformed certificate)"
-        )));
-    }
-    let expiries = serde_json::to_string(&expiries)
-        .map_err(|e| DatastoreError::Invalid(format!("bundle of {td} cannot be encoded: {e}")))?;
-    Ok((jwks, expiries))
-}
-
-fn decode_bundle(td: &TrustDomain, jwks: &str, expiries: &[i64]) -> Result<Bundle> {
-    let what = format_args!("bundle of {td}");
-    let mut bundle =
-        Bundle::from_jwks(td.clone(), jwks.as_bytes()).map_err(|e| decode_error(what, e))?;
-    if bundle.jwt_authorities().len() != expiries.len() {
-        return Err(decode_error(
-            what,
-            "JWT authority expiry times do not match its keys",
-        ));
-    }
-    let authorities = bundle
-        .jwt_authorities()
-        .iter()
-        .zip(expiries)
-        .map(|(a, &expires_at)| JwtAuthority {
-            expires_at,
-            ..a.clone()
-        })
-        .collect();
-    bundle.set_jwt_authorities(authorities);
-    Ok(bundle)
-}
-
 fn bundle_from_row(td: &str, jwks: &str, expiries: &str) -> Result<Bundle> {
     let what = format_args!("bundle of {td}");
     let td = TrustDomain::new(td).map_err(|e| decode_error(what, e))?;
     let expiries: Vec<i64> = serde_json::from_str(expiries).map_err(|e| decode_error(what, e))?;
     decode_bundle(&td, jwks, &expiries)
-}
-
-/// Join tokens are secrets until used: name one by a prefix only, so that errors and
-/// logs do not carry a usable token.
-fn token_label(token: &str) -> String {
-    let prefix: String = token.chars().take(4).collect();
-    format!("join token {prefix}…")
 }
 
 #[async_trait]
