@@ -137,3 +137,12 @@ impl Identity {
         ))
     }
 }
+
+/// `NotFound(what)` unless the statement changed a row.
+pub(super) fn require_found(found: bool, what: &str) -> Result<()> {
+    if found {
+        Ok(())
+    } else {
+        Err(DatastoreError::NotFound(what.to_owned()))
+    }
+}

@@ -19,25 +19,43 @@ use super::{
     AttestedNode, CaKind, CaRecord, CaStatus, Datastore, DatastoreError, EntryFilter, Page, Result,
 };
 
+/// Calls `$m!(behaviour, ...)` with the name of every behaviour of the suite, so
+/// that [`run_all`] and each backend's tests (one test per behaviour) share this
+/// one list.
+macro_rules! each_behaviour {
+    ($m:ident) => {
+        $m!(
+            ping_and_name,
+            entry_create_and_get,
+            entry_identity_is_unique,
+            entry_explicit_id_collision,
+            entry_update,
+            entry_delete,
+            entry_events,
+            entry_list_filters,
+            entry_list_pagination,
+            entry_batch_create,
+            entry_batch_large,
+            join_tokens,
+            join_token_concurrent_take,
+            attested_nodes,
+            attested_node_svid_and_ban,
+            bundles,
+            ca_journal,
+        );
+    };
+}
+#[cfg(test)]
+pub(crate) use each_behaviour;
+
 /// Runs every behaviour in turn.
 pub async fn run_all(ds: &dyn Datastore) {
-    ping_and_name(ds).await;
-    entry_create_and_get(ds).await;
-    entry_identity_is_unique(ds).await;
-    entry_explicit_id_collision(ds).await;
-    entry_update(ds).await;
-    entry_delete(ds).await;
-    entry_events(ds).await;
-    entry_list_filters(ds).await;
-    entry_list_pagination(ds).await;
-    entry_batch_create(ds).await;
-    entry_batch_large(ds).await;
-    join_tokens(ds).await;
-    join_token_concurrent_take(ds).await;
-    attested_nodes(ds).await;
-    attested_node_svid_and_ban(ds).await;
-    bundles(ds).await;
-    ca_journal(ds).await;
+    macro_rules! run {
+        ($($name:ident),* $(,)?) => {
+            $( $name(ds).await; )*
+        };
+    }
+    each_behaviour!(run);
 }
 
 /// Panics unless `$res` is an error matching `$pat`.

@@ -63,7 +63,7 @@ use tokio_postgres::{Client, Config, NoTls, Row, Transaction};
 
 use super::codec::{
     Identity, decode_bundle, decode_entry, decode_error, encode_bundle, encode_entry, from_sql_id,
-    now_unix, to_sql_id, token_label,
+    now_unix, require_found, to_sql_id, token_label,
 };
 use super::{
     AttestedNode, CaRecord, Datastore, DatastoreError, EntryEvent, EntryFilter, Page, Result,
@@ -1224,10 +1224,7 @@ impl Datastore for PostgresDatastore {
             .execute("DELETE FROM attested_nodes WHERE spiffe_id = $1", &[&id])
             .await
             .ctx(&what)?;
-        if n == 0 {
-            return Err(DatastoreError::NotFound(what));
-        }
-        Ok(())
+        require_found(n != 0, &what)
     }
 
     async fn ban_attested_node(&self, id: &SpiffeId) -> Result<()> {
@@ -1247,10 +1244,7 @@ impl Datastore for PostgresDatastore {
             )
             .await
             .ctx(&what)?;
-        if n == 0 {
-            return Err(DatastoreError::NotFound(what));
-        }
-        Ok(())
+        require_found(n != 0, &what)
     }
 
     // ---- join tokens ----
@@ -1345,10 +1339,7 @@ impl Datastore for PostgresDatastore {
             .execute("DELETE FROM bundles WHERE trust_domain = $1", &[&name])
             .await
             .ctx(&what)?;
-        if n == 0 {
-            return Err(DatastoreError::NotFound(what));
-        }
-        Ok(())
+        require_found(n != 0, &what)
     }
 
     // ---- CA journal ----
@@ -1399,10 +1390,7 @@ impl Datastore for PostgresDatastore {
             .execute("DELETE FROM ca_records WHERE id = $1", &[&id])
             .await
             .ctx(&what)?;
-        if n == 0 {
-            return Err(DatastoreError::NotFound(what));
-        }
-        Ok(())
+        require_found(n != 0, &what)
     }
 }
 
@@ -1546,25 +1534,7 @@ mod tests {
         };
     }
 
-    conformance_tests!(
-        ping_and_name,
-        entry_create_and_get,
-        entry_identity_is_unique,
-        entry_explicit_id_collision,
-        entry_update,
-        entry_delete,
-        entry_events,
-        entry_list_filters,
-        entry_list_pagination,
-        entry_batch_create,
-        entry_batch_large,
-        join_tokens,
-        join_token_concurrent_take,
-        attested_nodes,
-        attested_node_svid_and_ban,
-        bundles,
-        ca_journal,
-    );
+    conformance::each_behaviour!(conformance_tests);
 
     /// The whole suite twice on one database: the behaviours must not depend on
     /// starting from an empty store.

@@ -86,7 +86,7 @@ use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 
 use super::codec::{
     Identity, decode_bundle, decode_entry, decode_error, encode_bundle, encode_entry, from_sql_id,
-    now_unix, to_sql_id, token_label,
+    now_unix, require_found, to_sql_id, token_label,
 };
 use super::{
     AttestedNode, CaRecord, Datastore, DatastoreError, EntryEvent, EntryFilter, Page, Result,
@@ -1145,9 +1145,7 @@ impl Datastore for SqliteDatastore {
                 .prepare_cached("DELETE FROM attested_nodes WHERE spiffe_id = ?1")
                 .and_then(|mut s| s.execute([&id]))
                 .ctx(&what)?;
-            if n == 0 {
-                return Err(DatastoreError::NotFound(what));
-            }
+            require_found(n != 0, &what)?;
             tx.commit().ctx(&what)
         })
         .await
@@ -1168,10 +1166,7 @@ impl Datastore for SqliteDatastore {
                 )
                 .and_then(|mut s| s.execute(params![id, now]))
                 .ctx(&what)?;
-            if n == 0 {
-                return Err(DatastoreError::NotFound(what));
-            }
-            Ok(())
+            require_found(n != 0, &what)
         })
         .await
     }
@@ -1280,10 +1275,7 @@ impl Datastore for SqliteDatastore {
                 .prepare_cached("DELETE FROM bundles WHERE trust_domain = ?1")
                 .and_then(|mut s| s.execute([&td]))
                 .ctx(&what)?;
-            if n == 0 {
-                return Err(DatastoreError::NotFound(what));
-            }
-            Ok(())
+            require_found(n != 0, &what)
         })
         .await
     }
@@ -1338,10 +1330,7 @@ impl Datastore for SqliteDatastore {
                 .prepare_cached("DELETE FROM ca_records WHERE id = ?1")
                 .and_then(|mut s| s.execute([&id]))
                 .ctx(&what)?;
-            if n == 0 {
-                return Err(DatastoreError::NotFound(what));
-            }
-            Ok(())
+            require_found(n != 0, &what)
         })
         .await
     }
@@ -1371,25 +1360,7 @@ mod tests {
         };
     }
 
-    conformance_tests!(
-        ping_and_name,
-        entry_create_and_get,
-        entry_identity_is_unique,
-        entry_explicit_id_collision,
-        entry_update,
-        entry_delete,
-        entry_events,
-        entry_list_filters,
-        entry_list_pagination,
-        entry_batch_create,
-        entry_batch_large,
-        join_tokens,
-        join_token_concurrent_take,
-        attested_nodes,
-        attested_node_svid_and_ban,
-        bundles,
-        ca_journal,
-    );
+    conformance::each_behaviour!(conformance_tests);
 
     /// The whole suite on one database, as other backends run it: the behaviours must
     /// not depend on starting from an empty store.
