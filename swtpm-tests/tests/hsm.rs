@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tessera_swtpm_tests::{
     Agent, Server, SoftHsm, assert_continuous, my_uid, openssl_verify, py_ok, test_dir, wait_until,
@@ -394,10 +394,12 @@ fn token_faults_make_the_server_unready_and_it_recovers_by_itself() {
 fn rotation_in_the_hsm_keeps_workloads_valid_and_destroys_keys_only_once_unused() {
     let dir = test_dir("hsm-rotation");
     let hsm = SoftHsm::init(&dir.path().join("hsm"), "tessera", "1234");
+    // The first CA is made after this instant, so it expires after `start + 36 s`.
+    let start = Instant::now();
     let server = hsm_server(
         dir.path(),
         &hsm,
-        "ca_ttl = \"20s\"\nx509_svid_ttl = \"4s\"\njwt_svid_ttl = \"4s\"",
+        "ca_ttl = \"36s\"\nx509_svid_ttl = \"4s\"\njwt_svid_ttl = \"4s\"",
     );
     let token = workload(&server);
     let agent = Agent::start(
@@ -413,8 +415,11 @@ fn rotation_in_the_hsm_keeps_workloads_valid_and_destroys_keys_only_once_unused(
     assert_eq!(first.len(), 1, "{first:?}");
     let first_ca = first.iter().next().unwrap().clone();
 
-    // Watch a workload through a rotation (prepare at 10 s, activate at ~16.7 s).
-    let updates = watch_x509(&agent, Duration::from_secs(18));
+    // Watch a workload through a rotation (prepare at 18 s, activate at 30 s, the
+    // workload's next SVID at most 2.4 s later), until a second before the first CA
+    // can have expired: however long the start took, the watch ends while it is alive.
+    let until = (start + Duration::from_secs(35)).saturating_duration_since(Instant::now());
+    let updates = watch_x509(&agent, until);
     assert_continuous(&updates);
     let issuers: BTreeSet<&str> = updates.iter().map(|u| u.issuer.as_str()).collect();
     assert!(
@@ -428,7 +433,7 @@ fn rotation_in_the_hsm_keeps_workloads_valid_and_destroys_keys_only_once_unused(
         "the old CA key was destroyed while in use"
     );
 
-    // Once the first CA has expired (20 s after it was made), its key goes.
+    // Once the first CA has expired (36 s after it was made), its key goes.
     assert!(
         wait_until(Duration::from_secs(15), || !private_key_labels(&hsm)
             .contains(&first_ca)),
