@@ -7,7 +7,7 @@
 # test. Safe to run again: it installs only what is missing.
 #
 #   scripts/setup.sh            # what the build and the demo need
-#   scripts/setup.sh --tests    # and what only the tests need (Java, Go, QEMU)
+#   scripts/setup.sh --tests    # and what only the tests need (Java, Go, QEMU, cargo-nextest)
 #
 # Run as root, or as a user with sudo. Only Debian's archive, crates.io and PyPI
 # are contacted.
@@ -80,6 +80,14 @@ if command -v rustup >/dev/null 2>&1; then
             rustup component add "$c" >/dev/null
         }
     done
+fi
+
+# cargo-nextest runs the tests: one summary for the whole workspace, and a test that
+# hangs is killed (.config/nextest.toml). Built from crates.io once (a few minutes).
+if $tests && ! cargo nextest --version >/dev/null 2>&1; then
+    note "installing cargo-nextest from crates.io (once; it takes a few minutes)"
+    cargo install --locked --quiet cargo-nextest ||
+        note "cargo-nextest could not be installed; the tests will run with cargo test"
 fi
 
 # py-spiffe, the Python workload the tests and the demo use.
