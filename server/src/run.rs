@@ -272,11 +272,14 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
         idle_timeout: state.config.limits.idle(),
     };
     tracing::info!(
-        max_connections = caps.max_total,
-        max_connections_per_ip = caps.max_per_peer,
-        handshake_timeout = ?limits.handshake_timeout,
-        idle_timeout = ?limits.idle_timeout,
-        "agent API limits"
+        "agent API limits: {} connections, {} per address, TLS handshake timeout {}, \
+         idle timeout {}",
+        caps.max_total,
+        caps.max_per_peer,
+        tessera_core::duration::format_duration(limits.handshake_timeout),
+        limits
+            .idle_timeout
+            .map_or("off".into(), tessera_core::duration::format_duration)
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

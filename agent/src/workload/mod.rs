@@ -117,10 +117,12 @@ pub async fn serve(
     let limits = &agent.config().limits;
     let caps = limits.connection_caps(tessera_core::limits::nofile::current_open_file_limit());
     tracing::info!(
-        max_connections = caps.max_total,
-        max_connections_per_uid = caps.max_per_peer,
-        idle_timeout = ?limits.idle(),
-        "Workload API limits"
+        "Workload API limits: {} connections, {} per uid, idle timeout {}",
+        caps.max_total,
+        caps.max_per_peer,
+        limits
+            .idle()
+            .map_or("off".into(), tessera_core::duration::format_duration)
     );
     let limiter = ConnLimiter::new("Workload API connections", caps);
     let incoming = async_stream_of(listener, trimmer, limiter, limits.idle());
