@@ -137,7 +137,8 @@ pub struct LimitsConfig {
     /// A connection with no call in progress for this long is closed (`0s`: never).
     #[serde(default = "default_idle_timeout", with = "serde_human")]
     pub idle_timeout: Duration,
-    /// Attestations per second one source address may start (`0`: no limit).
+    /// Attestations per second one source address may start (`0`: no limit). A
+    /// successful attestation gives its allowance back: failures are what is metered.
     #[serde(default = "default_attestation_rate")]
     pub attestation_rate: f64,
     /// How many attestations a source may start at once before the rate applies.

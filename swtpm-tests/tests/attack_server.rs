@@ -360,6 +360,18 @@ fn join_token_guessing_is_throttled_per_address() {
     );
     assert_eq!(denied + throttled, 40);
 
+    // Honest agents behind one address attest one after the other, more than a
+    // burst of them: success does not count against the address.
+    let tokens: Vec<String> = (0..15).map(|_| server.token(None, None)).collect();
+    let trust = server_trust(&server);
+    rt().block_on(async {
+        let mut c = node_client_from(loopback(7), &server, trust);
+        for t in &tokens {
+            let id = attest_join_token(&mut c, t).await.unwrap();
+            assert!(id.ends_with(t.as_str()), "{id}");
+        }
+    });
+
     // An honest agent from another address attests at once.
     let token = token_with_entry(&server, "after-guessing", my_uid());
     let agent = Agent::start(&dir.path().join("agent"), &server, Some(&token), "");

@@ -265,16 +265,21 @@ impl Node for AgentApi {
         let peer = req.extensions().get::<PeerInfo>().cloned();
         // Before any evidence is read: a refused attempt costs nothing, and the
         // limiter logs refusals in summaries (never the evidence).
-        if let Some(limit) = &self.attest_limit
-            && let Some(addr) = peer.as_ref().and_then(|p| p.addr)
-        {
-            limit.check(addr.ip().into())?;
-        }
+        let admitted = match (&self.attest_limit, peer.as_ref().and_then(|p| p.addr)) {
+            (Some(limit), Some(addr)) => Some(limit.check(addr.ip().into())?),
+            _ => None,
+        };
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
         tokio::spawn(async move {
-            if let Err(status) = api.run_attestation(peer.clone(), &mut inbound, &tx).await {
+            let result = api.run_attestation(peer.clone(), &mut inbound, &tx).await;
+            if result.is_ok()
+                && let Some(a) = admitted
+            {
+                a.succeeded();
+            }
+            if let Err(status) = result {
                 tracing::warn!(
                     peer = ?peer.and_then(|p| p.addr),
                     code = ?status.code(),

@@ -2,9 +2,13 @@
 //! start `rate` attestations per second, in bursts of up to `burst`. Past it the
 //! server answers `ResourceExhausted` at once, before reading any evidence, so that
 //! guessing join tokens or replaying TPM evidence costs the guesser time and the
-//! server nothing. SPIRE allows one attestation per second per address; Tessera
-//! refuses instead of queueing, and allows a small burst so that a few agents booting
-//! together behind one NAT are not turned away.
+//! server nothing.
+//!
+//! SPIRE allows one attestation per second per address and makes the excess wait.
+//! Tessera refuses instead of queueing (a queue is something to fill), allows a small
+//! burst, and gives a successful attestation its allowance back: what the limit
+//! meters is failed attempts, so agents booting together behind one NAT are not
+//! turned away for each other's success, while every guess costs its guesser.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -72,7 +76,9 @@ impl AttestationLimit {
     }
 
     /// Takes one attestation from `peer`'s allowance, or says when to come back.
-    pub fn check(&self, peer: IpPeer) -> Result<(), Limited> {
+    /// Give the allowance back with [`Admitted::succeeded`] when the attestation
+    /// succeeds.
+    pub fn check(self: &Arc<Self>, peer: IpPeer) -> Result<Admitted, Limited> {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if !buckets.contains_key(&peer) && buckets.len() >= MAX_SOURCES {
@@ -91,7 +97,10 @@ impl AttestationLimit {
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
-            return Ok(());
+            return Ok(Admitted {
+                limit: self.clone(),
+                peer,
+            });
         }
         let retry_after = Duration::from_secs_f64((1.0 - b.tokens) / self.rate);
         drop(buckets);
@@ -107,6 +116,27 @@ impl AttestationLimit {
     /// Refusals logged so far and still to be logged (for tests).
     pub fn refusals(&self) -> &Arc<RefusalLog> {
         &self.refusals
+    }
+
+    fn refund(&self, peer: IpPeer) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = buckets.get_mut(&peer) {
+            b.tokens = (b.tokens + 1.0).min(self.burst);
+        }
+    }
+}
+
+/// One attestation let through.
+#[derive(Debug)]
+pub struct Admitted {
+    limit: Arc<AttestationLimit>,
+    peer: IpPeer,
+}
+
+impl Admitted {
+    /// The attestation succeeded: it does not count against its source.
+    pub fn succeeded(self) {
+        self.limit.refund(self.peer);
     }
 }
 
@@ -126,7 +156,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_burst_then_the_rate() {
-        let l = AttestationLimit::new(1.0, 3).unwrap();
+        let l = Arc::new(AttestationLimit::new(1.0, 3).unwrap());
         for _ in 0..3 {
             l.check(ip(1)).unwrap();
         }
@@ -156,15 +186,34 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn successes_give_their_allowance_back() {
+        let l = Arc::new(AttestationLimit::new(1.0, 2).unwrap());
+        // A hundred agents behind one address, one after the other, all succeed.
+        for _ in 0..100 {
+            l.check(ip(1)).unwrap().succeeded();
+        }
+        // Failures are what is metered.
+        drop(l.check(ip(1)).unwrap());
+        drop(l.check(ip(1)).unwrap());
+        assert!(l.check(ip(1)).is_err());
+        // A refund never raises the allowance above the burst.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        l.check(ip(1)).unwrap().succeeded();
+        l.check(ip(1)).unwrap();
+        l.check(ip(1)).unwrap();
+        assert!(l.check(ip(1)).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_table_of_sources_is_bounded() {
-        let l = AttestationLimit::new(1.0, 1).unwrap();
+        let l = Arc::new(AttestationLimit::new(1.0, 1).unwrap());
         for i in 0..MAX_SOURCES as u32 {
             let peer = IpPeer::from(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)));
             l.check(peer).unwrap();
         }
         // Every bucket is empty: a new source must wait.
         let newcomer = IpPeer::from(IpAddr::V4(Ipv4Addr::new(192, 168, 0, 1)));
-        assert_eq!(l.check(newcomer), Err(Limited::Sources));
+        assert_eq!(l.check(newcomer).unwrap_err(), Limited::Sources);
         // Once they have refilled they are forgotten and room is made.
         tokio::time::advance(Duration::from_secs(2)).await;
         l.check(newcomer).unwrap();
