@@ -744,3 +744,119 @@ fn secrets_stay_out_of_argv_logs_and_readable_files() {
         }
     }
 }
+
+/// Runs `tessera-agent run` for `agent`'s configuration with extra environment until
+/// it is healthy; returns the process (stopped by the caller).
+fn run_agent_with_env(agent: &Agent, env: &[(&str, &str)]) -> std::process::Child {
+    let log = std::fs::File::create(agent.dir.join("agent.env.log")).unwrap();
+    let mut child = std::process::Command::new(bin("tessera-agent"))
+        .args(["run", "--config"])
+        .arg(&agent.config)
+        .env_remove("TESSERA_AGENT_JOIN_TOKEN")
+        .envs(env.iter().copied())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let ok = wait_until(Duration::from_secs(30), || {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "agent exited:\n{}",
+            std::fs::read_to_string(agent.dir.join("agent.env.log")).unwrap_or_default()
+        );
+        agent.cli(&["healthcheck"]).status.success()
+    });
+    assert!(ok, "agent did not become healthy");
+    child
+}
+
+fn stop(mut child: std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn join_tokens_come_from_a_variable_a_credential_or_the_file_without_the_command_line() {
+    let dir = test_dir("attack-token-sources");
+    let server = Server::start(&dir.path().join("server"), "");
+
+    // token_env: a variable named in the configuration.
+    let t = token_with_entry(&server, "from-env", my_uid());
+    let a = Agent::configure(
+        &dir.path().join("env"),
+        &server,
+        "[node_attestor.join_token]\ntoken_env = \"NODE_JOIN_SECRET\"\n",
+    );
+    let child = run_agent_with_env(&a, &[("NODE_JOIN_SECRET", &t)]);
+    assert!(fetch_ok(&a).contains("spiffe://example.org/from-env"));
+    stop(child);
+
+    // token_credential: a systemd credential.
+    let t = token_with_entry(&server, "from-credential", my_uid());
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::write(creds.join("join-token"), format!("{t}\n")).unwrap();
+    std::fs::set_permissions(
+        creds.join("join-token"),
+        std::fs::Permissions::from_mode(0o400),
+    )
+    .unwrap();
+    let a = Agent::configure(
+        &dir.path().join("credential"),
+        &server,
+        "[node_attestor.join_token]\ntoken_credential = \"join-token\"\n",
+    );
+    let child = run_agent_with_env(&a, &[("CREDENTIALS_DIRECTORY", creds.to_str().unwrap())]);
+    assert!(fetch_ok(&a).contains("spiffe://example.org/from-credential"));
+    stop(child);
+
+    // --join-token-file, with a file others can read: it works, and says so.
+    let t = token_with_entry(&server, "from-file", my_uid());
+    let file = dir.path().join("token");
+    std::fs::write(&file, &t).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut a = Agent::configure(&dir.path().join("file"), &server, "");
+    let log = std::fs::File::create(a.dir.join("agent.file.log")).unwrap();
+    let mut child = std::process::Command::new(bin("tessera-agent"))
+        .args(["run", "--config"])
+        .arg(&a.config)
+        .arg("--join-token-file")
+        .arg(&file)
+        .env_remove("TESSERA_AGENT_JOIN_TOKEN")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let ok = wait_until(Duration::from_secs(30), || {
+        a.cli(&["healthcheck"]).status.success()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    a.stop();
+    let text = std::fs::read_to_string(a.dir.join("agent.file.log")).unwrap();
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("mode 0644") && text.contains(&file.display().to_string()),
+        "{text}"
+    );
+    assert_eq!(
+        occurrences(text.as_bytes(), &t),
+        occurrences(text.as_bytes(), &format!("join_token/{t}"))
+    );
+
+    // Inline in the configuration: works, with a warning.
+    let t = token_with_entry(&server, "inline", my_uid());
+    let mut a = Agent::start(
+        &dir.path().join("inline"),
+        &server,
+        None,
+        &format!("[node_attestor.join_token]\ntoken = \"{t}\"\n"),
+    );
+    assert!(fetch_ok(&a).contains("spiffe://example.org/inline"));
+    assert!(
+        a.log().contains("inline in the configuration"),
+        "{}",
+        a.log()
+    );
+    a.stop();
+}
