@@ -185,6 +185,18 @@ fn default_tcti() -> tessera_tpm::Tcti {
     tessera_tpm::Tcti::default_device()
 }
 
+impl std::fmt::Debug for JoinTokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The inline token is a secret: never in Debug output (and so never in logs).
+        f.debug_struct("JoinTokenConfig")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("token_env", &self.token_env)
+            .field("token_credential", &self.token_credential)
+            .finish()
+    }
+}
+
 /// `[node_attestor.tpm_devid]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -214,9 +226,9 @@ pub struct TpmEkConfig {
     pub ak: tessera_tpm::ak::AkKind,
 }
 
-/// Where the join token comes from: the first that is set. The `--join-token` flag
-/// and `$TESSERA_AGENT_JOIN_TOKEN` work as well.
-#[derive(Debug, Clone, Deserialize, Default)]
+/// Where the join token comes from: the first that is set. `--join-token-file` and
+/// `$TESSERA_AGENT_JOIN_TOKEN` work as well (and `--join-token`, which warns).
+#[derive(Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct JoinTokenConfig {
     /// The token inline (prefer a file, a variable or a credential).
@@ -414,6 +426,20 @@ ek = "ecc-p384"
         )
         .unwrap_err();
         assert!(e.to_string().contains(":5:"), "{e}");
+    }
+
+    #[test]
+    fn an_inline_join_token_never_shows_in_debug_output() {
+        let c = AgentConfig::parse(
+            "trust_domain = \"e.org\"\nserver_address = \"a\"\ninsecure_bootstrap = true\n\
+             [node_attestor.join_token]\ntoken = \"s3cret-t0ken\"\n",
+        )
+        .unwrap();
+        let text = format!("{c:?}");
+        assert!(
+            !text.contains("s3cret-t0ken") && text.contains("<redacted>"),
+            "{text}"
+        );
     }
 
     #[test]
