@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 
-BATCH = 32
+BATCH = 256
 SETTLE = 0.4
 
 
