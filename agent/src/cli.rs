@@ -46,9 +46,14 @@ pub enum Command {
         /// Overrides a configuration value (repeatable), e.g. --set sync_interval=10s.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
-        /// A join token (also read from $TESSERA_AGENT_JOIN_TOKEN).
-        #[arg(long, env = "TESSERA_AGENT_JOIN_TOKEN", hide_env_values = true)]
+        /// A join token. Avoid: every local user can read the command line while the
+        /// agent runs. Prefer --join-token-file, $TESSERA_AGENT_JOIN_TOKEN, or
+        /// [node_attestor.join_token] token_file / token_credential.
+        #[arg(long, value_name = "TOKEN")]
         join_token: Option<String>,
+        /// A file holding the join token (readable by the agent's user only).
+        #[arg(long, value_name = "FILE", conflicts_with = "join_token")]
+        join_token_file: Option<PathBuf>,
     },
     /// Acts as a workload against the Workload API.
     #[command(subcommand)]
@@ -432,11 +437,50 @@ pub fn open_key_manager(
     })
 }
 
+/// The environment variable that may hold the join token.
+pub const JOIN_TOKEN_ENV: &str = "TESSERA_AGENT_JOIN_TOKEN";
+
+/// Where `run` was told to find a join token on its command line or environment.
+#[derive(Debug, Default)]
+pub struct TokenArgs {
+    /// `--join-token`: on the command line, readable by every local user.
+    pub flag: Option<String>,
+    /// `--join-token-file`.
+    pub file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token these arguments or `$TESSERA_AGENT_JOIN_TOKEN` give, if any.
+    fn resolve(self) -> Result<Option<zeroize::Zeroizing<String>>, String> {
+        if let Some(t) = self.flag.filter(|t| !t.is_empty()) {
+            tracing::warn!(
+                "SECURITY: the join token was given with --join-token, on the command line: \
+                 every local user can read it in /proc/{}/cmdline while the agent runs, and \
+                 could attest with it before this agent does. Pass it in a file \
+                 (--join-token-file or token_file), in ${JOIN_TOKEN_ENV}, or as a systemd \
+                 credential (token_credential). The command line cannot be scrubbed \
+                 afterwards: the kernel shows it from the moment the process starts.",
+                std::process::id()
+            );
+            return Ok(Some(zeroize::Zeroizing::new(t)));
+        }
+        if let Some(f) = &self.file {
+            return tessera_core::config::read_secret(Some(f), None, None)
+                .map_err(|e| format!("--join-token-file: {e}"));
+        }
+        match std::env::var(JOIN_TOKEN_ENV) {
+            Ok(t) if !t.is_empty() => Ok(Some(zeroize::Zeroizing::new(t))),
+            _ => Ok(None),
+        }
+    }
+}
+
 /// The node attestor: a configured TPM attestor first (the device proves itself, and
-/// can do so again), else a join token from the flag, the environment or the file.
+/// can do so again), else a join token from the command line, the environment or the
+/// configuration.
 pub fn node_attestor(
     cfg: &AgentConfig,
-    flag: Option<String>,
+    args: TokenArgs,
     tpm: Option<Arc<tessera_tpm::Tpm>>,
 ) -> Result<Option<Arc<dyn NodeAttestor>>, String> {
     let tpm_attestor: Option<Arc<dyn NodeAttestor>> = if let Some(c) = &cfg.node_attestor.tpm_devid
@@ -458,8 +502,9 @@ pub fn node_attestor(
     } else {
         None
     };
+    let given = args.resolve()?;
     if let Some(a) = tpm_attestor {
-        if flag.as_deref().is_some_and(|t| !t.is_empty()) {
+        if given.is_some() {
             tracing::warn!(
                 "a join token was given but {} attestation is configured: the token is ignored",
                 a.name()
@@ -467,11 +512,16 @@ pub fn node_attestor(
         }
         return Ok(Some(a));
     }
-    if let Some(t) = flag.filter(|t| !t.is_empty()) {
-        return Ok(Some(Arc::new(JoinToken::new(zeroize::Zeroizing::new(t)))));
+    if let Some(t) = given {
+        return Ok(Some(Arc::new(JoinToken::new(t))));
     }
     if let Some(jt) = &cfg.node_attestor.join_token {
         if let Some(t) = &jt.token {
+            tracing::warn!(
+                "the join token is written inline in the configuration ([node_attestor.join_token] \
+                 token); anyone who can read the file can attest with it: prefer token_file, \
+                 token_env or token_credential"
+            );
             return Ok(Some(Arc::new(JoinToken::new(zeroize::Zeroizing::new(
                 t.clone(),
             )))));
@@ -490,10 +540,12 @@ pub fn node_attestor(
 }
 
 /// `tessera-agent run`.
-pub async fn run(cfg: AgentConfig, join_token: Option<String>) -> Result<(), String> {
+pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), String> {
+    // Before anything opens a descriptor: every Workload API connection is one.
+    tessera_core::limits::nofile::raise_and_log();
     let tpm = open_tpm(&cfg)?;
     let km = open_key_manager(&cfg, tpm.clone())?;
-    let attestor = node_attestor(&cfg, join_token, tpm)?;
+    let attestor = node_attestor(&cfg, token, tpm)?;
     // Bind first: a second agent on the same socket fails before touching any state.
     let listener = crate::workload::bind(&cfg.socket_path)?;
     let socket_path = cfg.socket_path.clone();

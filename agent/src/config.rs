@@ -34,6 +34,9 @@ fn default_key_type() -> KeyType {
 fn default_server_port() -> u16 {
     8081
 }
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
 
 /// The whole agent configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +81,62 @@ pub struct AgentConfig {
     pub node_attestor: NodeAttestorConfig,
     #[serde(default)]
     pub workload_attestors: WorkloadAttestorsConfig,
+    /// What one local user may hold of the Workload API.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: connection caps and the idle timeout of the Workload API socket. See
+/// docs/SECURITY.md for why these values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Workload API connections open at once (default: from the open-file limit, at
+    /// most 16384).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Of those, how many the processes of one UID may hold (default: a quarter of
+    /// `max_connections`).
+    #[serde(default)]
+    pub max_connections_per_uid: Option<usize>,
+    /// A connection with no call or stream open for this long is closed (`0s`:
+    /// never). Streams (FetchX509SVID and the others) keep their connection open for
+    /// as long as they last.
+    #[serde(default = "default_idle_timeout", with = "serde_human")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            max_connections_per_uid: None,
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+/// The Workload API's connection cap when the configuration sets none: the
+/// descriptors the process can spare, at most this many.
+pub const DEFAULT_MAX_CONNECTIONS_CEILING: usize = 16384;
+/// One UID may hold this fraction of the connections by default.
+pub const DEFAULT_PER_UID_SHARE: usize = 4;
+
+impl LimitsConfig {
+    /// The caps in force under the open-file limit `nofile`.
+    pub fn connection_caps(&self, nofile: u64) -> tessera_core::limits::ConnCaps {
+        tessera_core::limits::ConnCaps::derived(
+            nofile,
+            DEFAULT_MAX_CONNECTIONS_CEILING,
+            DEFAULT_PER_UID_SHARE,
+        )
+        .with(self.max_connections, self.max_connections_per_uid)
+    }
+
+    /// The idle timeout, `None` when turned off.
+    pub fn idle(&self) -> Option<Duration> {
+        (!self.idle_timeout.is_zero()).then_some(self.idle_timeout)
+    }
 }
 
 /// Where the agent's own SVID key lives.
@@ -126,6 +185,18 @@ fn default_tcti() -> tessera_tpm::Tcti {
     tessera_tpm::Tcti::default_device()
 }
 
+impl std::fmt::Debug for JoinTokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The inline token is a secret: never in Debug output (and so never in logs).
+        f.debug_struct("JoinTokenConfig")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("token_env", &self.token_env)
+            .field("token_credential", &self.token_credential)
+            .finish()
+    }
+}
+
 /// `[node_attestor.tpm_devid]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,9 +226,9 @@ pub struct TpmEkConfig {
     pub ak: tessera_tpm::ak::AkKind,
 }
 
-/// Where the join token comes from: the first that is set. The `--join-token` flag
-/// and `$TESSERA_AGENT_JOIN_TOKEN` work as well.
-#[derive(Debug, Clone, Deserialize, Default)]
+/// Where the join token comes from: the first that is set. `--join-token-file` and
+/// `$TESSERA_AGENT_JOIN_TOKEN` work as well (and `--join-token`, which warns).
+#[derive(Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct JoinTokenConfig {
     /// The token inline (prefer a file, a variable or a credential).
@@ -247,6 +318,12 @@ impl AgentConfig {
         {
             return Err(InvalidConfig::Rule(
                 "[key_manager] type = \"tpm\" needs a tcti (in [key_manager] or in a TPM node attestor section)".into(),
+            ));
+        }
+        if self.limits.max_connections == Some(0) || self.limits.max_connections_per_uid == Some(0)
+        {
+            return Err(InvalidConfig::Rule(
+                "[limits] max_connections and max_connections_per_uid must be at least 1".into(),
             ));
         }
         if !self.socket_path.is_absolute() {
@@ -349,6 +426,44 @@ ek = "ecc-p384"
         )
         .unwrap_err();
         assert!(e.to_string().contains(":5:"), "{e}");
+    }
+
+    #[test]
+    fn an_inline_join_token_never_shows_in_debug_output() {
+        let c = AgentConfig::parse(
+            "trust_domain = \"e.org\"\nserver_address = \"a\"\ninsecure_bootstrap = true\n\
+             [node_attestor.join_token]\ntoken = \"s3cret-t0ken\"\n",
+        )
+        .unwrap();
+        let text = format!("{c:?}");
+        assert!(
+            !text.contains("s3cret-t0ken") && text.contains("<redacted>"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn limits() {
+        let base = "trust_domain = \"e.org\"\nserver_address = \"a\"\ninsecure_bootstrap = true\n";
+        let c = AgentConfig::parse(base).unwrap();
+        assert_eq!(c.limits.idle(), Some(Duration::from_secs(300)));
+        let caps = c.limits.connection_caps(1024);
+        assert_eq!((caps.max_total, caps.max_per_peer), (768, 192));
+        let caps = c.limits.connection_caps(1 << 20);
+        assert_eq!((caps.max_total, caps.max_per_peer), (16384, 4096));
+        let c = AgentConfig::parse(&format!(
+            "{base}[limits]\nmax_connections = 40\nmax_connections_per_uid = 8\nidle_timeout = \"0s\"\n"
+        ))
+        .unwrap();
+        let caps = c.limits.connection_caps(1024);
+        assert_eq!((caps.max_total, caps.max_per_peer), (40, 8));
+        assert_eq!(c.limits.idle(), None);
+        let e = AgentConfig::parse(&format!("{base}[limits]\nmax_connections_per_uid = 0\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("at least 1"), "{e}");
+        let e = AgentConfig::parse(&format!("{base}[limits]\nmax_connections_per_ip = 3\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("max_connections_per_ip"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tessera_agent::cli::{Cli, Command, client_command, run};
+use tessera_agent::cli::{Cli, Command, TokenArgs, client_command, run};
 use tessera_agent::config::AgentConfig;
 
 fn init_logging(level: &str) {
@@ -48,6 +48,7 @@ fn main() -> ExitCode {
             config,
             set,
             join_token,
+            join_token_file,
         } => {
             let cfg = match AgentConfig::load(&config, &set) {
                 Ok(c) => c,
@@ -57,7 +58,12 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.log_level);
-            match runtime.block_on(run(cfg, join_token)) {
+            tessera_core::config::warn_secret_flags(&set);
+            let token = TokenArgs {
+                flag: join_token,
+                file: join_token_file,
+            };
+            match runtime.block_on(run(cfg, token)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

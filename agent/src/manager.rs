@@ -325,6 +325,13 @@ impl Agent {
         };
         let spiffe_id = SpiffeId::new(&result.spiffe_id)
             .map_err(|e| AgentError::Attestation(format!("server sent a bad agent ID: {e}")))?;
+        if !tessera_core::entry::is_agent_id(&spiffe_id, &self.cfg.trust_domain) {
+            return Err(AgentError::Attestation(format!(
+                "the server gave this agent the ID {spiffe_id}, which is not an agent ID \
+                 (spiffe://{}/spire/agent/...)",
+                self.cfg.trust_domain
+            )));
+        }
         let leaf = result
             .svid_chain
             .first()
@@ -431,6 +438,13 @@ impl Agent {
             }
             for p in resp.entries {
                 match tessera_proto::convert::entry_from_proto(p) {
+                    // Never hold, so never serve, an identity of the server or an agent.
+                    Ok(e) if e.spiffe_id.is_reserved() => tracing::error!(
+                        entry = %e.id,
+                        spiffe_id = %e.spiffe_id,
+                        "ignoring an entry the server sent: its SPIFFE ID is in the reserved \
+                         namespace /spire"
+                    ),
                     Ok(e) => {
                         st.entries.insert(e.id.clone(), Arc::new(e));
                         changed = true;
@@ -798,6 +812,11 @@ fn check_svid(
         x509::verify_svid_chain(chain, bundle, SystemTime::now()).map_err(|e| e.to_string())?;
     if &got != id {
         return Err(format!("SVID is for {got}, expected {id}"));
+    }
+    if got.is_reserved() {
+        return Err(format!(
+            "SVID is for {got}, in the reserved namespace /spire: not a workload ID"
+        ));
     }
     let info = x509::cert_info(&chain[0]).map_err(|e| e.to_string())?;
     if info.public_key_der != spki {

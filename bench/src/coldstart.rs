@@ -34,12 +34,13 @@ pub async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, String> {
         &dir.join("server"),
         &format!(
             "[key_manager]\ntype = \"memory\"\n[node_attestors.tpm_devid]\ndevid_ca_bundle = [{:?}]\nek_ca_bundle = [{:?}]\nek_intermediates = [{:?}]\n\
-             [node_attestors.tpm_ek]\nek_ca_bundle = [{:?}]\nek_intermediates = [{:?}]\n",
+             [node_attestors.tpm_ek]\nek_ca_bundle = [{:?}]\nek_intermediates = [{:?}]\n{}",
             vendor.cert.display().to_string(),
             tpm.ek_ca_root.display().to_string(),
             tpm.ek_ca_intermediate.display().to_string(),
             tpm.ek_ca_root.display().to_string(),
             tpm.ek_ca_intermediate.display().to_string(),
+            env::SERVER_LIMITS,
         ),
     );
     let mut admin = env::admin(&server).await?;

@@ -11,6 +11,17 @@ use tessera_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient
 use tessera_swtpm_tests::Server;
 use tonic::transport::Channel;
 
+/// Server settings every benchmark adds. All simulated agents come from one loopback
+/// address, which the per-address limits would treat as one client holding
+/// thousands of connections and attesting thousands of times a second: those limits
+/// are lifted here (a benchmark measures capacity, not the defences).
+pub const SERVER_LIMITS: &str =
+    "\n[limits]\nmax_connections_per_ip = 65536\nattestation_rate = 0\n";
+
+/// Agent settings for benchmarks that open many Workload API connections from this
+/// process (one UID).
+pub const AGENT_LIMITS: &str = "\n[limits]\nmax_connections_per_uid = 16384\n";
+
 /// The admin API of a running server.
 pub async fn admin(server: &Server) -> Result<AdminClient<Channel>, String> {
     let ch = tessera_proto::unix_channel(&server.admin)

@@ -70,7 +70,10 @@ pub async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, String> {
         tessera_swtpm_tests::bin_dir().display().to_string(),
     );
 
-    let server = Server::start(&dir.join("server"), "[key_manager]\ntype = \"memory\"\n");
+    let server = Server::start(
+        &dir.join("server"),
+        &format!("[key_manager]\ntype = \"memory\"\n{}", env::SERVER_LIMITS),
+    );
     let counts: &[usize] = if quick {
         &[0, 10, 100]
     } else {

@@ -161,7 +161,10 @@ pub async fn run(dir: &Path, quick: bool, km: KeyManagerKind) -> Result<Report, 
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (server, hsm) = match km {
         KeyManagerKind::Memory => (
-            Server::start(&dir.join("server"), "[key_manager]\ntype = \"memory\"\n"),
+            Server::start(
+                &dir.join("server"),
+                &format!("[key_manager]\ntype = \"memory\"\n{}", env::SERVER_LIMITS),
+            ),
             None,
         ),
         KeyManagerKind::Pkcs11 => {
@@ -169,9 +172,10 @@ pub async fn run(dir: &Path, quick: bool, km: KeyManagerKind) -> Result<Report, 
             let s = Server::start_with_env(
                 &dir.join("server"),
                 &format!(
-                    "[key_manager]\ntype = \"pkcs11\"\nsessions = {}\n{}",
+                    "[key_manager]\ntype = \"pkcs11\"\nsessions = {}\n{}{}",
                     workers.max(2),
-                    hsm.section()
+                    hsm.section(),
+                    env::SERVER_LIMITS
                 ),
                 &hsm.env(),
             );

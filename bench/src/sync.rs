@@ -22,7 +22,10 @@ pub async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, String> {
     } else {
         (100_000, 5_000, 30, 10_000)
     };
-    let server = Server::start(&dir.join("server"), "[key_manager]\ntype = \"memory\"\n");
+    let server = Server::start(
+        &dir.join("server"),
+        &format!("[key_manager]\ntype = \"memory\"\n{}", env::SERVER_LIMITS),
+    );
     let mut admin = env::admin(&server).await?;
     let t0 = Instant::now();
     let tokens = env::tokens(&mut admin, agents).await?;

@@ -109,7 +109,10 @@ pub async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, String> {
     let secs = Duration::from_secs(if quick { 1 } else { 5 });
     let samples = if quick { 200 } else { 2000 };
     let levels: &[usize] = if quick { &[1, 10, 50] } else { &[1, 100, 1000] };
-    let server = Server::start(&dir.join("server"), "[key_manager]\ntype = \"memory\"\n");
+    let server = Server::start(
+        &dir.join("server"),
+        &format!("[key_manager]\ntype = \"memory\"\n{}", env::SERVER_LIMITS),
+    );
     let mut admin = env::admin(&server).await?;
     let token = env::tokens(&mut admin, 1).await?.remove(0);
     env::create_entries(
@@ -125,7 +128,7 @@ pub async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, String> {
         &dir.join("agent"),
         &server,
         Some(&token),
-        "[key_manager]\ntype = \"memory\"\n",
+        &format!("[key_manager]\ntype = \"memory\"\n{}", env::AGENT_LIMITS),
     );
     env::wait_for_svid(&agent.socket, Duration::from_secs(30)).await?;
 

@@ -34,6 +34,25 @@ pub enum ConfigError {
     Merged(String),
 }
 
+/// Configuration keys whose values are secrets.
+const SECRET_KEYS: &[&str] = &["token", "pin", "pin_value", "password", "connection_string"];
+
+/// Warns once for each `--set` flag that puts a secret on the command line.
+pub fn warn_secret_flags(flags: &[String]) {
+    for f in flags {
+        if let Ok(o) = Override::from_flag(f)
+            && o.is_secret()
+        {
+            tracing::warn!(
+                "--set {} puts a secret on the command line, where every local user can read \
+                 it (/proc/<pid>/cmdline) while the process runs; use the matching *_file, \
+                 *_env or *_credential setting instead",
+                o.key.join(".")
+            );
+        }
+    }
+}
+
 /// One override: a dotted key path and its value as written (TOML literal or bare text).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Override {
@@ -62,6 +81,17 @@ impl Override {
             key,
             value: value.to_owned(),
         })
+    }
+
+    /// Whether this override carries a secret (a join token, a PIN, a password or a
+    /// connection string). On the command line (`--set`) a secret is readable by
+    /// every local user in `/proc/<pid>/cmdline` for as long as the process runs.
+    pub fn is_secret(&self) -> bool {
+        let last = self.key.last().map(String::as_str).unwrap_or_default();
+        SECRET_KEYS.contains(&last)
+            || self.value.contains("pin-value=")
+            || self.value.contains("password=")
+            || self.value.contains("password:")
     }
 
     /// Collects `<prefix>KEY__SUB=value` environment variables.
@@ -180,6 +210,7 @@ pub fn read_secret(
     credential: Option<&str>,
 ) -> Result<Option<zeroize::Zeroizing<String>>, String> {
     if let Some(f) = file {
+        warn_if_shared(f);
         let s = std::fs::read_to_string(f)
             .map_err(|e| format!("cannot read secret file {}: {e}", f.display()))?;
         return Ok(Some(zeroize::Zeroizing::new(
@@ -204,6 +235,25 @@ pub fn read_secret(
         )));
     }
     Ok(None)
+}
+
+/// Warns when a file holding a secret may be read by users other than its owner
+/// (group or other permission bits): anyone who can read it can use the secret.
+pub fn warn_if_shared(path: &Path) {
+    if let Some(mode) = shared_mode(path) {
+        tracing::warn!(
+            "secret file {} has mode {mode:04o}: users other than its owner can read it; \
+             make it 0600 (or 0400)",
+            path.display()
+        );
+    }
+}
+
+/// The permission bits of `path` when group or others have any access to it.
+fn shared_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o077 != 0).then_some(mode)
 }
 
 #[cfg(test)]
@@ -280,6 +330,34 @@ mod tests {
     )]
     fn unsafe_env_set(k: &str, v: &str) {
         unsafe { std::env::set_var(k, v) };
+    }
+
+    #[test]
+    fn secret_overrides_and_shared_files_are_recognised() {
+        for secret in [
+            "node_attestor.join_token.token=abc",
+            "key_manager.pin=1234",
+            "datastore.connection_string=host=db",
+            "key_manager.uri=pkcs11:token=x?pin-value=1234",
+            "datastore.connection_string_file=/x password=y",
+        ] {
+            assert!(Override::from_flag(secret).unwrap().is_secret(), "{secret}");
+        }
+        for plain in [
+            "node_attestor.join_token.token_file=/etc/tessera/join-token",
+            "key_manager.pin_file=/etc/pin",
+            "sync_interval=5s",
+        ] {
+            assert!(!Override::from_flag(plain).unwrap().is_secret(), "{plain}");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s");
+        std::fs::write(&p, "x").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(shared_mode(&p), Some(0o644));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(shared_mode(&p), None);
     }
 
     #[test]

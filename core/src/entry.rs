@@ -8,6 +8,49 @@ use crate::spiffe_id::{SpiffeId, TrustDomain};
 
 /// The path of the server's own ID; entries parented to it are node aliases.
 pub const SERVER_PATH: &str = "/spire/server";
+/// Agent IDs are `spiffe://<td>/spire/agent/<attestor>/...`.
+pub const AGENT_PATH_PREFIX: &str = "/spire/agent/";
+
+/// Why an ID cannot be given to a workload (as an entry's `spiffe_id`, a join
+/// token's alias, or a minted SVID).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkloadIdError {
+    #[error("{0} has no path: workload and node IDs need one")]
+    NoPath(SpiffeId),
+    #[error("{id} is not in this server's trust domain {td}")]
+    Foreign { id: SpiffeId, td: TrustDomain },
+    #[error(
+        "{0} is in the reserved namespace /spire, which holds the IDs of the server and \
+         its agents; choose a path outside /spire"
+    )]
+    Reserved(SpiffeId),
+}
+
+/// The one check every ID a workload may receive goes through: a member of `td`,
+/// with a path, outside the reserved namespace (`/spire` and below, where the server
+/// is `/spire/server` and agents are `/spire/agent/...`). An SVID with such an ID
+/// would let its holder pass for the server or an agent.
+pub fn check_workload_id(id: &SpiffeId, td: &TrustDomain) -> Result<(), WorkloadIdError> {
+    if !id.is_member_of(td) {
+        return Err(WorkloadIdError::Foreign {
+            id: id.clone(),
+            td: td.clone(),
+        });
+    }
+    if id.is_trust_domain_id() {
+        return Err(WorkloadIdError::NoPath(id.clone()));
+    }
+    if id.is_reserved() {
+        return Err(WorkloadIdError::Reserved(id.clone()));
+    }
+    Ok(())
+}
+
+/// Whether `id` is an agent ID of `td` (`/spire/agent/...`).
+pub fn is_agent_id(id: &SpiffeId, td: &TrustDomain) -> bool {
+    id.is_member_of(td) && id.path().starts_with(AGENT_PATH_PREFIX)
+}
 
 /// A registration entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,10 +93,8 @@ pub struct RegistrationEntry {
 pub enum EntryError {
     #[error("an entry needs at least one selector")]
     NoSelectors,
-    #[error("spiffe_id {0} has no path: workload and node IDs need one")]
-    SpiffeIdWithoutPath(SpiffeId),
-    #[error("spiffe_id {id} is not in this server's trust domain {td}")]
-    ForeignSpiffeId { id: SpiffeId, td: TrustDomain },
+    #[error("spiffe_id {0}")]
+    SpiffeId(#[from] WorkloadIdError),
     #[error("parent_id {id} is not in this server's trust domain {td}")]
     ForeignParentId { id: SpiffeId, td: TrustDomain },
     #[error("dns name {0:?} is not a valid DNS name")]
@@ -76,15 +117,9 @@ impl RegistrationEntry {
                 return Err(EntryError::DuplicateSelector(s.clone()));
             }
         }
-        if self.spiffe_id.is_trust_domain_id() {
-            return Err(EntryError::SpiffeIdWithoutPath(self.spiffe_id.clone()));
-        }
-        if !self.spiffe_id.is_member_of(td) {
-            return Err(EntryError::ForeignSpiffeId {
-                id: self.spiffe_id.clone(),
-                td: td.clone(),
-            });
-        }
+        check_workload_id(&self.spiffe_id, td)?;
+        // The parent may be the server (a node alias), an agent, or a workload (a
+        // nested entry): reserved parents are how entries are meant to be anchored.
         if !self.parent_id.is_member_of(td) {
             return Err(EntryError::ForeignParentId {
                 id: self.parent_id.clone(),
@@ -194,17 +229,87 @@ mod tests {
         e.spiffe_id = "spiffe://example.org".parse().unwrap();
         assert!(matches!(
             e.validate(&td),
-            Err(EntryError::SpiffeIdWithoutPath(_))
+            Err(EntryError::SpiffeId(WorkloadIdError::NoPath(_)))
         ));
         let mut e = entry();
         e.spiffe_id = "spiffe://other.org/web".parse().unwrap();
         assert!(matches!(
             e.validate(&td),
-            Err(EntryError::ForeignSpiffeId { .. })
+            Err(EntryError::SpiffeId(WorkloadIdError::Foreign { .. }))
         ));
         let mut e = entry();
         e.dns_names = vec!["bad_name".into()];
         assert!(matches!(e.validate(&td), Err(EntryError::BadDnsName(_))));
+    }
+
+    #[test]
+    fn reserved_ids_are_refused_as_spiffe_id_but_fine_as_parent() {
+        let td = TrustDomain::new("example.org").unwrap();
+        for reserved in [
+            "spiffe://example.org/spire/server",
+            "spiffe://example.org/spire/agent/join_token/abc",
+            "spiffe://example.org/spire",
+            "spiffe://example.org/spire/x",
+        ] {
+            let mut e = entry();
+            e.spiffe_id = reserved.parse().unwrap();
+            let err = e.validate(&td).unwrap_err();
+            assert!(
+                matches!(err, EntryError::SpiffeId(WorkloadIdError::Reserved(_))),
+                "{reserved}: {err:?}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains(reserved) && text.contains("reserved"),
+                "{text}"
+            );
+        }
+        // Parents under /spire stay legal: node aliases, agents, and anything else
+        // SPIRE accepts as a parent.
+        for parent in [
+            "spiffe://example.org/spire/server",
+            "spiffe://example.org/spire/agent/join_token/abc",
+            "spiffe://example.org/spire/agent/tpm_devid/x/y",
+            "spiffe://example.org/other-workload",
+        ] {
+            let mut e = entry();
+            e.parent_id = parent.parse().unwrap();
+            assert_eq!(e.validate(&td), Ok(()), "{parent}");
+        }
+        // Look-alikes outside the namespace are ordinary workload IDs.
+        for free in [
+            "spiffe://example.org/spire-server",
+            "spiffe://example.org/SPIRE/server",
+        ] {
+            let mut e = entry();
+            e.spiffe_id = free.parse().unwrap();
+            assert_eq!(e.validate(&td), Ok(()), "{free}");
+        }
+    }
+
+    #[test]
+    fn the_workload_id_check_names_what_is_wrong() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let id = |s: &str| SpiffeId::new(s).unwrap();
+        assert_eq!(
+            check_workload_id(&id("spiffe://example.org/web"), &td),
+            Ok(())
+        );
+        assert!(matches!(
+            check_workload_id(&id("spiffe://example.org/spire/server"), &td),
+            Err(WorkloadIdError::Reserved(_))
+        ));
+        assert!(matches!(
+            check_workload_id(&id("spiffe://example.org"), &td),
+            Err(WorkloadIdError::NoPath(_))
+        ));
+        assert!(matches!(
+            check_workload_id(&id("spiffe://other.org/spire/server"), &td),
+            Err(WorkloadIdError::Foreign { .. })
+        ));
+        assert!(is_agent_id(&id("spiffe://example.org/spire/agent/x"), &td));
+        assert!(!is_agent_id(&id("spiffe://example.org/spire/server"), &td));
+        assert!(!is_agent_id(&id("spiffe://other.org/spire/agent/x"), &td));
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! X509-SVID and JWT-SVID profiles, trust bundles, and the key seam that software,
 //! PKCS#11 and TPM keys all implement.
 //!
-//! Nothing here talks to the network. The one exception to "no I/O" is
-//! [`key::DiskKeyManager`] and [`fsutil`], which the server and the agent share.
+//! Nothing here talks to the network. The exceptions to "no I/O" are
+//! [`key::DiskKeyManager`] and [`fsutil`], and [`limits`], the connection caps and
+//! timeouts that the server's and the agent's listeners share.
 
 pub mod bundle;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod entry;
 pub mod fsutil;
 pub mod jwt;
 pub mod key;
+pub mod limits;
 pub mod selector;
 pub mod spiffe_id;
 pub mod tls;

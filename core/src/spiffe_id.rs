@@ -19,6 +19,8 @@ pub const MAX_TRUST_DOMAIN_LENGTH: usize = 255;
 pub const MAX_SPIFFE_ID_LENGTH: usize = 2048;
 
 const PREFIX: &str = "spiffe://";
+/// The root of the reserved namespace (see [`SpiffeId::is_reserved`]).
+pub const RESERVED_PATH: &str = "/spire";
 
 /// Why a string is not a SPIFFE ID or trust domain.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -187,6 +189,18 @@ impl SpiffeId {
         &self.trust_domain == td
     }
 
+    /// Whether the path is in the namespace the server and agents keep for their own
+    /// IDs: `/spire` itself or anything under `/spire/` (SPIRE's rule; the match is
+    /// case-sensitive, as paths are). Workloads never get such an ID: see
+    /// [`crate::entry::check_workload_id`].
+    pub fn is_reserved(&self) -> bool {
+        self.path == RESERVED_PATH
+            || self
+                .path
+                .strip_prefix(RESERVED_PATH)
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
+
     fn len(&self) -> usize {
         PREFIX.len() + self.trust_domain.0.len() + self.path.len()
     }
@@ -324,6 +338,29 @@ fn validate_path(path: &str) -> Result<(), SpiffeIdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reserved_namespace_is_spire_and_below() {
+        for reserved in [
+            "spiffe://td/spire",
+            "spiffe://td/spire/server",
+            "spiffe://td/spire/agent/join_token/x",
+            "spiffe://td/spire/anything/else",
+            "spiffe://TD/spire/server",
+        ] {
+            assert!(SpiffeId::new(reserved).unwrap().is_reserved(), "{reserved}");
+        }
+        for free in [
+            "spiffe://td",
+            "spiffe://td/spire-server",
+            "spiffe://td/spires/x",
+            "spiffe://td/SPIRE/server",
+            "spiffe://td/web/spire/server",
+            "spiffe://td/spire.x",
+        ] {
+            assert!(!SpiffeId::new(free).unwrap().is_reserved(), "{free}");
+        }
+    }
 
     fn err(s: &str) -> SpiffeIdError {
         SpiffeId::new(s).expect_err(s)

@@ -105,7 +105,10 @@ impl PinSource {
     /// Reads the PIN. The buffer is wiped when the returned secret is dropped.
     pub(crate) fn read(&self) -> Result<RawAuthPin, PinError> {
         let mut bytes = match self {
-            PinSource::File(path) => read_file(path)?,
+            PinSource::File(path) => {
+                tessera_core::config::warn_if_shared(path);
+                read_file(path)?
+            }
             PinSource::Credential(name) => {
                 let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
                     .ok_or_else(|| PinError::NoCredentialsDirectory(name.clone()))?;

@@ -51,6 +51,18 @@ fn default_log_level() -> String {
 fn default_true() -> bool {
     true
 }
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_attestation_rate() -> f64 {
+    1.0
+}
+fn default_attestation_burst() -> u32 {
+    10
+}
 
 /// The whole server configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -101,6 +113,73 @@ pub struct ServerConfig {
     /// root.
     #[serde(default)]
     pub upstream_authority: Option<UpstreamAuthorityConfig>,
+    /// What one client of the agent API may hold or ask for.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: connection caps, timeouts and the attestation rate of the agent API.
+/// See docs/SECURITY.md for why these values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Agent API connections open at once (default: from the open-file limit, at
+    /// most 65536).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Of those, how many one source address (IPv4) or /64 network (IPv6) may hold
+    /// (default: an eighth of `max_connections`).
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
+    /// A TLS handshake not finished in this time is dropped.
+    #[serde(default = "default_handshake_timeout", with = "serde_human")]
+    pub handshake_timeout: Duration,
+    /// A connection with no call in progress for this long is closed (`0s`: never).
+    #[serde(default = "default_idle_timeout", with = "serde_human")]
+    pub idle_timeout: Duration,
+    /// Attestations per second one source address may start (`0`: no limit). A
+    /// successful attestation gives its allowance back: failures are what is metered.
+    #[serde(default = "default_attestation_rate")]
+    pub attestation_rate: f64,
+    /// How many attestations a source may start at once before the rate applies.
+    #[serde(default = "default_attestation_burst")]
+    pub attestation_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            max_connections_per_ip: None,
+            handshake_timeout: default_handshake_timeout(),
+            idle_timeout: default_idle_timeout(),
+            attestation_rate: default_attestation_rate(),
+            attestation_burst: default_attestation_burst(),
+        }
+    }
+}
+
+/// The agent API's connection caps when the configuration sets none: the
+/// descriptors the process can spare, at most this many.
+pub const DEFAULT_MAX_CONNECTIONS_CEILING: usize = 65536;
+/// One source address may hold this fraction of the connections by default.
+pub const DEFAULT_PER_IP_SHARE: usize = 8;
+
+impl LimitsConfig {
+    /// The caps in force under the open-file limit `nofile`.
+    pub fn connection_caps(&self, nofile: u64) -> tessera_core::limits::ConnCaps {
+        tessera_core::limits::ConnCaps::derived(
+            nofile,
+            DEFAULT_MAX_CONNECTIONS_CEILING,
+            DEFAULT_PER_IP_SHARE,
+        )
+        .with(self.max_connections, self.max_connections_per_ip)
+    }
+
+    /// The idle timeout, `None` when turned off.
+    pub fn idle(&self) -> Option<Duration> {
+        (!self.idle_timeout.is_zero()).then_some(self.idle_timeout)
+    }
 }
 
 /// Who signs the server's CA certificates.
@@ -310,6 +389,25 @@ impl ServerConfig {
                 _ => {}
             }
         }
+        let l = &self.limits;
+        if l.max_connections == Some(0) || l.max_connections_per_ip == Some(0) {
+            return rule(
+                "[limits] max_connections and max_connections_per_ip must be at least 1".into(),
+            );
+        }
+        if l.handshake_timeout.is_zero() {
+            return rule("[limits] handshake_timeout must be positive".into());
+        }
+        if !l.attestation_rate.is_finite() || l.attestation_rate < 0.0 {
+            return rule(format!(
+                "[limits] attestation_rate {} must be a number of attestations per second, \
+                 0 or more (0 turns the limit off)",
+                l.attestation_rate
+            ));
+        }
+        if l.attestation_rate > 0.0 && l.attestation_burst == 0 {
+            return rule("[limits] attestation_burst must be at least 1".into());
+        }
         if self.x509_svid_ttl > self.ca_ttl {
             tracing::warn!(
                 "x509_svid_ttl is longer than ca_ttl: SVIDs will be cut short at the CA's expiry"
@@ -351,6 +449,7 @@ impl ServerConfig {
                 connection_string_file: Some(file),
                 ..
             } => {
+                tessera_core::config::warn_if_shared(file);
                 let text = std::fs::read_to_string(file).map_err(|e| {
                     InvalidConfig::Rule(format!(
                         "[datastore] connection_string_file {}: {e}",
@@ -523,6 +622,41 @@ uri = "pkcs11:token=root;object=tessera-root?module-path=/usr/lib/softhsm/libsof
         )
         .unwrap_err();
         assert!(e.to_string().contains("modul"), "{e}");
+    }
+
+    #[test]
+    fn limits() {
+        let c = ServerConfig::parse("trust_domain = \"e.org\"").unwrap();
+        assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.idle(), Some(Duration::from_secs(120)));
+        assert_eq!(c.limits.attestation_rate, 1.0);
+        assert_eq!(c.limits.attestation_burst, 10);
+        let caps = c.limits.connection_caps(20_000);
+        assert_eq!((caps.max_total, caps.max_per_peer), (18_976, 2372));
+        let c = ServerConfig::parse(
+            "trust_domain = \"e.org\"\n[limits]\nmax_connections = 100\n\
+             max_connections_per_ip = 10\nidle_timeout = \"0s\"\nattestation_rate = 0\n",
+        )
+        .unwrap();
+        let caps = c.limits.connection_caps(20_000);
+        assert_eq!((caps.max_total, caps.max_per_peer), (100, 10));
+        assert_eq!(c.limits.idle(), None);
+        for bad in [
+            "max_connections = 0",
+            "max_connections_per_ip = 0",
+            "handshake_timeout = \"0s\"",
+            "attestation_rate = -1",
+            "attestation_rate = nan",
+            "attestation_burst = 0",
+            "max_conections = 5",
+        ] {
+            let e = ServerConfig::parse(&format!("trust_domain = \"e.org\"\n[limits]\n{bad}\n"))
+                .unwrap_err();
+            assert!(
+                e.to_string().contains("limits") || e.to_string().contains(":3:"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

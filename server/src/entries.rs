@@ -53,6 +53,17 @@ struct Index {
 impl Index {
     fn insert(&mut self, e: RegistrationEntry) {
         self.remove(&e.id.clone());
+        // The admin API refuses these; one stored before that rule, or written to the
+        // database by other means, is kept there (so an operator can see and delete
+        // it) but never served: its SVID would pass for the server or an agent.
+        if e.spiffe_id.is_reserved() {
+            tracing::error!(
+                entry = %e.id,
+                spiffe_id = %e.spiffe_id,
+                "entry ignored: its SPIFFE ID is in the reserved namespace /spire; delete it"
+            );
+            return;
+        }
         let id = e.id.clone();
         self.by_parent
             .entry(e.parent_id.clone())
@@ -359,10 +370,31 @@ mod tests {
         // A cycle must not loop forever.
         idx.insert(e(
             "cyc",
-            "spiffe://td/spire/agent/join_token/t1",
+            "spiffe://td/w1",
             "spiffe://td/w4",
             &["unix:uid:7"],
         ));
+        // An entry with a reserved ID (stored before the admin API refused them) is
+        // never served, and nothing hangs from it.
+        idx.insert(e(
+            "srv",
+            "spiffe://td/spire/server",
+            agent.to_string().as_str(),
+            &["unix:uid:8"],
+        ));
+        idx.insert(e(
+            "under-srv",
+            "spiffe://td/w9",
+            "spiffe://td/spire/agent/join_token/t1/x",
+            &["unix:uid:9"],
+        ));
+        idx.insert(e(
+            "fake-agent",
+            "spiffe://td/spire/agent/join_token/t1/x",
+            agent.to_string().as_str(),
+            &["unix:uid:9"],
+        ));
+        assert!(!idx.entries.contains_key("srv"));
 
         let node: SelectorSet = ["tpm:pub_hash:aa".parse().unwrap()].into_iter().collect();
         let s = idx.authorized(&agent, &node, 100);

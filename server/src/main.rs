@@ -56,6 +56,7 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.log_level);
+            tessera_core::config::warn_secret_flags(&set);
             match runtime.block_on(tessera_server::run::run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

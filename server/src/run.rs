@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tessera_core::key::{DiskKeyManager, Key, KeyManager, KeyType, MemoryKeyManager, SoftwareKey};
+use tessera_core::limits::{ConnLimiter, StreamTrackingLayer};
 use tessera_core::tls::{SharedBundle, SharedIdentity};
 use tessera_proto::admin::admin_server::AdminServer;
 use tessera_proto::agent::node_server::NodeServer;
@@ -24,6 +25,7 @@ use crate::datastore::Datastore;
 use crate::datastore::postgres::PostgresDatastore;
 use crate::datastore::sqlite::SqliteDatastore;
 use crate::entries::EntryCache;
+use crate::transport::PeerInfo;
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +215,8 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
 
 /// Runs the server until a shutdown signal.
 pub async fn run(config: ServerConfig) -> Result<(), RunError> {
+    // Before anything opens a descriptor: every agent connection is one.
+    let nofile = tessera_core::limits::nofile::raise_and_log();
     let bind = config.bind_address;
     let admin_path = config.admin_socket.clone();
     let state = build_state(config).await?;
@@ -261,11 +265,29 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     let local = listener.local_addr().map_err(|e| startup(e.to_string()))?;
     let admin_listener = bind_admin_socket(&admin_path).await?;
 
+    let caps = state.config.limits.connection_caps(nofile);
+    let limits = crate::transport::ListenerLimits {
+        limiter: ConnLimiter::new("agent API connections", caps),
+        handshake_timeout: state.config.limits.handshake_timeout,
+        idle_timeout: state.config.limits.idle(),
+    };
+    tracing::info!(
+        "agent API limits: {} connections, {} per address, TLS handshake timeout {}, \
+         idle timeout {}",
+        caps.max_total,
+        caps.max_per_peer,
+        tessera_core::duration::format_duration(limits.handshake_timeout),
+        limits
+            .idle_timeout
+            .map_or("off".into(), tessera_core::duration::format_duration)
+    );
+
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let agent_api = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(StreamTrackingLayer::<PeerInfo>::new())
         .add_service(NodeServer::new(AgentApi::new(state.clone())))
-        .serve_with_incoming_shutdown(crate::transport::incoming(listener, tls), {
+        .serve_with_incoming_shutdown(crate::transport::incoming(listener, tls, limits), {
             let mut rx = stop_rx.clone();
             async move {
                 let _ = rx.changed().await;

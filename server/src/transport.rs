@@ -1,6 +1,9 @@
-//! TLS for the agent API: accepts TCP connections, runs each TLS handshake in its own
-//! task (a slow or hostile client cannot hold up the accept loop), and hands tonic the
-//! established streams together with what the client's certificate says.
+//! TLS for the agent API: accepts TCP connections under the connection caps (a total
+//! and a share per source address; a connection past either is closed at once), runs
+//! each TLS handshake in its own task under a deadline (a slow or hostile client
+//! cannot hold up the accept loop), and hands tonic the established streams together
+//! with what the client's certificate says. Established connections close themselves
+//! when idle ([`tessera_core::limits::Guarded`]).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -16,8 +19,20 @@ use tonic::transport::server::Connected;
 
 use tessera_core::SpiffeId;
 
-/// Handshakes that take longer than this are dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use tessera_core::limits::{ConnLimiter, Guarded, IpPeer};
+
+/// How the listener limits its clients.
+#[derive(Debug, Clone)]
+pub struct ListenerLimits {
+    pub limiter: Arc<ConnLimiter<IpPeer>>,
+    /// Handshakes that take longer than this are dropped.
+    pub handshake_timeout: Duration,
+    /// Connections with no call in progress for this long are closed.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// A connection as tonic receives it.
+pub type AgentConn = Guarded<TlsConn>;
 
 /// What the handlers learn about the peer of a connection.
 #[derive(Debug, Clone)]
@@ -98,7 +113,8 @@ fn peer_info(stream: &TlsStream<TcpStream>, addr: SocketAddr) -> PeerInfo {
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>> {
+    limits: ListenerLimits,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<AgentConn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(128);
     let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
@@ -112,22 +128,29 @@ pub fn incoming(
                     continue;
                 }
             };
-            let _ = tcp.set_nodelay(true);
             if tx.is_closed() {
                 break;
             }
+            // Past a cap the connection is closed here and now (dropping it); the
+            // limiter logs refusals in summaries, not one line each.
+            let Ok(permit) = limits.limiter.try_acquire(IpPeer::from(addr.ip())) else {
+                drop(tcp);
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let handshake_timeout = limits.handshake_timeout;
+            let idle_timeout = limits.idle_timeout;
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let info = peer_info(&stream, addr);
-                        let _ = tx
-                            .send(Ok(TlsConn {
-                                inner: stream,
-                                info,
-                            }))
-                            .await;
+                        let conn = TlsConn {
+                            inner: stream,
+                            info,
+                        };
+                        let _ = tx.send(Ok(Guarded::new(conn, permit, idle_timeout))).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%addr, "TLS handshake failed: {e}"),
                     Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),

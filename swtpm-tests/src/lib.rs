@@ -5,6 +5,8 @@
 //! The binaries must be built first (`cargo build --bins`, which the project's test
 //! script does); the harness says so clearly when they are missing.
 
+pub mod attack_net;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
@@ -444,10 +446,12 @@ impl Agent {
         self.log = self.dir.join(format!("agent.{}.log", self.starts));
         let mut cmd = Command::new(bin("tessera-agent"));
         cmd.arg("run").arg("--config").arg(&self.config);
-        if let Some(t) = token {
-            cmd.arg("--join-token").arg(t);
-        }
+        // The token goes in the environment, as the README advises: on the command
+        // line every local user could read it.
         cmd.env_remove("TESSERA_AGENT_JOIN_TOKEN");
+        if let Some(t) = token {
+            cmd.env("TESSERA_AGENT_JOIN_TOKEN", t);
+        }
         self.child = Some(spawn_logged(&mut cmd, &self.log));
     }
 

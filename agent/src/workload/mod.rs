@@ -1,10 +1,12 @@
 //! The agent's Unix socket: the SPIFFE Workload API and, beside it, Tessera's own
-//! local services.
+//! local services. Any local user may connect, so connections are capped in total and
+//! per UID, and idle ones are closed (see `[limits]` in the configuration).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use tessera_core::limits::{ConnLimiter, Guarded, StreamTrackingLayer};
 use tessera_proto::local::agent_health_server::{AgentHealth, AgentHealthServer};
 use tessera_proto::local::{HealthCheckRequest, HealthCheckResponse};
 use tessera_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
@@ -112,8 +114,22 @@ pub async fn serve(
 ) -> Result<(), String> {
     let trimmer = Arc::new(trim::Trimmer::default());
     tokio::spawn(trimmer.clone().run());
-    let incoming = async_stream_of(listener, trimmer);
+    let limits = &agent.config().limits;
+    let caps = limits.connection_caps(tessera_core::limits::nofile::current_open_file_limit());
+    tracing::info!(
+        "Workload API limits: {} connections, {} per uid, idle timeout {}",
+        caps.max_total,
+        caps.max_per_peer,
+        limits
+            .idle()
+            .map_or("off".into(), tessera_core::duration::format_duration)
+    );
+    let limiter = ConnLimiter::new("Workload API connections", caps);
+    let incoming = async_stream_of(listener, trimmer, limiter, limits.idle());
     tonic::transport::Server::builder()
+        .layer(StreamTrackingLayer::<
+            <peer::WorkloadConn as tonic::transport::server::Connected>::ConnectInfo,
+        >::new())
         .add_service(SpiffeWorkloadApiServer::with_interceptor(
             api::WorkloadApi::new(agent.clone()),
             api::check_security_header,
@@ -124,17 +140,44 @@ pub async fn serve(
         .map_err(|e| e.to_string())
 }
 
+/// The peer the Workload API's connection caps count: the caller's UID as the
+/// kernel reported it at connect time (SO_PEERCRED).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UidPeer(Option<u32>);
+
+impl std::fmt::Display for UidPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(uid) => write!(f, "uid {uid}"),
+            None => f.write_str("a caller of unknown uid"),
+        }
+    }
+}
+
+/// Accepts connections under the caps: past the total, or past the caller's UID's
+/// share, a connection is closed at once (and counted for the refusal log).
 fn async_stream_of(
     listener: UnixListener,
     trimmer: Arc<trim::Trimmer>,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<peer::WorkloadConn>> {
+    limiter: Arc<ConnLimiter<UidPeer>>,
+    idle_timeout: Option<std::time::Duration>,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Guarded<peer::WorkloadConn>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((s, _)) => {
+                    let uid = UidPeer(s.peer_cred().ok().map(|c| c.uid()));
+                    let Ok(permit) = limiter.try_acquire(uid) else {
+                        drop(s);
+                        continue;
+                    };
                     let conn = peer::WorkloadConn::new(s).tracked_by(trimmer.track());
-                    if tx.send(Ok(conn)).await.is_err() {
+                    if tx
+                        .send(Ok(Guarded::new(conn, permit, idle_timeout)))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

@@ -41,22 +41,20 @@ impl AdminApi {
         }
     }
 
-    /// A workload ID of this trust domain (for minting).
+    /// A workload ID of this trust domain (for minting): the same rule as an entry's
+    /// `spiffe_id`.
     fn workload_id(&self, s: &str) -> Result<SpiffeId, Status> {
         let id =
             SpiffeId::new(s).map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?;
-        if !id.is_member_of(self.state.trust_domain()) || id.is_trust_domain_id() {
-            return Err(Status::invalid_argument(format!(
-                "{id} is not a workload ID of this trust domain"
-            )));
-        }
+        tessera_core::entry::check_workload_id(&id, self.state.trust_domain())
+            .map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?;
         Ok(id)
     }
 
     fn agent_id(&self, s: &str) -> Result<SpiffeId, Status> {
         let id =
             SpiffeId::new(s).map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?;
-        if !id.is_member_of(self.state.trust_domain()) || !id.path().starts_with("/spire/agent/") {
+        if !tessera_core::entry::is_agent_id(&id, self.state.trust_domain()) {
             return Err(Status::invalid_argument(format!(
                 "{id} is not an agent ID of this trust domain"
             )));
@@ -267,8 +265,7 @@ impl Admin for AdminApi {
         let alias = if r.spiffe_id.is_empty() {
             None
         } else {
-            let spiffe_id = SpiffeId::new(&r.spiffe_id)
-                .map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?;
+            let spiffe_id = self.workload_id(&r.spiffe_id)?;
             let selector = Selector::new("spiffe_id", &agent_id.to_string())
                 .map_err(|e| Status::internal(e.to_string()))?;
             let e = RegistrationEntry {

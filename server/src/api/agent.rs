@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::convert::{bundle_to_proto, entry_to_proto, status_of};
+use super::ratelimit::AttestationLimit;
 use super::{ServerState, join_error};
 use crate::attestor::Step;
 use crate::datastore::AttestedNode;
@@ -35,11 +36,19 @@ pub const MAX_BATCH: usize = 500;
 #[derive(Debug, Clone)]
 pub struct AgentApi {
     state: Arc<ServerState>,
+    /// Attestations per source address; `None` when turned off.
+    attest_limit: Option<Arc<AttestationLimit>>,
 }
 
 impl AgentApi {
     pub fn new(state: Arc<ServerState>) -> Self {
-        Self { state }
+        let l = &state.config.limits;
+        let attest_limit =
+            AttestationLimit::new(l.attestation_rate, l.attestation_burst).map(Arc::new);
+        Self {
+            state,
+            attest_limit,
+        }
     }
 }
 
@@ -254,11 +263,23 @@ impl Node for AgentApi {
         req: Request<Streaming<pb::AttestRequest>>,
     ) -> Result<Response<AttestStream>, Status> {
         let peer = req.extensions().get::<PeerInfo>().cloned();
+        // Before any evidence is read: a refused attempt costs nothing, and the
+        // limiter logs refusals in summaries (never the evidence).
+        let admitted = match (&self.attest_limit, peer.as_ref().and_then(|p| p.addr)) {
+            (Some(limit), Some(addr)) => Some(limit.check(addr.ip().into())?),
+            _ => None,
+        };
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
         tokio::spawn(async move {
-            if let Err(status) = api.run_attestation(peer.clone(), &mut inbound, &tx).await {
+            let result = api.run_attestation(peer.clone(), &mut inbound, &tx).await;
+            if result.is_ok()
+                && let Some(a) = admitted
+            {
+                a.succeeded();
+            }
+            if let Err(status) = result {
                 tracing::warn!(
                     peer = ?peer.and_then(|p| p.addr),
                     code = ?status.code(),

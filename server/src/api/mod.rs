@@ -19,6 +19,7 @@ use crate::entries::EntryCache;
 pub mod admin;
 pub mod agent;
 pub mod convert;
+pub mod ratelimit;
 
 /// Everything the handlers share.
 #[derive(Debug)]
