@@ -247,6 +247,7 @@ impl SqliteDatastore {
         )
         .map_err(|e| open_error(path, e))?;
         configure_writer(&writer, path)?;
+        check_integrity(&writer, path)?;
         migrate(&mut writer, path, migrations)?;
         // Open one reader now so that a problem with read connections shows at start-up
         // rather than on the first request.
@@ -433,6 +434,33 @@ fn configure_writer(conn: &Connection, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How many problems `PRAGMA quick_check` reports at most.
+const INTEGRITY_REPORT: i64 = 5;
+
+/// Runs SQLite's `quick_check` (every page and record well formed, without the
+/// slower index cross-checks of `integrity_check`) and refuses a damaged database:
+/// serving from it could hand out entries that are half there, and writing to it
+/// could spread the damage. A backup is the way back; the message says so.
+fn check_integrity(conn: &Connection, path: &Path) -> Result<()> {
+    let problems: Vec<String> = conn
+        .prepare(&format!("PRAGMA quick_check({INTEGRITY_REPORT})"))
+        .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect())
+        .map_err(|e| corrupt(path, &e.to_string()))?;
+    if problems.len() == 1 && problems[0] == "ok" {
+        return Ok(());
+    }
+    Err(corrupt(path, &problems.join("; ")))
+}
+
+fn corrupt(path: &Path, detail: &str) -> DatastoreError {
+    DatastoreError::Backend(format!(
+        "the database {} is damaged (SQLite integrity check: {detail}); stop the server, \
+         keep a copy of the damaged file for analysis, and restore the database from a \
+         backup",
+        path.display()
+    ))
+}
+
 fn open_reader(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
@@ -508,6 +536,19 @@ fn sql_error(what: impl fmt::Display, e: rusqlite::Error) -> DatastoreError {
         match failure.code {
             ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
                 return DatastoreError::Unavailable(format!("{what}: {e}"));
+            }
+            // The disk is full (or the file may not grow): retrying once space is
+            // freed works, and nothing was written.
+            ErrorCode::DiskFull => {
+                return DatastoreError::Unavailable(format!(
+                    "{what}: {e}: the disk holding the database is full; free space on it"
+                ));
+            }
+            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
+                tracing::error!("{what}: {e}: the database file is damaged");
+                return DatastoreError::Backend(format!(
+                    "{what}: {e}: the database file is damaged; restore it from a backup"
+                ));
             }
             // Only uniqueness means "already exists"; a foreign-key, CHECK or NOT NULL
             // violation is a bug here and is reported as such.
@@ -1517,6 +1558,34 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .expect("journal_mode");
         assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_database_is_refused_at_start_saying_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ds.sqlite3");
+        let ds = SqliteDatastore::open(&path).expect("open");
+        for i in 0..200 {
+            ds.create_entry(sample_entry(&format!("w{i}")))
+                .await
+                .expect("create");
+        }
+        drop(ds);
+        // Closing the last connection checkpointed the WAL into the file. Scribble
+        // over a page in the middle of it, as a failing disk would.
+        let mut bytes = std::fs::read(&path).expect("read");
+        let page = 4096;
+        assert!(bytes.len() > 4 * page, "{} bytes", bytes.len());
+        let start = bytes.len() / page / 2 * page;
+        for b in &mut bytes[start + 8..start + page] {
+            *b = 0x5a;
+        }
+        std::fs::write(&path, &bytes).expect("write");
+        let err = SqliteDatastore::open(&path).expect_err("a damaged file must be refused");
+        let msg = err.to_string();
+        assert!(msg.contains("is damaged"), "{msg}");
+        assert!(msg.contains("restore the database from a backup"), "{msg}");
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
     }
 
     #[tokio::test]
