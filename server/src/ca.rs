@@ -11,15 +11,17 @@
 //! # Lost keys
 //!
 //! An authority whose key is gone (deleted from the token, lost with a restart of the
-//! memory key manager, unreadable, or held by a key manager the server no longer
-//! uses) is *retired*: marked so in the journal, logged at error level with its key,
+//! memory key manager, unreadable, or replaced by another key under its name) is
+//! *retired*: marked so in the journal, logged at error level with its key,
 //! never used to sign again, and kept in the bundle until it expires, because what it
 //! signed stays valid until then. The prepared authority takes over at once when
 //! there is one (agents already know it), otherwise a new one is made at once. This
 //! is checked at start and whenever a signature fails because the key object is
 //! missing; the key manager is asked again before anything is retired, and a key
 //! store that cannot answer (an HSM outage) never retires anything: the server waits
-//! for it and answers Unavailable meanwhile.
+//! for it and answers Unavailable meanwhile. Signing authorities made with another
+//! key manager than the one configured stop the start instead: that is far more
+//! often a configuration mistake than a lost key, and retiring is for good.
 //!
 //! # Checked chains
 //!
@@ -64,6 +66,17 @@ pub enum CaError {
         authority: String,
         key: String,
         reason: String,
+    },
+    /// The journal's signing authorities were made with another key manager than the
+    /// one configured.
+    #[error(
+        "the {kind} authority {authority} was made with key manager {was:?}, but the server is configured with {now:?}, which cannot reach its key: set [key_manager] back to {was:?}; to change key managers deliberately, see docs/RELIABILITY.md (the CA is then replaced and agents need the new bundle)"
+    )]
+    KeyManagerChanged {
+        kind: &'static str,
+        authority: String,
+        was: String,
+        now: &'static str,
     },
     /// A new authority's chain does not verify; it was not stored.
     #[error("the new {kind} authority {authority} is unusable: {reason}")]
@@ -251,6 +264,19 @@ impl CaManager {
                 continue;
             }
             let key = if record.status == CaStatus::Retired {
+                None
+            } else if record.key_manager != self.km.name() {
+                // Far more often a configuration mistake than a deliberate change, and
+                // retiring would be for good: refuse, and let the operator decide.
+                if matches!(record.status, CaStatus::Active | CaStatus::Prepared) {
+                    return Err(CaError::KeyManagerChanged {
+                        kind: kind_name(record.kind),
+                        authority: record.id.clone(),
+                        was: record.key_manager.clone(),
+                        now: self.km.name(),
+                    });
+                }
+                // A replaced authority only needs to stay published.
                 None
             } else {
                 match self.look_up_key(&record).await? {
@@ -1695,6 +1721,41 @@ mod tests {
             Some(CaStatus::Retired)
         );
         sign_and_verify(&ca).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_key_manager_is_refused_not_retired() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = datastore(&dir);
+        let km = Arc::new(FaultyKm::default());
+        drop(
+            CaManager::start(
+                settings(Duration::from_secs(3600)),
+                Arc::new(FaultyKmHandle(km)),
+                ds.clone(),
+            )
+            .await
+            .unwrap(),
+        );
+        let journal = ds.list_ca_records().await.unwrap();
+        let err = CaManager::start(
+            settings(Duration::from_secs(3600)),
+            Arc::new(MemoryKeyManager::new()),
+            ds.clone(),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, CaError::KeyManagerChanged { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("set [key_manager] back to \"pkcs11\""),
+            "{err}"
+        );
+        assert_eq!(
+            ds.list_ca_records().await.unwrap(),
+            journal,
+            "the journal changed"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,8 +108,8 @@ pub enum CaStatus {
     /// Replaced; kept (and published) until it expires.
     Old,
     /// Its key is gone (deleted from the token, lost with a restart of the memory key
-    /// manager, unreadable, or held by a key manager the server no longer uses): it
-    /// never signs again, but stays published until it expires, because what it
+    /// manager, unreadable, or replaced by another key under its name): it never
+    /// signs again, but stays published until it expires, because what it
     /// signed stays valid until then.
     Retired,
 }
