@@ -385,6 +385,9 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
         "no new connections or calls; calls in flight may finish"
     );
     let _ = stop_tx.send(true);
+    // New admin commands fail at once ("no such file") instead of waiting on a
+    // server that is going away.
+    let _ = std::fs::remove_file(&admin_path);
     let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
         tokio::join!(agent_task, admin_task)
     })
