@@ -958,11 +958,13 @@ fn write_storm_then_kill(server: &Server, label: &str) -> BTreeSet<String> {
     let admin = server.admin.clone();
     let pid = server.pid().unwrap();
     let label = label.to_owned();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let acked = rt().block_on(async move {
         let mut tasks = Vec::new();
         for t in 0..6 {
             let admin = admin.clone();
             let label = label.clone();
+            let count = count.clone();
             tasks.push(tokio::spawn(async move {
                 let mut acked = Vec::new();
                 let Ok(ch) = tessera_proto::unix_channel(&admin).await else {
@@ -982,14 +984,23 @@ fn write_storm_then_kill(server: &Server, label: &str) -> BTreeSet<String> {
                         })
                         .await
                     {
-                        Ok(r) => acked.push(r.into_inner().id),
+                        Ok(r) => {
+                            acked.push(r.into_inner().id);
+                            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
                         Err(_) => return acked,
                     }
                 }
                 acked
             }));
         }
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Kill once the writers are well under way, however fast the machine is.
+        let start = Instant::now();
+        while count.load(std::sync::atomic::Ordering::SeqCst) < 200
+            && start.elapsed() < Duration::from_secs(20)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         faults::signal(pid, "KILL");
         let mut all = BTreeSet::new();
         for t in tasks {
@@ -1105,16 +1116,28 @@ fn kill_9_during_attestations_keeps_every_answered_attestation() {
     let addr = server.address();
     let r = roots(&server);
     let pid = server.pid().unwrap();
+    let answered_so_far = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let results = rt().block_on(async {
         let mut tasks = Vec::new();
         for (i, t) in tokens.iter().cloned().enumerate() {
             let (addr, r) = (addr.clone(), r.clone());
+            let answered = answered_so_far.clone();
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(20 * i as u64)).await;
-                (t.clone(), attest_with_join_token(&addr, r, &t).await)
+                let result = attest_with_join_token(&addr, r, &t).await;
+                if result.is_ok() {
+                    answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                (t.clone(), result)
             }));
         }
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        // Kill once a good part of the attestations are through, with more in flight.
+        let start = Instant::now();
+        while answered_so_far.load(std::sync::atomic::Ordering::SeqCst) < 15
+            && start.elapsed() < Duration::from_secs(20)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         faults::signal(pid, "KILL");
         let mut out = Vec::new();
         for t in tasks {
@@ -1278,8 +1301,13 @@ fn postgres_stopped_and_crashed_under_the_server() {
             "{fault}: a refused write is in the database"
         );
     }
+    // The agent's syncs failed while the database was away; it catches up by itself
+    // (after its back-off).
     assert!(
-        agent.cli(&["healthcheck"]).status.success(),
+        wait_until(Duration::from_secs(90), || agent
+            .cli(&["healthcheck"])
+            .status
+            .success()),
         "{}",
         agent.log()
     );
