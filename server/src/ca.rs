@@ -584,9 +584,12 @@ impl CaManager {
         self.prune(now).await;
         let result = async {
             self.check_suspects().await?;
-            self.rotate_x509(now).await?;
-            self.rotate_jwt(now).await?;
-            self.publish().await
+            // One kind failing (its new authority unusable, say) must not hold up the
+            // other, nor the publication of what did change.
+            let x509 = self.rotate_x509(now).await;
+            let jwt = self.rotate_jwt(now).await;
+            let published = self.publish().await;
+            x509.and(jwt).and(published)
         }
         .await;
         // Signers waiting for a replacement look again.
@@ -1347,6 +1350,9 @@ mod tests {
         keys: Mutex<BTreeMap<String, Arc<SoftwareKey>>>,
         faults: Mutex<BTreeMap<String, Fault>>,
         outage: Mutex<bool>,
+        /// Keys made from now on sign wrongly (a token with a broken mechanism).
+        broken_new_keys: Mutex<bool>,
+        broken: Mutex<std::collections::BTreeSet<String>>,
     }
 
     impl FaultyKm {
@@ -1384,6 +1390,10 @@ mod tests {
         }
         fn sign(&self, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>, KeyError> {
             match self.km.fault(&self.id) {
+                Fault::None if self.km.broken.lock().unwrap().contains(&self.id) => {
+                    // A well-formed signature over other bytes.
+                    self.inner.sign(scheme, &[message, b"!"].concat())
+                }
                 Fault::None => self.inner.sign(scheme, message),
                 Fault::Deleted => Err(KeyError::NotFound(self.id.clone())),
                 Fault::Outage => Err(KeyError::Unavailable("token removed".into())),
@@ -1403,6 +1413,9 @@ mod tests {
                 return Err(KeyError::Unavailable("token removed".into()));
             }
             let k = Arc::new(SoftwareKey::generate(kt)?);
+            if *self.0.broken_new_keys.lock().unwrap() {
+                self.0.broken.lock().unwrap().insert(id.to_owned());
+            }
             self.0.keys.lock().unwrap().insert(id.to_owned(), k.clone());
             self.0.faults.lock().unwrap().remove(id);
             Ok(Arc::new(FaultyKey {
@@ -1838,7 +1851,10 @@ mod tests {
             "an unusable CA was stored"
         );
         assert!(
-            km.list_keys().unwrap().is_empty(),
+            !km.list_keys()
+                .unwrap()
+                .iter()
+                .any(|k| k.starts_with("x509-")),
             "its key was left behind"
         );
 
@@ -1852,6 +1868,52 @@ mod tests {
                 .unwrap();
             sign_and_verify(&ca).await.unwrap();
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_a_rotation_an_unusable_new_authority_is_dropped_and_the_current_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = datastore(&dir);
+        let km = Arc::new(FaultyKm::default());
+        let ca = CaManager::start(
+            settings(Duration::from_secs(12)),
+            Arc::new(FaultyKmHandle(km.clone())),
+            ds.clone(),
+        )
+        .await
+        .unwrap();
+        let journal = ds.list_ca_records().await.unwrap();
+        let active = ca.active_x509().unwrap().id;
+        *km.broken_new_keys.lock().unwrap() = true;
+        // Half-way: the next authorities would be prepared, but their probes fail.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let err = ca.rotate().await.unwrap_err();
+        assert!(matches!(err, CaError::ChainCheck { .. }), "{err:?}");
+        assert!(err.to_string().contains("does not verify"), "{err}");
+        assert_eq!(
+            ds.list_ca_records().await.unwrap(),
+            journal,
+            "an unusable CA was stored"
+        );
+        assert_eq!(
+            km.keys.lock().unwrap().len(),
+            2,
+            "the unusable key was left in the key store"
+        );
+        // The current authorities keep signing, and what they sign verifies.
+        assert_eq!(ca.active_x509().unwrap().id, active);
+        sign_and_verify(&ca).await.unwrap();
+        jwt_validates(&ca).await;
+        // A broken key store at start: the server does not start.
+        let dir2 = tempfile::tempdir().unwrap();
+        let err = CaManager::start(
+            settings(Duration::from_secs(12)),
+            Arc::new(FaultyKmHandle(km.clone())),
+            datastore(&dir2),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, CaError::ChainCheck { .. }), "{err:?}");
     }
 
     #[test]
