@@ -57,7 +57,12 @@ fn main() -> ExitCode {
             };
             init_logging(&cfg.log_level);
             tessera_core::config::warn_secret_flags(&set);
-            match runtime.block_on(tessera_server::run::run(cfg)) {
+            let result = runtime.block_on(tessera_server::run::run(cfg));
+            // Blocking work still running (a signature waiting on a slow token, a
+            // write) must not hold the exit: each write is one transaction, so
+            // stopping it midway loses nothing that was acknowledged.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

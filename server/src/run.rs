@@ -1,9 +1,20 @@
-//! `tessera-server run`: opens the datastore and key manager, starts the CA, and serves
-//! the agent API (TLS) and the admin API (Unix socket) until SIGINT or SIGTERM.
+//! `tessera-server run`: locks the data directory, opens the datastore and key manager,
+//! starts the CA, and serves the agent API (TLS) and the admin API (Unix socket) until
+//! SIGINT or SIGTERM.
+//!
+//! # Shutdown
+//!
+//! On SIGTERM or SIGINT the server stops accepting connections and calls, gives the
+//! calls in flight [`SHUTDOWN_GRACE`] to finish, then closes whatever is still open
+//! (attestation streams waiting on an agent, idle agent connections), removes the
+//! admin socket and exits 0. Nothing is half-written: each datastore write is one
+//! transaction, committed or not.
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -38,6 +49,73 @@ pub enum RunError {
 
 fn startup(msg: impl std::fmt::Display) -> RunError {
     RunError::Startup(msg.to_string())
+}
+
+/// How long calls in flight get to finish after SIGTERM before the server closes
+/// them and exits.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The lock file in the data directory that one server holds for its whole life.
+pub const LOCK_FILE: &str = "server.lock";
+
+/// An exclusive lock on a data directory. The kernel releases it when the process
+/// ends, however it ends (a `kill -9` leaves no stale lock behind).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl DataDirLock {
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Takes the data directory's lock, or says which process holds it. Two servers on
+/// one data directory would share its SQLite file and disk keys.
+pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, RunError> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| startup(format!("cannot open the lock file {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let holder = match text.trim().parse::<u32>() {
+                Ok(pid) => format!("another tessera-server (PID {pid})"),
+                Err(_) => "another tessera-server".to_owned(),
+            };
+            return Err(startup(format!(
+                "data directory {} is in use by {holder}: two servers on one data directory would share its database; stop the other server, or give this one its own data_dir",
+                dir.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(startup(format!(
+                "cannot lock the data directory ({}): {e}",
+                path.display()
+            )));
+        }
+    }
+    // Who holds it, for the message above; the lock is what counts, not this text.
+    let pid = format!("{}\n", std::process::id());
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(pid.as_bytes()));
+    if let Err(e) = written {
+        tracing::warn!("cannot write the PID into {}: {e}", path.display());
+    }
+    Ok(DataDirLock { _file: file, path })
 }
 
 /// Opens the configured key manager.
@@ -219,6 +297,15 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     let nofile = tessera_core::limits::nofile::raise_and_log();
     let bind = config.bind_address;
     let admin_path = config.admin_socket.clone();
+    tessera_core::fsutil::ensure_dir(&config.data_dir, 0o700).map_err(|e| {
+        startup(format!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    // Before anything opens the database: a second server stops here.
+    let lock = lock_data_dir(&config.data_dir)?;
+    tracing::debug!(lock = %lock.path().display(), "data directory locked");
     let state = build_state(config).await?;
 
     tokio::spawn(state.ca.clone().run());
@@ -313,16 +400,63 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     );
     let agent_task = tokio::spawn(agent_api);
     let admin_task = tokio::spawn(admin_api);
+    let aborts = [agent_task.abort_handle(), admin_task.abort_handle()];
     shutdown_signal().await;
+    tracing::info!(
+        grace = ?SHUTDOWN_GRACE,
+        "no new connections or calls; calls in flight may finish"
+    );
     let _ = stop_tx.send(true);
-    let (a, b) = tokio::join!(agent_task, admin_task);
+    // New admin commands fail at once ("no such file") instead of waiting on a
+    // server that is going away.
     let _ = std::fs::remove_file(&admin_path);
-    for r in [a, b] {
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(RunError::Serve(e.to_string())),
-            Err(e) => return Err(RunError::Serve(e.to_string())),
+    let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        tokio::join!(agent_task, admin_task)
+    })
+    .await;
+    let result = match finished {
+        Ok((a, b)) => [a, b].into_iter().try_for_each(|r| match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(RunError::Serve(e.to_string())),
+            Err(e) => Err(RunError::Serve(e.to_string())),
+        }),
+        Err(_) => {
+            // Streams that would not end by themselves (an attestation waiting on its
+            // agent, a client that ignores GOAWAY): close them.
+            tracing::warn!("calls still open after {SHUTDOWN_GRACE:?}: closing them");
+            for h in &aborts {
+                h.abort();
+            }
+            Ok(())
         }
+    };
+    let _ = std::fs::remove_file(&admin_path);
+    tracing::info!("Tessera server stopped");
+    drop(lock);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_server_per_data_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = lock_data_dir(dir.path()).expect("first lock");
+        let err = lock_data_dir(dir.path()).expect_err("second lock");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("PID {}", std::process::id())),
+            "the holder is not named: {msg}"
+        );
+        assert!(msg.contains("is in use by another tessera-server"), "{msg}");
+        drop(first);
+        // Released with the holder (the kernel does the same when a process dies).
+        let again = lock_data_dir(dir.path()).expect("lock after release");
+        assert_eq!(
+            std::fs::read_to_string(again.path()).expect("lock file"),
+            format!("{}\n", std::process::id())
+        );
     }
-    Ok(())
 }

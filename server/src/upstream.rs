@@ -4,16 +4,90 @@
 //!
 //! `pkcs11`: the root key lives in a token too, made by `tessera-server ca init` or
 //! named by a `pkcs11:` URI. `disk`: the root key and certificate are files.
+//!
+//! The root is checked at start for the mistakes that would make every chain the
+//! server serves fail to verify, and the server refuses to run with one: a root
+//! that is expired or not valid yet, not a CA, without keyCertSign, with
+//! pathLenConstraint 0 (it may sign no intermediate, and the server's CA is one), for
+//! another trust domain, or whose key is not the certificate's. A root that expires
+//! before a full CA lifetime (`ca_ttl`) is accepted with an error in the log: the
+//! server's CAs are cut short to end with it (the service goes on until then), and
+//! the health check says when it expires. The CA manager then checks the chain of
+//! every CA it makes (see `ca.rs`).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tessera_core::TrustDomain;
 use tessera_core::key::{Key, KeyManager, KeyType, SoftwareKey};
 use tessera_core::x509::{self, Issuer};
 use tessera_hsm::Pkcs11KeyManager;
 
 use crate::config::{DEFAULT_UPSTREAM_KEY_ID, ServerConfig, UpstreamAuthorityConfig};
+
+/// The mistakes in an upstream root certificate that make it unusable, checked in the
+/// order an operator would fix them. `Ok` carries a warning for a root that expires
+/// before a full CA lifetime from `now`.
+pub fn check_root(
+    cert: &[u8],
+    what: &str,
+    trust_domain: &TrustDomain,
+    ca_ttl: Duration,
+    now: SystemTime,
+) -> Result<Option<String>, String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, parsed) = X509Certificate::from_der(cert)
+        .map_err(|e| format!("upstream root {what} is not a valid X.509 certificate: {e}"))?;
+    let at = |t: x509_parser::time::ASN1Time| t.to_rfc2822().unwrap_or_else(|_| t.to_string());
+    let now_s = x509::unix_seconds(now);
+    let validity = parsed.validity();
+    if validity.not_after.timestamp() <= now_s {
+        return Err(format!(
+            "upstream root {what} expired on {}: make a new root (tessera-server ca init --force) and give agents the new bundle",
+            at(validity.not_after)
+        ));
+    }
+    if validity.not_before.timestamp() > now_s {
+        return Err(format!(
+            "upstream root {what} is not valid before {} (is this machine's clock right?)",
+            at(validity.not_before)
+        ));
+    }
+    let bc = parsed.basic_constraints().ok().flatten().map(|b| b.value);
+    if !bc.is_some_and(|b| b.ca) {
+        return Err(format!(
+            "upstream root {what} is not a CA certificate (basicConstraints cA is not true): it cannot sign the server's CA"
+        ));
+    }
+    if bc.and_then(|b| b.path_len_constraint) == Some(0) {
+        return Err(format!(
+            "upstream root {what} has pathLenConstraint 0: it cannot sign an intermediate CA, and the server's CA is one; make a root without a path length limit (or pathlen >= 1)"
+        ));
+    }
+    let ku = parsed.key_usage().ok().flatten().map(|k| k.value);
+    if !ku.is_some_and(|k| k.key_cert_sign()) {
+        return Err(format!(
+            "upstream root {what} has no keyCertSign key usage: it cannot sign certificates"
+        ));
+    }
+    let td = x509::validate_signing_cert(cert)
+        .map_err(|e| format!("upstream root {what} is not a SPIFFE CA certificate: {e}"))?;
+    if &td != trust_domain {
+        return Err(format!(
+            "upstream root {what} is for trust domain {td}, but this server's trust domain is {trust_domain}"
+        ));
+    }
+    let remaining = validity.not_after.timestamp() - now_s;
+    if remaining < ca_ttl.as_secs() as i64 {
+        return Ok(Some(format!(
+            "upstream root {what} expires on {}, sooner than a full CA lifetime (ca_ttl {}s) from now: the server's CAs are cut short to end with it, and the server cannot sign once it has expired; replace the root before then",
+            at(validity.not_after),
+            ca_ttl.as_secs()
+        )));
+    }
+    Ok(None)
+}
 
 fn read_root_cert(path: &Path) -> Result<Vec<u8>, String> {
     let text = std::fs::read(path).map_err(|e| {
@@ -31,14 +105,7 @@ fn read_root_cert(path: &Path) -> Result<Vec<u8>, String> {
             certs.len()
         ));
     }
-    let cert = certs.remove(0);
-    x509::validate_signing_cert(&cert).map_err(|e| {
-        format!(
-            "upstream root certificate {} is not a SPIFFE CA certificate: {e}",
-            path.display()
-        )
-    })?;
-    Ok(cert)
+    Ok(certs.remove(0))
 }
 
 fn pkcs11_root_key(
@@ -81,14 +148,26 @@ pub fn load(config: &ServerConfig) -> Result<Option<Arc<Issuer>>, String> {
             (read_root_cert(cert_file)?, Arc::new(key))
         }
     };
-    let issuer = Issuer::new(cert, key)
-        .map_err(|e| format!("upstream authority ({}): {e}", cert_path.display()))?;
-    if issuer.not_after() <= SystemTime::now() {
+    let what = cert_path.display().to_string();
+    if let Some(warning) = check_root(
+        &cert,
+        &what,
+        &config.trust_domain,
+        config.ca_ttl,
+        SystemTime::now(),
+    )? {
+        tracing::error!("{warning}");
+    }
+    if x509::cert_info(&cert)
+        .map_err(|e| format!("upstream root {what}: {e}"))?
+        .public_key_der
+        != key.public_key_der()
+    {
         return Err(format!(
-            "the upstream root certificate {} has expired",
-            cert_path.display()
+            "the upstream root key does not match the upstream root certificate {what}: the certificate was made for another key (run `tessera-server ca init --force` to make both again, or fix the key setting)"
         ));
     }
+    let issuer = Issuer::new(cert, key).map_err(|e| format!("upstream authority ({what}): {e}"))?;
     Ok(Some(Arc::new(issuer)))
 }
 
@@ -184,4 +263,111 @@ pub fn init_root(
         not_after: info.not_after,
         sha256,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        reason = "test code: a failed unwrap is a failed test"
+    )]
+
+    use super::*;
+
+    const DAY: u64 = 86_400;
+
+    /// A root made with rcgen; `tweak` changes its parameters before signing.
+    fn root(tweak: impl FnOnce(&mut rcgen::CertificateParams)) -> Vec<u8> {
+        let kp = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        p.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://example.org".try_into().unwrap(),
+        )];
+        p.distinguished_name.push(rcgen::DnType::CommonName, "root");
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::days(1);
+        p.not_after = now + time::Duration::days(30);
+        tweak(&mut p);
+        p.self_signed(&kp).unwrap().der().to_vec()
+    }
+
+    fn check(cert: &[u8]) -> Result<Option<String>, String> {
+        check_root(
+            cert,
+            "root.pem",
+            &TrustDomain::new("example.org").unwrap(),
+            Duration::from_secs(DAY),
+            SystemTime::now(),
+        )
+    }
+
+    #[test]
+    fn a_good_root_passes() {
+        assert_eq!(check(&root(|_| {})), Ok(None));
+        let pathlen_1 =
+            root(|p| p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(1)));
+        assert_eq!(check(&pathlen_1), Ok(None));
+    }
+
+    #[test]
+    fn roots_that_cannot_serve_are_refused_saying_why() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                root(|p| p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0))),
+                "has pathLenConstraint 0: it cannot sign an intermediate CA",
+            ),
+            (
+                root(|p| {
+                    p.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(10);
+                    p.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+                }),
+                "expired on",
+            ),
+            (
+                root(|p| p.not_before = time::OffsetDateTime::now_utc() + time::Duration::days(1)),
+                "is not valid before",
+            ),
+            (
+                root(|p| p.key_usages = vec![rcgen::KeyUsagePurpose::CrlSign]),
+                "has no keyCertSign key usage",
+            ),
+            (
+                root(|p| p.is_ca = rcgen::IsCa::ExplicitNoCa),
+                "is not a CA certificate",
+            ),
+            (
+                root(|p| {
+                    p.subject_alt_names = vec![rcgen::SanType::URI(
+                        "spiffe://other.org".try_into().unwrap(),
+                    )]
+                }),
+                "is for trust domain other.org",
+            ),
+            (
+                root(|p| p.subject_alt_names = vec![]),
+                "is not a SPIFFE CA certificate",
+            ),
+        ];
+        for (cert, want) in cases {
+            let err = check(&cert).unwrap_err();
+            assert!(err.contains(want), "expected {want:?} in: {err}");
+            assert!(err.contains("root.pem"), "the root is not named: {err}");
+        }
+    }
+
+    #[test]
+    fn a_root_shorter_lived_than_a_ca_is_accepted_with_a_warning() {
+        let short =
+            root(|p| p.not_after = time::OffsetDateTime::now_utc() + time::Duration::hours(5));
+        let warning = check(&short).unwrap().expect("a warning");
+        assert!(
+            warning.contains("sooner than a full CA lifetime"),
+            "{warning}"
+        );
+    }
 }

@@ -6,6 +6,7 @@
 //! script does); the harness says so clearly when they are missing.
 
 pub mod attack_net;
+pub mod faults;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -149,7 +150,19 @@ impl Server {
         Self::start_inner(dir, extra, Vec::new())
     }
 
+    /// Writes the configuration like [`Self::start`] without starting anything (see
+    /// [`Self::try_start`] for a server expected to refuse).
+    pub fn configure(dir: &Path, extra: &str) -> Self {
+        Self::configure_inner(dir, extra, Vec::new())
+    }
+
     fn start_inner(dir: &Path, extra: &str, env: Vec<(String, String)>) -> Self {
+        let mut s = Self::configure_inner(dir, extra, env);
+        s.launch();
+        s
+    }
+
+    fn configure_inner(dir: &Path, extra: &str, env: Vec<(String, String)>) -> Self {
         std::fs::create_dir_all(dir).expect("server dir");
         let port = free_port();
         let admin = dir.join("admin.sock");
@@ -160,7 +173,7 @@ impl Server {
             admin.display()
         );
         std::fs::write(&config, text).expect("server config");
-        let mut s = Self {
+        Self {
             dir: dir.to_owned(),
             port,
             admin,
@@ -169,9 +182,7 @@ impl Server {
             log: dir.join("server.log"),
             starts: 0,
             env,
-        };
-        s.launch();
-        s
+        }
     }
 
     fn run_command(&self) -> Command {
@@ -309,6 +320,19 @@ impl Server {
     /// The server process's PID, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Waits up to `timeout` for the server process to end; its exit status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            status.is_some()
+        });
+        status
     }
 
     /// What the current server process logged.

@@ -486,6 +486,13 @@ impl Admin for AdminApi {
                 ));
             }
         }
+        details.extend(
+            self.state
+                .ca
+                .notes()
+                .into_iter()
+                .map(|n| format!("CA: {n}")),
+        );
         details.push(format!(
             "entries: {} cached at revision {}",
             self.state.entries.len(),

@@ -23,7 +23,7 @@ use super::convert::{bundle_to_proto, entry_to_proto, status_of};
 use super::ratelimit::AttestationLimit;
 use super::{ServerState, join_error};
 use crate::attestor::Step;
-use crate::datastore::AttestedNode;
+use crate::datastore::{AttestedNode, DatastoreError};
 use crate::entries::AuthorizedSet;
 use crate::transport::PeerInfo;
 
@@ -56,6 +56,15 @@ impl AgentApi {
 struct Caller {
     id: SpiffeId,
     node: AttestedNode,
+    /// The serial of the SVID it presented.
+    serial: String,
+}
+
+/// Whether `serial` is one of the SVIDs the server accepts for `node`.
+fn accepts(node: &AttestedNode, serial: &str) -> bool {
+    !node.banned
+        && !serial.is_empty()
+        && (node.cert_serial == serial || node.new_cert_serial == serial)
 }
 
 impl Caller {
@@ -65,7 +74,10 @@ impl Caller {
 }
 
 impl AgentApi {
-    /// Checks that the caller presented the current SVID of an attested, unbanned agent.
+    /// Checks that the caller presented an SVID the server accepts for an attested,
+    /// unbanned agent: the one it last proved it holds, or its pending renewal. The
+    /// first call made with the pending renewal makes it the current SVID, and from
+    /// then on the one it replaced is refused.
     async fn authenticate<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         let info = req
             .extensions()
@@ -79,31 +91,68 @@ impl AgentApi {
                 "{id} is not an agent ID"
             )));
         }
-        let node = self
-            .state
-            .nodes
-            .get(self.state.ds.as_ref(), &id)
-            .await?
-            .ok_or_else(|| {
-                Status::permission_denied(format!(
-                    "agent {id} is not attested (it may have been evicted): attest again"
-                ))
-            })?;
+        let ds = self.state.ds.as_ref();
+        let cached = self.state.nodes.get(ds, &id).await?;
+        let node = match cached {
+            Some(n) if accepts(&n, &info.serial) => n,
+            // The cache may be a few seconds behind (a renewal or re-attestation on
+            // another server sharing the database): look again before refusing.
+            _ => {
+                let fresh = ds.get_attested_node(&id).await?;
+                self.state.nodes.put(&id, fresh.clone());
+                fresh.ok_or_else(|| {
+                    Status::permission_denied(format!(
+                        "agent {id} is not attested (it may have been evicted): attest again"
+                    ))
+                })?
+            }
+        };
         if node.banned {
             return Err(Status::permission_denied(format!("agent {id} is banned")));
         }
-        let now = crate::ca::now_unix();
-        let current = node.cert_serial == info.serial;
-        let previous = !node.prev_cert_serial.is_empty()
-            && node.prev_cert_serial == info.serial
-            && node.prev_cert_not_after > now;
-        if !current && !previous {
+        if !accepts(&node, &info.serial) {
             return Err(Status::permission_denied(format!(
                 "agent {id} presented an SVID (serial {}) that is no longer its current one",
                 info.serial
             )));
         }
-        Ok(Caller { id, node })
+        let node = if node.cert_serial == info.serial {
+            node
+        } else {
+            self.activate(&id, &info.serial).await?
+        };
+        Ok(Caller {
+            id,
+            node,
+            serial: info.serial.clone(),
+        })
+    }
+
+    /// The agent authenticated with its pending renewed SVID: it has it, so it
+    /// becomes the current one.
+    async fn activate(&self, id: &SpiffeId, serial: &str) -> Result<AttestedNode, Status> {
+        match self.state.ds.activate_node_svid(id, serial).await {
+            Ok(node) => {
+                tracing::info!(
+                    agent = %id,
+                    serial,
+                    "agent uses its renewed SVID; the one it replaced is no longer accepted"
+                );
+                self.state.nodes.put(id, Some(node.clone()));
+                Ok(node)
+            }
+            Err(DatastoreError::Conflict(m)) => {
+                self.state.nodes.put(id, None);
+                Err(Status::permission_denied(m))
+            }
+            Err(DatastoreError::NotFound(_)) => {
+                self.state.nodes.put(id, None);
+                Err(Status::permission_denied(format!(
+                    "agent {id} is not attested (it may have been evicted): attest again"
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn authorized(&self, caller: &Caller) -> Arc<AuthorizedSet> {
@@ -222,8 +271,8 @@ impl AgentApi {
             attestation_type: params.attestor.clone(),
             cert_serial: info.serial_hex,
             cert_not_after: info.not_after,
-            prev_cert_serial: String::new(),
-            prev_cert_not_after: 0,
+            new_cert_serial: String::new(),
+            new_cert_not_after: 0,
             banned: false,
             can_reattest: attested.can_reattest,
             selectors: attested.selectors,
@@ -311,15 +360,21 @@ impl Node for AgentApi {
                 .map_err(join_error)??;
         let info = tessera_core::x509::cert_info(&chain[0])
             .map_err(|e| Status::internal(e.to_string()))?;
-        self.state
+        // Recorded as pending: the SVID the agent authenticated with stays accepted
+        // until it uses the new one, so an answer lost on the way cannot lock it out.
+        let node = match self
+            .state
             .ds
-            .update_node_svid(&caller.id, &info.serial_hex, info.not_after)
-            .await?;
-        let mut node = caller.node;
-        node.prev_cert_serial = std::mem::take(&mut node.cert_serial);
-        node.prev_cert_not_after = node.cert_not_after;
-        node.cert_serial = info.serial_hex;
-        node.cert_not_after = info.not_after;
+            .renew_node_svid(&caller.id, &caller.serial, &info.serial_hex, info.not_after)
+            .await
+        {
+            Ok(node) => node,
+            Err(DatastoreError::Conflict(m)) => {
+                self.state.nodes.put(&caller.id, None);
+                return Err(Status::permission_denied(m));
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.state.nodes.put(&caller.id, Some(node));
         tracing::debug!(agent = %caller.id, "agent SVID renewed");
         Ok(Response::new(pb::RenewAgentResponse { svid_chain: chain }))

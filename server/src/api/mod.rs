@@ -95,6 +95,7 @@ impl From<DatastoreError> for Status {
             DatastoreError::Unavailable(m) => {
                 Status::unavailable(format!("datastore unavailable: {m}"))
             }
+            DatastoreError::Conflict(m) => Status::aborted(m),
             DatastoreError::Backend(m) => Status::internal(format!("datastore error: {m}")),
         }
     }

@@ -40,6 +40,8 @@ macro_rules! each_behaviour {
             join_token_concurrent_take,
             attested_nodes,
             attested_node_svid_and_ban,
+            attested_node_lost_renewals,
+            attested_node_concurrent_renewals,
             bundles,
             ca_journal,
         );
@@ -931,8 +933,8 @@ fn node(ns: &Ns, name: &str, selectors: &[&str]) -> AttestedNode {
         attestation_type: "join_token".into(),
         cert_serial: "0a1b".into(),
         cert_not_after: 2_000,
-        prev_cert_serial: String::new(),
-        prev_cert_not_after: 0,
+        new_cert_serial: String::new(),
+        new_cert_not_after: 0,
         banned: false,
         can_reattest: false,
         selectors: selectors.iter().map(|s| ns.sel(s)).collect(),
@@ -964,8 +966,8 @@ pub async fn attested_nodes(ds: &dyn Datastore) {
     again.attestation_type = "tpm_devid".into();
     again.cert_serial = "ffee".into();
     again.cert_not_after = 9_000;
-    again.prev_cert_serial = "0a1b".into();
-    again.prev_cert_not_after = 2_000;
+    again.new_cert_serial = "0a1b".into();
+    again.new_cert_not_after = 2_000;
     again.can_reattest = true;
     again.created_at = 200;
     again.updated_at = 300;
@@ -1005,45 +1007,80 @@ pub async fn attested_nodes(ds: &dyn Datastore) {
     );
 }
 
-/// Renewals shift the serials; a ban clears them, keeps the record and blocks renewal.
+/// A renewal leaves the proven serial in place and adds a pending one, which the
+/// first call made with it promotes; a ban clears both, keeps the record and blocks
+/// renewal.
 pub async fn attested_node_svid_and_ban(ds: &dyn Datastore) {
     let ns = Ns::new("node-svid");
     let n = node(&ns, "agent", &["a", "b"]);
     let id = n.spiffe_id.clone();
     ok(ds.upsert_attested_node(n.clone()).await, "upsert");
 
-    ok(ds.update_node_svid(&id, "0b2c", 3_000).await, "renew");
+    let renewed = ok(
+        ds.renew_node_svid(&id, "0a1b", "0b2c", 3_000).await,
+        "renew",
+    );
     let got = ok(ds.get_attested_node(&id).await, "get").expect("node exists");
+    assert_eq!(got, renewed, "the returned node is the stored one");
     assert_eq!(
         (got.cert_serial.as_str(), got.cert_not_after),
-        ("0b2c", 3_000)
+        ("0a1b", 2_000),
+        "the proven serial stays until the agent uses the new one"
     );
     assert_eq!(
-        (got.prev_cert_serial.as_str(), got.prev_cert_not_after),
-        ("0a1b", 2_000),
-        "the current serial becomes the previous one"
+        (got.new_cert_serial.as_str(), got.new_cert_not_after),
+        ("0b2c", 3_000)
     );
     assert_eq!(got.selectors, n.selectors);
     assert_eq!(got.attestation_type, n.attestation_type);
     assert_eq!(got.created_at, n.created_at);
     assert!(!got.banned);
 
-    ok(ds.update_node_svid(&id, "0c3d", 4_000).await, "renew again");
-    let got = ok(ds.get_attested_node(&id).await, "get").expect("node exists");
+    // The agent uses its new SVID: it becomes current and the old one is dropped.
+    let active = ok(ds.activate_node_svid(&id, "0b2c").await, "activate");
     assert_eq!(
-        (got.cert_serial.as_str(), got.prev_cert_serial.as_str()),
-        ("0c3d", "0b2c")
+        (active.cert_serial.as_str(), active.cert_not_after),
+        ("0b2c", 3_000)
     );
     assert_eq!(
-        (got.cert_not_after, got.prev_cert_not_after),
-        (4_000, 3_000)
+        (active.new_cert_serial.as_str(), active.new_cert_not_after),
+        ("", 0)
+    );
+    assert_eq!(
+        ok(ds.get_attested_node(&id).await, "get"),
+        Some(active.clone())
+    );
+    assert_eq!(
+        ok(ds.activate_node_svid(&id, "0b2c").await, "activate again"),
+        active,
+        "the current serial changes nothing"
+    );
+    assert_err!(
+        ds.activate_node_svid(&id, "0a1b").await,
+        DatastoreError::Conflict(_),
+        "the replaced serial"
+    );
+    assert_err!(
+        ds.renew_node_svid(&id, "0a1b", "0c3d", 4_000).await,
+        DatastoreError::Conflict(_),
+        "a renewal with the replaced serial"
+    );
+    assert_eq!(
+        ok(ds.get_attested_node(&id).await, "get"),
+        Some(active),
+        "a refused renewal changes nothing"
     );
 
     let missing = ns.id("/spire/agent/join_token/missing");
     assert_err!(
-        ds.update_node_svid(&missing, "01", 1).await,
+        ds.renew_node_svid(&missing, "01", "02", 1).await,
         DatastoreError::NotFound(_),
         "renew a missing node"
+    );
+    assert_err!(
+        ds.activate_node_svid(&missing, "01").await,
+        DatastoreError::NotFound(_),
+        "activate on a missing node"
     );
     assert_eq!(
         ok(ds.get_attested_node(&missing).await, "get"),
@@ -1051,19 +1088,28 @@ pub async fn attested_node_svid_and_ban(ds: &dyn Datastore) {
         "renewal never creates"
     );
 
+    ok(
+        ds.renew_node_svid(&id, "0b2c", "0c3d", 4_000).await,
+        "renew",
+    );
     ok(ds.ban_attested_node(&id).await, "ban");
     let banned = ok(ds.get_attested_node(&id).await, "get").expect("a ban keeps the record");
     assert!(banned.banned);
-    assert!(banned.cert_serial.is_empty() && banned.prev_cert_serial.is_empty());
+    assert!(banned.cert_serial.is_empty() && banned.new_cert_serial.is_empty());
     assert_eq!(banned.selectors, n.selectors);
     assert_err!(
-        ds.update_node_svid(&id, "0d4e", 5_000).await,
+        ds.renew_node_svid(&id, "0c3d", "0d4e", 5_000).await,
         DatastoreError::Invalid(_),
         "renew a banned node"
     );
+    assert_err!(
+        ds.activate_node_svid(&id, "0c3d").await,
+        DatastoreError::Conflict(_),
+        "activate on a banned node"
+    );
     let still = ok(ds.get_attested_node(&id).await, "get").expect("node exists");
     assert!(
-        still.banned && still.cert_serial.is_empty(),
+        still.banned && still.cert_serial.is_empty() && still.new_cert_serial.is_empty(),
         "the ban holds"
     );
     ok(ds.ban_attested_node(&id).await, "banning twice is fine");
@@ -1075,6 +1121,93 @@ pub async fn attested_node_svid_and_ban(ds: &dyn Datastore) {
 
     ok(ds.delete_attested_node(&id).await, "delete lifts the ban");
     assert_eq!(ok(ds.get_attested_node(&id).await, "get"), None);
+}
+
+/// Renewals whose answers never reach the agent: the agent keeps presenting the SVID
+/// it has, each renewal replaces only the pending serial, and the agent is never
+/// locked out; once it uses the SVID it finally got, every older one is refused.
+pub async fn attested_node_lost_renewals(ds: &dyn Datastore) {
+    let ns = Ns::new("node-lost");
+    let n = node(&ns, "agent", &[]);
+    let id = n.spiffe_id.clone();
+    ok(ds.upsert_attested_node(n).await, "upsert");
+    for (i, serial) in ["01", "02", "03"].into_iter().enumerate() {
+        let got = ok(
+            ds.renew_node_svid(&id, "0a1b", serial, 3_000 + i as i64)
+                .await,
+            "renewal with the proven SVID",
+        );
+        assert_eq!(
+            got.cert_serial, "0a1b",
+            "renewal {i} dropped the proven SVID"
+        );
+        assert_eq!(got.new_cert_serial, serial);
+        assert_eq!(
+            ok(ds.activate_node_svid(&id, "0a1b").await, "a call with it").cert_serial,
+            "0a1b"
+        );
+    }
+    // Lost answers: 01 and 02 were never received; they are not accepted.
+    for lost in ["01", "02"] {
+        assert_err!(
+            ds.activate_node_svid(&id, lost).await,
+            DatastoreError::Conflict(_),
+            "an answer that was replaced"
+        );
+    }
+    // The agent renews with the SVID it finally received: it is promoted first.
+    let got = ok(
+        ds.renew_node_svid(&id, "03", "04", 5_000).await,
+        "renew with 03",
+    );
+    assert_eq!(
+        (got.cert_serial.as_str(), got.new_cert_serial.as_str()),
+        ("03", "04")
+    );
+    assert_err!(
+        ds.activate_node_svid(&id, "0a1b").await,
+        DatastoreError::Conflict(_),
+        "the superseded SVID"
+    );
+    ok(ds.delete_attested_node(&id).await, "delete");
+}
+
+/// Concurrent renewals of one node with the same proven SVID: each is applied whole,
+/// one after the other; the proven serial survives and exactly one pending serial is
+/// left, one of those issued.
+pub async fn attested_node_concurrent_renewals(ds: &dyn Datastore) {
+    let ns = Ns::new("node-race");
+    let n = node(&ns, "agent", &["a"]);
+    let id = n.spiffe_id.clone();
+    ok(ds.upsert_attested_node(n).await, "upsert");
+    let serials: Vec<String> = (0..12).map(|i| format!("{:04x}", 0x100 + i)).collect();
+    let renewals = serials
+        .iter()
+        .map(|s| ds.renew_node_svid(&id, "0a1b", s, 9_000));
+    for r in futures::future::join_all(renewals).await {
+        ok(r, "concurrent renewal");
+    }
+    let got = ok(ds.get_attested_node(&id).await, "get").expect("node exists");
+    assert_eq!(got.cert_serial, "0a1b");
+    assert!(serials.contains(&got.new_cert_serial), "{got:?}");
+    // Activation racing renewals with the pending serial: whichever wins, the node
+    // ends with a proven serial among those issued, and never with the original one
+    // beside a serial it did not issue.
+    let pending = got.new_cert_serial.clone();
+    let more: Vec<String> = (0..6).map(|i| format!("{:04x}", 0x200 + i)).collect();
+    let activation = ds.activate_node_svid(&id, &pending);
+    let renewals = more
+        .iter()
+        .map(|s| ds.renew_node_svid(&id, &pending, s, 9_500));
+    let (act, ren) = futures::join!(activation, futures::future::join_all(renewals));
+    ok(act, "activation");
+    for r in ren {
+        ok(r, "renewal with the pending serial");
+    }
+    let got = ok(ds.get_attested_node(&id).await, "get").expect("node exists");
+    assert_eq!(got.cert_serial, pending, "{got:?}");
+    assert!(more.contains(&got.new_cert_serial), "{got:?}");
+    ok(ds.delete_attested_node(&id).await, "delete");
 }
 
 fn sample_bundle(td: &TrustDomain, sequence: u64) -> Bundle {

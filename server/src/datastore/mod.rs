@@ -30,6 +30,10 @@ pub enum DatastoreError {
     /// The database cannot be reached or is locked; retrying may work.
     #[error("datastore unavailable: {0}")]
     Unavailable(String),
+    /// The stored record no longer matches what the request was based on (another
+    /// request changed it first); retrying with fresh data may work.
+    #[error("{0}")]
+    Conflict(String),
     /// Stored data could not be decoded, or the database failed.
     #[error("datastore error: {0}")]
     Backend(String),
@@ -68,13 +72,16 @@ pub struct EntryEvent {
 pub struct AttestedNode {
     pub spiffe_id: SpiffeId,
     pub attestation_type: String,
-    /// Serial (lower-case hex) of the agent's current SVID; empty when banned.
+    /// Serial (lower-case hex) of the SVID the agent last proved it holds (by
+    /// authenticating with it, or by receiving it at attestation); empty when banned.
     pub cert_serial: String,
     pub cert_not_after: i64,
-    /// Serial of the SVID the current one replaced; still accepted until it expires,
-    /// so that connections opened before a renewal keep working.
-    pub prev_cert_serial: String,
-    pub prev_cert_not_after: i64,
+    /// Serial of a renewed SVID the server issued but the agent has not used yet;
+    /// empty when none. It is accepted beside `cert_serial` and replaces it on its
+    /// first use: a renewal whose answer is lost therefore never locks the agent out
+    /// (see [`Datastore::renew_node_svid`]).
+    pub new_cert_serial: String,
+    pub new_cert_not_after: i64,
     pub banned: bool,
     pub can_reattest: bool,
     pub selectors: Vec<Selector>,
@@ -100,6 +107,11 @@ pub enum CaStatus {
     Active,
     /// Replaced; kept (and published) until it expires.
     Old,
+    /// Its key is gone (deleted from the token, lost with a restart of the memory key
+    /// manager, unreadable, or replaced by another key under its name): it never
+    /// signs again, but stays published until it expires, because what it
+    /// signed stays valid until then.
+    Retired,
 }
 
 /// One signing authority in the CA journal.
@@ -195,10 +207,33 @@ pub trait Datastore: Send + Sync + fmt::Debug {
 
     async fn list_attested_nodes(&self) -> Result<Vec<AttestedNode>>;
 
-    /// Records a renewed SVID: the current serial becomes the previous one.
-    /// `NotFound` if the node is absent; `Invalid` if it is banned (a renewal racing a
-    /// ban must not give the node a serial back).
-    async fn update_node_svid(&self, id: &SpiffeId, serial: &str, not_after: i64) -> Result<()>;
+    /// Records a renewal, atomically. `presented` is the serial of the SVID the agent
+    /// authenticated the renewal with; it must be the node's `cert_serial` or its
+    /// `new_cert_serial`. A presented `new_cert_serial` first becomes the
+    /// `cert_serial` (the agent has shown it holds it); then `serial` becomes the
+    /// pending `new_cert_serial`, replacing any earlier pending one, which the agent
+    /// evidently never received. The proven serial is never dropped here, so at most
+    /// two serials are accepted at any time: the last one the agent proved it holds
+    /// and the one just issued.
+    ///
+    /// Returns the updated node. `NotFound` if the node is absent; `Invalid` if it is
+    /// banned (a renewal racing a ban must not give the node a serial back);
+    /// `Conflict` if `presented` is neither serial (a concurrent renewal or
+    /// re-attestation replaced it).
+    async fn renew_node_svid(
+        &self,
+        id: &SpiffeId,
+        presented: &str,
+        serial: &str,
+        not_after: i64,
+    ) -> Result<AttestedNode>;
+
+    /// Records that the agent authenticated with its pending renewed SVID, atomically:
+    /// `serial` becomes `cert_serial` and the pending slot empties, so the SVID it
+    /// replaced is no longer accepted. Presenting the current `cert_serial` changes
+    /// nothing. Returns the node as stored. `NotFound` if absent; `Conflict` if
+    /// `serial` is neither serial (or the node is banned).
+    async fn activate_node_svid(&self, id: &SpiffeId, serial: &str) -> Result<AttestedNode>;
 
     /// Deletes a node (evict: it may attest again). `NotFound` if absent.
     async fn delete_attested_node(&self, id: &SpiffeId) -> Result<()>;

@@ -30,8 +30,9 @@
 //! transactional, so a rolled-back write gives no ID away, and pruning events never
 //! lowers it. Readers are never blocked by it.
 //!
-//! Node renewals lock the node's row (`FOR UPDATE`) so that a renewal racing a ban
-//! cannot give a banned node a serial back; a join token is taken with a single
+//! Node renewals and activations lock the node's row (`FOR UPDATE`) so that a
+//! renewal racing a ban cannot give a banned node a serial back, and two renewals of
+//! one node (on two servers) apply one after the other; a join token is taken with a single
 //! `DELETE ... RETURNING`, which exactly one of several concurrent takers wins.
 //!
 //! # Schema
@@ -156,9 +157,25 @@ CREATE TABLE ca_records (
 );
 "#;
 
+/// Version 2: a renewed agent SVID is pending (`new_cert_*`) until the agent uses it,
+/// instead of replacing the current serial at once (`prev_cert_*`). A node renewed
+/// under version 1 may hold either SVID: its previous serial becomes the proven one
+/// and its current serial the pending one, so both stay accepted until the agent
+/// shows which it has.
+const SCHEMA_V2: &str = r#"
+ALTER TABLE attested_nodes ADD COLUMN new_cert_serial TEXT NOT NULL DEFAULT '';
+ALTER TABLE attested_nodes ADD COLUMN new_cert_not_after BIGINT NOT NULL DEFAULT 0;
+UPDATE attested_nodes
+   SET new_cert_serial = cert_serial, new_cert_not_after = cert_not_after,
+       cert_serial = prev_cert_serial, cert_not_after = prev_cert_not_after
+ WHERE prev_cert_serial <> '' AND NOT banned;
+ALTER TABLE attested_nodes DROP COLUMN prev_cert_serial;
+ALTER TABLE attested_nodes DROP COLUMN prev_cert_not_after;
+"#;
+
 /// Schema migrations, oldest first: step `i` takes the database from version `i` to
 /// `i + 1`. A released step is never edited; a change is a new step appended here.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 /// The PostgreSQL implementation of [`Datastore`]. Cloning shares the same pool.
 #[derive(Clone)]
@@ -866,7 +883,7 @@ async fn delete_entry_tx(tx: &Transaction<'_>, id: &str) -> Result<RegistrationE
 // ---- attested nodes ----
 
 const NODE_QUERY: &str = "SELECT n.spiffe_id, n.attestation_type, n.cert_serial, n.cert_not_after,
-        n.prev_cert_serial, n.prev_cert_not_after, n.banned, n.can_reattest, n.created_at,
+        n.new_cert_serial, n.new_cert_not_after, n.banned, n.can_reattest, n.created_at,
         n.updated_at,
         COALESCE((SELECT array_agg(s.selector ORDER BY s.position) FROM node_selectors s
                   WHERE s.node_id = n.spiffe_id), '{}'::TEXT[])
@@ -887,14 +904,52 @@ fn node_from_row(r: &Row) -> Result<AttestedNode> {
         attestation_type: r.try_get(1).ctx(&what)?,
         cert_serial: r.try_get(2).ctx(&what)?,
         cert_not_after: r.try_get(3).ctx(&what)?,
-        prev_cert_serial: r.try_get(4).ctx(&what)?,
-        prev_cert_not_after: r.try_get(5).ctx(&what)?,
+        new_cert_serial: r.try_get(4).ctx(&what)?,
+        new_cert_not_after: r.try_get(5).ctx(&what)?,
         banned: r.try_get(6).ctx(&what)?,
         can_reattest: r.try_get(7).ctx(&what)?,
         selectors,
         created_at: r.try_get(8).ctx(&what)?,
         updated_at: r.try_get(9).ctx(&what)?,
     })
+}
+
+/// The node `id`, its row locked until the transaction ends; `NotFound` if absent.
+async fn load_node_for_update(tx: &Transaction<'_>, id: &str) -> Result<AttestedNode> {
+    let what = format!("attested node {id}");
+    tx.execute(
+        "SELECT 1 FROM attested_nodes WHERE spiffe_id = $1 FOR UPDATE",
+        &[&id],
+    )
+    .await
+    .ctx(&what)?;
+    let row = tx
+        .query_opt(&format!("{NODE_QUERY} WHERE n.spiffe_id = $1"), &[&id])
+        .await
+        .ctx(&what)?
+        .ok_or_else(|| DatastoreError::NotFound(what.clone()))?;
+    node_from_row(&row)
+}
+
+/// Writes a node's serials (as a renewal or an activation planned them).
+async fn store_node_svids(tx: &Transaction<'_>, id: &str, node: &AttestedNode) -> Result<()> {
+    tx.execute(
+        "UPDATE attested_nodes SET
+            cert_serial = $2, cert_not_after = $3,
+            new_cert_serial = $4, new_cert_not_after = $5, updated_at = $6
+         WHERE spiffe_id = $1",
+        &[
+            &id,
+            &node.cert_serial,
+            &node.cert_not_after,
+            &node.new_cert_serial,
+            &node.new_cert_not_after,
+            &node.updated_at,
+        ],
+    )
+    .await
+    .ctx(format_args!("attested node {id}"))?;
+    Ok(())
 }
 
 // ---- bundles ----
@@ -1111,15 +1166,15 @@ impl Datastore for PostgresDatastore {
         let tx = conn.get()?.transaction().await.ctx("write transaction")?;
         tx.execute(
             "INSERT INTO attested_nodes (spiffe_id, attestation_type, cert_serial,
-                cert_not_after, prev_cert_serial, prev_cert_not_after, banned, can_reattest,
+                cert_not_after, new_cert_serial, new_cert_not_after, banned, can_reattest,
                 created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (spiffe_id) DO UPDATE SET
                 attestation_type = excluded.attestation_type,
                 cert_serial = excluded.cert_serial,
                 cert_not_after = excluded.cert_not_after,
-                prev_cert_serial = excluded.prev_cert_serial,
-                prev_cert_not_after = excluded.prev_cert_not_after,
+                new_cert_serial = excluded.new_cert_serial,
+                new_cert_not_after = excluded.new_cert_not_after,
                 banned = excluded.banned,
                 can_reattest = excluded.can_reattest,
                 created_at = excluded.created_at,
@@ -1129,8 +1184,8 @@ impl Datastore for PostgresDatastore {
                 &node.attestation_type,
                 &node.cert_serial,
                 &node.cert_not_after,
-                &node.prev_cert_serial,
-                &node.prev_cert_not_after,
+                &node.new_cert_serial,
+                &node.new_cert_not_after,
                 &node.banned,
                 &node.can_reattest,
                 &node.created_at,
@@ -1176,42 +1231,40 @@ impl Datastore for PostgresDatastore {
         rows.iter().map(node_from_row).collect()
     }
 
-    async fn update_node_svid(&self, id: &SpiffeId, serial: &str, not_after: i64) -> Result<()> {
+    async fn renew_node_svid(
+        &self,
+        id: &SpiffeId,
+        presented: &str,
+        serial: &str,
+        not_after: i64,
+    ) -> Result<AttestedNode> {
         let id = id.to_string();
         let what = format!("attested node {id}");
         let now = now_unix();
         let mut conn = self.conn().await?;
         let tx = conn.get()?.transaction().await.ctx("write transaction")?;
-        // The row lock makes a ban wait for this renewal, or this renewal see the ban.
-        let banned: Option<bool> = tx
-            .query_opt(
-                "SELECT banned FROM attested_nodes WHERE spiffe_id = $1 FOR UPDATE",
-                &[&id],
-            )
-            .await
-            .ctx(&what)?
-            .map(|r| r.try_get(0))
-            .transpose()
-            .ctx(&what)?;
-        match banned {
-            None => return Err(DatastoreError::NotFound(what)),
-            Some(true) => {
-                return Err(DatastoreError::Invalid(format!(
-                    "{what} is banned: its SVID cannot be renewed"
-                )));
-            }
-            Some(false) => {}
-        }
-        tx.execute(
-            "UPDATE attested_nodes SET
-                prev_cert_serial = cert_serial, prev_cert_not_after = cert_not_after,
-                cert_serial = $2, cert_not_after = $3, updated_at = $4
-             WHERE spiffe_id = $1",
-            &[&id, &serial, &not_after, &now],
-        )
-        .await
-        .ctx(&what)?;
-        tx.commit().await.ctx(&what)
+        // The row lock makes a ban or another renewal wait for this one, or this one
+        // see theirs: the serials are read and written as one step.
+        let node = load_node_for_update(&tx, &id).await?;
+        let next = super::codec::plan_renewal(&node, presented, serial, not_after, now)?;
+        store_node_svids(&tx, &id, &next).await?;
+        tx.commit().await.ctx(&what)?;
+        Ok(next)
+    }
+
+    async fn activate_node_svid(&self, id: &SpiffeId, serial: &str) -> Result<AttestedNode> {
+        let id = id.to_string();
+        let what = format!("attested node {id}");
+        let now = now_unix();
+        let mut conn = self.conn().await?;
+        let tx = conn.get()?.transaction().await.ctx("write transaction")?;
+        let node = load_node_for_update(&tx, &id).await?;
+        let Some(next) = super::codec::plan_activation(&node, serial, now)? else {
+            return Ok(node);
+        };
+        store_node_svids(&tx, &id, &next).await?;
+        tx.commit().await.ctx(&what)?;
+        Ok(next)
     }
 
     async fn delete_attested_node(&self, id: &SpiffeId) -> Result<()> {
@@ -1237,7 +1290,7 @@ impl Datastore for PostgresDatastore {
             .execute(
                 "UPDATE attested_nodes SET banned = TRUE,
                     cert_serial = '', cert_not_after = 0,
-                    prev_cert_serial = '', prev_cert_not_after = 0,
+                    new_cert_serial = '', new_cert_not_after = 0,
                     updated_at = $2
                  WHERE spiffe_id = $1",
                 &[&id, &now],
@@ -1664,6 +1717,59 @@ mod tests {
         assert!(err.to_string().contains("names no host"), "{err}");
     }
 
+    fn all_versions() -> Vec<i32> {
+        (1..=i32::try_from(MIGRATIONS.len()).expect("small")).collect()
+    }
+
+    /// A node renewed under schema version 1 (current and previous serial) keeps both
+    /// accepted after the upgrade: the previous as proven, the current as pending.
+    #[tokio::test]
+    async fn version_1_nodes_keep_both_serials_accepted() {
+        let db = TestDb::new().await;
+        drop(
+            PostgresDatastore::connect_with_migrations(&db.tcp(), &[SCHEMA_V1])
+                .await
+                .expect("open v1"),
+        );
+        let raw = db.raw().await;
+        raw.batch_execute(
+            "INSERT INTO attested_nodes VALUES
+                ('spiffe://example.org/spire/agent/join_token/a', 'join_token', 'bb', 200,
+                 'aa', 100, FALSE, FALSE, 1, 2),
+                ('spiffe://example.org/spire/agent/join_token/b', 'join_token', 'cc', 300,
+                 '', 0, FALSE, FALSE, 1, 2),
+                ('spiffe://example.org/spire/agent/join_token/c', 'join_token', '', 0,
+                 '', 0, TRUE, FALSE, 1, 2)",
+        )
+        .await
+        .expect("v1 rows");
+        let ds = db.open().await;
+        let get = |name: &'static str| {
+            let ds = ds.clone();
+            async move {
+                let id: SpiffeId = format!("spiffe://example.org/spire/agent/join_token/{name}")
+                    .parse()
+                    .expect("id");
+                ds.get_attested_node(&id).await.expect("get").expect("node")
+            }
+        };
+        let a = get("a").await;
+        assert_eq!((a.cert_serial.as_str(), a.cert_not_after), ("aa", 100));
+        assert_eq!(
+            (a.new_cert_serial.as_str(), a.new_cert_not_after),
+            ("bb", 200)
+        );
+        let b = get("b").await;
+        assert_eq!(
+            (b.cert_serial.as_str(), b.new_cert_serial.as_str()),
+            ("cc", "")
+        );
+        let c = get("c").await;
+        assert!(c.banned && c.cert_serial.is_empty() && c.new_cert_serial.is_empty());
+        drop((ds, raw));
+        db.finish().await;
+    }
+
     #[tokio::test]
     async fn opening_twice_is_idempotent() {
         let db = TestDb::new().await;
@@ -1675,7 +1781,7 @@ mod tests {
         assert_eq!(ds.get_entry(&entry.id).await.expect("get"), Some(entry));
         assert_eq!(ds.latest_entry_event().await.expect("latest"), latest);
         let raw = db.raw().await;
-        assert_eq!(schema_versions(&raw).await, vec![1]);
+        assert_eq!(schema_versions(&raw).await, all_versions());
         drop((ds, raw));
         db.finish().await;
     }
@@ -1690,7 +1796,7 @@ mod tests {
             .into_iter()
             .map(|r| r.expect("concurrent open"))
             .collect();
-        assert_eq!(schema_versions(&db.raw().await).await, vec![1]);
+        assert_eq!(schema_versions(&db.raw().await).await, all_versions());
         drop(stores);
         db.finish().await;
     }

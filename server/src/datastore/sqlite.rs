@@ -177,10 +177,26 @@ CREATE TABLE ca_records (
 );
 ";
 
+/// Version 2: a renewed agent SVID is pending (`new_cert_*`) until the agent uses it,
+/// instead of replacing the current serial at once (`prev_cert_*`). A node renewed
+/// under version 1 may hold either SVID: its previous serial becomes the proven one
+/// and its current serial the pending one, so both stay accepted until the agent
+/// shows which it has.
+const SCHEMA_V2: &str = "
+ALTER TABLE attested_nodes ADD COLUMN new_cert_serial TEXT NOT NULL DEFAULT '';
+ALTER TABLE attested_nodes ADD COLUMN new_cert_not_after INTEGER NOT NULL DEFAULT 0;
+UPDATE attested_nodes
+   SET new_cert_serial = cert_serial, new_cert_not_after = cert_not_after,
+       cert_serial = prev_cert_serial, cert_not_after = prev_cert_not_after
+ WHERE prev_cert_serial <> '' AND banned = 0;
+ALTER TABLE attested_nodes DROP COLUMN prev_cert_serial;
+ALTER TABLE attested_nodes DROP COLUMN prev_cert_not_after;
+";
+
 /// Schema migrations, oldest first: step `i` takes the database from version `i` to
 /// `i + 1`. A released step is never edited (databases in the field already ran it);
 /// a change is a new step appended here.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 /// Whether a write's commit must reach the disk before it returns (see the module
 /// documentation on durability).
@@ -231,6 +247,7 @@ impl SqliteDatastore {
         )
         .map_err(|e| open_error(path, e))?;
         configure_writer(&writer, path)?;
+        check_integrity(&writer, path)?;
         migrate(&mut writer, path, migrations)?;
         // Open one reader now so that a problem with read connections shows at start-up
         // rather than on the first request.
@@ -417,6 +434,33 @@ fn configure_writer(conn: &Connection, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How many problems `PRAGMA quick_check` reports at most.
+const INTEGRITY_REPORT: i64 = 5;
+
+/// Runs SQLite's `quick_check` (every page and record well formed, without the
+/// slower index cross-checks of `integrity_check`) and refuses a damaged database:
+/// serving from it could hand out entries that are half there, and writing to it
+/// could spread the damage. A backup is the way back; the message says so.
+fn check_integrity(conn: &Connection, path: &Path) -> Result<()> {
+    let problems: Vec<String> = conn
+        .prepare(&format!("PRAGMA quick_check({INTEGRITY_REPORT})"))
+        .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect())
+        .map_err(|e| corrupt(path, &e.to_string()))?;
+    if problems.len() == 1 && problems[0] == "ok" {
+        return Ok(());
+    }
+    Err(corrupt(path, &problems.join("; ")))
+}
+
+fn corrupt(path: &Path, detail: &str) -> DatastoreError {
+    DatastoreError::Backend(format!(
+        "the database {} is damaged (SQLite integrity check: {detail}); stop the server, \
+         keep a copy of the damaged file for analysis, and restore the database from a \
+         backup",
+        path.display()
+    ))
+}
+
 fn open_reader(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
@@ -492,6 +536,19 @@ fn sql_error(what: impl fmt::Display, e: rusqlite::Error) -> DatastoreError {
         match failure.code {
             ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
                 return DatastoreError::Unavailable(format!("{what}: {e}"));
+            }
+            // The disk is full (or the file may not grow): retrying once space is
+            // freed works, and nothing was written.
+            ErrorCode::DiskFull => {
+                return DatastoreError::Unavailable(format!(
+                    "{what}: {e}: the disk holding the database is full; free space on it"
+                ));
+            }
+            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
+                tracing::error!("{what}: {e}: the database file is damaged");
+                return DatastoreError::Backend(format!(
+                    "{what}: {e}: the database file is damaged; restore it from a backup"
+                ));
             }
             // Only uniqueness means "already exists"; a foreign-key, CHECK or NOT NULL
             // violation is a bug here and is reported as such.
@@ -707,7 +764,7 @@ fn query_entries(
 // ---- attested nodes ----
 
 const NODE_COLUMNS: &str = "spiffe_id, attestation_type, cert_serial, cert_not_after, \
-     prev_cert_serial, prev_cert_not_after, banned, can_reattest, created_at, updated_at";
+     new_cert_serial, new_cert_not_after, banned, can_reattest, created_at, updated_at";
 
 /// A node row before its ID is parsed and its selectors attached.
 struct NodeRow {
@@ -715,8 +772,8 @@ struct NodeRow {
     attestation_type: String,
     cert_serial: String,
     cert_not_after: i64,
-    prev_cert_serial: String,
-    prev_cert_not_after: i64,
+    new_cert_serial: String,
+    new_cert_not_after: i64,
     banned: bool,
     can_reattest: bool,
     created_at: i64,
@@ -730,8 +787,8 @@ impl NodeRow {
             attestation_type: r.get(1)?,
             cert_serial: r.get(2)?,
             cert_not_after: r.get(3)?,
-            prev_cert_serial: r.get(4)?,
-            prev_cert_not_after: r.get(5)?,
+            new_cert_serial: r.get(4)?,
+            new_cert_not_after: r.get(5)?,
             banned: r.get(6)?,
             can_reattest: r.get(7)?,
             created_at: r.get(8)?,
@@ -752,8 +809,8 @@ impl NodeRow {
             attestation_type: self.attestation_type,
             cert_serial: self.cert_serial,
             cert_not_after: self.cert_not_after,
-            prev_cert_serial: self.prev_cert_serial,
-            prev_cert_not_after: self.prev_cert_not_after,
+            new_cert_serial: self.new_cert_serial,
+            new_cert_not_after: self.new_cert_not_after,
             banned: self.banned,
             can_reattest: self.can_reattest,
             selectors,
@@ -770,6 +827,43 @@ fn node_selectors(conn: &Connection, id: &str) -> Result<Vec<String>> {
     stmt.query_map([id], |r| r.get(0))
         .and_then(|rows| rows.collect())
         .ctx(format_args!("selectors of attested node {id}"))
+}
+
+/// The node `id` with its selectors, read in the caller's transaction.
+fn load_node(conn: &Connection, id: &str) -> Result<Option<AttestedNode>> {
+    let row = conn
+        .prepare_cached(&format!(
+            "SELECT {NODE_COLUMNS} FROM attested_nodes WHERE spiffe_id = ?1"
+        ))
+        .and_then(|mut s| s.query_row([id], NodeRow::from_row).optional())
+        .ctx(format_args!("attested node {id}"))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let selectors = node_selectors(conn, id)?;
+    row.into_node(selectors).map(Some)
+}
+
+/// Writes a node's serials (as a renewal or an activation planned them).
+fn store_node_svids(conn: &Connection, id: &str, node: &AttestedNode) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE attested_nodes SET
+            cert_serial = ?2, cert_not_after = ?3,
+            new_cert_serial = ?4, new_cert_not_after = ?5, updated_at = ?6
+         WHERE spiffe_id = ?1",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id,
+            node.cert_serial,
+            node.cert_not_after,
+            node.new_cert_serial,
+            node.new_cert_not_after,
+            node.updated_at
+        ])
+    })
+    .ctx(format_args!("attested node {id}"))?;
+    Ok(())
 }
 
 // ---- bundles ----
@@ -1004,8 +1098,8 @@ impl Datastore for SqliteDatastore {
                     attestation_type = excluded.attestation_type,
                     cert_serial = excluded.cert_serial,
                     cert_not_after = excluded.cert_not_after,
-                    prev_cert_serial = excluded.prev_cert_serial,
-                    prev_cert_not_after = excluded.prev_cert_not_after,
+                    new_cert_serial = excluded.new_cert_serial,
+                    new_cert_not_after = excluded.new_cert_not_after,
                     banned = excluded.banned,
                     can_reattest = excluded.can_reattest,
                     created_at = excluded.created_at,
@@ -1017,8 +1111,8 @@ impl Datastore for SqliteDatastore {
                     node.attestation_type,
                     node.cert_serial,
                     node.cert_not_after,
-                    node.prev_cert_serial,
-                    node.prev_cert_not_after,
+                    node.new_cert_serial,
+                    node.new_cert_not_after,
                     node.banned,
                     node.can_reattest,
                     node.created_at,
@@ -1049,18 +1143,9 @@ impl Datastore for SqliteDatastore {
     async fn get_attested_node(&self, id: &SpiffeId) -> Result<Option<AttestedNode>> {
         let id = id.to_string();
         self.read(move |conn| {
+            // One transaction: the node and its selectors from the same snapshot.
             let tx = conn.transaction().ctx("read transaction")?;
-            let row = tx
-                .prepare_cached(&format!(
-                    "SELECT {NODE_COLUMNS} FROM attested_nodes WHERE spiffe_id = ?1"
-                ))
-                .and_then(|mut s| s.query_row([&id], NodeRow::from_row).optional())
-                .ctx(format_args!("attested node {id}"))?;
-            let Some(row) = row else {
-                return Ok(None);
-            };
-            let selectors = node_selectors(&tx, &id)?;
-            row.into_node(selectors).map(Some)
+            load_node(&tx, &id)
         })
         .await
     }
@@ -1100,35 +1185,45 @@ impl Datastore for SqliteDatastore {
         .await
     }
 
-    async fn update_node_svid(&self, id: &SpiffeId, serial: &str, not_after: i64) -> Result<()> {
+    async fn renew_node_svid(
+        &self,
+        id: &SpiffeId,
+        presented: &str,
+        serial: &str,
+        not_after: i64,
+    ) -> Result<AttestedNode> {
+        let id = id.to_string();
+        let presented = presented.to_owned();
+        let serial = serial.to_owned();
+        let now = now_unix();
+        self.write(Durability::Full, move |conn| {
+            let what = format!("attested node {id}");
+            let tx = begin(conn)?;
+            let node =
+                load_node(&tx, &id)?.ok_or_else(|| DatastoreError::NotFound(what.clone()))?;
+            let plan = super::codec::plan_renewal(&node, &presented, &serial, not_after, now)?;
+            store_node_svids(&tx, &id, &plan)?;
+            tx.commit().ctx(&what)?;
+            Ok(plan)
+        })
+        .await
+    }
+
+    async fn activate_node_svid(&self, id: &SpiffeId, serial: &str) -> Result<AttestedNode> {
         let id = id.to_string();
         let serial = serial.to_owned();
         let now = now_unix();
         self.write(Durability::Full, move |conn| {
             let what = format!("attested node {id}");
             let tx = begin(conn)?;
-            let banned: Option<bool> = tx
-                .prepare_cached("SELECT banned FROM attested_nodes WHERE spiffe_id = ?1")
-                .and_then(|mut s| s.query_row([&id], |r| r.get(0)).optional())
-                .ctx(&what)?;
-            match banned {
-                None => return Err(DatastoreError::NotFound(what)),
-                Some(true) => {
-                    return Err(DatastoreError::Invalid(format!(
-                        "{what} is banned: its SVID cannot be renewed"
-                    )));
-                }
-                Some(false) => {}
-            }
-            tx.prepare_cached(
-                "UPDATE attested_nodes SET
-                    prev_cert_serial = cert_serial, prev_cert_not_after = cert_not_after,
-                    cert_serial = ?2, cert_not_after = ?3, updated_at = ?4
-                 WHERE spiffe_id = ?1",
-            )
-            .and_then(|mut s| s.execute(params![id, serial, not_after, now]))
-            .ctx(&what)?;
-            tx.commit().ctx(&what)
+            let node =
+                load_node(&tx, &id)?.ok_or_else(|| DatastoreError::NotFound(what.clone()))?;
+            let Some(activated) = super::codec::plan_activation(&node, &serial, now)? else {
+                return Ok(node);
+            };
+            store_node_svids(&tx, &id, &activated)?;
+            tx.commit().ctx(&what)?;
+            Ok(activated)
         })
         .await
     }
@@ -1160,7 +1255,7 @@ impl Datastore for SqliteDatastore {
                 .prepare_cached(
                     "UPDATE attested_nodes SET banned = 1,
                         cert_serial = '', cert_not_after = 0,
-                        prev_cert_serial = '', prev_cert_not_after = 0,
+                        new_cert_serial = '', new_cert_not_after = 0,
                         updated_at = ?2
                      WHERE spiffe_id = ?1",
                 )
@@ -1463,6 +1558,74 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .expect("journal_mode");
         assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_database_is_refused_at_start_saying_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ds.sqlite3");
+        let ds = SqliteDatastore::open(&path).expect("open");
+        for i in 0..200 {
+            ds.create_entry(sample_entry(&format!("w{i}")))
+                .await
+                .expect("create");
+        }
+        drop(ds);
+        // Closing the last connection checkpointed the WAL into the file. Scribble
+        // over a page in the middle of it, as a failing disk would.
+        let mut bytes = std::fs::read(&path).expect("read");
+        let page = 4096;
+        assert!(bytes.len() > 4 * page, "{} bytes", bytes.len());
+        let start = bytes.len() / page / 2 * page;
+        for b in &mut bytes[start + 8..start + page] {
+            *b = 0x5a;
+        }
+        std::fs::write(&path, &bytes).expect("write");
+        let err = SqliteDatastore::open(&path).expect_err("a damaged file must be refused");
+        let msg = err.to_string();
+        assert!(msg.contains("is damaged"), "{msg}");
+        assert!(msg.contains("restore the database from a backup"), "{msg}");
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn version_1_nodes_keep_both_serials_accepted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("v1.db");
+        drop(SqliteDatastore::open_with_migrations(&path, &[SCHEMA_V1]).expect("open v1"));
+        let conn = Connection::open(&path).expect("raw");
+        conn.execute_batch(
+            "INSERT INTO attested_nodes VALUES
+                ('spiffe://example.org/spire/agent/join_token/a', 'join_token', 'bb', 200,
+                 'aa', 100, 0, 0, 1, 2),
+                ('spiffe://example.org/spire/agent/join_token/b', 'join_token', 'cc', 300,
+                 '', 0, 0, 0, 1, 2),
+                ('spiffe://example.org/spire/agent/join_token/c', 'join_token', '', 0,
+                 '', 0, 1, 0, 1, 2);",
+        )
+        .expect("v1 rows");
+        drop(conn);
+        let ds = SqliteDatastore::open(&path).expect("open");
+        let get = |name: &str| {
+            let id: SpiffeId = format!("spiffe://example.org/spire/agent/join_token/{name}")
+                .parse()
+                .expect("id");
+            let ds = ds.clone();
+            async move { ds.get_attested_node(&id).await.expect("get").expect("node") }
+        };
+        let a = get("a").await;
+        assert_eq!((a.cert_serial.as_str(), a.cert_not_after), ("aa", 100));
+        assert_eq!(
+            (a.new_cert_serial.as_str(), a.new_cert_not_after),
+            ("bb", 200)
+        );
+        let b = get("b").await;
+        assert_eq!(
+            (b.cert_serial.as_str(), b.new_cert_serial.as_str()),
+            ("cc", "")
+        );
+        let c = get("c").await;
+        assert!(c.banned && c.cert_serial.is_empty() && c.new_cert_serial.is_empty());
     }
 
     #[tokio::test]
