@@ -57,7 +57,11 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.log_level);
-            match runtime.block_on(run(cfg, join_token)) {
+            let result = runtime.block_on(run(cfg, join_token));
+            // A TPM or key operation still running on the blocking pool must not hold
+            // the exit up.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
