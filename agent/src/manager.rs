@@ -381,7 +381,8 @@ impl Agent {
             .get_mut(&op)
             .and_then(RepeatLog::success);
         if let Some(n) = streak {
-            tracing::info!("{} works again after {n} failed attempts", op.what());
+            let s = if n == 1 { "" } else { "s" };
+            tracing::info!("{} works again after {n} failed attempt{s}", op.what());
         }
     }
 
