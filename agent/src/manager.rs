@@ -734,25 +734,26 @@ impl Agent {
             self.succeeded(Op::Sign);
             return;
         }
-        // One line for the round, the same for the same causes, so that a signing
-        // outage logs once (then a count), not once per entry per try.
-        let mut causes: Vec<&str> = outcome.failed.iter().map(|(_, c)| c.as_str()).collect();
-        causes.sort_unstable();
-        causes.dedup();
-        let key = causes.join("; ");
-        let example = &outcome.failed[0].0;
-        self.failed(
-            Op::Sign,
-            tracing::Level::WARN,
-            &key,
-            &format!(
-                "{} of {} SVIDs due could not be signed (each retries with backoff; e.g. {} for {}): {key}",
-                outcome.failed.len(),
-                due.len(),
-                example.id,
-                example.spiffe_id
-            ),
-        );
+        // One line per cause, reported once and then counted, so that a signing
+        // outage logs a line (then a count), not one per entry per try.
+        let mut by_cause: BTreeMap<&str, Vec<&Arc<RegistrationEntry>>> = BTreeMap::new();
+        for (entry, cause) in &outcome.failed {
+            by_cause.entry(cause.as_str()).or_default().push(entry);
+        }
+        for (cause, entries) in by_cause {
+            self.failed(
+                Op::Sign,
+                tracing::Level::WARN,
+                cause,
+                &format!(
+                    "{} of {} SVIDs due could not be signed (each retries with backoff; e.g. entry {} for {}): {cause}",
+                    entries.len(),
+                    due.len(),
+                    entries[0].id,
+                    entries[0].spiffe_id
+                ),
+            );
+        }
     }
 
     /// Asks the server to sign `due`, batch by batch; a failed batch does not stop

@@ -79,19 +79,23 @@ impl Backoff {
 
 /// One retry path's failure log: the first failure of a kind is reported at once;
 /// the same failure again is only counted, and reported with its count once per
-/// [`REPORT_WINDOW`]; a different failure is reported at once.
+/// [`REPORT_WINDOW`]. A few kinds are remembered at a time, so that two causes that
+/// take turns (a server answering two ways while its HSM is away) are both quiet.
 #[derive(Debug, Default)]
 pub struct RepeatLog {
     window: Option<Duration>,
-    current: Option<Current>,
+    kinds: Vec<Kind>,
+    streak: u64,
 }
 
+/// How many kinds of failure a [`RepeatLog`] remembers.
+const KINDS: usize = 8;
+
 #[derive(Debug)]
-struct Current {
+struct Kind {
     key: String,
     reported_at: Instant,
     unreported: u64,
-    streak: u64,
 }
 
 fn human(d: Duration) -> String {
@@ -108,7 +112,7 @@ impl RepeatLog {
     pub fn with_window(window: Duration) -> Self {
         Self {
             window: Some(window),
-            current: None,
+            ..Self::default()
         }
     }
 
@@ -121,38 +125,46 @@ impl RepeatLog {
     /// any.
     pub fn failure(&mut self, now: Instant, key: &str, line: &str) -> Option<String> {
         let window = self.window();
-        match &mut self.current {
-            Some(c) if c.key == key => {
-                c.unreported += 1;
-                c.streak += 1;
-                if now.saturating_duration_since(c.reported_at) < window {
-                    return None;
-                }
-                let out = format!(
-                    "{line} (repeated {} times in the last {})",
-                    c.unreported,
-                    human(window)
-                );
-                c.unreported = 0;
-                c.reported_at = now;
-                Some(out)
+        self.streak += 1;
+        if let Some(k) = self.kinds.iter_mut().find(|k| k.key == key) {
+            k.unreported += 1;
+            if now.saturating_duration_since(k.reported_at) < window {
+                return None;
             }
-            _ => {
-                let streak = self.current.as_ref().map_or(0, |c| c.streak) + 1;
-                self.current = Some(Current {
-                    key: key.to_owned(),
-                    reported_at: now,
-                    unreported: 0,
-                    streak,
-                });
-                Some(line.to_owned())
+            let out = format!(
+                "{line} (repeated {} times in the last {})",
+                k.unreported,
+                human(window)
+            );
+            k.unreported = 0;
+            k.reported_at = now;
+            return Some(out);
+        }
+        if self.kinds.len() == KINDS {
+            // Forget the kind reported longest ago.
+            if let Some(oldest) = self
+                .kinds
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, k)| k.reported_at)
+                .map(|(i, _)| i)
+            {
+                self.kinds.swap_remove(oldest);
             }
         }
+        self.kinds.push(Kind {
+            key: key.to_owned(),
+            reported_at: now,
+            unreported: 0,
+        });
+        Some(line.to_owned())
     }
 
     /// A success: returns how many failures in a row it ends, if any.
     pub fn success(&mut self) -> Option<u64> {
-        self.current.take().map(|c| c.streak)
+        self.kinds.clear();
+        let streak = std::mem::take(&mut self.streak);
+        (streak > 0).then_some(streak)
     }
 }
 
@@ -242,6 +254,21 @@ mod tests {
         );
         assert_eq!(log.success(), Some(40));
         assert_eq!(log.success(), None);
+        // Two causes taking turns are both quiet after their first report.
+        let t1 = t0 + Duration::from_secs(400);
+        assert!(log.failure(t1, "a", "cause a").is_some());
+        assert!(log.failure(t1, "b", "cause b").is_some());
+        for i in 1..20 {
+            let t = t1 + Duration::from_secs(i);
+            assert_eq!(log.failure(t, "a", "cause a"), None);
+            assert_eq!(log.failure(t, "b", "cause b"), None);
+        }
+        // Many kinds: the log stays bounded and keeps working.
+        for i in 0..100 {
+            log.failure(t1 + Duration::from_secs(30), &format!("k{i}"), "many");
+        }
+        assert!(log.kinds.len() <= KINDS);
+        assert_eq!(log.success(), Some(2 + 38 + 100));
         // After a success the same failure is news again.
         assert!(
             log.failure(t0 + Duration::from_secs(303), "unreachable", line)
