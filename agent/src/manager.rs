@@ -1069,7 +1069,10 @@ impl Agent {
                     let mut gate = self.jwt_gate.lock().unwrap_or_else(|p| p.into_inner());
                     let wait = gate.backoff.fail();
                     gate.closed_until = Some(Instant::now() + wait);
-                    gate.last_error = e.to_string();
+                    gate.last_error = match &e {
+                        AgentError::Unavailable(m) => m.clone(),
+                        other => other.to_string(),
+                    };
                     drop(gate);
                     self.failed(
                         Op::Jwt,

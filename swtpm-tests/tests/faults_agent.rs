@@ -118,6 +118,24 @@ fn with_the_server_away_retries_thin_out_and_recovery_is_automatic() {
     );
     assert!(agent.exited().is_none(), "the agent exited:\n{log}");
 
+    // Workloads asking for JWT-SVIDs meanwhile get UNAVAILABLE at once, and twenty
+    // requests in a row do not each reach for the server.
+    let mark = proxy.connections();
+    let mut last = String::new();
+    for _ in 0..20 {
+        let o = agent.cli(&["api", "fetch", "jwt", "--audience", "svc"]);
+        assert!(!o.status.success());
+        last = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(last.contains("Unavailable"), "{last}");
+    }
+    let jwt_attempts = proxy.connections() - mark;
+    assert!(
+        jwt_attempts <= 6,
+        "{jwt_attempts} connections for 20 JWT-SVID requests:\n{}",
+        agent.log()
+    );
+    eprintln!("{jwt_attempts} connections for 20 JWT-SVID requests; the last answer: {last}");
+
     // Back on the same address: the agent recovers by itself, within its backoff
     // ceiling (12 sync intervals = 6 s) and a sync.
     server.start_again();
