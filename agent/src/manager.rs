@@ -948,16 +948,28 @@ impl Agent {
                     }
                     Err(e) => {
                         reachable = false;
-                        self.status_mut().last_error = Some(e.to_string());
                         let mut wait = sync_backoff.fail();
-                        if matches!(e, AgentError::Rejected(_)) {
-                            self.failed(
-                                Op::Sync,
-                                tracing::Level::ERROR,
-                                &e.to_string(),
-                                &format!("sync refused: {e}"),
+                        // An agent SVID that expired (an outage outlived it) is
+                        // refused in the TLS handshake, which the agent sees as a
+                        // broken connection, not as a refusal: check the clock.
+                        let expired_at = self
+                            .agent_svid_times()
+                            .map(|(_, na)| na)
+                            .filter(|na| *na <= now());
+                        let mut error = e.to_string();
+                        if let Some(na) = expired_at {
+                            error = format!(
+                                "the agent SVID expired at {na}, so the server no longer accepts this agent ({e})"
                             );
+                        }
+                        if matches!(e, AgentError::Rejected(_)) || expired_at.is_some() {
                             if self.can_reattest() {
+                                self.failed(
+                                    Op::Sync,
+                                    tracing::Level::ERROR,
+                                    &error,
+                                    &format!("sync refused, attesting again: {error}"),
+                                );
                                 match self.attest().await {
                                     Ok(()) => {
                                         self.succeeded(Op::Attest);
@@ -973,15 +985,28 @@ impl Agent {
                                         &format!("re-attestation failed (will retry): {e}"),
                                     ),
                                 }
+                            } else {
+                                if expired_at.is_some() {
+                                    error = format!(
+                                        "{error}; this agent cannot attest again by itself: give it a new join token (tessera-server token generate) and restart it with that token"
+                                    );
+                                }
+                                self.failed(
+                                    Op::Sync,
+                                    tracing::Level::ERROR,
+                                    &error,
+                                    &format!("sync refused: {error}"),
+                                );
                             }
                         } else {
                             self.failed(
                                 Op::Sync,
                                 tracing::Level::WARN,
-                                &e.to_string(),
-                                &format!("sync failed (will retry): {e}"),
+                                &error,
+                                &format!("sync failed (will retry): {error}"),
                             );
                         }
+                        self.status_mut().last_error = Some(error);
                         tracing::debug!(?wait, "next sync attempt");
                         next_sync = Instant::now() + wait;
                     }

@@ -241,10 +241,10 @@ fn a_deleted_entry_stops_being_served_while_signing_is_down() {
 fn renewal_resumes_by_itself_after_the_tpm_restarts_or_goes_away() {
     let dir = test_dir("fault-tpm");
     let tpm = Swtpm::start(&dir.path().join("tpm"));
-    // Agent SVIDs of 12 s: renewed about every 6 s, each time with a new TPM key.
+    // Agent SVIDs of 20 s: renewed about every 10 s, each time with a new TPM key.
     let server = Server::start(
         &dir.path().join("server"),
-        "agent_svid_ttl = \"12s\"\nx509_svid_ttl = \"1h\"",
+        "agent_svid_ttl = \"20s\"\nx509_svid_ttl = \"1h\"",
     );
     let token = token_and_entry(&server);
     let agent = Agent::start(
@@ -256,7 +256,7 @@ fn renewal_resumes_by_itself_after_the_tpm_restarts_or_goes_away() {
     let pid = agent.pid();
     let renewals = || count(&agent.log(), "agent SVID renewed");
     assert!(
-        wait_until(Duration::from_secs(20), || renewals() >= 1),
+        wait_until(Duration::from_secs(30), || renewals() >= 1),
         "no renewal with the TPM key:\n{}",
         agent.log()
     );
@@ -265,14 +265,21 @@ fn renewal_resumes_by_itself_after_the_tpm_restarts_or_goes_away() {
     swtpm(&tpm, "restart");
     let n = renewals();
     assert!(
-        wait_until(Duration::from_secs(30), || renewals() >= n + 2),
+        wait_until(Duration::from_secs(40), || renewals() >= n + 2),
         "renewal did not resume after the TPM restarted:\n{}",
         agent.log()
     );
 
-    // swtpm is away for longer than a renewal period, then back.
+    // swtpm is away for 8 s, from just after a renewal (so that the agent SVID
+    // outlives the outage: an expired one would need a new join token), then back.
+    let n = renewals();
+    assert!(
+        wait_until(Duration::from_secs(30), || renewals() > n),
+        "{}",
+        agent.log()
+    );
     swtpm(&tpm, "stop");
-    std::thread::sleep(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(8));
     // The agent says why it is stuck (its TLS key is in the TPM, so even the sync
     // cannot sign in to the server) and keeps running.
     assert!(
@@ -283,7 +290,7 @@ fn renewal_resumes_by_itself_after_the_tpm_restarts_or_goes_away() {
     swtpm(&tpm, "start");
     let n = renewals();
     assert!(
-        wait_until(Duration::from_secs(40), || renewals() >= n + 2),
+        wait_until(Duration::from_secs(50), || renewals() >= n + 2),
         "renewal did not resume after the TPM came back:\n{}",
         agent.log()
     );
@@ -437,6 +444,46 @@ fn an_agent_started_before_its_server_waits_for_it_and_attests_when_it_comes() {
         "{}",
         agent.log()
     );
+}
+
+#[test]
+fn a_join_token_agent_whose_own_svid_expired_says_what_to_do_and_a_new_token_brings_it_back() {
+    let dir = test_dir("fault-expired");
+    let mut server = Server::start(
+        &dir.path().join("server"),
+        "agent_svid_ttl = \"6s\"\nx509_svid_ttl = \"1h\"",
+    );
+    let token = token_and_entry(&server);
+    let mut agent = Agent::start(&dir.path().join("agent"), &server, Some(&token), "");
+    wait_for_svid(&agent, Duration::from_secs(20), None);
+
+    // The outage outlives the agent SVID: the server refuses it in the handshake.
+    server.stop();
+    std::thread::sleep(Duration::from_secs(10));
+    server.start_again();
+    assert!(
+        wait_until(Duration::from_secs(20), || agent
+            .log()
+            .contains("give it a new join token")),
+        "the agent did not say what to do:\n{}",
+        agent.log()
+    );
+    assert!(agent.exited().is_none(), "{}", agent.log());
+    let h = agent.cli(&["healthcheck", "--verbose"]);
+    assert!(!h.status.success());
+    assert!(
+        String::from_utf8_lossy(&h.stderr).contains("expired"),
+        "{}",
+        String::from_utf8_lossy(&h.stderr)
+    );
+
+    // A new token and a restart: it attests again and serves.
+    let fresh = server.token(Some(NODE), None);
+    agent.stop();
+    agent.spawn(Some(&fresh));
+    agent.wait_healthy();
+    assert!(agent.log().contains("node attested"), "{}", agent.log());
+    wait_for_svid(&agent, Duration::from_secs(20), None);
 }
 
 #[test]
