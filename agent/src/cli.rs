@@ -539,7 +539,10 @@ pub fn node_attestor(
     Ok(None)
 }
 
-/// `tessera-agent run`.
+/// `tessera-agent run`: serves the socket at once (workloads get UNAVAILABLE until
+/// the agent has its identity and a first sync), gets the identity (waiting out a
+/// server, HSM or TPM that is away), then keeps everything fresh until SIGTERM or
+/// SIGINT, which ends open streams and exits within [`crate::workload::SHUTDOWN_GRACE`].
 pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), String> {
     // Before anything opens a descriptor: every Workload API connection is one.
     tessera_core::limits::nofile::raise_and_log();
@@ -548,15 +551,80 @@ pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), String> {
     let attestor = node_attestor(&cfg, token, tpm)?;
     // Bind first: a second agent on the same socket fails before touching any state.
     let listener = crate::workload::bind(&cfg.socket_path)?;
-    let socket_path = cfg.socket_path.clone();
-    let agent = Agent::start(cfg, km, attestor)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(agent.clone().run());
-    tracing::info!(socket = %socket_path.display(), spiffe_id = ?agent.spiffe_id().map(|i| i.to_string()), "Tessera agent is up");
-    let result = crate::workload::serve(agent, listener, shutdown_signal()).await;
-    let _ = std::fs::remove_file(&socket_path);
+    let socket = BoundSocket::new(&cfg.socket_path);
+    let agent = match Agent::new(cfg, km, attestor) {
+        Ok(a) => a,
+        Err(e) => {
+            socket.remove();
+            return Err(e.to_string());
+        }
+    };
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let mut serving = tokio::spawn(crate::workload::serve(
+        agent.clone(),
+        listener,
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        },
+    ));
+    let work = {
+        let agent = agent.clone();
+        let socket_path = socket.path.clone();
+        async move {
+            agent.establish().await?;
+            tracing::info!(socket = %socket_path.display(), spiffe_id = ?agent.spiffe_id().map(|i| i.to_string()), "Tessera agent is up");
+            agent.run().await;
+            Ok::<(), crate::manager::AgentError>(())
+        }
+    };
+    let result = tokio::select! {
+        r = work => r.map_err(|e| e.to_string()),
+        r = &mut serving => {
+            socket.remove();
+            let why = match r {
+                Ok(Err(e)) => e,
+                Err(e) => e.to_string(),
+                Ok(Ok(())) => "no reason given".to_owned(),
+            };
+            return Err(format!("the Workload API stopped: {why}"));
+        }
+        () = shutdown_signal() => Ok(()),
+    };
+    // New clients stop finding the socket at once; open streams end next.
+    socket.remove();
+    let _ = stop_tx.send(true);
+    match serving.await {
+        Ok(Err(e)) => tracing::warn!("Workload API shutdown: {e}"),
+        Err(e) => tracing::warn!("Workload API shutdown: {e}"),
+        Ok(Ok(())) => {}
+    }
+    tracing::info!("stopped");
     result
+}
+
+/// The Workload API socket this process bound, removed at exit only if it is still
+/// this process's (a successor may have bound the path since).
+struct BoundSocket {
+    path: PathBuf,
+    inode: Option<u64>,
+}
+
+impl BoundSocket {
+    fn new(path: &Path) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            path: path.to_owned(),
+            inode: std::fs::symlink_metadata(path).ok().map(|m| m.ino()),
+        }
+    }
+
+    fn remove(&self) {
+        use std::os::unix::fs::MetadataExt;
+        let current = std::fs::symlink_metadata(&self.path).ok().map(|m| m.ino());
+        if current.is_some() && current == self.inode {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod manager;
+pub mod retry;
 pub mod state;
 pub mod tpm_cli;
 pub mod workload;

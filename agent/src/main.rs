@@ -7,7 +7,16 @@ use tessera_agent::cli::{Cli, Command, TokenArgs, client_command, run};
 use tessera_agent::config::AgentConfig;
 
 fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
+    let spec = std::env::var("TESSERA_LOG").unwrap_or_else(|_| level.to_owned());
+    // tss-esapi logs its own account of every TPM failure, and ERROR lines about the
+    // broken context the agent drops when it reconnects: the agent's messages carry
+    // the same facts once. `tss_esapi=...` in TESSERA_LOG brings them back.
+    let spec = if spec.contains("tss_esapi") {
+        spec
+    } else {
+        format!("{spec},tss_esapi=off")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(spec)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -63,7 +72,11 @@ fn main() -> ExitCode {
                 flag: join_token,
                 file: join_token_file,
             };
-            match runtime.block_on(run(cfg, token)) {
+            let result = runtime.block_on(run(cfg, token));
+            // A TPM or key operation still running on the blocking pool must not hold
+            // the exit up.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

@@ -4,12 +4,26 @@
 //!
 //! One loop does the timed work, so there is a single writer of the agent's state: it
 //! wakes for the next sync (every `sync_interval`, jittered), for the earliest SVID
-//! rotation (half-life with jitter) and for the agent SVID's renewal; failures back off
-//! exponentially with jitter, up to a bound.
+//! rotation (half-life with jitter) and for the agent SVID's renewal.
+//!
+//! Faults, and what the agent does about them:
+//!
+//! - Every retry path (sync, SVID signing, agent SVID renewal, JWT-SVID minting,
+//!   attestation and re-attestation) waits with [`crate::retry::Backoff`], and reports
+//!   a failure that repeats once, then with a count ([`crate::retry::RepeatLog`]).
+//!   While the server cannot be reached only the sync retries; signing and renewal
+//!   wait for a sync to get through, so an agent knocks once per backoff step.
+//! - A sync publishes what it learnt (entries gone, bundles changed) before any SVID
+//!   is signed, so a deleted entry stops being served even while signing fails.
+//!   Signing failures are per entry: a refused entry or a failed batch backs off on its
+//!   own and holds up no other entry or batch.
+//! - Start-up resumes from the state directory without the server; when the server,
+//!   its HSM or the TPM is away, it waits and tries again instead of exiting, and
+//!   never falls back to attesting while a saved identity is only unreachable.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rand::Rng;
 use tessera_core::key::{Key, KeyError, KeyManager, SoftwareKey};
@@ -25,13 +39,15 @@ use crate::attestor::NodeAttestor;
 use crate::cache::{Cache, CachedJwt, Snapshot, Svid};
 use crate::client::{Trust, channel, node_client};
 use crate::config::AgentConfig;
+use crate::retry::{Backoff, RepeatLog};
 use crate::state::{SavedIdentity, StateDir};
 
 /// Most SVIDs asked for in one call (the server's limit).
 const BATCH: usize = 500;
-/// The longest wait between attempts after failures.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const KEY_SLOTS: [&str; 2] = ["agent-svid-a", "agent-svid-b"];
+/// The shortest pause before signing again, in case the server hands out SVIDs that
+/// are due for rotation as soon as they are issued.
+const MIN_SIGN_GAP: Duration = Duration::from_millis(200);
 
 /// Why the agent could not do its job.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +67,51 @@ pub enum AgentError {
     State(#[from] crate::state::StateError),
     #[error("{0}")]
     Internal(String),
+}
+
+impl AgentError {
+    /// Whether trying again later can work: the server, its HSM or the TPM is away
+    /// or failing, as opposed to a refusal or a configuration that needs a person.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            AgentError::Unavailable(_) | AgentError::Key(KeyError::Unavailable(_))
+        )
+    }
+}
+
+/// The retry paths, each with its own failure log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Op {
+    Start,
+    Sync,
+    Sign,
+    Renew,
+    Attest,
+    Jwt,
+}
+
+impl Op {
+    fn what(self) -> &'static str {
+        match self {
+            Op::Start => "start-up",
+            Op::Sync => "sync",
+            Op::Sign => "SVID signing",
+            Op::Renew => "agent SVID renewal",
+            Op::Attest => "re-attestation",
+            Op::Jwt => "JWT-SVID minting",
+        }
+    }
+}
+
+/// JWT-SVIDs are minted when a workload asks, so their backoff is a gate: while it
+/// is closed, requests fail at once with the last error instead of each reaching
+/// for an unreachable server.
+#[derive(Debug)]
+struct JwtGate {
+    backoff: Backoff,
+    closed_until: Option<Instant>,
+    last_error: String,
 }
 
 fn from_status(s: tonic::Status) -> AgentError {
@@ -94,6 +155,69 @@ struct SyncState {
     svids: BTreeMap<String, Svid>,
     bundle_sequence: u64,
     federated: BTreeMap<TrustDomain, Arc<Bundle>>,
+    /// Entries whose last signing failed: their own backoff and next try.
+    sign_retry: BTreeMap<String, SignRetry>,
+}
+
+#[derive(Debug)]
+struct SignRetry {
+    backoff: Backoff,
+    not_before: Instant,
+}
+
+impl SyncState {
+    /// Drops the SVIDs of entries that are gone, and any SVID whose entry now names
+    /// another SPIFFE ID (it is no longer that workload's identity); whether any went.
+    fn drop_stale(&mut self) -> bool {
+        let before = self.svids.len();
+        let SyncState {
+            entries,
+            svids,
+            sign_retry,
+            ..
+        } = self;
+        svids.retain(|id, s| {
+            entries
+                .get(id)
+                .is_some_and(|e| e.spiffe_id == s.entry.spiffe_id)
+        });
+        sign_retry.retain(|id, _| entries.contains_key(id));
+        svids.len() != before
+    }
+
+    /// When each entry next needs signing: now if it has no SVID or its entry changed
+    /// since, its rotation time otherwise; never before its retry time.
+    fn sign_times(
+        &self,
+        now: Instant,
+        now_unix: i64,
+    ) -> impl Iterator<Item = (&Arc<RegistrationEntry>, Instant)> + '_ {
+        self.entries.values().map(move |e| {
+            let due_unix = match self.svids.get(&e.id) {
+                Some(s) if s.revision == e.revision_number => s.rotate_at,
+                _ => now_unix,
+            };
+            let mut at = now + Duration::from_secs((due_unix - now_unix).max(0) as u64);
+            if let Some(r) = self.sign_retry.get(&e.id) {
+                at = at.max(r.not_before);
+            }
+            (e, at)
+        })
+    }
+}
+
+/// What one signing round did.
+#[derive(Debug, Default)]
+struct MintOutcome {
+    signed: Vec<String>,
+    failed: Vec<(Arc<RegistrationEntry>, String)>,
+}
+
+impl MintOutcome {
+    fn fail_all(&mut self, entries: &[Arc<RegistrationEntry>], why: &str) {
+        self.failed
+            .extend(entries.iter().map(|e| (e.clone(), why.to_owned())));
+    }
 }
 
 /// The running agent.
@@ -113,11 +237,25 @@ pub struct Agent {
     channel: Mutex<Channel>,
     status: Mutex<Status>,
     sync: tokio::sync::Mutex<SyncState>,
+    logs: Mutex<BTreeMap<Op, RepeatLog>>,
+    jwt_gate: Mutex<JwtGate>,
 }
 
 impl Agent {
-    /// Resumes from the state directory, or attests.
+    /// Resumes from the state directory, or attests (see [`Agent::establish`]).
     pub async fn start(
+        cfg: AgentConfig,
+        km: Arc<dyn KeyManager>,
+        attestor: Option<Arc<dyn NodeAttestor>>,
+    ) -> Result<Arc<Self>, AgentError> {
+        let agent = Self::new(cfg, km, attestor)?;
+        agent.establish().await?;
+        Ok(agent)
+    }
+
+    /// Opens the state directory and prepares the connection to the server, without
+    /// talking to it.
+    pub fn new(
         cfg: AgentConfig,
         km: Arc<dyn KeyManager>,
         attestor: Option<Arc<dyn NodeAttestor>>,
@@ -150,7 +288,12 @@ impl Agent {
             Trust::Bundle(bundle.clone()),
             Some(identity.clone()),
         );
-        let agent = Arc::new(Self {
+        let jwt_gate = Mutex::new(JwtGate {
+            backoff: Backoff::for_interval(cfg.sync_interval),
+            closed_until: None,
+            last_error: String::new(),
+        });
+        Ok(Arc::new(Self {
             cfg,
             server_id,
             state_dir,
@@ -163,19 +306,84 @@ impl Agent {
             channel: Mutex::new(ch),
             status: Mutex::new(Status::default()),
             sync: tokio::sync::Mutex::new(SyncState::default()),
+            logs: Mutex::new(BTreeMap::new()),
+            jwt_gate,
+        }))
+    }
+
+    /// Gets the agent its identity: resumes from the state directory, or attests
+    /// when there is nothing usable to resume. While the server, its HSM or the TPM
+    /// is away this waits and tries again (with backoff) rather than fail: an agent
+    /// started before its server must come up by itself. A refusal (a used or
+    /// expired join token, evidence the server does not accept) or a configuration
+    /// error is returned.
+    pub async fn establish(&self) -> Result<(), AgentError> {
+        let mut backoff = Backoff::for_interval(self.cfg.sync_interval);
+        loop {
+            let result = match self.resume().await {
+                Ok(true) => Ok(()),
+                Ok(false) => self.attest().await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => break,
+                Err(e) if e.is_transient() => {
+                    self.status_mut().last_error = Some(e.to_string());
+                    let wait = backoff.fail();
+                    self.failed(
+                        Op::Start,
+                        tracing::Level::WARN,
+                        &e.to_string(),
+                        &format!("cannot get the agent's identity yet (will retry): {e}"),
+                    );
+                    tracing::debug!(?wait, "next identity attempt");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.succeeded(Op::Start);
+        self.status_mut().last_error = None;
+        let b = self.bundle.get();
+        self.sync.lock().await.bundle_sequence = b.sequence();
+        self.cache.update(|s| Snapshot {
+            bundle: Some(b),
+            ..clone_snapshot(s)
         });
-        if !agent.resume().await? {
-            agent.attest().await?;
+        Ok(())
+    }
+
+    /// Logs a failure of `op` through its repeat log: `key` says which failures are
+    /// the same one.
+    fn failed(&self, op: Op, level: tracing::Level, key: &str, line: &str) {
+        let out = self
+            .logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(op)
+            .or_default()
+            .failure(Instant::now(), key, line);
+        if let Some(line) = out {
+            if level == tracing::Level::ERROR {
+                tracing::error!("{line}");
+            } else {
+                tracing::warn!("{line}");
+            }
         }
-        {
-            let b = agent.bundle.get();
-            agent.sync.lock().await.bundle_sequence = b.sequence();
-            agent.cache.update(|s| Snapshot {
-                bundle: Some(b),
-                ..clone_snapshot(s)
-            });
+    }
+
+    /// Ends `op`'s failure streak, saying so if there was one.
+    fn succeeded(&self, op: Op) {
+        let streak = self
+            .logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&op)
+            .and_then(RepeatLog::success);
+        if let Some(n) = streak {
+            let s = if n == 1 { "" } else { "s" };
+            tracing::info!("{} works again after {n} failed attempt{s}", op.what());
         }
-        Ok(agent)
     }
 
     /// Loads the saved identity if it is still usable.
@@ -393,9 +601,26 @@ impl Agent {
         *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = ch;
     }
 
-    /// One sync: entries, bundles, then SVIDs for whatever needs one.
+    /// One sync: entries and bundles from the server, published at once (entries
+    /// gone take their SVIDs with them, whatever happens to signing afterwards).
+    /// Signing is separate ([`Agent::sign_due`]).
     pub async fn sync_once(&self) -> Result<(), AgentError> {
         let mut st = self.sync.lock().await;
+        let mut changed = self.sync_entries(&mut st).await?;
+        changed |= st.drop_stale();
+        if changed || !self.cache.snapshot().synced {
+            let keep: HashSet<String> = st.entries.keys().cloned().collect();
+            self.cache.forget_jwts_except(&keep);
+            self.publish(&st);
+        }
+        let mut status = self.status_mut();
+        status.last_sync_ok = Some(now());
+        status.last_error = None;
+        Ok(())
+    }
+
+    /// The entry and bundle rounds of a sync; whether anything changed.
+    async fn sync_entries(&self, st: &mut SyncState) -> Result<bool, AgentError> {
         let mut client = self.client();
         let mut want: Vec<String> = Vec::new();
         let mut changed = false;
@@ -476,41 +701,80 @@ impl Agent {
                 break;
             }
         }
-        // SVIDs of entries that are gone go with them.
-        let before = st.svids.len();
-        let SyncState { entries, svids, .. } = &mut *st;
-        svids.retain(|id, _| entries.contains_key(id));
-        changed |= svids.len() != before;
-        changed |= self.mint(&mut st).await?;
-        if changed || !self.cache.snapshot().synced {
-            let keep: HashSet<String> = st.entries.keys().cloned().collect();
-            self.cache.forget_jwts_except(&keep);
-            self.publish(&st);
-        }
-        let mut status = self.status_mut();
-        status.last_sync_ok = Some(now());
-        status.last_error = None;
-        Ok(())
+        Ok(changed)
     }
 
-    /// Signs SVIDs for entries that have none, whose SVID is due for rotation, or whose
-    /// entry changed since it was signed.
-    async fn mint(&self, st: &mut SyncState) -> Result<bool, AgentError> {
-        let t = now();
+    /// When the next SVID needs signing, if any entry is held.
+    async fn next_signing(&self) -> Option<Instant> {
+        let st = self.sync.lock().await;
+        st.sign_times(Instant::now(), now()).map(|(_, at)| at).min()
+    }
+
+    /// Signs SVIDs for the entries that are due (no SVID, due for rotation, or the
+    /// entry changed since it was signed) and not backing off, and publishes them.
+    /// A failure, of one entry or of a whole batch, backs off those entries only.
+    pub async fn sign_due(&self) {
+        let mut st = self.sync.lock().await;
+        let (t, t_unix) = (Instant::now(), now());
         let due: Vec<Arc<RegistrationEntry>> = st
-            .entries
-            .values()
-            .filter(|e| match st.svids.get(&e.id) {
-                None => true,
-                Some(s) => s.rotate_at <= t || s.revision != e.revision_number,
-            })
-            .cloned()
+            .sign_times(t, t_unix)
+            .filter(|(_, at)| *at <= t)
+            .map(|(e, _)| e.clone())
             .collect();
         if due.is_empty() {
-            return Ok(false);
+            return;
         }
+        let outcome = self.mint(&mut st, &due).await;
+        let interval = self.cfg.sync_interval;
+        for id in &outcome.signed {
+            st.sign_retry.remove(id);
+        }
+        for (entry, _) in &outcome.failed {
+            let r = st
+                .sign_retry
+                .entry(entry.id.clone())
+                .or_insert_with(|| SignRetry {
+                    backoff: Backoff::for_interval(interval),
+                    not_before: t,
+                });
+            r.not_before = Instant::now() + r.backoff.fail();
+        }
+        if !outcome.signed.is_empty() {
+            tracing::debug!(count = outcome.signed.len(), "SVIDs signed");
+            self.publish(&st);
+        }
+        drop(st);
+        if outcome.failed.is_empty() {
+            self.succeeded(Op::Sign);
+            return;
+        }
+        // One line per cause, reported once and then counted, so that a signing
+        // outage logs a line (then a count), not one per entry per try.
+        let mut by_cause: BTreeMap<&str, Vec<&Arc<RegistrationEntry>>> = BTreeMap::new();
+        for (entry, cause) in &outcome.failed {
+            by_cause.entry(cause.as_str()).or_default().push(entry);
+        }
+        for (cause, entries) in by_cause {
+            self.failed(
+                Op::Sign,
+                tracing::Level::WARN,
+                cause,
+                &format!(
+                    "{} of {} SVIDs due could not be signed (each retries with backoff; e.g. entry {} for {}): {cause}",
+                    entries.len(),
+                    due.len(),
+                    entries[0].id,
+                    entries[0].spiffe_id
+                ),
+            );
+        }
+    }
+
+    /// Asks the server to sign `due`, batch by batch; a failed batch does not stop
+    /// the next one.
+    async fn mint(&self, st: &mut SyncState, due: &[Arc<RegistrationEntry>]) -> MintOutcome {
         let mut client = self.client();
-        let mut changed = false;
+        let mut out = MintOutcome::default();
         for chunk in due.chunks(BATCH) {
             let kt = self.cfg.workload_key_type;
             let chunk_owned: Vec<Arc<RegistrationEntry>> = chunk.to_vec();
@@ -527,7 +791,15 @@ impl Agent {
                     .collect::<Result<Vec<_>, KeyError>>()
             })
             .await
-            .map_err(|e| AgentError::Internal(e.to_string()))??;
+            .map_err(|e| AgentError::Internal(e.to_string()))
+            .and_then(|r| r.map_err(AgentError::from));
+            let prepared = match prepared {
+                Ok(p) => p,
+                Err(e) => {
+                    out.fail_all(chunk, &format!("cannot make workload keys: {e}"));
+                    continue;
+                }
+            };
             let requests = prepared
                 .iter()
                 .map(|(e, _, csr)| pb::SvidRequest {
@@ -535,11 +807,16 @@ impl Agent {
                     csr: csr.clone(),
                 })
                 .collect();
-            let resp = client
+            let resp = match client
                 .batch_new_x509_svid(pb::BatchNewX509SvidRequest { requests })
                 .await
-                .map_err(from_status)?
-                .into_inner();
+            {
+                Ok(r) => r.into_inner(),
+                Err(s) => {
+                    out.fail_all(chunk, &from_status(s).to_string());
+                    continue;
+                }
+            };
             let mut by_id: BTreeMap<String, pb::SvidResult> = resp
                 .results
                 .into_iter()
@@ -547,17 +824,16 @@ impl Agent {
                 .collect();
             for (entry, key, _) in prepared {
                 let Some(r) = by_id.remove(&entry.id) else {
-                    tracing::warn!(entry = %entry.id, "the server did not answer for this entry");
+                    out.failed
+                        .push((entry, "the server did not answer for this entry".into()));
                     continue;
                 };
                 let code = r.status.as_ref().map_or(0, |s| s.code);
                 if code != 0 || r.cert_chain.is_empty() {
-                    tracing::warn!(
-                        entry = %entry.id,
-                        spiffe_id = %entry.spiffe_id,
-                        "the server refused the SVID: {}",
-                        r.status.map(|s| s.message).unwrap_or_default()
-                    );
+                    let why = r.status.map(|s| s.message).unwrap_or_default();
+                    tracing::debug!(entry = %entry.id, spiffe_id = %entry.spiffe_id, "the server refused the SVID: {why}");
+                    out.failed
+                        .push((entry, format!("the server refused: {why}")));
                     continue;
                 }
                 match check_svid(
@@ -579,18 +855,19 @@ impl Agent {
                                 revision: entry.revision_number,
                             },
                         );
-                        changed = true;
+                        out.signed.push(entry.id.clone());
                     }
                     Err(e) => {
-                        tracing::error!(entry = %entry.id, "the server sent an SVID that does not verify: {e}")
+                        tracing::error!(entry = %entry.id, "the server sent an SVID that does not verify: {e}");
+                        out.failed.push((
+                            entry,
+                            format!("the server sent an SVID that does not verify: {e}"),
+                        ));
                     }
                 }
             }
         }
-        if changed {
-            tracing::debug!(count = due.len(), "SVIDs signed");
-        }
-        Ok(changed)
+        out
     }
 
     fn publish(&self, st: &SyncState) {
@@ -657,89 +934,143 @@ impl Agent {
         self.attestor.as_ref().is_some_and(|a| a.can_reattest())
     }
 
-    /// Runs the timed work until the process stops.
+    /// When to renew the agent SVID: half-life with jitter.
+    fn agent_renewal_time(&self) -> Option<Instant> {
+        let (nb, na) = self.agent_svid_times()?;
+        let at = rotation_time(nb, na);
+        Some(Instant::now() + Duration::from_secs((at - now()).max(0) as u64))
+    }
+
+    /// Runs the timed work until the process stops. Call after [`Agent::establish`].
     pub async fn run(self: Arc<Self>) {
-        let mut failures: u32 = 0;
-        let mut agent_rotate_at = self
-            .agent_svid_times()
-            .map(|(nb, na)| rotation_time(nb, na));
-        let mut next_sync = std::time::Instant::now();
+        let interval = self.cfg.sync_interval;
+        let mut sync_backoff = Backoff::for_interval(interval);
+        let mut renew_backoff = Backoff::for_interval(interval);
+        let mut next_sync = Instant::now();
+        // Whether the last sync got through: signing and renewal wait for one, so
+        // that while the server is away only the sync knocks, once per backoff step.
+        let mut reachable = false;
+        let mut renew_at = self.agent_renewal_time();
         loop {
-            let now_i = std::time::Instant::now();
-            if now_i >= next_sync || self.earliest_rotation().await.is_some_and(|t| t <= now()) {
+            if Instant::now() >= next_sync {
                 match self.sync_once().await {
                     Ok(()) => {
-                        failures = 0;
-                        next_sync = std::time::Instant::now() + jitter(self.cfg.sync_interval);
+                        reachable = true;
+                        sync_backoff.reset();
+                        self.succeeded(Op::Sync);
+                        next_sync = Instant::now() + jitter(interval);
                     }
                     Err(e) => {
-                        failures = failures.saturating_add(1);
-                        self.status_mut().last_error = Some(e.to_string());
-                        if matches!(e, AgentError::Rejected(_)) {
-                            tracing::error!("sync refused: {e}");
+                        reachable = false;
+                        let mut wait = sync_backoff.fail();
+                        // An agent SVID that expired (an outage outlived it) is
+                        // refused in the TLS handshake, which the agent sees as a
+                        // broken connection, not as a refusal: check the clock.
+                        let expired_at = self
+                            .agent_svid_times()
+                            .map(|(_, na)| na)
+                            .filter(|na| *na <= now());
+                        let mut error = e.to_string();
+                        if let Some(na) = expired_at {
+                            error = format!(
+                                "the agent SVID expired at {na}, so the server no longer accepts this agent ({e})"
+                            );
+                        }
+                        if matches!(e, AgentError::Rejected(_)) || expired_at.is_some() {
                             if self.can_reattest() {
+                                self.failed(
+                                    Op::Sync,
+                                    tracing::Level::ERROR,
+                                    &error,
+                                    &format!("sync refused, attesting again: {error}"),
+                                );
                                 match self.attest().await {
                                     Ok(()) => {
-                                        agent_rotate_at = self
-                                            .agent_svid_times()
-                                            .map(|(nb, na)| rotation_time(nb, na));
-                                        failures = 0;
+                                        self.succeeded(Op::Attest);
+                                        renew_at = self.agent_renewal_time();
+                                        renew_backoff.reset();
+                                        sync_backoff.reset();
+                                        wait = Duration::ZERO;
                                     }
-                                    Err(e) => tracing::error!("re-attestation failed: {e}"),
+                                    Err(e) => self.failed(
+                                        Op::Attest,
+                                        tracing::Level::ERROR,
+                                        &e.to_string(),
+                                        &format!("re-attestation failed (will retry): {e}"),
+                                    ),
                                 }
+                            } else {
+                                if expired_at.is_some() {
+                                    error = format!(
+                                        "{error}; this agent cannot attest again by itself: give it a new join token (tessera-server token generate) and restart it with that token"
+                                    );
+                                }
+                                self.failed(
+                                    Op::Sync,
+                                    tracing::Level::ERROR,
+                                    &error,
+                                    &format!("sync refused: {error}"),
+                                );
                             }
                         } else {
-                            tracing::warn!("sync failed (will retry): {e}");
+                            self.failed(
+                                Op::Sync,
+                                tracing::Level::WARN,
+                                &error,
+                                &format!("sync failed (will retry): {error}"),
+                            );
                         }
-                        next_sync =
-                            std::time::Instant::now() + backoff(self.cfg.sync_interval, failures);
+                        self.status_mut().last_error = Some(error);
+                        tracing::debug!(?wait, "next sync attempt");
+                        next_sync = Instant::now() + wait;
                     }
                 }
             }
-            if agent_rotate_at.is_some_and(|t| t <= now()) {
-                match self.renew().await {
-                    Ok(()) => {
-                        agent_rotate_at = self
-                            .agent_svid_times()
-                            .map(|(nb, na)| rotation_time(nb, na))
-                    }
-                    Err(e) => {
-                        tracing::warn!("agent SVID renewal failed (will retry): {e}");
-                        self.status_mut().last_error = Some(e.to_string());
-                        agent_rotate_at = Some(
-                            now() + backoff(self.cfg.sync_interval, 1).as_secs().max(1) as i64,
-                        );
+            if reachable {
+                if self
+                    .next_signing()
+                    .await
+                    .is_some_and(|t| t <= Instant::now())
+                {
+                    self.sign_due().await;
+                }
+                if renew_at.is_some_and(|t| t <= Instant::now()) {
+                    match self.renew().await {
+                        Ok(()) => {
+                            self.succeeded(Op::Renew);
+                            renew_backoff.reset();
+                            renew_at = self.agent_renewal_time();
+                        }
+                        Err(e) => {
+                            self.status_mut().last_error = Some(e.to_string());
+                            self.failed(
+                                Op::Renew,
+                                tracing::Level::WARN,
+                                &e.to_string(),
+                                &format!("agent SVID renewal failed (will retry): {e}"),
+                            );
+                            renew_at = Some(Instant::now() + renew_backoff.fail());
+                        }
                     }
                 }
             }
-            // Sleep until the next sync, the next SVID rotation, or the agent renewal.
+            // Sleep until the next sync or, while the server answers, the next SVID
+            // due for signing or the agent renewal.
             let mut wake = next_sync;
-            let to_instant = |unix: i64| {
-                let d = (unix - now()).max(0) as u64;
-                std::time::Instant::now() + Duration::from_secs(d)
-            };
-            if let Some(t) = self.earliest_rotation().await {
-                wake = wake
-                    .min(to_instant(t).max(std::time::Instant::now() + Duration::from_millis(200)));
-            }
-            if let Some(t) = agent_rotate_at {
-                wake = wake.min(to_instant(t));
+            if reachable {
+                if let Some(t) = self.next_signing().await {
+                    wake = wake.min(t.max(Instant::now() + MIN_SIGN_GAP));
+                }
+                if let Some(t) = renew_at {
+                    wake = wake.min(t);
+                }
             }
             tokio::time::sleep_until(wake.into()).await;
         }
     }
 
-    async fn earliest_rotation(&self) -> Option<i64> {
-        self.sync
-            .lock()
-            .await
-            .svids
-            .values()
-            .map(|s| s.rotate_at)
-            .min()
-    }
-
-    /// A JWT-SVID for `entry` and `audience`, from the cache or freshly minted.
+    /// A JWT-SVID for `entry` and `audience`, from the cache or freshly minted. After
+    /// the server failed, requests fail at once until the gate's backoff has passed.
     pub async fn jwt_svid(
         &self,
         entry: &RegistrationEntry,
@@ -749,15 +1080,55 @@ impl Agent {
         if let Some(j) = self.cache.jwt(&entry.id, audience, t) {
             return Ok(j);
         }
-        let resp = self
+        {
+            let gate = self.jwt_gate.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(until) = gate.closed_until {
+                let left = until.saturating_duration_since(Instant::now());
+                if !left.is_zero() {
+                    return Err(AgentError::Unavailable(format!(
+                        "{} (the agent asks the server again in {}s)",
+                        gate.last_error,
+                        left.as_secs() + 1
+                    )));
+                }
+            }
+        }
+        let result = self
             .client()
             .new_jwt_svid(pb::NewJwtSvidRequest {
                 entry_id: entry.id.clone(),
                 audience: audience.to_vec(),
             })
             .await
-            .map_err(from_status)?
-            .into_inner();
+            .map_err(from_status);
+        let resp = match result {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                if e.is_transient() {
+                    let mut gate = self.jwt_gate.lock().unwrap_or_else(|p| p.into_inner());
+                    let wait = gate.backoff.fail();
+                    gate.closed_until = Some(Instant::now() + wait);
+                    gate.last_error = match &e {
+                        AgentError::Unavailable(m) => m.clone(),
+                        other => other.to_string(),
+                    };
+                    drop(gate);
+                    self.failed(
+                        Op::Jwt,
+                        tracing::Level::WARN,
+                        &e.to_string(),
+                        &format!("JWT-SVID minting failed (requests fail fast, then retry with backoff): {e}"),
+                    );
+                }
+                return Err(e);
+            }
+        };
+        {
+            let mut gate = self.jwt_gate.lock().unwrap_or_else(|p| p.into_inner());
+            gate.backoff.reset();
+            gate.closed_until = None;
+        }
+        self.succeeded(Op::Jwt);
         let jwt = CachedJwt {
             token: resp.token,
             issued_at: resp.issued_at,
@@ -791,14 +1162,6 @@ fn clone_snapshot(s: &Snapshot) -> Snapshot {
 /// `d` ±10%.
 fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::thread_rng().gen_range(0.9..=1.1))
-}
-
-/// Exponential backoff from `base`, capped, with jitter.
-fn backoff(base: Duration, failures: u32) -> Duration {
-    let exp = base
-        .saturating_mul(1u32 << failures.min(6))
-        .min(MAX_BACKOFF);
-    exp.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
 }
 
 /// Checks an SVID the server sent: leaf profile, SPIFFE ID, key, chain to the bundle.
@@ -858,11 +1221,122 @@ mod tests {
         }
     }
 
+    fn entry(id: &str, spiffe_id: &str, revision: u64) -> Arc<RegistrationEntry> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "id": id,
+                "spiffe_id": spiffe_id,
+                "parent_id": "spiffe://example.org/node",
+                "selectors": ["unix:uid:1000"],
+                "revision_number": revision,
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn svid(e: &Arc<RegistrationEntry>, rotate_at: i64) -> Svid {
+        Svid {
+            entry: e.clone(),
+            chain: Arc::new(vec![vec![0]]),
+            key: Arc::new(SoftwareKey::generate(tessera_core::key::KeyType::EcP256).unwrap()),
+            not_before: rotate_at - 100,
+            not_after: rotate_at + 100,
+            rotate_at,
+            revision: e.revision_number,
+        }
+    }
+
+    fn state(entries: &[Arc<RegistrationEntry>]) -> SyncState {
+        SyncState {
+            entries: entries.iter().map(|e| (e.id.clone(), e.clone())).collect(),
+            ..SyncState::default()
+        }
+    }
+
     #[test]
-    fn backoff_grows_and_is_bounded() {
-        let base = Duration::from_secs(5);
-        assert!(backoff(base, 0) <= base);
-        assert!(backoff(base, 20) <= MAX_BACKOFF);
-        assert!(backoff(base, 3) >= base.saturating_mul(4));
+    fn entries_are_due_for_signing_when_new_changed_or_rotating_and_not_while_backing_off() {
+        let (t, t_unix) = (Instant::now(), 10_000);
+        let new = entry("new", "spiffe://example.org/new", 1);
+        let fresh = entry("fresh", "spiffe://example.org/fresh", 1);
+        let rotating = entry("rotating", "spiffe://example.org/rotating", 1);
+        let changed = entry("changed", "spiffe://example.org/changed", 2);
+        let failing = entry("failing", "spiffe://example.org/failing", 1);
+        let mut st = state(&[
+            new.clone(),
+            fresh.clone(),
+            rotating.clone(),
+            changed.clone(),
+            failing.clone(),
+        ]);
+        st.svids.insert("fresh".into(), svid(&fresh, t_unix + 60));
+        st.svids
+            .insert("rotating".into(), svid(&rotating, t_unix - 1));
+        let mut old = svid(&changed, t_unix + 60);
+        old.revision = 1;
+        st.svids.insert("changed".into(), old);
+        st.sign_retry.insert(
+            "failing".into(),
+            SignRetry {
+                backoff: Backoff::for_interval(Duration::from_secs(5)),
+                not_before: t + Duration::from_secs(30),
+            },
+        );
+        let times: BTreeMap<String, Instant> = st
+            .sign_times(t, t_unix)
+            .map(|(e, at)| (e.id.clone(), at))
+            .collect();
+        assert_eq!(times["new"], t);
+        assert_eq!(times["rotating"], t);
+        assert_eq!(times["changed"], t);
+        assert_eq!(times["fresh"], t + Duration::from_secs(60));
+        // Backing off: not before its retry time, whatever else it needs.
+        assert_eq!(times["failing"], t + Duration::from_secs(30));
+    }
+
+    #[test]
+    fn removed_entries_and_changed_identities_lose_their_svids() {
+        let kept = entry("kept", "spiffe://example.org/kept", 1);
+        let gone = entry("gone", "spiffe://example.org/gone", 1);
+        let renamed = entry("renamed", "spiffe://example.org/before", 1);
+        let reselected = entry("reselected", "spiffe://example.org/same", 1);
+        let mut st = state(&[kept.clone(), renamed.clone(), reselected.clone()]);
+        for e in [&kept, &gone, &renamed, &reselected] {
+            st.svids.insert(e.id.clone(), svid(e, 0));
+        }
+        st.sign_retry.insert(
+            "gone".into(),
+            SignRetry {
+                backoff: Backoff::for_interval(Duration::from_secs(5)),
+                not_before: Instant::now(),
+            },
+        );
+        // The server renamed one entry and changed another's selectors (new revisions).
+        st.entries.insert(
+            "renamed".into(),
+            entry("renamed", "spiffe://example.org/after", 2),
+        );
+        st.entries.insert(
+            "reselected".into(),
+            entry("reselected", "spiffe://example.org/same", 2),
+        );
+        assert!(st.drop_stale());
+        let left: Vec<&str> = st.svids.keys().map(String::as_str).collect();
+        // The SVID of a changed entry with the same SPIFFE ID is still valid for it
+        // until the new one is signed; the renamed entry's old SVID is not.
+        assert_eq!(left, ["kept", "reselected"]);
+        assert!(st.sign_retry.is_empty());
+        assert!(!st.drop_stale());
+    }
+
+    #[test]
+    fn only_outages_are_retried_as_transient() {
+        assert!(AgentError::Unavailable("x".into()).is_transient());
+        assert!(AgentError::Key(KeyError::Unavailable("tpm".into())).is_transient());
+        assert!(!AgentError::Rejected("used token".into()).is_transient());
+        assert!(!AgentError::Attestation("bad".into()).is_transient());
+        assert!(!AgentError::Config("x".into()).is_transient());
+        assert!(from_status(tonic::Status::unavailable("down")).is_transient());
+        assert!(from_status(tonic::Status::deadline_exceeded("slow")).is_transient());
+        assert!(!from_status(tonic::Status::permission_denied("no")).is_transient());
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod attack_net;
 pub mod faults;
+pub mod faults_agent;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};

@@ -34,9 +34,9 @@ impl fmt::Debug for TpmKey {
 
 fn device_error(e: DeviceError) -> KeyError {
     match e {
-        DeviceError::Unavailable { .. } | DeviceError::Poisoned => {
-            KeyError::Unavailable(e.to_string())
-        }
+        DeviceError::Unavailable { .. }
+        | DeviceError::Interrupted { .. }
+        | DeviceError::Poisoned => KeyError::Unavailable(e.to_string()),
         other => KeyError::Backend(other.to_string()),
     }
 }

@@ -17,6 +17,7 @@ use crate::manager::Agent;
 
 pub mod api;
 pub mod authority;
+pub mod closing;
 pub mod peer;
 pub mod trim;
 pub mod unix;
@@ -106,7 +107,13 @@ pub fn bind(path: &Path) -> Result<UnixListener, String> {
     Ok(l)
 }
 
-/// Serves the socket until `shutdown` resolves.
+/// How long requests still in flight get once shutdown has begun (open streams end
+/// at once); what is left after that is dropped with the process.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves the socket until `shutdown` resolves, then ends every open stream with
+/// UNAVAILABLE, stops accepting, and returns once the connections have closed or
+/// [`SHUTDOWN_GRACE`] has passed.
 pub async fn serve(
     agent: Arc<Agent>,
     listener: UnixListener,
@@ -126,18 +133,35 @@ pub async fn serve(
     );
     let limiter = ConnLimiter::new("Workload API connections", caps);
     let incoming = async_stream_of(listener, trimmer, limiter, limits.idle());
-    tonic::transport::Server::builder()
+    let (closer, closing) = closing::pair();
+    // Outermost first: a request counts as an open stream (for the idle timeout) until
+    // its body ends, and at shutdown the closing layer ends the bodies still waiting.
+    let server = tonic::transport::Server::builder()
         .layer(StreamTrackingLayer::<
             <peer::WorkloadConn as tonic::transport::server::Connected>::ConnectInfo,
         >::new())
+        .layer(closing)
         .add_service(SpiffeWorkloadApiServer::with_interceptor(
             api::WorkloadApi::new(agent.clone()),
             api::check_security_header,
         ))
         .add_service(AgentHealthServer::new(Health { agent }))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| e.to_string())
+        .serve_with_incoming_shutdown(incoming, closer.closed());
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => return r.map_err(|e| e.to_string()),
+        () = shutdown => {}
+    }
+    closer.close();
+    match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => {
+            tracing::warn!(
+                "Workload API requests still in flight after {SHUTDOWN_GRACE:?}; closing their connections"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// The peer the Workload API's connection caps count: the caller's UID as the

@@ -7,12 +7,22 @@
 //! the SRK resident: a TPM reached without a resource manager (swtpm over TCP, or
 //! /dev/tpm0) holds three transient objects, and Certify or ActivateCredential
 //! already need the SRK plus two.
+//!
+//! The conversation with the TPM can break under a running agent: swtpm or a
+//! resource manager restarts, the device is reset. tpm2-tss then answers every later
+//! call with "Esys called in bad sequence", or the TPM no longer knows the SRK handle
+//! the context holds. Every operation therefore runs through [`EsapiDevice::recovering`]:
+//! a transport error (TCTI or resource-manager layer, a broken ESAPI sequence) or a
+//! sign that the TPM forgot its loaded objects drops the context, opens a new one
+//! (the SRK is made again from its template, so every key blob loads as before) and
+//! runs the operation once more. When that fails too the TPM is away: the error says
+//! so, and the next operation tries to reconnect first.
 
 use std::fmt;
 use std::str::FromStr;
 
 use tss_esapi::Context;
-use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
+use tss_esapi::constants::response_code::{Tss2ResponseCode, Tss2ResponseCodeKind};
 use tss_esapi::constants::{CapabilityType, SessionType};
 use tss_esapi::handles::{
     AuthHandle, KeyHandle, NvIndexTpmHandle, ObjectHandle, PersistentTpmHandle, SessionHandle,
@@ -43,7 +53,9 @@ const NV_FIRST: u32 = 0x0100_0000;
 
 /// A TPM reached through tpm2-tss.
 pub struct EsapiDevice {
-    ctx: Context,
+    /// `None` after the conversation broke and reconnecting failed: the next
+    /// operation connects again.
+    ctx: Option<Context>,
     tcti: Tcti,
     srk: Option<KeyHandle>,
 }
@@ -57,9 +69,89 @@ impl fmt::Debug for EsapiDevice {
 }
 
 fn command(name: &'static str) -> impl Fn(tss_esapi::Error) -> DeviceError {
-    move |e| DeviceError::Command {
-        command: name,
-        message: e.to_string(),
+    move |e| match fault(&e) {
+        Some(reason) => DeviceError::Interrupted {
+            command: name,
+            reason,
+        },
+        None => DeviceError::Command {
+            command: name,
+            message: e.to_string(),
+        },
+    }
+}
+
+/// The raw TSS2_RC of an error. tss-esapi keeps the number private and prints it
+/// only through the response code's `Display` ("Response code value: 0x...").
+fn raw_code(e: &tss_esapi::Error) -> Option<u32> {
+    let tss_esapi::Error::Tss2Error(rc) = e else {
+        return None;
+    };
+    let text = match rc {
+        Tss2ResponseCode::Success => return None,
+        Tss2ResponseCode::FormatZero(c) => c.to_string(),
+        Tss2ResponseCode::FormatOne(c) => c.to_string(),
+    };
+    parse_code(&text)
+}
+
+fn parse_code(text: &str) -> Option<u32> {
+    let (_, hex) = text.rsplit_once("0x")?;
+    u32::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// Why an error means the conversation with the TPM broke (and reopening the
+/// context may mend it), or `None` for an ordinary command failure.
+fn fault(e: &tss_esapi::Error) -> Option<String> {
+    let rc = raw_code(e)?;
+    classify(rc).map(|what| format!("{what} ({rc:#x})"))
+}
+
+const LAYER_TPM: u32 = 0;
+const LAYER_ESAPI: u32 = 7;
+const LAYER_SYS: u32 = 8;
+const LAYER_TCTI: u32 = 10;
+const LAYER_RESMGR: u32 = 11;
+const LAYER_RESMGR_TPM: u32 = 12;
+
+/// See [`fault`]; `rc` is a TSS2_RC (layer in bits 16-23).
+fn classify(rc: u32) -> Option<&'static str> {
+    let layer = (rc >> 16) & 0xff;
+    let code = rc & 0xffff;
+    match layer {
+        LAYER_TCTI => Some("the connection to the TPM failed"),
+        LAYER_RESMGR => Some("the TPM resource manager failed"),
+        LAYER_ESAPI | LAYER_SYS => match code {
+            // BAD_SEQUENCE: an earlier command broke off half-way (what tpm2-tss
+            // answers for ever after a lost connection); NO_CONNECTION, TRY_AGAIN,
+            // IO_ERROR, MALFORMED_RESPONSE, INSUFFICIENT_RESPONSE,
+            // BAD_TCTI_STRUCTURE: the transport below failed.
+            7 => Some("the TPM software stack is out of step after a failed command"),
+            8 | 9 | 10 | 17 | 19 | 22 => Some("the connection to the TPM failed"),
+            _ => None,
+        },
+        LAYER_TPM | LAYER_RESMGR_TPM => {
+            let format_one = code & 0x80 != 0;
+            if format_one {
+                // TPM_RC_HANDLE for a handle (not a parameter): a handle this
+                // context made is unknown to the TPM.
+                (code & 0x3f == 0x0b && code & 0x40 == 0).then_some(
+                    "the TPM no longer knows an object this context loaded (it restarted?)",
+                )
+            } else {
+                match code {
+                    // TPM_RC_REFERENCE_H0..H6, _S0..S6: a handle or session that is
+                    // not loaded.
+                    0x910..=0x916 | 0x918..=0x91e => Some(
+                        "the TPM no longer knows an object this context loaded (it restarted?)",
+                    ),
+                    // TPM_RC_INITIALIZE, TPM_RC_REBOOT: the TPM was reset.
+                    0x100 | 0x130 => Some("the TPM was reset"),
+                    _ => None,
+                }
+            }
+        }
+        _ => None,
     }
 }
 
@@ -96,25 +188,67 @@ struct EkHandle {
     public: PublicArea,
 }
 
+fn connect(tcti: &Tcti) -> Result<Context, DeviceError> {
+    let unavailable = |reason: String| DeviceError::Unavailable {
+        tcti: tcti.to_string(),
+        reason,
+    };
+    let conf = TctiNameConf::from_str(&tcti.to_string())
+        .map_err(|e| unavailable(format!("tss-esapi refused the TCTI: {e}")))?;
+    Context::new(conf).map_err(|e| {
+        let why = fault(&e).unwrap_or_else(|| e.to_string());
+        unavailable(format!(
+            "cannot connect ({why}); is the device present and readable, or the simulator running?"
+        ))
+    })
+}
+
 impl EsapiDevice {
     /// Connects to the TPM named by `tcti`.
     pub fn open(tcti: &Tcti) -> Result<Self, DeviceError> {
-        let unavailable = |reason: String| DeviceError::Unavailable {
-            tcti: tcti.to_string(),
-            reason,
-        };
-        let conf = TctiNameConf::from_str(&tcti.to_string())
-            .map_err(|e| unavailable(format!("tss-esapi refused the TCTI: {e}")))?;
-        let ctx = Context::new(conf).map_err(|e| {
-            unavailable(format!(
-                "cannot connect ({e}); is the device present and readable, or the simulator running?"
-            ))
-        })?;
         Ok(Self {
-            ctx,
+            ctx: Some(connect(tcti)?),
             tcti: tcti.clone(),
             srk: None,
         })
+    }
+
+    /// The context, connecting first if the last one was dropped.
+    fn ctx(&mut self) -> Result<&mut Context, DeviceError> {
+        if self.ctx.is_none() {
+            self.srk = None;
+            self.ctx = Some(connect(&self.tcti)?);
+        }
+        self.ctx
+            .as_mut()
+            .ok_or_else(|| DeviceError::Malformed("no TPM context".into()))
+    }
+
+    /// Forgets the context and everything loaded through it. Dropped before a new
+    /// one is opened: a TPM device node admits one open file at a time.
+    fn drop_context(&mut self) {
+        self.srk = None;
+        self.ctx = None;
+    }
+
+    /// Runs `op`; when the conversation with the TPM broke, reconnects and runs it
+    /// once more (see the module documentation).
+    fn recovering<T>(
+        &mut self,
+        mut op: impl FnMut(&mut Self) -> Result<T, DeviceError>,
+    ) -> Result<T, DeviceError> {
+        match op(self) {
+            Err(DeviceError::Interrupted { .. }) => {
+                self.drop_context();
+                self.ctx()?;
+                let again = op(self);
+                if let Err(DeviceError::Interrupted { .. }) = &again {
+                    self.drop_context();
+                }
+                again
+            }
+            other => other,
+        }
     }
 
     /// The SRK's handle, creating it on first use. It stays loaded for the life of
@@ -125,7 +259,7 @@ impl EsapiDevice {
         }
         let template = to_tss_public(&srk_template())?;
         let result = self
-            .ctx
+            .ctx()?
             .execute_with_session(Some(AuthSession::Password), |ctx| {
                 ctx.create_primary(Hierarchy::Owner, template, None, None, None, None)
             })
@@ -139,11 +273,17 @@ impl EsapiDevice {
         let public = to_tss_public(&blob.public)?;
         let private = Private::try_from(blob.private.clone())
             .map_err(|e| DeviceError::Malformed(format!("private part of the key blob: {e}")))?;
-        self.ctx
+        self.ctx()?
             .execute_with_session(Some(AuthSession::Password), |ctx| {
                 ctx.load(srk, private, public)
             })
             .map_err(|e| {
+                if let Some(reason) = fault(&e) {
+                    return DeviceError::Interrupted {
+                        command: "TPM2_Load",
+                        reason,
+                    };
+                }
                 // The private part is sealed with a key derived from the SRK, so a
                 // blob from another TPM fails its integrity check (or, for a
                 // different SRK, its unmarshalling).
@@ -162,7 +302,9 @@ impl EsapiDevice {
     fn flush(&mut self, handle: KeyHandle) {
         // A failed flush leaves a slot taken until the context ends; nothing better
         // can be done about it here, and the operation's own result matters more.
-        let _ = self.ctx.flush_context(handle.into());
+        if let Some(ctx) = self.ctx.as_mut() {
+            let _ = ctx.flush_context(handle.into());
+        }
     }
 
     /// Runs `f` with `blob` loaded, flushing it afterwards whatever happens.
@@ -179,7 +321,7 @@ impl EsapiDevice {
 
     fn handles(&mut self, first: u32) -> Result<Vec<u32>, DeviceError> {
         let (data, _more) = self
-            .ctx
+            .ctx()?
             .get_capability(CapabilityType::Handles, first, 254)
             .map_err(command("TPM2_GetCapability (handles)"))?;
         match data {
@@ -200,11 +342,11 @@ impl EsapiDevice {
                 .map(TpmHandle::Persistent)
                 .map_err(command("persistent handle"))?;
             let mut object = self
-                .ctx
+                .ctx()?
                 .execute_without_session(|ctx| ctx.tr_from_tpm_public(tpm_handle))
                 .map_err(command("Esys_TR_FromTPMPublic"))?;
             let public = self
-                .ctx
+                .ctx()?
                 .read_public(KeyHandle::from(object))
                 .map_err(command("TPM2_ReadPublic"))
                 .and_then(|(p, _, _)| from_tss_public(&p));
@@ -217,7 +359,9 @@ impl EsapiDevice {
                     }));
                 }
                 _ => {
-                    let _ = self.ctx.tr_close(&mut object);
+                    if let Some(ctx) = self.ctx.as_mut() {
+                        let _ = ctx.tr_close(&mut object);
+                    }
                 }
             }
         }
@@ -230,11 +374,17 @@ impl EsapiDevice {
         }
         let template = to_tss_public(&kind.template())?;
         let result = self
-            .ctx
+            .ctx()?
             .execute_with_session(Some(AuthSession::Password), |ctx| {
                 ctx.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
             })
-            .map_err(|e| DeviceError::NoEk(kind, format!("TPM2_CreatePrimary: {e}")))?;
+            .map_err(|e| match fault(&e) {
+                Some(reason) => DeviceError::Interrupted {
+                    command: "TPM2_CreatePrimary (EK)",
+                    reason,
+                },
+                None => DeviceError::NoEk(kind, format!("TPM2_CreatePrimary: {e}")),
+            })?;
         let public = from_tss_public(&result.out_public)?;
         Ok(EkHandle {
             handle: result.key_handle.into(),
@@ -244,10 +394,13 @@ impl EsapiDevice {
     }
 
     fn release_ek(&mut self, mut ek: EkHandle) {
+        let Some(ctx) = self.ctx.as_mut() else {
+            return;
+        };
         if ek.persistent {
-            let _ = self.ctx.tr_close(&mut ek.handle);
+            let _ = ctx.tr_close(&mut ek.handle);
         } else {
-            let _ = self.ctx.flush_context(ek.handle);
+            let _ = ctx.flush_context(ek.handle);
         }
     }
 
@@ -255,7 +408,7 @@ impl EsapiDevice {
     /// the low-range EK templates.
     fn endorsement_policy_session(&mut self, hash: HashAlg) -> Result<AuthSession, DeviceError> {
         let session = self
-            .ctx
+            .ctx()?
             .start_auth_session(
                 None,
                 None,
@@ -268,7 +421,7 @@ impl EsapiDevice {
             .ok_or_else(|| DeviceError::Malformed("TPM returned no session".into()))?;
         let policy = PolicySession::try_from(session).map_err(command("policy session"));
         let result = policy.and_then(|policy| {
-            self.ctx
+            self.ctx()?
                 .execute_with_session(Some(AuthSession::Password), |ctx| {
                     ctx.policy_secret(
                         policy,
@@ -291,8 +444,10 @@ impl EsapiDevice {
     }
 
     fn flush_session(&mut self, session: AuthSession) {
-        if let AuthSession::PolicySession(_) | AuthSession::HmacSession(_) = session {
-            let _ = self.ctx.flush_context(SessionHandle::from(session).into());
+        if let AuthSession::PolicySession(_) | AuthSession::HmacSession(_) = session
+            && let Some(ctx) = self.ctx.as_mut()
+        {
+            let _ = ctx.flush_context(SessionHandle::from(session).into());
         }
     }
 }
@@ -306,17 +461,15 @@ fn kind_template_matches(kind: EkKind, public: &PublicArea) -> bool {
     matches_template(template, public)
 }
 
-impl TpmDevice for EsapiDevice {
-    fn describe(&self) -> String {
-        format!("TPM at {} (tss-esapi)", self.tcti)
-    }
-
-    fn nv_read(&mut self, index: u32) -> Result<Option<Vec<u8>>, DeviceError> {
+/// The operations, each run once; [`TpmDevice`] runs them through
+/// [`EsapiDevice::recovering`].
+impl EsapiDevice {
+    fn nv_read_once(&mut self, index: u32) -> Result<Option<Vec<u8>>, DeviceError> {
         if !self.handles(NV_FIRST)?.contains(&index) {
             return Ok(None);
         }
         let nv = NvIndexTpmHandle::new(index).map_err(command("NV index handle"))?;
-        self.ctx
+        self.ctx()?
             .execute_with_session(Some(AuthSession::Password), |ctx| {
                 tss_esapi::abstraction::nv::read_full(ctx, NvAuth::Owner, nv)
             })
@@ -324,18 +477,18 @@ impl TpmDevice for EsapiDevice {
             .map_err(command("TPM2_NV_Read"))
     }
 
-    fn ek_public(&mut self, kind: EkKind) -> Result<PublicArea, DeviceError> {
+    fn ek_public_once(&mut self, kind: EkKind) -> Result<PublicArea, DeviceError> {
         let ek = self.load_ek(kind)?;
         let public = ek.public.clone();
         self.release_ek(ek);
         Ok(public)
     }
 
-    fn create_key(&mut self, template: &PublicArea) -> Result<KeyBlob, DeviceError> {
+    fn create_key_once(&mut self, template: &PublicArea) -> Result<KeyBlob, DeviceError> {
         let srk = self.srk()?;
         let public = to_tss_public(template)?;
         let result = self
-            .ctx
+            .ctx()?
             .execute_with_session(Some(AuthSession::Password), |ctx| {
                 ctx.create(srk, public, None, None, None, None)
             })
@@ -346,11 +499,11 @@ impl TpmDevice for EsapiDevice {
         })
     }
 
-    fn check_key(&mut self, key: &KeyBlob) -> Result<(), DeviceError> {
+    fn check_key_once(&mut self, key: &KeyBlob) -> Result<(), DeviceError> {
         self.with_loaded(key, |_, _| Ok(()))
     }
 
-    fn certify(
+    fn certify_once(
         &mut self,
         object: &KeyBlob,
         signer: &KeyBlob,
@@ -361,7 +514,7 @@ impl TpmDevice for EsapiDevice {
         self.with_loaded(object, |dev, object| {
             dev.with_loaded(signer, |dev, signer| {
                 let (attest, signature) = dev
-                    .ctx
+                    .ctx()?
                     .execute_with_sessions(
                         (
                             Some(AuthSession::Password),
@@ -383,7 +536,7 @@ impl TpmDevice for EsapiDevice {
         })
     }
 
-    fn activate_credential(
+    fn activate_credential_once(
         &mut self,
         object: &KeyBlob,
         ek_kind: EkKind,
@@ -407,7 +560,7 @@ impl TpmDevice for EsapiDevice {
             let result = session.and_then(|session| {
                 let key_handle = KeyHandle::from(ek.handle);
                 let r = dev
-                    .ctx
+                    .ctx()?
                     .execute_with_sessions(
                         (Some(AuthSession::Password), Some(session), None),
                         |ctx| ctx.activate_credential(object, key_handle, id_object, secret),
@@ -421,7 +574,7 @@ impl TpmDevice for EsapiDevice {
         })
     }
 
-    fn sign(
+    fn sign_once(
         &mut self,
         key: &KeyBlob,
         digest: &[u8],
@@ -444,7 +597,7 @@ impl TpmDevice for EsapiDevice {
         })
         .map_err(|e| DeviceError::Malformed(format!("hashcheck ticket: {e}")))?;
         let signature = self.with_loaded(key, |dev, handle| {
-            dev.ctx
+            dev.ctx()?
                 .execute_with_session(Some(AuthSession::Password), |ctx| {
                     ctx.sign(handle, digest, tss_scheme, ticket)
                 })
@@ -454,5 +607,91 @@ impl TpmDevice for EsapiDevice {
             .marshall()
             .map_err(|e| DeviceError::Malformed(format!("signature: {e}")))?;
         Ok(Signature::parse(&bytes)?)
+    }
+}
+
+impl TpmDevice for EsapiDevice {
+    fn describe(&self) -> String {
+        format!("TPM at {} (tss-esapi)", self.tcti)
+    }
+
+    fn nv_read(&mut self, index: u32) -> Result<Option<Vec<u8>>, DeviceError> {
+        self.recovering(|dev| dev.nv_read_once(index))
+    }
+
+    fn ek_public(&mut self, kind: EkKind) -> Result<PublicArea, DeviceError> {
+        self.recovering(|dev| dev.ek_public_once(kind))
+    }
+
+    fn create_key(&mut self, template: &PublicArea) -> Result<KeyBlob, DeviceError> {
+        self.recovering(|dev| dev.create_key_once(template))
+    }
+
+    fn check_key(&mut self, key: &KeyBlob) -> Result<(), DeviceError> {
+        self.recovering(|dev| dev.check_key_once(key))
+    }
+
+    fn certify(
+        &mut self,
+        object: &KeyBlob,
+        signer: &KeyBlob,
+        qualifying_data: &[u8],
+    ) -> Result<CertifyOutput, DeviceError> {
+        self.recovering(|dev| dev.certify_once(object, signer, qualifying_data))
+    }
+
+    fn activate_credential(
+        &mut self,
+        object: &KeyBlob,
+        ek_kind: EkKind,
+        credential: &CredentialBlob,
+    ) -> Result<Zeroizing<Vec<u8>>, DeviceError> {
+        self.recovering(|dev| dev.activate_credential_once(object, ek_kind, credential))
+    }
+
+    fn sign(
+        &mut self,
+        key: &KeyBlob,
+        digest: &[u8],
+        scheme: SigningScheme,
+    ) -> Result<Signature, DeviceError> {
+        self.recovering(|dev| dev.sign_once(key, digest, scheme))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_codes_parse_from_their_display() {
+        assert_eq!(parse_code("Response code value: 0x70007"), Some(0x70007));
+        assert_eq!(parse_code("Response code value: 0xa000a"), Some(0xa000a));
+        assert_eq!(parse_code("response code not recognized"), None);
+    }
+
+    #[test]
+    fn transport_and_reset_faults_are_told_from_command_failures() {
+        // What tpm2-tss answered in the tests when swtpm went away and came back.
+        assert!(classify(0x000a_000a).is_some(), "TCTI IO error");
+        assert!(classify(0x0007_0007).is_some(), "ESAPI bad sequence");
+        assert!(classify(0x0000_0910).is_some(), "SRK handle not loaded");
+        assert!(classify(0x0000_018b).is_some(), "TPM_RC_HANDLE, handle 1");
+        assert!(classify(0x0000_0100).is_some(), "TPM_RC_INITIALIZE");
+        assert!(classify(0x000b_0001).is_some(), "resource manager");
+        assert!(classify(0x000c_0910).is_some(), "via the resource manager");
+        // Ordinary failures are not retried.
+        assert!(
+            classify(0x0000_009f).is_none(),
+            "TPM_RC_INTEGRITY (a foreign blob)"
+        );
+        assert!(classify(0x0000_01c4).is_none(), "TPM_RC_VALUE, parameter 1");
+        assert!(
+            classify(0x0000_01cb).is_none(),
+            "TPM_RC_HANDLE of a parameter"
+        );
+        assert!(classify(0x0000_0101).is_none(), "TPM_RC_FAILURE");
+        assert!(classify(0x0007_000b).is_none(), "ESAPI bad value");
+        assert!(classify(0x0009_0003).is_none(), "marshalling");
     }
 }

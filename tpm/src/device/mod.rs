@@ -36,6 +36,15 @@ pub enum DeviceError {
     /// The TPM cannot be reached (no device node, simulator not running, ...).
     #[error("TPM unavailable ({tcti}): {reason}")]
     Unavailable { tcti: String, reason: String },
+    /// The conversation with the TPM broke during `command`: the connection failed,
+    /// the TSS is out of step, or the TPM forgot what this context loaded (it
+    /// restarted). The backend reconnects and retries once by itself; this error
+    /// means the TPM was still away, and the next operation reconnects again.
+    #[error("{command}: the TPM connection was interrupted: {reason}")]
+    Interrupted {
+        command: &'static str,
+        reason: String,
+    },
     /// The TPM answered a command with an error.
     #[error("{command} failed: {message}")]
     Command {

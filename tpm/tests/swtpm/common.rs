@@ -167,6 +167,16 @@ impl Sim {
         self.env = parse_env(&run_script(&["restart", self.dir.path().to_str().unwrap()]));
     }
 
+    /// Stops the simulator (its state stays).
+    pub fn stop(&mut self) {
+        run_script(&["stop", self.dir.path().to_str().unwrap()]);
+    }
+
+    /// Starts the simulator again after [`Sim::stop`], on the same state.
+    pub fn start_again(&mut self) {
+        self.env = parse_env(&run_script(&["start", self.dir.path().to_str().unwrap()]));
+    }
+
     /// The local CA's root certificate (DER).
     pub fn ek_root(&self) -> Vec<u8> {
         load_pem_file(Path::new(&self.env["TPM_EK_CA_ROOT"]))

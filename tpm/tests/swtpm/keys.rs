@@ -1,5 +1,6 @@
 //! TPM-held keys: signatures checked by OpenSSL and ring, blobs that survive a
-//! restart, blobs that another TPM refuses, and `tpm info`.
+//! restart, blobs that another TPM refuses, `tpm info`, and an open context that
+//! reconnects by itself when the simulator restarts or goes away and comes back.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -281,4 +282,51 @@ fn key_blob_loads_in_a_new_process_after_restart() {
         b"from the child",
         &field("CHILD-SIG:")
     ));
+}
+
+#[test]
+fn an_open_context_survives_a_simulator_restart_and_outage() {
+    let mut sim = Sim::start(Which::A);
+    let tpm = sim.tpm();
+    let keys_dir = sim.path().join("keys");
+    let manager = TpmKeyManager::open(tpm.clone(), &keys_dir).unwrap();
+    let key = manager.generate_key("agent-svid", KeyType::EcP256).unwrap();
+    let spki = key.public_key_der().to_vec();
+    let check = |key: &Arc<dyn Key>, msg: &[u8]| {
+        let sig = key.sign_default(msg).unwrap();
+        assert!(verify_signature(
+            &spki,
+            SignatureScheme::EcdsaP256Sha256,
+            msg,
+            &sig
+        ));
+    };
+    check(&key, b"before");
+
+    // The simulator restarts under the open context (same state, same port): the
+    // next operation reconnects, makes the SRK again and reloads the key's blob.
+    let tcti = sim.env["TPM_TCTI"].clone();
+    sim.restart();
+    assert_eq!(
+        sim.env["TPM_TCTI"], tcti,
+        "the simulator came back on another port"
+    );
+    check(&key, b"after a restart");
+    check(&key, b"and again");
+
+    // The simulator is away: a clear error, not a wedged context.
+    sim.stop();
+    let err = key.sign_default(b"while away").unwrap_err();
+    assert!(matches!(err, KeyError::Unavailable(_)), "{err}");
+    let err2 = key.sign_default(b"still away").unwrap_err();
+    assert!(matches!(err2, KeyError::Unavailable(_)), "{err2}");
+    // Back: signing resumes by itself, and new keys can be made.
+    sim.start_again();
+    assert_eq!(
+        sim.env["TPM_TCTI"], tcti,
+        "the simulator came back on another port"
+    );
+    check(&key, b"after the outage");
+    let other = manager.generate_key("other", KeyType::EcP256).unwrap();
+    other.sign_default(b"new key").unwrap();
 }
