@@ -54,6 +54,25 @@ pub fn health_of(agent: &Agent) -> (bool, Vec<String>) {
         }
     }
     details.push(format!("cached X509-SVIDs: {}", snap.svids.len()));
+    // Expired SVIDs are never served (the workloads get Unavailable): say which.
+    let now = tessera_core::x509::unix_seconds(std::time::SystemTime::now());
+    let expired: Vec<String> = (snap.svids.values())
+        .filter(|s| !api::servable(s, now))
+        .map(|s| {
+            format!(
+                "{} (expired at {})",
+                s.entry.spiffe_id,
+                api::rfc3339(s.not_after)
+            )
+        })
+        .collect();
+    if !expired.is_empty() {
+        ready = false;
+        details.push(format!(
+            "expired X509-SVIDs, not served until renewed: {}",
+            expired.join(", ")
+        ));
+    }
     (ready, details)
 }
 
