@@ -490,3 +490,116 @@ pub fn json_to_struct(m: serde_json::Map<String, serde_json::Value>) -> prost_ty
         fields: m.into_iter().map(|(k, v)| (k, json_to_value(v))).collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::key::{KeyType, SoftwareKey};
+    use tessera_core::{Bundle, RegistrationEntry, Selector};
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn entry(id: &str, path: &str, selector: &str) -> Arc<RegistrationEntry> {
+        Arc::new(RegistrationEntry {
+            id: id.into(),
+            spiffe_id: SpiffeId::new(&format!("spiffe://example.org/{path}")).unwrap(),
+            parent_id: SpiffeId::new("spiffe://example.org/node").unwrap(),
+            selectors: vec![Selector::new("unix", selector).unwrap()],
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            federates_with: Vec::new(),
+            admin: false,
+            downstream: false,
+            dns_names: Vec::new(),
+            hint: String::new(),
+            expires_at: 0,
+            revision_number: 1,
+            created_at: 0,
+        })
+    }
+
+    fn svid(e: &Arc<RegistrationEntry>, not_after: i64) -> Svid {
+        Svid {
+            entry: e.clone(),
+            chain: Arc::new(vec![e.spiffe_id.to_string().into_bytes()]),
+            key: Arc::new(SoftwareKey::generate(KeyType::EcP256).unwrap()),
+            not_before: not_after - 3600,
+            not_after,
+            rotate_at: not_after - 1800,
+            revision: 1,
+        }
+    }
+
+    /// A workload with two entries whose SVIDs expire at `a` and `b`.
+    fn snapshot(a: i64, b: i64) -> (Snapshot, SelectorSet) {
+        let e1 = entry("e1", "one", "uid:1000");
+        let e2 = entry("e2", "two", "gid:1000");
+        let snap = Snapshot {
+            generation: 1,
+            synced: true,
+            bundle: Some(Arc::new(Bundle::with_x509(
+                TrustDomain::new("example.org").unwrap(),
+                vec![b"root".to_vec()],
+            ))),
+            federated: BTreeMap::new(),
+            entries: vec![e1.clone(), e2.clone()],
+            svids: [
+                ("e1".to_string(), svid(&e1, a)),
+                ("e2".to_string(), svid(&e2, b)),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let selectors = [
+            Selector::new("unix", "uid:1000").unwrap(),
+            Selector::new("unix", "gid:1000").unwrap(),
+        ]
+        .into_iter()
+        .collect();
+        (snap, selectors)
+    }
+
+    fn ids(r: &pb::X509svidResponse) -> Vec<&str> {
+        r.svids.iter().map(|s| s.spiffe_id.as_str()).collect()
+    }
+
+    #[test]
+    fn expired_svids_are_never_served() {
+        let (snap, sels) = snapshot(NOW + 10, NOW + 20);
+        let r = x509_response(&snap, &sels, NOW).unwrap().unwrap();
+        assert_eq!(
+            ids(&r),
+            ["spiffe://example.org/one", "spiffe://example.org/two"]
+        );
+        assert_eq!(next_expiry(&snap, &sels, NOW), Some(NOW + 10));
+        // The first expires: only the second is served, and the next wake-up is
+        // its expiry.
+        let r = x509_response(&snap, &sels, NOW + 10).unwrap().unwrap();
+        assert_eq!(ids(&r), ["spiffe://example.org/two"]);
+        assert_eq!(next_expiry(&snap, &sels, NOW + 10), Some(NOW + 20));
+        // Both expired: Unavailable, naming the identity and the time.
+        let err = x509_response(&snap, &sels, NOW + 20).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(
+            err.message().contains("spiffe://example.org/two")
+                && err.message().contains(&rfc3339(NOW + 20))
+                && err.message().contains("expired"),
+            "{}",
+            err.message()
+        );
+        assert_eq!(next_expiry(&snap, &sels, NOW + 20), None);
+    }
+
+    #[test]
+    fn entries_without_svids_yet_wait_rather_than_fail() {
+        let (mut snap, sels) = snapshot(NOW + 10, NOW + 20);
+        snap.svids.clear();
+        assert!(x509_response(&snap, &sels, NOW).unwrap().is_none());
+        assert_eq!(next_expiry(&snap, &sels, NOW), None);
+    }
+
+    #[test]
+    fn times_read_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    }
+}

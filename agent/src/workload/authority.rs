@@ -713,6 +713,44 @@ impl Entry {
     }
 }
 
+/// A decoded header field: name and value.
+pub type HeaderField = (Vec<u8>, Vec<u8>);
+
+/// An HPACK decoder for tools that read HTTP/2 by hand: the end-to-end tests
+/// drive Workload API connections byte by byte (to split a request around a
+/// fork) and decode the agent's answers with it.
+pub struct HeaderDecoder(Decoder);
+
+impl fmt::Debug for HeaderDecoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeaderDecoder")
+            .field("table_entries", &self.0.table.len())
+            .finish()
+    }
+}
+
+impl Default for HeaderDecoder {
+    fn default() -> Self {
+        HeaderDecoder(Decoder::new(INITIAL_TABLE_SIZE))
+    }
+}
+
+impl HeaderDecoder {
+    /// Decodes the next complete header block of a connection into its
+    /// (name, value) pairs, following the dynamic table across blocks.
+    pub fn decode(&mut self, block: &[u8]) -> Result<Vec<HeaderField>, String> {
+        let mut out = Vec::new();
+        self.0
+            .decode(block, |repr| {
+                if let Repr::Field { name, value, .. } = repr {
+                    out.push((name.to_vec(), value.to_vec()));
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+}
+
 /// A decoder that follows the encoder's dynamic table across header blocks.
 struct Decoder {
     /// Newest entry first, so index 62 is `table[0]`.

@@ -79,6 +79,8 @@ pub enum CallerError {
     Executed { pid: i32, what: &'static str },
     #[error("PID {pid} now belongs to another process than the one that connected")]
     Reused { pid: i32 },
+    #[error("cannot pin the process that connected: {0}")]
+    Pin(String),
     #[error("cannot read /proc/{pid}/{file}: {error}")]
     Proc {
         pid: i32,
@@ -314,18 +316,24 @@ impl Pinned {
             return Err(CallerError::NotVisible);
         }
         let gone = CallerError::Gone { pid };
+        let cannot = |what: &str, e: Errno| CallerError::Pin(format!("{what}: {e}"));
         let handle = match socket_pidfd() {
             Ok(fd) => Handle::Pidfd(fd, PidfdSource::Socket),
-            Err(Errno::SRCH) => return Err(gone),
-            // Older than Linux 6.5 (or not a pidfd-capable socket): by PID.
-            Err(_) => match open_pidfd(pid) {
+            // The kernel knows the option but the process that connected has no
+            // task left: it is gone, whatever now runs under its PID.
+            Err(Errno::SRCH | Errno::INVAL) => return Err(gone),
+            // Older than Linux 6.5 (or no peer PID recorded): by PID.
+            Err(Errno::NOPROTOOPT | Errno::NODATA) => match open_pidfd(pid) {
                 Ok(fd) => Handle::Pidfd(fd, PidfdSource::Opened),
                 Err(Errno::SRCH) => return Err(gone),
-                Err(e) => {
+                // Older than Linux 5.3: an open /proc/<pid> directory.
+                Err(e @ Errno::NOSYS) => {
                     pidfd_fallback_notice(e);
                     Handle::ProcDir(open_proc_dir(pid)?)
                 }
+                Err(e) => return Err(cannot("pidfd_open", e)),
             },
+            Err(e) => return Err(cannot("SO_PEERPIDFD", e)),
         };
         let mut pinned = Pinned {
             cred,
