@@ -80,9 +80,12 @@ impl WorkloadApi {
     }
 }
 
-/// Refuses a caller whose pinned process is gone or changed (see `peer`).
-fn refuse(e: CallerError) -> Status {
-    tracing::warn!("Workload API caller refused: {e}");
+/// Refuses a caller whose pinned process is gone or changed (see `peer`); logged
+/// once per connection.
+fn refuse(caller: &Caller, e: CallerError) -> Status {
+    if caller.first_refusal() {
+        tracing::warn!("Workload API caller refused: {e}");
+    }
     Status::permission_denied(e.to_string())
 }
 
@@ -91,7 +94,7 @@ fn check_caller(caller: &Caller) -> Result<(), Status> {
     caller
         .pinned()
         .and_then(|p| p.check().map(drop))
-        .map_err(refuse)
+        .map_err(|e| refuse(caller, e))
 }
 
 /// The caller's selectors, read between two checks that its process is the one that
@@ -100,14 +103,14 @@ fn attest_pinned(
     caller: &Caller,
     cfg: &crate::config::UnixAttestorConfig,
 ) -> Result<Vec<tessera_core::Selector>, Status> {
-    let pinned = caller.pinned().map_err(refuse)?;
-    let dir = pinned.check().map_err(refuse)?;
+    let pinned = caller.pinned().map_err(|e| refuse(caller, e))?;
+    let dir = pinned.check().map_err(|e| refuse(caller, e))?;
     let selectors = super::unix::attest(pinned, dir.as_fd(), cfg).map_err(|e| {
         tracing::warn!("workload attestation failed: {e}");
         Status::permission_denied(format!("workload attestation failed: {e}"))
     })?;
     drop(dir);
-    pinned.check().map_err(refuse)?;
+    pinned.check().map_err(|e| refuse(caller, e))?;
     Ok(selectors)
 }
 

@@ -559,12 +559,35 @@ fn peer_groups(sock: BorrowedFd<'_>) -> Result<Vec<u32>, Errno> {
 
 /// Who is calling on a connection: the pinned process, or why there is none.
 #[derive(Debug, Clone)]
-pub struct Caller(Arc<Result<Pinned, CallerError>>);
+pub struct Caller(Arc<CallerState>);
+
+#[derive(Debug)]
+struct CallerState {
+    pinned: Result<Pinned, CallerError>,
+    /// Whether a refusal on this connection was logged already: a connection whose
+    /// caller is gone can be refused any number of times, and logged once.
+    refusal_logged: std::sync::atomic::AtomicBool,
+}
 
 impl Caller {
+    fn new(pinned: Result<Pinned, CallerError>) -> Self {
+        Caller(Arc::new(CallerState {
+            pinned,
+            refusal_logged: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
     /// The pinned process, or why the caller cannot be identified.
     pub fn pinned(&self) -> Result<&Pinned, CallerError> {
-        self.0.as_ref().as_ref().map_err(Clone::clone)
+        self.0.pinned.as_ref().map_err(Clone::clone)
+    }
+
+    /// True the first time it is asked on this connection.
+    pub fn first_refusal(&self) -> bool {
+        !self
+            .0
+            .refusal_logged
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -596,7 +619,7 @@ impl WorkloadConn {
         }
         Self {
             io: fix_authority(stream),
-            caller: Caller(Arc::new(pinned)),
+            caller: Caller::new(pinned),
             _open: None,
         }
     }
