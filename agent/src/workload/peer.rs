@@ -24,9 +24,12 @@
 //! setgid exec, `setresuid`), or when it executed another program. Attestation reads
 //! between two checks, so nothing read belongs to a different program or user.
 //!
-//! The only window left is between `connect()` and the agent's `accept()` on kernels
-//! without SO_PEERPIDFD: there a PID reused in that window is accepted only if the
-//! new process runs with the same effective UID and GID as the one that connected.
+//! What happens between `connect()` and the agent's `accept()` is seen only through
+//! the credentials: a program executed in that window is taken as the caller's (its
+//! user and groups are still the connect-time ones; a setuid or setgid program has
+//! other effective IDs and is refused), and on kernels without SO_PEERPIDFD a PID
+//! reused in that window is accepted only if the new process runs with the same
+//! effective UID and GID as the one that connected.
 
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
