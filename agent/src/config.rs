@@ -127,6 +127,8 @@ impl LimitsConfig {
     pub fn connection_caps(&self, nofile: u64) -> tessera_core::limits::ConnCaps {
         tessera_core::limits::ConnCaps::derived(
             nofile,
+            // The socket and the pidfd that pins the caller.
+            2,
             DEFAULT_MAX_CONNECTIONS_CEILING,
             DEFAULT_PER_UID_SHARE,
         )

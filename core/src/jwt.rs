@@ -21,6 +21,33 @@ pub const ALLOWED_ALGS: &[&str] = &[
     "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512",
 ];
 
+/// At most this many audiences in a JWT-SVID that Tessera mints. The JWT-SVID
+/// standard sets no limit; every minted token is cached by the agent until it is half
+/// spent, so the audience list is bounded like any other input that is kept.
+pub const MAX_AUDIENCES: usize = 16;
+
+/// At most this many bytes in each audience value (UTF-8). Audiences name relying
+/// parties (a URI, a host name, a service name); 1 KiB holds any real one.
+pub const MAX_AUDIENCE_LEN: usize = 1024;
+
+/// Checks an audience list for minting: at least one value, no empty value, at most
+/// [`MAX_AUDIENCES`] values of at most [`MAX_AUDIENCE_LEN`] bytes each.
+pub fn check_audience(audience: &[String]) -> Result<(), JwtError> {
+    if audience.is_empty() {
+        return Err(JwtError::NoAudience);
+    }
+    if audience.iter().any(String::is_empty) {
+        return Err(JwtError::EmptyAudience);
+    }
+    if audience.len() > MAX_AUDIENCES {
+        return Err(JwtError::TooManyAudiences(audience.len()));
+    }
+    if let Some(a) = audience.iter().find(|a| a.len() > MAX_AUDIENCE_LEN) {
+        return Err(JwtError::AudienceTooLong(a.len()));
+    }
+    Ok(())
+}
+
 /// Why a JWT-SVID was refused or could not be made.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -60,8 +87,14 @@ pub enum JwtError {
     KeyAlgMismatch { kid: String, alg: String },
     #[error("signing: {0}")]
     Key(#[from] KeyError),
-    #[error("no audience given")]
+    #[error("audience must be specified")]
     NoAudience,
+    #[error("audience values must not be empty")]
+    EmptyAudience,
+    #[error("{0} audiences given; at most {MAX_AUDIENCES} are allowed")]
+    TooManyAudiences(usize),
+    #[error("an audience value of {0} bytes given; at most {MAX_AUDIENCE_LEN} bytes are allowed")]
+    AudienceTooLong(usize),
 }
 
 /// A validated (or freshly minted) JWT-SVID.
@@ -88,9 +121,7 @@ pub fn sign_jwt_svid(
     key_id: &str,
     key: &dyn Key,
 ) -> Result<JwtSvid, JwtError> {
-    if audience.is_empty() {
-        return Err(JwtError::NoAudience);
-    }
+    check_audience(audience)?;
     let scheme = key.key_type().default_scheme();
     let header = json!({"alg": scheme.jws_alg(), "kid": key_id, "typ": "JWT"});
     let aud = if audience.len() == 1 {
@@ -349,6 +380,40 @@ mod tests {
             assert_eq!(svid.spiffe_id, id());
             assert_eq!(svid.expiry, NOW + 300);
             assert_eq!(svid.audience, aud("db"));
+        }
+    }
+
+    #[test]
+    fn audience_limits_hold_for_every_minted_token() {
+        let (key, b) = setup(KeyType::EcP256);
+        let at_limit: Vec<String> = (0..MAX_AUDIENCES)
+            .map(|i| format!("{i:0>width$}", width = MAX_AUDIENCE_LEN))
+            .collect();
+        check_audience(&at_limit).unwrap();
+        let t = sign_jwt_svid(&id(), &at_limit, NOW, NOW + 60, "kid1", &key).unwrap();
+        let svid = validate_jwt_svid(&t.token, |_| Some(b.clone()), &at_limit[3..4], NOW).unwrap();
+        assert_eq!(svid.audience, at_limit);
+
+        let mut too_many = at_limit.clone();
+        too_many.push("one more".into());
+        let long = vec!["x".repeat(MAX_AUDIENCE_LEN + 1)];
+        let cases: Vec<(Vec<String>, &str)> = vec![
+            (vec![], "audience must be specified"),
+            (
+                vec!["a".into(), String::new()],
+                "audience values must not be empty",
+            ),
+            (too_many, "17 audiences given; at most 16 are allowed"),
+            (
+                long,
+                "an audience value of 1025 bytes given; at most 1024 bytes are allowed",
+            ),
+        ];
+        for (audience, message) in cases {
+            assert_eq!(check_audience(&audience).unwrap_err().to_string(), message);
+            // The signer refuses them too, whoever calls it.
+            let err = sign_jwt_svid(&id(), &audience, NOW, NOW + 60, "kid1", &key).unwrap_err();
+            assert_eq!(err.to_string(), message);
         }
     }
 

@@ -170,6 +170,7 @@ impl LimitsConfig {
     pub fn connection_caps(&self, nofile: u64) -> tessera_core::limits::ConnCaps {
         tessera_core::limits::ConnCaps::derived(
             nofile,
+            1,
             DEFAULT_MAX_CONNECTIONS_CEILING,
             DEFAULT_PER_IP_SHARE,
         )

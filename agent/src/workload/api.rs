@@ -3,6 +3,7 @@
 //! Streams send the full state at once and again on every change.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -14,8 +15,8 @@ use tessera_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use super::peer::{PeerCred, start_time};
-use crate::cache::Snapshot;
+use super::peer::{Caller, CallerError};
+use crate::cache::{Snapshot, Svid};
 use crate::manager::Agent;
 
 type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -42,32 +43,27 @@ impl WorkloadApi {
         Self { agent }
     }
 
-    /// Attests the caller: its selectors, with the PID-reuse guard around the reads.
-    async fn attest<T>(&self, req: &Request<T>) -> Result<SelectorSet, Status> {
-        let cred: PeerCred = req
+    /// Attests the caller: the process pinned when it connected, checked unchanged
+    /// before and after its selectors are read.
+    async fn attest<T>(&self, req: &Request<T>) -> Result<(SelectorSet, Caller), Status> {
+        let caller = req
             .extensions()
-            .get::<Option<PeerCred>>()
-            .copied()
-            .flatten()
-            .ok_or_else(|| Status::internal("the connection carries no peer credentials"))?;
-        if cred.pid <= 0 {
-            return Err(Status::permission_denied(
-                "the caller's PID is not visible from the agent's PID namespace",
-            ));
-        }
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| Status::internal("the connection carries no caller information"))?;
         let cfg = self.agent.config().workload_attestors.unix.clone();
-        let pid = cred.pid;
-        // Reading /proc/<pid>/status takes microseconds and names come from a cache,
-        // so attestation runs in place; hashing the caller's binary reads a file of
-        // any size and goes to the blocking pool.
+        // The /proc reads take microseconds and names come from a cache, so
+        // attestation runs in place; hashing the caller's binary reads a file of any
+        // size and goes to the blocking pool.
         let selectors = if cfg.discover_workload_path {
-            tokio::task::spawn_blocking(move || attest_guarded(pid, &cfg))
+            let c = caller.clone();
+            tokio::task::spawn_blocking(move || attest_pinned(&c, &cfg))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))??
         } else {
-            attest_guarded(pid, &cfg)?
+            attest_pinned(&caller, &cfg)?
         };
-        Ok(selectors.into_iter().collect())
+        Ok((selectors.into_iter().collect(), caller))
     }
 
     fn no_identity() -> Status {
@@ -84,27 +80,38 @@ impl WorkloadApi {
     }
 }
 
-/// Attests process `pid` between two reads of its start time: if the PID was reused
-/// by another process meanwhile, the caller is refused (SPEC.md's PID-reuse guard).
-fn attest_guarded(
-    pid: i32,
+/// Refuses a caller whose pinned process is gone or changed (see `peer`); logged
+/// once per connection.
+fn refuse(caller: &Caller, e: CallerError) -> Status {
+    if caller.first_refusal() {
+        tracing::warn!("Workload API caller refused: {e}");
+    }
+    Status::permission_denied(e.to_string())
+}
+
+/// Whether the caller is still the process that connected, unchanged.
+fn check_caller(caller: &Caller) -> Result<(), Status> {
+    caller
+        .pinned()
+        .and_then(|p| p.check().map(drop))
+        .map_err(|e| refuse(caller, e))
+}
+
+/// The caller's selectors, read between two checks that its process is the one that
+/// connected, unchanged: nothing read belongs to another program or user.
+fn attest_pinned(
+    caller: &Caller,
     cfg: &crate::config::UnixAttestorConfig,
 ) -> Result<Vec<tessera_core::Selector>, Status> {
-    let before = start_time(pid)
-        .map_err(|e| Status::permission_denied(format!("caller process {pid} is gone: {e}")))?;
-    let s = super::unix::attest(pid, cfg)
-        .map_err(|e| Status::permission_denied(format!("workload attestation failed: {e}")))?;
-    let after = start_time(pid).map_err(|e| {
-        Status::permission_denied(format!(
-            "caller process {pid} exited during attestation: {e}"
-        ))
+    let pinned = caller.pinned().map_err(|e| refuse(caller, e))?;
+    let dir = pinned.check().map_err(|e| refuse(caller, e))?;
+    let selectors = super::unix::attest(pinned, dir.as_fd(), cfg).map_err(|e| {
+        tracing::warn!("workload attestation failed: {e}");
+        Status::permission_denied(format!("workload attestation failed: {e}"))
     })?;
-    if before != after {
-        return Err(Status::permission_denied(format!(
-            "PID {pid} was reused by another process during attestation"
-        )));
-    }
-    Ok(s)
+    drop(dir);
+    pinned.check().map_err(|e| refuse(caller, e))?;
+    Ok(selectors)
 }
 
 /// The trust domains a workload's entries federate with.
@@ -114,12 +121,56 @@ fn federated_for<'a>(snap: &'a Snapshot, selectors: &'a SelectorSet) -> BTreeSet
         .collect()
 }
 
-fn x509_response(snap: &Snapshot, selectors: &SelectorSet) -> Option<pb::X509svidResponse> {
-    let bundle = snap.bundle.as_ref()?;
+/// The current Unix time, in seconds.
+fn now_unix() -> i64 {
+    tessera_core::x509::unix_seconds(std::time::SystemTime::now())
+}
+
+/// A Unix time as RFC 3339, for messages.
+pub(crate) fn rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.to_string())
+}
+
+/// Whether an X509-SVID may be served at Unix time `now`. Its `notAfter` second is
+/// already refused: it would expire while on its way.
+pub fn servable(s: &Svid, now: i64) -> bool {
+    now < s.not_after
+}
+
+/// The X509-SVIDs the workload gets at `now`: expired ones are never served. When the
+/// workload's entries have SVIDs but every one has expired (the agent could not renew
+/// them, e.g. the server is unreachable), the answer is Unavailable naming the expiry:
+/// the identity is still there, the agent is not ready to serve it.
+fn x509_response(
+    snap: &Snapshot,
+    selectors: &SelectorSet,
+    now: i64,
+) -> Result<Option<pb::X509svidResponse>, Status> {
+    let Some(bundle) = snap.bundle.as_ref() else {
+        return Ok(None);
+    };
+    let held = snap.svids_for(selectors);
+    let valid: Vec<&Svid> = held.iter().copied().filter(|s| servable(s, now)).collect();
+    if valid.is_empty() {
+        return match held.iter().max_by_key(|s| s.not_after) {
+            Some(s) => Err(Status::unavailable(format!(
+                "the X509-SVID for {} expired at {} and has not been renewed yet (the agent cannot reach the server, or it cannot sign; see the agent's health check); retry later",
+                s.entry.spiffe_id,
+                rfc3339(s.not_after)
+            ))),
+            None => Ok(None),
+        };
+    }
     let bundle_der = bundle.x509_concatenated();
     let mut hints = HashSet::new();
     let mut svids = Vec::new();
-    for s in snap.svids_for(selectors) {
+    for s in valid {
         // Hints must be unique within a response: the first SVID with a hint keeps it.
         if !s.entry.hint.is_empty() && !hints.insert(s.entry.hint.as_str()) {
             continue;
@@ -132,9 +183,6 @@ fn x509_response(snap: &Snapshot, selectors: &SelectorSet) -> Option<pb::X509svi
             hint: s.entry.hint.clone(),
         });
     }
-    if svids.is_empty() {
-        return None;
-    }
     let federated_bundles = federated_for(snap, selectors)
         .into_iter()
         .filter_map(|td| {
@@ -143,11 +191,35 @@ fn x509_response(snap: &Snapshot, selectors: &SelectorSet) -> Option<pb::X509svi
                 .map(|b| (td.id_string(), b.x509_concatenated()))
         })
         .collect();
-    Some(pb::X509svidResponse {
+    Ok(Some(pb::X509svidResponse {
         svids,
         crl: Vec::new(),
         federated_bundles,
-    })
+    }))
+}
+
+/// When the next X509-SVID the workload is served stops being servable.
+fn next_expiry(snap: &Snapshot, selectors: &SelectorSet, now: i64) -> Option<i64> {
+    snap.svids_for(selectors)
+        .into_iter()
+        .filter(|s| servable(s, now))
+        .map(|s| s.not_after)
+        .min()
+}
+
+/// Sleeps until Unix time `at` (forever for `None`).
+async fn sleep_until_unix(at: Option<i64>) {
+    match at {
+        Some(at) => {
+            let wait = u64::try_from(at.saturating_sub(now_unix())).unwrap_or(0);
+            tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+            // Whole seconds: make sure the second `at` has begun.
+            while now_unix() < at {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn x509_bundles(snap: &Snapshot, selectors: &SelectorSet) -> BTreeMap<String, Vec<u8>> {
@@ -177,12 +249,21 @@ fn jwt_bundles(snap: &Snapshot, selectors: &SelectorSet) -> BTreeMap<String, Vec
 }
 
 impl WorkloadApi {
-    /// Streams `build(snapshot)` to the caller at once and after every change that
-    /// alters it; ends with PermissionDenied when the caller has no identity left.
-    fn stream<T, F>(&self, selectors: SelectorSet, needs_identity: bool, build: F) -> Out<T>
+    /// Streams `build(snapshot, selectors, now)` to the caller at once, after every
+    /// change that alters it and when a served X509-SVID expires. Ends with
+    /// PermissionDenied when the caller has no identity left or its process is no
+    /// longer the one that connected (checked before each message), and with the
+    /// error `build` gives (Unavailable when every SVID expired).
+    fn stream<T, F>(
+        &self,
+        caller: Caller,
+        selectors: SelectorSet,
+        needs_identity: bool,
+        build: F,
+    ) -> Out<T>
     where
         T: Message + Clone + PartialEq + Send + 'static,
-        F: Fn(&Snapshot, &SelectorSet) -> Option<T> + Send + 'static,
+        F: Fn(&Snapshot, &SelectorSet, i64) -> Result<Option<T>, Status> + Send + 'static,
     {
         let mut rx = self.agent.cache.subscribe();
         let (tx, out) = mpsc::channel::<Result<T, Status>>(2);
@@ -192,6 +273,7 @@ impl WorkloadApi {
             let mut last: Option<T> = None;
             loop {
                 let snap = rx.borrow_and_update().clone();
+                let now = now_unix();
                 if needs_identity
                     && snap.synced
                     && snap.matching_entries(&selectors).next().is_none()
@@ -199,23 +281,36 @@ impl WorkloadApi {
                     let _ = tx.send(Err(WorkloadApi::no_identity())).await;
                     return;
                 }
-                if let Some(msg) = build(&snap, &selectors)
-                    && last.as_ref() != Some(&msg)
-                {
-                    if tx.send(Ok(msg.clone())).await.is_err() {
+                match build(&snap, &selectors, now) {
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
-                    last = Some(msg);
+                    Ok(Some(msg)) if last.as_ref() != Some(&msg) => {
+                        if let Err(status) = check_caller(&caller) {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                        if tx.send(Ok(msg.clone())).await.is_err() {
+                            return;
+                        }
+                        last = Some(msg);
+                    }
+                    Ok(_) => {}
                 }
+                let expiry = next_expiry(&snap, &selectors, now);
                 tokio::select! {
                     r = rx.changed() => if r.is_err() { return },
                     _ = tx.closed() => return,
+                    _ = sleep_until_unix(expiry) => {},
                 }
             }
         });
         Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))
     }
 
+    /// The rule of the bundle calls and ValidateJWTSVID: unless
+    /// `allow_unauthenticated_verifiers` is set, only callers with an identity.
     fn check_identity(&self, selectors: &SelectorSet) -> Result<(), Status> {
         let snap = self.agent.cache.snapshot();
         Self::ready(&snap)?;
@@ -238,32 +333,40 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<pb::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let selectors = self.attest(&req).await?;
+        let (selectors, caller) = self.attest(&req).await?;
         let snap = self.agent.cache.snapshot();
         Self::ready(&snap)?;
         if snap.matching_entries(&selectors).next().is_none() {
             tracing::info!(selectors = ?selectors.iter().map(ToString::to_string).collect::<Vec<_>>(), "workload has no identity");
             return Err(Self::no_identity());
         }
-        Ok(Response::new(self.stream(selectors, true, x509_response)))
+        // Every SVID expired: say so now rather than open a stream that has
+        // nothing to send.
+        x509_response(&snap, &selectors, now_unix())?;
+        Ok(Response::new(self.stream(
+            caller,
+            selectors,
+            true,
+            x509_response,
+        )))
     }
 
     async fn fetch_x509_bundles(
         &self,
         req: Request<pb::X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let selectors = self.attest(&req).await?;
+        let (selectors, caller) = self.attest(&req).await?;
         self.check_identity(&selectors)?;
         let needs = !self.agent.config().allow_unauthenticated_verifiers;
         Ok(Response::new(self.stream(
+            caller,
             selectors,
             needs,
-            |snap, sels| {
-                snap.bundle.as_ref()?;
-                Some(pb::X509BundlesResponse {
+            |snap, sels, _| {
+                Ok(snap.bundle.as_ref().map(|_| pb::X509BundlesResponse {
                     crl: Vec::new(),
                     bundles: x509_bundles(snap, sels).into_iter().collect(),
-                })
+                }))
             },
         )))
     }
@@ -272,11 +375,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<pb::JwtsvidRequest>,
     ) -> Result<Response<pb::JwtsvidResponse>, Status> {
-        let selectors = self.attest(&req).await?;
+        let (selectors, _) = self.attest(&req).await?;
         let r = req.into_inner();
-        if r.audience.is_empty() || r.audience.iter().any(String::is_empty) {
-            return Err(Status::invalid_argument("audience must be specified"));
-        }
+        tessera_core::jwt::check_audience(&r.audience)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let wanted = if r.spiffe_id.is_empty() {
             None
         } else {
@@ -318,17 +420,17 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<pb::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let selectors = self.attest(&req).await?;
+        let (selectors, caller) = self.attest(&req).await?;
         self.check_identity(&selectors)?;
         let needs = !self.agent.config().allow_unauthenticated_verifiers;
         Ok(Response::new(self.stream(
+            caller,
             selectors,
             needs,
-            |snap, sels| {
-                snap.bundle.as_ref()?;
-                Some(pb::JwtBundlesResponse {
+            |snap, sels, _| {
+                Ok(snap.bundle.as_ref().map(|_| pb::JwtBundlesResponse {
                     bundles: jwt_bundles(snap, sels).into_iter().collect(),
-                })
+                }))
             },
         )))
     }
@@ -337,7 +439,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<pb::ValidateJwtsvidRequest>,
     ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
-        self.attest(&req).await?;
+        let (selectors, _) = self.attest(&req).await?;
+        // The bundle calls' rule: a caller without an identity validates nothing
+        // unless `allow_unauthenticated_verifiers` says it may.
+        self.check_identity(&selectors)?;
         let r = req.into_inner();
         if r.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -346,8 +451,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             return Err(Status::invalid_argument("svid must be specified"));
         }
         let snap = self.agent.cache.snapshot();
-        Self::ready(&snap)?;
-        let now = tessera_core::x509::unix_seconds(std::time::SystemTime::now());
+        let now = now_unix();
         let svid = tessera_core::jwt::validate_jwt_svid(
             &r.svid,
             |td| {
@@ -387,5 +491,118 @@ fn json_to_value(v: serde_json::Value) -> prost_types::Value {
 pub fn json_to_struct(m: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
     prost_types::Struct {
         fields: m.into_iter().map(|(k, v)| (k, json_to_value(v))).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::key::{KeyType, SoftwareKey};
+    use tessera_core::{Bundle, RegistrationEntry, Selector};
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn entry(id: &str, path: &str, selector: &str) -> Arc<RegistrationEntry> {
+        Arc::new(RegistrationEntry {
+            id: id.into(),
+            spiffe_id: SpiffeId::new(&format!("spiffe://example.org/{path}")).unwrap(),
+            parent_id: SpiffeId::new("spiffe://example.org/node").unwrap(),
+            selectors: vec![Selector::new("unix", selector).unwrap()],
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            federates_with: Vec::new(),
+            admin: false,
+            downstream: false,
+            dns_names: Vec::new(),
+            hint: String::new(),
+            expires_at: 0,
+            revision_number: 1,
+            created_at: 0,
+        })
+    }
+
+    fn svid(e: &Arc<RegistrationEntry>, not_after: i64) -> Svid {
+        Svid {
+            entry: e.clone(),
+            chain: Arc::new(vec![e.spiffe_id.to_string().into_bytes()]),
+            key: Arc::new(SoftwareKey::generate(KeyType::EcP256).unwrap()),
+            not_before: not_after - 3600,
+            not_after,
+            rotate_at: not_after - 1800,
+            revision: 1,
+        }
+    }
+
+    /// A workload with two entries whose SVIDs expire at `a` and `b`.
+    fn snapshot(a: i64, b: i64) -> (Snapshot, SelectorSet) {
+        let e1 = entry("e1", "one", "uid:1000");
+        let e2 = entry("e2", "two", "gid:1000");
+        let snap = Snapshot {
+            generation: 1,
+            synced: true,
+            bundle: Some(Arc::new(Bundle::with_x509(
+                TrustDomain::new("example.org").unwrap(),
+                vec![b"root".to_vec()],
+            ))),
+            federated: BTreeMap::new(),
+            entries: vec![e1.clone(), e2.clone()],
+            svids: [
+                ("e1".to_string(), svid(&e1, a)),
+                ("e2".to_string(), svid(&e2, b)),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let selectors = [
+            Selector::new("unix", "uid:1000").unwrap(),
+            Selector::new("unix", "gid:1000").unwrap(),
+        ]
+        .into_iter()
+        .collect();
+        (snap, selectors)
+    }
+
+    fn ids(r: &pb::X509svidResponse) -> Vec<&str> {
+        r.svids.iter().map(|s| s.spiffe_id.as_str()).collect()
+    }
+
+    #[test]
+    fn expired_svids_are_never_served() {
+        let (snap, sels) = snapshot(NOW + 10, NOW + 20);
+        let r = x509_response(&snap, &sels, NOW).unwrap().unwrap();
+        assert_eq!(
+            ids(&r),
+            ["spiffe://example.org/one", "spiffe://example.org/two"]
+        );
+        assert_eq!(next_expiry(&snap, &sels, NOW), Some(NOW + 10));
+        // The first expires: only the second is served, and the next wake-up is
+        // its expiry.
+        let r = x509_response(&snap, &sels, NOW + 10).unwrap().unwrap();
+        assert_eq!(ids(&r), ["spiffe://example.org/two"]);
+        assert_eq!(next_expiry(&snap, &sels, NOW + 10), Some(NOW + 20));
+        // Both expired: Unavailable, naming the identity and the time.
+        let err = x509_response(&snap, &sels, NOW + 20).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(
+            err.message().contains("spiffe://example.org/two")
+                && err.message().contains(&rfc3339(NOW + 20))
+                && err.message().contains("expired"),
+            "{}",
+            err.message()
+        );
+        assert_eq!(next_expiry(&snap, &sels, NOW + 20), None);
+    }
+
+    #[test]
+    fn entries_without_svids_yet_wait_rather_than_fail() {
+        let (mut snap, sels) = snapshot(NOW + 10, NOW + 20);
+        snap.svids.clear();
+        assert!(x509_response(&snap, &sels, NOW).unwrap().is_none());
+        assert_eq!(next_expiry(&snap, &sels, NOW), None);
+    }
+
+    #[test]
+    fn times_read_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
     }
 }

@@ -37,13 +37,22 @@
 //!
 //! Malformed input never panics and never makes the adapter invent an error
 //! of its own: at the first thing it cannot follow (a wrong preface, an HPACK
-//! error, a header frame above 16,384 bytes, a block above 1 MiB, a broken
+//! error, a header frame above 16,384 bytes, a block above 64 KiB, a broken
 //! CONTINUATION sequence, a connection closed mid-frame) it hands on the
 //! client's own bytes from that point, unchanged, and stays a plain pipe for
 //! the rest of the connection. h2 then judges exactly what the client sent and
 //! answers with its own GOAWAY or RST_STREAM, as it would without the adapter.
 //! h2's table never saw the entries the adapter consumed, so a later reference
 //! to one of them fails with COMPRESSION_ERROR rather than decoding wrongly.
+//!
+//! What a client can make it hold: a header block is buffered until it is
+//! complete, at most [`MAX_HEADER_BLOCK`] bytes (64 KiB), and for at most
+//! [`HEADER_BLOCK_TIMEOUT`] (5 s) once the adapter has seen the header of its
+//! HEADERS frame: a client that starts a block and does not finish it in time
+//! has its connection closed. h2 under tonic accepts header lists up to 16 KiB
+//! (hyper's default), and a header list h2 accepts can encode to at most
+//! about 60 KiB (a Huffman code is up to 30 bits per byte), so neither limit
+//! refuses a request h2 would serve.
 //!
 //! The HPACK decoder is written here from RFC 7541 rather than taken from a
 //! crate: of the crates on crates.io, httlib-hpack panics on truncated input,
@@ -52,6 +61,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -68,14 +78,21 @@ const FRAME_HEADER_LEN: usize = 9;
 const MAX_FRAME_SIZE: usize = 16_384;
 
 /// Largest header block (HEADERS plus CONTINUATION frames, as received) the
-/// adapter buffers. hyper's default header list limit is 16 KiB, so anything
-/// bigger is refused by h2 anyway.
-const MAX_HEADER_BLOCK: usize = 1 << 20;
+/// adapter buffers. hyper's default header list limit is 16 KiB decoded, which
+/// Huffman coding can stretch to at most 30/8 of that on the wire; a bigger
+/// block is handed to h2 as it is, and h2 refuses it.
+pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
 
 /// Largest decoded header list (RFC 9113 §6.5.2 accounting: name, value and 32
 /// per field). Bounds what a small block can expand to through the dynamic
-/// table.
-const MAX_HEADER_LIST: usize = 1 << 20;
+/// table; four times what h2 accepts behind it.
+const MAX_HEADER_LIST: usize = 64 * 1024;
+
+/// How long a header block may take from the first byte of its HEADERS frame
+/// to the end of its last frame. A client sends a block in one write; one that
+/// is still incomplete after this is holding memory, and its connection is
+/// closed.
+pub const HEADER_BLOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Largest dynamic table the adapter keeps for a client. h2 announces the
 /// default 4,096 and rejects larger size updates itself.
@@ -103,6 +120,8 @@ pub fn fix_authority<S>(io: S) -> AuthorityFix<S> {
     AuthorityFix {
         io,
         rx: Inbound::new(),
+        deadline: None,
+        deadline_block: 0,
     }
 }
 
@@ -111,6 +130,10 @@ pub fn fix_authority<S>(io: S) -> AuthorityFix<S> {
 pub struct AuthorityFix<S> {
     io: S,
     rx: Inbound,
+    /// When the header block being collected must be complete.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Which block (`Inbound::blocks`) the deadline is for.
+    deadline_block: u64,
 }
 
 impl<S> AuthorityFix<S> {
@@ -139,6 +162,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
         let start = dst.filled().len();
         loop {
             let want = this.rx.drain_into(dst);
+            if this.rx.block.is_none() || this.deadline_block != this.rx.blocks {
+                this.deadline = None;
+            }
             // Hand over what is ready before waiting on the socket again; a
             // zero-length success would read as end of stream.
             if dst.filled().len() > start || this.rx.eof {
@@ -148,7 +174,27 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                 Want::Full => return Poll::Ready(Ok(())),
                 Want::Input => {
                     let mut rb = ReadBuf::new(this.rx.input_space());
-                    ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
+                    match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+                        Poll::Ready(r) => r?,
+                        // Waiting in the middle of a header block: only so long.
+                        Poll::Pending if this.rx.block.is_some() => {
+                            this.deadline_block = this.rx.blocks;
+                            let deadline = this.deadline.get_or_insert_with(|| {
+                                Box::pin(tokio::time::sleep(HEADER_BLOCK_TIMEOUT))
+                            });
+                            ready!(deadline.as_mut().poll(cx));
+                            tracing::debug!(
+                                "workload API connection: header block not completed within {HEADER_BLOCK_TIMEOUT:?}; closing it"
+                            );
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!(
+                                    "header block not completed within {HEADER_BLOCK_TIMEOUT:?}"
+                                ),
+                            )));
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    }
                     let n = rb.filled().len();
                     this.rx.on_input(n);
                 }
@@ -240,6 +286,8 @@ struct Inbound {
     /// Bytes of a pass-through frame still to hand on.
     fwd: usize,
     block: Option<BlockScan>,
+    /// How many header blocks have been started.
+    blocks: u64,
     /// Rewritten frames not yet handed on: `out[out_pos..]`.
     out: Vec<u8>,
     out_pos: usize,
@@ -262,6 +310,7 @@ impl Inbound {
             need: 0,
             fwd: 0,
             block: None,
+            blocks: 0,
             out: Vec::new(),
             out_pos: 0,
             hpack: Decoder::new(INITIAL_TABLE_SIZE),
@@ -395,6 +444,7 @@ impl Inbound {
                     match h.kind {
                         TYPE_HEADERS if h.stream == 0 => return Err(Malformed::StreamZero),
                         TYPE_HEADERS => {
+                            self.blocks += 1;
                             self.block = Some(BlockScan {
                                 stream: h.stream,
                                 scanned: 0,
@@ -660,6 +710,44 @@ impl Entry {
     /// RFC 7541 §4.1.
     fn size(&self) -> usize {
         self.field.len() + 32
+    }
+}
+
+/// A decoded header field: name and value.
+pub type HeaderField = (Vec<u8>, Vec<u8>);
+
+/// An HPACK decoder for tools that read HTTP/2 by hand: the end-to-end tests
+/// drive Workload API connections byte by byte (to split a request around a
+/// fork) and decode the agent's answers with it.
+pub struct HeaderDecoder(Decoder);
+
+impl fmt::Debug for HeaderDecoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeaderDecoder")
+            .field("table_entries", &self.0.table.len())
+            .finish()
+    }
+}
+
+impl Default for HeaderDecoder {
+    fn default() -> Self {
+        HeaderDecoder(Decoder::new(INITIAL_TABLE_SIZE))
+    }
+}
+
+impl HeaderDecoder {
+    /// Decodes the next complete header block of a connection into its
+    /// (name, value) pairs, following the dynamic table across blocks.
+    pub fn decode(&mut self, block: &[u8]) -> Result<Vec<HeaderField>, String> {
+        let mut out = Vec::new();
+        self.0
+            .decode(block, |repr| {
+                if let Repr::Field { name, value, .. } = repr {
+                    out.push((name.to_vec(), value.to_vec()));
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(out)
     }
 }
 
@@ -1245,11 +1333,26 @@ mod tests {
     }
 
     fn split_frames(buf: &[u8]) -> Vec<(FrameHeader, Vec<u8>)> {
-        let buf = buf.strip_prefix(PREFACE.as_slice()).unwrap();
+        assert!(buf.starts_with(PREFACE));
+        let frames = complete_frames(buf);
+        let len: usize = frames.iter().map(|(h, _)| FRAME_HEADER_LEN + h.len).sum();
+        assert_eq!(PREFACE.len() + len, buf.len(), "a frame is cut short");
+        frames
+    }
+
+    /// The complete frames of client bytes, after the preface.
+    fn complete_frames(buf: &[u8]) -> Vec<(FrameHeader, Vec<u8>)> {
+        match buf.strip_prefix(PREFACE.as_slice()) {
+            Some(frames) => split_frames_from_server(frames),
+            None => Vec::new(),
+        }
+    }
+
+    /// The complete frames in `buf` (no preface).
+    fn split_frames_from_server(buf: &[u8]) -> Vec<(FrameHeader, Vec<u8>)> {
         let mut frames = Vec::new();
         let mut pos = 0;
-        while pos < buf.len() {
-            let (h, payload) = frame_at(buf, pos).unwrap();
+        while let Some((h, payload)) = frame_at(buf, pos) {
             frames.push((h, payload.to_vec()));
             pos += FRAME_HEADER_LEN + h.len;
         }
@@ -2006,6 +2109,110 @@ mod tests {
         assert_eq!(decode_stateless(&blocks[0].1), grpcio_fields("localhost"));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn an_unfinished_header_block_closes_the_connection() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut io = fix_authority(server);
+        let mut input = PREFACE.to_vec();
+        input.extend(settings());
+        client.write_all(&input).await.unwrap();
+        // Part of a block: HEADERS without END_HEADERS, then nothing more.
+        let block = hex(GRPCIO_BLOCK);
+        client
+            .write_all(&frame(TYPE_HEADERS, 0, 1, &block[..20]))
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let err = loop {
+            match io.read(&mut buf).await {
+                Ok(0) => panic!("end of stream instead of a timeout"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(started.elapsed() >= HEADER_BLOCK_TIMEOUT);
+        // What came before the block was handed on.
+        assert_eq!(got, input);
+        // The client is still connected: only the timer closed it.
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_block_has_its_own_time_and_idle_connections_stay() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut io = fix_authority(server);
+        let block = hex(GRPCIO_BLOCK);
+        let almost = HEADER_BLOCK_TIMEOUT - Duration::from_millis(500);
+        let writer = tokio::spawn(async move {
+            let mut input = PREFACE.to_vec();
+            input.extend(settings());
+            client.write_all(&input).await.unwrap();
+            for stream in [1, 3, 5] {
+                // Each block takes nearly the whole allowance, and the next
+                // starts at once.
+                client
+                    .write_all(&frame(TYPE_HEADERS, 0, stream, &block[..20]))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(almost).await;
+                client
+                    .write_all(&frame(
+                        TYPE_CONTINUATION,
+                        FLAG_END_HEADERS,
+                        stream,
+                        &block[20..],
+                    ))
+                    .await
+                    .unwrap();
+            }
+            // Then idle, much longer than the allowance, still connected.
+            tokio::time::sleep(10 * HEADER_BLOCK_TIMEOUT).await;
+            client
+        });
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let wanted = 3;
+        while header_blocks(&complete_frames(&got)).len() < wanted {
+            let n = io.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        for (_, b) in header_blocks(&split_frames(&got)) {
+            assert_eq!(decode_stateless(&b), grpcio_fields("localhost"));
+        }
+        // Idle between blocks: no timeout.
+        let idle = tokio::time::timeout(5 * HEADER_BLOCK_TIMEOUT, io.read(&mut buf)).await;
+        assert!(idle.is_err(), "an idle connection was closed: {idle:?}");
+        let _client = writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_block_above_the_limit_is_handed_to_h2_unchanged() {
+        // HEADERS and CONTINUATION frames past MAX_HEADER_BLOCK, never ended.
+        let mut input = PREFACE.to_vec();
+        input.extend(settings());
+        input.extend(frame(TYPE_HEADERS, 0, 1, &vec![0x82; 16_000]));
+        for _ in 0..8 {
+            input.extend(frame(TYPE_CONTINUATION, 0, 1, &vec![0x82; 16_000]));
+        }
+        assert!(input.len() > MAX_HEADER_BLOCK);
+        assert_eq!(run(&input).await, input);
+        // h2 behind it refuses such a block (its own limit is smaller).
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut requests = spawn_h2_server_with_default_limits(fix_authority(server));
+        client.write_all(&input).await.unwrap();
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut reply)).await;
+        assert!(requests.try_recv().is_err(), "h2 accepted the block");
+        let goaway = split_frames_from_server(&reply)
+            .into_iter()
+            .any(|(h, _)| h.kind == 0x7);
+        assert!(goaway, "h2 did not end the connection: {reply:?}");
+    }
+
     #[tokio::test]
     async fn random_frames_never_panic() {
         let mut rng = XorShift(7);
@@ -2035,10 +2242,30 @@ mod tests {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        spawn_h2_server_with(io, 1 << 20)
+    }
+
+    /// h2 with the header list limit hyper (so tonic) gives it by default.
+    fn spawn_h2_server_with_default_limits<T>(
+        io: T,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<(String, http::HeaderMap)>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        spawn_h2_server_with(io, 16 * 1024)
+    }
+
+    fn spawn_h2_server_with<T>(
+        io: T,
+        max_header_list: u32,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<(String, http::HeaderMap)>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut conn = h2::server::Builder::new()
-                .max_header_list_size(1 << 20)
+                .max_header_list_size(max_header_list)
                 .handshake::<_, bytes::Bytes>(io)
                 .await
                 .unwrap();

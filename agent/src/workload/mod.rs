@@ -57,6 +57,21 @@ pub fn health_of(agent: &Agent) -> (bool, Vec<String>) {
         }
     }
     details.push(format!("cached X509-SVIDs: {}", snap.svids.len()));
+    // Expired SVIDs are never served (the workloads get Unavailable): say so. The
+    // socket is open to every local user, so counts and times, not identities.
+    let now = tessera_core::x509::unix_seconds(std::time::SystemTime::now());
+    let expired: Vec<i64> = (snap.svids.values())
+        .filter(|s| !api::servable(s, now))
+        .map(|s| s.not_after)
+        .collect();
+    if let Some(first) = expired.iter().min() {
+        ready = false;
+        details.push(format!(
+            "expired X509-SVIDs, not served until renewed: {} (the first expired at {})",
+            expired.len(),
+            api::rfc3339(*first)
+        ));
+    }
     (ready, details)
 }
 

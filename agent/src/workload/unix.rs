@@ -1,11 +1,15 @@
-//! The `unix` workload attestor: selectors from the calling process's user, groups and,
-//! when enabled, the path and SHA-256 of its binary, read from /proc.
+//! The `unix` workload attestor: selectors from the calling process's user and groups
+//! (as the kernel recorded them when it connected) and, when enabled, the path and
+//! SHA-256 of its binary, read through its pinned /proc directory.
 
-use std::collections::BTreeSet;
 use std::io::Read;
+use std::os::fd::BorrowedFd;
+use std::os::unix::fs::MetadataExt;
 
+use rustix::fs::{Mode, OFlags};
 use tessera_core::Selector;
 
+use super::peer::Pinned;
 use crate::config::UnixAttestorConfig;
 
 /// Why a process could not be attested.
@@ -18,25 +22,14 @@ pub enum UnixError {
         #[source]
         source: std::io::Error,
     },
-    #[error("/proc/{0}/status has no {1} line")]
-    Missing(i32, &'static str),
+    #[error("the executable of process {0} is not the one it ran when it connected")]
+    ExeChanged(i32),
     #[error("selector: {0}")]
     Selector(#[from] tessera_core::selector::SelectorError),
 }
 
 fn sel(kind: &str, value: String) -> Result<Selector, UnixError> {
     Ok(Selector::new("unix", &format!("{kind}:{value}"))?)
-}
-
-fn ids(status: &str, key: &'static str, pid: i32) -> Result<Vec<u32>, UnixError> {
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(key))
-        .ok_or(UnixError::Missing(pid, key))?;
-    Ok(line[key.len()..]
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect())
 }
 
 /// How long a user or group name looked up through NSS is reused. Every Workload API
@@ -88,25 +81,18 @@ fn group_name(gid: u32) -> Option<String> {
     })
 }
 
-/// Attests process `pid`.
-pub fn attest(pid: i32, cfg: &UnixAttestorConfig) -> Result<Vec<Selector>, UnixError> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|source| {
-        UnixError::Proc {
-            pid,
-            what: "status",
-            source,
-        }
-    })?;
-    // Effective IDs: what the process acts as (the second value of Uid:/Gid:).
-    let uids = ids(&status, "Uid:", pid)?;
-    let gids = ids(&status, "Gid:", pid)?;
-    let uid = *uids.get(1).ok_or(UnixError::Missing(pid, "Uid:"))?;
-    let gid = *gids.get(1).ok_or(UnixError::Missing(pid, "Gid:"))?;
-    let groups: BTreeSet<u32> = ids(&status, "Groups:", pid)
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-
+/// Attests a pinned caller. The user and groups are the ones the kernel recorded when
+/// it connected; the path and the hash are read through `dir`, the caller's `/proc`
+/// directory from [`Pinned::check`], and the caller must pass a second check after
+/// this returns (an exec in between is then seen).
+pub fn attest(
+    caller: &Pinned,
+    dir: BorrowedFd<'_>,
+    cfg: &UnixAttestorConfig,
+) -> Result<Vec<Selector>, UnixError> {
+    let cred = caller.cred();
+    let pid = cred.pid;
+    let (uid, gid) = (cred.uid, cred.gid);
     let mut out = vec![sel("uid", uid.to_string())?, sel("gid", gid.to_string())?];
     if let Some(u) = user_name(uid) {
         out.push(sel("user", u)?);
@@ -114,38 +100,35 @@ pub fn attest(pid: i32, cfg: &UnixAttestorConfig) -> Result<Vec<Selector>, UnixE
     if let Some(g) = group_name(gid) {
         out.push(sel("group", g)?);
     }
-    for g in groups {
+    for &g in caller.groups() {
         out.push(sel("supplementary_gid", g.to_string())?);
         if let Some(name) = group_name(g) {
             out.push(sel("supplementary_group", name)?);
         }
     }
     if cfg.discover_workload_path {
-        let exe =
-            std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|source| UnixError::Proc {
-                pid,
-                what: "exe",
-                source,
-            })?;
-        out.push(sel("path", exe.display().to_string())?);
+        let proc_err = |source: std::io::Error| UnixError::Proc {
+            pid,
+            what: "exe",
+            source,
+        };
         // Hash what the process runs (through /proc, so a replaced file on disk does
-        // not fool us), unless it is larger than the configured limit.
-        let mut f =
-            std::fs::File::open(format!("/proc/{pid}/exe")).map_err(|source| UnixError::Proc {
-                pid,
-                what: "exe",
-                source,
-            })?;
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        // not fool us), and make sure it is the executable pinned at connect.
+        let fd = rustix::fs::openat(dir, "exe", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| proc_err(e.into()))?;
+        let mut f = std::fs::File::from(fd);
+        let meta = f.metadata().map_err(proc_err)?;
+        if caller.mark().exe != Some((meta.dev(), meta.ino())) {
+            return Err(UnixError::ExeChanged(pid));
+        }
+        let exe = rustix::fs::readlinkat(dir, "exe", Vec::new()).map_err(|e| proc_err(e.into()))?;
+        out.push(sel("path", exe.to_string_lossy().into_owned())?);
+        let len = meta.len();
         if cfg.workload_size_limit == 0 || len <= cfg.workload_size_limit {
             let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
             let mut buf = vec![0u8; 64 * 1024];
             loop {
-                let n = f.read(&mut buf).map_err(|source| UnixError::Proc {
-                    pid,
-                    what: "exe",
-                    source,
-                })?;
+                let n = f.read(&mut buf).map_err(proc_err)?;
                 if n == 0 {
                     break;
                 }
@@ -166,15 +149,24 @@ pub fn attest(pid: i32, cfg: &UnixAttestorConfig) -> Result<Vec<Selector>, UnixE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workload::peer::tests::pin_self;
+    use std::os::fd::AsFd;
+
+    fn attest_self(cfg: &UnixAttestorConfig) -> Result<Vec<Selector>, UnixError> {
+        let (pinned, _sock) = pin_self();
+        let dir = pinned.check().unwrap();
+        let out = attest(&pinned, dir.as_fd(), cfg);
+        pinned.check().unwrap();
+        out
+    }
 
     #[test]
     fn attests_this_process() {
-        let pid = std::process::id() as i32;
         let cfg = UnixAttestorConfig {
             discover_workload_path: true,
             workload_size_limit: 0,
         };
-        let sels: Vec<String> = attest(pid, &cfg)
+        let sels: Vec<String> = attest_self(&cfg)
             .unwrap()
             .iter()
             .map(ToString::to_string)
@@ -208,23 +200,31 @@ mod tests {
 
     #[test]
     fn size_limit_skips_the_hash_and_path_is_off_by_default() {
-        let pid = std::process::id() as i32;
-        let sels = attest(
-            pid,
-            &UnixAttestorConfig {
-                discover_workload_path: true,
-                workload_size_limit: 1,
-            },
-        )
+        let sels = attest_self(&UnixAttestorConfig {
+            discover_workload_path: true,
+            workload_size_limit: 1,
+        })
         .unwrap();
         assert!(!sels.iter().any(|s| s.value().starts_with("sha256:")));
-        let sels = attest(pid, &UnixAttestorConfig::default()).unwrap();
+        let sels = attest_self(&UnixAttestorConfig::default()).unwrap();
         assert!(!sels.iter().any(|s| s.value().starts_with("path:")));
     }
 
     #[test]
-    fn a_missing_process_is_an_error() {
-        assert!(attest(i32::MAX, &UnixAttestorConfig::default()).is_err());
+    fn groups_are_the_connect_time_ones() {
+        let sels: Vec<String> = attest_self(&UnixAttestorConfig::default())
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
+        for g in groups["Groups:".len()..].split_whitespace() {
+            assert!(
+                sels.contains(&format!("unix:supplementary_gid:{g}")),
+                "{sels:?}"
+            );
+        }
     }
 
     #[test]

@@ -19,11 +19,20 @@ pub struct ConnCaps {
 }
 
 impl ConnCaps {
-    /// The defaults for a listener under an open-file limit of `limit`: the
-    /// connection budget (the limit less what the process keeps for itself) capped at
-    /// `ceiling`, and a peer share of `1/share_divisor` of it.
-    pub fn derived(limit: u64, ceiling: usize, share_divisor: usize) -> Self {
-        let budget = usize::try_from(super::nofile::connection_budget(limit)).unwrap_or(usize::MAX);
+    /// The defaults for a listener under an open-file limit of `limit` whose
+    /// connections each hold `fds_per_connection` descriptors: the connection budget
+    /// (the limit less what the process keeps for itself, divided among the
+    /// descriptors each connection holds) capped at `ceiling`, and a peer share of
+    /// `1/share_divisor` of it.
+    pub fn derived(
+        limit: u64,
+        fds_per_connection: u64,
+        ceiling: usize,
+        share_divisor: usize,
+    ) -> Self {
+        let budget =
+            usize::try_from(super::nofile::connection_budget(limit) / fds_per_connection.max(1))
+                .unwrap_or(usize::MAX);
         let max_total = budget.min(ceiling).max(1);
         Self {
             max_total,
@@ -223,12 +232,14 @@ mod tests {
     #[test]
     fn defaults_follow_the_open_file_limit() {
         // 1024: 768 for connections, a quarter per peer.
-        assert_eq!(ConnCaps::derived(1024, 16384, 4), caps(768, 192));
+        assert_eq!(ConnCaps::derived(1024, 1, 16384, 4), caps(768, 192));
+        // Two descriptors per connection: half the connections.
+        assert_eq!(ConnCaps::derived(1024, 2, 16384, 4), caps(384, 96));
         // A generous limit is capped by the ceiling.
-        assert_eq!(ConnCaps::derived(1 << 20, 65536, 8), caps(65536, 8192));
-        assert_eq!(ConnCaps::derived(20_000, 65536, 8), caps(18_976, 2372));
+        assert_eq!(ConnCaps::derived(1 << 20, 1, 65536, 8), caps(65536, 8192));
+        assert_eq!(ConnCaps::derived(20_000, 1, 65536, 8), caps(18_976, 2372));
         // A tiny one still allows a connection.
-        assert_eq!(ConnCaps::derived(0, 10, 8), caps(1, 1));
+        assert_eq!(ConnCaps::derived(0, 1, 10, 8), caps(1, 1));
     }
 
     #[test]

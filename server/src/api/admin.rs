@@ -436,11 +436,8 @@ impl Admin for AdminApi {
     ) -> Result<Response<pb::MintJwtSvidResponse>, Status> {
         let r = req.into_inner();
         let id = self.workload_id(&r.spiffe_id)?;
-        if r.audience.is_empty() {
-            return Err(Status::invalid_argument(
-                "at least one audience is required",
-            ));
-        }
+        tessera_core::jwt::check_audience(&r.audience)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let ttl = if r.ttl_seconds == 0 {
             self.state.config.jwt_svid_ttl
         } else {

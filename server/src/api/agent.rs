@@ -531,11 +531,8 @@ impl Node for AgentApi {
     ) -> Result<Response<pb::NewJwtSvidResponse>, Status> {
         let caller = self.authenticate(&req).await?;
         let req = req.into_inner();
-        if req.audience.is_empty() || req.audience.iter().any(String::is_empty) {
-            return Err(Status::invalid_argument(
-                "audience is required and must not hold empty values",
-            ));
-        }
+        tessera_core::jwt::check_audience(&req.audience)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let set = self.authorized(&caller);
         let entry = set.get(&req.entry_id).cloned().ok_or_else(|| {
             Status::permission_denied(format!(
