@@ -449,8 +449,9 @@ ek = "ecc-p384"
         let base = "trust_domain = \"e.org\"\nserver_address = \"a\"\ninsecure_bootstrap = true\n";
         let c = AgentConfig::parse(base).unwrap();
         assert_eq!(c.limits.idle(), Some(Duration::from_secs(300)));
+        // 768 descriptors for connections, two per connection (socket and pidfd).
         let caps = c.limits.connection_caps(1024);
-        assert_eq!((caps.max_total, caps.max_per_peer), (768, 192));
+        assert_eq!((caps.max_total, caps.max_per_peer), (384, 96));
         let caps = c.limits.connection_caps(1 << 20);
         assert_eq!((caps.max_total, caps.max_per_peer), (16384, 4096));
         let c = AgentConfig::parse(&format!(
