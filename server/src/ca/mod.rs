@@ -42,6 +42,8 @@ use tokio::sync::watch;
 
 use crate::datastore::{CaKind, CaRecord, CaStatus, Datastore, DatastoreError};
 
+pub mod upstream;
+
 /// Why the CA could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
