@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tessera_core::clock::SystemClock;
 use tessera_core::key::{DiskKeyManager, Key, KeyManager, KeyType, MemoryKeyManager, SoftwareKey};
 use tessera_core::limits::{ConnLimiter, StreamTrackingLayer};
 use tessera_core::tls::{SharedBundle, SharedIdentity};
@@ -250,6 +251,7 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
     })?;
     let ds = open_datastore(&config).await?;
     let km = open_key_manager(&config)?;
+    let clock = SystemClock::shared();
     let ca = CaManager::start(
         CaSettings {
             trust_domain: config.trust_domain.clone(),
@@ -261,6 +263,7 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
         },
         km.clone(),
         ds.clone(),
+        clock.clone(),
     )
     .await
     .map_err(|e| startup(format!("CA: {e}")))?;
