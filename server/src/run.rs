@@ -267,7 +267,7 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
     )
     .await
     .map_err(|e| startup(format!("CA: {e}")))?;
-    let entries = EntryCache::load(ds.clone())
+    let entries = EntryCache::load(ds.clone(), clock.clone())
         .await
         .map_err(|e| startup(format!("loading entries: {e}")))?;
     let mut attestors: HashMap<&'static str, Arc<dyn NodeAttestor>> = HashMap::new();
@@ -291,6 +291,7 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
         attestors,
         nodes: NodeCache::default(),
         key_manager: km,
+        clock,
     }))
 }
 
@@ -314,11 +315,11 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     tokio::spawn(state.ca.clone().run());
     tokio::spawn(state.entries.clone().follow(Duration::from_secs(1)));
     {
-        let ds = state.ds.clone();
+        let (ds, clock) = (state.ds.clone(), state.clock.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
-                match ds.prune_join_tokens(crate::ca::now_unix()).await {
+                match ds.prune_join_tokens(clock.unix()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!("{n} expired join tokens removed"),
                     Err(e) => tracing::warn!("cannot prune join tokens: {e}"),
