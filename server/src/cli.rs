@@ -751,7 +751,8 @@ pub fn ca_command(command: CaCommand) -> Result<(), CliError> {
         } => {
             let cfg = crate::config::ServerConfig::load(&config, &set)
                 .map_err(|e| CliError(e.to_string()))?;
-            let r = crate::upstream::init_root(&cfg, ttl, key_type, force).map_err(CliError)?;
+            let r = crate::upstream::init_root(&cfg, ttl, key_type, force)
+                .map_err(|e| CliError(e.to_string()))?;
             println!("Root CA certificate written to {}", r.cert_path.display());
             println!("Subject          : {}", r.subject);
             println!("Valid until      : {}", r.not_after);
