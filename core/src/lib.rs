@@ -7,6 +7,7 @@
 //! timeouts that the server's and the agent's listeners share.
 
 pub mod bundle;
+pub mod clock;
 pub mod config;
 pub mod der;
 pub mod duration;
@@ -21,6 +22,7 @@ pub mod tls;
 pub mod x509;
 
 pub use bundle::{Bundle, JwtAuthority};
+pub use clock::{Clock, SharedClock, SystemClock};
 pub use entry::RegistrationEntry;
 pub use selector::{Selector, SelectorSet};
 pub use spiffe_id::{SpiffeId, TrustDomain};

@@ -6,12 +6,19 @@
 //! entries whose parent is the agent; entries whose parent is a node alias (an entry
 //! parented to the server) whose selectors are all among the agent's node selectors;
 //! and, recursively, entries whose parent is the SPIFFE ID of an entry already
-//! authorized. Results are cached per agent and recomputed only after a change, so
-//! that a sync with nothing new costs a hash comparison.
+//! authorized. Results are cached per agent and recomputed only after a change, or
+//! once an entry they depend on reaches its expiry time, so that a sync with nothing
+//! new costs a hash comparison.
+//!
+//! Expiry is measured on the injected clock. An entry whose `expires_at` has passed
+//! is neither served nor followed to its children; a cached set stops being used the
+//! moment the first entry in it (or a node alias it came through) expires, and when
+//! the clock is stepped back to before the set was computed.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
+use tessera_core::clock::SharedClock;
 use tessera_core::entry::revision_digest;
 use tessera_core::selector::{self, SelectorSet};
 use tessera_core::{RegistrationEntry, SpiffeId};
@@ -30,6 +37,11 @@ pub struct AuthorizedSet {
     pub entries: Vec<Arc<RegistrationEntry>>,
     /// SHA-256 over `id:revision\n` lines in ID order: what the agent compares.
     pub digest: Vec<u8>,
+    /// The time (unix seconds) it was computed at.
+    computed_at: i64,
+    /// The first expiry (unix seconds) among the entries and node aliases it was
+    /// computed from: from then on it may hold too much.
+    stale_at: Option<i64>,
 }
 
 impl AuthorizedSet {
@@ -40,6 +52,21 @@ impl AuthorizedSet {
             .ok()
             .map(|i| &self.entries[i])
     }
+
+    /// Whether the set still holds at index revision `revision` and time `now`.
+    fn holds_at(&self, revision: u64, now: i64) -> bool {
+        self.revision == revision
+            && now >= self.computed_at
+            && self.stale_at.is_none_or(|t| now < t)
+    }
+}
+
+/// The earlier of two optional expiry times.
+fn earlier(a: Option<i64>, e: &RegistrationEntry) -> Option<i64> {
+    if e.expires_at == 0 {
+        return a;
+    }
+    Some(a.map_or(e.expires_at, |a| a.min(e.expires_at)))
 }
 
 #[derive(Debug, Default)]
@@ -97,14 +124,17 @@ impl Index {
         let mut seen_ids: HashSet<&SpiffeId> = HashSet::new();
         let mut seen_entries: HashSet<&str> = HashSet::new();
         let mut queue: Vec<&SpiffeId> = vec![agent];
+        let mut stale_at = None;
         seen_ids.insert(agent);
         for alias_id in &self.aliases {
             if let Some(alias) = self.entries.get(alias_id)
                 && !alias.is_expired(now)
                 && selector::matches(&alias.selectors, node_selectors)
-                && seen_ids.insert(&alias.spiffe_id)
             {
-                queue.push(&alias.spiffe_id);
+                stale_at = earlier(stale_at, alias);
+                if seen_ids.insert(&alias.spiffe_id) {
+                    queue.push(&alias.spiffe_id);
+                }
             }
         }
         while let Some(parent) = queue.pop() {
@@ -118,6 +148,7 @@ impl Index {
                 if e.is_expired(now) || !seen_entries.insert(cid.as_str()) {
                     continue;
                 }
+                stale_at = earlier(stale_at, e);
                 out.push(e.clone());
                 if seen_ids.insert(&e.spiffe_id) {
                     queue.push(&e.spiffe_id);
@@ -130,6 +161,8 @@ impl Index {
             revision: self.revision,
             entries: out,
             digest,
+            computed_at: now,
+            stale_at,
         }
     }
 }
@@ -138,6 +171,7 @@ impl Index {
 #[derive(Debug)]
 pub struct EntryCache {
     ds: Arc<dyn Datastore>,
+    clock: SharedClock,
     index: RwLock<Index>,
     per_agent: RwLock<HashMap<SpiffeId, Arc<AuthorizedSet>>>,
     /// Serialises catch-up so two callers do not apply the same events twice.
@@ -147,10 +181,14 @@ pub struct EntryCache {
 }
 
 impl EntryCache {
-    /// Loads every entry.
-    pub async fn load(ds: Arc<dyn Datastore>) -> Result<Arc<Self>, DatastoreError> {
+    /// Loads every entry; expiry is judged on `clock`.
+    pub async fn load(
+        ds: Arc<dyn Datastore>,
+        clock: SharedClock,
+    ) -> Result<Arc<Self>, DatastoreError> {
         let cache = Arc::new(Self {
             ds,
+            clock,
             index: RwLock::new(Index::default()),
             per_agent: RwLock::new(HashMap::new()),
             catch_up: tokio::sync::Mutex::new(()),
@@ -256,17 +294,18 @@ impl EntryCache {
 
     /// The entries `agent` may hold given its node selectors.
     pub fn authorized(&self, agent: &SpiffeId, node_selectors: &SelectorSet) -> Arc<AuthorizedSet> {
+        let now = self.clock.unix();
         let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = self
             .per_agent
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(agent)
-            && s.revision == idx.revision
+            && s.holds_at(idx.revision, now)
         {
             return s.clone();
         }
-        let set = Arc::new(idx.authorized(agent, node_selectors, crate::ca::now_unix()));
+        let set = Arc::new(idx.authorized(agent, node_selectors, now));
         drop(idx);
         self.per_agent
             .write()
@@ -286,7 +325,15 @@ impl EntryCache {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        reason = "test code: a failed unwrap is a failed test"
+    )]
+
+    use tessera_core::clock::ManualClock;
+
     use super::*;
+    use crate::datastore::sqlite::SqliteDatastore;
 
     fn e(id: &str, spiffe: &str, parent: &str, sels: &[&str]) -> RegistrationEntry {
         RegistrationEntry {
@@ -409,5 +456,74 @@ mod tests {
         idx.remove("alias");
         let s = idx.authorized(&agent, &node, 100);
         assert_eq!(ids(&s), vec!["a", "cyc", "d"]);
+    }
+
+    const T0: u64 = 1_700_000_000;
+
+    fn expiring(mut e: RegistrationEntry, at: u64) -> RegistrationEntry {
+        e.expires_at = at as i64;
+        e
+    }
+
+    #[tokio::test]
+    async fn entries_leave_the_cached_set_when_they_expire_with_nothing_else_changing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds: Arc<dyn Datastore> =
+            Arc::new(SqliteDatastore::open(&dir.path().join("ds.sqlite3")).unwrap());
+        let agent: SpiffeId = "spiffe://td/spire/agent/join_token/t1".parse().unwrap();
+        let a = agent.to_string();
+        for entry in [
+            e("keep", "spiffe://td/keep", &a, &["unix:uid:1"]),
+            expiring(e("soon", "spiffe://td/soon", &a, &["unix:uid:2"]), T0 + 100),
+            // A child of the expiring entry goes with it.
+            e(
+                "child",
+                "spiffe://td/child",
+                "spiffe://td/soon",
+                &["unix:uid:3"],
+            ),
+            // A node alias that expires later, and an entry under it.
+            expiring(
+                e(
+                    "alias",
+                    "spiffe://td/nodes/rack1",
+                    "spiffe://td/spire/server",
+                    &["tpm:pub_hash:aa"],
+                ),
+                T0 + 200,
+            ),
+            e(
+                "racked",
+                "spiffe://td/racked",
+                "spiffe://td/nodes/rack1",
+                &["unix:uid:4"],
+            ),
+        ] {
+            ds.create_entry(entry).await.unwrap();
+        }
+        let clock = ManualClock::at_unix(T0);
+        let cache = EntryCache::load(ds, clock.clone()).await.unwrap();
+        let node: SelectorSet = ["tpm:pub_hash:aa".parse().unwrap()].into_iter().collect();
+        let at = |secs: u64| {
+            clock.set(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+            cache.authorized(&agent, &node)
+        };
+
+        let first = at(T0);
+        assert_eq!(ids(&first), vec!["child", "keep", "racked", "soon"]);
+        // Nothing changed and nothing expired: the cached set, as it was.
+        assert!(Arc::ptr_eq(&first, &at(T0 + 99)));
+
+        let s = at(T0 + 100);
+        assert_eq!(ids(&s), vec!["keep", "racked"]);
+        assert_ne!(s.digest, first.digest, "the agent would not notice");
+        assert_eq!(ids(&at(T0 + 199)), vec!["keep", "racked"]);
+        assert_eq!(ids(&at(T0 + 200)), vec!["keep"]);
+        assert_eq!(ids(&at(T0 + 10_000)), vec!["keep"]);
+
+        // A clock stepped back judges by the time it shows, not by a set computed
+        // at a later time.
+        assert_eq!(ids(&at(T0 + 150)), vec!["keep", "racked"]);
+        assert_eq!(ids(&at(T0)), vec!["child", "keep", "racked", "soon"]);
     }
 }

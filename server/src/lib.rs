@@ -9,6 +9,7 @@ pub mod config;
 pub mod datastore;
 pub mod entries;
 pub mod run;
-
 pub mod transport;
-pub mod upstream;
+
+/// The upstream authority moved into the CA manager's folder; the old path stays.
+pub use ca::upstream;

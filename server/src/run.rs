@@ -16,9 +16,12 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use tessera_core::key::{DiskKeyManager, Key, KeyManager, KeyType, MemoryKeyManager, SoftwareKey};
+use tessera_core::clock::SystemClock;
+use tessera_core::key::{
+    DiskKeyManager, Key, KeyError, KeyManager, KeyType, MemoryKeyManager, SoftwareKey,
+};
 use tessera_core::limits::{ConnLimiter, StreamTrackingLayer};
 use tessera_core::tls::{SharedBundle, SharedIdentity};
 use tessera_proto::admin::admin_server::AdminServer;
@@ -30,25 +33,87 @@ use crate::api::agent::AgentApi;
 use crate::api::{NodeCache, ServerState, server_id};
 use crate::attestor::NodeAttestor;
 use crate::attestor::join_token::JoinToken;
-use crate::ca::{CaManager, CaSettings};
-use crate::config::{DatastoreTarget, KeyManagerConfig, ServerConfig};
-use crate::datastore::Datastore;
+use crate::ca::upstream::UpstreamError;
+use crate::ca::{CaError, CaManager, CaSettings};
+use crate::config::{DatastoreTarget, InvalidConfig, KeyManagerConfig, ServerConfig};
 use crate::datastore::postgres::PostgresDatastore;
 use crate::datastore::sqlite::SqliteDatastore;
+use crate::datastore::{Datastore, DatastoreError};
 use crate::entries::EntryCache;
 use crate::transport::PeerInfo;
 
-/// Why the server could not start or stopped.
+/// Why the server could not start or stopped. Each variant keeps its cause.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RunError {
+    /// A file, directory or socket the server needs cannot be made or used.
+    #[error("cannot {doing} {}: {source}", path.display())]
+    Io {
+        /// What failed, e.g. "create data directory".
+        doing: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another server holds the data directory.
+    #[error(
+        "data directory {} is in use by {holder}: two servers on one data directory would share its database; stop the other server, or give this one its own data_dir", dir.display()
+    )]
+    DataDirInUse { dir: PathBuf, holder: String },
+    /// Another server answers on the admin socket.
+    #[error("admin socket {} is in use: is another server running?", .0.display())]
+    AdminSocketInUse(PathBuf),
+    /// The configuration names no usable datastore.
     #[error("{0}")]
-    Startup(String),
+    Config(#[from] InvalidConfig),
+    /// The key manager cannot be opened.
+    #[error("key manager: {0}")]
+    KeyManager(#[source] KeyError),
+    /// The PKCS#11 token cannot be opened.
+    #[error("key manager pkcs11: {0}")]
+    Hsm(#[source] tessera_hsm::HsmError),
+    /// The datastore cannot be opened (`at` names it, never the connection string).
+    #[error("datastore{at}: {source}")]
+    Datastore {
+        at: String,
+        #[source]
+        source: DatastoreError,
+    },
+    /// The upstream authority cannot be loaded.
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    /// The CA cannot start.
+    #[error("CA: {0}")]
+    Ca(#[from] CaError),
+    /// The registration entries cannot be loaded.
+    #[error("loading entries: {0}")]
+    Entries(#[source] DatastoreError),
+    /// A node attestor's configuration is unusable; the reason names the setting.
+    #[error("{reason}")]
+    Attestor { name: &'static str, reason: String },
+    /// The agent API cannot listen.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An API server failed while serving.
     #[error("serving failed: {0}")]
-    Serve(String),
+    Serve(#[from] tonic::transport::Error),
+    /// An API server task panicked.
+    #[error("serving failed: {0}")]
+    ServeTask(#[from] tokio::task::JoinError),
 }
 
-fn startup(msg: impl std::fmt::Display) -> RunError {
-    RunError::Startup(msg.to_string())
+/// The error for a failed file operation on `path`.
+fn io_error(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RunError {
+    let path = path.to_owned();
+    move |source| RunError::Io {
+        doing,
+        path,
+        source,
+    }
 }
 
 /// How long calls in flight get to finish after SIGTERM before the server closes
@@ -84,7 +149,7 @@ pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, RunError> {
         .truncate(false)
         .mode(0o600)
         .open(&path)
-        .map_err(|e| startup(format!("cannot open the lock file {}: {e}", path.display())))?;
+        .map_err(io_error("open the lock file", &path))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -94,16 +159,13 @@ pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, RunError> {
                 Ok(pid) => format!("another tessera-server (PID {pid})"),
                 Err(_) => "another tessera-server".to_owned(),
             };
-            return Err(startup(format!(
-                "data directory {} is in use by {holder}: two servers on one data directory would share its database; stop the other server, or give this one its own data_dir",
-                dir.display()
-            )));
+            return Err(RunError::DataDirInUse {
+                dir: dir.to_owned(),
+                holder,
+            });
         }
         Err(std::fs::TryLockError::Error(e)) => {
-            return Err(startup(format!(
-                "cannot lock the data directory ({}): {e}",
-                path.display()
-            )));
+            return Err(io_error("lock the data directory through", &path)(e));
         }
     }
     // Who holds it, for the message above; the lock is what counts, not this text.
@@ -124,12 +186,11 @@ pub fn open_key_manager(config: &ServerConfig) -> Result<Arc<dyn KeyManager>, Ru
         KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::new()),
         KeyManagerConfig::Disk { dir } => {
             let dir = dir.clone().unwrap_or_else(|| config.data_dir.join("keys"));
-            Arc::new(DiskKeyManager::open(&dir).map_err(|e| startup(format!("key manager: {e}")))?)
+            Arc::new(DiskKeyManager::open(&dir).map_err(RunError::KeyManager)?)
         }
-        KeyManagerConfig::Pkcs11(p) => Arc::new(
-            tessera_hsm::Pkcs11KeyManager::open(p)
-                .map_err(|e| startup(format!("key manager pkcs11: {e}")))?,
-        ),
+        KeyManagerConfig::Pkcs11(p) => {
+            Arc::new(tessera_hsm::Pkcs11KeyManager::open(p).map_err(RunError::Hsm)?)
+        }
     })
 }
 
@@ -139,29 +200,19 @@ async fn bind_admin_socket(path: &Path) -> Result<UnixListener, RunError> {
     if let Some(dir) = path.parent()
         && !dir.exists()
     {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| startup(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(io_error("create", dir))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o770))
-            .map_err(|e| startup(format!("cannot set mode of {}: {e}", dir.display())))?;
+            .map_err(io_error("set mode of", dir))?;
     }
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Err(startup(format!(
-                "admin socket {} is in use: is another server running?",
-                path.display()
-            )));
+            return Err(RunError::AdminSocketInUse(path.to_owned()));
         }
-        std::fs::remove_file(path).map_err(|e| {
-            startup(format!(
-                "cannot remove stale socket {}: {e}",
-                path.display()
-            ))
-        })?;
+        std::fs::remove_file(path).map_err(io_error("remove stale socket", path))?;
     }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| startup(format!("cannot bind admin socket {}: {e}", path.display())))?;
+    let listener = UnixListener::bind(path).map_err(io_error("bind admin socket", path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o770))
-        .map_err(|e| startup(format!("cannot set mode of {}: {e}", path.display())))?;
+        .map_err(io_error("set mode of", path))?;
     Ok(listener)
 }
 
@@ -187,7 +238,7 @@ async fn server_identity(state: Arc<ServerState>, identity: Arc<SharedIdentity>)
         let wait = match made {
             Ok(Ok((chain, key))) => {
                 let life = tessera_core::x509::cert_info(&chain[0])
-                    .map(|i| i.not_after - tessera_core::x509::unix_seconds(SystemTime::now()))
+                    .map(|i| i.not_after - state.clock.unix())
                     .unwrap_or(60);
                 identity.set(&chain, key);
                 Duration::from_secs((life.max(2) / 2) as u64)
@@ -223,17 +274,21 @@ async fn shutdown_signal() {
 
 /// Opens the configured datastore (and brings its schema up to date).
 async fn open_datastore(config: &ServerConfig) -> Result<Arc<dyn Datastore>, RunError> {
-    match config.datastore_target().map_err(startup)? {
-        DatastoreTarget::Sqlite(path) => {
-            Ok(Arc::new(SqliteDatastore::open(&path).map_err(|e| {
-                startup(format!("datastore {}: {e}", path.display()))
-            })?))
-        }
+    match config.datastore_target()? {
+        DatastoreTarget::Sqlite(path) => Ok(Arc::new(SqliteDatastore::open(&path).map_err(
+            |source| RunError::Datastore {
+                at: format!(" {}", path.display()),
+                source,
+            },
+        )?)),
         // Errors name the host, port, database and user, never the connection string.
         DatastoreTarget::Postgres(conn) => {
             let ds = PostgresDatastore::connect(&conn.0)
                 .await
-                .map_err(|e| startup(format!("datastore: {e}")))?;
+                .map_err(|source| RunError::Datastore {
+                    at: String::new(),
+                    source,
+                })?;
             tracing::info!(target = %ds.target(), "datastore: postgres");
             Ok(Arc::new(ds))
         }
@@ -242,14 +297,11 @@ async fn open_datastore(config: &ServerConfig) -> Result<Arc<dyn Datastore>, Run
 
 /// Builds the shared state: datastore, key manager, CA, entry cache, attestors.
 pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunError> {
-    tessera_core::fsutil::ensure_dir(&config.data_dir, 0o700).map_err(|e| {
-        startup(format!(
-            "cannot create data directory {}: {e}",
-            config.data_dir.display()
-        ))
-    })?;
+    tessera_core::fsutil::ensure_dir(&config.data_dir, 0o700)
+        .map_err(io_error("create data directory", &config.data_dir))?;
     let ds = open_datastore(&config).await?;
     let km = open_key_manager(&config)?;
+    let clock = SystemClock::shared();
     let ca = CaManager::start(
         CaSettings {
             trust_domain: config.trust_domain.clone(),
@@ -257,27 +309,37 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
             ca_key_type: config.ca_key_type,
             jwt_key_type: config.jwt_key_type,
             refresh_hint: config.bundle_refresh_hint,
-            upstream: crate::upstream::load(&config).map_err(startup)?,
+            upstream: crate::upstream::load(&config, clock.now())?,
         },
         km.clone(),
         ds.clone(),
+        clock.clone(),
     )
-    .await
-    .map_err(|e| startup(format!("CA: {e}")))?;
-    let entries = EntryCache::load(ds.clone())
+    .await?;
+    let entries = EntryCache::load(ds.clone(), clock.clone())
         .await
-        .map_err(|e| startup(format!("loading entries: {e}")))?;
+        .map_err(RunError::Entries)?;
     let mut attestors: HashMap<&'static str, Arc<dyn NodeAttestor>> = HashMap::new();
     if config.node_attestors.join_token.enabled {
         let a = Arc::new(JoinToken::new(ds.clone()));
         attestors.insert(a.name(), a);
     }
     if let Some(c) = &config.node_attestors.tpm_devid {
-        let a = Arc::new(crate::attestor::tpm_devid::TpmDevId::new(c).map_err(startup)?);
+        let a = Arc::new(
+            crate::attestor::tpm_devid::TpmDevId::new(c).map_err(|reason| RunError::Attestor {
+                name: "tpm_devid",
+                reason,
+            })?,
+        );
         attestors.insert(a.name(), a);
     }
     if let Some(c) = &config.node_attestors.tpm_ek {
-        let a = Arc::new(crate::attestor::tpm_ek::TpmEk::new(c).map_err(startup)?);
+        let a = Arc::new(crate::attestor::tpm_ek::TpmEk::new(c).map_err(|reason| {
+            RunError::Attestor {
+                name: "tpm_ek",
+                reason,
+            }
+        })?);
         attestors.insert(a.name(), a);
     }
     Ok(Arc::new(ServerState {
@@ -288,6 +350,7 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
         attestors,
         nodes: NodeCache::default(),
         key_manager: km,
+        clock,
     }))
 }
 
@@ -297,12 +360,8 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     let nofile = tessera_core::limits::nofile::raise_and_log();
     let bind = config.bind_address;
     let admin_path = config.admin_socket.clone();
-    tessera_core::fsutil::ensure_dir(&config.data_dir, 0o700).map_err(|e| {
-        startup(format!(
-            "cannot create data directory {}: {e}",
-            config.data_dir.display()
-        ))
-    })?;
+    tessera_core::fsutil::ensure_dir(&config.data_dir, 0o700)
+        .map_err(io_error("create data directory", &config.data_dir))?;
     // Before anything opens the database: a second server stops here.
     let lock = lock_data_dir(&config.data_dir)?;
     tracing::debug!(lock = %lock.path().display(), "data directory locked");
@@ -311,11 +370,11 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     tokio::spawn(state.ca.clone().run());
     tokio::spawn(state.entries.clone().follow(Duration::from_secs(1)));
     {
-        let ds = state.ds.clone();
+        let (ds, clock) = (state.ds.clone(), state.clock.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
-                match ds.prune_join_tokens(crate::ca::now_unix()).await {
+                match ds.prune_join_tokens(clock.unix()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!("{n} expired join tokens removed"),
                     Err(e) => tracing::warn!("cannot prune join tokens: {e}"),
@@ -348,8 +407,10 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     let tls = Arc::new(tessera_core::tls::server_config(identity, bundle));
     let listener = TcpListener::bind(bind)
         .await
-        .map_err(|e| startup(format!("cannot listen on {bind}: {e}")))?;
-    let local = listener.local_addr().map_err(|e| startup(e.to_string()))?;
+        .map_err(|source| RunError::Listen { addr: bind, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| RunError::Listen { addr: bind, source })?;
     let admin_listener = bind_admin_socket(&admin_path).await?;
 
     let caps = state.config.limits.connection_caps(nofile);
@@ -417,8 +478,8 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     let result = match finished {
         Ok((a, b)) => [a, b].into_iter().try_for_each(|r| match r {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(RunError::Serve(e.to_string())),
-            Err(e) => Err(RunError::Serve(e.to_string())),
+            Ok(Err(e)) => Err(RunError::Serve(e)),
+            Err(e) => Err(RunError::ServeTask(e)),
         }),
         Err(_) => {
             // Streams that would not end by themselves (an attestation waiting on its
@@ -458,5 +519,27 @@ mod tests {
             std::fs::read_to_string(again.path()).expect("lock file"),
             format!("{}\n", std::process::id())
         );
+    }
+
+    #[test]
+    fn startup_errors_keep_their_cause() {
+        use std::error::Error as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("no-such-dir");
+        let err = lock_data_dir(&missing).expect_err("no directory, no lock");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot open the lock file {}", missing.display())),
+            "{err}"
+        );
+        let cause = err
+            .source()
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .expect("the I/O error is kept");
+        assert_eq!(cause.kind(), std::io::ErrorKind::NotFound);
+
+        let ca = RunError::from(CaError::NoActive("X.509"));
+        assert!(ca.to_string().starts_with("CA: no active X.509"), "{ca}");
+        assert!(ca.source().is_some_and(|s| s.is::<CaError>()));
     }
 }

@@ -63,10 +63,6 @@ impl AdminApi {
     }
 }
 
-fn now() -> i64 {
-    crate::ca::now_unix()
-}
-
 fn agent_to_proto(n: &crate::datastore::AttestedNode) -> pb::Agent {
     pb::Agent {
         spiffe_id: n.spiffe_id.to_string(),
@@ -287,7 +283,7 @@ impl Admin for AdminApi {
             self.validate(&e)?;
             Some(e)
         };
-        let expires_at = now() + ttl.as_secs() as i64;
+        let expires_at = self.state.clock.unix() + ttl.as_secs() as i64;
         self.state.ds.create_join_token(&token, expires_at).await?;
         if let Some(e) = alias {
             if let Err(err) = self.state.ds.create_entry(e).await {

@@ -265,7 +265,7 @@ impl AgentApi {
                 .map_err(join_error)??;
         let info = tessera_core::x509::cert_info(&chain[0])
             .map_err(|e| Status::internal(e.to_string()))?;
-        let now = crate::ca::now_unix();
+        let now = self.state.clock.unix();
         let node = AttestedNode {
             spiffe_id: agent_id.clone(),
             attestation_type: params.attestor.clone(),

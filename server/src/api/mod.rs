@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use tessera_core::clock::SharedClock;
 use tessera_core::key::KeyManager;
 use tessera_core::{SpiffeId, TrustDomain};
 use tonic::Status;
@@ -31,6 +32,8 @@ pub struct ServerState {
     pub attestors: HashMap<&'static str, Arc<dyn NodeAttestor>>,
     pub nodes: NodeCache,
     pub key_manager: Arc<dyn KeyManager>,
+    /// Wall-clock time, as the CA manager and the entry cache see it.
+    pub clock: SharedClock,
 }
 
 impl ServerState {

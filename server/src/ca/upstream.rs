@@ -13,18 +13,102 @@
 //! before a full CA lifetime (`ca_ttl`) is accepted with an error in the log: the
 //! server's CAs are cut short to end with it (the service goes on until then), and
 //! the health check says when it expires. The CA manager then checks the chain of
-//! every CA it makes (see `ca.rs`).
+//! every CA it makes (see `probe.rs`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tessera_core::TrustDomain;
-use tessera_core::key::{Key, KeyManager, KeyType, SoftwareKey};
-use tessera_core::x509::{self, Issuer};
-use tessera_hsm::Pkcs11KeyManager;
+use tessera_core::key::{Key, KeyError, KeyManager, KeyType, SoftwareKey};
+use tessera_core::x509::{self, BuildError, Issuer, SvidError};
+use tessera_hsm::{HsmError, Pkcs11KeyManager};
 
 use crate::config::{DEFAULT_UPSTREAM_KEY_ID, ServerConfig, UpstreamAuthorityConfig};
+
+/// Why the upstream authority cannot be loaded or made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// The root certificate cannot serve; the message names the mistake and the fix.
+    #[error("{0}")]
+    Root(String),
+    /// The root certificate file cannot be read.
+    #[error("upstream root certificate {}: {source} (run `tessera-server ca init` first)", path.display())]
+    ReadCert {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The root certificate file is not PEM with exactly one certificate.
+    #[error("upstream root certificate {}: {reason}", path.display())]
+    CertFile { path: PathBuf, reason: String },
+    /// The root certificate cannot be parsed.
+    #[error("upstream root {what}: {source}")]
+    CertInfo {
+        what: String,
+        #[source]
+        source: SvidError,
+    },
+    /// The token holding the root key cannot be opened.
+    #[error("upstream authority token: {0}")]
+    Token(#[source] HsmError),
+    /// The token cannot look up the root key.
+    #[error("upstream root key {id:?}: {source}")]
+    TokenKey {
+        id: String,
+        #[source]
+        source: HsmError,
+    },
+    /// The token does not hold the root key.
+    #[error(
+        "the upstream root key is not in the token: run `tessera-server ca init`, or name an existing key with object= in the URI"
+    )]
+    NoRootKey,
+    /// The root key file cannot be read or is not a PKCS#8 key.
+    #[error("upstream key {}: {source}", path.display())]
+    KeyFile {
+        path: PathBuf,
+        #[source]
+        source: KeyError,
+    },
+    /// The root key is not the certificate's.
+    #[error(
+        "the upstream root key does not match the upstream root certificate {what}: the certificate was made for another key (run `tessera-server ca init --force` to make both again, or fix the key setting)"
+    )]
+    KeyMismatch { what: String },
+    /// The root cannot sign.
+    #[error("upstream authority ({what}): {source}")]
+    Issuer {
+        what: String,
+        #[source]
+        source: BuildError,
+    },
+    /// `ca init` without an `[upstream_authority]` section.
+    #[error("the configuration has no [upstream_authority] section")]
+    NotConfigured,
+    /// `ca init` would replace a root without `--force`.
+    #[error(
+        "{} already exists: the root is initialised (use --force to replace it, which makes every agent need the new bundle)", path.display()
+    )]
+    AlreadyInitialised { path: PathBuf },
+    /// `ca init` would replace a key in the token without `--force`.
+    #[error("the token already holds a root key {id:?} (use --force to replace it)")]
+    KeyExists { id: String },
+    /// The root key cannot be made.
+    #[error("creating the root key: {0}")]
+    Generate(#[source] KeyError),
+    /// The root certificate cannot be signed.
+    #[error("signing the root certificate: {0}")]
+    Sign(#[source] BuildError),
+    /// A file of the root cannot be written.
+    #[error("{}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// The mistakes in an upstream root certificate that make it unusable, checked in the
 /// order an operator would fix them. `Ok` carries a warning for a root that expires
@@ -89,55 +173,67 @@ pub fn check_root(
     Ok(None)
 }
 
-fn read_root_cert(path: &Path) -> Result<Vec<u8>, String> {
-    let text = std::fs::read(path).map_err(|e| {
-        format!(
-            "upstream root certificate {}: {e} (run `tessera-server ca init` first)",
-            path.display()
-        )
+fn read_root_cert(path: &Path) -> Result<Vec<u8>, UpstreamError> {
+    let text = std::fs::read(path).map_err(|source| UpstreamError::ReadCert {
+        path: path.to_owned(),
+        source,
     })?;
-    let mut certs = x509::pem_certs(&text)
-        .map_err(|e| format!("upstream root certificate {}: {e}", path.display()))?;
+    let mut certs = x509::pem_certs(&text).map_err(|reason| UpstreamError::CertFile {
+        path: path.to_owned(),
+        reason,
+    })?;
     if certs.len() != 1 {
-        return Err(format!(
-            "upstream root certificate {} must hold exactly one certificate, found {}",
-            path.display(),
-            certs.len()
-        ));
+        return Err(UpstreamError::CertFile {
+            path: path.to_owned(),
+            reason: format!("must hold exactly one certificate, found {}", certs.len()),
+        });
     }
     Ok(certs.remove(0))
+}
+
+/// The key the token's URI names (`object=`), if it names one.
+fn uri_key(manager: &Pkcs11KeyManager) -> Result<Option<Arc<dyn Key>>, UpstreamError> {
+    manager
+        .uri_key()
+        .map(|k| k.map(|k| k as Arc<dyn Key>))
+        .map_err(|source| UpstreamError::TokenKey {
+            id: "named by the URI".to_owned(),
+            source,
+        })
+}
+
+/// The root key under `id` in the token, if it is there.
+fn token_key(manager: &Pkcs11KeyManager, id: &str) -> Result<Option<Arc<dyn Key>>, UpstreamError> {
+    manager
+        .find_key(id)
+        .map(|k| k.map(|k| k as Arc<dyn Key>))
+        .map_err(|source| UpstreamError::TokenKey {
+            id: id.to_owned(),
+            source,
+        })
 }
 
 fn pkcs11_root_key(
     manager: &Pkcs11KeyManager,
     key_id: Option<&str>,
-) -> Result<Option<Arc<dyn Key>>, String> {
-    if let Some(k) = manager
-        .uri_key()
-        .map_err(|e| format!("upstream root key: {e}"))?
-    {
+) -> Result<Option<Arc<dyn Key>>, UpstreamError> {
+    if let Some(k) = uri_key(manager)? {
         return Ok(Some(k));
     }
-    let id = key_id.unwrap_or(DEFAULT_UPSTREAM_KEY_ID);
-    manager
-        .find_key(id)
-        .map(|k| k.map(|k| k as Arc<dyn Key>))
-        .map_err(|e| format!("upstream root key {id:?}: {e}"))
+    token_key(manager, key_id.unwrap_or(DEFAULT_UPSTREAM_KEY_ID))
 }
 
-/// The upstream issuer the configuration names, if any.
-pub fn load(config: &ServerConfig) -> Result<Option<Arc<Issuer>>, String> {
+/// The upstream issuer the configuration names, if any, checked at `now`.
+pub fn load(config: &ServerConfig, now: SystemTime) -> Result<Option<Arc<Issuer>>, UpstreamError> {
     let Some(up) = &config.upstream_authority else {
         return Ok(None);
     };
     let cert_path = config.upstream_root_cert().unwrap_or_default();
     let (cert, key): (Vec<u8>, Arc<dyn Key>) = match up {
         UpstreamAuthorityConfig::Pkcs11 { key_id, pkcs11, .. } => {
-            let manager = Pkcs11KeyManager::open(pkcs11)
-                .map_err(|e| format!("upstream authority token: {e}"))?;
-            let key = pkcs11_root_key(&manager, key_id.as_deref())?.ok_or_else(|| {
-                "the upstream root key is not in the token: run `tessera-server ca init`, or name an existing key with object= in the URI".to_string()
-            })?;
+            let manager = Pkcs11KeyManager::open(pkcs11).map_err(UpstreamError::Token)?;
+            let key =
+                pkcs11_root_key(&manager, key_id.as_deref())?.ok_or(UpstreamError::NoRootKey)?;
             (read_root_cert(&cert_path)?, key)
         }
         UpstreamAuthorityConfig::Disk {
@@ -149,39 +245,40 @@ pub fn load(config: &ServerConfig) -> Result<Option<Arc<Issuer>>, String> {
         }
     };
     let what = cert_path.display().to_string();
-    if let Some(warning) = check_root(
-        &cert,
-        &what,
-        &config.trust_domain,
-        config.ca_ttl,
-        SystemTime::now(),
-    )? {
+    if let Some(warning) = check_root(&cert, &what, &config.trust_domain, config.ca_ttl, now)
+        .map_err(UpstreamError::Root)?
+    {
         tracing::error!("{warning}");
     }
-    if x509::cert_info(&cert)
-        .map_err(|e| format!("upstream root {what}: {e}"))?
-        .public_key_der
-        != key.public_key_der()
-    {
-        return Err(format!(
-            "the upstream root key does not match the upstream root certificate {what}: the certificate was made for another key (run `tessera-server ca init --force` to make both again, or fix the key setting)"
-        ));
+    let info = x509::cert_info(&cert).map_err(|source| UpstreamError::CertInfo {
+        what: what.clone(),
+        source,
+    })?;
+    if info.public_key_der != key.public_key_der() {
+        return Err(UpstreamError::KeyMismatch { what });
     }
-    let issuer = Issuer::new(cert, key).map_err(|e| format!("upstream authority ({what}): {e}"))?;
+    let issuer = Issuer::new(cert, key).map_err(|source| UpstreamError::Issuer { what, source })?;
     Ok(Some(Arc::new(issuer)))
 }
 
-fn load_key_file(path: &Path) -> Result<SoftwareKey, String> {
+fn load_key_file(path: &Path) -> Result<SoftwareKey, UpstreamError> {
     use rustls_pki_types::PrivatePkcs8KeyDer;
     use rustls_pki_types::pem::PemObject;
-    let bytes = zeroize::Zeroizing::new(
-        std::fs::read(path).map_err(|e| format!("upstream key {}: {e}", path.display()))?,
-    );
+    let key_file = |source| UpstreamError::KeyFile {
+        path: path.to_owned(),
+        source,
+    };
+    let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| {
+        key_file(KeyError::Io {
+            context: "reading the key file".to_owned(),
+            source: e,
+        })
+    })?);
     let der = match PrivatePkcs8KeyDer::from_pem_slice(&bytes) {
         Ok(k) => zeroize::Zeroizing::new(k.secret_pkcs8_der().to_vec()),
         Err(_) => bytes.clone(),
     };
-    SoftwareKey::from_pkcs8(&der).map_err(|e| format!("upstream key {}: {e}", path.display()))
+    SoftwareKey::from_pkcs8(&der).map_err(key_file)
 }
 
 /// What `ca init` made.
@@ -200,58 +297,58 @@ pub fn init_root(
     ttl: Duration,
     key_type: KeyType,
     force: bool,
-) -> Result<InitReport, String> {
+) -> Result<InitReport, UpstreamError> {
     let up = config
         .upstream_authority
         .as_ref()
-        .ok_or("the configuration has no [upstream_authority] section")?;
+        .ok_or(UpstreamError::NotConfigured)?;
     let cert_path = config.upstream_root_cert().unwrap_or_default();
     if cert_path.exists() && !force {
-        return Err(format!(
-            "{} already exists: the root is initialised (use --force to replace it, which makes every agent need the new bundle)",
-            cert_path.display()
-        ));
+        return Err(UpstreamError::AlreadyInitialised { path: cert_path });
     }
+    let write = |path: &Path| {
+        let path = path.to_owned();
+        move |source| UpstreamError::Write { path, source }
+    };
     let key: Arc<dyn Key> = match up {
         UpstreamAuthorityConfig::Pkcs11 { key_id, pkcs11, .. } => {
-            let manager = Pkcs11KeyManager::open(pkcs11)
-                .map_err(|e| format!("upstream authority token: {e}"))?;
-            if let Some(k) = manager.uri_key().map_err(|e| e.to_string())? {
+            let manager = Pkcs11KeyManager::open(pkcs11).map_err(UpstreamError::Token)?;
+            if let Some(k) = uri_key(&manager)? {
                 // The URI names an existing key: certify it, never replace it.
                 k
             } else {
                 let id = key_id.as_deref().unwrap_or(DEFAULT_UPSTREAM_KEY_ID);
-                if manager.find_key(id).map_err(|e| e.to_string())?.is_some() && !force {
-                    return Err(format!(
-                        "the token already holds a root key {id:?} (use --force to replace it)"
-                    ));
+                if token_key(&manager, id)?.is_some() && !force {
+                    return Err(UpstreamError::KeyExists { id: id.to_owned() });
                 }
-                KeyManager::generate_key(&manager, id, key_type)
-                    .map_err(|e| format!("creating the root key: {e}"))?
+                KeyManager::generate_key(&manager, id, key_type).map_err(UpstreamError::Generate)?
             }
         }
         UpstreamAuthorityConfig::Disk { key_file, .. } => {
-            let key = SoftwareKey::generate(key_type).map_err(|e| e.to_string())?;
+            let key = SoftwareKey::generate(key_type).map_err(UpstreamError::Generate)?;
             let pem = x509::to_pem("PRIVATE KEY", key.pkcs8_der());
             tessera_core::fsutil::write_atomic(key_file, pem.as_bytes(), 0o600)
-                .map_err(|e| format!("{}: {e}", key_file.display()))?;
+                .map_err(write(key_file))?;
             Arc::new(key)
         }
     };
     let now = SystemTime::now();
     let cn = format!("Tessera root CA {}", config.trust_domain);
     let cert = x509::self_signed_ca(&config.trust_domain, &cn, &key, now, now + ttl)
-        .map_err(|e| format!("signing the root certificate: {e}"))?;
+        .map_err(UpstreamError::Sign)?;
     if let Some(dir) = cert_path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(write(dir))?;
     }
     tessera_core::fsutil::write_atomic(
         &cert_path,
         x509::to_pem("CERTIFICATE", &cert).as_bytes(),
         0o644,
     )
-    .map_err(|e| format!("{}: {e}", cert_path.display()))?;
-    let info = x509::cert_info(&cert).map_err(|e| e.to_string())?;
+    .map_err(write(&cert_path))?;
+    let info = x509::cert_info(&cert).map_err(|source| UpstreamError::CertInfo {
+        what: cert_path.display().to_string(),
+        source,
+    })?;
     let sha256 = ring::digest::digest(&ring::digest::SHA256, &cert)
         .as_ref()
         .iter()

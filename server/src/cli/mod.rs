@@ -1,0 +1,249 @@
+//! The `tessera-server` command line: `run`, `ca init` (offline), and the admin
+//! commands that talk to a running server over its admin socket, one file per
+//! command group. Where spire-server has the same command, the output follows it.
+//!
+//! Each command gathers its data and hands it to a printer that returns the text,
+//! so that what the operator sees (table or `--output json`) is tested without a
+//! server.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tessera_proto::admin::admin_client::AdminClient;
+use tonic::transport::Channel;
+
+use crate::config::DEFAULT_ADMIN_SOCKET;
+
+pub mod agent;
+pub mod bundle;
+pub mod ca;
+pub mod entry;
+mod error;
+pub mod healthcheck;
+pub mod mint;
+pub mod run;
+pub mod token;
+
+pub use agent::AgentCommand;
+pub use bundle::{BundleCommand, BundleFormat};
+pub use ca::CaCommand;
+pub use entry::{EntryCommand, EntryFields};
+pub use error::CliError;
+pub use mint::{JwtCommand, X509Command};
+pub use run::RunArgs;
+pub use token::TokenCommand;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tessera-server",
+    version,
+    about = "Tessera server: a SPIFFE CA whose keys live in hardware"
+)]
+pub struct Cli {
+    /// The admin socket of the running server.
+    #[arg(long, global = true, env = "TESSERA_SERVER_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub socket_path: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What `tessera-server` was asked to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the server.
+    Run(RunArgs),
+    /// Commands for a running server, over its admin socket.
+    #[command(flatten)]
+    Admin(AdminCommand),
+    /// The upstream root CA (offline: needs the configuration, not a running server).
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+/// The commands that talk to a running server.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Registration entries.
+    #[command(subcommand)]
+    Entry(EntryCommand),
+    /// Join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Attested agents.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Trust bundles.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// X509-SVIDs minted directly.
+    #[command(subcommand)]
+    X509(X509Command),
+    /// JWT-SVIDs minted directly.
+    #[command(subcommand)]
+    Jwt(JwtCommand),
+    /// Checks that the server is up and can sign.
+    Healthcheck {
+        /// Print each component's state.
+        #[arg(long)]
+        verbose: bool,
+    },
+}
+
+/// How admin commands print what they got.
+#[derive(Debug, Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
+pub enum Output {
+    /// Text for people, laid out as spire-server does.
+    #[default]
+    Pretty,
+    /// JSON for scripts.
+    Json,
+}
+
+/// Sets up logging to standard error: `TESSERA_LOG` if set, `level` otherwise.
+pub fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| {
+        // cryptoki logs every mechanism a token lists that it has no name for, at
+        // ERROR; that is noise, not a fault.
+        tracing_subscriber::EnvFilter::new(format!("{level},cryptoki::mechanism=off"))
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs what the command line asks for; the error is printed after `Error: `.
+pub fn execute(cli: Cli, runtime: tokio::runtime::Runtime) -> Result<(), CliError> {
+    match cli.command {
+        Command::Run(args) => run::serve(args, runtime),
+        Command::Ca(command) => {
+            init_logging("warn");
+            print!("{}", ca::execute(command)?);
+            Ok(())
+        }
+        Command::Admin(command) => {
+            init_logging("warn");
+            match runtime.block_on(admin_command(&cli.socket_path, command)) {
+                Ok(text) => {
+                    print!("{text}");
+                    Ok(())
+                }
+                Err(e) => {
+                    if let CliError::Unhealthy { shown, .. } = &e {
+                        print!("{shown}");
+                    }
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+/// Runs one admin command against the server at `socket`; returns what to print.
+pub async fn admin_command(socket: &Path, command: AdminCommand) -> Result<String, CliError> {
+    let mut c = connect(socket).await?;
+    match command {
+        AdminCommand::Entry(e) => entry::execute(&mut c, e).await,
+        AdminCommand::Token(t) => token::execute(&mut c, t).await,
+        AdminCommand::Agent(a) => agent::execute(&mut c, a).await,
+        AdminCommand::Bundle(b) => bundle::execute(&mut c, b).await,
+        AdminCommand::X509(x) => mint::execute_x509(&mut c, x).await,
+        AdminCommand::Jwt(j) => mint::execute_jwt(&mut c, j).await,
+        AdminCommand::Healthcheck { verbose } => healthcheck::execute(&mut c, verbose).await,
+    }
+}
+
+async fn connect(path: &Path) -> Result<AdminClient<Channel>, CliError> {
+    let ch = tessera_proto::unix_channel(path)
+        .await
+        .map_err(|source| CliError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(AdminClient::new(ch))
+}
+
+/// A duration flag in whole seconds, as the admin API takes it (0: the default).
+fn secs(flag: &'static str, d: Option<Duration>) -> Result<u32, CliError> {
+    d.map_or(Ok(0), |d| {
+        u32::try_from(d.as_secs()).map_err(|_| CliError::DurationTooLong {
+            flag,
+            secs: d.as_secs(),
+        })
+    })
+}
+
+/// Pretty JSON, with the newline a terminal wants.
+fn json_text(v: &serde_json::Value) -> Result<String, CliError> {
+    Ok(format!("{}\n", serde_json::to_string_pretty(v)?))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        reason = "test code: a failed unwrap is a failed test"
+    )]
+
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_parses_to_its_group() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("tessera-server").chain(args.iter().copied()))
+                .unwrap()
+                .command
+        };
+        assert!(matches!(parse(&["run"]), Command::Run(_)));
+        assert!(matches!(parse(&["ca", "init"]), Command::Ca(_)));
+        assert!(matches!(
+            parse(&["entry", "show"]),
+            Command::Admin(AdminCommand::Entry(EntryCommand::Show { .. }))
+        ));
+        assert!(matches!(
+            parse(&["healthcheck", "--verbose"]),
+            Command::Admin(AdminCommand::Healthcheck { verbose: true })
+        ));
+        assert!(matches!(
+            parse(&[
+                "jwt",
+                "mint",
+                "--spiffe-id",
+                "spiffe://td/w",
+                "--audience",
+                "a"
+            ]),
+            Command::Admin(AdminCommand::Jwt(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_absent_server_is_named_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        let err = admin_command(&path, AdminCommand::Healthcheck { verbose: false })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CliError::Connect { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains("No such file or directory"), "{msg}");
+        assert!(msg.contains("is the server running?"), "{msg}");
+    }
+
+    #[test]
+    fn a_duration_too_long_for_the_api_is_refused_naming_the_flag() {
+        assert_eq!(secs("--ttl", None).unwrap(), 0);
+        assert_eq!(secs("--ttl", Some(Duration::from_secs(90))).unwrap(), 90);
+        let err = secs("--ttl", Some(Duration::from_secs(u64::from(u32::MAX) + 1))).unwrap_err();
+        assert!(err.to_string().contains("--ttl"), "{err}");
+    }
+}

@@ -1,0 +1,39 @@
+//! `tessera-server run`: loads the configuration, sets up logging and runs the
+//! server until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{CliError, init_logging};
+use crate::config::ServerConfig;
+
+/// How long blocking work still running at exit may hold it.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The configuration file.
+    #[arg(long, short, default_value = crate::config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Overrides a configuration value (repeatable), e.g. --set ca_ttl=2h.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// Runs the server on `runtime` until a shutdown signal.
+pub fn serve(args: RunArgs, runtime: tokio::runtime::Runtime) -> Result<(), CliError> {
+    let cfg = ServerConfig::load(&args.config, &args.set)?;
+    init_logging(&cfg.log_level);
+    tessera_core::config::warn_secret_flags(&args.set);
+    let result = runtime.block_on(crate::run::run(cfg));
+    // Blocking work still running (a signature waiting on a slow token, a write)
+    // must not hold the exit: each write is one transaction, so stopping it midway
+    // loses nothing that was acknowledged.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    result.map_err(|e| {
+        tracing::error!("{e}");
+        CliError::Run(e)
+    })
+}
