@@ -91,12 +91,12 @@ impl From<DatastoreError> for Status {
             DatastoreError::AlreadyExists(m) => {
                 Status::already_exists(format!("{m} already exists"))
             }
-            DatastoreError::Invalid(m) => Status::invalid_argument(m),
-            DatastoreError::Unavailable(m) => {
-                Status::unavailable(format!("datastore unavailable: {m}"))
+            DatastoreError::Invalid(f) => Status::invalid_argument(f.message()),
+            DatastoreError::Unavailable(f) => {
+                Status::unavailable(format!("datastore unavailable: {f}"))
             }
             DatastoreError::Conflict(m) => Status::aborted(m),
-            DatastoreError::Backend(m) => Status::internal(format!("datastore error: {m}")),
+            DatastoreError::Backend(f) => Status::internal(format!("datastore error: {f}")),
         }
     }
 }
