@@ -9,7 +9,8 @@
 //!   delegating to those files.
 //! - `codec` and `serials`: what both backends store and decide the same way (record
 //!   encodings, the entry identity hash, the rules for an agent's SVID serials).
-//! - `conformance`: the behaviour every backend must show.
+//! - `conformance`: the behaviour every backend must show, compiled only for tests
+//!   (and, for backends outside this crate, with the `test-support` feature).
 
 use std::fmt;
 
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tessera_core::{Bundle, RegistrationEntry, Selector, SpiffeId, TrustDomain};
 
 mod codec;
+#[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
 mod error;
 pub mod postgres;
