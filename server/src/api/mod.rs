@@ -94,12 +94,12 @@ impl From<DatastoreError> for Status {
             DatastoreError::AlreadyExists(m) => {
                 Status::already_exists(format!("{m} already exists"))
             }
-            DatastoreError::Invalid(m) => Status::invalid_argument(m),
-            DatastoreError::Unavailable(m) => {
-                Status::unavailable(format!("datastore unavailable: {m}"))
+            DatastoreError::Invalid(f) => Status::invalid_argument(f.message()),
+            DatastoreError::Unavailable(f) => {
+                Status::unavailable(format!("datastore unavailable: {f}"))
             }
             DatastoreError::Conflict(m) => Status::aborted(m),
-            DatastoreError::Backend(m) => Status::internal(format!("datastore error: {m}")),
+            DatastoreError::Backend(f) => Status::internal(format!("datastore error: {f}")),
         }
     }
 }
@@ -133,4 +133,57 @@ impl From<AttestError> for Status {
 /// A blocking task's join error.
 pub fn join_error(e: tokio::task::JoinError) -> Status {
     Status::internal(format!("worker task failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+    use crate::datastore::Failure;
+
+    #[test]
+    fn each_datastore_error_kind_has_one_grpc_code() {
+        let io = || std::io::Error::other("disk I/O error");
+        let cases = [
+            (
+                DatastoreError::NotFound("entry \"e1\"".into()),
+                Code::NotFound,
+                "entry \"e1\" not found",
+            ),
+            (
+                DatastoreError::AlreadyExists("join token abcd…".into()),
+                Code::AlreadyExists,
+                "join token abcd… already exists",
+            ),
+            (
+                DatastoreError::Invalid("attested node x is banned".into()),
+                Code::InvalidArgument,
+                "attested node x is banned",
+            ),
+            (
+                DatastoreError::Unavailable(Failure::caused_by(
+                    "entry e1: database is locked",
+                    io(),
+                )),
+                Code::Unavailable,
+                "datastore unavailable: entry e1: database is locked",
+            ),
+            (
+                DatastoreError::Conflict("agent x presented an SVID no longer accepted".into()),
+                Code::Aborted,
+                "agent x presented an SVID no longer accepted",
+            ),
+            (
+                DatastoreError::Backend(Failure::caused_by("entries: disk I/O error", io())),
+                Code::Internal,
+                "datastore error: entries: disk I/O error",
+            ),
+        ];
+        for (err, code, message) in cases {
+            let status = Status::from(err);
+            assert_eq!(status.code(), code, "{status:?}");
+            assert_eq!(status.message(), message);
+        }
+    }
 }

@@ -2,6 +2,15 @@
 //! change events, attested nodes, join tokens, bundles, the CA journal) behind one
 //! trait, so that SQLite (the embedded default) and PostgreSQL (several servers) are
 //! interchangeable and pass the same conformance suite.
+//!
+//! - `sqlite/` and `postgres/`: one folder per backend, one file per kind of record
+//!   (entries, events, nodes, join tokens, bundles, CA journal) plus its connection,
+//!   schema and error code. Each backend's `mod.rs` implements [`Datastore`] by
+//!   delegating to those files.
+//! - `codec` and `serials`: what both backends store and decide the same way (record
+//!   encodings, the entry identity hash, the rules for an agent's SVID serials).
+//! - `conformance`: the behaviour every backend must show, compiled only for tests
+//!   (and, for backends outside this crate, with the `test-support` feature).
 
 use std::fmt;
 
@@ -10,36 +19,14 @@ use serde::{Deserialize, Serialize};
 use tessera_core::{Bundle, RegistrationEntry, Selector, SpiffeId, TrustDomain};
 
 mod codec;
+#[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
+mod error;
 pub mod postgres;
+mod serials;
 pub mod sqlite;
 
-/// Why a datastore operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DatastoreError {
-    /// The record asked for does not exist.
-    #[error("{0} not found")]
-    NotFound(String),
-    /// A record with the same identity already exists.
-    #[error("{0} already exists")]
-    AlreadyExists(String),
-    /// The request is inconsistent with what is stored.
-    #[error("{0}")]
-    Invalid(String),
-    /// The database cannot be reached or is locked; retrying may work.
-    #[error("datastore unavailable: {0}")]
-    Unavailable(String),
-    /// The stored record no longer matches what the request was based on (another
-    /// request changed it first); retrying with fresh data may work.
-    #[error("{0}")]
-    Conflict(String),
-    /// Stored data could not be decoded, or the database failed.
-    #[error("datastore error: {0}")]
-    Backend(String),
-}
-
-pub type Result<T> = std::result::Result<T, DatastoreError>;
+pub use error::{DatastoreError, Failure, Result};
 
 /// Filters for listing entries; unset fields match everything.
 #[derive(Debug, Clone, Default)]

@@ -1,0 +1,82 @@
+//! Bundles in SQLite: each trust domain's JWK Set, with its JWT authorities' expiry
+//! times (which the JWK Set form does not carry) beside it.
+
+use rusqlite::{OptionalExtension, params};
+use tessera_core::{Bundle, TrustDomain};
+
+use super::SqliteDatastore;
+use super::connection::Durability;
+use super::error::Ctx;
+use crate::datastore::Result;
+use crate::datastore::codec::{decode_bundle_columns, encode_bundle, require_found};
+
+pub(super) async fn set(ds: &SqliteDatastore, bundle: &Bundle) -> Result<()> {
+    let td = bundle.trust_domain().name().to_owned();
+    let (jwks, expiries) = encode_bundle(bundle)?;
+    ds.write(Durability::Full, move |conn| {
+        conn.prepare_cached(
+            "INSERT INTO bundles (trust_domain, jwks, jwt_expiries) VALUES (?1, ?2, ?3)
+             ON CONFLICT (trust_domain) DO UPDATE SET
+                jwks = excluded.jwks, jwt_expiries = excluded.jwt_expiries",
+        )
+        .and_then(|mut s| s.execute(params![td, jwks, expiries]))
+        .ctx(format_args!("bundle of {td}"))?;
+        Ok(())
+    })
+    .await
+}
+
+pub(super) async fn get(ds: &SqliteDatastore, td: &TrustDomain) -> Result<Option<Bundle>> {
+    let td = td.name().to_owned();
+    ds.read(move |conn| {
+        let row: Option<(String, String)> = conn
+            .prepare_cached("SELECT jwks, jwt_expiries FROM bundles WHERE trust_domain = ?1")
+            .and_then(|mut s| {
+                s.query_row([&td], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .ctx(format_args!("bundle of {td}"))?;
+        row.map(|(jwks, expiries)| decode_bundle_columns(&td, &jwks, &expiries))
+            .transpose()
+    })
+    .await
+}
+
+pub(super) async fn list(ds: &SqliteDatastore) -> Result<Vec<Bundle>> {
+    ds.read(|conn| {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT trust_domain, jwks, jwt_expiries FROM bundles ORDER BY trust_domain",
+            )
+            .ctx("bundles")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .ctx("bundles")?;
+        let mut bundles = Vec::new();
+        for row in rows {
+            let (td, jwks, expiries) = row.ctx("bundles")?;
+            bundles.push(decode_bundle_columns(&td, &jwks, &expiries)?);
+        }
+        Ok(bundles)
+    })
+    .await
+}
+
+pub(super) async fn delete(ds: &SqliteDatastore, td: &TrustDomain) -> Result<()> {
+    let td = td.name().to_owned();
+    ds.write(Durability::Full, move |conn| {
+        let what = format!("bundle of {td}");
+        let n = conn
+            .prepare_cached("DELETE FROM bundles WHERE trust_domain = ?1")
+            .and_then(|mut s| s.execute([&td]))
+            .ctx(&what)?;
+        require_found(n != 0, &what)
+    })
+    .await
+}
