@@ -1,20 +1,23 @@
 //! Helpers for the agent's unit tests: a CA for `example.org`, a fake server that
 //! answers the agent API from memory (signing with that CA, by an injected clock),
-//! and real servers on loopback.
+//! a node attestor without evidence, and an agent wired to them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tessera_core::clock::SharedClock;
-use tessera_core::key::{Key, KeyType, SoftwareKey};
+use tessera_core::key::{Key, KeyType, MemoryKeyManager, SoftwareKey};
 use tessera_core::x509::{self, Issuer, SvidTemplate};
 use tessera_core::{Bundle, RegistrationEntry, Selector, SpiffeId, TrustDomain};
 use tessera_proto::agent as pb;
 
-use crate::attestor::NodeAttestor;
+use crate::attestor::{AttestError, NodeAttestor, Session};
 use crate::client::Trust;
+use crate::config::AgentConfig;
+use crate::manager::{Agent, Parts};
 use crate::protocol::{ServerApi, ServerError};
 
 pub(crate) fn td() -> TrustDomain {
@@ -76,6 +79,36 @@ impl TestPki {
         let key: Arc<dyn Key> = Arc::new(SoftwareKey::generate(KeyType::EcP256).unwrap());
         let leaf = self.leaf(id, key.public_key_der(), now, Duration::from_secs(3600));
         (vec![leaf], key)
+    }
+}
+
+/// A node attestor whose evidence is a constant (the fake server takes anything).
+#[derive(Debug)]
+pub(crate) struct TestAttestor {
+    pub(crate) reattest: bool,
+}
+
+struct TestSession;
+
+#[async_trait]
+impl Session for TestSession {
+    async fn payload(&mut self) -> Result<Vec<u8>, AttestError> {
+        Ok(b"test".to_vec())
+    }
+    async fn answer(&mut self, _: Vec<u8>) -> Result<Vec<u8>, AttestError> {
+        Err(AttestError("no challenge expected".into()))
+    }
+}
+
+impl NodeAttestor for TestAttestor {
+    fn name(&self) -> &'static str {
+        "test"
+    }
+    fn can_reattest(&self) -> bool {
+        self.reattest
+    }
+    fn session(&self) -> Box<dyn Session> {
+        Box::new(TestSession)
     }
 }
 
@@ -332,6 +365,35 @@ impl ServerApi for FakeServer {
     }
 
     fn reconnect(&self) {}
+}
+
+/// An agent configuration for tests, its state in `dir`.
+pub(crate) fn config(dir: &Path, sync_interval: &str) -> AgentConfig {
+    AgentConfig::parse(&format!(
+        "trust_domain = \"example.org\"\nserver_address = \"127.0.0.1\"\ninsecure_bootstrap = true\n\
+         data_dir = \"{}\"\nsync_interval = \"{sync_interval}\"\n",
+        dir.display()
+    ))
+    .unwrap()
+}
+
+/// An agent of `server`, on `clock`, its state in `dir`.
+pub(crate) fn agent(
+    dir: &Path,
+    server: &Arc<FakeServer>,
+    clock: &SharedClock,
+    reattest: bool,
+) -> Arc<Agent> {
+    Agent::with_parts(
+        config(dir, "1s"),
+        Parts {
+            km: Arc::new(MemoryKeyManager::new()),
+            attestor: Some(Arc::new(TestAttestor { reattest })),
+            clock: clock.clone(),
+            server: Some(server.clone()),
+        },
+    )
+    .unwrap()
 }
 
 /// Real servers on loopback, for the client's address selection.
