@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use prost::Message;
+use tessera_core::clock::SharedClock;
 use tessera_core::{SelectorSet, SpiffeId, TrustDomain};
 use tessera_proto::workload as pb;
 use tessera_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
@@ -23,7 +24,6 @@ use super::peer::{Caller, CallerError};
 use super::source::IdentitySource;
 use crate::cache::{Snapshot, Svid};
 use crate::manager::Agent;
-use tessera_core::clock::SharedClock;
 
 type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
