@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use tessera_core::clock::{SharedClock, SystemClock};
 use tessera_core::key::SoftwareKey;
 use tessera_core::{Bundle, RegistrationEntry, SelectorSet, TrustDomain};
 use tokio::sync::watch;
@@ -190,6 +191,8 @@ impl JwtCache {
 pub struct Cache {
     tx: watch::Sender<Arc<Snapshot>>,
     jwt: Mutex<JwtCache>,
+    /// Judges which cached JWT-SVIDs are past use when the cache is full.
+    clock: SharedClock,
 }
 
 impl Default for Cache {
@@ -199,10 +202,17 @@ impl Default for Cache {
 }
 
 impl Cache {
+    /// An empty cache on the system clock.
     pub fn new() -> Self {
+        Self::with_clock(SystemClock::shared())
+    }
+
+    /// An empty cache on `clock`.
+    pub fn with_clock(clock: SharedClock) -> Self {
         Self {
             tx: watch::channel(Arc::new(Snapshot::default())).0,
             jwt: Mutex::new(JwtCache::default()),
+            clock,
         }
     }
 
@@ -236,7 +246,7 @@ impl Cache {
 
     /// Caches a JWT-SVID, evicting the least recently used past the limits.
     pub fn put_jwt(&self, entry_id: &str, audience: &[String], jwt: CachedJwt) {
-        let now = tessera_core::x509::unix_seconds(std::time::SystemTime::now());
+        let now = self.clock.unix();
         self.jwts().put(JwtCache::key(entry_id, audience), jwt, now);
     }
 
@@ -352,5 +362,24 @@ mod tests {
         );
         cache.forget_jwts_except(&["e2".to_string()].into_iter().collect());
         assert_eq!(cache.jwt_usage(), (1, 2 + 1 + 300 + JWT_ENTRY_OVERHEAD));
+    }
+
+    #[test]
+    fn a_full_cache_drops_what_its_clock_says_is_past_use_before_the_least_recent() {
+        // 200 s on: tokens issued at NOW - 10 for 300 s are past half of their life.
+        let cache = Cache::with_clock(tessera_core::clock::ManualClock::at_unix(NOW as u64 + 200));
+        let a = aud("a".into());
+        let fresh = CachedJwt {
+            token: "fresh".into(),
+            issued_at: NOW + 190,
+            expires_at: NOW + 490,
+        };
+        // Used least recently of all, but the only one still worth serving.
+        cache.put_jwt("fresh", &a, fresh);
+        for i in 0..JWT_CACHE_MAX_ENTRIES {
+            cache.put_jwt("stale", &aud(format!("aud-{i}")), jwt(10));
+        }
+        assert_eq!(cache.jwt_usage().0, 1);
+        assert_eq!(cache.jwt("fresh", &a, NOW + 200).unwrap().token, "fresh");
     }
 }

@@ -7,7 +7,14 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod manager;
+pub mod protocol;
 pub mod retry;
+pub mod startup;
 pub mod state;
-pub mod tpm_cli;
 pub mod workload;
+
+#[cfg(test)]
+mod testing;
+
+/// The `tpm` commands, where they were before the command line became a folder.
+pub use cli::tpm as tpm_cli;

@@ -1,32 +1,29 @@
 //! A simulated agent: a real attested identity (join token, the Attest stream, its own
 //! SVID and mTLS connection) without an agent process, so that one benchmark process
-//! can be thousands of agents. It syncs the way the agent does (by revision and
-//! digest) and asks for SVIDs in batches.
+//! can be thousands of agents. It speaks the agent's own protocol code
+//! (`tessera_agent::protocol`): it syncs as the agent does (by revision and digest)
+//! and asks for SVIDs in batches.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_agent::client::{Trust, channel, node_client};
+use tessera_agent::attestor::join_token::JoinToken;
+use tessera_agent::client::Trust;
+use tessera_agent::protocol::sync::{Revisions, sync};
+use tessera_agent::protocol::{GrpcServer, ServerApi};
 use tessera_core::key::{Key, KeyType, SoftwareKey};
 use tessera_core::tls::{SharedBundle, SharedIdentity};
 use tessera_core::{Bundle, SpiffeId, TrustDomain};
 use tessera_proto::agent as pb;
-use tessera_proto::agent::node_client::NodeClient;
-use tonic::transport::Channel;
 
-/// What a simulated agent keeps between syncs.
-#[derive(Debug, Default, Clone)]
-pub struct SyncState {
-    pub revision: u64,
-    pub entries: std::collections::BTreeMap<String, u64>,
-    pub bundle_sequence: u64,
-}
+/// What a simulated agent keeps between syncs: entry IDs and revisions.
+pub type SyncState = Revisions;
 
 /// See the module documentation.
 #[derive(Debug, Clone)]
 pub struct SimAgent {
     pub id: SpiffeId,
-    client: NodeClient<Channel>,
+    server: Arc<GrpcServer>,
 }
 
 pub fn trust_domain() -> TrustDomain {
@@ -64,117 +61,51 @@ impl SimAgent {
         let key: Arc<dyn Key> =
             Arc::new(SoftwareKey::generate(KeyType::EcP256).map_err(|e| e.to_string())?);
         let csr = tessera_core::x509::build_csr(&key).map_err(|e| e.to_string())?;
-        let mut boot = node_client(channel(
-            vec![server.to_owned()],
-            server_id(),
-            Trust::Bundle(bundle.clone()),
-            None,
-        ));
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        tx.send(pb::AttestRequest {
-            step: Some(pb::attest_request::Step::Params(pb::AttestationParams {
-                attestor: "join_token".into(),
-                payload: token.as_bytes().to_vec(),
-                csr,
-            })),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        let mut inbound = boot
-            .attest(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .map_err(|e| format!("attest: {}", e.message()))?
-            .into_inner();
-        let result = match inbound
-            .message()
-            .await
-            .map_err(|e| format!("attest: {}", e.message()))?
-        {
-            Some(pb::AttestResponse {
-                step: Some(pb::attest_response::Step::Result(r)),
-            }) => r,
-            Some(_) => return Err("join_token attestation sent a challenge".into()),
-            None => return Err("attestation stream ended".into()),
-        };
         let identity = SharedIdentity::new();
-        identity.set(&result.svid_chain, key);
-        let id = SpiffeId::new(&result.spiffe_id).map_err(|e| e.to_string())?;
-        let client = node_client(channel(
+        let conn = GrpcServer::new(
             vec![server.to_owned()],
             server_id(),
-            Trust::Bundle(bundle),
-            Some(identity),
-        ));
-        Ok(Self { id, client })
+            bundle.clone(),
+            identity.clone(),
+        );
+        let token = JoinToken::new(token.to_owned().into());
+        let result = conn
+            .attest(Trust::Bundle(bundle), &token, csr)
+            .await
+            .map_err(|e| format!("attest: {e}"))?;
+        identity.set(&result.svid_chain, key);
+        conn.reconnect();
+        let id = SpiffeId::new(&result.spiffe_id).map_err(|e| e.to_string())?;
+        Ok(Self {
+            id,
+            server: Arc::new(conn),
+        })
     }
 
     /// One sync, as the agent does it; returns how many entries it holds.
     pub async fn sync(&self, st: &mut SyncState) -> Result<usize, String> {
-        let mut client = self.client.clone();
-        let mut want = Vec::new();
-        for _ in 0..3 {
-            let digest = tessera_core::entry::revision_digest(
-                st.entries.iter().map(|(k, v)| (k.as_str(), *v)),
-            );
-            let resp = client
-                .sync_entries(pb::SyncRequest {
-                    known_revision: st.revision,
-                    known_digest: digest,
-                    bundle_sequence: st.bundle_sequence,
-                    want_ids: std::mem::take(&mut want),
-                })
-                .await
-                .map_err(|e| format!("{}: sync: {}", self.id, e.message()))?
-                .into_inner();
-            if let Some(b) = resp.bundle {
-                st.bundle_sequence = b.sequence;
-            }
-            for e in &resp.entries {
-                st.entries.insert(e.id.clone(), e.revision_number);
-            }
-            if resp.full_list {
-                let listed: std::collections::BTreeMap<&str, u64> = resp
-                    .authorized
-                    .iter()
-                    .map(|r| (r.id.as_str(), r.revision_number))
-                    .collect();
-                st.entries.retain(|k, _| listed.contains_key(k.as_str()));
-                want = listed
-                    .iter()
-                    .filter(|(k, v)| st.entries.get(**k) != Some(*v))
-                    .map(|(k, _)| (*k).to_owned())
-                    .collect();
-            }
-            st.revision = st.revision.max(resp.revision);
-            if want.is_empty() {
-                break;
-            }
-        }
+        sync(self.server.as_ref(), st)
+            .await
+            .map_err(|e| format!("{}: sync: {e}", self.id))?;
         Ok(st.entries.len())
     }
 
     /// Asks for one SVID per (entry, CSR) pair; returns how many were signed.
     pub async fn sign(&self, requests: &[(String, Vec<u8>)]) -> Result<usize, String> {
-        let resp = self
-            .client
-            .clone()
-            .batch_new_x509_svid(pb::BatchNewX509SvidRequest {
-                requests: requests
+        let results = self
+            .server
+            .batch_new_x509_svid(
+                requests
                     .iter()
                     .map(|(entry_id, csr)| pb::SvidRequest {
                         entry_id: entry_id.clone(),
                         csr: csr.clone(),
                     })
                     .collect(),
-            })
+            )
             .await
-            .map_err(|e| format!("batch sign: {} ({:?})", e.message(), e.code()))?
-            .into_inner();
-        Ok(resp
-            .results
-            .iter()
-            .filter(|r| !r.cert_chain.is_empty())
-            .count())
+            .map_err(|e| format!("batch sign: {e}"))?;
+        Ok(results.iter().filter(|r| !r.cert_chain.is_empty()).count())
     }
 }
 

@@ -1,6 +1,9 @@
 //! The SPIFFE Workload API: the caller is identified from the kernel (never by
 //! credentials it sends), attested, matched against the cached entries, and served.
 //! Streams send the full state at once and again on every change.
+//!
+//! The service serves from an [`IdentitySource`] (the agent, in a unit test a fake)
+//! and attests callers with the configured [`WorkloadAttestors`].
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::os::fd::AsFd;
@@ -9,13 +12,16 @@ use std::sync::Arc;
 
 use futures::Stream;
 use prost::Message;
+use tessera_core::clock::SharedClock;
 use tessera_core::{SelectorSet, SpiffeId, TrustDomain};
 use tessera_proto::workload as pb;
 use tessera_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+use super::attestor::{Peer, WorkloadAttestors};
 use super::peer::{Caller, CallerError};
+use super::source::IdentitySource;
 use crate::cache::{Snapshot, Svid};
 use crate::manager::Agent;
 
@@ -35,12 +41,37 @@ pub fn check_security_header(req: Request<()>) -> Result<Request<()>, Status> {
 /// The Workload API service.
 #[derive(Debug, Clone)]
 pub struct WorkloadApi {
-    agent: Arc<Agent>,
+    source: Arc<dyn IdentitySource>,
+    attestors: WorkloadAttestors,
+    /// Whether callers without an identity may read bundles and validate JWT-SVIDs.
+    allow_unauthenticated_verifiers: bool,
+    /// Judges which SVIDs have expired.
+    clock: SharedClock,
 }
 
 impl WorkloadApi {
-    pub fn new(agent: Arc<Agent>) -> Self {
-        Self { agent }
+    /// The service, serving from `source` to callers attested by `attestors`.
+    pub fn new(
+        source: Arc<dyn IdentitySource>,
+        attestors: WorkloadAttestors,
+        allow_unauthenticated_verifiers: bool,
+        clock: SharedClock,
+    ) -> Self {
+        Self {
+            source,
+            attestors,
+            allow_unauthenticated_verifiers,
+            clock,
+        }
+    }
+
+    /// The service the agent's configuration describes, serving from the agent.
+    pub fn for_agent(agent: Arc<Agent>) -> Self {
+        let cfg = agent.config();
+        let attestors = WorkloadAttestors::from_config(&cfg.workload_attestors);
+        let allow = cfg.allow_unauthenticated_verifiers;
+        let clock = agent.clock().clone();
+        Self::new(agent, attestors, allow, clock)
     }
 
     /// Attests the caller: the process pinned when it connected, checked unchanged
@@ -51,19 +82,12 @@ impl WorkloadApi {
             .get::<Caller>()
             .cloned()
             .ok_or_else(|| Status::internal("the connection carries no caller information"))?;
-        let cfg = self.agent.config().workload_attestors.unix.clone();
-        // The /proc reads take microseconds and names come from a cache, so
-        // attestation runs in place; hashing the caller's binary reads a file of any
-        // size and goes to the blocking pool.
-        let selectors = if cfg.discover_workload_path {
-            let c = caller.clone();
-            tokio::task::spawn_blocking(move || attest_pinned(&c, &cfg))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))??
-        } else {
-            attest_pinned(&caller, &cfg)?
-        };
+        let selectors = attest_pinned(&caller, &self.attestors).await?;
         Ok((selectors.into_iter().collect(), caller))
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.unix()
     }
 
     fn no_identity() -> Status {
@@ -99,16 +123,19 @@ fn check_caller(caller: &Caller) -> Result<(), Status> {
 
 /// The caller's selectors, read between two checks that its process is the one that
 /// connected, unchanged: nothing read belongs to another program or user.
-fn attest_pinned(
+async fn attest_pinned(
     caller: &Caller,
-    cfg: &crate::config::UnixAttestorConfig,
+    attestors: &WorkloadAttestors,
 ) -> Result<Vec<tessera_core::Selector>, Status> {
     let pinned = caller.pinned().map_err(|e| refuse(caller, e))?;
     let dir = pinned.check().map_err(|e| refuse(caller, e))?;
-    let selectors = super::unix::attest(pinned, dir.as_fd(), cfg).map_err(|e| {
-        tracing::warn!("workload attestation failed: {e}");
-        Status::permission_denied(format!("workload attestation failed: {e}"))
-    })?;
+    let selectors = attestors
+        .attest(&Peer::new(pinned, dir.as_fd()))
+        .await
+        .map_err(|e| {
+            tracing::warn!("workload attestation failed: {e}");
+            Status::permission_denied(format!("workload attestation failed: {e}"))
+        })?;
     drop(dir);
     pinned.check().map_err(|e| refuse(caller, e))?;
     Ok(selectors)
@@ -119,11 +146,6 @@ fn federated_for<'a>(snap: &'a Snapshot, selectors: &'a SelectorSet) -> BTreeSet
     snap.matching_entries(selectors)
         .flat_map(|e| e.federates_with.iter())
         .collect()
-}
-
-/// The current Unix time, in seconds.
-fn now_unix() -> i64 {
-    tessera_core::x509::unix_seconds(std::time::SystemTime::now())
 }
 
 /// A Unix time as RFC 3339, for messages.
@@ -207,14 +229,14 @@ fn next_expiry(snap: &Snapshot, selectors: &SelectorSet, now: i64) -> Option<i64
         .min()
 }
 
-/// Sleeps until Unix time `at` (forever for `None`).
-async fn sleep_until_unix(at: Option<i64>) {
+/// Sleeps until Unix time `at` by `clock` (forever for `None`).
+async fn sleep_until_unix(clock: &SharedClock, at: Option<i64>) {
     match at {
         Some(at) => {
-            let wait = u64::try_from(at.saturating_sub(now_unix())).unwrap_or(0);
+            let wait = u64::try_from(at.saturating_sub(clock.unix())).unwrap_or(0);
             tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
             // Whole seconds: make sure the second `at` has begun.
-            while now_unix() < at {
+            while clock.unix() < at {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
@@ -265,7 +287,8 @@ impl WorkloadApi {
         T: Message + Clone + PartialEq + Send + 'static,
         F: Fn(&Snapshot, &SelectorSet, i64) -> Result<Option<T>, Status> + Send + 'static,
     {
-        let mut rx = self.agent.cache.subscribe();
+        let mut rx = self.source.subscribe();
+        let clock = self.clock.clone();
         let (tx, out) = mpsc::channel::<Result<T, Status>>(2);
         tokio::spawn(async move {
             // What was last sent: a change of the snapshot that leaves this caller's
@@ -273,7 +296,7 @@ impl WorkloadApi {
             let mut last: Option<T> = None;
             loop {
                 let snap = rx.borrow_and_update().clone();
-                let now = now_unix();
+                let now = clock.unix();
                 if needs_identity
                     && snap.synced
                     && snap.matching_entries(&selectors).next().is_none()
@@ -302,7 +325,7 @@ impl WorkloadApi {
                 tokio::select! {
                     r = rx.changed() => if r.is_err() { return },
                     _ = tx.closed() => return,
-                    _ = sleep_until_unix(expiry) => {},
+                    _ = sleep_until_unix(&clock, expiry) => {},
                 }
             }
         });
@@ -312,9 +335,9 @@ impl WorkloadApi {
     /// The rule of the bundle calls and ValidateJWTSVID: unless
     /// `allow_unauthenticated_verifiers` is set, only callers with an identity.
     fn check_identity(&self, selectors: &SelectorSet) -> Result<(), Status> {
-        let snap = self.agent.cache.snapshot();
+        let snap = self.source.snapshot();
         Self::ready(&snap)?;
-        if !self.agent.config().allow_unauthenticated_verifiers
+        if !self.allow_unauthenticated_verifiers
             && snap.matching_entries(selectors).next().is_none()
         {
             return Err(Self::no_identity());
@@ -334,7 +357,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         req: Request<pb::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let (selectors, caller) = self.attest(&req).await?;
-        let snap = self.agent.cache.snapshot();
+        let snap = self.source.snapshot();
         Self::ready(&snap)?;
         if snap.matching_entries(&selectors).next().is_none() {
             tracing::info!(selectors = ?selectors.iter().map(ToString::to_string).collect::<Vec<_>>(), "workload has no identity");
@@ -342,7 +365,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         }
         // Every SVID expired: say so now rather than open a stream that has
         // nothing to send.
-        x509_response(&snap, &selectors, now_unix())?;
+        x509_response(&snap, &selectors, self.now())?;
         Ok(Response::new(self.stream(
             caller,
             selectors,
@@ -357,7 +380,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let (selectors, caller) = self.attest(&req).await?;
         self.check_identity(&selectors)?;
-        let needs = !self.agent.config().allow_unauthenticated_verifiers;
+        let needs = !self.allow_unauthenticated_verifiers;
         Ok(Response::new(self.stream(
             caller,
             selectors,
@@ -387,7 +410,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                     .map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?,
             )
         };
-        let snap = self.agent.cache.snapshot();
+        let snap = self.source.snapshot();
         Self::ready(&snap)?;
         let entries: Vec<_> = snap
             .matching_entries(&selectors)
@@ -403,7 +426,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             if !e.hint.is_empty() && !hints.insert(e.hint.clone()) {
                 continue;
             }
-            let jwt = self.agent.jwt_svid(&e, &r.audience).await.map_err(|err| {
+            let jwt = self.source.jwt_svid(&e, &r.audience).await.map_err(|err| {
                 tracing::warn!(entry = %e.id, "cannot mint a JWT-SVID: {err}");
                 Status::unavailable(format!("cannot mint a JWT-SVID for {}: {err}", e.spiffe_id))
             })?;
@@ -422,7 +445,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let (selectors, caller) = self.attest(&req).await?;
         self.check_identity(&selectors)?;
-        let needs = !self.agent.config().allow_unauthenticated_verifiers;
+        let needs = !self.allow_unauthenticated_verifiers;
         Ok(Response::new(self.stream(
             caller,
             selectors,
@@ -450,8 +473,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if r.svid.is_empty() {
             return Err(Status::invalid_argument("svid must be specified"));
         }
-        let snap = self.agent.cache.snapshot();
-        let now = now_unix();
+        let snap = self.source.snapshot();
+        let now = self.now();
         let svid = tessera_core::jwt::validate_jwt_svid(
             &r.svid,
             |td| {
@@ -604,5 +627,319 @@ mod tests {
     #[test]
     fn times_read_as_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    }
+
+    /// The handlers, through the seams: a fake identity source, an attestor that says
+    /// who the caller is, this test process pinned as the caller, a fake clock.
+    mod handlers {
+        use super::*;
+        use crate::cache::{Cache, CachedJwt};
+        use crate::manager::AgentError;
+        use crate::workload::attestor::{Peer, WorkloadAttestError, WorkloadAttestor};
+        use crate::workload::peer::tests::pin_self;
+        use futures::StreamExt;
+        use std::sync::Mutex;
+        use tessera_core::clock::ManualClock;
+        use tokio::sync::watch;
+
+        #[derive(Debug)]
+        struct FakeSource {
+            cache: Cache,
+            jwt_fails: bool,
+            minted: Mutex<Vec<String>>,
+        }
+
+        #[tonic::async_trait]
+        impl IdentitySource for FakeSource {
+            fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+                self.cache.subscribe()
+            }
+            async fn jwt_svid(
+                &self,
+                entry: &RegistrationEntry,
+                _audience: &[String],
+            ) -> Result<CachedJwt, AgentError> {
+                if self.jwt_fails {
+                    return Err(AgentError::Unavailable("the server is away".into()));
+                }
+                self.minted.lock().unwrap().push(entry.id.clone());
+                Ok(CachedJwt {
+                    token: format!("token-{}", entry.id),
+                    issued_at: NOW,
+                    expires_at: NOW + 300,
+                })
+            }
+        }
+
+        /// The caller is whoever the test says.
+        #[derive(Debug)]
+        struct Claims(Vec<Selector>);
+
+        #[tonic::async_trait]
+        impl WorkloadAttestor for Claims {
+            fn name(&self) -> &'static str {
+                "unix"
+            }
+            async fn attest(&self, _: &Peer<'_>) -> Result<Vec<Selector>, WorkloadAttestError> {
+                Ok(self.0.clone())
+            }
+        }
+
+        struct Setup {
+            api: WorkloadApi,
+            source: Arc<FakeSource>,
+            clock: Arc<ManualClock>,
+        }
+
+        fn setup(snap: Snapshot, caller: &[&str], allow_unauthenticated: bool) -> Setup {
+            setup_with(snap, caller, allow_unauthenticated, false)
+        }
+
+        fn setup_with(
+            snap: Snapshot,
+            caller: &[&str],
+            allow_unauthenticated: bool,
+            jwt_fails: bool,
+        ) -> Setup {
+            let source = Arc::new(FakeSource {
+                cache: Cache::new(),
+                jwt_fails,
+                minted: Mutex::new(Vec::new()),
+            });
+            source.cache.update(move |_| snap);
+            let claims = caller
+                .iter()
+                .map(|s| s.parse::<Selector>().unwrap())
+                .collect();
+            let clock = ManualClock::at_unix(NOW as u64);
+            let api = WorkloadApi::new(
+                source.clone(),
+                WorkloadAttestors::new(vec![Arc::new(Claims(claims))]),
+                allow_unauthenticated,
+                clock.clone(),
+            );
+            Setup { api, source, clock }
+        }
+
+        /// A request from this process, pinned as a connection's caller is.
+        fn request<T>(msg: T) -> Request<T> {
+            let (pinned, sock) = pin_self();
+            // The pin outlives the socket it came from, as after a client's close.
+            drop(sock);
+            let mut req = Request::new(msg);
+            req.extensions_mut().insert(Caller::new(Ok(pinned)));
+            req
+        }
+
+        fn code<T>(r: Result<T, Status>) -> tonic::Code {
+            match r {
+                Ok(_) => tonic::Code::Ok,
+                Err(s) => s.code(),
+            }
+        }
+
+        async fn x509(api: &WorkloadApi) -> Result<pb::X509svidResponse, Status> {
+            let mut stream = api
+                .fetch_x509svid(request(pb::X509svidRequest {}))
+                .await?
+                .into_inner();
+            stream.next().await.unwrap()
+        }
+
+        async fn x509_bundles(api: &WorkloadApi) -> Result<pb::X509BundlesResponse, Status> {
+            let mut stream = api
+                .fetch_x509_bundles(request(pb::X509BundlesRequest {}))
+                .await?
+                .into_inner();
+            stream.next().await.unwrap()
+        }
+
+        async fn jwt_bundles(api: &WorkloadApi) -> Result<pb::JwtBundlesResponse, Status> {
+            let mut stream = api
+                .fetch_jwt_bundles(request(pb::JwtBundlesRequest {}))
+                .await?
+                .into_inner();
+            stream.next().await.unwrap()
+        }
+
+        async fn jwt(api: &WorkloadApi) -> Result<pb::JwtsvidResponse, Status> {
+            api.fetch_jwtsvid(request(pb::JwtsvidRequest {
+                audience: vec!["db".into()],
+                spiffe_id: String::new(),
+            }))
+            .await
+            .map(Response::into_inner)
+        }
+
+        async fn validate(api: &WorkloadApi) -> Result<pb::ValidateJwtsvidResponse, Status> {
+            api.validate_jwtsvid(request(pb::ValidateJwtsvidRequest {
+                audience: "db".into(),
+                svid: "not.a.token".into(),
+            }))
+            .await
+            .map(Response::into_inner)
+        }
+
+        #[tokio::test]
+        async fn a_caller_without_an_identity_is_denied() {
+            let (snap, _) = snapshot(NOW + 100, NOW + 100);
+            let s = setup(snap, &["unix:uid:4242"], false);
+            use tonic::Code::PermissionDenied as Denied;
+            assert_eq!(code(x509(&s.api).await), Denied);
+            assert_eq!(code(jwt(&s.api).await), Denied);
+            assert_eq!(code(x509_bundles(&s.api).await), Denied);
+            assert_eq!(code(jwt_bundles(&s.api).await), Denied);
+            assert_eq!(code(validate(&s.api).await), Denied);
+            let e = x509(&s.api).await.unwrap_err();
+            assert_eq!(e.message(), "no identity issued");
+            assert!(s.source.minted.lock().unwrap().is_empty());
+        }
+
+        #[tokio::test]
+        async fn unauthenticated_verifiers_get_bundles_and_validation_but_no_svids() {
+            let (snap, _) = snapshot(NOW + 100, NOW + 100);
+            let s = setup(snap, &["unix:uid:4242"], true);
+            let b = x509_bundles(&s.api).await.unwrap();
+            assert_eq!(
+                b.bundles.keys().collect::<Vec<_>>(),
+                ["spiffe://example.org"]
+            );
+            assert_eq!(code(jwt_bundles(&s.api).await), tonic::Code::Ok);
+            // The token is checked (and is no token), not refused for the caller.
+            assert_eq!(code(validate(&s.api).await), tonic::Code::InvalidArgument);
+            assert_eq!(code(x509(&s.api).await), tonic::Code::PermissionDenied);
+            assert_eq!(code(jwt(&s.api).await), tonic::Code::PermissionDenied);
+        }
+
+        #[tokio::test]
+        async fn a_caller_that_could_not_be_pinned_is_denied() {
+            let (snap, _) = snapshot(NOW + 100, NOW + 100);
+            let s = setup(snap, &["unix:uid:1000"], true);
+            let mut req = Request::new(pb::X509svidRequest {});
+            req.extensions_mut()
+                .insert(Caller::new(Err(CallerError::NotVisible)));
+            let e = s.api.fetch_x509svid(req).await.map(drop).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied);
+            assert!(e.message().contains("PID namespace"), "{}", e.message());
+            // A request that did not come through the socket's connection at all.
+            let e = s
+                .api
+                .fetch_x509svid(Request::new(pb::X509svidRequest {}))
+                .await
+                .map(drop)
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Internal);
+        }
+
+        #[tokio::test]
+        async fn nothing_is_served_before_the_first_sync() {
+            let (mut snap, _) = snapshot(NOW + 100, NOW + 100);
+            snap.synced = false;
+            let s = setup(snap, &["unix:uid:1000"], true);
+            use tonic::Code::Unavailable;
+            assert_eq!(code(x509(&s.api).await), Unavailable);
+            assert_eq!(code(jwt(&s.api).await), Unavailable);
+            assert_eq!(code(x509_bundles(&s.api).await), Unavailable);
+            assert_eq!(code(jwt_bundles(&s.api).await), Unavailable);
+            assert_eq!(code(validate(&s.api).await), Unavailable);
+        }
+
+        #[tokio::test]
+        async fn expired_svids_are_never_served_by_the_clock() {
+            // Both entries match; one SVID is valid for 100 s, the other for 10 s.
+            let (snap, _) = snapshot(NOW + 100, NOW + 10);
+            let s = setup(snap, &["unix:uid:1000", "unix:gid:1000"], false);
+            let r = x509(&s.api).await.unwrap();
+            assert_eq!(
+                ids(&r),
+                ["spiffe://example.org/one", "spiffe://example.org/two"]
+            );
+            s.clock.advance(std::time::Duration::from_secs(10));
+            let r = x509(&s.api).await.unwrap();
+            assert_eq!(ids(&r), ["spiffe://example.org/one"]);
+            s.clock.advance(std::time::Duration::from_secs(90));
+            let e = x509(&s.api).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Unavailable);
+            assert!(e.message().contains("expired at"), "{}", e.message());
+        }
+
+        #[tokio::test]
+        async fn hints_are_unique_within_an_answer() {
+            let (mut snap, _) = snapshot(NOW + 100, NOW + 100);
+            for e in &mut snap.entries {
+                Arc::make_mut(e).hint = "main".into();
+            }
+            for s in snap.svids.values_mut() {
+                s.entry = snap
+                    .entries
+                    .iter()
+                    .find(|e| e.id == s.entry.id)
+                    .unwrap()
+                    .clone();
+            }
+            let s = setup(snap, &["unix:uid:1000", "unix:gid:1000"], false);
+            let r = x509(&s.api).await.unwrap();
+            assert_eq!(ids(&r), ["spiffe://example.org/one"]);
+            assert_eq!(r.svids[0].hint, "main");
+            let r = jwt(&s.api).await.unwrap();
+            assert_eq!(r.svids.len(), 1);
+            assert_eq!(
+                (r.svids[0].spiffe_id.as_str(), r.svids[0].svid.as_str()),
+                ("spiffe://example.org/one", "token-e1")
+            );
+            // The second was not even minted.
+            assert_eq!(*s.source.minted.lock().unwrap(), ["e1"]);
+        }
+
+        /// Entry one federates with a.org, entry two with nobody; the agent holds the
+        /// bundles of a.org and b.org.
+        fn federating() -> Snapshot {
+            let (mut snap, _) = snapshot(NOW + 100, NOW + 100);
+            for td in ["a.org", "b.org"] {
+                let td = TrustDomain::new(td).unwrap();
+                snap.federated.insert(
+                    td.clone(),
+                    Arc::new(Bundle::with_x509(td, vec![b"root".to_vec()])),
+                );
+            }
+            Arc::make_mut(&mut snap.entries[0]).federates_with =
+                vec![TrustDomain::new("a.org").unwrap()];
+            snap
+        }
+
+        fn keys(m: &std::collections::HashMap<String, Vec<u8>>) -> Vec<String> {
+            let mut k: Vec<String> = m.keys().cloned().collect();
+            k.sort();
+            k
+        }
+
+        #[tokio::test]
+        async fn federated_bundles_go_only_to_entries_that_federate() {
+            let one = setup(federating(), &["unix:uid:1000"], false);
+            let r = x509(&one.api).await.unwrap();
+            assert_eq!(keys(&r.federated_bundles), ["spiffe://a.org"]);
+            let b = x509_bundles(&one.api).await.unwrap();
+            assert_eq!(keys(&b.bundles), ["spiffe://a.org", "spiffe://example.org"]);
+            let b = jwt_bundles(&one.api).await.unwrap();
+            assert_eq!(keys(&b.bundles), ["spiffe://a.org", "spiffe://example.org"]);
+            let two = setup(federating(), &["unix:gid:1000"], false);
+            let r = x509(&two.api).await.unwrap();
+            assert!(r.federated_bundles.is_empty());
+            let b = x509_bundles(&two.api).await.unwrap();
+            assert_eq!(keys(&b.bundles), ["spiffe://example.org"]);
+        }
+
+        #[tokio::test]
+        async fn a_jwt_the_agent_cannot_mint_is_unavailable() {
+            let (snap, _) = snapshot(NOW + 100, NOW + 100);
+            let s = setup_with(snap, &["unix:uid:1000"], false, true);
+            let e = jwt(&s.api).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Unavailable);
+            assert!(
+                e.message().contains("the server is away"),
+                "{}",
+                e.message()
+            );
+        }
     }
 }

@@ -20,7 +20,12 @@ pub mod authority;
 pub mod closing;
 pub mod peer;
 pub mod trim;
-pub mod unix;
+
+// The seams the Workload API plugs into: who the caller is, and what it may have.
+pub mod attestor;
+pub mod source;
+
+pub use attestor::unix;
 
 /// The local health service.
 #[derive(Debug, Clone)]
@@ -59,7 +64,7 @@ pub fn health_of(agent: &Agent) -> (bool, Vec<String>) {
     details.push(format!("cached X509-SVIDs: {}", snap.svids.len()));
     // Expired SVIDs are never served (the workloads get Unavailable): say so. The
     // socket is open to every local user, so counts and times, not identities.
-    let now = tessera_core::x509::unix_seconds(std::time::SystemTime::now());
+    let now = agent.clock().unix();
     let expired: Vec<i64> = (snap.svids.values())
         .filter(|s| !api::servable(s, now))
         .map(|s| s.not_after)
@@ -157,7 +162,7 @@ pub async fn serve(
         >::new())
         .layer(closing)
         .add_service(SpiffeWorkloadApiServer::with_interceptor(
-            api::WorkloadApi::new(agent.clone()),
+            api::WorkloadApi::for_agent(agent.clone()),
             api::check_security_header,
         ))
         .add_service(AgentHealthServer::new(Health { agent }))

@@ -573,7 +573,7 @@ struct CallerState {
 }
 
 impl Caller {
-    fn new(pinned: Result<Pinned, CallerError>) -> Self {
+    pub(crate) fn new(pinned: Result<Pinned, CallerError>) -> Self {
         Caller(Arc::new(CallerState {
             pinned,
             refusal_logged: std::sync::atomic::AtomicBool::new(false),

@@ -3,13 +3,13 @@
 //! SHA-256 of its binary, read through its pinned /proc directory.
 
 use std::io::Read;
-use std::os::fd::BorrowedFd;
 use std::os::unix::fs::MetadataExt;
 
+use async_trait::async_trait;
 use rustix::fs::{Mode, OFlags};
 use tessera_core::Selector;
 
-use super::peer::Pinned;
+use super::{Peer, WorkloadAttestError, WorkloadAttestor};
 use crate::config::UnixAttestorConfig;
 
 /// Why a process could not be attested.
@@ -26,6 +26,8 @@ pub enum UnixError {
     ExeChanged(i32),
     #[error("selector: {0}")]
     Selector(#[from] tessera_core::selector::SelectorError),
+    #[error("hashing the executable failed: {0}")]
+    Task(String),
 }
 
 fn sel(kind: &str, value: String) -> Result<Selector, UnixError> {
@@ -81,18 +83,41 @@ fn group_name(gid: u32) -> Option<String> {
     })
 }
 
+/// The `unix` attestor (see the module documentation).
+#[derive(Debug, Clone, Default)]
+pub struct Unix {
+    cfg: UnixAttestorConfig,
+}
+
+impl Unix {
+    /// The attestor as `[workload_attestors.unix]` configures it.
+    pub fn new(cfg: UnixAttestorConfig) -> Self {
+        Self { cfg }
+    }
+}
+
+#[async_trait]
+impl WorkloadAttestor for Unix {
+    fn name(&self) -> &'static str {
+        "unix"
+    }
+
+    async fn attest(&self, peer: &Peer<'_>) -> Result<Vec<Selector>, WorkloadAttestError> {
+        attest(peer, &self.cfg)
+            .await
+            .map_err(WorkloadAttestError::new)
+    }
+}
+
 /// Attests a pinned caller. The user and groups are the ones the kernel recorded when
-/// it connected; the path and the hash are read through `dir`, the caller's `/proc`
-/// directory from [`Pinned::check`], and the caller must pass a second check after
-/// this returns (an exec in between is then seen).
-pub fn attest(
-    caller: &Pinned,
-    dir: BorrowedFd<'_>,
-    cfg: &UnixAttestorConfig,
-) -> Result<Vec<Selector>, UnixError> {
-    let cred = caller.cred();
+/// it connected; the path and the hash are read through the caller's `/proc`
+/// directory, and the caller must pass a second check after this returns (an exec in
+/// between is then seen).
+async fn attest(peer: &Peer<'_>, cfg: &UnixAttestorConfig) -> Result<Vec<Selector>, UnixError> {
+    let cred = peer.cred();
     let pid = cred.pid;
     let (uid, gid) = (cred.uid, cred.gid);
+    // The names come from a cache: looked up in place.
     let mut out = vec![sel("uid", uid.to_string())?, sel("gid", gid.to_string())?];
     if let Some(u) = user_name(uid) {
         out.push(sel("user", u)?);
@@ -100,13 +125,14 @@ pub fn attest(
     if let Some(g) = group_name(gid) {
         out.push(sel("group", g)?);
     }
-    for &g in caller.groups() {
+    for &g in peer.groups() {
         out.push(sel("supplementary_gid", g.to_string())?);
         if let Some(name) = group_name(g) {
             out.push(sel("supplementary_group", name)?);
         }
     }
     if cfg.discover_workload_path {
+        let dir = peer.proc_dir();
         let proc_err = |source: std::io::Error| UnixError::Proc {
             pid,
             what: "exe",
@@ -116,34 +142,43 @@ pub fn attest(
         // not fool us), and make sure it is the executable pinned at connect.
         let fd = rustix::fs::openat(dir, "exe", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| proc_err(e.into()))?;
-        let mut f = std::fs::File::from(fd);
+        let f = std::fs::File::from(fd);
         let meta = f.metadata().map_err(proc_err)?;
-        if caller.mark().exe != Some((meta.dev(), meta.ino())) {
+        if peer.mark().exe != Some((meta.dev(), meta.ino())) {
             return Err(UnixError::ExeChanged(pid));
         }
         let exe = rustix::fs::readlinkat(dir, "exe", Vec::new()).map_err(|e| proc_err(e.into()))?;
         out.push(sel("path", exe.to_string_lossy().into_owned())?);
         let len = meta.len();
         if cfg.workload_size_limit == 0 || len <= cfg.workload_size_limit {
-            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = f.read(&mut buf).map_err(proc_err)?;
-                if n == 0 {
-                    break;
-                }
-                ctx.update(&buf[..n]);
-            }
-            let hex: String = ctx
-                .finish()
-                .as_ref()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            // A binary of any size: read on the blocking pool.
+            let hex = tokio::task::spawn_blocking(move || sha256_hex(f))
+                .await
+                .map_err(|e| UnixError::Task(e.to_string()))?
+                .map_err(proc_err)?;
             out.push(sel("sha256", hex)?);
         }
     }
     Ok(out)
+}
+
+/// The SHA-256 of what `f` holds, in lowercase hex.
+fn sha256_hex(mut f: std::fs::File) -> std::io::Result<String> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(ctx
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 #[cfg(test)]
@@ -152,21 +187,22 @@ mod tests {
     use crate::workload::peer::tests::pin_self;
     use std::os::fd::AsFd;
 
-    fn attest_self(cfg: &UnixAttestorConfig) -> Result<Vec<Selector>, UnixError> {
+    async fn attest_self(cfg: &UnixAttestorConfig) -> Result<Vec<Selector>, UnixError> {
         let (pinned, _sock) = pin_self();
         let dir = pinned.check().unwrap();
-        let out = attest(&pinned, dir.as_fd(), cfg);
+        let out = attest(&Peer::new(&pinned, dir.as_fd()), cfg).await;
         pinned.check().unwrap();
         out
     }
 
-    #[test]
-    fn attests_this_process() {
+    #[tokio::test]
+    async fn attests_this_process() {
         let cfg = UnixAttestorConfig {
             discover_workload_path: true,
             workload_size_limit: 0,
         };
         let sels: Vec<String> = attest_self(&cfg)
+            .await
             .unwrap()
             .iter()
             .map(ToString::to_string)
@@ -198,21 +234,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn size_limit_skips_the_hash_and_path_is_off_by_default() {
+    #[tokio::test]
+    async fn size_limit_skips_the_hash_and_path_is_off_by_default() {
         let sels = attest_self(&UnixAttestorConfig {
             discover_workload_path: true,
             workload_size_limit: 1,
         })
+        .await
         .unwrap();
         assert!(!sels.iter().any(|s| s.value().starts_with("sha256:")));
-        let sels = attest_self(&UnixAttestorConfig::default()).unwrap();
+        let sels = attest_self(&UnixAttestorConfig::default()).await.unwrap();
         assert!(!sels.iter().any(|s| s.value().starts_with("path:")));
     }
 
-    #[test]
-    fn groups_are_the_connect_time_ones() {
+    #[tokio::test]
+    async fn groups_are_the_connect_time_ones() {
         let sels: Vec<String> = attest_self(&UnixAttestorConfig::default())
+            .await
             .unwrap()
             .iter()
             .map(ToString::to_string)

@@ -1,0 +1,270 @@
+//! `tessera-agent tpm ...`: DevID provisioning (for CI and vendors' factories) and
+//! `tpm info`, which prints what an operator allow-lists (as a table, or as JSON with
+//! `--output json`).
+
+use std::path::{Path, PathBuf};
+
+use clap::{Subcommand, ValueEnum};
+use tessera_core::key::KeyType;
+use tessera_tpm::Tcti;
+use tessera_tpm::provision::TpmInfo;
+
+use super::CliError;
+use crate::startup::open_tpm_at;
+
+#[derive(Debug, Subcommand)]
+pub enum TpmCommand {
+    /// Creates a DevID key in the TPM and has a vendor CA certify it.
+    ProvisionDevid {
+        /// The TPM: `device:/dev/tpmrm0`, `swtpm:host=..,port=..`, `mssim:...`, `tabrmd`.
+        #[arg(long, default_value = "device:/dev/tpmrm0")]
+        tcti: Tcti,
+        /// The vendor CA certificate (PEM).
+        #[arg(long)]
+        vendor_ca_cert: PathBuf,
+        /// The vendor CA key (PEM, PKCS#8).
+        #[arg(long)]
+        vendor_ca_key: PathBuf,
+        /// Where to store the DevID (key blob, CSR, certificate chain).
+        #[arg(long)]
+        out: PathBuf,
+        /// `ec-p256` (default), `ec-p384` or `rsa-2048`.
+        #[arg(long, default_value = "ec-p256")]
+        key_type: KeyType,
+        /// The DevID certificate's subject CN (default: this host's name).
+        #[arg(long)]
+        common_name: Option<String>,
+        #[arg(long, default_value_t = 3650)]
+        validity_days: u32,
+    },
+    /// Prints the EKs (hash, certificate subject and issuer) and the DevID.
+    Info {
+        #[arg(long, default_value = "device:/dev/tpmrm0")]
+        tcti: Tcti,
+        #[arg(long)]
+        devid_dir: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        output: InfoOutput,
+    },
+}
+
+/// How `tpm info` prints.
+#[derive(Debug, Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
+pub enum InfoOutput {
+    #[default]
+    Pretty,
+    Json,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "tessera-device".into())
+}
+
+/// Runs one `tpm` command.
+pub fn execute(c: TpmCommand) -> Result<(), CliError> {
+    match c {
+        TpmCommand::ProvisionDevid {
+            tcti,
+            vendor_ca_cert,
+            vendor_ca_key,
+            out,
+            key_type,
+            common_name,
+            validity_days,
+        } => {
+            let tpm = open_tpm_at(&tcti)?;
+            let ca = tessera_tpm::provision::VendorCa::from_files(&vendor_ca_cert, &vendor_ca_key)?;
+            let request = tessera_tpm::provision::DevIdRequest {
+                key_type,
+                common_name: common_name.unwrap_or_else(hostname),
+                validity_days,
+            };
+            tessera_tpm::provision::provision_devid(&tpm, &request, &ca, &out)?;
+            let info = tessera_tpm::provision::info(&tpm, Some(&out))?;
+            print!("{}", provisioned_text(&out, &info));
+            Ok(())
+        }
+        TpmCommand::Info {
+            tcti,
+            devid_dir,
+            output,
+        } => {
+            let tpm = open_tpm_at(&tcti)?;
+            let info = tessera_tpm::provision::info(&tpm, devid_dir.as_deref())?;
+            print!("{}", info_text(&info, output)?);
+            Ok(())
+        }
+    }
+}
+
+/// What `tpm provision-devid` prints once the DevID is in `out`.
+pub fn provisioned_text(out: &Path, info: &TpmInfo) -> String {
+    let mut s = format!("DevID provisioned in {}\n", out.display());
+    if let Some(d) = &info.devid {
+        s.push_str(&format!("Subject          : {}\n", d.certificate.subject));
+        s.push_str(&format!("Issuer           : {}\n", d.certificate.issuer));
+        s.push_str(&format!(
+            "Agent ID path    : /spire/agent/{}\n",
+            d.agent_path
+        ));
+    }
+    s
+}
+
+/// What `tpm info` prints.
+pub fn info_text(info: &TpmInfo, output: InfoOutput) -> Result<String, CliError> {
+    Ok(match output {
+        InfoOutput::Json => format!("{}\n", serde_json::to_string_pretty(info)?),
+        InfoOutput::Pretty => info_pretty(info),
+    })
+}
+
+fn info_pretty(info: &TpmInfo) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "TPM: {}", info.tpm);
+    for ek in &info.endorsement_keys {
+        let _ = writeln!(s, "\nEK {:?}", ek.kind);
+        if let Some(h) = &ek.pub_hash {
+            let _ = writeln!(s, "  pub_hash (tpm_ek allow-list) : {h}");
+        }
+        if let Some(p) = &ek.agent_path {
+            let _ = writeln!(s, "  agent ID path                : /spire/agent/{p}");
+        }
+        match &ek.certificate {
+            Some(c) => {
+                let _ = writeln!(s, "  certificate subject          : {}", c.subject);
+                let _ = writeln!(s, "  certificate issuer           : {}", c.issuer);
+            }
+            None => {
+                let _ = writeln!(s, "  certificate                  : none in NV");
+            }
+        }
+        if let Some(t) = &ek.tpm {
+            let _ = writeln!(
+                s,
+                "  manufacturer/model/version   : {} / {} / {}",
+                t.manufacturer.as_deref().unwrap_or("-"),
+                t.model.as_deref().unwrap_or("-"),
+                t.version.as_deref().unwrap_or("-")
+            );
+        }
+        if let Some(e) = &ek.error {
+            let _ = writeln!(s, "  error                        : {e}");
+        }
+    }
+    if let Some(d) = &info.devid {
+        let _ = writeln!(s, "\nDevID");
+        let _ = writeln!(s, "  subject       : {}", d.certificate.subject);
+        let _ = writeln!(s, "  issuer        : {}", d.certificate.issuer);
+        let _ = writeln!(s, "  agent ID path : /spire/agent/{}", d.agent_path);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_tpm::ek::{EkKind, TpmIdentity};
+    use tessera_tpm::provision::{CertificateSummary, DevIdInfo, EkInfo};
+
+    fn cert(subject: &str, issuer: &str) -> CertificateSummary {
+        CertificateSummary {
+            subject: subject.into(),
+            issuer: issuer.into(),
+            sha256: "ab".repeat(32),
+        }
+    }
+
+    fn info() -> TpmInfo {
+        TpmInfo {
+            tpm: "swtpm:host=127.0.0.1,port=2321".into(),
+            endorsement_keys: vec![
+                EkInfo {
+                    kind: EkKind::EccP256,
+                    pub_hash: Some("0f".repeat(32)),
+                    agent_path: Some(format!("tpm/{}", "0f".repeat(32))),
+                    certificate: Some(cert("CN=ek", "CN=swtpm-localca")),
+                    tpm: Some(TpmIdentity {
+                        manufacturer: Some("id:00001014".into()),
+                        model: Some("swtpm".into()),
+                        version: None,
+                    }),
+                    error: None,
+                },
+                EkInfo {
+                    kind: EkKind::EccP384,
+                    pub_hash: None,
+                    agent_path: None,
+                    certificate: None,
+                    tpm: None,
+                    error: Some("the TPM does not support the template".into()),
+                },
+            ],
+            devid: Some(DevIdInfo {
+                certificate: cert("CN=device-1", "CN=Vendor CA"),
+                subject_cn: Some("device-1".into()),
+                agent_path: "tpm_devid/1234".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn info_as_a_table() {
+        let h = "0f".repeat(32);
+        assert_eq!(
+            info_text(&info(), InfoOutput::Pretty).unwrap(),
+            format!(
+                "TPM: swtpm:host=127.0.0.1,port=2321\n\
+                 \n\
+                 EK EccP256\n\
+                 \x20 pub_hash (tpm_ek allow-list) : {h}\n\
+                 \x20 agent ID path                : /spire/agent/tpm/{h}\n\
+                 \x20 certificate subject          : CN=ek\n\
+                 \x20 certificate issuer           : CN=swtpm-localca\n\
+                 \x20 manufacturer/model/version   : id:00001014 / swtpm / -\n\
+                 \n\
+                 EK EccP384\n\
+                 \x20 certificate                  : none in NV\n\
+                 \x20 error                        : the TPM does not support the template\n\
+                 \n\
+                 DevID\n\
+                 \x20 subject       : CN=device-1\n\
+                 \x20 issuer        : CN=Vendor CA\n\
+                 \x20 agent ID path : /spire/agent/tpm_devid/1234\n"
+            )
+        );
+    }
+
+    #[test]
+    fn info_as_json_reads_back_as_the_same_info() {
+        let text = info_text(&info(), InfoOutput::Json).unwrap();
+        assert!(text.ends_with("}\n"), "{text}");
+        let back: TpmInfo = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, info());
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["endorsement_keys"][0]["kind"], "ecc-p256");
+        assert_eq!(v["devid"]["agent_path"], "tpm_devid/1234");
+    }
+
+    #[test]
+    fn provisioning_says_where_and_what() {
+        assert_eq!(
+            provisioned_text(Path::new("/var/lib/devid"), &info()),
+            "DevID provisioned in /var/lib/devid\n\
+             Subject          : CN=device-1\n\
+             Issuer           : CN=Vendor CA\n\
+             Agent ID path    : /spire/agent/tpm_devid/1234\n"
+        );
+        let mut without = info();
+        without.devid = None;
+        assert_eq!(
+            provisioned_text(Path::new("/d"), &without),
+            "DevID provisioned in /d\n"
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! The agent's side of the agent API (`tessera.agent.v1.Node`, see
+//! `proto/proto/agent.proto`): what an agent asks of its server.
+//!
+//! [`ServerApi`] is the seam: one method per call, answered over gRPC by
+//! [`GrpcServer`] and by a fake in the agent manager's unit tests. The exchanges
+//! built on those calls are functions over it, shared by the agent and the
+//! benchmark's simulated agents: [`attest`] (the attestation stream) and
+//! [`sync::sync`] (the sync rounds).
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tessera_core::SpiffeId;
+use tessera_core::tls::{SharedBundle, SharedIdentity};
+use tessera_proto::agent as pb;
+use tessera_proto::agent::node_client::NodeClient;
+use tessera_proto::agent::{attest_request, attest_response};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::attestor::NodeAttestor;
+use crate::client::{Trust, channel, node_client};
+
+pub mod sync;
+
+/// Why a call to the server failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The server answered no: the agent is not (or no longer) allowed, or the request
+    /// is wrong. Trying again unchanged does not help.
+    #[error("server refused: {0}")]
+    Rejected(String),
+    /// The server could not be reached, or failed (its HSM away, overloaded).
+    #[error("server unreachable or failing: {0}")]
+    Unavailable(String),
+    /// The attestation exchange broke down (the node attestor could not produce or
+    /// answer evidence, or the server's messages made no sense).
+    #[error("attestation failed: {0}")]
+    Attestation(String),
+}
+
+impl ServerError {
+    /// Whether trying again later can work.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ServerError::Unavailable(_))
+    }
+}
+
+/// How a gRPC status reads to the agent: refusals are [`ServerError::Rejected`],
+/// everything else (unreachable, deadline, internal) [`ServerError::Unavailable`].
+pub fn from_status(s: tonic::Status) -> ServerError {
+    match s.code() {
+        Code::PermissionDenied | Code::Unauthenticated => {
+            ServerError::Rejected(s.message().to_owned())
+        }
+        Code::InvalidArgument | Code::FailedPrecondition | Code::NotFound => {
+            ServerError::Rejected(format!("{} ({:?})", s.message(), s.code()))
+        }
+        _ => ServerError::Unavailable(format!("{} ({:?})", s.message(), s.code())),
+    }
+}
+
+/// The calls an agent makes to its server.
+#[async_trait]
+pub trait ServerApi: Send + Sync + std::fmt::Debug {
+    /// Node attestation over a fresh connection trusted as `trust`, without a client
+    /// SVID: `attestor`'s evidence and `csr` for the agent key, then its answers to
+    /// the server's challenges. The result is the server's word, not yet checked.
+    async fn attest(
+        &self,
+        trust: Trust,
+        attestor: &dyn NodeAttestor,
+        csr: Vec<u8>,
+    ) -> Result<pb::AttestResult, ServerError>;
+
+    /// One sync round (see [`sync::sync`] for the rounds).
+    async fn sync_entries(&self, req: pb::SyncRequest) -> Result<pb::SyncResponse, ServerError>;
+
+    /// X509-SVIDs for a batch of (entry, CSR); one result per request the server
+    /// looked at, each with its own status.
+    async fn batch_new_x509_svid(
+        &self,
+        requests: Vec<pb::SvidRequest>,
+    ) -> Result<Vec<pb::SvidResult>, ServerError>;
+
+    /// A new agent SVID for the key in `csr`: the chain, leaf first.
+    async fn renew_agent(&self, csr: Vec<u8>) -> Result<Vec<Vec<u8>>, ServerError>;
+
+    /// A JWT-SVID for an entry and audience.
+    async fn new_jwt_svid(
+        &self,
+        entry_id: String,
+        audience: Vec<String>,
+    ) -> Result<pb::NewJwtSvidResponse, ServerError>;
+
+    /// The agent's SVID changed: later calls go over a new connection that presents
+    /// it (a TLS connection keeps presenting the SVID of its handshake, and the server
+    /// accepts only the current and the previous one).
+    fn reconnect(&self);
+}
+
+/// Attestation over `client`: the stream of [`ServerApi::attest`].
+pub async fn attest(
+    client: &mut NodeClient<Channel>,
+    attestor: &dyn NodeAttestor,
+    csr: Vec<u8>,
+) -> Result<pb::AttestResult, ServerError> {
+    let mut session = attestor.session();
+    let payload = session
+        .payload()
+        .await
+        .map_err(|e| ServerError::Attestation(e.to_string()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::AttestRequest {
+        step: Some(attest_request::Step::Params(pb::AttestationParams {
+            attestor: attestor.name().to_owned(),
+            payload,
+            csr,
+        })),
+    })
+    .await
+    .map_err(|_| ServerError::Attestation("attestation channel closed".into()))?;
+    let mut inbound = client
+        .attest(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(from_status)?
+        .into_inner();
+    loop {
+        let msg = inbound
+            .message()
+            .await
+            .map_err(from_status)?
+            .ok_or_else(|| {
+                ServerError::Attestation("the server closed the stream without a result".into())
+            })?;
+        match msg.step {
+            Some(attest_response::Step::Challenge(c)) => {
+                let answer = session
+                    .answer(c)
+                    .await
+                    .map_err(|e| ServerError::Attestation(e.to_string()))?;
+                tx.send(pb::AttestRequest {
+                    step: Some(attest_request::Step::ChallengeResponse(answer)),
+                })
+                .await
+                .map_err(|_| ServerError::Attestation("the server closed the stream".into()))?;
+            }
+            Some(attest_response::Step::Result(r)) => return Ok(r),
+            None => {
+                return Err(ServerError::Attestation(
+                    "empty message from the server".into(),
+                ));
+            }
+        }
+    }
+}
+
+/// [`ServerApi`] over gRPC: the agent's addresses tried in order, the server checked
+/// against the agent's bundle, the agent's SVID presented once it has one.
+#[derive(Debug)]
+pub struct GrpcServer {
+    servers: Vec<String>,
+    server_id: SpiffeId,
+    bundle: Arc<SharedBundle>,
+    identity: Arc<SharedIdentity>,
+    /// Replaced by [`ServerApi::reconnect`].
+    channel: Mutex<Channel>,
+}
+
+impl GrpcServer {
+    /// A connection (made on the first call) to the first reachable of `servers`,
+    /// trusted as `server_id` under `bundle`, presenting `identity` once it is set.
+    pub fn new(
+        servers: Vec<String>,
+        server_id: SpiffeId,
+        bundle: Arc<SharedBundle>,
+        identity: Arc<SharedIdentity>,
+    ) -> Self {
+        let ch = channel(
+            servers.clone(),
+            server_id.clone(),
+            Trust::Bundle(bundle.clone()),
+            Some(identity.clone()),
+        );
+        Self {
+            servers,
+            server_id,
+            bundle,
+            identity,
+            channel: Mutex::new(ch),
+        }
+    }
+
+    /// A client on the current connection.
+    pub fn client(&self) -> NodeClient<Channel> {
+        node_client(
+            self.channel
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+
+    /// The addresses tried, in order.
+    pub fn servers(&self) -> &[String] {
+        &self.servers
+    }
+}
+
+#[async_trait]
+impl ServerApi for GrpcServer {
+    async fn attest(
+        &self,
+        trust: Trust,
+        attestor: &dyn NodeAttestor,
+        csr: Vec<u8>,
+    ) -> Result<pb::AttestResult, ServerError> {
+        let ch = channel(self.servers.clone(), self.server_id.clone(), trust, None);
+        attest(&mut node_client(ch), attestor, csr).await
+    }
+
+    async fn sync_entries(&self, req: pb::SyncRequest) -> Result<pb::SyncResponse, ServerError> {
+        Ok(self
+            .client()
+            .sync_entries(req)
+            .await
+            .map_err(from_status)?
+            .into_inner())
+    }
+
+    async fn batch_new_x509_svid(
+        &self,
+        requests: Vec<pb::SvidRequest>,
+    ) -> Result<Vec<pb::SvidResult>, ServerError> {
+        Ok(self
+            .client()
+            .batch_new_x509_svid(pb::BatchNewX509SvidRequest { requests })
+            .await
+            .map_err(from_status)?
+            .into_inner()
+            .results)
+    }
+
+    async fn renew_agent(&self, csr: Vec<u8>) -> Result<Vec<Vec<u8>>, ServerError> {
+        Ok(self
+            .client()
+            .renew_agent(pb::RenewAgentRequest { csr })
+            .await
+            .map_err(from_status)?
+            .into_inner()
+            .svid_chain)
+    }
+
+    async fn new_jwt_svid(
+        &self,
+        entry_id: String,
+        audience: Vec<String>,
+    ) -> Result<pb::NewJwtSvidResponse, ServerError> {
+        Ok(self
+            .client()
+            .new_jwt_svid(pb::NewJwtSvidRequest { entry_id, audience })
+            .await
+            .map_err(from_status)?
+            .into_inner())
+    }
+
+    fn reconnect(&self) {
+        let ch = channel(
+            self.servers.clone(),
+            self.server_id.clone(),
+            Trust::Bundle(self.bundle.clone()),
+            Some(self.identity.clone()),
+        );
+        *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = ch;
+    }
+}

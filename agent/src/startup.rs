@@ -1,0 +1,320 @@
+//! Starting the agent (`tessera-agent run`): the TPM, the key manager and the node
+//! attestor its configuration names, the Workload API socket, the agent manager, and
+//! the run until SIGTERM or SIGINT. Also the one place that opens a TPM, so that an
+//! agent built without TPM support says so clearly.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tessera_core::key::{DiskKeyManager, KeyError, KeyManager, MemoryKeyManager};
+use tessera_tpm::{Tcti, Tpm};
+
+use crate::attestor::NodeAttestor;
+use crate::attestor::join_token::JoinToken;
+use crate::config::{AgentConfig, KeyManagerConfig};
+use crate::manager::{Agent, AgentError};
+
+/// The environment variable that may hold the join token.
+pub const JOIN_TOKEN_ENV: &str = "TESSERA_AGENT_JOIN_TOKEN";
+
+/// Why the agent could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartupError {
+    #[error(
+        "the key manager's TPM ({key_manager}) and the node attestor's ({attestor}) differ: the agent uses one TPM"
+    )]
+    TpmMismatch { key_manager: Tcti, attestor: Tcti },
+    #[error("cannot open the TPM at {tcti}: {source}")]
+    OpenTpm {
+        tcti: Tcti,
+        #[source]
+        source: tessera_tpm::DeviceError,
+    },
+    #[error(
+        "a TPM is configured ({0}) but this agent was built without TPM support (cargo feature `tpm`)"
+    )]
+    NoTpmSupport(Tcti),
+    /// What needs the TPM that is not configured.
+    #[error("{0} needs a TPM")]
+    NeedsTpm(&'static str),
+    #[error("key manager: {0}")]
+    KeyManager(#[source] KeyError),
+    #[error("key manager tpm: {0}")]
+    TpmKeyManager(#[source] KeyError),
+    #[error("node_attestor.tpm_devid: {0} (provision it with `tessera-agent tpm provision-devid`)")]
+    DevId(#[source] tessera_tpm::provision::ProvisionError),
+    #[error("--join-token-file: {0}")]
+    JoinTokenFile(String),
+    #[error("join token: {0}")]
+    JoinToken(String),
+    /// The Workload API socket could not be bound.
+    #[error("{0}")]
+    Socket(String),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error("the Workload API stopped: {0}")]
+    WorkloadApiStopped(String),
+}
+
+/// Opens a TPM through the tss-esapi backend.
+#[cfg(feature = "tpm")]
+pub fn open_tpm_at(tcti: &Tcti) -> Result<Arc<Tpm>, StartupError> {
+    Tpm::open(tcti)
+        .map(Arc::new)
+        .map_err(|source| StartupError::OpenTpm {
+            tcti: tcti.clone(),
+            source,
+        })
+}
+
+/// Without the `tpm` feature there is no backend to open a TPM with.
+#[cfg(not(feature = "tpm"))]
+pub fn open_tpm_at(tcti: &Tcti) -> Result<Arc<Tpm>, StartupError> {
+    Err(StartupError::NoTpmSupport(tcti.clone()))
+}
+
+/// Opens the TPM the configuration names, once: the node attestor and the key manager
+/// share it (one TPM context; the device serialises commands).
+pub fn open_tpm(cfg: &AgentConfig) -> Result<Option<Arc<Tpm>>, StartupError> {
+    let Some(tcti) = cfg.tpm_tcti() else {
+        return Ok(None);
+    };
+    let attestor_tcti = cfg
+        .node_attestor
+        .tpm_devid
+        .as_ref()
+        .map(|c| &c.tcti)
+        .or_else(|| cfg.node_attestor.tpm_ek.as_ref().map(|c| &c.tcti));
+    if let Some(a) = attestor_tcti
+        && a != &tcti
+    {
+        return Err(StartupError::TpmMismatch {
+            key_manager: tcti,
+            attestor: a.clone(),
+        });
+    }
+    open_tpm_at(&tcti).map(Some)
+}
+
+/// Opens the configured key manager for the agent's own key.
+pub fn open_key_manager(
+    cfg: &AgentConfig,
+    tpm: Option<Arc<Tpm>>,
+) -> Result<Arc<dyn KeyManager>, StartupError> {
+    Ok(match cfg.key_manager {
+        KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::new()),
+        KeyManagerConfig::Disk => Arc::new(
+            DiskKeyManager::open(&cfg.data_dir.join("keys")).map_err(StartupError::KeyManager)?,
+        ),
+        KeyManagerConfig::Tpm { .. } => {
+            let tpm = tpm.ok_or(StartupError::NeedsTpm("the tpm key manager"))?;
+            Arc::new(
+                tessera_tpm::TpmKeyManager::open(tpm, &cfg.data_dir.join("keys"))
+                    .map_err(StartupError::TpmKeyManager)?,
+            )
+        }
+    })
+}
+
+/// Where `run` was told to find a join token on its command line or environment.
+#[derive(Debug, Default)]
+pub struct TokenArgs {
+    /// `--join-token`: on the command line, readable by every local user.
+    pub flag: Option<String>,
+    /// `--join-token-file`.
+    pub file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token these arguments or `$TESSERA_AGENT_JOIN_TOKEN` give, if any.
+    fn resolve(self) -> Result<Option<zeroize::Zeroizing<String>>, StartupError> {
+        if let Some(t) = self.flag.filter(|t| !t.is_empty()) {
+            tracing::warn!(
+                "SECURITY: the join token was given with --join-token, on the command line: \
+                 every local user can read it in /proc/{}/cmdline while the agent runs, and \
+                 could attest with it before this agent does. Pass it in a file \
+                 (--join-token-file or token_file), in ${JOIN_TOKEN_ENV}, or as a systemd \
+                 credential (token_credential). The command line cannot be scrubbed \
+                 afterwards: the kernel shows it from the moment the process starts.",
+                std::process::id()
+            );
+            return Ok(Some(zeroize::Zeroizing::new(t)));
+        }
+        if let Some(f) = &self.file {
+            return tessera_core::config::read_secret(Some(f), None, None)
+                .map_err(StartupError::JoinTokenFile);
+        }
+        match std::env::var(JOIN_TOKEN_ENV) {
+            Ok(t) if !t.is_empty() => Ok(Some(zeroize::Zeroizing::new(t))),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The node attestor: a configured TPM attestor first (the device proves itself, and
+/// can do so again), else a join token from the command line, the environment or the
+/// configuration.
+pub fn node_attestor(
+    cfg: &AgentConfig,
+    args: TokenArgs,
+    tpm: Option<Arc<Tpm>>,
+) -> Result<Option<Arc<dyn NodeAttestor>>, StartupError> {
+    let tpm_attestor: Option<Arc<dyn NodeAttestor>> = if let Some(c) = &cfg.node_attestor.tpm_devid
+    {
+        let tpm = tpm.clone().ok_or(StartupError::NeedsTpm("tpm_devid"))?;
+        let identity =
+            tessera_tpm::provision::load_devid(&c.devid_dir).map_err(StartupError::DevId)?;
+        Some(Arc::new(crate::attestor::tpm_devid::TpmDevId::new(
+            tpm,
+            identity,
+            tessera_tpm::AgentOptions { ek: c.ek, ak: c.ak },
+        )))
+    } else if let Some(c) = &cfg.node_attestor.tpm_ek {
+        let tpm = tpm.clone().ok_or(StartupError::NeedsTpm("tpm_ek"))?;
+        Some(Arc::new(crate::attestor::tpm_ek::TpmEk::new(
+            tpm,
+            tessera_tpm::AgentOptions { ek: c.ek, ak: c.ak },
+        )))
+    } else {
+        None
+    };
+    let given = args.resolve()?;
+    if let Some(a) = tpm_attestor {
+        if given.is_some() {
+            tracing::warn!(
+                "a join token was given but {} attestation is configured: the token is ignored",
+                a.name()
+            );
+        }
+        return Ok(Some(a));
+    }
+    if let Some(t) = given {
+        return Ok(Some(Arc::new(JoinToken::new(t))));
+    }
+    if let Some(jt) = &cfg.node_attestor.join_token {
+        if let Some(t) = &jt.token {
+            tracing::warn!(
+                "the join token is written inline in the configuration ([node_attestor.join_token] \
+                 token); anyone who can read the file can attest with it: prefer token_file, \
+                 token_env or token_credential"
+            );
+            return Ok(Some(Arc::new(JoinToken::new(zeroize::Zeroizing::new(
+                t.clone(),
+            )))));
+        }
+        let secret = tessera_core::config::read_secret(
+            jt.token_file.as_deref(),
+            jt.token_env.as_deref(),
+            jt.token_credential.as_deref(),
+        )
+        .map_err(StartupError::JoinToken)?;
+        if let Some(t) = secret {
+            return Ok(Some(Arc::new(JoinToken::new(t))));
+        }
+    }
+    Ok(None)
+}
+
+/// Runs the agent: serves the socket at once (workloads get UNAVAILABLE until the
+/// agent has its identity and a first sync), gets the identity (waiting out a server,
+/// HSM or TPM that is away), then keeps everything fresh until SIGTERM or SIGINT,
+/// which ends open streams and exits within [`crate::workload::SHUTDOWN_GRACE`].
+pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError> {
+    // Before anything opens a descriptor: every Workload API connection is one.
+    tessera_core::limits::nofile::raise_and_log();
+    let tpm = open_tpm(&cfg)?;
+    let km = open_key_manager(&cfg, tpm.clone())?;
+    let attestor = node_attestor(&cfg, token, tpm)?;
+    // Bind first: a second agent on the same socket fails before touching any state.
+    let listener = crate::workload::bind(&cfg.socket_path).map_err(StartupError::Socket)?;
+    let socket = BoundSocket::new(&cfg.socket_path);
+    let agent = match Agent::new(cfg, km, attestor) {
+        Ok(a) => a,
+        Err(e) => {
+            socket.remove();
+            return Err(e.into());
+        }
+    };
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let mut serving = tokio::spawn(crate::workload::serve(
+        agent.clone(),
+        listener,
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        },
+    ));
+    let work = {
+        let agent = agent.clone();
+        let socket_path = socket.path.clone();
+        async move {
+            agent.establish().await?;
+            tracing::info!(socket = %socket_path.display(), spiffe_id = ?agent.spiffe_id().map(|i| i.to_string()), "Tessera agent is up");
+            agent.run().await;
+            Ok::<(), AgentError>(())
+        }
+    };
+    let result = tokio::select! {
+        r = work => r.map_err(StartupError::from),
+        r = &mut serving => {
+            socket.remove();
+            let why = match r {
+                Ok(Err(e)) => e,
+                Err(e) => e.to_string(),
+                Ok(Ok(())) => "no reason given".to_owned(),
+            };
+            return Err(StartupError::WorkloadApiStopped(why));
+        }
+        () = shutdown_signal() => Ok(()),
+    };
+    // New clients stop finding the socket at once; open streams end next.
+    socket.remove();
+    let _ = stop_tx.send(true);
+    match serving.await {
+        Ok(Err(e)) => tracing::warn!("Workload API shutdown: {e}"),
+        Err(e) => tracing::warn!("Workload API shutdown: {e}"),
+        Ok(Ok(())) => {}
+    }
+    tracing::info!("stopped");
+    result
+}
+
+/// The Workload API socket this process bound, removed at exit only if it is still
+/// this process's (a successor may have bound the path since).
+struct BoundSocket {
+    path: PathBuf,
+    inode: Option<u64>,
+}
+
+impl BoundSocket {
+    fn new(path: &Path) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            path: path.to_owned(),
+            inode: std::fs::symlink_metadata(path).ok().map(|m| m.ino()),
+        }
+    }
+
+    fn remove(&self) {
+        use std::os::unix::fs::MetadataExt;
+        let current = std::fs::symlink_metadata(&self.path).ok().map(|m| m.ino());
+        if current.is_some() && current == self.inode {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
