@@ -262,16 +262,14 @@ fn public_jwk(spki: &[u8]) -> Option<Map<String, Value>> {
             );
         }
         PublicKey::RSA(rsa) => {
-            let trim = |b: &[u8]| -> Vec<u8> {
-                let skip = b.iter().take_while(|x| **x == 0).count();
-                b[skip..].to_vec()
-            };
-            m.insert("kty".into(), json!("RSA"));
-            m.insert("n".into(), json!(URL_SAFE_NO_PAD.encode(trim(rsa.modulus))));
-            m.insert(
-                "e".into(),
-                json!(URL_SAFE_NO_PAD.encode(trim(rsa.exponent))),
+            // JWK integers are minimal (RFC 7518 §6.3.1).
+            let (n, e) = (
+                der::trim_leading_zeros(rsa.modulus),
+                der::trim_leading_zeros(rsa.exponent),
             );
+            m.insert("kty".into(), json!("RSA"));
+            m.insert("n".into(), json!(URL_SAFE_NO_PAD.encode(n)));
+            m.insert("e".into(), json!(URL_SAFE_NO_PAD.encode(e)));
         }
         _ => return None,
     }

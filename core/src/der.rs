@@ -1,20 +1,28 @@
 //! The few DER building blocks Tessera writes by hand: SubjectPublicKeyInfo for
 //! software keys, and ECDSA signatures converted between the raw `r||s` form
-//! (PKCS#11, TPM, JWS) and the DER form (X.509, TLS).
+//! (PKCS#11, TPM, JWS) and the DER form (X.509, TLS); and the two small readers
+//! every crate shares: one TLV (its length) and a big-endian integer's magnitude.
 
 /// Errors reading DER.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed DER: {0}")]
 pub struct DerError(pub &'static str);
 
+/// A big-endian unsigned integer without its leading zero bytes (empty for zero):
+/// the form ring and JWK want, and the one to compare magnitudes in.
+pub fn trim_leading_zeros(bytes: &[u8]) -> &[u8] {
+    let skip = bytes.iter().take_while(|b| **b == 0).count();
+    &bytes[skip..]
+}
+
 pub(crate) fn write_len(out: &mut Vec<u8>, len: usize) {
     if len < 0x80 {
         out.push(len as u8);
     } else {
         let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
+        let magnitude = trim_leading_zeros(&bytes);
+        out.push(0x80 | magnitude.len() as u8);
+        out.extend_from_slice(magnitude);
     }
 }
 
@@ -28,10 +36,7 @@ pub(crate) fn tlv(tag: u8, contents: &[u8]) -> Vec<u8> {
 
 /// A non-negative INTEGER from big-endian magnitude bytes.
 pub(crate) fn unsigned_integer(magnitude: &[u8]) -> Vec<u8> {
-    let trimmed = {
-        let skip = magnitude.iter().take_while(|b| **b == 0).count();
-        &magnitude[skip.min(magnitude.len().saturating_sub(1))..]
-    };
+    let trimmed = trim_leading_zeros(magnitude);
     let mut contents = Vec::with_capacity(trimmed.len() + 1);
     if trimmed.is_empty() {
         contents.push(0);
@@ -44,8 +49,10 @@ pub(crate) fn unsigned_integer(magnitude: &[u8]) -> Vec<u8> {
     tlv(0x02, &contents)
 }
 
-/// Reads one TLV, returning (tag, contents, rest).
-pub(crate) fn read_tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8]), DerError> {
+/// Reads one TLV (a single-byte tag, a minimal definite length of at most four
+/// bytes), returning (tag, contents, rest). The one DER length reader: data padded
+/// after a DER value (a certificate in a TPM's NV index) is cut with `rest`.
+pub fn read_tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8]), DerError> {
     let (&tag, rest) = input.split_first().ok_or(DerError("truncated tag"))?;
     let (&first, mut rest) = rest.split_first().ok_or(DerError("truncated length"))?;
     let len = if first < 0x80 {
@@ -152,8 +159,7 @@ pub fn ecdsa_der_to_raw(der: &[u8], width: usize) -> Result<Vec<u8>, DerError> {
     }
     let mut out = vec![0u8; width * 2];
     for (i, int) in [r, s].into_iter().enumerate() {
-        let skip = int.iter().take_while(|b| **b == 0).count();
-        let mag = &int[skip..];
+        let mag = trim_leading_zeros(int);
         if mag.len() > width {
             return Err(DerError("ECDSA signature integer wider than the curve"));
         }
@@ -182,6 +188,32 @@ mod tests {
         assert!(ecdsa_raw_to_der(&[1, 2, 3]).is_err());
         assert!(ecdsa_der_to_raw(&der, 16).is_err());
         assert!(ecdsa_der_to_raw(&der[..der.len() - 1], 32).is_err());
+    }
+
+    #[test]
+    fn integers_are_minimal() {
+        assert_eq!(trim_leading_zeros(&[0, 0, 1, 0]), &[1, 0]);
+        assert_eq!(trim_leading_zeros(&[0, 0]), &[] as &[u8]);
+        assert_eq!(trim_leading_zeros(&[]), &[] as &[u8]);
+        assert_eq!(unsigned_integer(&[0, 0]), [0x02, 0x01, 0x00]);
+        assert_eq!(unsigned_integer(&[]), [0x02, 0x01, 0x00]);
+        assert_eq!(unsigned_integer(&[0, 0x80]), [0x02, 0x02, 0x00, 0x80]);
+        assert_eq!(unsigned_integer(&[0, 0, 0x7f]), [0x02, 0x01, 0x7f]);
+    }
+
+    #[test]
+    fn tlv_lengths_short_long_and_refused() {
+        // Short form, with padding after the value.
+        assert_eq!(
+            read_tlv(&[0x30, 0x03, 1, 2, 3, 0, 0]).unwrap(),
+            (0x30, &[1u8, 2, 3][..], &[0u8, 0][..])
+        );
+        // Long form, contents missing: refused rather than guessed.
+        assert!(read_tlv(&[0x30, 0x82, 0x01, 0x00]).is_err());
+        assert!(read_tlv(&[0x30]).is_err());
+        // More than four length bytes, and a long form that should be short.
+        assert!(read_tlv(&[0x30, 0x85, 1, 1, 1, 1, 1]).is_err());
+        assert!(read_tlv(&[0x30, 0x81, 0x05, 0, 0, 0, 0, 0]).is_err());
     }
 
     #[test]

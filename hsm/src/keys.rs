@@ -171,8 +171,7 @@ fn ec_point(value: &[u8], coordinate: usize) -> Option<&[u8]> {
 }
 
 fn rsa_key_type(modulus: &[u8]) -> Option<KeyType> {
-    let skip = modulus.iter().take_while(|b| **b == 0).count();
-    let m = &modulus[skip..];
+    let m = tessera_core::der::trim_leading_zeros(modulus);
     let bits = m
         .first()
         .map_or(0, |b| m.len() * 8 - b.leading_zeros() as usize);

@@ -18,6 +18,7 @@ use tessera_core::tls::SharedBundle;
 use tessera_core::{Bundle, TrustDomain};
 use tessera_proto::agent as pb;
 use tessera_swtpm_tests::{Agent, Server, Swtpm, TestCa, my_uid, py_ok, test_dir};
+use tessera_tpm::attestation::AgentState as _;
 use tessera_tpm::{AgentOptions, Tpm};
 
 fn uid() -> String {
@@ -380,7 +381,9 @@ fn forged_evidence_is_refused_with_a_reason_and_no_record() {
     };
 
     // 1. A DevID from an untrusted CA.
-    let (p, _) = tessera_tpm::devid::build_payload(&ta, &load(&devid_rogue), &opts).unwrap();
+    let (p, _) =
+        tessera_tpm::attestation::tpm_devid::build_payload(&ta, &load(&devid_rogue), &opts)
+            .unwrap();
     refused(
         "untrusted DevID CA",
         attest_raw(&server, "tpm_devid", json(&p), |_| None),
@@ -388,7 +391,7 @@ fn forged_evidence_is_refused_with_a_reason_and_no_record() {
     );
 
     // 2. An EK certificate from an untrusted CA (B's manufacturer is unknown to tpm_ek).
-    let (p, _) = tessera_tpm::ek_attest::build_payload(&tb, &opts).unwrap();
+    let (p, _) = tessera_tpm::attestation::tpm_ek::build_payload(&tb, &opts).unwrap();
     refused(
         "untrusted EK CA",
         attest_raw(&server, "tpm_ek", json(&p), |_| None),
@@ -396,7 +399,7 @@ fn forged_evidence_is_refused_with_a_reason_and_no_record() {
     );
 
     // 3. An EK hash not on the allow-list (and no certificate to fall back on).
-    let (mut p, _) = tessera_tpm::ek_attest::build_payload(&tb, &opts).unwrap();
+    let (mut p, _) = tessera_tpm::attestation::tpm_ek::build_payload(&tb, &opts).unwrap();
     p.ek_certificate = None;
     refused(
         "EK hash not allow-listed",
@@ -405,8 +408,8 @@ fn forged_evidence_is_refused_with_a_reason_and_no_record() {
     );
 
     // 4. An EK certificate that is not for the EK presented (B's certificate, A's EK).
-    let (mut p, _) = tessera_tpm::ek_attest::build_payload(&ta, &opts).unwrap();
-    let (pb_, _) = tessera_tpm::ek_attest::build_payload(&tb, &opts).unwrap();
+    let (mut p, _) = tessera_tpm::attestation::tpm_ek::build_payload(&ta, &opts).unwrap();
+    let (pb_, _) = tessera_tpm::attestation::tpm_ek::build_payload(&tb, &opts).unwrap();
     p.ek_certificate = pb_.ek_certificate.clone();
     refused(
         "EK certificate mismatch",
@@ -415,8 +418,10 @@ fn forged_evidence_is_refused_with_a_reason_and_no_record() {
     );
 
     // 5. A Certify produced in a second TPM.
-    let (mut p, _) = tessera_tpm::devid::build_payload(&ta, &load(&devid_a), &opts).unwrap();
-    let (from_b, _) = tessera_tpm::devid::build_payload(&tb, &load(&devid_b), &opts).unwrap();
+    let (mut p, _) =
+        tessera_tpm::attestation::tpm_devid::build_payload(&ta, &load(&devid_a), &opts).unwrap();
+    let (from_b, _) =
+        tessera_tpm::attestation::tpm_devid::build_payload(&tb, &load(&devid_b), &opts).unwrap();
     p.certify_info = from_b.certify_info;
     p.certify_signature = from_b.certify_signature;
     refused(
@@ -427,15 +432,21 @@ fn forged_evidence_is_refused_with_a_reason_and_no_record() {
 
     // 6. A credential-activation answer from another TPM: B cannot open A's credential,
     // so all it can send is something else.
-    let (p, state) = tessera_tpm::devid::build_payload(&ta, &load(&devid_a), &opts).unwrap();
+    let (p, state) =
+        tessera_tpm::attestation::tpm_devid::build_payload(&ta, &load(&devid_a), &opts).unwrap();
     let (ta2, tb2) = (ta.clone(), tb.clone());
     let devid_b2 = devid_b.clone();
     let res = attest_raw(&server, "tpm_devid", json(&p), move |c| {
-        let challenge: tessera_tpm::devid::DevIdChallenge = serde_json::from_slice(&c).unwrap();
+        let challenge: tessera_tpm::attestation::tpm_devid::DevIdChallenge =
+            serde_json::from_slice(&c).unwrap();
         // B's TPM refuses the credential outright.
         let id_b = tessera_tpm::provision::load_devid(&devid_b2).unwrap();
-        let (_, state_b) =
-            tessera_tpm::devid::build_payload(&tb2, &id_b, &AgentOptions::default()).unwrap();
+        let (_, state_b) = tessera_tpm::attestation::tpm_devid::build_payload(
+            &tb2,
+            &id_b,
+            &AgentOptions::default(),
+        )
+        .unwrap();
         assert!(
             state_b.answer(&tb2, &challenge).is_err(),
             "another TPM activated the credential"
@@ -451,15 +462,18 @@ fn forged_evidence_is_refused_with_a_reason_and_no_record() {
     );
 
     // 7. A replayed challenge response: a correct answer to an abandoned attempt.
-    let (p1, s1) = tessera_tpm::devid::build_payload(&ta, &load(&devid_a), &opts).unwrap();
+    let (p1, s1) =
+        tessera_tpm::attestation::tpm_devid::build_payload(&ta, &load(&devid_a), &opts).unwrap();
     let mut old_answer = None;
     let _ = attest_raw(&server, "tpm_devid", json(&p1), |c| {
-        let ch: tessera_tpm::devid::DevIdChallenge = serde_json::from_slice(&c).unwrap();
+        let ch: tessera_tpm::attestation::tpm_devid::DevIdChallenge =
+            serde_json::from_slice(&c).unwrap();
         old_answer = Some(serde_json::to_vec(&s1.answer(&ta, &ch).unwrap()).unwrap());
         None
     });
     let replay = old_answer.unwrap();
-    let (p2, _) = tessera_tpm::devid::build_payload(&ta, &load(&devid_a), &opts).unwrap();
+    let (p2, _) =
+        tessera_tpm::attestation::tpm_devid::build_payload(&ta, &load(&devid_a), &opts).unwrap();
     refused(
         "replayed response",
         attest_raw(&server, "tpm_devid", json(&p2), |_| Some(replay)),
@@ -467,15 +481,18 @@ fn forged_evidence_is_refused_with_a_reason_and_no_record() {
     );
 
     // 8. A nonce signed by the wrong key (B's DevID), with an otherwise correct answer.
-    let (p, state) = tessera_tpm::devid::build_payload(&ta, &load(&devid_a), &opts).unwrap();
+    let (p, state) =
+        tessera_tpm::attestation::tpm_devid::build_payload(&ta, &load(&devid_a), &opts).unwrap();
     let res = attest_raw(&server, "tpm_devid", json(&p), |c| {
-        let ch: tessera_tpm::devid::DevIdChallenge = serde_json::from_slice(&c).unwrap();
+        let ch: tessera_tpm::attestation::tpm_devid::DevIdChallenge =
+            serde_json::from_slice(&c).unwrap();
         let mut answer = state.answer(&ta, &ch).unwrap();
         let id_b = tessera_tpm::provision::load_devid(&devid_b).unwrap();
         let scheme = tessera_tpm::device::SigningScheme::default_for(&id_b.key.public);
-        let digest = scheme
-            .hash()
-            .digest(&[tessera_tpm::devid::NONCE_CONTEXT, &ch.nonce]);
+        let digest = scheme.hash().digest(&[
+            tessera_tpm::attestation::tpm_devid::NONCE_CONTEXT,
+            &ch.nonce,
+        ]);
         let sig = tb.with(|dev| dev.sign(&id_b.key, &digest, scheme)).unwrap();
         answer.nonce_signature = sig.marshal();
         Some(serde_json::to_vec(&answer).unwrap())
@@ -487,9 +504,11 @@ fn forged_evidence_is_refused_with_a_reason_and_no_record() {
     );
 
     // And the genuine article still passes, so the refusals above were for cause.
-    let (p, state) = tessera_tpm::devid::build_payload(&ta, &load(&devid_a), &opts).unwrap();
+    let (p, state) =
+        tessera_tpm::attestation::tpm_devid::build_payload(&ta, &load(&devid_a), &opts).unwrap();
     let id = attest_raw(&server, "tpm_devid", json(&p), |c| {
-        let ch: tessera_tpm::devid::DevIdChallenge = serde_json::from_slice(&c).unwrap();
+        let ch: tessera_tpm::attestation::tpm_devid::DevIdChallenge =
+            serde_json::from_slice(&c).unwrap();
         Some(serde_json::to_vec(&state.answer(&ta, &ch).unwrap()).unwrap())
     })
     .unwrap();

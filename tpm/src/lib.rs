@@ -1,32 +1,37 @@
-//! TPM 2.0 for Tessera, in two halves.
+//! TPM 2.0 for Tessera, in four parts:
 //!
-//! **The device half** (the agent): [`device::TpmDevice`] is the small trait of TPM
-//! operations the agent needs (EK public areas and certificates, keys under the SRK,
-//! TPM2_Certify, TPM2_ActivateCredential, TPM2_Sign), spoken in TPM wire structures
-//! so that the tss-esapi backend ([`device::esapi`], cargo feature `esapi`, on by
-//! default) and a later pure-Rust backend fit the same seam. [`device::Tpm`] shares
-//! one device behind one mutex. On top: [`keys::TpmKey`] / [`keys::TpmKeyManager`]
-//! (the agent's own keys in the TPM), [`provision`] (DevID provisioning, `tpm info`),
-//! and the agent side of both attestors.
+//! - **[`wire`]**: the TPM wire structures, marshalled and unmarshalled in pure
+//!   Rust (TPMT_PUBLIC, TPMS_ATTEST, TPMT_SIGNATURE, object names, a public area as
+//!   a SubjectPublicKeyInfo).
+//! - **[`verifier`]**: what the server checks, with no TPM and no libtss2 (always
+//!   compiled): the standard EK and AK templates and the checks that a public
+//!   area is one ([`verifier::ek`], [`verifier::ak`]), TPM2_Certify and other TPM
+//!   signatures ([`verifier::certify`], [`verifier::signature`]),
+//!   MakeCredential in software for RSA and ECC EKs ([`verifier::credential`]),
+//!   and EK and DevID certificate paths ([`verifier::chain`]).
+//! - **[`device`]**: the agent's TPM. [`device::TpmDevice`] is the small trait of
+//!   TPM operations the agent needs (EK public areas and certificates, keys under
+//!   the SRK, TPM2_Certify, TPM2_ActivateCredential, TPM2_Sign), spoken in wire
+//!   structures so that the tss-esapi backend ([`device::esapi`], cargo feature
+//!   `esapi`, on by default) and a later pure-Rust backend fit the same seam;
+//!   [`device::Tpm`] shares one device behind one mutex; [`device::keys`] holds
+//!   the agent's own keys in the TPM ([`TpmKey`], [`TpmKeyManager`]);
+//!   [`device::tcti`] says where the TPM is.
+//! - **[`attestation`]**: the two node attestors, each both halves, named as they
+//!   are everywhere: [`attestation::tpm_devid`] and [`attestation::tpm_ek`]. Each
+//!   has serde payload, challenge and response types (JSON, bytes in base64), an
+//!   agent side ([`attestation::Prover`]) that builds the payload and a state that
+//!   answers the challenge, and a server side ([`attestation::Verifier`]) whose
+//!   `start` checks the payload and returns the challenge with a single-use
+//!   pending state whose `finish` checks the answer.
 //!
-//! **The verifier half** (the server; pure Rust, no TPM, no libtss2, always
-//! compiled): [`structures`] (TPMT_PUBLIC, TPMS_ATTEST, TPMT_SIGNATURE, object names,
-//! public area to SubjectPublicKeyInfo), [`ek`] (standard EK templates and the check
-//! that a public area is one), [`ak`], [`certify`] (TPM2_Certify signatures),
-//! [`credential`] (MakeCredential in software for RSA and ECC EKs), [`chain`] (EK and
-//! DevID certificate paths), and the server side of both attestors.
-//!
-//! **The attestors**: [`devid`] (`tpm_devid`) and [`ek_attest`] (`tpm`). Each has
-//! serde payload, challenge and response types (JSON, bytes in base64), an agent
-//! function that builds the payload and a state that answers the challenge, and a
-//! verifier whose `start` checks the payload and returns the challenge with a
-//! single-use pending state whose `finish` checks the answer.
+//! On top, [`provision`] holds the operator's tools (DevID provisioning, `tpm info`).
 //!
 //! ```text
-//! agent                                   server
-//! devid::build_payload(tpm, id, opts) ->  DevIdVerifier::start(&payload)
-//!                                     <-  (challenge, pending)
-//! state.answer(tpm, &challenge)       ->  pending.finish(&response) -> NodeAttestation
+//! agent                                    server
+//! Prover::payload(tpm)                 ->  Verifier::start(&payload)
+//!                                      <-  (challenge, pending)
+//! AgentState::answer(tpm, &challenge)  ->  Pending::finish(&response) -> NodeAttestation
 //! ```
 //!
 //! # Notes
@@ -49,23 +54,16 @@
 //!   fails, even one this crate expects to fail (a foreign key blob);
 //!   `TSS2_LOG=all+none` silences them.
 
-pub mod ak;
-pub mod attest;
+pub mod attestation;
 pub(crate) mod b64;
-pub mod certify;
-pub mod chain;
-pub mod credential;
 pub mod device;
-pub mod devid;
-pub mod ek;
-pub mod ek_attest;
-pub mod keys;
 pub mod provision;
-pub mod structures;
-pub mod tcti;
-pub mod verify;
+pub mod verifier;
+pub mod wire;
 
-pub use attest::{AgentOptions, AttestError, NodeAttestation};
+pub use attestation::{AgentOptions, AttestError, NodeAttestation};
+pub use device::keys::{TpmKey, TpmKeyManager};
+pub use device::tcti::Tcti;
 pub use device::{DeviceError, KeyBlob, Tpm, TpmDevice};
-pub use keys::{TpmKey, TpmKeyManager};
-pub use tcti::Tcti;
+/// The EK and AK kinds, at the paths the agent's configuration names them by.
+pub use verifier::{ak, ek};

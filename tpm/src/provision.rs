@@ -26,14 +26,14 @@ use ring::digest;
 use tessera_core::fsutil;
 use tessera_core::key::{Key, KeyType, RcgenKey};
 
-use crate::attest::read_ek_certificate;
-use crate::chain::{common_name, pem_certificates, subject_and_issuer};
+use crate::attestation::read_ek_certificate;
+use crate::attestation::tpm_devid::DevIdIdentity;
+use crate::attestation::tpm_ek::ek_pub_hash;
+use crate::device::keys::TpmKey;
 use crate::device::{DeviceError, KeyBlob, Tpm};
-use crate::devid::DevIdIdentity;
-use crate::ek::{EkKind, TpmIdentity, tpm_identity};
-use crate::ek_attest::ek_pub_hash;
-use crate::keys::TpmKey;
-use crate::structures::hex;
+use crate::verifier::chain::{common_name, pem_certificates, subject_and_issuer};
+use crate::verifier::ek::{EkKind, TpmIdentity, tpm_identity};
+use crate::wire::hex;
 
 /// File names in a DevID folder.
 pub const DEVID_KEY_FILE: &str = "devid.key";
@@ -114,7 +114,7 @@ impl VendorCa {
             .ok_or_else(|| ProvisionError::Ca("no CERTIFICATE in the CA certificate PEM".into()))?;
         let key = KeyPair::from_pem(key_pem)
             .map_err(|e| ProvisionError::Ca(format!("CA private key: {e}")))?;
-        let spki_matches = crate::chain::spki_of(&cert_der)
+        let spki_matches = crate::verifier::chain::spki_of(&cert_der)
             .map(|spki| {
                 tessera_core::der::spki_public_key_bits(&spki).ok() == Some(key.public_key_raw())
             })
@@ -266,9 +266,9 @@ pub fn load_devid(dir: &Path) -> Result<DevIdIdentity, ProvisionError> {
     }
     let key = KeyBlob::from_bytes(&read(DEVID_KEY_FILE)?)
         .map_err(|e| bad(format!("{DEVID_KEY_FILE}: {e}")))?;
-    let spki = crate::chain::spki_of(&chain[0])
+    let spki = crate::verifier::chain::spki_of(&chain[0])
         .ok_or_else(|| bad(format!("{DEVID_CERT_FILE}: first certificate unreadable")))?;
-    if !crate::attest::public_matches_spki(&key.public, &spki) {
+    if !crate::attestation::public_matches_spki(&key.public, &spki) {
         return Err(bad(format!(
             "{DEVID_KEY_FILE} is not the key of the first certificate in {DEVID_CERT_FILE}"
         )));

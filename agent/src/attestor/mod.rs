@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 
+pub mod challenge;
 pub mod join_token;
 pub mod tpm_devid;
 pub mod tpm_ek;

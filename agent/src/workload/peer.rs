@@ -43,7 +43,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 use tonic::transport::server::Connected;
 
-use super::authority::{AuthorityFix, fix_authority};
+use tessera_h2_authority::{AuthorityFix, fix_authority};
 
 /// The caller's credentials as the kernel recorded them at `connect()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use tessera_core::Selector;
 
+pub mod challenge;
 pub mod join_token;
 pub mod tpm_devid;
 pub mod tpm_ek;
@@ -65,36 +66,25 @@ pub trait NodeAttestor: Send + Sync + std::fmt::Debug {
     fn session(&self) -> Box<dyn Session>;
 }
 
-/// Maps the TPM crate's verdicts: malformed evidence, a server-side failure, or a
-/// refusal with the precise reason.
-pub(crate) fn from_tpm(e: tessera_tpm::AttestError) -> AttestError {
-    use tessera_tpm::AttestError as T;
-    match e {
-        T::Malformed { .. } => AttestError::Malformed(e.to_string()),
-        T::Random | T::Config(_) | T::AllowList(_) => AttestError::Unavailable(e.to_string()),
-        other => AttestError::Refused(other.to_string()),
-    }
-}
-
 /// A pool of trust anchors (and intermediates) from PEM files; an unreadable file is a
 /// start-up error naming the setting and the file.
 pub(crate) fn ca_pool(
     setting: &str,
     anchors: &[std::path::PathBuf],
     intermediates: &[std::path::PathBuf],
-) -> Result<tessera_tpm::chain::CaPool, String> {
+) -> Result<tessera_tpm::verifier::chain::CaPool, String> {
     let load = |paths: &[std::path::PathBuf]| -> Result<Vec<Vec<u8>>, String> {
         let mut out = Vec::new();
         for p in paths {
             out.extend(
-                tessera_tpm::chain::load_pem_file(p)
+                tessera_tpm::verifier::chain::load_pem_file(p)
                     .map_err(|e| format!("{setting}: {}: {e}", p.display()))?,
             );
         }
         Ok(out)
     };
-    let pool =
-        tessera_tpm::chain::CaPool::new(load(anchors)?).map_err(|e| format!("{setting}: {e}"))?;
+    let pool = tessera_tpm::verifier::chain::CaPool::new(load(anchors)?)
+        .map_err(|e| format!("{setting}: {e}"))?;
     if intermediates.is_empty() {
         return Ok(pool);
     }

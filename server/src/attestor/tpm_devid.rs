@@ -1,23 +1,19 @@
-//! TPM DevID attestation, server side: a thin adapter over `tessera_tpm::devid`.
-//! The DevID chain must reach a configured vendor CA and the EK certificate a
-//! configured manufacturer CA; the TPM proves it holds the DevID key (a nonce
-//! signature), that the AK is its own (TPM2_Certify of the DevID key), and that the
-//! EK is in the same TPM (credential activation). The challenge state lives in the
-//! session only, so an answer can never be checked against another attempt.
+//! TPM DevID attestation, server side: its configuration, and
+//! `tessera_tpm::attestation::tpm_devid`'s verifier in the generic
+//! [`ChallengeAttestor`]. The DevID chain must reach a configured vendor CA and the
+//! EK certificate a configured manufacturer CA; the TPM proves it holds the DevID
+//! key (a nonce signature), that the AK is its own (TPM2_Certify of the DevID key),
+//! and that the EK is in the same TPM (credential activation).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use async_trait::async_trait;
 use serde::Deserialize;
-use tessera_tpm::devid::{
-    DevIdChallenge, DevIdPayload, DevIdPending, DevIdResponse, DevIdVerifier,
-};
+use tessera_tpm::attestation::tpm_devid::DevIdVerifier;
 
-use super::{AttestError, Attested, NodeAttestor, Session, Step, from_tpm};
+use super::challenge::ChallengeAttestor;
 
 /// The name agents use.
-pub const NAME: &str = "tpm_devid";
+pub const NAME: &str = tessera_tpm::attestation::tpm_devid::NAME;
 
 /// `[node_attestors.tpm_devid]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,10 +34,7 @@ pub struct TpmDevIdConfig {
 }
 
 /// See the module documentation.
-#[derive(Debug)]
-pub struct TpmDevId {
-    verifier: Arc<DevIdVerifier>,
-}
+pub type TpmDevId = ChallengeAttestor<DevIdVerifier>;
 
 impl TpmDevId {
     /// Loads the CA bundles; a missing or unreadable file is a start-up error.
@@ -56,61 +49,6 @@ impl TpmDevId {
             &cfg.ek_ca_bundle,
             &cfg.ek_intermediates,
         )?;
-        Ok(Self {
-            verifier: Arc::new(DevIdVerifier::new(devid, ek)),
-        })
-    }
-}
-
-struct DevIdSession {
-    verifier: Arc<DevIdVerifier>,
-    pending: Option<DevIdPending>,
-    started: bool,
-}
-
-#[async_trait]
-impl Session for DevIdSession {
-    async fn step(&mut self, input: Vec<u8>) -> Result<Step, AttestError> {
-        if !self.started {
-            self.started = true;
-            let payload: DevIdPayload = serde_json::from_slice(&input)
-                .map_err(|e| AttestError::Malformed(format!("tpm_devid payload: {e}")))?;
-            let verifier = self.verifier.clone();
-            // Certificate paths and RSA encryption: keep them off the async threads.
-            let (challenge, pending) =
-                tokio::task::spawn_blocking(move || verifier.start(&payload))
-                    .await
-                    .map_err(|e| AttestError::Unavailable(e.to_string()))?
-                    .map_err(from_tpm)?;
-            self.pending = Some(pending);
-            let bytes: Vec<u8> = serde_json::to_vec::<DevIdChallenge>(&challenge)
-                .map_err(|e| AttestError::Unavailable(e.to_string()))?;
-            return Ok(Step::Challenge(bytes));
-        }
-        let pending = self.pending.take().ok_or_else(|| {
-            AttestError::Malformed("tpm_devid takes exactly one challenge response".into())
-        })?;
-        let response: DevIdResponse = serde_json::from_slice(&input)
-            .map_err(|e| AttestError::Malformed(format!("tpm_devid response: {e}")))?;
-        let done = pending.finish(&response).map_err(from_tpm)?;
-        Ok(Step::Attested(Attested {
-            agent_path: done.agent_path,
-            selectors: done.selectors,
-            can_reattest: true,
-        }))
-    }
-}
-
-impl NodeAttestor for TpmDevId {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn session(&self) -> Box<dyn Session> {
-        Box::new(DevIdSession {
-            verifier: self.verifier.clone(),
-            pending: None,
-            started: false,
-        })
+        Ok(Self::with_verifier(DevIdVerifier::new(devid, ek)))
     }
 }

@@ -1,19 +1,19 @@
-//! TPM EK attestation, server side: a thin adapter over `tessera_tpm::ek_attest`.
-//! The EK is trusted by its certificate chain to a configured manufacturer CA or by
-//! the SHA-256 of its public key on an allow-list (a file or folder, re-read when it
-//! changes); credential activation proves the EK and the fresh AK are in one TPM.
+//! TPM EK attestation, server side: its configuration, and
+//! `tessera_tpm::attestation::tpm_ek`'s verifier in the generic
+//! [`ChallengeAttestor`]. The EK is trusted by its certificate chain to a
+//! configured manufacturer CA or by the SHA-256 of its public key on an allow-list
+//! (a file or folder, re-read when it changes); credential activation proves the
+//! EK and the fresh AK are in one TPM.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use async_trait::async_trait;
 use serde::Deserialize;
-use tessera_tpm::ek_attest::{EkAllowList, EkPayload, EkPending, EkResponse, EkVerifier};
+use tessera_tpm::attestation::tpm_ek::{EkAllowList, EkVerifier};
 
-use super::{AttestError, Attested, NodeAttestor, Session, Step, from_tpm};
+use super::challenge::ChallengeAttestor;
 
 /// The name agents use.
-pub const NAME: &str = "tpm_ek";
+pub const NAME: &str = tessera_tpm::attestation::tpm_ek::NAME;
 
 /// `[node_attestors.tpm_ek]`: at least one of the two.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,10 +32,7 @@ pub struct TpmEkConfig {
 }
 
 /// See the module documentation.
-#[derive(Debug)]
-pub struct TpmEk {
-    verifier: Arc<EkVerifier>,
-}
+pub type TpmEk = ChallengeAttestor<EkVerifier>;
 
 impl TpmEk {
     /// Loads the CA bundle and the allow-list; trusting nothing is a start-up error.
@@ -59,60 +56,6 @@ impl TpmEk {
             })?),
             None => None,
         };
-        Ok(Self {
-            verifier: Arc::new(EkVerifier::new(cas, allow)),
-        })
-    }
-}
-
-struct EkSession {
-    verifier: Arc<EkVerifier>,
-    pending: Option<EkPending>,
-    started: bool,
-}
-
-#[async_trait]
-impl Session for EkSession {
-    async fn step(&mut self, input: Vec<u8>) -> Result<Step, AttestError> {
-        if !self.started {
-            self.started = true;
-            let payload: EkPayload = serde_json::from_slice(&input)
-                .map_err(|e| AttestError::Malformed(format!("tpm_ek payload: {e}")))?;
-            let verifier = self.verifier.clone();
-            let (challenge, pending) =
-                tokio::task::spawn_blocking(move || verifier.start(&payload))
-                    .await
-                    .map_err(|e| AttestError::Unavailable(e.to_string()))?
-                    .map_err(from_tpm)?;
-            self.pending = Some(pending);
-            return serde_json::to_vec(&challenge)
-                .map(Step::Challenge)
-                .map_err(|e| AttestError::Unavailable(e.to_string()));
-        }
-        let pending = self.pending.take().ok_or_else(|| {
-            AttestError::Malformed("tpm_ek takes exactly one challenge response".into())
-        })?;
-        let response: EkResponse = serde_json::from_slice(&input)
-            .map_err(|e| AttestError::Malformed(format!("tpm_ek response: {e}")))?;
-        let done = pending.finish(&response).map_err(from_tpm)?;
-        Ok(Step::Attested(Attested {
-            agent_path: done.agent_path,
-            selectors: done.selectors,
-            can_reattest: true,
-        }))
-    }
-}
-
-impl NodeAttestor for TpmEk {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn session(&self) -> Box<dyn Session> {
-        Box::new(EkSession {
-            verifier: self.verifier.clone(),
-            pending: None,
-            started: false,
-        })
+        Ok(Self::with_verifier(EkVerifier::new(cas, allow)))
     }
 }

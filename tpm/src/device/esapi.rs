@@ -11,7 +11,7 @@
 //! The conversation with the TPM can break under a running agent: swtpm or a
 //! resource manager restarts, the device is reset. tpm2-tss then answers every later
 //! call with "Esys called in bad sequence", or the TPM no longer knows the SRK handle
-//! the context holds. Every operation therefore runs through [`EsapiDevice::recovering`]:
+//! the context holds. Every operation therefore runs through `EsapiDevice::recovering`:
 //! a transport error (TCTI or resource-manager layer, a broken ESAPI sequence) or a
 //! sign that the TPM forgot its loaded objects drops the context, opens a new one
 //! (the SRK is made again from its template, so every key blob loads as before) and
@@ -41,10 +41,10 @@ use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use zeroize::Zeroizing;
 
 use super::{CertifyOutput, DeviceError, KeyBlob, SigningScheme, TpmDevice, srk_template};
-use crate::credential::CredentialBlob;
-use crate::ek::{EkKind, EkTemplate, check_ek_public, matches_template};
-use crate::structures::{HashAlg, PublicArea, Signature};
-use crate::tcti::Tcti;
+use crate::device::tcti::Tcti;
+use crate::verifier::credential::CredentialBlob;
+use crate::verifier::ek::{EkKind, EkTemplate, check_ek_public, matches_template};
+use crate::wire::{HashAlg, PublicArea, Signature};
 
 const TPM_RH_NULL: u32 = 0x4000_0007;
 const TPM_ST_HASHCHECK: u16 = 0x8024;

@@ -12,19 +12,22 @@
 //! under the SRK) loads again on the same TPM, while on any other TPM (another seed)
 //! TPM2_Load refuses it.
 //!
-//! [`Tpm`] is the shared handle: one device behind one mutex.
+//! [`Tpm`] is the shared handle: one device behind one mutex. [`keys`] puts the
+//! agent's own keys in the TPM; [`tcti`] parses where the TPM is.
 
 #[cfg(feature = "esapi")]
 pub mod esapi;
+pub mod keys;
+pub mod tcti;
 
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 
 use zeroize::Zeroizing;
 
-use crate::credential::CredentialBlob;
-use crate::ek::EkKind;
-use crate::structures::{
+use crate::verifier::credential::CredentialBlob;
+use crate::verifier::ek::EkKind;
+use crate::wire::{
     EccCurve, HashAlg, ObjectAttributes as A, PublicArea, PublicParams, Reader, Scheme, Signature,
     StructureError, SymDef, put_tpm2b,
 };
@@ -89,7 +92,7 @@ pub struct KeyBlob {
 impl fmt::Debug for KeyBlob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyBlob")
-            .field("name", &crate::structures::hex(&self.public.name()))
+            .field("name", &crate::wire::hex(&self.public.name()))
             .finish_non_exhaustive()
     }
 }
@@ -298,7 +301,7 @@ impl Tpm {
 
     /// Opens the TPM named by `tcti` with the tss-esapi backend.
     #[cfg(feature = "esapi")]
-    pub fn open(tcti: &crate::tcti::Tcti) -> Result<Self, DeviceError> {
+    pub fn open(tcti: &crate::device::tcti::Tcti) -> Result<Self, DeviceError> {
         Ok(Self::new(Box::new(esapi::EsapiDevice::open(tcti)?)))
     }
 

@@ -1,9 +1,9 @@
 //! TPM2_Certify made by swtpm, checked by the verifier half.
 
 use tessera_core::key::KeyType;
-use tessera_tpm::ak::AkKind;
-use tessera_tpm::certify::{CertifyError, verify_certify};
 use tessera_tpm::device::signing_key_template;
+use tessera_tpm::verifier::ak::AkKind;
+use tessera_tpm::verifier::certify::{CertifyError, verify_certify};
 
 use crate::common::{Sim, Which};
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
-use tessera_tpm::chain::{CaPool, load_pem_file};
+use tessera_tpm::verifier::chain::{CaPool, load_pem_file};
 use tessera_tpm::{Tcti, Tpm};
 
 fn repo_root() -> PathBuf {
@@ -59,7 +59,7 @@ fn parse_env(text: &str) -> HashMap<String, String> {
 /// is made again.
 fn script_stamp() -> String {
     let body = std::fs::read(script()).expect("read scripts/swtpm.sh");
-    tessera_tpm::structures::hex(&tessera_tpm::structures::HashAlg::Sha256.digest(&[&body]))
+    tessera_tpm::wire::hex(&tessera_tpm::wire::HashAlg::Sha256.digest(&[&body]))
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -1,9 +1,9 @@
 //! Software MakeCredential against swtpm's TPM2_ActivateCredential, for every EK
 //! type swtpm can hold, and the cases where activation must fail.
 
-use tessera_tpm::ak::AkKind;
-use tessera_tpm::credential::make_credential;
-use tessera_tpm::ek::{EkKind, EkTemplate, check_ek_public};
+use tessera_tpm::verifier::ak::AkKind;
+use tessera_tpm::verifier::credential::make_credential;
+use tessera_tpm::verifier::ek::{EkKind, EkTemplate, check_ek_public};
 
 use crate::common::{Sim, Which};
 

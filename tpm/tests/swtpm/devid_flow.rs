@@ -4,14 +4,15 @@
 use std::sync::Arc;
 
 use tessera_core::key::KeyType;
-use tessera_tpm::ak::AkKind;
-use tessera_tpm::device::{SigningScheme, signing_key_template};
-use tessera_tpm::devid::{
+use tessera_tpm::attestation::tpm_devid::{
     self, DevIdIdentity, DevIdPayload, DevIdResponse, DevIdVerifier, NONCE_CONTEXT,
 };
-use tessera_tpm::ek::EkKind;
+use tessera_tpm::attestation::{AgentState as _, Pending as _, Verifier as _};
+use tessera_tpm::device::{SigningScheme, signing_key_template};
 use tessera_tpm::provision::{DevIdRequest, load_devid, provision_devid};
-use tessera_tpm::structures::hex;
+use tessera_tpm::verifier::ak::AkKind;
+use tessera_tpm::verifier::ek::EkKind;
+use tessera_tpm::wire::hex;
 use tessera_tpm::{AgentOptions, AttestError, Tpm};
 
 use crate::common::{Sim, VendorCaFiles, Which, via_json};
@@ -46,7 +47,7 @@ fn run(
     options: &AgentOptions,
     verifier: &DevIdVerifier,
 ) -> Result<tessera_tpm::NodeAttestation, AttestError> {
-    let (payload, state) = devid::build_payload(tpm, identity, options)?;
+    let (payload, state) = tpm_devid::build_payload(tpm, identity, options)?;
     let (challenge, pending) = verifier.start(&via_json(&payload))?;
     let response = state.answer(tpm, &via_json(&challenge))?;
     pending.finish(&via_json(&response))
@@ -84,11 +85,12 @@ fn devid_attestation_succeeds_for_rsa_and_ecc_devids_aks_and_eks() {
 /// A payload, challenge and pending state from TPM `a`, for the refusal tests.
 struct Attempt {
     payload: DevIdPayload,
-    state: devid::DevIdAgentState,
+    state: tpm_devid::DevIdAgentState,
 }
 
 fn attempt(tpm: &Tpm, identity: &DevIdIdentity) -> Attempt {
-    let (payload, state) = devid::build_payload(tpm, identity, &AgentOptions::default()).unwrap();
+    let (payload, state) =
+        tpm_devid::build_payload(tpm, identity, &AgentOptions::default()).unwrap();
     Attempt { payload, state }
 }
 
@@ -124,7 +126,7 @@ fn devid_refusals() {
     let at_b = attempt(&tpm_b, &id_b);
     let mut swapped = at.payload.clone();
     swapped.ek_certificate = at_b.payload.ek_certificate.clone();
-    let both = tessera_tpm::chain::CaPool::new(vec![a.ek_root(), b.ek_root()])
+    let both = tessera_tpm::verifier::chain::CaPool::new(vec![a.ek_root(), b.ek_root()])
         .unwrap()
         .with_intermediates(vec![a.ek_intermediate(), b.ek_intermediate()])
         .unwrap();

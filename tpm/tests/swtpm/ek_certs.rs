@@ -1,8 +1,8 @@
 //! EK certificates as swtpm_setup and scripts/swtpm.sh leave them in NV.
 
-use tessera_tpm::attest::public_matches_spki;
-use tessera_tpm::chain::{CaPool, ChainError, LeafProfile, spki_of, verify_chain};
-use tessera_tpm::ek::{EkKind, tpm_identity};
+use tessera_tpm::attestation::public_matches_spki;
+use tessera_tpm::verifier::chain::{CaPool, ChainError, LeafProfile, spki_of, verify_chain};
+use tessera_tpm::verifier::ek::{EkKind, tpm_identity};
 
 use crate::common::{Sim, Which};
 

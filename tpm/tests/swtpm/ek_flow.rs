@@ -1,9 +1,10 @@
 //! The tpm (EK) attestor end to end, trusted by certificate or by allow-list.
 
-use tessera_tpm::chain::CaPool;
-use tessera_tpm::ek::EkKind;
-use tessera_tpm::ek_attest::{self, EkAllowList, EkPayload, EkVerifier, ek_pub_hash};
-use tessera_tpm::structures::{HashAlg, hex};
+use tessera_tpm::attestation::tpm_ek::{self, EkAllowList, EkPayload, EkVerifier, ek_pub_hash};
+use tessera_tpm::attestation::{AgentState as _, Pending as _, Verifier as _};
+use tessera_tpm::verifier::chain::CaPool;
+use tessera_tpm::verifier::ek::EkKind;
+use tessera_tpm::wire::{HashAlg, hex};
 use tessera_tpm::{AgentOptions, AttestError, NodeAttestation, Tpm};
 
 use crate::common::{Sim, Which, via_json};
@@ -14,7 +15,7 @@ fn run(
     verifier: &EkVerifier,
     strip_cert: bool,
 ) -> Result<NodeAttestation, AttestError> {
-    let (mut payload, state) = ek_attest::build_payload(tpm, options)?;
+    let (mut payload, state) = tpm_ek::build_payload(tpm, options)?;
     if strip_cert {
         payload.ek_certificate = None;
     }
@@ -40,7 +41,7 @@ fn ek_attestation_by_certificate_for_every_ek_type() {
             .unwrap()
             .unwrap();
         // The hash is the SHA-256 of the certificate's SubjectPublicKeyInfo DER.
-        let spki = tessera_tpm::chain::spki_of(&cert).unwrap();
+        let spki = tessera_tpm::verifier::chain::spki_of(&cert).unwrap();
         let hash = hex(&HashAlg::Sha256.digest(&[&spki]));
         assert_eq!(result.agent_path, format!("tpm/{hash}"));
         let selectors: Vec<String> = result.selectors.iter().map(|s| s.to_string()).collect();
@@ -98,7 +99,7 @@ fn ek_attestation_by_allow_list_and_its_refusals() {
     );
 
     // An EK certificate that does not match the EK public key.
-    let (mut payload, _state) = ek_attest::build_payload(&tpm_a, &options).unwrap();
+    let (mut payload, _state) = tpm_ek::build_payload(&tpm_a, &options).unwrap();
     payload.ek_certificate = tpm_b
         .with(|d| d.nv_read(EkKind::Rsa2048.cert_nv_index()))
         .unwrap();
@@ -113,8 +114,8 @@ fn ek_attestation_by_allow_list_and_its_refusals() {
         CaPool::default(),
         Some(EkAllowList::from_hashes([&hash_a, &hash_b]).unwrap()),
     );
-    let (payload_a, _state_a) = ek_attest::build_payload(&tpm_a, &options).unwrap();
-    let (payload_b, state_b) = ek_attest::build_payload(&tpm_b, &options).unwrap();
+    let (payload_a, _state_a) = tpm_ek::build_payload(&tpm_a, &options).unwrap();
+    let (payload_b, state_b) = tpm_ek::build_payload(&tpm_b, &options).unwrap();
     let (_challenge_a, pending_a) = both.start(&payload_a).unwrap();
     let (challenge_b, _pending_b) = both.start(&payload_b).unwrap();
     let answer_b = state_b.answer(&tpm_b, &challenge_b).unwrap();
@@ -122,7 +123,7 @@ fn ek_attestation_by_allow_list_and_its_refusals() {
     assert!(matches!(err, AttestError::ActivationFailed), "{err}");
 
     // A replayed answer: good for its own attempt only.
-    let (payload, state) = ek_attest::build_payload(&tpm_a, &options).unwrap();
+    let (payload, state) = tpm_ek::build_payload(&tpm_a, &options).unwrap();
     let (challenge_1, pending_1) = both.start(&payload).unwrap();
     let answer_1 = state.answer(&tpm_a, &challenge_1).unwrap();
     pending_1.finish(&answer_1).unwrap();
@@ -140,7 +141,9 @@ fn ek_attestation_by_allow_list_and_its_refusals() {
 #[test]
 fn malformed_payloads_are_refused_by_field() {
     let verifier = EkVerifier::new(CaPool::default(), None);
-    let rsa = tessera_tpm::ek::EkKind::Rsa2048.template().marshal();
+    let rsa = tessera_tpm::verifier::ek::EkKind::Rsa2048
+        .template()
+        .marshal();
     for (ek_public, ak_public, field) in [
         (vec![], vec![], "EK public area"),
         (rsa[..20].to_vec(), vec![], "EK public area"),

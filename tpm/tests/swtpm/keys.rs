@@ -235,9 +235,9 @@ fn key_blob_loads_in_a_new_process_after_restart() {
         let sig = key.sign_default(b"from the child").unwrap();
         println!(
             "CHILD-SPKI:{}",
-            tessera_tpm::structures::hex(key.public_key_der())
+            tessera_tpm::wire::hex(key.public_key_der())
         );
-        println!("CHILD-SIG:{}", tessera_tpm::structures::hex(&sig));
+        println!("CHILD-SIG:{}", tessera_tpm::wire::hex(&sig));
         return;
     }
     let mut sim = Sim::start(Which::A);

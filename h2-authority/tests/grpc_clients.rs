@@ -1,13 +1,13 @@
 //! Real gRPC clients against a tonic SPIFFE Workload API server on a Unix
 //! socket, served once as the socket comes and once through
-//! `workload::authority::fix_authority`.
+//! [`fix_authority`].
 //!
 //! Python's grpcio sends the percent-encoded socket path as `:authority`,
 //! which h2 (under tonic) refuses with RST_STREAM(PROTOCOL_ERROR). These tests
 //! pin that trap down with the grpcio version `scripts/python-env.sh` installs
 //! and show that through the adapter grpcio, py-spiffe and tonic's own client
-//! all get their JWT-SVID. They need Python 3 and PyPI (the script builds a
-//! virtualenv under target/ on first use).
+//! all get their JWT-SVID. They need Python 3 and the Python package index
+//! (the script builds a virtualenv under target/ on first use).
 
 use std::future::Future;
 use std::io;
@@ -22,7 +22,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hyper_util::rt::TokioIo;
 use prost::Message as _;
-use tessera_agent::workload::authority::{AuthorityFix, fix_authority};
+use tessera_h2_authority::{AuthorityFix, fix_authority};
 use tessera_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use tessera_proto::workload::spiffe_workload_api_server::{
     SpiffeWorkloadApi, SpiffeWorkloadApiServer,
@@ -225,7 +225,7 @@ fn python() -> PathBuf {
             assert!(
                 out.status.success(),
                 "{} failed ({}), so the Python interoperability tests cannot run; \
-                 it needs python3 with venv and access to PyPI:\n{}",
+                 it needs python3 with venv and access to the Python package index:\n{}",
                 script.display(),
                 out.status,
                 String::from_utf8_lossy(&out.stderr)

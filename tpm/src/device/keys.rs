@@ -13,7 +13,7 @@ use tessera_core::fsutil;
 use tessera_core::key::{HashAlgorithm, Key, KeyError, KeyManager, KeyType, SignatureScheme};
 
 use crate::device::{DeviceError, KeyBlob, SigningScheme, Tpm, signing_key_template};
-use crate::structures::{HashAlg, PublicParams, Signature};
+use crate::wire::{HashAlg, PublicParams, Signature};
 
 /// A signing key whose private half never leaves the TPM.
 pub struct TpmKey {
@@ -72,7 +72,7 @@ impl TpmKey {
         if !blob
             .public
             .attributes
-            .has(crate::structures::ObjectAttributes::SIGN_ENCRYPT)
+            .has(crate::wire::ObjectAttributes::SIGN_ENCRYPT)
         {
             return Err(bad("not a signing key".into()));
         }

@@ -9,9 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::structures::{
-    EccCurve, HashAlg, ObjectAttributes as A, PublicArea, PublicParams, Scheme,
-};
+use crate::wire::{EccCurve, HashAlg, ObjectAttributes as A, PublicArea, PublicParams, Scheme};
 
 /// The AK algorithms the agent can use.
 #[derive(

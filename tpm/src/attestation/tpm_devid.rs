@@ -2,15 +2,15 @@
 //! agent and server adapters call (they carry the messages, as JSON, over their
 //! attestation stream).
 //!
-//! Agent: [`build_payload`] sends the DevID certificate chain, the DevID public area,
+//! Agent: [`build_payload`] ([`DevIdProver`]) sends the DevID certificate chain, the DevID public area,
 //! the EK certificate and public area, a fresh AK's public area and a TPM2_Certify of
 //! the DevID key by that AK. Server: [`DevIdVerifier::start`] checks the DevID chain
 //! against the vendor CAs, the EK certificate against the manufacturer CAs and the EK
 //! key, the AK's attributes, the Certify signature and that it certifies the DevID
 //! key, then challenges with a nonce for the DevID key to sign and a credential
-//! (MakeCredential to the EK, bound to the AK's name). Agent:
-//! [`DevIdAgentState::answer`] signs and activates. Server:
-//! [`DevIdPending::finish`] checks both answers and returns the agent ID path
+//! (MakeCredential to the EK, bound to the AK's name). Agent: the
+//! [`AgentState`] of [`DevIdAgentState`] signs and activates. Server:
+//! [`DevIdPending`]'s `finish` checks both answers and returns the agent ID path
 //! `tpm_devid/<sha1 of the DevID leaf DER>` and the selectors `subject:cn:`,
 //! `issuer:cn:` and `ca:fingerprint:<sha1>` for every CA certificate of the
 //! validated chain.
@@ -23,21 +23,24 @@
 use ring::digest;
 use zeroize::Zeroizing;
 
-use crate::ak::check_ak_public;
-use crate::attest::{
-    AgentOptions, AttestError, NodeAttestation, check_ek, parse_public, public_matches_spki,
-    random_bytes, secrets_equal, select_ek, selector,
+use crate::attestation::{
+    AgentOptions, AgentState, AttestError, NodeAttestation, Pending, Prover, Verifier, check_ek,
+    parse_public, public_matches_spki, random_bytes, secrets_equal, select_ek, selector,
 };
-use crate::certify::verify_certify;
-use crate::chain::{CaPool, LeafProfile, common_name, verify_chain};
-use crate::credential::{CredentialBlob, make_credential};
 use crate::device::{KeyBlob, SigningScheme, Tpm};
-use crate::ek::EkKind;
-use crate::structures::{ObjectAttributes as A, PublicArea, Signature, hex};
-use crate::verify::verify_signature;
+use crate::verifier::ak::check_ak_public;
+use crate::verifier::certify::verify_certify;
+use crate::verifier::chain::{CaPool, LeafProfile, common_name, verify_chain};
+use crate::verifier::credential::{CredentialBlob, make_credential};
+use crate::verifier::ek::EkKind;
+use crate::verifier::signature::verify_signature;
+use crate::wire::{ObjectAttributes as A, PublicArea, Signature, hex};
 
-/// The selector type.
-pub const SELECTOR_TYPE: &str = "tpm_devid";
+/// The attestor's name.
+pub const NAME: &str = "tpm_devid";
+
+/// The selector type (and the agent ID path's first segment).
+pub const SELECTOR_TYPE: &str = NAME;
 
 /// What the DevID key signs: this context, then the server's nonce. The context
 /// keeps a server from using the DevID key as a signing oracle for anything else.
@@ -145,13 +148,12 @@ pub fn build_payload(
     ))
 }
 
-impl DevIdAgentState {
+impl AgentState for DevIdAgentState {
+    type Challenge = DevIdChallenge;
+    type Response = DevIdResponse;
+
     /// Agent: signs the nonce with the DevID key and activates the credential.
-    pub fn answer(
-        self,
-        tpm: &Tpm,
-        challenge: &DevIdChallenge,
-    ) -> Result<DevIdResponse, AttestError> {
+    fn answer(self, tpm: &Tpm, challenge: &DevIdChallenge) -> Result<DevIdResponse, AttestError> {
         let scheme = SigningScheme::default_for(&self.devid_key.public);
         let digest = scheme.hash().digest(&[NONCE_CONTEXT, &challenge.nonce]);
         let mut dev = tpm.lock()?;
@@ -164,6 +166,25 @@ impl DevIdAgentState {
     }
 }
 
+/// The agent side of `tpm_devid`: [`build_payload`] with this DevID and options.
+#[derive(Debug, Clone)]
+pub struct DevIdProver {
+    /// The DevID certificate chain and key.
+    pub identity: DevIdIdentity,
+    /// How the agent picks its EK and AK.
+    pub options: AgentOptions,
+}
+
+impl Prover for DevIdProver {
+    const NAME: &'static str = NAME;
+    type Payload = DevIdPayload;
+    type State = DevIdAgentState;
+
+    fn payload(&self, tpm: &Tpm) -> Result<(DevIdPayload, DevIdAgentState), AttestError> {
+        build_payload(tpm, &self.identity, &self.options)
+    }
+}
+
 /// The server's trust configuration for `tpm_devid`.
 #[derive(Debug, Clone)]
 pub struct DevIdVerifier {
@@ -172,8 +193,7 @@ pub struct DevIdVerifier {
 }
 
 /// What the server keeps between challenge and response: this attempt's nonce and
-/// secret. Consumed by [`DevIdPending::finish`]; deliberately neither `Clone` nor
-/// serialisable, so an attempt cannot be answered twice.
+/// secret. Consumed by checking the answer (see [`Pending`]).
 pub struct DevIdPending {
     nonce: Vec<u8>,
     secret: Zeroizing<Vec<u8>>,
@@ -195,12 +215,16 @@ impl DevIdVerifier {
     pub fn new(devid_cas: CaPool, ek_cas: CaPool) -> Self {
         Self { devid_cas, ek_cas }
     }
+}
+
+impl Verifier for DevIdVerifier {
+    const NAME: &'static str = NAME;
+    type Payload = DevIdPayload;
+    type Challenge = DevIdChallenge;
+    type Pending = DevIdPending;
 
     /// Server: checks the payload and issues the challenge.
-    pub fn start(
-        &self,
-        payload: &DevIdPayload,
-    ) -> Result<(DevIdChallenge, DevIdPending), AttestError> {
+    fn start(&self, payload: &DevIdPayload) -> Result<(DevIdChallenge, DevIdPending), AttestError> {
         let devid_public = parse_public(&payload.devid_public, "DevID public area")?;
         let ek_public = parse_public(&payload.ek_public, "EK public area")?;
         let ak_public = parse_public(&payload.ak_public, "AK public area")?;
@@ -216,7 +240,8 @@ impl DevIdVerifier {
                 })?;
         let chain = verify_chain(leaf, presented, &self.devid_cas, LeafProfile::DevId)
             .map_err(AttestError::DevIdCertificate)?;
-        let leaf_spki = crate::chain::spki_of(leaf).ok_or(AttestError::DevIdKeyMismatch)?;
+        let leaf_spki =
+            crate::verifier::chain::spki_of(leaf).ok_or(AttestError::DevIdKeyMismatch)?;
         if !public_matches_spki(&devid_public, &leaf_spki) {
             return Err(AttestError::DevIdKeyMismatch);
         }
@@ -282,9 +307,11 @@ impl DevIdVerifier {
     }
 }
 
-impl DevIdPending {
+impl Pending for DevIdPending {
+    type Response = DevIdResponse;
+
     /// Server: checks the answers against this attempt, and only this one.
-    pub fn finish(self, response: &DevIdResponse) -> Result<NodeAttestation, AttestError> {
+    fn finish(self, response: &DevIdResponse) -> Result<NodeAttestation, AttestError> {
         if !secrets_equal(&response.activated_secret, &self.secret) {
             return Err(AttestError::ActivationFailed);
         }
@@ -296,7 +323,9 @@ impl DevIdPending {
             .map_err(|e| AttestError::NonceSignature(e.to_string()))?;
         Ok(self.result)
     }
+}
 
+impl DevIdPending {
     /// The agent ID path the attempt will give if the answers hold.
     pub fn agent_path(&self) -> &str {
         &self.result.agent_path

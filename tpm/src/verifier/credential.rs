@@ -21,9 +21,7 @@ use aes::cipher::{AsyncStreamCipher, KeyIvInit};
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
-use crate::structures::{
-    HashAlg, PublicArea, PublicParams, SymDef, alg, put_tpm2b, put_u32, tpm2b,
-};
+use crate::wire::{HashAlg, PublicArea, PublicParams, SymDef, alg, put_tpm2b, put_u32, tpm2b};
 
 /// Why a credential could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,7 +112,7 @@ fn check_name(name: &[u8]) -> Result<(), CredentialError> {
 }
 
 fn storage_symmetric(ek: &PublicArea) -> Result<SymDef, CredentialError> {
-    use crate::structures::ObjectAttributes as A;
+    use crate::wire::ObjectAttributes as A;
     if !ek.attributes.has(A::RESTRICTED | A::DECRYPT) || ek.attributes.has(A::SIGN_ENCRYPT) {
         return Err(CredentialError::NotAStorageKey(
             "attributes lack restricted|decrypt or have sign",
@@ -152,8 +150,8 @@ fn protect_seed(ek: &PublicArea) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), Creden
         PublicParams::Ecc { curve, .. } => {
             let rng = SystemRandom::new();
             let ring_alg = match curve {
-                crate::structures::EccCurve::P256 => &ring::agreement::ECDH_P256,
-                crate::structures::EccCurve::P384 => &ring::agreement::ECDH_P384,
+                crate::wire::EccCurve::P256 => &ring::agreement::ECDH_P256,
+                crate::wire::EccCurve::P384 => &ring::agreement::ECDH_P384,
             };
             let point = ek
                 .ec_point()
@@ -321,7 +319,7 @@ pub(crate) fn activate_rsa_for_tests(
     object_name: &[u8],
     blob: &CredentialBlob,
 ) -> Option<Vec<u8>> {
-    use crate::structures::Reader;
+    use crate::wire::Reader;
     let padding = rsa::Oaep::new_with_label::<sha2::Sha256, _>(IDENTITY_LABEL);
     let seed = ek_private.decrypt(padding, &blob.encrypted_secret).ok()?;
     let mut r = Reader::new(&blob.id_object, "id");
@@ -341,7 +339,7 @@ pub(crate) fn activate_rsa_for_tests(
         sym.key_bits as usize,
     );
     aes_cfb_decrypt(&key, &mut enc);
-    crate::structures::tpm2b_contents(&enc, "cred")
+    crate::wire::tpm2b_contents(&enc, "cred")
         .ok()
         .map(|c| c.to_vec())
 }
@@ -349,8 +347,8 @@ pub(crate) fn activate_rsa_for_tests(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ek::EkKind;
-    use crate::structures::PublicParams;
+    use crate::verifier::ek::EkKind;
+    use crate::wire::PublicParams;
 
     fn software_rsa_ek() -> (PublicArea, rsa::RsaPrivateKey) {
         use rsa::traits::PublicKeyParts;
@@ -433,7 +431,7 @@ mod tests {
             Err(CredentialError::BadName)
         );
         let mut signing = ek.clone();
-        signing.attributes.0 |= crate::structures::ObjectAttributes::SIGN_ENCRYPT;
+        signing.attributes.0 |= crate::wire::ObjectAttributes::SIGN_ENCRYPT;
         assert!(matches!(
             make_credential(&signing, &name, b"x"),
             Err(CredentialError::NotAStorageKey(_))

@@ -13,7 +13,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::structures::{
+use crate::wire::{
     EccCurve, HashAlg, ObjectAttributes as A, PublicArea, PublicParams, Scheme, SymDef,
 };
 

@@ -1,5 +1,5 @@
 """Calls the Workload API's FetchJWTSVID over a Unix socket the way Python
-workloads do, for agent/tests/workload_authority.rs.
+workloads do, for h2-authority/tests/grpc_clients.rs.
 
     fetch_jwt_svid.py SOCKET_PATH AUDIENCE raw|spiffe
 

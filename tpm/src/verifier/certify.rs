@@ -3,11 +3,11 @@
 //! credential activation, this proves the certified key (a DevID) lives in the same
 //! TPM as the EK.
 
-use crate::ak::{AkError, check_ak_public};
-use crate::structures::{
+use crate::verifier::ak::{AkError, check_ak_public};
+use crate::verifier::signature::{SignatureError, verify_signature};
+use crate::wire::{
     Attest, Attested, PublicArea, Signature, StructureError, TPM_GENERATED_VALUE, st,
 };
-use crate::verify::{SignatureError, verify_signature};
 
 /// Why a Certify was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,8 +70,8 @@ pub fn verify_certify(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ak::AkKind;
-    use crate::structures::{HashAlg, PublicParams, put_tpm2b, put_u16, put_u32};
+    use crate::verifier::ak::AkKind;
+    use crate::wire::{HashAlg, PublicParams, put_tpm2b, put_u16, put_u32};
     use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 
     /// A software stand-in for an AK: the verifier cannot tell, which is the point

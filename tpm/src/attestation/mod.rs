@@ -1,24 +1,94 @@
-//! What the two TPM node attestors ([`crate::devid`] and [`crate::ek_attest`]) share:
-//! the result handed to the server, the error type whose messages the server shows,
-//! the agent's choice of EK and AK, and the server's EK certificate check.
+//! The TPM node attestation protocols, both halves: [`tpm_devid`] (a DevID
+//! certified by the device's vendor, in a TPM whose EK its manufacturer certified)
+//! and [`tpm_ek`] (the EK alone, trusted by certificate or by an allow-list of its
+//! hashes). Each is one challenge and one answer; the agent side implements
+//! [`Prover`] and [`AgentState`], the server side [`Verifier`] and [`Pending`], so
+//! the server's and the agent's attestor adapters are one generic piece each.
 //!
-//! The server's state between challenge and response is a `...Pending` value that
+//! Here also what both share: the result handed to the server, the error type
+//! whose messages the server shows, the agent's choice of EK and AK, and the
+//! server's EK certificate check.
+//!
+//! The server's state between challenge and response is a [`Pending`] value that
 //! holds this attempt's fresh random nonce and credential secret and is consumed by
 //! checking the response: an answer can only ever be checked against the one attempt
 //! it was made for, and each attempt can be answered once.
 
+pub mod tpm_devid;
+pub mod tpm_ek;
+
+use std::fmt;
+
 use ring::rand::{SecureRandom, SystemRandom};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tessera_core::Selector;
+use tessera_core::der::{read_tlv, trim_leading_zeros};
 use x509_parser::prelude::FromDer;
 use zeroize::Zeroizing;
 
-use crate::ak::{AkError, AkKind};
-use crate::certify::CertifyError;
-use crate::chain::{CaPool, ChainError, LeafProfile, VerifiedChain, verify_chain};
-use crate::credential::CredentialError;
-use crate::device::{DeviceError, TpmDevice};
-use crate::ek::{EkError, EkKind, check_ek_public};
-use crate::structures::{PublicArea, PublicParams, StructureError};
+use crate::device::{DeviceError, Tpm, TpmDevice};
+use crate::verifier::ak::{AkError, AkKind};
+use crate::verifier::certify::CertifyError;
+use crate::verifier::chain::{CaPool, ChainError, LeafProfile, VerifiedChain, verify_chain};
+use crate::verifier::credential::CredentialError;
+use crate::verifier::ek::{EkError, EkKind, check_ek_public};
+use crate::wire::{PublicArea, PublicParams, StructureError};
+
+/// The server half of a TPM attestor: checks the agent's payload and issues the
+/// one challenge, keeping what the answer is checked against in a [`Pending`].
+/// Its methods block (certificate paths, RSA): call them off async threads.
+pub trait Verifier: Send + Sync + fmt::Debug + 'static {
+    /// The attestor's name, the same on both sides and in the configuration.
+    const NAME: &'static str;
+    /// The agent's first message.
+    type Payload: DeserializeOwned + Send + 'static;
+    /// The server's challenge.
+    type Challenge: Serialize + Send + 'static;
+    /// What the server keeps between challenge and answer.
+    type Pending: Pending;
+
+    /// Checks the payload and issues the challenge.
+    fn start(
+        &self,
+        payload: &Self::Payload,
+    ) -> Result<(Self::Challenge, Self::Pending), AttestError>;
+}
+
+/// One attempt's server state, consumed by checking the answer: deliberately
+/// neither `Clone` nor serialisable, so an attempt cannot be answered twice.
+pub trait Pending: Send + 'static {
+    /// The agent's answer.
+    type Response: DeserializeOwned;
+
+    /// Checks the answer against this attempt, and only this one.
+    fn finish(self, response: &Self::Response) -> Result<NodeAttestation, AttestError>;
+}
+
+/// The agent half of a TPM attestor: what it sends first, and the state that
+/// answers the server's challenge. Its methods run TPM commands, which block.
+pub trait Prover: Send + Sync + fmt::Debug + 'static {
+    /// The attestor's name, the same on both sides and in the configuration.
+    const NAME: &'static str;
+    /// The agent's first message.
+    type Payload: Serialize + Send + 'static;
+    /// What the agent keeps between its payload and the challenge.
+    type State: AgentState;
+
+    /// Makes a fresh AK and builds the payload.
+    fn payload(&self, tpm: &Tpm) -> Result<(Self::Payload, Self::State), AttestError>;
+}
+
+/// The agent's state between payload and challenge.
+pub trait AgentState: Send + 'static {
+    /// The server's challenge.
+    type Challenge: DeserializeOwned + Send + 'static;
+    /// The agent's answer.
+    type Response: Serialize + Send + 'static;
+
+    /// Answers the challenge with the TPM.
+    fn answer(self, tpm: &Tpm, challenge: &Self::Challenge) -> Result<Self::Response, AttestError>;
+}
 
 /// What a successful attestation gives the server: the agent ID path (the server
 /// puts `spiffe://<trust domain>/spire/agent/` in front) and the node's selectors.
@@ -127,37 +197,19 @@ pub(crate) struct AgentEk {
     pub certificate: Option<Vec<u8>>,
 }
 
-/// Reads the EK certificate of `kind` from NV, trimmed to its DER length (some TPMs
-/// pad the NV index).
+/// Reads the EK certificate of `kind` from NV, cut to its DER length (some TPMs
+/// pad the NV index after the certificate).
 pub(crate) fn read_ek_certificate(
     dev: &mut dyn TpmDevice,
     kind: EkKind,
 ) -> Result<Option<Vec<u8>>, DeviceError> {
     Ok(dev.nv_read(kind.cert_nv_index())?.map(|mut der| {
-        if let Some(len) = der_length(&der) {
+        if let Ok((0x30, _, rest)) = read_tlv(&der) {
+            let len = der.len() - rest.len();
             der.truncate(len);
         }
         der
     }))
-}
-
-fn der_length(der: &[u8]) -> Option<usize> {
-    let (&tag, rest) = der.split_first()?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (&first, rest) = rest.split_first()?;
-    if first < 0x80 {
-        return Some(2 + first as usize);
-    }
-    let n = (first & 0x7f) as usize;
-    if n == 0 || n > 4 || rest.len() < n {
-        return None;
-    }
-    let len = rest[..n]
-        .iter()
-        .fold(0usize, |acc, b| (acc << 8) | *b as usize);
-    Some(2 + n + len)
 }
 
 /// Picks the EK per `choice` and reads its public area and certificate.
@@ -216,7 +268,8 @@ pub fn public_matches_spki(public: &PublicArea, spki_der: &[u8]) -> bool {
                 return false;
             };
             let e_bytes = e.to_be_bytes();
-            trim(rsa.modulus) == trim(n) && trim(rsa.exponent) == trim(&e_bytes)
+            trim_leading_zeros(rsa.modulus) == trim_leading_zeros(n)
+                && trim_leading_zeros(rsa.exponent) == trim_leading_zeros(&e_bytes)
         }
         (PublicParams::Ecc { curve, .. }, PublicKey::EC(point)) => {
             let Ok(ours) = public.ec_point() else {
@@ -229,18 +282,13 @@ pub fn public_matches_spki(public: &PublicArea, spki_der: &[u8]) -> bool {
                 .and_then(|p| p.as_oid().ok())
                 .map(|o| o.to_id_string());
             let expected_oid = match curve {
-                crate::structures::EccCurve::P256 => "1.2.840.10045.3.1.7",
-                crate::structures::EccCurve::P384 => "1.3.132.0.34",
+                crate::wire::EccCurve::P256 => "1.2.840.10045.3.1.7",
+                crate::wire::EccCurve::P384 => "1.3.132.0.34",
             };
             curve_oid.as_deref() == Some(expected_oid) && point.data() == ours.as_slice()
         }
         _ => false,
     }
-}
-
-fn trim(b: &[u8]) -> &[u8] {
-    let skip = b.iter().take_while(|x| **x == 0).count();
-    &b[skip..]
 }
 
 /// The server's EK check: a standard EK, and when a certificate is presented and a
@@ -256,11 +304,12 @@ pub(crate) fn check_ek(
         return Ok(None);
     };
     // The key comparison first: a mismatched certificate is an error whoever issued it.
-    let spki =
-        crate::chain::spki_of(cert).ok_or(AttestError::EkCertificate(ChainError::Malformed {
+    let spki = crate::verifier::chain::spki_of(cert).ok_or(AttestError::EkCertificate(
+        ChainError::Malformed {
             index: 0,
             reason: "not an X.509 certificate".into(),
-        }))?;
+        },
+    ))?;
     if !public_matches_spki(ek_public, &spki) {
         return Err(AttestError::EkCertificateMismatch);
     }
@@ -294,13 +343,75 @@ pub(crate) fn selector(kind: &str, value: String) -> Result<Selector, AttestErro
 mod tests {
     use super::*;
 
+    /// A TPM whose NV holds one certificate index, padded as some TPMs pad it.
+    #[derive(Debug)]
+    struct PaddedNv(Vec<u8>);
+
+    impl TpmDevice for PaddedNv {
+        fn describe(&self) -> String {
+            "padded NV".into()
+        }
+        fn nv_read(&mut self, index: u32) -> Result<Option<Vec<u8>>, DeviceError> {
+            Ok((index == EkKind::Rsa2048.cert_nv_index()).then(|| self.0.clone()))
+        }
+        fn ek_public(&mut self, _: EkKind) -> Result<PublicArea, DeviceError> {
+            Err(DeviceError::Unsupported("no EK here".into()))
+        }
+        fn create_key(&mut self, _: &PublicArea) -> Result<crate::KeyBlob, DeviceError> {
+            Err(DeviceError::Unsupported("no keys here".into()))
+        }
+        fn check_key(&mut self, _: &crate::KeyBlob) -> Result<(), DeviceError> {
+            Err(DeviceError::Unsupported("no keys here".into()))
+        }
+        fn certify(
+            &mut self,
+            _: &crate::KeyBlob,
+            _: &crate::KeyBlob,
+            _: &[u8],
+        ) -> Result<crate::device::CertifyOutput, DeviceError> {
+            Err(DeviceError::Unsupported("no keys here".into()))
+        }
+        fn activate_credential(
+            &mut self,
+            _: &crate::KeyBlob,
+            _: EkKind,
+            _: &crate::verifier::credential::CredentialBlob,
+        ) -> Result<Zeroizing<Vec<u8>>, DeviceError> {
+            Err(DeviceError::Unsupported("no keys here".into()))
+        }
+        fn sign(
+            &mut self,
+            _: &crate::KeyBlob,
+            _: &[u8],
+            _: crate::device::SigningScheme,
+        ) -> Result<crate::wire::Signature, DeviceError> {
+            Err(DeviceError::Unsupported("no keys here".into()))
+        }
+    }
+
     #[test]
-    fn der_length_reads_short_and_long_forms() {
-        assert_eq!(der_length(&[0x30, 0x03, 1, 2, 3, 0, 0]), Some(5));
-        assert_eq!(der_length(&[0x30, 0x82, 0x01, 0x00]), Some(260));
-        assert_eq!(der_length(&[0x30]), None);
-        assert_eq!(der_length(&[0x04, 0x01, 0]), None);
-        assert_eq!(der_length(&[0x30, 0x85, 1, 1, 1, 1, 1]), None);
+    fn ek_certificates_are_cut_to_their_der_length() {
+        let read = |nv: Vec<u8>, kind| read_ek_certificate(&mut PaddedNv(nv), kind).unwrap();
+        // Short and long form lengths, padding after them dropped.
+        assert_eq!(
+            read(vec![0x30, 0x03, 1, 2, 3, 0, 0], EkKind::Rsa2048),
+            Some(vec![0x30, 0x03, 1, 2, 3])
+        );
+        let mut long = vec![0x30, 0x82, 0x01, 0x00];
+        long.extend([7; 256]);
+        let mut padded = long.clone();
+        padded.extend([0xff; 300]);
+        assert_eq!(read(padded, EkKind::Rsa2048), Some(long));
+        // What is not one whole DER SEQUENCE is handed on as read, for the
+        // certificate parser to refuse with its own message.
+        for odd in [
+            vec![0x04, 0x01, 0, 0],
+            vec![0x30, 0x82, 0x01, 0x00, 1],
+            vec![],
+        ] {
+            assert_eq!(read(odd.clone(), EkKind::Rsa2048), Some(odd));
+        }
+        assert_eq!(read(vec![0x30, 0], EkKind::EccP256), None);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! public area, in software. Used for Certify signatures by an AK and for nonces
 //! signed by a DevID key.
 
-use crate::structures::{EccCurve, HashAlg, PublicArea, PublicParams, Signature};
+use tessera_core::der::trim_leading_zeros;
+
+use crate::wire::{EccCurve, HashAlg, PublicArea, PublicParams, Signature};
 
 /// Why a signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,10 +94,9 @@ fn rsa_components(
         .map_err(|err| SignatureError::BadKey(err.to_string()))?;
     // ring wants both integers without leading zero bytes.
     let e = e.to_be_bytes();
-    let skip = e.iter().take_while(|b| **b == 0).count();
     Ok(ring::signature::RsaPublicKeyComponents {
         n: n.to_vec(),
-        e: e[skip..].to_vec(),
+        e: trim_leading_zeros(&e).to_vec(),
     })
 }
 
@@ -129,7 +130,7 @@ fn verify_pss_max_salt(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::structures::{ObjectAttributes, Scheme};
+    use crate::wire::{ObjectAttributes, Scheme};
     use ring::signature::{EcdsaKeyPair, KeyPair};
 
     fn p256_key() -> (EcdsaKeyPair, PublicArea) {
