@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tessera_core::TrustDomain;
-use tessera_core::config::{ConfigError, Override};
 use tessera_core::duration::serde_human;
 use tessera_core::key::KeyType;
+use tessera_process::config::ConfigError;
 
 /// Environment variables starting with this override configuration values.
 pub const ENV_PREFIX: &str = "TESSERA_AGENT_";
@@ -124,8 +124,8 @@ pub const DEFAULT_PER_UID_SHARE: usize = 4;
 
 impl LimitsConfig {
     /// The caps in force under the open-file limit `nofile`.
-    pub fn connection_caps(&self, nofile: u64) -> tessera_core::limits::ConnCaps {
-        tessera_core::limits::ConnCaps::derived(
+    pub fn connection_caps(&self, nofile: u64) -> tessera_process::limits::ConnCaps {
+        tessera_process::limits::ConnCaps::derived(
             nofile,
             // The socket and the pidfd that pins the caller.
             2,
@@ -277,21 +277,15 @@ impl AgentConfig {
     /// Loads the file and applies `--set` flags and `TESSERA_AGENT_*` variables.
     pub fn load(path: &Path, flags: &[String]) -> Result<Self, InvalidConfig> {
         // TESSERA_AGENT_JOIN_TOKEN is the token itself, not a config key.
-        let mut overrides: Vec<Override> = Override::from_env(ENV_PREFIX)
-            .into_iter()
-            .filter(|o| o.key != ["join_token"])
-            .collect();
-        for f in flags {
-            overrides.push(Override::from_flag(f)?);
-        }
-        let cfg: AgentConfig = tessera_core::config::load(path, &overrides)?;
+        let overrides = tessera_process::config::overrides(ENV_PREFIX, flags, &["join_token"])?;
+        let cfg: AgentConfig = tessera_process::config::load(path, &overrides)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// Parses configuration text (tests and embedded defaults).
     pub fn parse(text: &str) -> Result<Self, InvalidConfig> {
-        let cfg: AgentConfig = tessera_core::config::parse("<config>", text, &[])?;
+        let cfg: AgentConfig = tessera_process::config::parse("<config>", text, &[])?;
         cfg.validate()?;
         Ok(cfg)
     }

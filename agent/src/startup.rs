@@ -3,10 +3,13 @@
 //! the run until SIGTERM or SIGINT. Also the one place that opens a TPM, so that an
 //! agent built without TPM support says so clearly.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use tessera_core::key::{DiskKeyManager, KeyError, KeyManager, MemoryKeyManager};
+use tessera_core::key::{KeyError, KeyManager, MemoryKeyManager};
+use tessera_process::DiskKeyManager;
+use tessera_process::secret::{SecretError, SecretSource, read_secret};
+use tessera_process::socket::{self, SocketError};
 use tessera_tpm::{Tcti, Tpm};
 
 use crate::attestor::NodeAttestor;
@@ -45,12 +48,12 @@ pub enum StartupError {
     #[error("node_attestor.tpm_devid: {0} (provision it with `tessera-agent tpm provision-devid`)")]
     DevId(#[source] tessera_tpm::provision::ProvisionError),
     #[error("--join-token-file: {0}")]
-    JoinTokenFile(String),
+    JoinTokenFile(#[source] SecretError),
     #[error("join token: {0}")]
-    JoinToken(String),
+    JoinToken(#[source] SecretError),
     /// The Workload API socket could not be bound.
-    #[error("{0}")]
-    Socket(String),
+    #[error("Workload API: {0}")]
+    Socket(#[from] SocketError),
     #[error(transparent)]
     Agent(#[from] AgentError),
     #[error("the Workload API stopped: {0}")]
@@ -142,7 +145,9 @@ impl TokenArgs {
             return Ok(Some(zeroize::Zeroizing::new(t)));
         }
         if let Some(f) = &self.file {
-            return tessera_core::config::read_secret(Some(f), None, None)
+            return SecretSource::File(f.clone())
+                .read_text()
+                .map(Some)
                 .map_err(StartupError::JoinTokenFile);
         }
         match std::env::var(JOIN_TOKEN_ENV) {
@@ -203,7 +208,7 @@ pub fn node_attestor(
                 t.clone(),
             )))));
         }
-        let secret = tessera_core::config::read_secret(
+        let secret = read_secret(
             jt.token_file.as_deref(),
             jt.token_env.as_deref(),
             jt.token_credential.as_deref(),
@@ -222,13 +227,12 @@ pub fn node_attestor(
 /// which ends open streams and exits within [`crate::workload::SHUTDOWN_GRACE`].
 pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError> {
     // Before anything opens a descriptor: every Workload API connection is one.
-    tessera_core::limits::nofile::raise_and_log();
+    tessera_process::limits::nofile::raise_and_log();
     let tpm = open_tpm(&cfg)?;
     let km = open_key_manager(&cfg, tpm.clone())?;
     let attestor = node_attestor(&cfg, token, tpm)?;
     // Bind first: a second agent on the same socket fails before touching any state.
-    let listener = crate::workload::bind(&cfg.socket_path).map_err(StartupError::Socket)?;
-    let socket = BoundSocket::new(&cfg.socket_path);
+    let (listener, socket) = socket::bind(&cfg.socket_path, crate::workload::SOCKET_MODES)?;
     let agent = match Agent::new(cfg, km, attestor) {
         Ok(a) => a,
         Err(e) => {
@@ -246,7 +250,7 @@ pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError>
     ));
     let work = {
         let agent = agent.clone();
-        let socket_path = socket.path.clone();
+        let socket_path = socket.path().to_owned();
         async move {
             agent.establish().await?;
             tracing::info!(socket = %socket_path.display(), spiffe_id = ?agent.spiffe_id().map(|i| i.to_string()), "Tessera agent is up");
@@ -265,7 +269,7 @@ pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError>
             };
             return Err(StartupError::WorkloadApiStopped(why));
         }
-        () = shutdown_signal() => Ok(()),
+        () = tessera_process::shutdown::signal() => Ok(()),
     };
     // New clients stop finding the socket at once; open streams end next.
     socket.remove();
@@ -277,44 +281,4 @@ pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError>
     }
     tracing::info!("stopped");
     result
-}
-
-/// The Workload API socket this process bound, removed at exit only if it is still
-/// this process's (a successor may have bound the path since).
-struct BoundSocket {
-    path: PathBuf,
-    inode: Option<u64>,
-}
-
-impl BoundSocket {
-    fn new(path: &Path) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        Self {
-            path: path.to_owned(),
-            inode: std::fs::symlink_metadata(path).ok().map(|m| m.ino()),
-        }
-    }
-
-    fn remove(&self) {
-        use std::os::unix::fs::MetadataExt;
-        let current = std::fs::symlink_metadata(&self.path).ok().map(|m| m.ino());
-        if current.is_some() && current == self.inode {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }

@@ -63,7 +63,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
 impl StateDir {
     /// Opens (creating, mode 0700) the directory.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
-        tessera_core::fsutil::ensure_dir(dir, 0o700).map_err(io(dir))?;
+        tessera_process::fs::ensure_dir(dir, 0o700).map_err(io(dir))?;
         Ok(Self {
             dir: dir.to_owned(),
         })
@@ -119,7 +119,7 @@ impl StateDir {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        tessera_core::fsutil::write_atomic(&path, &data, 0o600).map_err(io(&path))
+        tessera_process::fs::write_atomic(&path, &data, 0o600).map_err(io(&path))
     }
 
     /// Forgets the identity (after the server refused it for good).
@@ -150,7 +150,7 @@ impl StateDir {
     /// Saves the bundle atomically.
     pub fn save_bundle(&self, b: &Bundle) -> Result<(), StateError> {
         let path = self.dir.join(BUNDLE_FILE);
-        tessera_core::fsutil::write_atomic(&path, b.to_jwks().as_bytes(), 0o644).map_err(io(&path))
+        tessera_process::fs::write_atomic(&path, b.to_jwks().as_bytes(), 0o644).map_err(io(&path))
     }
 }
 

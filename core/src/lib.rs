@@ -2,20 +2,18 @@
 //! X509-SVID and JWT-SVID profiles, trust bundles, and the key seam that software,
 //! PKCS#11 and TPM keys all implement.
 //!
-//! Nothing here talks to the network. The exceptions to "no I/O" are
-//! [`key::DiskKeyManager`] and [`fsutil`], and [`limits`], the connection caps and
-//! timeouts that the server's and the agent's listeners share.
+//! Types and rules only: nothing here reads files, listens or talks to the network.
+//! What a running process needs from the operating system (configuration files,
+//! secrets, atomic writes, key files, sockets, signals, logging, connection limits)
+//! is in `tessera-process`.
 
 pub mod bundle;
 pub mod clock;
-pub mod config;
 pub mod der;
 pub mod duration;
 pub mod entry;
-pub mod fsutil;
 pub mod jwt;
 pub mod key;
-pub mod limits;
 pub mod selector;
 pub mod spiffe_id;
 pub mod tls;

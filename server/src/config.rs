@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tessera_core::TrustDomain;
-use tessera_core::config::{ConfigError, Override};
 use tessera_core::duration::serde_human;
 use tessera_core::key::KeyType;
+use tessera_process::config::ConfigError;
+use tessera_process::secret::{SecretError, SecretSource};
 
 /// Environment variables starting with this override configuration values.
 pub const ENV_PREFIX: &str = "TESSERA_SERVER_";
@@ -167,8 +168,8 @@ pub const DEFAULT_PER_IP_SHARE: usize = 8;
 
 impl LimitsConfig {
     /// The caps in force under the open-file limit `nofile`.
-    pub fn connection_caps(&self, nofile: u64) -> tessera_core::limits::ConnCaps {
-        tessera_core::limits::ConnCaps::derived(
+    pub fn connection_caps(&self, nofile: u64) -> tessera_process::limits::ConnCaps {
+        tessera_process::limits::ConnCaps::derived(
             nofile,
             1,
             DEFAULT_MAX_CONNECTIONS_CEILING,
@@ -332,23 +333,27 @@ pub enum InvalidConfig {
     Load(#[from] ConfigError),
     #[error("invalid configuration: {0}")]
     Rule(String),
+    /// A secret the configuration names cannot be read.
+    #[error("{setting}: {source}")]
+    Secret {
+        setting: &'static str,
+        #[source]
+        source: SecretError,
+    },
 }
 
 impl ServerConfig {
     /// Loads the file and applies `--set` flags and `TESSERA_SERVER_*` variables.
     pub fn load(path: &Path, flags: &[String]) -> Result<Self, InvalidConfig> {
-        let mut overrides = Override::from_env(ENV_PREFIX);
-        for f in flags {
-            overrides.push(Override::from_flag(f)?);
-        }
-        let cfg: ServerConfig = tessera_core::config::load(path, &overrides)?;
+        let overrides = tessera_process::config::overrides(ENV_PREFIX, flags, &[])?;
+        let cfg: ServerConfig = tessera_process::config::load(path, &overrides)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// Parses configuration text (for tests and embedded defaults).
     pub fn parse(text: &str) -> Result<Self, InvalidConfig> {
-        let cfg: ServerConfig = tessera_core::config::parse("<config>", text, &[])?;
+        let cfg: ServerConfig = tessera_process::config::parse("<config>", text, &[])?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -450,13 +455,12 @@ impl ServerConfig {
                 connection_string_file: Some(file),
                 ..
             } => {
-                tessera_core::config::warn_if_shared(file);
-                let text = std::fs::read_to_string(file).map_err(|e| {
-                    InvalidConfig::Rule(format!(
-                        "[datastore] connection_string_file {}: {e}",
-                        file.display()
-                    ))
-                })?;
+                let text = SecretSource::File(file.clone())
+                    .read_text()
+                    .map_err(|source| InvalidConfig::Secret {
+                        setting: "[datastore] connection_string_file",
+                        source,
+                    })?;
                 let text = text.trim();
                 if text.is_empty() {
                     return Err(InvalidConfig::Rule(format!(

@@ -13,20 +13,19 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_core::clock::SystemClock;
-use tessera_core::key::{
-    DiskKeyManager, Key, KeyError, KeyManager, KeyType, MemoryKeyManager, SoftwareKey,
-};
-use tessera_core::limits::{ConnLimiter, StreamTrackingLayer};
+use tessera_core::key::{Key, KeyError, KeyManager, KeyType, MemoryKeyManager, SoftwareKey};
 use tessera_core::tls::{SharedBundle, SharedIdentity};
+use tessera_process::limits::{ConnLimiter, StreamTrackingLayer};
+use tessera_process::socket::{self, Modes, SocketError};
 use tessera_proto::admin::admin_server::AdminServer;
 use tessera_proto::agent::node_server::NodeServer;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 
 use crate::api::admin::AdminApi;
 use crate::api::agent::AgentApi;
@@ -60,9 +59,9 @@ pub enum RunError {
         "data directory {} is in use by {holder}: two servers on one data directory would share its database; stop the other server, or give this one its own data_dir", dir.display()
     )]
     DataDirInUse { dir: PathBuf, holder: String },
-    /// Another server answers on the admin socket.
-    #[error("admin socket {} is in use: is another server running?", .0.display())]
-    AdminSocketInUse(PathBuf),
+    /// The admin socket cannot be bound (another server answers on it, say).
+    #[error("admin socket: {0}")]
+    AdminSocket(#[from] SocketError),
     /// The configuration names no usable datastore.
     #[error("{0}")]
     Config(#[from] InvalidConfig),
@@ -118,7 +117,7 @@ fn io_error(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> 
 
 /// How long calls in flight get to finish after SIGTERM before the server closes
 /// them and exits.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+pub const SHUTDOWN_GRACE: Duration = tessera_process::shutdown::GRACE;
 
 /// The lock file in the data directory that one server holds for its whole life.
 pub const LOCK_FILE: &str = "server.lock";
@@ -186,7 +185,7 @@ pub fn open_key_manager(config: &ServerConfig) -> Result<Arc<dyn KeyManager>, Ru
         KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::new()),
         KeyManagerConfig::Disk { dir } => {
             let dir = dir.clone().unwrap_or_else(|| config.data_dir.join("keys"));
-            Arc::new(DiskKeyManager::open(&dir).map_err(RunError::KeyManager)?)
+            Arc::new(tessera_process::DiskKeyManager::open(&dir).map_err(RunError::KeyManager)?)
         }
         KeyManagerConfig::Pkcs11(p) => {
             Arc::new(tessera_hsm::Pkcs11KeyManager::open(p).map_err(RunError::Hsm)?)
@@ -194,27 +193,12 @@ pub fn open_key_manager(config: &ServerConfig) -> Result<Arc<dyn KeyManager>, Ru
     })
 }
 
-/// Binds the admin socket: mode 0770 in a directory only the server's user and group
-/// can enter. A live socket means another server is running: refuse rather than steal.
-async fn bind_admin_socket(path: &Path) -> Result<UnixListener, RunError> {
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir).map_err(io_error("create", dir))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o770))
-            .map_err(io_error("set mode of", dir))?;
-    }
-    if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Err(RunError::AdminSocketInUse(path.to_owned()));
-        }
-        std::fs::remove_file(path).map_err(io_error("remove stale socket", path))?;
-    }
-    let listener = UnixListener::bind(path).map_err(io_error("bind admin socket", path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o770))
-        .map_err(io_error("set mode of", path))?;
-    Ok(listener)
-}
+/// The admin socket's modes: the server's user and group only (0770), in a directory
+/// only they can enter when the server creates it.
+const ADMIN_SOCKET_MODES: Modes = Modes {
+    dir: 0o770,
+    socket: 0o770,
+};
 
 type ChainAndKey = (Vec<Vec<u8>>, Arc<dyn Key>);
 
@@ -256,22 +240,6 @@ async fn server_identity(state: Arc<ServerState>, identity: Arc<SharedIdentity>)
     }
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot listen for SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
-}
-
 /// Opens the configured datastore (and brings its schema up to date).
 async fn open_datastore(config: &ServerConfig) -> Result<Arc<dyn Datastore>, RunError> {
     match config.datastore_target()? {
@@ -297,7 +265,7 @@ async fn open_datastore(config: &ServerConfig) -> Result<Arc<dyn Datastore>, Run
 
 /// Builds the shared state: datastore, key manager, CA, entry cache, attestors.
 pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunError> {
-    tessera_core::fsutil::ensure_dir(&config.data_dir, 0o700)
+    tessera_process::fs::ensure_dir(&config.data_dir, 0o700)
         .map_err(io_error("create data directory", &config.data_dir))?;
     let ds = open_datastore(&config).await?;
     let km = open_key_manager(&config)?;
@@ -357,10 +325,10 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
 /// Runs the server until a shutdown signal.
 pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     // Before anything opens a descriptor: every agent connection is one.
-    let nofile = tessera_core::limits::nofile::raise_and_log();
+    let nofile = tessera_process::limits::nofile::raise_and_log();
     let bind = config.bind_address;
     let admin_path = config.admin_socket.clone();
-    tessera_core::fsutil::ensure_dir(&config.data_dir, 0o700)
+    tessera_process::fs::ensure_dir(&config.data_dir, 0o700)
         .map_err(io_error("create data directory", &config.data_dir))?;
     // Before anything opens the database: a second server stops here.
     let lock = lock_data_dir(&config.data_dir)?;
@@ -411,7 +379,7 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     let local = listener
         .local_addr()
         .map_err(|source| RunError::Listen { addr: bind, source })?;
-    let admin_listener = bind_admin_socket(&admin_path).await?;
+    let (admin_listener, admin_socket) = socket::bind(&admin_path, ADMIN_SOCKET_MODES)?;
 
     let caps = state.config.limits.connection_caps(nofile);
     let limits = crate::transport::ListenerLimits {
@@ -462,7 +430,7 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     let agent_task = tokio::spawn(agent_api);
     let admin_task = tokio::spawn(admin_api);
     let aborts = [agent_task.abort_handle(), admin_task.abort_handle()];
-    shutdown_signal().await;
+    tessera_process::shutdown::signal().await;
     tracing::info!(
         grace = ?SHUTDOWN_GRACE,
         "no new connections or calls; calls in flight may finish"
@@ -470,7 +438,7 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     let _ = stop_tx.send(true);
     // New admin commands fail at once ("no such file") instead of waiting on a
     // server that is going away.
-    let _ = std::fs::remove_file(&admin_path);
+    admin_socket.remove();
     let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
         tokio::join!(agent_task, admin_task)
     })
@@ -491,7 +459,7 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
             Ok(())
         }
     };
-    let _ = std::fs::remove_file(&admin_path);
+    admin_socket.remove();
     tracing::info!("Tessera server stopped");
     drop(lock);
     result

@@ -23,8 +23,8 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use ring::digest;
-use tessera_core::fsutil;
 use tessera_core::key::{Key, KeyType, RcgenKey};
+use tessera_process::fs;
 
 use crate::attestation::read_ek_certificate;
 use crate::attestation::tpm_devid::DevIdIdentity;
@@ -185,7 +185,7 @@ fn pem(label: &str, der: &[u8]) -> String {
 }
 
 fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), ProvisionError> {
-    fsutil::write_atomic(path, data, mode).map_err(|source| ProvisionError::Io {
+    fs::write_atomic(path, data, mode).map_err(|source| ProvisionError::Io {
         context: format!("cannot write {}", path.display()),
         source,
     })
@@ -207,7 +207,7 @@ pub fn provision_devid(
             tessera_core::key::KeyError::UnsupportedKeyType(request.key_type),
         ));
     }
-    fsutil::ensure_dir(dir, 0o700).map_err(|source| ProvisionError::Io {
+    fs::ensure_dir(dir, 0o700).map_err(|source| ProvisionError::Io {
         context: format!("cannot create {}", dir.display()),
         source,
     })?;

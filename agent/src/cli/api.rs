@@ -257,10 +257,10 @@ fn write_x509(resp: &pb::X509svidResponse, dir: &Path) -> Result<(), CliError> {
         let path = p.display().to_string();
         move |source| CliError::Write { path, source }
     };
-    tessera_core::fsutil::ensure_dir(dir, 0o755).map_err(failed(dir))?;
+    tessera_process::fs::ensure_dir(dir, 0o755).map_err(failed(dir))?;
     for f in x509_files(resp) {
         let p = dir.join(&f.name);
-        tessera_core::fsutil::write_atomic(&p, &f.data, f.mode).map_err(failed(&p))?;
+        tessera_process::fs::write_atomic(&p, &f.data, f.mode).map_err(failed(&p))?;
         println!("Writing {}", p.display());
     }
     Ok(())

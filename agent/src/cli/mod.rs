@@ -109,35 +109,12 @@ pub enum CliError {
     Json(#[from] serde_json::Error),
 }
 
+/// Logging for the agent's commands. tss-esapi logs its own account of every TPM
+/// failure, and ERROR lines about the broken context the agent drops when it
+/// reconnects: the agent's messages carry the same facts once. `tss_esapi=...` in
+/// `TESSERA_LOG` brings them back.
 fn init_logging(level: &str) {
-    let spec = std::env::var("TESSERA_LOG").unwrap_or_else(|_| level.to_owned());
-    // tss-esapi logs its own account of every TPM failure, and ERROR lines about the
-    // broken context the agent drops when it reconnects: the agent's messages carry
-    // the same facts once. `tss_esapi=...` in TESSERA_LOG brings them back.
-    let spec = if spec.contains("tss_esapi") {
-        spec
-    } else {
-        format!("{spec},tss_esapi=off")
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(spec)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-/// Command-line tools die quietly when their output pipe closes (`| head`), instead
-/// of panicking on the failed write.
-#[expect(
-    unsafe_code,
-    reason = "restoring the default SIGPIPE action needs libc::signal"
-)]
-fn default_sigpipe() {
-    // SAFETY: called once at start-up, before any thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    tessera_process::logging::init(level, &["tss_esapi"]);
 }
 
 /// Parses the command line, runs the command, and says how it went.
@@ -155,12 +132,9 @@ pub fn main() -> ExitCode {
 /// Runs one command.
 pub fn execute(command: Command) -> Result<(), CliError> {
     if !matches!(command, Command::Run(_)) {
-        default_sigpipe();
+        tessera_process::shutdown::default_sigpipe();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(CliError::Runtime)?;
+    let runtime = tessera_process::shutdown::runtime().map_err(CliError::Runtime)?;
     match command {
         Command::Run(args) => run::execute(args, runtime),
         Command::Api(c) => {

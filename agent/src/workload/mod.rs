@@ -2,11 +2,9 @@
 //! local services. Any local user may connect, so connections are capped in total and
 //! per UID, and idle ones are closed (see `[limits]` in the configuration).
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::Arc;
 
-use tessera_core::limits::{ConnLimiter, Guarded, StreamTrackingLayer};
+use tessera_process::limits::{ConnLimiter, Guarded, StreamTrackingLayer};
 use tessera_proto::local::agent_health_server::{AgentHealth, AgentHealthServer};
 use tessera_proto::local::{HealthCheckRequest, HealthCheckResponse};
 use tessera_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
@@ -100,36 +98,17 @@ impl AgentHealth for Health {
     }
 }
 
-/// Binds the Workload API socket. Any local process may connect (mode 0777): callers
-/// are identified by the kernel, not by file permissions.
-pub fn bind(path: &Path) -> Result<UnixListener, String> {
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| format!("cannot set mode of {}: {e}", dir.display()))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "socket {} is in use: is another agent running?",
-                path.display()
-            ));
-        }
-        std::fs::remove_file(path)
-            .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
-    }
-    let l = UnixListener::bind(path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
-        .map_err(|e| format!("cannot set mode of {}: {e}", path.display()))?;
-    Ok(l)
-}
+/// The Workload API socket's modes: any local process may connect (0777), callers
+/// are identified by the kernel, not by file permissions; a directory the agent
+/// creates for it is open to all (0755).
+pub const SOCKET_MODES: tessera_process::socket::Modes = tessera_process::socket::Modes {
+    dir: 0o755,
+    socket: 0o777,
+};
 
 /// How long requests still in flight get once shutdown has begun (open streams end
 /// at once); what is left after that is dropped with the process.
-pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+pub const SHUTDOWN_GRACE: std::time::Duration = tessera_process::shutdown::GRACE;
 
 /// Serves the socket until `shutdown` resolves, then ends every open stream with
 /// UNAVAILABLE, stops accepting, and returns once the connections have closed or
@@ -142,7 +121,7 @@ pub async fn serve(
     let trimmer = Arc::new(trim::Trimmer::default());
     tokio::spawn(trimmer.clone().run());
     let limits = &agent.config().limits;
-    let caps = limits.connection_caps(tessera_core::limits::nofile::current_open_file_limit());
+    let caps = limits.connection_caps(tessera_process::limits::nofile::current_open_file_limit());
     tracing::info!(
         "Workload API limits: {} connections, {} per uid, idle timeout {}",
         caps.max_total,

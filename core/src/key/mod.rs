@@ -17,7 +17,7 @@ use std::str::FromStr;
 
 pub(crate) use adapters::rcgen_algorithm;
 pub use adapters::{RcgenKey, TlsSigningKey};
-pub use manager::{DiskKeyManager, KeyManager, MemoryKeyManager};
+pub use manager::{KeyManager, MemoryKeyManager};
 pub use software::SoftwareKey;
 
 /// The kinds of key Tessera creates.

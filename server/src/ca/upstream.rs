@@ -327,7 +327,7 @@ pub fn init_root(
         UpstreamAuthorityConfig::Disk { key_file, .. } => {
             let key = SoftwareKey::generate(key_type).map_err(UpstreamError::Generate)?;
             let pem = x509::to_pem("PRIVATE KEY", key.pkcs8_der());
-            tessera_core::fsutil::write_atomic(key_file, pem.as_bytes(), 0o600)
+            tessera_process::fs::write_atomic(key_file, pem.as_bytes(), 0o600)
                 .map_err(write(key_file))?;
             Arc::new(key)
         }
@@ -339,7 +339,7 @@ pub fn init_root(
     if let Some(dir) = cert_path.parent() {
         std::fs::create_dir_all(dir).map_err(write(dir))?;
     }
-    tessera_core::fsutil::write_atomic(
+    tessera_process::fs::write_atomic(
         &cert_path,
         x509::to_pem("CERTIFICATE", &cert).as_bytes(),
         0o644,

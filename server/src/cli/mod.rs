@@ -101,16 +101,10 @@ pub enum Output {
 }
 
 /// Sets up logging to standard error: `TESSERA_LOG` if set, `level` otherwise.
+/// cryptoki logs every mechanism a token lists that it has no name for, at ERROR;
+/// that is noise, not a fault, and stays off unless the filter names it.
 pub fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| {
-        // cryptoki logs every mechanism a token lists that it has no name for, at
-        // ERROR; that is noise, not a fault.
-        tracing_subscriber::EnvFilter::new(format!("{level},cryptoki::mechanism=off"))
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    tessera_process::logging::init(level, &["cryptoki::mechanism"]);
 }
 
 /// Runs what the command line asks for; the error is printed after `Error: `.

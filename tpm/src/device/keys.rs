@@ -9,8 +9,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tessera_core::fsutil;
 use tessera_core::key::{HashAlgorithm, Key, KeyError, KeyManager, KeyType, SignatureScheme};
+use tessera_process::fs;
 
 use crate::device::{DeviceError, KeyBlob, SigningScheme, Tpm, signing_key_template};
 use crate::wire::{HashAlg, PublicParams, Signature};
@@ -191,7 +191,7 @@ fn poisoned() -> KeyError {
 impl TpmKeyManager {
     /// Opens (creating if needed) the blob folder.
     pub fn open(tpm: Arc<Tpm>, dir: &Path) -> Result<Self, KeyError> {
-        fsutil::ensure_dir(dir, 0o700).map_err(|source| KeyError::Io {
+        fs::ensure_dir(dir, 0o700).map_err(|source| KeyError::Io {
             context: format!("cannot create TPM key directory {}", dir.display()),
             source,
         })?;
@@ -226,11 +226,9 @@ impl KeyManager for TpmKeyManager {
     fn generate_key(&self, id: &str, key_type: KeyType) -> Result<Arc<dyn Key>, KeyError> {
         let path = self.path(id)?;
         let key = Arc::new(TpmKey::generate(self.tpm.clone(), key_type)?);
-        fsutil::write_atomic(&path, &key.blob.to_bytes(), 0o600).map_err(|source| {
-            KeyError::Io {
-                context: format!("cannot write TPM key blob {}", path.display()),
-                source,
-            }
+        fs::write_atomic(&path, &key.blob.to_bytes(), 0o600).map_err(|source| KeyError::Io {
+            context: format!("cannot write TPM key blob {}", path.display()),
+            source,
         })?;
         self.cache
             .lock()
