@@ -32,7 +32,7 @@ pub fn trust_domain() -> TrustDomain {
 
 /// The server's bundle, as the bootstrap trust for simulated agents.
 pub fn bootstrap(bundle_pem: &str) -> Result<Arc<SharedBundle>, String> {
-    let roots = tessera_core::x509::pem_certs(bundle_pem.as_bytes())?;
+    let roots = tessera_core::x509::pem_certs(bundle_pem.as_bytes()).map_err(|e| e.to_string())?;
     Ok(SharedBundle::new(Bundle::with_x509(trust_domain(), roots)))
 }
 

@@ -14,6 +14,7 @@ pub mod duration;
 pub mod entry;
 pub mod jwt;
 pub mod key;
+pub mod pem;
 pub mod selector;
 pub mod spiffe_id;
 pub mod tls;

@@ -18,6 +18,9 @@ use crate::der;
 use crate::key::{Key, KeyError, RcgenKey, key_type_of_spki};
 use crate::spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 
+/// PEM lives in [`crate::pem`]; these names are kept for the callers that used them here.
+pub use crate::pem::{certificates as pem_certs, encode as to_pem};
+
 /// How far NotBefore is backdated to absorb clock skew.
 pub const BACKDATE: Duration = Duration::from_secs(10);
 
@@ -654,32 +657,6 @@ pub fn split_concatenated(mut data: &[u8]) -> Result<Vec<Vec<u8>>, der::DerError
         data = rest;
     }
     Ok(out)
-}
-
-/// Parses one or more PEM certificates.
-pub fn pem_certs(text: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    use rustls_pki_types::pem::PemObject;
-    let mut out = Vec::new();
-    for c in CertificateDer::pem_slice_iter(text) {
-        out.push(c.map_err(|e| format!("bad PEM: {e}"))?.to_vec());
-    }
-    if out.is_empty() {
-        return Err("no PEM CERTIFICATE block found".into());
-    }
-    Ok(out)
-}
-
-/// Encodes DER data as PEM with the given label.
-pub fn to_pem(label: &str, der_bytes: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der_bytes);
-    let mut s = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        s.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        s.push('\n');
-    }
-    s.push_str(&format!("-----END {label}-----\n"));
-    s
 }
 
 #[cfg(test)]

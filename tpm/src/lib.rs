@@ -55,7 +55,6 @@
 //!   `TSS2_LOG=all+none` silences them.
 
 pub mod attestation;
-pub(crate) mod b64;
 pub mod device;
 pub mod provision;
 pub mod verifier;

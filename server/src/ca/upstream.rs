@@ -40,9 +40,16 @@ pub enum UpstreamError {
         #[source]
         source: std::io::Error,
     },
-    /// The root certificate file is not PEM with exactly one certificate.
+    /// The root certificate file holds more than one certificate.
     #[error("upstream root certificate {}: {reason}", path.display())]
     CertFile { path: PathBuf, reason: String },
+    /// The root certificate file is not PEM with a certificate.
+    #[error("upstream root certificate {}: {source}", path.display())]
+    CertPem {
+        path: PathBuf,
+        #[source]
+        source: tessera_core::pem::PemError,
+    },
     /// The root certificate cannot be parsed.
     #[error("upstream root {what}: {source}")]
     CertInfo {
@@ -178,9 +185,9 @@ fn read_root_cert(path: &Path) -> Result<Vec<u8>, UpstreamError> {
         path: path.to_owned(),
         source,
     })?;
-    let mut certs = x509::pem_certs(&text).map_err(|reason| UpstreamError::CertFile {
+    let mut certs = x509::pem_certs(&text).map_err(|source| UpstreamError::CertPem {
         path: path.to_owned(),
-        reason,
+        source,
     })?;
     if certs.len() != 1 {
         return Err(UpstreamError::CertFile {

@@ -8,13 +8,13 @@
 //! extension we do not understand, and the path ends at a configured trust anchor.
 //! TPM-specific extensions are tolerated on the leaf only.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use x509_parser::prelude::*;
 
 /// Why a certificate chain was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ChainError {
     /// A certificate is not DER X.509.
@@ -41,9 +41,20 @@ pub enum ChainError {
     /// No certificate was given.
     #[error("empty certificate chain")]
     Empty,
-    /// Reading CA certificates from a file failed.
-    #[error("cannot read CA certificates from {path}: {reason}")]
-    Load { path: String, reason: String },
+    /// A CA certificate file cannot be read.
+    #[error("cannot read CA certificates from {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A CA certificate file holds no usable certificate.
+    #[error("CA certificates in {}: {source}", path.display())]
+    Pem {
+        path: PathBuf,
+        #[source]
+        source: tessera_core::pem::PemError,
+    },
 }
 
 /// The extra leaf rules for a kind of certificate.
@@ -117,30 +128,16 @@ impl CaPool {
     }
 }
 
-/// Reads every CERTIFICATE block of a PEM file.
+/// Reads every CERTIFICATE block of a PEM file (at least one).
 pub fn load_pem_file(path: &Path) -> Result<Vec<Vec<u8>>, ChainError> {
-    let load_err = |reason: String| ChainError::Load {
-        path: path.display().to_string(),
-        reason,
-    };
-    let data = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
-    let certs = pem_certificates(&data).map_err(load_err)?;
-    if certs.is_empty() {
-        return Err(load_err("no CERTIFICATE block found".into()));
-    }
-    Ok(certs)
-}
-
-/// The DER of every CERTIFICATE block in PEM text.
-pub fn pem_certificates(data: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    let mut out = Vec::new();
-    for pem in Pem::iter_from_buffer(data) {
-        let pem = pem.map_err(|e| format!("bad PEM: {e}"))?;
-        if pem.label == "CERTIFICATE" {
-            out.push(pem.contents);
-        }
-    }
-    Ok(out)
+    let data = std::fs::read(path).map_err(|source| ChainError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    tessera_core::pem::certificates(&data).map_err(|source| ChainError::Pem {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// A chain that validated: the leaf and the CA certificates above it, up to and
@@ -539,6 +536,5 @@ mod tests {
             ));
         }
         assert!(CaPool::new(vec![b"junk".to_vec()]).is_err());
-        assert_eq!(pem_certificates(b"").unwrap(), Vec::<Vec<u8>>::new());
     }
 }
