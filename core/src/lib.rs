@@ -16,6 +16,7 @@ pub mod fsutil;
 pub mod jwt;
 pub mod key;
 pub mod limits;
+pub mod output;
 pub mod selector;
 pub mod spiffe_id;
 pub mod tls;

@@ -4,26 +4,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tessera_server::cli::{Cli, Command};
-
-/// Command-line tools die quietly when their output pipe closes (`| head`), instead
-/// of panicking on the failed write.
-#[expect(
-    unsafe_code,
-    reason = "restoring the default SIGPIPE action needs libc::signal"
-)]
-fn default_sigpipe() {
-    // SAFETY: called once at start-up, before any thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-}
+use tessera_server::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run(_)) {
-        default_sigpipe();
-    }
+    // SIGPIPE stays ignored (Rust's default): the commands write to sockets, and a
+    // peer that goes away is an error to report; closed output pipes are handled by
+    // `tessera_core::output::print`.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -127,19 +127,6 @@ fn init_logging(level: &str) {
         .try_init();
 }
 
-/// Command-line tools die quietly when their output pipe closes (`| head`), instead
-/// of panicking on the failed write.
-#[expect(
-    unsafe_code,
-    reason = "restoring the default SIGPIPE action needs libc::signal"
-)]
-fn default_sigpipe() {
-    // SAFETY: called once at start-up, before any thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-}
-
 /// Parses the command line, runs the command, and says how it went.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -154,9 +141,9 @@ pub fn main() -> ExitCode {
 
 /// Runs one command.
 pub fn execute(command: Command) -> Result<(), CliError> {
-    if !matches!(command, Command::Run(_)) {
-        default_sigpipe();
-    }
+    // SIGPIPE stays ignored (Rust's default): the commands write to sockets, and a
+    // peer that goes away is an error to report; closed output pipes are handled by
+    // `tessera_core::output::print`.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
