@@ -1,7 +1,8 @@
 //! Stopping, the same way in both binaries: SIGTERM or SIGINT begins a graceful
 //! shutdown (no new connections or calls; those in flight get [`GRACE`]), and the
 //! runtime then gives blocking work still running [`EXIT_GRACE`] before the process
-//! exits. Command-line tools, unlike the daemons, die quietly on a closed pipe.
+//! exits. SIGPIPE stays ignored everywhere (Rust's default); [`crate::output`]
+//! handles a closed output pipe.
 
 use std::future::Future;
 use std::time::Duration;
@@ -46,21 +47,6 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-}
-
-/// Command-line tools die quietly when their output pipe closes (`| head`), instead
-/// of panicking on the failed write. Call it before any thread exists, and not in a
-/// daemon (a client closing its end must not kill it).
-#[expect(
-    unsafe_code,
-    reason = "restoring the default SIGPIPE action needs libc::signal"
-)]
-pub fn default_sigpipe() {
-    // SAFETY: called once at start-up, before any thread exists; SIG_DFL is a valid
-    // disposition for SIGPIPE.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
 }
 
 #[cfg(test)]

@@ -4,13 +4,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tessera_server::cli::{Cli, Command};
+use tessera_server::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run(_)) {
-        tessera_process::shutdown::default_sigpipe();
-    }
+    // SIGPIPE stays ignored (Rust's default): the commands write to sockets, and a
+    // peer that goes away is an error to report; closed output pipes are handled by
+    // `tessera_process::output::print`.
     let runtime = match tessera_process::shutdown::runtime() {
         Ok(r) => r,
         Err(e) => {

@@ -350,7 +350,8 @@ fn sigterm_ends_watching_streams_and_the_agent_exits_promptly() {
         );
         assert!(
             w.output().contains("shutting down"),
-            "the watcher was not told why: {}",
+            "the watcher was not told why ({:?}): {}",
+            w.exited(),
             w.output()
         );
     }

@@ -131,9 +131,9 @@ pub fn main() -> ExitCode {
 
 /// Runs one command.
 pub fn execute(command: Command) -> Result<(), CliError> {
-    if !matches!(command, Command::Run(_)) {
-        tessera_process::shutdown::default_sigpipe();
-    }
+    // SIGPIPE stays ignored (Rust's default): the commands write to sockets, and a
+    // peer that goes away is an error to report; closed output pipes are handled by
+    // `tessera_process::output::print`.
     let runtime = tessera_process::shutdown::runtime().map_err(CliError::Runtime)?;
     match command {
         Command::Run(args) => run::execute(args, runtime),

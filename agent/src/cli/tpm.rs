@@ -85,7 +85,7 @@ pub fn execute(c: TpmCommand) -> Result<(), CliError> {
             };
             tessera_tpm::provision::provision_devid(&tpm, &request, &ca, &out)?;
             let info = tessera_tpm::provision::info(&tpm, Some(&out))?;
-            print!("{}", provisioned_text(&out, &info));
+            tessera_process::output::print(&provisioned_text(&out, &info));
             Ok(())
         }
         TpmCommand::Info {
@@ -95,7 +95,7 @@ pub fn execute(c: TpmCommand) -> Result<(), CliError> {
         } => {
             let tpm = open_tpm_at(&tcti)?;
             let info = tessera_tpm::provision::info(&tpm, devid_dir.as_deref())?;
-            print!("{}", info_text(&info, output)?);
+            tessera_process::output::print(&info_text(&info, output)?);
             Ok(())
         }
     }

@@ -113,19 +113,19 @@ pub fn execute(cli: Cli, runtime: tokio::runtime::Runtime) -> Result<(), CliErro
         Command::Run(args) => run::serve(args, runtime),
         Command::Ca(command) => {
             init_logging("warn");
-            print!("{}", ca::execute(command)?);
+            tessera_process::output::print(&ca::execute(command)?);
             Ok(())
         }
         Command::Admin(command) => {
             init_logging("warn");
             match runtime.block_on(admin_command(&cli.socket_path, command)) {
                 Ok(text) => {
-                    print!("{text}");
+                    tessera_process::output::print(&text);
                     Ok(())
                 }
                 Err(e) => {
                     if let CliError::Unhealthy { shown, .. } = &e {
-                        print!("{shown}");
+                        tessera_process::output::print(shown);
                     }
                     Err(e)
                 }

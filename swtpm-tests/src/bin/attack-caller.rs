@@ -13,7 +13,7 @@
 //!   nothing: the connecting process just waits (the control case).
 //! - `attack-caller finish PARENT_PID PROGRAM TEST_SOCKET`: the child of `race`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -73,6 +73,12 @@ fn race(agent: &str, test: &str, program: &[String]) -> Result<()> {
     let mut sock = connect(agent)?;
     sock.write_all(&attack::grpc_request_head(attack::FETCH_X509_SVID))
         .map_err(|e| format!("cannot send the request headers: {e}"))?;
+    // The agent pins the caller when it accepts the connection and only then starts
+    // HTTP/2, whose first frame is its SETTINGS: once that has arrived, whatever
+    // this process does next happens after the pinning. (A program executed between
+    // connect() and accept() is taken as the caller's, as docs/SECURITY.md says; the
+    // race this command plays is the one after accept.)
+    read_frame(&mut sock)?;
     // The child inherits the connected socket, as a forked child would.
     let inherited = sock.try_clone().map_err(|e| e.to_string())?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -92,6 +98,20 @@ fn race(agent: &str, test: &str, program: &[String]) -> Result<()> {
     }
     let e = Command::new(&program[0]).args(&program[1..]).exec();
     Err(format!("cannot execute {}: {e}", program[0]))
+}
+
+/// Reads one HTTP/2 frame (9-byte header, then its payload) and drops it.
+fn read_frame(sock: &mut UnixStream) -> Result<()> {
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .map_err(|e| e.to_string())?;
+    let mut head = [0u8; 9];
+    sock.read_exact(&mut head)
+        .map_err(|e| format!("no HTTP/2 frame from the agent: {e}"))?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    sock.read_exact(&mut payload)
+        .map_err(|e| format!("the agent's first frame was cut short: {e}"))?;
+    sock.set_read_timeout(None).map_err(|e| e.to_string())
 }
 
 /// The command name the kernel shows for a process.
