@@ -56,8 +56,15 @@ pub enum StartupError {
     Socket(#[from] SocketError),
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// The Workload API server failed while serving.
     #[error("the Workload API stopped: {0}")]
-    WorkloadApiStopped(String),
+    WorkloadApiFailed(#[source] tonic::transport::Error),
+    /// The Workload API task panicked or was cancelled.
+    #[error("the Workload API stopped: {0}")]
+    WorkloadApiTask(#[source] tokio::task::JoinError),
+    /// The Workload API server ended by itself, without an error.
+    #[error("the Workload API stopped: no reason given")]
+    WorkloadApiStopped,
 }
 
 /// Opens a TPM through the tss-esapi backend.
@@ -262,12 +269,11 @@ pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError>
         r = work => r.map_err(StartupError::from),
         r = &mut serving => {
             socket.remove();
-            let why = match r {
-                Ok(Err(e)) => e,
-                Err(e) => e.to_string(),
-                Ok(Ok(())) => "no reason given".to_owned(),
-            };
-            return Err(StartupError::WorkloadApiStopped(why));
+            return Err(match r {
+                Ok(Err(e)) => StartupError::WorkloadApiFailed(e),
+                Err(e) => StartupError::WorkloadApiTask(e),
+                Ok(Ok(())) => StartupError::WorkloadApiStopped,
+            });
         }
         () = tessera_process::shutdown::signal() => Ok(()),
     };

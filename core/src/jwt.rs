@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 
 use crate::bundle::Bundle;
 use crate::der;
+use crate::failure::Failure;
 use crate::key::{Key, KeyError, KeyType, SignatureScheme};
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 
@@ -140,7 +141,7 @@ pub fn sign_jwt_svid(
         sig
     } else {
         der::ecdsa_der_to_raw(&sig, width_for(key.key_type()))
-            .map_err(|e| JwtError::Key(KeyError::Backend(e.to_string())))?
+            .map_err(|e| JwtError::Key(KeyError::Backend(Failure::caused_by(e.to_string(), e))))?
     };
     let token = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig));
     Ok(JwtSvid {

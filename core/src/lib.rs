@@ -12,6 +12,7 @@ pub mod clock;
 pub mod der;
 pub mod duration;
 pub mod entry;
+pub mod failure;
 pub mod jwt;
 pub mod key;
 pub mod pem;

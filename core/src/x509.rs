@@ -649,11 +649,8 @@ pub fn verify_path(
 pub fn split_concatenated(mut data: &[u8]) -> Result<Vec<Vec<u8>>, der::DerError> {
     let mut out = Vec::new();
     while !data.is_empty() {
-        let (tag, _, rest) = der::read_tlv(data)?;
-        if tag != 0x30 {
-            return Err(der::DerError("a certificate is not a DER SEQUENCE"));
-        }
-        out.push(data[..data.len() - rest.len()].to_vec());
+        let (cert, rest) = der::split_sequence(data)?;
+        out.push(cert.to_vec());
         data = rest;
     }
     Ok(out)

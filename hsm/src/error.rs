@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use cryptoki::error::{Error as CkError, RvError};
+use tessera_core::failure::Failure;
 use tessera_core::key::{KeyError, KeyType};
 
 use crate::pin::PinError;
@@ -178,15 +179,15 @@ impl From<HsmError> for KeyError {
             | HsmError::PinLocked { .. }
             | HsmError::PinExpired { .. }
             | HsmError::PinMissing { .. }
-            | HsmError::Pin(_) => KeyError::Unavailable(e.to_string()),
+            | HsmError::Pin(_) => KeyError::Unavailable(Failure::caused_by(e.to_string(), e)),
             HsmError::Pkcs11 { rv, .. } if rv_means_unavailable(rv) => {
-                KeyError::Unavailable(e.to_string())
+                KeyError::Unavailable(Failure::caused_by(e.to_string(), e))
             }
             HsmError::KeyMissing { label, .. } => KeyError::NotFound(label),
             HsmError::KeyInvalid { label, reason } => KeyError::Corrupt { id: label, reason },
             HsmError::UnsupportedKeyType(kt) => KeyError::UnsupportedKeyType(kt),
             HsmError::Config(_) | HsmError::Uri(_) => KeyError::Config(e.to_string()),
-            other => KeyError::Backend(other.to_string()),
+            other => KeyError::Backend(Failure::caused_by(other.to_string(), other)),
         }
     }
 }

@@ -525,6 +525,39 @@ type = "memory"
     }
 
     #[test]
+    fn durations_are_bare_seconds_or_human_text_in_files_and_flags() {
+        let c = ServerConfig::parse(
+            "trust_domain = \"e.org\"\nca_ttl = 86400\nx509_svid_ttl = \"1h 30m\"\n\
+             jwt_svid_ttl = \"90s\"\nagent_svid_ttl = 7200\ndefault_join_token_ttl = \"2d\"\n\
+             [limits]\nidle_timeout = 0\nhandshake_timeout = \"250ms\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.ca_ttl, Duration::from_secs(86400));
+        assert_eq!(c.x509_svid_ttl, Duration::from_secs(5400));
+        assert_eq!(c.jwt_svid_ttl, Duration::from_secs(90));
+        assert_eq!(c.agent_svid_ttl, Some(Duration::from_secs(7200)));
+        assert_eq!(c.default_join_token_ttl, Duration::from_secs(2 * 86400));
+        assert_eq!(c.limits.idle_timeout, Duration::ZERO);
+        assert_eq!(c.limits.handshake_timeout, Duration::from_millis(250));
+        // `--set` values are TOML too: a bare number is seconds there as well.
+        let flags = [
+            "x509_svid_ttl=120".to_owned(),
+            "jwt_svid_ttl=\"5m\"".to_owned(),
+        ];
+        let ov = tessera_process::config::overrides("TESSERA_SERVER_DURATION_TEST_", &flags, &[])
+            .unwrap();
+        let c: ServerConfig =
+            tessera_process::config::parse("<t>", "trust_domain = \"e.org\"\n", &ov).unwrap();
+        assert_eq!(c.x509_svid_ttl, Duration::from_secs(120));
+        assert_eq!(c.jwt_svid_ttl, Duration::from_secs(300));
+        // A negative number or a fraction is not a duration.
+        for bad in ["ca_ttl = -5", "ca_ttl = 1.5"] {
+            let text = format!("trust_domain = \"e.org\"\n{bad}\n");
+            assert!(ServerConfig::parse(&text).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn datastore_defaults_to_sqlite_in_data_dir() {
         let c = ServerConfig::parse("trust_domain = \"e.org\"\ndata_dir = \"/d\"\n").unwrap();
         match c.datastore_target().unwrap() {
@@ -672,8 +705,9 @@ uri = "pkcs11:token=root;object=tessera-root?module-path=/usr/lib/softhsm/libsof
         assert!(e.to_string().contains("bind_adress"), "{e}");
         let e = ServerConfig::parse("trust_domain = \"exa mple\"\n").unwrap_err();
         assert!(e.to_string().contains("trust domain"), "{e}");
-        let e = ServerConfig::parse("trust_domain = \"e.org\"\nca_ttl = \"1y\"\n").unwrap_err();
-        assert!(e.to_string().contains("unknown unit"), "{e}");
+        let e = ServerConfig::parse("trust_domain = \"e.org\"\nca_ttl = \"1x\"\n").unwrap_err();
+        assert!(e.to_string().contains("is not a duration"), "{e}");
+        assert!(e.to_string().contains("unknown time unit"), "{e}");
         let e = ServerConfig::parse("trust_domain = \"e.org\"\n[key_manager]\ntype = \"tape\"\n")
             .unwrap_err();
         assert!(e.to_string().contains(":3:"), "{e}");

@@ -87,9 +87,13 @@ pub enum RunError {
     /// The registration entries cannot be loaded.
     #[error("loading entries: {0}")]
     Entries(#[source] DatastoreError),
-    /// A node attestor's configuration is unusable; the reason names the setting.
-    #[error("{reason}")]
-    Attestor { name: &'static str, reason: String },
+    /// A node attestor's configuration is unusable; the message names the setting.
+    #[error("{source}")]
+    Attestor {
+        name: &'static str,
+        #[source]
+        source: crate::attestor::AttestorConfigError,
+    },
     /// The agent API cannot listen.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -294,18 +298,18 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
     }
     if let Some(c) = &config.node_attestors.tpm_devid {
         let a = Arc::new(
-            crate::attestor::tpm_devid::TpmDevId::new(c).map_err(|reason| RunError::Attestor {
+            crate::attestor::tpm_devid::TpmDevId::new(c).map_err(|source| RunError::Attestor {
                 name: "tpm_devid",
-                reason,
+                source,
             })?,
         );
         attestors.insert(a.name(), a);
     }
     if let Some(c) = &config.node_attestors.tpm_ek {
-        let a = Arc::new(crate::attestor::tpm_ek::TpmEk::new(c).map_err(|reason| {
+        let a = Arc::new(crate::attestor::tpm_ek::TpmEk::new(c).map_err(|source| {
             RunError::Attestor {
                 name: "tpm_ek",
-                reason,
+                source,
             }
         })?);
         attestors.insert(a.name(), a);

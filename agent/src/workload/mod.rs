@@ -117,7 +117,7 @@ pub async fn serve(
     agent: Arc<Agent>,
     listener: UnixListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), String> {
+) -> Result<(), tonic::transport::Error> {
     let trimmer = Arc::new(trim::Trimmer::default());
     tokio::spawn(trimmer.clone().run());
     let limits = &agent.config().limits;
@@ -148,12 +148,12 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, closer.closed());
     tokio::pin!(server);
     tokio::select! {
-        r = &mut server => return r.map_err(|e| e.to_string()),
+        r = &mut server => return r,
         () = shutdown => {}
     }
     closer.close();
     match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
+        Ok(r) => r,
         Err(_) => {
             tracing::warn!(
                 "Workload API requests still in flight after {SHUTDOWN_GRACE:?}; closing their connections"

@@ -15,6 +15,8 @@ mod software;
 use std::fmt;
 use std::str::FromStr;
 
+use crate::failure::Failure;
+
 pub(crate) use adapters::rcgen_algorithm;
 pub use adapters::{RcgenKey, TlsSigningKey};
 pub use manager::{KeyManager, MemoryKeyManager};
@@ -247,9 +249,10 @@ pub enum KeyError {
     /// No key has that name.
     #[error("key {0:?} not found")]
     NotFound(String),
-    /// The backing store (token, TPM, disk) cannot be used right now; retrying later may work.
+    /// The backing store (token, TPM, disk) cannot be used right now; retrying later
+    /// may work. The token's or TPM's own error is the source, when there is one.
     #[error("key store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Failure),
     /// A configuration value is wrong.
     #[error("{0}")]
     Config(String),
@@ -263,9 +266,9 @@ pub enum KeyError {
         #[source]
         source: std::io::Error,
     },
-    /// Any other backend failure.
+    /// Any other backend failure, with the error underneath as its source.
     #[error("{0}")]
-    Backend(String),
+    Backend(#[source] Failure),
 }
 
 /// A signing key. Implementations must be cheap to share (`Arc<dyn Key>`) and safe to

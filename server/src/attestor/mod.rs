@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 use tessera_core::Selector;
+use tessera_tpm::verifier::chain::{CaPool, ChainError};
 
 pub mod challenge;
 pub mod join_token;
@@ -66,28 +67,68 @@ pub trait NodeAttestor: Send + Sync + std::fmt::Debug {
     fn session(&self) -> Box<dyn Session>;
 }
 
+/// Why a node attestor's configuration cannot be used; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestorConfigError {
+    /// A CA file cannot be read or holds no usable certificate (the source names it).
+    #[error("{setting}: {source}")]
+    CaFile {
+        /// The configuration key, e.g. `node_attestors.tpm_ek.ek_ca_bundle`.
+        setting: &'static str,
+        #[source]
+        source: ChainError,
+    },
+    /// A certificate in the CA files is not a usable CA (or intermediate).
+    #[error("{setting}: {}{source}", if *intermediates { "intermediates: " } else { "" })]
+    CaPool {
+        /// The configuration key.
+        setting: &'static str,
+        /// Whether it is one of the intermediates.
+        intermediates: bool,
+        #[source]
+        source: ChainError,
+    },
+    /// `tpm_ek` trusts nothing.
+    #[error("node_attestors.tpm_ek needs ek_ca_bundle, ek_hash_allow_list or both")]
+    NoEkTrust,
+    /// The EK hash allow-list cannot be read.
+    #[error("node_attestors.tpm_ek.ek_hash_allow_list {}: {source}", path.display())]
+    AllowList {
+        path: std::path::PathBuf,
+        #[source]
+        source: tessera_tpm::attestation::AttestError,
+    },
+}
+
 /// A pool of trust anchors (and intermediates) from PEM files; an unreadable file is a
 /// start-up error naming the setting and the file.
 pub(crate) fn ca_pool(
-    setting: &str,
+    setting: &'static str,
     anchors: &[std::path::PathBuf],
     intermediates: &[std::path::PathBuf],
-) -> Result<tessera_tpm::verifier::chain::CaPool, String> {
-    let load = |paths: &[std::path::PathBuf]| -> Result<Vec<Vec<u8>>, String> {
+) -> Result<CaPool, AttestorConfigError> {
+    let load = |paths: &[std::path::PathBuf]| -> Result<Vec<Vec<u8>>, AttestorConfigError> {
         let mut out = Vec::new();
         for p in paths {
             out.extend(
                 tessera_tpm::verifier::chain::load_pem_file(p)
-                    .map_err(|e| format!("{setting}: {}: {e}", p.display()))?,
+                    .map_err(|source| AttestorConfigError::CaFile { setting, source })?,
             );
         }
         Ok(out)
     };
-    let pool = tessera_tpm::verifier::chain::CaPool::new(load(anchors)?)
-        .map_err(|e| format!("{setting}: {e}"))?;
+    let pool_error = |intermediates| {
+        move |source| AttestorConfigError::CaPool {
+            setting,
+            intermediates,
+            source,
+        }
+    };
+    let pool = CaPool::new(load(anchors)?).map_err(pool_error(false))?;
     if intermediates.is_empty() {
         return Ok(pool);
     }
     pool.with_intermediates(load(intermediates)?)
-        .map_err(|e| format!("{setting}: intermediates: {e}"))
+        .map_err(pool_error(true))
 }

@@ -23,7 +23,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tessera_core::Selector;
-use tessera_core::der::{read_tlv, trim_leading_zeros};
+use tessera_core::der::{split_sequence, trim_leading_zeros};
 use x509_parser::prelude::FromDer;
 use zeroize::Zeroizing;
 
@@ -204,8 +204,8 @@ pub(crate) fn read_ek_certificate(
     kind: EkKind,
 ) -> Result<Option<Vec<u8>>, DeviceError> {
     Ok(dev.nv_read(kind.cert_nv_index())?.map(|mut der| {
-        if let Ok((0x30, _, rest)) = read_tlv(&der) {
-            let len = der.len() - rest.len();
+        if let Ok((cert, _)) = split_sequence(&der) {
+            let len = cert.len();
             der.truncate(len);
         }
         der

@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use tessera_core::failure::Failure;
 use tessera_core::key::{HashAlgorithm, Key, KeyError, KeyManager, KeyType, SignatureScheme};
 use tessera_process::fs;
 
@@ -36,8 +37,8 @@ fn device_error(e: DeviceError) -> KeyError {
     match e {
         DeviceError::Unavailable { .. }
         | DeviceError::Interrupted { .. }
-        | DeviceError::Poisoned => KeyError::Unavailable(e.to_string()),
-        other => KeyError::Backend(other.to_string()),
+        | DeviceError::Poisoned => KeyError::Unavailable(Failure::caused_by(e.to_string(), e)),
+        other => KeyError::Backend(Failure::caused_by(other.to_string(), other)),
     }
 }
 
@@ -64,7 +65,8 @@ impl TpmKey {
     /// Wraps a blob made earlier; does not talk to the TPM (see
     /// [`crate::device::TpmDevice::check_key`] for that).
     pub fn from_blob(tpm: Arc<Tpm>, blob: KeyBlob) -> Result<Self, KeyError> {
-        let bad = |reason: String| KeyError::Backend(format!("TPM key blob unusable: {reason}"));
+        let bad =
+            |reason: String| KeyError::Backend(format!("TPM key blob unusable: {reason}").into());
         let key_type = blob
             .public
             .key_type()
@@ -132,17 +134,9 @@ impl Key for TpmKey {
             .map_err(device_error)?;
         match (signature, &self.blob.public.params) {
             (Signature::Ecdsa { r, s, .. }, PublicParams::Ecc { curve, .. }) => {
-                let n = curve.field_size();
-                if r.len() > n || s.len() > n {
-                    return Err(KeyError::Backend(
-                        "TPM returned an oversized ECDSA signature".into(),
-                    ));
-                }
-                let mut raw = vec![0u8; 2 * n];
-                raw[n - r.len()..n].copy_from_slice(&r);
-                raw[2 * n - s.len()..].copy_from_slice(&s);
-                tessera_core::der::ecdsa_raw_to_der(&raw)
-                    .map_err(|e| KeyError::Backend(e.to_string()))
+                tessera_core::der::ecdsa_parts_to_der(&r, &s, curve.field_size()).map_err(|e| {
+                    KeyError::Backend(Failure::caused_by(format!("TPM's ECDSA signature: {e}"), e))
+                })
             }
             (
                 Signature::RsaSsa { sig, .. } | Signature::RsaPss { sig, .. },
