@@ -20,7 +20,7 @@ const BATCH: usize = 100;
 
 /// Which key manager the server uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum KeyManagerKind {
+pub(crate) enum KeyManagerKind {
     Memory,
     Pkcs11,
 }
@@ -125,7 +125,7 @@ fn raw_pkcs11_rate(hsm: &SoftHsm, threads: usize, secs: Duration) -> Result<f64,
 }
 
 /// The child process of [`raw_pkcs11_rate`].
-pub fn raw_pkcs11_child(
+pub(crate) fn raw_pkcs11_child(
     module: &Path,
     label: &str,
     pin_file: &Path,
@@ -155,7 +155,7 @@ pub fn raw_pkcs11_child(
     Ok(signatures as f64 / elapsed.as_secs_f64())
 }
 
-pub async fn run(dir: &Path, quick: bool, km: KeyManagerKind) -> Result<Report, String> {
+pub(crate) async fn run(dir: &Path, quick: bool, km: KeyManagerKind) -> Result<Report, String> {
     let secs = Duration::from_secs(if quick { 2 } else { 10 });
     let many = if quick { 2 } else { 4 };
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());

@@ -7,6 +7,7 @@
 //! secrets, atomic writes, key files, sockets, signals, logging, connection limits)
 //! is in `tessera-process`.
 
+#![warn(missing_docs)]
 pub mod bundle;
 pub mod clock;
 pub mod der;

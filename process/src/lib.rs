@@ -10,6 +10,7 @@
 //! `tessera-core` stays free of I/O: it holds the types and rules, this crate the
 //! plumbing.
 
+#![warn(missing_docs)]
 pub mod config;
 pub mod fs;
 pub mod keys;

@@ -54,6 +54,7 @@
 //!   fails, even one this crate expects to fail (a foreign key blob);
 //!   `TSS2_LOG=all+none` silences them.
 
+#![warn(missing_docs)]
 pub mod attestation;
 pub mod device;
 pub mod provision;

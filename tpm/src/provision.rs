@@ -38,7 +38,9 @@ use crate::wire::hex;
 
 /// File names in a DevID folder.
 pub const DEVID_KEY_FILE: &str = "devid.key";
+/// The certificate request the DevID was made from (PEM).
 pub const DEVID_CSR_FILE: &str = "devid.csr";
+/// The DevID certificate, then its issuer (PEM).
 pub const DEVID_CERT_FILE: &str = "devid.crt";
 
 /// Why provisioning failed.
@@ -62,6 +64,7 @@ pub enum ProvisionError {
     CaUnusable {
         /// "private key" or "certificate".
         what: &'static str,
+        /// rcgen's error.
         #[source]
         source: rcgen::Error,
     },
@@ -70,6 +73,7 @@ pub enum ProvisionError {
     Certificate {
         /// "request", "signing"...
         what: &'static str,
+        /// rcgen's error.
         #[source]
         source: rcgen::Error,
     },
@@ -81,11 +85,18 @@ pub enum ProvisionError {
     Random,
     /// A DevID folder is incomplete or corrupt.
     #[error("DevID in {dir}: {reason}")]
-    DevId { dir: PathBuf, reason: String },
+    DevId {
+        /// The folder.
+        dir: PathBuf,
+        /// What is missing or wrong.
+        reason: String,
+    },
     /// Reading or writing a file failed.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, with the path.
         context: String,
+        /// The file system's error.
         #[source]
         source: std::io::Error,
     },
@@ -302,7 +313,9 @@ pub fn load_devid(dir: &Path) -> Result<DevIdIdentity, ProvisionError> {
 /// A certificate as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CertificateSummary {
+    /// The subject DN.
     pub subject: String,
+    /// The issuer DN.
     pub issuer: String,
     /// SHA-256 of the DER, hex.
     pub sha256: String,
@@ -320,6 +333,7 @@ fn summary(der: &[u8]) -> Option<CertificateSummary> {
 /// One EK.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EkInfo {
+    /// Which EK (RSA 2048, ECC P-256, ECC P-384).
     pub kind: EkKind,
     /// What `tpm_ek` allow-lists: SHA-256 of the EK's SubjectPublicKeyInfo, hex.
     pub pub_hash: Option<String>,
@@ -336,7 +350,9 @@ pub struct EkInfo {
 /// The DevID.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DevIdInfo {
+    /// The DevID certificate.
     pub certificate: CertificateSummary,
+    /// Its subject's common name.
     pub subject_cn: Option<String>,
     /// The agent ID path `tpm_devid` gives (`tpm_devid/<sha1 of the DER>`).
     pub agent_path: String,
@@ -345,8 +361,11 @@ pub struct DevIdInfo {
 /// What `tessera-agent tpm info` shows.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TpmInfo {
+    /// The TPM as the TCTI names it.
     pub tpm: String,
+    /// Every EK the TPM has.
     pub endorsement_keys: Vec<EkInfo>,
+    /// The DevID provisioned, if any.
     pub devid: Option<DevIdInfo>,
 }
 

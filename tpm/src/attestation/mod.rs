@@ -106,10 +106,15 @@ pub struct NodeAttestation {
 pub enum AttestError {
     /// A field of the payload, challenge or response is malformed.
     #[error("malformed {field}: {reason}")]
-    Malformed { field: &'static str, reason: String },
+    Malformed {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The DevID certificate chain does not validate against the vendor CAs.
     #[error("DevID certificate rejected: {0}")]
-    DevIdCertificate(ChainError),
+    DevIdCertificate(#[source] ChainError),
     /// The DevID public area is not the key in the DevID certificate.
     #[error("DevID public area does not match the key in the DevID certificate")]
     DevIdKeyMismatch,
@@ -123,7 +128,7 @@ pub enum AttestError {
     Ek(#[from] EkError),
     /// The EK certificate does not validate against the manufacturer CAs.
     #[error("EK certificate rejected: {0}")]
-    EkCertificate(ChainError),
+    EkCertificate(#[source] ChainError),
     /// The EK certificate certifies another key than the EK presented.
     #[error("EK certificate does not match the EK public key")]
     EkCertificateMismatch,
@@ -134,7 +139,12 @@ pub enum AttestError {
     EkCertificateMissing,
     /// The EK is trusted neither by certificate nor by allow-list.
     #[error("EK {pub_hash} is not trusted: {reason}")]
-    EkNotTrusted { pub_hash: String, reason: String },
+    EkNotTrusted {
+        /// The EK's hash, as allow-lists hold it.
+        pub_hash: String,
+        /// Why neither trust path accepted it.
+        reason: String,
+    },
     /// The allow-list of EK hashes could not be read.
     #[error("EK allow-list unusable: {0}")]
     AllowList(String),

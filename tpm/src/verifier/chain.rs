@@ -19,10 +19,20 @@ use x509_parser::prelude::*;
 pub enum ChainError {
     /// A certificate is not DER X.509.
     #[error("certificate {index} is malformed: {reason}")]
-    Malformed { index: usize, reason: String },
+    Malformed {
+        /// Its position in the chain.
+        index: usize,
+        /// The parser's account.
+        reason: String,
+    },
     /// No configured trust anchor issued the chain.
     #[error("certificate \"{subject}\" (issuer \"{issuer}\") does not chain to a trusted CA")]
-    Untrusted { subject: String, issuer: String },
+    Untrusted {
+        /// The certificate's subject.
+        subject: String,
+        /// Its issuer.
+        issuer: String,
+    },
     /// A certificate is outside its validity period.
     #[error("certificate \"{0}\" is expired or not yet valid")]
     Expired(String),
@@ -34,7 +44,12 @@ pub enum ChainError {
     LeafIsCa(String),
     /// A certificate has a critical extension this validator does not process.
     #[error("certificate \"{subject}\" has an unsupported critical extension {oid}")]
-    CriticalExtension { subject: String, oid: String },
+    CriticalExtension {
+        /// The certificate's subject.
+        subject: String,
+        /// The extension.
+        oid: String,
+    },
     /// The leaf's extended key usage excludes the purpose.
     #[error("certificate \"{0}\" has an extended key usage that excludes {1}")]
     KeyPurpose(String, &'static str),
@@ -44,14 +59,18 @@ pub enum ChainError {
     /// A CA certificate file cannot be read.
     #[error("cannot read CA certificates from {}: {source}", path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The file system's error.
         #[source]
         source: std::io::Error,
     },
     /// A CA certificate file holds no usable certificate.
     #[error("CA certificates in {}: {source}", path.display())]
     Pem {
+        /// The file.
         path: PathBuf,
+        /// What is wrong with its PEM.
         #[source]
         source: tessera_core::pem::PemError,
     },
@@ -144,7 +163,9 @@ pub fn load_pem_file(path: &Path) -> Result<Vec<Vec<u8>>, ChainError> {
 /// including the trust anchor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedChain {
+    /// The leaf (DER).
     pub leaf: Vec<u8>,
+    /// The CA certificates above it, the trust anchor last (DER).
     pub cas: Vec<Vec<u8>>,
 }
 

@@ -33,7 +33,12 @@ pub enum CredentialError {
     NotAStorageKey(&'static str),
     /// The credential is empty or longer than the EK's nameAlg digest.
     #[error("credential must be 1 to {max} bytes, got {got}")]
-    CredentialSize { got: usize, max: usize },
+    CredentialSize {
+        /// The credential's length.
+        got: usize,
+        /// The digest length of the EK's nameAlg.
+        max: usize,
+    },
     /// The object name is not nameAlg || digest.
     #[error("object name is malformed")]
     BadName,
