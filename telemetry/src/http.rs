@@ -48,6 +48,79 @@ impl std::fmt::Debug for Endpoints {
     }
 }
 
+/// Where the listeners are, from a binary's `[telemetry]` configuration section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `/metrics` on this address; off when absent.
+    #[serde(default)]
+    pub metrics_address: Option<SocketAddr>,
+    /// `/live` and `/ready` on this address; off when absent. It may be the metrics
+    /// address: one listener then serves all three.
+    #[serde(default)]
+    pub health_address: Option<SocketAddr>,
+}
+
+/// Binds the listeners `config` asks for and serves them until `shutdown` turns
+/// true. Returns the bound addresses (metrics, health), after binding, so that a
+/// taken address fails the start with the setting named.
+pub async fn start(
+    config: &TelemetryConfig,
+    metrics: Shared,
+    health: ReadyCheck,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(Option<SocketAddr>, Option<SocketAddr>), std::io::Error> {
+    let mut plan: Vec<(SocketAddr, Endpoints, &str)> = Vec::new();
+    if let Some(a) = config.metrics_address {
+        plan.push((
+            a,
+            Endpoints {
+                metrics: Some(metrics.clone()),
+                health: None,
+            },
+            "[telemetry] metrics_address",
+        ));
+    }
+    if let Some(a) = config.health_address {
+        match plan.iter_mut().find(|(m, _, _)| *m == a) {
+            Some((_, e, _)) => e.health = Some(health.clone()),
+            None => plan.push((
+                a,
+                Endpoints {
+                    metrics: None,
+                    health: Some(health.clone()),
+                },
+                "[telemetry] health_address",
+            )),
+        }
+    }
+    let mut bound = Vec::new();
+    for (addr, endpoints, setting) in plan {
+        let listener = bind(addr, setting).await?;
+        bound.push((listener.local_addr()?, listener, endpoints));
+    }
+    let (mut metrics_at, mut health_at) = (None, None);
+    for (at, listener, endpoints) in bound {
+        if endpoints.metrics.is_some() {
+            metrics_at = Some(at);
+        }
+        if endpoints.health.is_some() {
+            health_at = Some(at);
+        }
+        tracing::info!(
+            address = %at,
+            metrics = endpoints.metrics.is_some(),
+            health = endpoints.health.is_some(),
+            "telemetry listener up"
+        );
+        let mut stop = shutdown.clone();
+        tokio::spawn(serve(listener, endpoints, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+    }
+    Ok((metrics_at, health_at))
+}
+
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 64;
 /// A client has this long to send its request headers.
