@@ -352,8 +352,14 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
     tessera_core::fsutil::ensure_dir(&config.data_dir, 0o700)
         .map_err(io_error("create data directory", &config.data_dir))?;
     let metrics = ServerMetrics::new();
-    let ds = MeteredDatastore::wrap(open_datastore(&config).await?, metrics.clone());
-    let km = MeteredKeyManager::wrap(open_key_manager(&config)?, metrics.clone());
+    // Timed only when someone can read the figures.
+    let metered = config.telemetry.metrics_address.is_some();
+    let mut ds = open_datastore(&config).await?;
+    let mut km = open_key_manager(&config)?;
+    if metered {
+        ds = MeteredDatastore::wrap(ds, metrics.clone());
+        km = MeteredKeyManager::wrap(km, metrics.clone());
+    }
     let clock = SystemClock::shared();
     let ca = CaManager::start(
         CaSettings {
@@ -485,10 +491,11 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metered = state.config.telemetry.metrics_address.is_some();
     let agent_api = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(StreamTrackingLayer::<PeerInfo>::new())
-        .layer(state.metrics.rpc.layer())
+        .layer(state.metrics.rpc.layer_if(metered))
         .add_service(NodeServer::new(AgentApi::new(state.clone())))
         .serve_with_incoming_shutdown(crate::transport::incoming(listener, tls, limits), {
             let mut rx = stop_rx.clone();
@@ -497,7 +504,7 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
             }
         });
     let admin_api = tonic::transport::Server::builder()
-        .layer(state.metrics.rpc.layer())
+        .layer(state.metrics.rpc.layer_if(metered))
         .add_service(AdminServer::new(AdminApi::new(state.clone())))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(admin_listener),

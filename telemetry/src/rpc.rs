@@ -96,7 +96,13 @@ impl RpcMetrics {
 
     /// The layer that records into these families.
     pub fn layer(&self) -> RpcMetricsLayer {
-        RpcMetricsLayer(self.clone())
+        RpcMetricsLayer(Some(self.clone()))
+    }
+
+    /// The layer when `on`, else one that passes calls through untouched (metrics
+    /// that nobody can read are not kept).
+    pub fn layer_if(&self, on: bool) -> RpcMetricsLayer {
+        RpcMetricsLayer(on.then(|| self.clone()))
     }
 
     /// Calls counted for `service`/`method` with `code` so far.
@@ -166,7 +172,7 @@ fn unknown() -> MethodLabels {
 
 /// The layer [`RpcMetrics::layer`] makes.
 #[derive(Debug, Clone)]
-pub struct RpcMetricsLayer(RpcMetrics);
+pub struct RpcMetricsLayer(Option<RpcMetrics>);
 
 impl<S> tower::Layer<S> for RpcMetricsLayer {
     type Service = RpcMetricsService<S>;
@@ -182,7 +188,7 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
 #[derive(Debug, Clone)]
 pub struct RpcMetricsService<S> {
     inner: S,
-    metrics: RpcMetrics,
+    metrics: Option<RpcMetrics>,
 }
 
 type BoxFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
@@ -202,9 +208,17 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let Some(metrics) = self.metrics.clone() else {
+            let fut = self.inner.call(req);
+            return Box::pin(async move {
+                Ok(fut.await?.map(|body| MeteredBody {
+                    inner: Box::pin(body),
+                    call: None,
+                }))
+            });
+        };
         let start = Instant::now();
         let labels = split_path(req.uri().path());
-        let metrics = self.metrics.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = match fut.await {
@@ -233,7 +247,7 @@ where
             }
             Ok(resp.map(|body| MeteredBody {
                 inner: Box::pin(body),
-                call,
+                call: Some(call),
             }))
         })
     }
@@ -284,7 +298,7 @@ impl Drop for Call {
 /// A response body that records its call's status when the trailers pass.
 pub struct MeteredBody<B> {
     inner: Pin<Box<B>>,
-    call: Call,
+    call: Option<Call>,
 }
 
 impl<B> std::fmt::Debug for MeteredBody<B> {
@@ -303,14 +317,17 @@ impl<B: http_body::Body> http_body::Body for MeteredBody<B> {
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         let polled = this.inner.as_mut().poll_frame(cx);
+        let Some(call) = this.call.as_mut() else {
+            return polled;
+        };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(code) = frame.trailers_ref().and_then(status_of) {
-                    this.call.end(code);
+                    call.end(code);
                 }
             }
             // A body that fails mid-way: the stream is reset.
-            Poll::Ready(Some(Err(_))) => this.call.end(2),
+            Poll::Ready(Some(Err(_))) => call.end(2),
             // The end without trailers: gRPC always sends them, so this is a
             // response of something else; nothing to add.
             Poll::Ready(None) | Poll::Pending => {}
@@ -463,6 +480,26 @@ mod tests {
         let sets = |name: &str| text.lines().filter(|l| l.starts_with(name)).count();
         assert_eq!(sets("tessera_rpc_calls_total{"), 1, "{text}");
         assert_eq!(sets("tessera_rpc_duration_seconds_count{"), 1, "{text}");
+    }
+
+    #[test]
+    fn a_layer_that_is_off_counts_nothing() {
+        let m = RpcMetrics::register(&mut crate::metrics::registry());
+        let mut svc = m
+            .layer_if(false)
+            .layer(Answer(Some(response(None, Some("0")))));
+        let req = http::Request::builder().uri("/S/M").body(()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut body = svc.call(req).await.unwrap().into_body();
+            while std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
+                .await
+                .is_some()
+            {}
+        });
+        assert_eq!(m.calls("S", "M", "OK"), 0);
     }
 
     #[test]

@@ -195,7 +195,12 @@ pub async fn serve(
         .layer(StreamTrackingLayer::<
             <peer::WorkloadConn as tonic::transport::server::Connected>::ConnectInfo,
         >::new())
-        .layer(agent.metrics().rpc.layer())
+        .layer(
+            agent
+                .metrics()
+                .rpc
+                .layer_if(agent.config().telemetry.metrics_address.is_some()),
+        )
         .layer(closing)
         .add_service(SpiffeWorkloadApiServer::with_interceptor(
             api::WorkloadApi::for_agent(agent.clone()),
