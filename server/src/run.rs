@@ -494,8 +494,12 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     let metered = state.config.telemetry.metrics_address.is_some();
     let agent_api = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // tonic's builder would otherwise lift hyper's bound: unlimited streams on
+        // one connection, each held by the server while its request is incomplete.
+        .max_concurrent_streams(tessera_core::limits::MAX_CONCURRENT_STREAMS)
         .layer(StreamTrackingLayer::<PeerInfo>::new())
         .layer(state.metrics.rpc.layer_if(metered))
+        .layer(crate::api::preauth::CredentialsFirstLayer)
         .add_service(NodeServer::new(AgentApi::new(state.clone())))
         .serve_with_incoming_shutdown(crate::transport::incoming(listener, tls, limits), {
             let mut rx = stop_rx.clone();
@@ -505,6 +509,7 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
         });
     let admin_api = tonic::transport::Server::builder()
         .layer(state.metrics.rpc.layer_if(metered))
+        .max_concurrent_streams(tessera_core::limits::MAX_CONCURRENT_STREAMS)
         .add_service(AdminServer::new(AdminApi::new(state.clone())))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(admin_listener),

@@ -187,6 +187,82 @@ fn exec_of_another_program_after_connect_is_refused() {
     assert_honest_workloads_served(&s);
 }
 
+/// `unix:path` is the path of the caller's executable as the kernel writes it, which
+/// is the path in the caller's own mount namespace. In a private user and mount
+/// namespace (which any user may create) nobody bind-mounts a program of its own over
+/// a root-only program's path and runs it there: the agent must not take that path
+/// for the root-only program. Root running the real program is served.
+#[test]
+fn a_program_mounted_over_a_path_in_a_private_namespace_does_not_get_that_path() {
+    let s = setup(
+        "attack-mountns",
+        "[workload_attestors.unix]\ndiscover_workload_path = true\n",
+    );
+    // The attack needs unprivileged user namespaces; where the kernel refuses them,
+    // nobody cannot make one and there is nothing to test.
+    let probe = attack::as_user(NOBODY, NOBODY, Path::new("/usr/bin/unshare"))
+        .args(["-rm", "true"])
+        .output()
+        .unwrap();
+    if !probe.status.success() {
+        eprintln!(
+            "skipped: unprivileged user namespaces are off here ({})",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        );
+        return;
+    }
+    const APP_ID: &str = "spiffe://example.org/root-only-app";
+    let private = s.dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = private.join("app");
+    std::fs::copy(tessera_swtpm_tests::bin("tessera-agent"), &app).unwrap();
+    // Only root may even run it.
+    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o700)).unwrap();
+    s.server.entry(
+        APP_ID,
+        "spiffe://example.org/node",
+        &[&format!("unix:path:{}", app.display())],
+        &[],
+    );
+    let socket = s.agent.socket.display().to_string();
+    let served = wait_until(Duration::from_secs(20), || {
+        let out = Command::new(&app)
+            .args(["api", "fetch", "x509", "--socket-path", &socket])
+            .output()
+            .unwrap();
+        contains(&out.stdout, APP_ID)
+    });
+    assert!(
+        served,
+        "root running the app is not served:\n{}",
+        s.agent.log()
+    );
+
+    let own = attack::shared_binary(s.dir.path(), "tessera-agent");
+    let script = format!(
+        "mount --bind {own} {app} && exec {app} api fetch x509 --socket-path {socket}",
+        own = own.display(),
+        app = app.display(),
+    );
+    let out = attack::as_user(NOBODY, NOBODY, Path::new("/usr/bin/unshare"))
+        .args(["-rm", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The attack ran: nobody's own program was served, as nobody.
+    assert!(contains(&out.stdout, NOBODY_ID), "{said}");
+    assert!(
+        !contains(&out.stdout, APP_ID),
+        "the path was borrowed: {said}"
+    );
+    assert_honest_workloads_served(&s);
+}
+
 /// A socket passed to another process (here root, the test) carries the identity
 /// of the process that connected, never that of its user; once the connector is
 /// gone the socket carries nothing, and an open stream ends at its next update.

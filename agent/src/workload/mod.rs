@@ -192,6 +192,9 @@ pub async fn serve(
     // Outermost first: a request counts as an open stream (for the idle timeout) until
     // its body ends, and at shutdown the closing layer ends the bodies still waiting.
     let server = tonic::transport::Server::builder()
+        // tonic's builder would otherwise lift hyper's bound: unlimited streams on
+        // one connection, each held by the agent while its request is incomplete.
+        .max_concurrent_streams(tessera_core::limits::MAX_CONCURRENT_STREAMS)
         .layer(StreamTrackingLayer::<
             <peer::WorkloadConn as tonic::transport::server::Connected>::ConnectInfo,
         >::new())

@@ -20,6 +20,7 @@ use crate::entries::EntryCache;
 pub mod admin;
 pub mod agent;
 pub mod convert;
+pub mod preauth;
 pub mod ratelimit;
 
 /// Everything the handlers share.
