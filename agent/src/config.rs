@@ -102,6 +102,11 @@ pub struct LimitsConfig {
     /// `max_connections`).
     #[serde(default)]
     pub max_connections_per_uid: Option<usize>,
+    /// Requests (streams included) the processes of one UID may have open at once
+    /// across all their connections; past it a request is refused with
+    /// RESOURCE_EXHAUSTED. An unfinished request holds memory in the agent.
+    #[serde(default = "default_max_requests_per_uid")]
+    pub max_requests_per_uid: usize,
     /// A connection with no call or stream open for this long is closed (`0s`:
     /// never). Streams (FetchX509SVID and the others) keep their connection open for
     /// as long as they last.
@@ -114,10 +119,20 @@ impl Default for LimitsConfig {
         Self {
             max_connections: None,
             max_connections_per_uid: None,
+            max_requests_per_uid: default_max_requests_per_uid(),
             idle_timeout: default_idle_timeout(),
         }
     }
 }
+
+fn default_max_requests_per_uid() -> usize {
+    DEFAULT_MAX_REQUESTS_PER_UID
+}
+
+/// Requests one UID may have open at once by default: far above what the workloads
+/// of one user hold (a watching stream or two each), far below what pins memory
+/// (about 10 KiB per unfinished request).
+pub const DEFAULT_MAX_REQUESTS_PER_UID: usize = 2048;
 
 /// The Workload API's connection cap when the configuration sets none: the
 /// descriptors the process can spare, at most this many.
@@ -325,10 +340,12 @@ impl AgentConfig {
                 "[key_manager] type = \"tpm\" needs a tcti (in [key_manager] or in a TPM node attestor section)".into(),
             ));
         }
-        if self.limits.max_connections == Some(0) || self.limits.max_connections_per_uid == Some(0)
+        if self.limits.max_connections == Some(0)
+            || self.limits.max_connections_per_uid == Some(0)
+            || self.limits.max_requests_per_uid == 0
         {
             return Err(InvalidConfig::Rule(
-                "[limits] max_connections and max_connections_per_uid must be at least 1".into(),
+                "[limits] max_connections, max_connections_per_uid and max_requests_per_uid must be at least 1".into(),
             ));
         }
         if !self.socket_path.is_absolute() {

@@ -717,3 +717,74 @@ fn an_expired_svid_is_never_served() {
     let info = tessera_core::x509::cert_info(&chain[0]).unwrap();
     assert!(info.not_after > tessera_core::x509::unix_seconds(std::time::SystemTime::now()));
 }
+
+/// One local user cannot pin the agent's memory with unfinished requests spread over
+/// many connections: its requests share one budget (`max_requests_per_uid`); past it
+/// it is refused with RESOURCE_EXHAUSTED, while other users are served.
+#[test]
+fn one_user_s_unfinished_requests_share_one_budget() {
+    use tessera_swtpm_tests::attack::vm_rss_kib;
+    use tessera_swtpm_tests::attack_h2::{send_and_hold, unfinished_requests};
+    let s = setup(
+        "attack-request-budget",
+        "[limits]\nmax_requests_per_uid = 400\n",
+    );
+    let pid = s.agent.pid().unwrap();
+    let before = vm_rss_kib(pid);
+    let rt = runtime();
+    let mut held = Vec::new();
+    rt.block_on(async {
+        // 100 connections of 100 streams each: 10,000 unfinished requests, about
+        // 100 MiB if each were kept.
+        for _ in 0..100 {
+            let unix = tokio::net::UnixStream::connect(&s.agent.socket)
+                .await
+                .unwrap();
+            let bytes = unfinished_requests("/SpiffeWorkloadAPI/FetchX509SVID", 100);
+            held.push(send_and_hold(unix, bytes));
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let after = vm_rss_kib(pid);
+    assert!(
+        after < before + 32 * 1024,
+        "the agent grew from {before} KiB to {after} KiB"
+    );
+    assert!(
+        held.iter().any(|h| !h.is_finished()),
+        "the siege was cut off"
+    );
+    // Root, whose budget the siege spent, is told why; nobody is served.
+    let out = s.agent.cli(&["api", "fetch", "x509"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        err.contains("too many requests open from this peer"),
+        "{err}"
+    );
+    let mut honest = Handoff::start(s.dir.path(), &s.agent.socket, NOBODY, NOBODY);
+    let fd = honest.take_socket();
+    rt.block_on(async {
+        let mut c = workload_client(channel_over(fd).await);
+        let msg = first_x509(&mut c).await.unwrap();
+        assert!(ids(&msg).contains(&NOBODY_ID), "{:?}", ids(&msg));
+    });
+    honest.exit();
+    assert!(
+        s.agent.log().contains("open requests in use"),
+        "{}",
+        s.agent.log()
+    );
+    // Once the siege ends, root is served again.
+    for h in held {
+        h.abort();
+    }
+    let ok = wait_until(Duration::from_secs(15), || {
+        s.agent.cli(&["api", "fetch", "x509"]).status.success()
+    });
+    assert!(ok, "root not served after the siege:\n{}", s.agent.log());
+}

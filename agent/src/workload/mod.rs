@@ -179,14 +179,19 @@ pub async fn serve(
     let limits = &agent.config().limits;
     let caps = limits.connection_caps(tessera_core::limits::nofile::current_open_file_limit());
     tracing::info!(
-        "Workload API limits: {} connections, {} per uid, idle timeout {}",
+        "Workload API limits: {} connections, {} per uid, {} open requests per uid, idle timeout {}",
         caps.max_total,
         caps.max_per_peer,
+        limits.max_requests_per_uid,
         limits
             .idle()
             .map_or("off".into(), tessera_core::duration::format_duration)
     );
-    let limiter = ConnLimiter::new("Workload API connections", caps);
+    let limiter = ConnLimiter::with_stream_budget(
+        "Workload API connections",
+        caps,
+        limits.max_requests_per_uid,
+    );
     let incoming = async_stream_of(listener, trimmer, limiter, limits.idle());
     let (closer, closing) = closing::pair();
     // Outermost first: a request counts as an open stream (for the idle timeout) until
@@ -262,8 +267,11 @@ fn async_stream_of(
                         continue;
                     };
                     let conn = peer::WorkloadConn::new(s).tracked_by(trimmer.track());
+                    let budget = permit.stream_budget();
                     if tx
-                        .send(Ok(Guarded::new(conn, permit, idle_timeout)))
+                        .send(Ok(
+                            Guarded::new(conn, permit, idle_timeout).with_stream_budget(budget)
+                        ))
                         .await
                         .is_err()
                     {

@@ -11,7 +11,7 @@ pub mod idle;
 pub mod nofile;
 pub mod refusals;
 
-pub use conn::{ConnCaps, ConnLimiter, ConnPermit, IpPeer, Refused};
+pub use conn::{ConnCaps, ConnLimiter, ConnPermit, IpPeer, Refused, StreamBudget, StreamPlace};
 pub use idle::{Guarded, StreamTrackingLayer, Tracked};
 pub use nofile::{OpenFileLimit, raise_open_file_limit};
 pub use refusals::RefusalLog;
