@@ -3,15 +3,17 @@
 # the Debian packages the build and the tests use (SoftHSM2, swtpm, tpm2-tools,
 # libtss2, OpenSSL, Python's venv; with --tests also a JDK, Maven, QEMU and
 # PostgreSQL), the Rust components, the Python virtualenv with py-spiffe and, with
-# --tests, the go-spiffe and java-spiffe workloads and a Debian kernel for the
-# boot test. Safe to run again: it installs and builds only what is missing.
+# --tests, the go-spiffe and java-spiffe workloads, SPIRE's server and agent, and
+# a Debian kernel for the boot test. Safe to run again: it installs and builds
+# only what is missing.
 #
 #   scripts/setup.sh            # what the build and the demo need
 #   scripts/setup.sh --tests    # and what only the tests need
 #
-# --tests also needs Go 1.24 or later already installed (`go` on PATH, in
+# --tests also needs Go 1.25.3 or later already installed (`go` on PATH, in
 # /usr/local/go or a Debian /usr/lib/go-1.N, or TESSERA_GO; Debian bookworm's
-# golang-go is too old): it builds the go-spiffe workload with it.
+# golang-go is too old): it builds the go-spiffe workload and SPIRE with it, and
+# says so before installing anything when there is none.
 #
 # Run as root, or as a user with sudo. Only Debian's archive, crates.io and PyPI
 # are contacted; with --tests also the Go module proxy and the Maven repository.
@@ -48,6 +50,8 @@ case ${1-} in
 esac
 if $tests; then
     packages+=("${test_packages[@]}")
+    # Stop here, before the installs, when no Go is new enough for SPIRE.
+    bash "$root/scripts/spire.sh" --check-go
 fi
 
 missing=()
@@ -91,12 +95,14 @@ fi
 
 # py-spiffe, the Python workload the tests and the demo use.
 bash "$root/scripts/python-env.sh" >/dev/null
-# The go-spiffe and java-spiffe workloads the tests use, and the kernel and
-# busybox the appliance boot test puts in its image (downloaded from Debian, not
-# installed).
+# The go-spiffe and java-spiffe workloads the tests use; SPIRE's server and agent
+# (built here, before the tests, because the first build takes several minutes);
+# and the kernel and busybox the appliance boot test puts in its image
+# (downloaded from Debian, not installed).
 if $tests; then
     bash "$root/scripts/go-spiffe-env.sh" >/dev/null
     bash "$root/scripts/java-spiffe-env.sh" >/dev/null
+    bash "$root/scripts/spire.sh" >/dev/null
     bash "$root/images/boot-test.sh" fetch
 fi
 note "ready"

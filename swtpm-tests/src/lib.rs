@@ -1,7 +1,7 @@
 //! The end-to-end harness: starts the real `tessera-server` and `tessera-agent`
 //! binaries as processes in a private directory, talks to them through their CLIs and
 //! sockets, and runs third-party SPIFFE clients against them (py-spiffe here;
-//! go-spiffe and java-spiffe in [`spiffe_libs`]).
+//! go-spiffe and java-spiffe in [`spiffe_libs`]); [`spire`] runs SPIRE beside it.
 //!
 //! The binaries must be built first (`cargo build --bins`, which the project's test
 //! script does); the harness says so clearly when they are missing.
@@ -10,6 +10,7 @@ pub mod attack_net;
 pub mod faults;
 pub mod faults_agent;
 pub mod spiffe_libs;
+pub mod spire;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
