@@ -6,6 +6,7 @@
 //! [`limits`], the connection caps and timeouts that the server's and the agent's
 //! listeners share, and [`http`], the one-shot HTTP client their node attestors use.
 
+pub mod attestation;
 pub mod bundle;
 pub mod clock;
 pub mod config;

@@ -212,11 +212,13 @@ pub enum UpstreamAuthorityConfig {
 pub const DEFAULT_UPSTREAM_KEY_ID: &str = "upstream-root";
 
 /// Optional human durations.
-mod opt_duration {
+pub(crate) mod opt_duration {
     use super::*;
     use serde::Deserializer;
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         serde_human::deserialize(d).map(Some)
     }
 }

@@ -5,8 +5,12 @@
 use async_trait::async_trait;
 use tessera_core::Selector;
 
+pub mod aws_iid;
 pub mod challenge;
 pub mod join_token;
+pub mod jwt;
+pub mod one_shot;
+pub mod template;
 pub mod tpm_devid;
 pub mod tpm_ek;
 
