@@ -305,6 +305,21 @@ impl Keys {
         }
     }
 
+    /// The attestor these keys are for.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Where the keys come from, for messages.
+    pub fn describe(&self) -> String {
+        self.source.describe()
+    }
+
+    /// Whether they come from a file.
+    pub fn is_file(&self) -> bool {
+        matches!(self.source, Source::File(_))
+    }
+
     /// Loads the set once, for start-up; the error says why it could not be read.
     pub async fn load(&self) -> Result<usize, String> {
         let set = self.fetch().await?;

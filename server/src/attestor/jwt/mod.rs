@@ -5,6 +5,9 @@
 //! checks its audience, issuer and allow-lists with the helpers here, so the messages
 //! read alike.
 
+use std::path::Path;
+use std::time::Duration;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
@@ -20,6 +23,76 @@ pub const LEEWAY_SECONDS: i64 = 30;
 
 /// The largest token accepted.
 pub const MAX_TOKEN: usize = 16 * 1024;
+
+/// How often a key set from a URL is fetched again by default.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);
+
+/// Where an attestor's key set comes from, as its settings give it (`jwks_url`,
+/// `jwks_file`, `jwks_ca_bundle`, `jwks_refresh`): exactly one of the URL (HTTPS)
+/// and the file, or the issuer's `default_url`.
+pub fn key_source(
+    name: &'static str,
+    url: Option<&str>,
+    file: Option<&Path>,
+    ca_bundle: Option<&Path>,
+    refresh: Duration,
+    default_url: &str,
+) -> Result<Keys, String> {
+    let setting = format!("node_attestors.{name}");
+    let source = match (url, file) {
+        (Some(_), Some(_)) => {
+            return Err(format!("{setting}: set jwks_url or jwks_file, not both"));
+        }
+        (None, Some(f)) => Source::File(f.to_owned()),
+        (u, None) => {
+            let url = u.unwrap_or(default_url);
+            if !url.starts_with("https://") {
+                return Err(format!(
+                    "{setting}.jwks_url {url:?} must be an https URL (or use jwks_file)"
+                ));
+            }
+            Source::Url {
+                url: url.to_owned(),
+                http: tessera_core::http::Options {
+                    timeout: Duration::from_secs(10),
+                    tls: Some(keys::tls_roots(
+                        &format!("{setting}.jwks_ca_bundle"),
+                        ca_bundle,
+                    )?),
+                    ..Default::default()
+                },
+            }
+        }
+    };
+    if refresh < keys::MIN_REFETCH {
+        return Err(format!(
+            "{setting}.jwks_refresh must be at least {:?}",
+            keys::MIN_REFETCH
+        ));
+    }
+    Ok(Keys::new(name, source, refresh))
+}
+
+/// Loads a key set at start-up: a file that cannot be read stops the server (the
+/// operator gave it); a URL that cannot be fetched is logged and tried again at the
+/// first attestation (the issuer may be away for a moment).
+pub async fn load_at_start(keys: &Keys) -> Result<(), String> {
+    match keys.load().await {
+        Ok(n) => {
+            tracing::info!(attestor = keys.name(), source = %keys.describe(), keys = n, "token signing keys loaded");
+            Ok(())
+        }
+        Err(e) if keys.is_file() => Err(format!(
+            "node_attestors.{}.jwks_file {}: {e}",
+            keys.name(),
+            keys.describe()
+        )),
+        Err(e) => {
+            tracing::warn!(attestor = keys.name(), source = %keys.describe(), "cannot fetch the token signing keys yet (will try again at the first attestation): {e}");
+            Ok(())
+        }
+    }
+}
 
 /// A token's claims, once its signature and times checked out.
 pub type Claims = Map<String, Value>;
@@ -231,8 +304,6 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::testing::Issuer;
     use super::*;
 
