@@ -5,6 +5,7 @@
 
 pub mod aws_iid;
 pub mod azure_msi;
+pub mod gcp_iit;
 pub mod x509pop;
 
 /// Bytes as standard base64 in JSON.

@@ -21,11 +21,7 @@ use super::one_shot::{Check, OneShot, selector};
 use super::template::PathTemplate;
 use super::{AttestError, Attested};
 
-/// The name agents use.
-pub const NAME: &str = "gcp_iit";
-
-/// The audience both halves use when none is configured.
-pub const DEFAULT_AUDIENCE: &str = "tessera-gcp-node-attestor";
+pub use tessera_core::attestation::gcp_iit::{DEFAULT_AUDIENCE, NAME};
 
 /// Google's key set (the `jwks_uri` of its OpenID configuration).
 pub const DEFAULT_JWKS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
