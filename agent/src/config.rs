@@ -313,7 +313,7 @@ pub struct X509PopConfig {
     /// The key as a PKCS#8 file (PEM or DER).
     #[serde(default)]
     pub private_key_path: Option<PathBuf>,
-    /// The key in the TPM: its blob file (`tessera-agent x509pop new-key --tcti`).
+    /// The key in the TPM: its blob file (`tessera-agent tpm create-key`).
     #[serde(default)]
     pub tpm_key_path: Option<PathBuf>,
     /// The TPM of `tpm_key_path` (default `device:/dev/tpmrm0`).
