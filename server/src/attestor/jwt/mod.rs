@@ -133,6 +133,14 @@ pub async fn verify(name: &str, token: &str, keys: &Keys, now: i64) -> Result<Cl
             "{name}: the identity token is signed with {alg:?}; only RS256 is accepted"
         )));
     }
+    // RFC 7515: a critical header extension that is not understood makes the token
+    // invalid; none is understood here.
+    if header.contains_key("crit") {
+        return Err(AttestError::Refused(format!(
+            "{name}: the identity token has critical header extensions (crit), which are not \
+             supported"
+        )));
+    }
     let kid = header
         .get("kid")
         .and_then(Value::as_str)
@@ -393,6 +401,9 @@ mod tests {
             let m = refused(verify("g", &t, &keys, NOW).await);
             assert!(m.contains("only RS256"), "{alg}: {m}");
         }
+        let t = iss.sign_with(serde_json::json!({"crit": ["exp"]}), &claims);
+        let m = refused(verify("g", &t, &keys, NOW).await);
+        assert!(m.contains("critical header extensions"), "{m}");
         let m = refused(
             verify(
                 "g",
