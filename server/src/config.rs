@@ -116,6 +116,9 @@ pub struct ServerConfig {
     /// What one client of the agent API may hold or ask for.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The metrics and health listeners (`[telemetry]`); both off by default.
+    #[serde(default)]
+    pub telemetry: tessera_telemetry::http::TelemetryConfig,
 }
 
 /// `[limits]`: connection caps, timeouts and the attestation rate of the agent API.

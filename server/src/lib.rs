@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod datastore;
 pub mod entries;
+pub mod metrics;
 pub mod run;
 pub mod transport;
 

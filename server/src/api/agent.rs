@@ -191,6 +191,7 @@ impl AgentApi {
         peer: Option<PeerInfo>,
         inbound: &mut Streaming<pb::AttestRequest>,
         tx: &mpsc::Sender<Result<pb::AttestResponse, Status>>,
+        attestor_name: &mut &'static str,
     ) -> Result<(), Status> {
         let first = next_message(inbound).await?;
         let Some(attest_request::Step::Params(params)) = first.step else {
@@ -212,6 +213,7 @@ impl AgentApi {
                     names.join(", ")
                 ))
             })?;
+        *attestor_name = attestor.name();
         // Check the CSR before the evidence, so that a bad CSR does not burn a
         // one-time join token.
         let public_key = tessera_core::x509::csr_public_key(&params.csr, None)
@@ -322,7 +324,19 @@ impl Node for AgentApi {
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
         tokio::spawn(async move {
-            let result = api.run_attestation(peer.clone(), &mut inbound, &tx).await;
+            // Named only once it is an enabled attestor: the label set stays bounded.
+            let mut attestor = "unknown";
+            let result = api
+                .run_attestation(peer.clone(), &mut inbound, &tx, &mut attestor)
+                .await;
+            let metrics = &api.state.metrics;
+            match &result {
+                Ok(()) => {
+                    metrics.attestation(attestor, "ok");
+                    metrics.issued("agent", 1);
+                }
+                Err(status) => metrics.attestation(attestor, crate::metrics::outcome(status)),
+            }
             if result.is_ok()
                 && let Some(a) = admitted
             {
@@ -376,6 +390,7 @@ impl Node for AgentApi {
             Err(e) => return Err(e.into()),
         };
         self.state.nodes.put(&caller.id, Some(node));
+        self.state.metrics.issued("agent", 1);
         tracing::debug!(agent = %caller.id, "agent SVID renewed");
         Ok(Response::new(pb::RenewAgentResponse { svid_chain: chain }))
     }
@@ -507,6 +522,7 @@ impl Node for AgentApi {
                             .map(|i| i.not_after)
                             .unwrap_or(0);
                         results[idx].status = Some(status_of(Code::Ok, ""));
+                        self.state.metrics.issued("workload", 1);
                         results[idx].cert_chain = chain;
                         results[idx].expires_at = expires;
                     }
@@ -551,6 +567,7 @@ impl Node for AgentApi {
         })
         .await
         .map_err(join_error)??;
+        self.state.metrics.issued("jwt", 1);
         Ok(Response::new(pb::NewJwtSvidResponse {
             token: svid.token,
             issued_at: svid.issued_at,

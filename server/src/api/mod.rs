@@ -34,6 +34,8 @@ pub struct ServerState {
     pub key_manager: Arc<dyn KeyManager>,
     /// Wall-clock time, as the CA manager and the entry cache see it.
     pub clock: SharedClock,
+    /// What the server measures.
+    pub metrics: Arc<crate::metrics::ServerMetrics>,
 }
 
 impl ServerState {
