@@ -44,6 +44,8 @@ pub enum StartupError {
     TpmKeyManager(#[source] KeyError),
     #[error("node_attestor.tpm_devid: {0} (provision it with `tessera-agent tpm provision-devid`)")]
     DevId(#[source] tessera_tpm::provision::ProvisionError),
+    #[error("node_attestor.x509pop: {0}")]
+    X509Pop(String),
     #[error("--join-token-file: {0}")]
     JoinTokenFile(String),
     #[error("join token: {0}")]
@@ -83,18 +85,12 @@ pub fn open_tpm(cfg: &AgentConfig) -> Result<Option<Arc<Tpm>>, StartupError> {
     let Some(tcti) = cfg.tpm_tcti() else {
         return Ok(None);
     };
-    let attestor_tcti = cfg
-        .node_attestor
-        .tpm_devid
-        .as_ref()
-        .map(|c| &c.tcti)
-        .or_else(|| cfg.node_attestor.tpm_ek.as_ref().map(|c| &c.tcti));
-    if let Some(a) = attestor_tcti
-        && a != &tcti
+    if let Some(a) = cfg.node_attestor.tpm_tcti()
+        && a != tcti
     {
         return Err(StartupError::TpmMismatch {
             key_manager: tcti,
-            attestor: a.clone(),
+            attestor: a,
         });
     }
     open_tpm_at(&tcti).map(Some)
@@ -180,7 +176,7 @@ pub fn node_attestor(
             tessera_tpm::AgentOptions { ek: c.ek, ak: c.ak },
         )))
     } else {
-        None
+        cloud_or_certificate_attestor(cfg, tpm.clone())?
     };
     let given = args.resolve()?;
     if let Some(a) = tpm_attestor {
@@ -217,6 +213,83 @@ pub fn node_attestor(
         }
     }
     Ok(None)
+}
+
+/// The cloud or certificate node attestor the configuration names, if any.
+fn cloud_or_certificate_attestor(
+    cfg: &AgentConfig,
+    tpm: Option<Arc<Tpm>>,
+) -> Result<Option<Arc<dyn NodeAttestor>>, StartupError> {
+    use crate::attestor::{aws_iid, azure_msi, gcp_iit, x509pop};
+    let n = &cfg.node_attestor;
+    if let Some(c) = &n.aws_iid {
+        return Ok(Some(Arc::new(aws_iid::AwsIid::new(
+            &c.endpoint,
+            c.allow_imdsv1,
+            c.timeout,
+        ))));
+    }
+    if let Some(c) = &n.gcp_iit {
+        return Ok(Some(Arc::new(gcp_iit::GcpIit::new(
+            &c.host,
+            &c.service_account,
+            &c.audience,
+            c.timeout,
+        ))));
+    }
+    if let Some(c) = &n.azure_msi {
+        let identity = azure_msi::Identity {
+            client_id: c.client_id.clone(),
+            object_id: c.object_id.clone(),
+            msi_res_id: c.msi_res_id.clone(),
+        };
+        return Ok(Some(Arc::new(azure_msi::AzureMsi::new(
+            &c.endpoint,
+            &c.resource_id,
+            &identity,
+            c.timeout,
+        ))));
+    }
+    let Some(c) = &n.x509pop else {
+        return Ok(None);
+    };
+    let key = if let Some(p) = &c.private_key_path {
+        // Read at each attestation; checked once now so a typo stops the start.
+        x509pop::read_key_file(p).map_err(StartupError::X509Pop)?;
+        x509pop::NodeKey::File(p.clone())
+    } else if let Some(p) = &c.tpm_key_path {
+        let tpm = tpm.ok_or(StartupError::NeedsTpm("x509pop with tpm_key_path"))?;
+        let bytes = std::fs::read(p)
+            .map_err(|e| StartupError::X509Pop(format!("tpm_key_path {}: {e}", p.display())))?;
+        let blob = tessera_tpm::KeyBlob::from_bytes(&bytes)
+            .map_err(|e| StartupError::X509Pop(format!("tpm_key_path {}: {e}", p.display())))?;
+        let key = tessera_tpm::TpmKey::from_blob(tpm, blob)
+            .map_err(|e| StartupError::X509Pop(format!("tpm_key_path {}: {e}", p.display())))?;
+        x509pop::NodeKey::Held(Arc::new(key))
+    } else if let Some(p) = &c.pkcs11 {
+        let km = tessera_hsm::Pkcs11KeyManager::open(p)
+            .map_err(|e| StartupError::X509Pop(format!("pkcs11: {e}")))?;
+        let key = km
+            .uri_key()
+            .map_err(|e| StartupError::X509Pop(format!("pkcs11: {e}")))?
+            .ok_or_else(|| {
+                StartupError::X509Pop(
+                    "pkcs11: the uri must name the node key (object= and/or id=)".into(),
+                )
+            })?;
+        x509pop::NodeKey::Held(key)
+    } else {
+        return Err(StartupError::X509Pop(
+            "no key: set private_key_path, tpm_key_path or [node_attestor.x509pop.pkcs11]".into(),
+        ));
+    };
+    let attestor = x509pop::X509Pop::new(c.certificate_path.clone(), key);
+    // The same check every attestation makes, once now: a wrong pairing is a
+    // configuration error, not something to retry.
+    attestor
+        .load()
+        .map_err(|e| StartupError::X509Pop(e.to_string()))?;
+    Ok(Some(Arc::new(attestor)))
 }
 
 /// Runs the agent: serves the socket at once (workloads get UNAVAILABLE until the

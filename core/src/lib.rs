@@ -2,10 +2,11 @@
 //! X509-SVID and JWT-SVID profiles, trust bundles, and the key seam that software,
 //! PKCS#11 and TPM keys all implement.
 //!
-//! Nothing here talks to the network. The exceptions to "no I/O" are
-//! [`key::DiskKeyManager`] and [`fsutil`], and [`limits`], the connection caps and
-//! timeouts that the server's and the agent's listeners share.
+//! Little here does I/O. The exceptions are [`key::DiskKeyManager`] and [`fsutil`],
+//! [`limits`], the connection caps and timeouts that the server's and the agent's
+//! listeners share, and [`http`], the one-shot HTTP client their node attestors use.
 
+pub mod attestation;
 pub mod bundle;
 pub mod clock;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod der;
 pub mod duration;
 pub mod entry;
 pub mod fsutil;
+pub mod http;
 pub mod jwt;
 pub mod key;
 pub mod limits;

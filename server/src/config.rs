@@ -215,11 +215,13 @@ pub enum UpstreamAuthorityConfig {
 pub const DEFAULT_UPSTREAM_KEY_ID: &str = "upstream-root";
 
 /// Optional human durations.
-mod opt_duration {
+pub(crate) mod opt_duration {
     use super::*;
     use serde::Deserializer;
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         serde_human::deserialize(d).map(Some)
     }
 }
@@ -303,6 +305,19 @@ pub struct NodeAttestorsConfig {
     /// TPM EK attestation (off unless configured).
     #[serde(default)]
     pub tpm_ek: Option<crate::attestor::tpm_ek::TpmEkConfig>,
+    /// AWS EC2 instance identity documents (off unless configured).
+    #[serde(default)]
+    pub aws_iid: Option<crate::attestor::aws_iid::AwsIidConfig>,
+    /// Google Compute Engine instance identity tokens (off unless configured).
+    #[serde(default)]
+    pub gcp_iit: Option<crate::attestor::gcp_iit::GcpIitConfig>,
+    /// Azure managed identity tokens (off unless configured).
+    #[serde(default)]
+    pub azure_msi: Option<crate::attestor::azure_msi::AzureMsiConfig>,
+    /// X.509 certificates with proof of possession of their key (off unless
+    /// configured).
+    #[serde(default)]
+    pub x509pop: Option<crate::attestor::x509pop::X509PopConfig>,
 }
 
 impl Default for NodeAttestorsConfig {
@@ -311,6 +326,10 @@ impl Default for NodeAttestorsConfig {
             join_token: JoinTokenConfig { enabled: true },
             tpm_devid: None,
             tpm_ek: None,
+            aws_iid: None,
+            gcp_iit: None,
+            azure_msi: None,
+            x509pop: None,
         }
     }
 }
@@ -626,6 +645,43 @@ uri = "pkcs11:token=root;object=tessera-root?module-path=/usr/lib/softhsm/libsof
         )
         .unwrap_err();
         assert!(e.to_string().contains("modul"), "{e}");
+    }
+
+    #[test]
+    fn cloud_and_certificate_attestor_sections() {
+        let c = ServerConfig::parse(
+            r#"
+trust_domain = "example.org"
+[node_attestors.aws_iid]
+account_ids = ["123456789012"]
+max_document_age = "1h"
+region_certificates = { "us-east-1" = "/etc/tessera/aws-us-east-1.pem" }
+[node_attestors.gcp_iit]
+projectid_allow_list = ["edge-prod"]
+jwks_refresh = "30m"
+[node_attestors.azure_msi.tenants."72f988bf-86f1-41af-91ab-2d7cd011db47"]
+resource_id = "api://tessera-node"
+[node_attestors.x509pop]
+ca_bundle = ["/etc/tessera/node-ca.pem"]
+agent_path_template = "/{{ .PluginName }}/{{ .Subject.CommonName }}"
+"#,
+        )
+        .unwrap();
+        let a = &c.node_attestors;
+        let aws = a.aws_iid.as_ref().unwrap();
+        assert_eq!(aws.max_document_age, Some(Duration::from_secs(3600)));
+        assert!(aws.builtin_certificates && !aws.allow_reattestation);
+        let gcp = a.gcp_iit.as_ref().unwrap();
+        assert_eq!(gcp.audience, "tessera-gcp-node-attestor");
+        assert_eq!(gcp.jwks_refresh, Duration::from_secs(1800));
+        let azure = a.azure_msi.as_ref().unwrap();
+        assert_eq!(azure.tenants.len(), 1);
+        assert_eq!(a.x509pop.as_ref().unwrap().max_intermediates, 4);
+        let e = ServerConfig::parse(
+            "trust_domain = \"e.org\"\n[node_attestors.gcp_iit]\nprojectid_allow_list = []\nproject = 1\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("project"), "{e}");
     }
 
     #[test]

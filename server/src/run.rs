@@ -401,6 +401,16 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
         })?);
         attestors.insert(a.name(), a);
     }
+    let more = crate::attestor::cloud_and_certificate(
+        &config.node_attestors,
+        &config.trust_domain,
+        &clock,
+    )
+    .await
+    .map_err(|(name, reason)| RunError::Attestor { name, reason })?;
+    for a in more {
+        attestors.insert(a.name(), a);
+    }
     Ok(Arc::new(ServerState {
         config,
         ds,

@@ -8,6 +8,7 @@
 
 pub mod attack_h2;
 pub mod attack_net;
+pub mod cloud;
 pub mod faults;
 pub mod faults_agent;
 pub mod spiffe_libs;
@@ -475,9 +476,22 @@ impl Agent {
 
     /// Starts the agent process (with a join token when given) without waiting.
     pub fn spawn(&mut self, token: Option<&str>) {
+        self.spawn_in(token, &[]);
+    }
+
+    /// Like [`Self::spawn`], run through `wrapper` (a command that execs the rest,
+    /// such as `ip netns exec <name>`, so the agent keeps its PID).
+    pub fn spawn_in(&mut self, token: Option<&str>, wrapper: &[String]) {
         self.starts += 1;
         self.log = self.dir.join(format!("agent.{}.log", self.starts));
-        let mut cmd = Command::new(bin("tessera-agent"));
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("tessera-agent"));
+                c
+            }
+            None => Command::new(bin("tessera-agent")),
+        };
         cmd.arg("run").arg("--config").arg(&self.config);
         // The token goes in the environment, as the README advises: on the command
         // line every local user could read it.

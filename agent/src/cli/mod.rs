@@ -105,6 +105,9 @@ pub enum CliError {
     Unhealthy(String),
     #[error(transparent)]
     Tpm(#[from] tessera_tpm::provision::ProvisionError),
+    /// A key could not be made or written.
+    #[error("{0}")]
+    Key(String),
     #[error("cannot encode the output: {0}")]
     Json(#[from] serde_json::Error),
 }

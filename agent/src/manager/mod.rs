@@ -66,6 +66,10 @@ pub enum AgentError {
     Unavailable(String),
     #[error("attestation failed: {0}")]
     Attestation(String),
+    /// The node attestor cannot get its evidence yet (see
+    /// [`ServerError::EvidenceUnavailable`]).
+    #[error("the node attestor cannot get its evidence yet: {0}")]
+    EvidenceUnavailable(String),
     #[error("key manager: {0}")]
     Key(#[from] KeyError),
     #[error("state directory: {0}")]
@@ -80,7 +84,9 @@ impl AgentError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            AgentError::Unavailable(_) | AgentError::Key(KeyError::Unavailable(_))
+            AgentError::Unavailable(_)
+                | AgentError::EvidenceUnavailable(_)
+                | AgentError::Key(KeyError::Unavailable(_))
         )
     }
 }
@@ -91,6 +97,7 @@ impl From<ServerError> for AgentError {
             ServerError::Rejected(m) => AgentError::Rejected(m),
             ServerError::Unavailable(m) => AgentError::Unavailable(m),
             ServerError::Attestation(m) => AgentError::Attestation(m),
+            ServerError::EvidenceUnavailable(m) => AgentError::EvidenceUnavailable(m),
         }
     }
 }
