@@ -28,7 +28,7 @@ use tessera_proto::admin::admin_server::AdminServer;
 use tessera_proto::agent::node_server::NodeServer;
 use tokio::net::{TcpListener, UnixListener};
 
-use crate::api::admin::AdminApi;
+use crate::api::admin_access::{GuardedAdmin, Listener};
 use crate::api::agent::AgentApi;
 use crate::api::{NodeCache, ServerState, server_id};
 use crate::attestor::NodeAttestor;
@@ -98,6 +98,9 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// The audit file cannot be opened.
+    #[error("{0}")]
+    Audit(#[from] crate::audit::AuditError),
     /// An API server failed while serving.
     #[error("serving failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -299,6 +302,7 @@ async fn open_datastore(config: &ServerConfig) -> Result<Arc<dyn Datastore>, Run
 pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunError> {
     tessera_core::fsutil::ensure_dir(&config.data_dir, 0o700)
         .map_err(io_error("create data directory", &config.data_dir))?;
+    let audit = crate::audit::Audit::open(&config.audit)?;
     let ds = open_datastore(&config).await?;
     let km = open_key_manager(&config)?;
     let clock = SystemClock::shared();
@@ -351,6 +355,7 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
         nodes: NodeCache::default(),
         key_manager: km,
         clock,
+        audit,
     }))
 }
 
@@ -435,6 +440,11 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(StreamTrackingLayer::<PeerInfo>::new())
         .add_service(NodeServer::new(AgentApi::new(state.clone())))
+        // Remote administration: only admin SVIDs get past the guard.
+        .add_service(AdminServer::new(GuardedAdmin::new(
+            state.clone(),
+            Listener::Tls,
+        )))
         .serve_with_incoming_shutdown(crate::transport::incoming(listener, tls, limits), {
             let mut rx = stop_rx.clone();
             async move {
@@ -442,7 +452,10 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
             }
         });
     let admin_api = tonic::transport::Server::builder()
-        .add_service(AdminServer::new(AdminApi::new(state.clone())))
+        .add_service(AdminServer::new(GuardedAdmin::new(
+            state.clone(),
+            Listener::Socket,
+        )))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(admin_listener),
             {
