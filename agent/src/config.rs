@@ -271,6 +271,29 @@ pub enum InvalidConfig {
     Load(#[from] ConfigError),
     #[error("invalid configuration: {0}")]
     Rule(String),
+    /// A setting breaks a rule; `key` is its dotted name (`limits.idle_timeout`).
+    #[error("invalid configuration: {message}")]
+    Setting { key: &'static str, message: String },
+    /// A broken rule, with the file and (when the file sets the key) where.
+    #[error("{place}: invalid configuration: {message}")]
+    InFile { place: String, message: String },
+}
+
+impl InvalidConfig {
+    /// Says where in the file `path` (whose text is `text`) the fault is: the line of
+    /// the setting when the file sets it, the file otherwise.
+    pub fn in_file(self, path: &str, text: &str) -> Self {
+        let (key, message) = match self {
+            InvalidConfig::Setting { key, message } => (Some(key), message),
+            InvalidConfig::Rule(message) => (None, message),
+            other => return other,
+        };
+        let place = match key.and_then(|k| tessera_core::config_key::locate(text, k)) {
+            Some((line, column)) => format!("{path}:{line}:{column}"),
+            None => path.to_owned(),
+        };
+        InvalidConfig::InFile { place, message }
+    }
 }
 
 impl AgentConfig {
@@ -285,7 +308,10 @@ impl AgentConfig {
             overrides.push(Override::from_flag(f)?);
         }
         let cfg: AgentConfig = tessera_core::config::load(path, &overrides)?;
-        cfg.validate()?;
+        if let Err(e) = cfg.validate() {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            return Err(e.in_file(&path.display().to_string(), &text));
+        }
         Ok(cfg)
     }
 
@@ -297,42 +323,56 @@ impl AgentConfig {
     }
 
     fn validate(&self) -> Result<(), InvalidConfig> {
+        let rule =
+            |key: &'static str, message: String| Err(InvalidConfig::Setting { key, message });
         if self.server_address.is_empty() && self.server_addresses.is_empty() {
-            return Err(InvalidConfig::Rule("server_address is required".into()));
+            return rule("server_address", "server_address is required".into());
         }
         if self.trust_bundle_path.is_none() && !self.insecure_bootstrap {
-            return Err(InvalidConfig::Rule(
+            return rule(
+                "insecure_bootstrap",
                 "trust_bundle_path is required to trust the server the first time (or set insecure_bootstrap = true, which is unsafe)".into(),
-            ));
+            );
         }
         if self.sync_interval < Duration::from_millis(100) {
-            return Err(InvalidConfig::Rule(
+            return rule(
+                "sync_interval",
                 "sync_interval must be at least 100ms".into(),
-            ));
+            );
         }
         if self.node_attestor.tpm_devid.is_some() && self.node_attestor.tpm_ek.is_some() {
-            return Err(InvalidConfig::Rule(
+            return rule(
+                "node_attestor.tpm_ek",
                 "configure one TPM node attestor: [node_attestor.tpm_devid] or [node_attestor.tpm_ek], not both".into(),
-            ));
+            );
         }
         if matches!(self.key_manager, KeyManagerConfig::Tpm { tcti: None })
             && self.tpm_tcti().is_none()
         {
-            return Err(InvalidConfig::Rule(
+            return rule(
+                "key_manager",
                 "[key_manager] type = \"tpm\" needs a tcti (in [key_manager] or in a TPM node attestor section)".into(),
-            ));
+            );
         }
         if self.limits.max_connections == Some(0) || self.limits.max_connections_per_uid == Some(0)
         {
-            return Err(InvalidConfig::Rule(
+            return rule(
+                if self.limits.max_connections == Some(0) {
+                    "limits.max_connections"
+                } else {
+                    "limits.max_connections_per_uid"
+                },
                 "[limits] max_connections and max_connections_per_uid must be at least 1".into(),
-            ));
+            );
         }
         if !self.socket_path.is_absolute() {
-            return Err(InvalidConfig::Rule(format!(
-                "socket_path {} must be absolute",
-                self.socket_path.display()
-            )));
+            return rule(
+                "socket_path",
+                format!(
+                    "socket_path {} must be absolute",
+                    self.socket_path.display()
+                ),
+            );
         }
         Ok(())
     }
