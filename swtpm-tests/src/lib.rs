@@ -5,6 +5,7 @@
 //! The binaries must be built first (`cargo build --bins`, which the project's test
 //! script does); the harness says so clearly when they are missing.
 
+pub mod admin;
 pub mod attack_net;
 pub mod faults;
 pub mod faults_agent;
