@@ -54,8 +54,13 @@ pub fn check(filter: &str) -> Result<(), LogLevelError> {
             None => d,
         };
         if !LEVELS.contains(&level.trim().to_ascii_lowercase().as_str()) {
+            let whose = if d == level {
+                String::new()
+            } else {
+                format!("{d:?}: ")
+            };
             return Err(LogLevelError::Invalid(format!(
-                "{d:?}: {level:?} is not a level (use one of {}, or target=level)",
+                "{whose}{level:?} is not a level (use one of {}, or target=level)",
                 LEVELS.join(", ")
             )));
         }
