@@ -39,6 +39,8 @@ test_packages=(
     qemu-system-x86 cpio
     # The PostgreSQL datastore's tests (scripts/postgres.sh).
     postgresql postgresql-client
+    # The metrics tests scrape both binaries with a real Prometheus server.
+    prometheus
 )
 
 tests=false

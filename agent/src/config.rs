@@ -84,6 +84,9 @@ pub struct AgentConfig {
     /// What one local user may hold of the Workload API.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The metrics and health listeners (`[telemetry]`); both off by default.
+    #[serde(default)]
+    pub telemetry: tessera_telemetry::http::TelemetryConfig,
 }
 
 /// `[limits]`: connection caps and the idle timeout of the Workload API socket. See

@@ -55,6 +55,9 @@ pub enum StartupError {
     Agent(#[from] AgentError),
     #[error("the Workload API stopped: {0}")]
     WorkloadApiStopped(String),
+    /// A metrics or health listener could not start (the message names the setting).
+    #[error("{0}")]
+    Telemetry(#[source] std::io::Error),
 }
 
 /// Opens a TPM through the tss-esapi backend.
@@ -244,12 +247,33 @@ pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError>
             let _ = stop_rx.wait_for(|stop| *stop).await;
         },
     ));
+    let telemetry = tessera_telemetry::http::start(
+        &agent.config().telemetry,
+        agent.metrics().registry.clone(),
+        crate::metrics::ready_check(agent.clone()),
+        stop_tx.subscribe(),
+    )
+    .await;
+    if let Err(e) = telemetry {
+        socket.remove();
+        return Err(StartupError::Telemetry(e));
+    }
+    // The socket answers from here on (workloads get Unavailable until the agent
+    // has its identity): systemd may start what depends on it.
+    tessera_telemetry::notify::ready("attesting or resuming its identity");
+    tessera_telemetry::notify::spawn_watchdog();
     let work = {
         let agent = agent.clone();
         let socket_path = socket.path.clone();
         async move {
             agent.establish().await?;
             tracing::info!(socket = %socket_path.display(), spiffe_id = ?agent.spiffe_id().map(|i| i.to_string()), "Tessera agent is up");
+            tessera_telemetry::notify::status(&format!(
+                "serving as {}",
+                agent
+                    .spiffe_id()
+                    .map_or_else(String::new, |i| i.to_string())
+            ));
             agent.run().await;
             Ok::<(), AgentError>(())
         }
@@ -267,6 +291,7 @@ pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError>
         }
         () = shutdown_signal() => Ok(()),
     };
+    tessera_telemetry::notify::stopping();
     // New clients stop finding the socket at once; open streams end next.
     socket.remove();
     let _ = stop_tx.send(true);

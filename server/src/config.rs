@@ -123,6 +123,9 @@ pub struct ServerConfig {
     /// entries with `admin` set (SPIRE's `admin_ids`).
     #[serde(default)]
     pub admin_ids: Vec<tessera_core::SpiffeId>,
+    /// The metrics and health listeners (`[telemetry]`); both off by default.
+    #[serde(default)]
+    pub telemetry: tessera_telemetry::http::TelemetryConfig,
 }
 
 /// `[limits]`: connection caps, timeouts and the attestation rate of the agent API.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod datastore;
 pub mod entries;
 pub mod log_level;
+pub mod metrics;
 pub mod run;
 pub mod transport;
 

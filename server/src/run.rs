@@ -26,6 +26,7 @@ use tessera_core::limits::{ConnLimiter, StreamTrackingLayer};
 use tessera_core::tls::{SharedBundle, SharedIdentity};
 use tessera_proto::admin::admin_server::AdminServer;
 use tessera_proto::agent::node_server::NodeServer;
+use tessera_telemetry::http::ReadyCheck;
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::api::admin_access::{GuardedAdmin, Listener};
@@ -40,6 +41,7 @@ use crate::datastore::postgres::PostgresDatastore;
 use crate::datastore::sqlite::SqliteDatastore;
 use crate::datastore::{Datastore, DatastoreError};
 use crate::entries::EntryCache;
+use crate::metrics::{MeteredDatastore, MeteredKeyManager, ServerMetrics};
 use crate::transport::PeerInfo;
 
 /// Why the server could not start or stopped. Each variant keeps its cause.
@@ -107,6 +109,9 @@ pub enum RunError {
     /// An API server task panicked.
     #[error("serving failed: {0}")]
     ServeTask(#[from] tokio::task::JoinError),
+    /// A metrics or health listener could not start (the message names the setting).
+    #[error("{0}")]
+    Telemetry(#[source] std::io::Error),
 }
 
 /// The error for a failed file operation on `path`.
@@ -275,6 +280,53 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// The server is ready when its datastore answers and its CA can sign.
+fn readiness(state: Arc<ServerState>) -> ReadyCheck {
+    Arc::new(move || {
+        let state = state.clone();
+        Box::pin(async move {
+            let mut reasons = Vec::new();
+            if let Err(e) = state.ds.ping().await {
+                reasons.push(format!("datastore: {e}"));
+            }
+            let ca = state.ca.clone();
+            match tokio::task::spawn_blocking(move || ca.health()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => reasons.push(format!("CA: {e}")),
+                Err(e) => reasons.push(format!("CA: the check did not finish: {e}")),
+            }
+            if reasons.is_empty() {
+                Ok(())
+            } else {
+                Err(reasons)
+            }
+        })
+    })
+}
+
+/// Keeps the gauges that describe state (authority expiry, entries, agents) current.
+async fn refresh_gauges(state: Arc<ServerState>) {
+    loop {
+        if let Ok(a) = state.ca.active_x509() {
+            state.metrics.authority_expiry(
+                "x509_ca",
+                tessera_telemetry::metrics::unix_seconds(a.issuer.not_after()),
+            );
+        }
+        if let Ok(j) = state.ca.active_jwt() {
+            state.metrics.authority_expiry("jwt_key", j.not_after);
+        }
+        match state.ds.list_attested_nodes().await {
+            Ok(nodes) => state.metrics.sizes(state.entries.len(), nodes.len()),
+            Err(e) => tracing::debug!("agent count for the metrics: {e}"),
+        }
+        tokio::time::sleep(GAUGE_REFRESH).await;
+    }
+}
+
+/// How often the state gauges are brought up to date.
+const GAUGE_REFRESH: Duration = Duration::from_secs(10);
+
 /// Opens the configured datastore (and brings its schema up to date).
 async fn open_datastore(config: &ServerConfig) -> Result<Arc<dyn Datastore>, RunError> {
     match config.datastore_target()? {
@@ -303,8 +355,9 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
     tessera_core::fsutil::ensure_dir(&config.data_dir, 0o700)
         .map_err(io_error("create data directory", &config.data_dir))?;
     let audit = crate::audit::Audit::open(&config.audit)?;
-    let ds = open_datastore(&config).await?;
-    let km = open_key_manager(&config)?;
+    let metrics = ServerMetrics::new();
+    let ds = MeteredDatastore::wrap(open_datastore(&config).await?, metrics.clone());
+    let km = MeteredKeyManager::wrap(open_key_manager(&config)?, metrics.clone());
     let clock = SystemClock::shared();
     let ca = CaManager::start(
         CaSettings {
@@ -356,6 +409,7 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
         key_manager: km,
         clock,
         audit,
+        metrics,
     }))
 }
 
@@ -439,6 +493,7 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     let agent_api = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(StreamTrackingLayer::<PeerInfo>::new())
+        .layer(state.metrics.rpc.layer())
         .add_service(NodeServer::new(AgentApi::new(state.clone())))
         // Remote administration: only admin SVIDs get past the guard.
         .add_service(AdminServer::new(GuardedAdmin::new(
@@ -452,6 +507,7 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
             }
         });
     let admin_api = tonic::transport::Server::builder()
+        .layer(state.metrics.rpc.layer())
         .add_service(AdminServer::new(GuardedAdmin::new(
             state.clone(),
             Listener::Socket,
@@ -472,10 +528,26 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
         server_id = %server_id(state.trust_domain()),
         "Tessera server is up"
     );
+    let (metrics_at, health_at) = tessera_telemetry::http::start(
+        &state.config.telemetry,
+        state.metrics.registry.clone(),
+        readiness(state.clone()),
+        stop_rx.clone(),
+    )
+    .await
+    .map_err(RunError::Telemetry)?;
+    tokio::spawn(refresh_gauges(state.clone()));
     let agent_task = tokio::spawn(agent_api);
     let admin_task = tokio::spawn(admin_api);
     let aborts = [agent_task.abort_handle(), admin_task.abort_handle()];
+    tessera_telemetry::notify::ready(&format!(
+        "serving agents on {local}{}{}",
+        metrics_at.map_or(String::new(), |a| format!(", metrics on {a}")),
+        health_at.map_or(String::new(), |a| format!(", health on {a}")),
+    ));
+    tessera_telemetry::notify::spawn_watchdog();
     shutdown_signal().await;
+    tessera_telemetry::notify::stopping();
     tracing::info!(
         grace = ?SHUTDOWN_GRACE,
         "no new connections or calls; calls in flight may finish"

@@ -157,6 +157,7 @@ pub struct Agent {
     sync: tokio::sync::Mutex<svids::SyncState>,
     logs: Mutex<BTreeMap<Op, RepeatLog>>,
     jwt_gate: Mutex<jwt::JwtGate>,
+    metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 impl Agent {
@@ -238,6 +239,7 @@ impl Agent {
             sync: tokio::sync::Mutex::new(svids::SyncState::default()),
             logs: Mutex::new(BTreeMap::new()),
             jwt_gate,
+            metrics: crate::metrics::AgentMetrics::new(),
         }))
     }
 
@@ -387,6 +389,16 @@ impl Agent {
     }
 
     /// The agent's SPIFFE ID.
+    /// What the agent measures.
+    pub fn metrics(&self) -> &Arc<crate::metrics::AgentMetrics> {
+        &self.metrics
+    }
+
+    /// When the agent's own SVID expires (Unix seconds), if it has one.
+    pub fn agent_svid_not_after(&self) -> Option<i64> {
+        self.agent_svid_times().map(|(_, na)| na)
+    }
+
     pub fn spiffe_id(&self) -> Option<SpiffeId> {
         self.me
             .lock()

@@ -33,6 +33,9 @@ pub struct Health {
     agent: Arc<Agent>,
 }
 
+/// A successful sync older than this many sync intervals makes the agent not ready.
+const SYNC_STALE_INTERVALS: u64 = 3;
+
 /// Whether the agent can serve workloads now, and why not.
 pub fn health_of(agent: &Agent) -> (bool, Vec<String>) {
     let st = agent.status();
@@ -55,7 +58,18 @@ pub fn health_of(agent: &Agent) -> (bool, Vec<String>) {
             ready = false;
             details.push(format!("last sync failed: {e}"));
         }
-        (None, Some(t)) => details.push(format!("last sync: ok at {t}")),
+        (None, Some(t)) => {
+            details.push(format!("last sync: ok at {t}"));
+            // A sync loop that stopped without an error (wedged) shows here.
+            let stale = SYNC_STALE_INTERVALS * agent.config().sync_interval.as_secs().max(1);
+            let age = agent.clock().unix().saturating_sub(t);
+            if age > i64::try_from(stale).unwrap_or(i64::MAX) {
+                ready = false;
+                details.push(format!(
+                    "last successful sync {age}s ago (more than {SYNC_STALE_INTERVALS} sync intervals)"
+                ));
+            }
+        }
         (None, None) => {
             ready = false;
             details.push("no sync yet".into());
@@ -131,6 +145,15 @@ pub fn bind(path: &Path) -> Result<UnixListener, String> {
 /// at once); what is left after that is dropped with the process.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Serves the socket until `shutdown` resolves, then ends every open stream with
 /// UNAVAILABLE, stops accepting, and returns once the connections have closed or
 /// [`SHUTDOWN_GRACE`] has passed.
@@ -141,6 +164,18 @@ pub async fn serve(
 ) -> Result<(), String> {
     let trimmer = Arc::new(trim::Trimmer::default());
     tokio::spawn(trimmer.clone().run());
+    // The standard gRPC health service, kept current with the agent's readiness.
+    let (reporter, grpc_health) = tonic_health::server::health_reporter();
+    let follower = tokio::spawn({
+        let trimmer = trimmer.clone();
+        crate::metrics::follow(
+            agent.clone(),
+            reporter,
+            move || trimmer.open(),
+            std::time::Duration::from_secs(2),
+        )
+    });
+    let _stop_following = AbortOnDrop(follower);
     let limits = &agent.config().limits;
     let caps = limits.connection_caps(tessera_core::limits::nofile::current_open_file_limit());
     tracing::info!(
@@ -160,12 +195,14 @@ pub async fn serve(
         .layer(StreamTrackingLayer::<
             <peer::WorkloadConn as tonic::transport::server::Connected>::ConnectInfo,
         >::new())
+        .layer(agent.metrics().rpc.layer())
         .layer(closing)
         .add_service(SpiffeWorkloadApiServer::with_interceptor(
             api::WorkloadApi::for_agent(agent.clone()),
             api::check_security_header,
         ))
         .add_service(AgentHealthServer::new(Health { agent }))
+        .add_service(grpc_health)
         .serve_with_incoming_shutdown(incoming, closer.closed());
     tokio::pin!(server);
     tokio::select! {

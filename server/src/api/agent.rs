@@ -199,6 +199,7 @@ impl AgentApi {
         peer: Option<PeerInfo>,
         inbound: &mut Streaming<pb::AttestRequest>,
         tx: &mpsc::Sender<Result<pb::AttestResponse, Status>>,
+        attestor_name: &mut &'static str,
         facts: &mut AttestFacts,
     ) -> Result<(), Status> {
         let first = next_message(inbound).await?;
@@ -222,6 +223,7 @@ impl AgentApi {
                     names.join(", ")
                 ))
             })?;
+        *attestor_name = attestor.name();
         // Check the CSR before the evidence, so that a bad CSR does not burn a
         // one-time join token.
         let public_key = tessera_core::x509::csr_public_key(&params.csr, None)
@@ -343,9 +345,11 @@ impl Node for AgentApi {
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
         tokio::spawn(async move {
+            // Named only once it is an enabled attestor: the label set stays bounded.
+            let mut attestor = "unknown";
             let mut facts = AttestFacts::default();
             let result = api
-                .run_attestation(peer.clone(), &mut inbound, &tx, &mut facts)
+                .run_attestation(peer.clone(), &mut inbound, &tx, &mut attestor, &mut facts)
                 .await;
             api.state.audit.record(&audit::Attestation {
                 attestor: facts.attestor.map(|a| audit::records::clip(&a, 64)),
@@ -353,6 +357,14 @@ impl Node for AgentApi {
                 outcome: audit::Outcome::of(&result, &[]),
                 source: peer.as_ref().and_then(|p| p.addr).map(|a| a.to_string()),
             });
+            let metrics = &api.state.metrics;
+            match &result {
+                Ok(()) => {
+                    metrics.attestation(attestor, "ok");
+                    metrics.issued("agent", 1);
+                }
+                Err(status) => metrics.attestation(attestor, crate::metrics::outcome(status)),
+            }
             if result.is_ok()
                 && let Some(a) = admitted
             {
@@ -416,6 +428,7 @@ impl Node for AgentApi {
             audience: None,
             expires_at: audit::records::unix_rfc3339(info.not_after),
         });
+        self.state.metrics.issued("agent", 1);
         tracing::debug!(agent = %caller.id, "agent SVID renewed");
         Ok(Response::new(pb::RenewAgentResponse { svid_chain: chain }))
     }
@@ -562,6 +575,7 @@ impl Node for AgentApi {
                             });
                         }
                         results[idx].status = Some(status_of(Code::Ok, ""));
+                        self.state.metrics.issued("workload", 1);
                         results[idx].cert_chain = chain;
                         results[idx].expires_at = expires;
                     }
@@ -617,6 +631,7 @@ impl Node for AgentApi {
             audience: Some(audience),
             expires_at: audit::records::unix_rfc3339(svid.expiry),
         });
+        self.state.metrics.issued("jwt", 1);
         Ok(Response::new(pb::NewJwtSvidResponse {
             token: svid.token,
             issued_at: svid.issued_at,

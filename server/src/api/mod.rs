@@ -37,6 +37,8 @@ pub struct ServerState {
     pub clock: SharedClock,
     /// Where attestation, admin and issuance records go.
     pub audit: crate::audit::Audit,
+    /// What the server measures.
+    pub metrics: Arc<crate::metrics::ServerMetrics>,
 }
 
 impl ServerState {
