@@ -180,7 +180,9 @@ fn quiet_filter(spec: &str) -> tracing_subscriber::EnvFilter {
 
 /// Runs what the command line asks for; the error is printed after `Error: `.
 pub fn execute(cli: Cli, runtime: tokio::runtime::Runtime) -> Result<(), CliError> {
-    let target = cli.target()?;
+    // Only the admin commands need a target: `run` must not trip over a stray
+    // TESSERA_SERVER_REMOTE.
+    let target = cli.target();
     match cli.command {
         Command::Run(args) => run::serve(args, runtime),
         Command::Ca(command) => {
@@ -195,7 +197,7 @@ pub fn execute(cli: Cli, runtime: tokio::runtime::Runtime) -> Result<(), CliErro
         }
         Command::Admin(command) => {
             init_logging("warn");
-            match runtime.block_on(admin_command(&target, command)) {
+            match runtime.block_on(admin_command(&target?, command)) {
                 Ok(text) => {
                     tessera_core::output::print(&text);
                     Ok(())
@@ -301,6 +303,55 @@ mod tests {
             ]),
             Command::Admin(AdminCommand::Jwt(_))
         ));
+    }
+
+    #[test]
+    fn the_spire_verbs_parse_and_remote_needs_an_svid() {
+        let cli = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("tessera-server").chain(args.iter().copied()))
+                .unwrap()
+        };
+        assert!(matches!(
+            cli(&["entry", "count", "--selector", "unix:uid:1"]).command,
+            Command::Admin(AdminCommand::Entry(EntryCommand::Count { .. }))
+        ));
+        assert!(matches!(
+            cli(&["entry", "create", "--data", "-"]).command,
+            Command::Admin(AdminCommand::Entry(EntryCommand::Create {
+                data: Some(_),
+                ..
+            }))
+        ));
+        assert!(matches!(
+            cli(&["agent", "show", "--spiffe-id", "spiffe://td/spire/agent/x"]).command,
+            Command::Admin(AdminCommand::Agent(AgentCommand::Show { .. }))
+        ));
+        assert!(matches!(
+            cli(&["bundle", "count"]).command,
+            Command::Admin(AdminCommand::Bundle(BundleCommand::Count { .. }))
+        ));
+        assert!(matches!(
+            cli(&["logger", "set", "--level", "debug"]).command,
+            Command::Admin(AdminCommand::Logger(LoggerCommand::Set { .. }))
+        ));
+        assert!(matches!(
+            cli(&["validate", "-c", "/etc/x.toml"]).command,
+            Command::Validate(_)
+        ));
+        assert!(matches!(
+            cli(&["entry", "count"]).target().unwrap(),
+            Target::Socket(_)
+        ));
+        assert!(matches!(
+            cli(&["--remote", "h:8081", "--svid", "/d", "entry", "count"])
+                .target()
+                .unwrap(),
+            Target::Remote { .. }
+        ));
+        let err = cli(&["entry", "count", "--remote", "h:8081"])
+            .target()
+            .unwrap_err();
+        assert!(matches!(err, CliError::RemoteNeedsSvid), "{err:?}");
     }
 
     #[tokio::test]
