@@ -430,6 +430,29 @@ pub enum InvalidConfig {
     Load(#[from] ConfigError),
     #[error("invalid configuration: {0}")]
     Rule(String),
+    /// A setting breaks a rule; `key` is its dotted name (`limits.idle_timeout`).
+    #[error("invalid configuration: {message}")]
+    Setting { key: &'static str, message: String },
+    /// A broken rule, with the file and (when the file sets the key) where.
+    #[error("{place}: invalid configuration: {message}")]
+    InFile { place: String, message: String },
+}
+
+impl InvalidConfig {
+    /// Says where in the file `path` (whose text is `text`) the fault is: the line of
+    /// the setting when the file sets it, the file otherwise.
+    pub fn in_file(self, path: &str, text: &str) -> Self {
+        let (key, message) = match self {
+            InvalidConfig::Setting { key, message } => (Some(key), message),
+            InvalidConfig::Rule(message) => (None, message),
+            other => return other,
+        };
+        let place = match key.and_then(|k| tessera_core::config_key::locate(text, k)) {
+            Some((line, column)) => format!("{path}:{line}:{column}"),
+            None => path.to_owned(),
+        };
+        InvalidConfig::InFile { place, message }
+    }
 }
 
 impl AgentConfig {
@@ -444,7 +467,10 @@ impl AgentConfig {
             overrides.push(Override::from_flag(f)?);
         }
         let cfg: AgentConfig = tessera_core::config::load(path, &overrides)?;
-        cfg.validate()?;
+        if let Err(e) = cfg.validate() {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            return Err(e.in_file(&path.display().to_string(), &text));
+        }
         Ok(cfg)
     }
 
@@ -456,28 +482,35 @@ impl AgentConfig {
     }
 
     fn validate(&self) -> Result<(), InvalidConfig> {
+        let rule =
+            |key: &'static str, message: String| Err(InvalidConfig::Setting { key, message });
         if self.server_address.is_empty() && self.server_addresses.is_empty() {
-            return Err(InvalidConfig::Rule("server_address is required".into()));
+            return rule("server_address", "server_address is required".into());
         }
         if self.trust_bundle_path.is_none() && !self.insecure_bootstrap {
-            return Err(InvalidConfig::Rule(
+            return rule(
+                "insecure_bootstrap",
                 "trust_bundle_path is required to trust the server the first time (or set insecure_bootstrap = true, which is unsafe)".into(),
-            ));
+            );
         }
         if self.sync_interval < Duration::from_millis(100) {
-            return Err(InvalidConfig::Rule(
+            return rule(
+                "sync_interval",
                 "sync_interval must be at least 100ms".into(),
-            ));
+            );
         }
         let set = self.node_attestor.configured();
         if set.len() > 1 {
-            return Err(InvalidConfig::Rule(format!(
-                "configure one node attestor besides join_token: {} are all set",
-                set.iter()
-                    .map(|n| format!("[node_attestor.{n}]"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+            return rule(
+                "node_attestor",
+                format!(
+                    "configure one node attestor besides join_token: {} are all set",
+                    set.iter()
+                        .map(|n| format!("[node_attestor.{n}]"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
         }
         if let Some(x) = &self.node_attestor.x509pop {
             let keys = [
@@ -486,37 +519,51 @@ impl AgentConfig {
                 x.pkcs11.is_some(),
             ];
             if keys.iter().filter(|k| **k).count() != 1 {
-                return Err(InvalidConfig::Rule(
-                    "[node_attestor.x509pop] needs exactly one of private_key_path, tpm_key_path                      and [node_attestor.x509pop.pkcs11]"
+                return rule(
+                    "node_attestor.x509pop",
+                    "[node_attestor.x509pop] needs exactly one of private_key_path, tpm_key_path \
+                     and [node_attestor.x509pop.pkcs11]"
                         .into(),
-                ));
+                );
             }
             if x.tcti.is_some() && x.tpm_key_path.is_none() {
-                return Err(InvalidConfig::Rule(
+                return rule(
+                    "node_attestor.x509pop.tcti",
                     "[node_attestor.x509pop] tcti is for tpm_key_path, which is not set".into(),
-                ));
+                );
             }
         }
         if matches!(self.key_manager, KeyManagerConfig::Tpm { tcti: None })
             && self.tpm_tcti().is_none()
         {
-            return Err(InvalidConfig::Rule(
+            return rule(
+                "key_manager",
                 "[key_manager] type = \"tpm\" needs a tcti (in [key_manager] or in a TPM node attestor section)".into(),
-            ));
+            );
         }
         if self.limits.max_connections == Some(0)
             || self.limits.max_connections_per_uid == Some(0)
             || self.limits.max_requests_per_uid == 0
         {
-            return Err(InvalidConfig::Rule(
+            return rule(
+                if self.limits.max_connections == Some(0) {
+                    "limits.max_connections"
+                } else if self.limits.max_connections_per_uid == Some(0) {
+                    "limits.max_connections_per_uid"
+                } else {
+                    "limits.max_requests_per_uid"
+                },
                 "[limits] max_connections, max_connections_per_uid and max_requests_per_uid must be at least 1".into(),
-            ));
+            );
         }
         if !self.socket_path.is_absolute() {
-            return Err(InvalidConfig::Rule(format!(
-                "socket_path {} must be absolute",
-                self.socket_path.display()
-            )));
+            return rule(
+                "socket_path",
+                format!(
+                    "socket_path {} must be absolute",
+                    self.socket_path.display()
+                ),
+            );
         }
         Ok(())
     }

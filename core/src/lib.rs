@@ -10,6 +10,7 @@ pub mod attestation;
 pub mod bundle;
 pub mod clock;
 pub mod config;
+pub mod config_key;
 pub mod der;
 pub mod duration;
 pub mod entry;

@@ -116,6 +116,13 @@ pub struct ServerConfig {
     /// What one client of the agent API may hold or ask for.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Where audit records go (nowhere by default).
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
+    /// SPIFFE IDs that may call the admin API over the TLS port, besides those of
+    /// entries with `admin` set (SPIRE's `admin_ids`).
+    #[serde(default)]
+    pub admin_ids: Vec<tessera_core::SpiffeId>,
     /// The metrics and health listeners (`[telemetry]`); both off by default.
     #[serde(default)]
     pub telemetry: tessera_telemetry::http::TelemetryConfig,
@@ -354,6 +361,29 @@ pub enum InvalidConfig {
     Load(#[from] ConfigError),
     #[error("invalid configuration: {0}")]
     Rule(String),
+    /// A setting breaks a rule; `key` is its dotted name (`limits.idle_timeout`).
+    #[error("invalid configuration: {message}")]
+    Setting { key: &'static str, message: String },
+    /// A broken rule, with the file and (when the file sets the key) where.
+    #[error("{place}: invalid configuration: {message}")]
+    InFile { place: String, message: String },
+}
+
+impl InvalidConfig {
+    /// Says where in the file `path` (whose text is `text`) the fault is: the line of
+    /// the setting when the file sets it, the file otherwise.
+    pub fn in_file(self, path: &str, text: &str) -> Self {
+        let (key, message) = match self {
+            InvalidConfig::Setting { key, message } => (Some(key), message),
+            InvalidConfig::Rule(message) => (None, message),
+            other => return other,
+        };
+        let place = match key.and_then(|k| tessera_core::config_key::locate(text, k)) {
+            Some((line, column)) => format!("{path}:{line}:{column}"),
+            None => path.to_owned(),
+        };
+        InvalidConfig::InFile { place, message }
+    }
 }
 
 impl ServerConfig {
@@ -364,7 +394,10 @@ impl ServerConfig {
             overrides.push(Override::from_flag(f)?);
         }
         let cfg: ServerConfig = tessera_core::config::load(path, &overrides)?;
-        cfg.validate()?;
+        if let Err(e) = cfg.validate() {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            return Err(e.in_file(&path.display().to_string(), &text));
+        }
         Ok(cfg)
     }
 
@@ -376,15 +409,19 @@ impl ServerConfig {
     }
 
     fn validate(&self) -> Result<(), InvalidConfig> {
-        let rule = |m: String| Err(InvalidConfig::Rule(m));
+        let rule =
+            |key: &'static str, message: String| Err(InvalidConfig::Setting { key, message });
         if self.ca_ttl < Duration::from_secs(10) {
-            return rule(format!(
-                "ca_ttl {:?} is too short (at least 10s)",
-                self.ca_ttl
-            ));
+            return rule(
+                "ca_ttl",
+                format!("ca_ttl {:?} is too short (at least 10s)", self.ca_ttl),
+            );
         }
-        if self.x509_svid_ttl.is_zero() || self.jwt_svid_ttl.is_zero() {
-            return rule("SVID lifetimes must be positive".into());
+        if self.x509_svid_ttl.is_zero() {
+            return rule("x509_svid_ttl", "SVID lifetimes must be positive".into());
+        }
+        if self.jwt_svid_ttl.is_zero() {
+            return rule("jwt_svid_ttl", "SVID lifetimes must be positive".into());
         }
         if let DatastoreConfig::Postgres {
             connection_string,
@@ -394,6 +431,7 @@ impl ServerConfig {
             match (connection_string, connection_string_file) {
                 (Some(_), Some(_)) => {
                     return rule(
+                        "datastore",
                         "[datastore] sets both connection_string and connection_string_file; \
                          set one"
                             .into(),
@@ -401,13 +439,17 @@ impl ServerConfig {
                 }
                 (None, None) => {
                     return rule(
+                        "datastore",
                         "[datastore] type \"postgres\" needs connection_string or \
                          connection_string_file"
                             .into(),
                     );
                 }
                 (Some(s), None) if s.0.trim().is_empty() => {
-                    return rule("[datastore] connection_string is empty".into());
+                    return rule(
+                        "datastore.connection_string",
+                        "[datastore] connection_string is empty".into(),
+                    );
                 }
                 _ => {}
             }
@@ -415,21 +457,56 @@ impl ServerConfig {
         let l = &self.limits;
         if l.max_connections == Some(0) || l.max_connections_per_ip == Some(0) {
             return rule(
+                if l.max_connections == Some(0) {
+                    "limits.max_connections"
+                } else {
+                    "limits.max_connections_per_ip"
+                },
                 "[limits] max_connections and max_connections_per_ip must be at least 1".into(),
             );
         }
         if l.handshake_timeout.is_zero() {
-            return rule("[limits] handshake_timeout must be positive".into());
+            return rule(
+                "limits.handshake_timeout",
+                "[limits] handshake_timeout must be positive".into(),
+            );
         }
         if !l.attestation_rate.is_finite() || l.attestation_rate < 0.0 {
-            return rule(format!(
-                "[limits] attestation_rate {} must be a number of attestations per second, \
+            return rule(
+                "limits.attestation_rate",
+                format!(
+                    "[limits] attestation_rate {} must be a number of attestations per second, \
                  0 or more (0 turns the limit off)",
-                l.attestation_rate
-            ));
+                    l.attestation_rate
+                ),
+            );
         }
         if l.attestation_rate > 0.0 && l.attestation_burst == 0 {
-            return rule("[limits] attestation_burst must be at least 1".into());
+            return rule(
+                "limits.attestation_burst",
+                "[limits] attestation_burst must be at least 1".into(),
+            );
+        }
+        for id in &self.admin_ids {
+            if !id.is_member_of(&self.trust_domain) {
+                return rule(
+                    "admin_ids",
+                    format!(
+                        "admin_ids: {id} is not in the trust domain {}: the TLS port accepts \
+                     only X509-SVIDs of its own trust domain",
+                        self.trust_domain
+                    ),
+                );
+            }
+            if id.is_reserved() {
+                return rule(
+                    "admin_ids",
+                    format!(
+                        "admin_ids: {id} is reserved for the server and its agents (/spire), \
+                     which may not administer the server"
+                    ),
+                );
+            }
         }
         if self.x509_svid_ttl > self.ca_ttl {
             tracing::warn!(
@@ -473,18 +550,19 @@ impl ServerConfig {
                 ..
             } => {
                 tessera_core::config::warn_if_shared(file);
-                let text = std::fs::read_to_string(file).map_err(|e| {
-                    InvalidConfig::Rule(format!(
-                        "[datastore] connection_string_file {}: {e}",
-                        file.display()
-                    ))
+                let text = std::fs::read_to_string(file).map_err(|e| InvalidConfig::Setting {
+                    key: "datastore.connection_string_file",
+                    message: format!("[datastore] connection_string_file {}: {e}", file.display()),
                 })?;
                 let text = text.trim();
                 if text.is_empty() {
-                    return Err(InvalidConfig::Rule(format!(
-                        "[datastore] connection_string_file {} is empty",
-                        file.display()
-                    )));
+                    return Err(InvalidConfig::Setting {
+                        key: "datastore.connection_string_file",
+                        message: format!(
+                            "[datastore] connection_string_file {} is empty",
+                            file.display()
+                        ),
+                    });
                 }
                 Ok(DatastoreTarget::Postgres(ConnectionString(text.to_owned())))
             }

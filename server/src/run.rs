@@ -29,7 +29,7 @@ use tessera_proto::agent::node_server::NodeServer;
 use tessera_telemetry::http::ReadyCheck;
 use tokio::net::{TcpListener, UnixListener};
 
-use crate::api::admin::AdminApi;
+use crate::api::admin_access::{GuardedAdmin, Listener};
 use crate::api::agent::AgentApi;
 use crate::api::{NodeCache, ServerState, server_id};
 use crate::attestor::NodeAttestor;
@@ -100,6 +100,9 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// The audit file cannot be opened.
+    #[error("{0}")]
+    Audit(#[from] crate::audit::AuditError),
     /// An API server failed while serving.
     #[error("serving failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -351,6 +354,7 @@ async fn open_datastore(config: &ServerConfig) -> Result<Arc<dyn Datastore>, Run
 pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunError> {
     tessera_core::fsutil::ensure_dir(&config.data_dir, 0o700)
         .map_err(io_error("create data directory", &config.data_dir))?;
+    let audit = crate::audit::Audit::open(&config.audit)?;
     let metrics = ServerMetrics::new();
     // Timed only when someone can read the figures.
     let metered = config.telemetry.metrics_address.is_some();
@@ -420,6 +424,7 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
         nodes: NodeCache::default(),
         key_manager: km,
         clock,
+        audit,
         metrics,
     }))
 }
@@ -511,6 +516,11 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
         .layer(state.metrics.rpc.layer_if(metered))
         .layer(crate::api::preauth::CredentialsFirstLayer)
         .add_service(NodeServer::new(AgentApi::new(state.clone())))
+        // Remote administration: only admin SVIDs get past the guard.
+        .add_service(AdminServer::new(GuardedAdmin::new(
+            state.clone(),
+            Listener::Tls,
+        )))
         .serve_with_incoming_shutdown(crate::transport::incoming(listener, tls, limits), {
             let mut rx = stop_rx.clone();
             async move {
@@ -520,7 +530,10 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     let admin_api = tonic::transport::Server::builder()
         .layer(state.metrics.rpc.layer_if(metered))
         .max_concurrent_streams(tessera_core::limits::MAX_CONCURRENT_STREAMS)
-        .add_service(AdminServer::new(AdminApi::new(state.clone())))
+        .add_service(AdminServer::new(GuardedAdmin::new(
+            state.clone(),
+            Listener::Socket,
+        )))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(admin_listener),
             {

@@ -6,6 +6,7 @@
 //! The binaries must be built first (`cargo build --bins`, which the project's test
 //! script does); the harness says so clearly when they are missing.
 
+pub mod admin;
 pub mod attack_h2;
 pub mod attack_net;
 pub mod cloud;

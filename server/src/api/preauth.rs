@@ -3,6 +3,12 @@
 //! one, and tonic reads a unary call's whole request message before the handler can
 //! look at the caller: without this, anyone who can reach the port could open
 //! streams, never send their message, and have the server hold each one.
+//!
+//! The admin API served on the same port gets the same treatment: a call from a
+//! connection without a client certificate is refused here with PermissionDenied
+//! (the admin guard's own answer to such a caller), before any argument is read. It
+//! leaves no audit record: it carries no identity, and recording each would let
+//! anyone fill the disk.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +20,9 @@ use crate::transport::PeerInfo;
 
 /// The one call a connection without an SVID may make.
 pub const ATTEST_PATH: &str = "/tessera.agent.v1.Node/Attest";
+
+/// The admin API's paths.
+const ADMIN_PREFIX: &str = "/tessera.admin.v1.Admin/";
 
 /// Whether a request may go on to the services: `Attest` always, every other call
 /// only from a connection that presented an agent or server SVID.
@@ -58,8 +67,11 @@ where
         if admitted(req.uri().path(), req.extensions().get::<PeerInfo>()) {
             return Box::pin(self.inner.call(req));
         }
-        let status =
-            tonic::Status::unauthenticated("this call needs the agent's SVID (mTLS); attest first");
+        let status = if req.uri().path().starts_with(ADMIN_PREFIX) {
+            tonic::Status::permission_denied(super::admin_access::NO_CLIENT_CERTIFICATE)
+        } else {
+            tonic::Status::unauthenticated("this call needs the agent's SVID (mTLS); attest first")
+        };
         Box::pin(async move { Ok(status.into_http()) })
     }
 }
@@ -116,5 +128,15 @@ mod tests {
         *req.uri_mut() = ATTEST_PATH.parse().unwrap();
         let resp = svc.ready().await.unwrap().call(req).await.unwrap();
         assert_eq!(resp.body(), "served");
+        // The admin API: refused as its guard would, saying what is missing.
+        let mut req = http::Request::new(());
+        *req.uri_mut() = "/tessera.admin.v1.Admin/ListEntries".parse().unwrap();
+        req.extensions_mut().insert(peer(None));
+        let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(resp.body(), "");
+        assert_eq!(
+            resp.headers().get("grpc-status").unwrap(),
+            &(tonic::Code::PermissionDenied as i32).to_string()
+        );
     }
 }
