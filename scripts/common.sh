@@ -32,9 +32,42 @@ stale() {
     return 1
 }
 
-# Fails unless /usr/include/google/protobuf/struct.proto (which workload.proto
-# imports) is there for protoc.
-need_struct_proto() {
-    [[ -f /usr/include/google/protobuf/struct.proto ]] ||
-        die "/usr/include/google/protobuf/struct.proto not found; run scripts/setup.sh --tests (package libprotobuf-dev)"
+# Sets `go` to a Go toolchain of at least version MIN (like 1.25.3): $TESSERA_GO if
+# set, else the first new enough of the `go` on PATH, /usr/local/go/bin/go (where
+# Go's own installer puts it) and Debian's versioned /usr/lib/go-1.N/bin/go,
+# newest first. Dies naming the version needed when none is new enough (Debian
+# bookworm's golang-go, 1.19, is too old). The builds use exactly this toolchain:
+# GOTOOLCHAIN=local stops a go.mod from fetching another one.
+need_go() {
+    local min=$1 candidate found best= seen=
+    local -a candidates=()
+    local -A tried=()
+    if [[ -n ${TESSERA_GO-} ]]; then
+        [[ -x $TESSERA_GO ]] || die "TESSERA_GO=$TESSERA_GO is not an executable go binary"
+        candidates=("$TESSERA_GO")
+    else
+        candidates=("$(command -v go 2>/dev/null || true)" /usr/local/go/bin/go)
+        mapfile -t -O 2 candidates < <(compgen -G '/usr/lib/go-1.*/bin/go' | sort -rV)
+    fi
+    export GOTOOLCHAIN=local
+    for candidate in "${candidates[@]}"; do
+        [[ -n $candidate && -x $candidate ]] || continue
+        # The go on PATH is often one of the others.
+        [[ -n ${tried[$candidate]-} ]] && continue
+        tried[$candidate]=1
+        found=$("$candidate" env GOVERSION 2>/dev/null) || continue
+        seen+="${seen:+, }$candidate is $found"
+        if go_at_least "${found#go}" "$min"; then
+            best=$candidate
+            break
+        fi
+    done
+    [[ -n $best ]] ||
+        die "Go $min or later is needed (${seen:-no go on PATH, in /usr/local/go/bin or /usr/lib/go-1.*}); install it (go.dev/dl) or set TESSERA_GO to its go binary"
+    go=$best
+}
+
+# Succeeds when Go version HAVE (1.26.8) is at least WANT (1.25.3).
+go_at_least() {
+    [[ $(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1) == "$2" ]]
 }

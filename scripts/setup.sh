@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Prepares a Debian (bookworm or later) machine to build, test and demo Tessera:
 # the Debian packages the build and the tests use (SoftHSM2, swtpm, tpm2-tools,
-# libtss2, OpenSSL, Python's venv; with --tests also a JDK, Go, grpc-java, grpc-go
-# and QEMU), the Rust components, the Python virtualenv with py-spiffe and, with
-# --tests, the compiled Java and Go workloads and a Debian kernel for the boot
-# test. Safe to run again: it installs only what is missing.
+# libtss2, OpenSSL, Python's venv; with --tests also a JDK, Maven, QEMU and
+# PostgreSQL), the Rust components, the Python virtualenv with py-spiffe and, with
+# --tests, the go-spiffe and java-spiffe workloads, SPIRE's server and agent, and
+# a Debian kernel for the boot test. Safe to run again: it installs and builds
+# only what is missing.
 #
 #   scripts/setup.sh            # what the build and the demo need
-#   scripts/setup.sh --tests    # and what only the tests need (Java, Go, QEMU, cargo-nextest)
+#   scripts/setup.sh --tests    # and what only the tests need
+#
+# --tests also needs Go 1.25.3 or later already installed (`go` on PATH, in
+# /usr/local/go or a Debian /usr/lib/go-1.N, or TESSERA_GO; Debian bookworm's
+# golang-go is too old): it builds the go-spiffe workload and SPIRE with it, and
+# says so before installing anything when there is none.
 #
 # Run as root, or as a user with sudo. Only Debian's archive, crates.io and PyPI
-# are contacted.
+# are contacted; with --tests also the Go module proxy and the Maven repository.
 
 set -euo pipefail
 
@@ -24,21 +30,18 @@ packages=(
     softhsm2 opensc
     openssl ca-certificates
     python3 python3-venv
-    protobuf-compiler musl-tools
+    musl-tools
 )
-# Only the tests need these: the Java and Go workloads (grpc-java over Netty, built
-# by scripts/java-env.sh; grpc-go, built by scripts/go-env.sh) and QEMU.
+# Only the tests need these: the JDK and Maven for the java-spiffe workload
+# (scripts/java-spiffe-env.sh); Go comes from outside Debian (see above).
 test_packages=(
-    libprotobuf-dev
-    default-jdk-headless libgrpc-java libnetty-java libprotobuf-java
-    protobuf-compiler-grpc-java-plugin libguava-java libperfmark-java libgoogle-gson-java
-    libgeronimo-annotation-1.3-spec-java
-    golang-go golang-google-grpc-dev golang-google-protobuf-dev
-    golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc
+    default-jdk-headless maven
     # The appliance boot test (images/boot-test.sh).
     qemu-system-x86 cpio
     # The PostgreSQL datastore's tests (scripts/postgres.sh).
     postgresql postgresql-client
+    # The metrics tests scrape both binaries with a real Prometheus server.
+    prometheus
 )
 
 tests=false
@@ -49,6 +52,8 @@ case ${1-} in
 esac
 if $tests; then
     packages+=("${test_packages[@]}")
+    # Stop here, before the installs, when no Go is new enough for SPIRE.
+    bash "$root/scripts/spire.sh" --check-go
 fi
 
 missing=()
@@ -92,11 +97,14 @@ fi
 
 # py-spiffe, the Python workload the tests and the demo use.
 bash "$root/scripts/python-env.sh" >/dev/null
-# The grpc-java and grpc-go workloads the tests use, and the kernel and busybox
-# the appliance boot test puts in its image (downloaded from Debian, not installed).
+# The go-spiffe and java-spiffe workloads the tests use; SPIRE's server and agent
+# (built here, before the tests, because the first build takes several minutes);
+# and the kernel and busybox the appliance boot test puts in its image
+# (downloaded from Debian, not installed).
 if $tests; then
-    bash "$root/scripts/java-env.sh" >/dev/null
-    bash "$root/scripts/go-env.sh" >/dev/null
+    bash "$root/scripts/go-spiffe-env.sh" >/dev/null
+    bash "$root/scripts/java-spiffe-env.sh" >/dev/null
+    bash "$root/scripts/spire.sh" >/dev/null
     bash "$root/images/boot-test.sh" fetch
 fi
 note "ready"

@@ -84,6 +84,9 @@ pub struct AgentConfig {
     /// What one local user may hold of the Workload API.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The metrics and health listeners (`[telemetry]`); both off by default.
+    #[serde(default)]
+    pub telemetry: tessera_telemetry::http::TelemetryConfig,
 }
 
 /// `[limits]`: connection caps and the idle timeout of the Workload API socket. See
@@ -99,6 +102,11 @@ pub struct LimitsConfig {
     /// `max_connections`).
     #[serde(default)]
     pub max_connections_per_uid: Option<usize>,
+    /// Requests (streams included) the processes of one UID may have open at once
+    /// across all their connections; past it a request is refused with
+    /// RESOURCE_EXHAUSTED. An unfinished request holds memory in the agent.
+    #[serde(default = "default_max_requests_per_uid")]
+    pub max_requests_per_uid: usize,
     /// A connection with no call or stream open for this long is closed (`0s`:
     /// never). Streams (FetchX509SVID and the others) keep their connection open for
     /// as long as they last.
@@ -111,10 +119,20 @@ impl Default for LimitsConfig {
         Self {
             max_connections: None,
             max_connections_per_uid: None,
+            max_requests_per_uid: default_max_requests_per_uid(),
             idle_timeout: default_idle_timeout(),
         }
     }
 }
+
+fn default_max_requests_per_uid() -> usize {
+    DEFAULT_MAX_REQUESTS_PER_UID
+}
+
+/// Requests one UID may have open at once by default: far above what the workloads
+/// of one user hold (a watching stream or two each), far below what pins memory
+/// (about 10 KiB per unfinished request).
+pub const DEFAULT_MAX_REQUESTS_PER_UID: usize = 2048;
 
 /// The Workload API's connection cap when the configuration sets none: the
 /// descriptors the process can spare, at most this many.
@@ -171,6 +189,18 @@ pub struct NodeAttestorConfig {
     /// TPM EK attestation.
     #[serde(default)]
     pub tpm_ek: Option<TpmEkConfig>,
+    /// AWS EC2 instance identity document attestation.
+    #[serde(default)]
+    pub aws_iid: Option<AwsIidConfig>,
+    /// Google Compute Engine instance identity token attestation.
+    #[serde(default)]
+    pub gcp_iit: Option<GcpIitConfig>,
+    /// Azure managed identity attestation.
+    #[serde(default)]
+    pub azure_msi: Option<AzureMsiConfig>,
+    /// X.509 certificate and proof of possession of its key.
+    #[serde(default)]
+    pub x509pop: Option<X509PopConfig>,
 }
 
 impl Default for NodeAttestorConfig {
@@ -179,8 +209,137 @@ impl Default for NodeAttestorConfig {
             join_token: Some(JoinTokenConfig::default()),
             tpm_devid: None,
             tpm_ek: None,
+            aws_iid: None,
+            gcp_iit: None,
+            azure_msi: None,
+            x509pop: None,
         }
     }
+}
+
+impl NodeAttestorConfig {
+    /// The sections of the attestors other than join_token that are set.
+    pub fn configured(&self) -> Vec<&'static str> {
+        [
+            ("tpm_devid", self.tpm_devid.is_some()),
+            ("tpm_ek", self.tpm_ek.is_some()),
+            ("aws_iid", self.aws_iid.is_some()),
+            ("gcp_iit", self.gcp_iit.is_some()),
+            ("azure_msi", self.azure_msi.is_some()),
+            ("x509pop", self.x509pop.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(n, set)| set.then_some(n))
+        .collect()
+    }
+
+    /// The TPM a node attestor uses, if any.
+    pub fn tpm_tcti(&self) -> Option<tessera_tpm::Tcti> {
+        self.tpm_devid
+            .as_ref()
+            .map(|c| c.tcti.clone())
+            .or_else(|| self.tpm_ek.as_ref().map(|c| c.tcti.clone()))
+            .or_else(|| {
+                self.x509pop
+                    .as_ref()
+                    .filter(|c| c.tpm_key_path.is_some())
+                    .map(|c| c.tcti.clone().unwrap_or_else(default_tcti))
+            })
+    }
+}
+
+fn default_metadata_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_aws_endpoint() -> String {
+    "http://169.254.169.254".into()
+}
+fn default_gcp_host() -> String {
+    "metadata.google.internal".into()
+}
+fn default_gcp_service_account() -> String {
+    "default".into()
+}
+fn default_gcp_audience() -> String {
+    tessera_core::attestation::gcp_iit::DEFAULT_AUDIENCE.into()
+}
+fn default_azure_resource() -> String {
+    "https://management.azure.com/".into()
+}
+
+/// `[node_attestor.aws_iid]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsIidConfig {
+    /// The instance metadata service (`http://[fd00:ec2::254]` on IPv6-only instances).
+    #[serde(default = "default_aws_endpoint")]
+    pub endpoint: String,
+    /// Read without an IMDSv2 session token when the service refuses to give one.
+    #[serde(default)]
+    pub allow_imdsv1: bool,
+    /// The deadline of each request to the metadata service.
+    #[serde(default = "default_metadata_timeout", with = "serde_human")]
+    pub timeout: Duration,
+}
+
+/// `[node_attestor.gcp_iit]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcpIitConfig {
+    /// The metadata server's host name.
+    #[serde(default = "default_gcp_host")]
+    pub host: String,
+    /// The service account whose identity token is asked for.
+    #[serde(default = "default_gcp_service_account")]
+    pub service_account: String,
+    /// The token audience; must match the server's `audience`.
+    #[serde(default = "default_gcp_audience")]
+    pub audience: String,
+    #[serde(default = "default_metadata_timeout", with = "serde_human")]
+    pub timeout: Duration,
+}
+
+/// `[node_attestor.azure_msi]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureMsiConfig {
+    /// IMDS.
+    #[serde(default = "default_aws_endpoint")]
+    pub endpoint: String,
+    /// The resource the token is asked for; must match the tenant's `resource_id` on
+    /// the server.
+    #[serde(default = "default_azure_resource")]
+    pub resource_id: String,
+    /// A user-assigned identity, by client ID, object ID or resource ID (default:
+    /// the system-assigned identity).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub object_id: Option<String>,
+    #[serde(default)]
+    pub msi_res_id: Option<String>,
+    #[serde(default = "default_metadata_timeout", with = "serde_human")]
+    pub timeout: Duration,
+}
+
+/// `[node_attestor.x509pop]`: the certificate, and its key in exactly one place.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct X509PopConfig {
+    /// PEM: the node's certificate, then the intermediates up to the CA.
+    pub certificate_path: PathBuf,
+    /// The key as a PKCS#8 file (PEM or DER).
+    #[serde(default)]
+    pub private_key_path: Option<PathBuf>,
+    /// The key in the TPM: its blob file (`tessera-agent tpm create-key`).
+    #[serde(default)]
+    pub tpm_key_path: Option<PathBuf>,
+    /// The TPM of `tpm_key_path` (default `device:/dev/tpmrm0`).
+    #[serde(default)]
+    pub tcti: Option<tessera_tpm::Tcti>,
+    /// The key in a PKCS#11 token, named by `uri` with `object=` and/or `id=`.
+    #[serde(default)]
+    pub pkcs11: Option<tessera_hsm::Pkcs11Config>,
 }
 
 fn default_tcti() -> tessera_tpm::Tcti {
@@ -271,6 +430,29 @@ pub enum InvalidConfig {
     Load(#[from] ConfigError),
     #[error("invalid configuration: {0}")]
     Rule(String),
+    /// A setting breaks a rule; `key` is its dotted name (`limits.idle_timeout`).
+    #[error("invalid configuration: {message}")]
+    Setting { key: &'static str, message: String },
+    /// A broken rule, with the file and (when the file sets the key) where.
+    #[error("{place}: invalid configuration: {message}")]
+    InFile { place: String, message: String },
+}
+
+impl InvalidConfig {
+    /// Says where in the file `path` (whose text is `text`) the fault is: the line of
+    /// the setting when the file sets it, the file otherwise.
+    pub fn in_file(self, path: &str, text: &str) -> Self {
+        let (key, message) = match self {
+            InvalidConfig::Setting { key, message } => (Some(key), message),
+            InvalidConfig::Rule(message) => (None, message),
+            other => return other,
+        };
+        let place = match key.and_then(|k| tessera_process::config_key::locate(text, k)) {
+            Some((line, column)) => format!("{path}:{line}:{column}"),
+            None => path.to_owned(),
+        };
+        InvalidConfig::InFile { place, message }
+    }
 }
 
 impl AgentConfig {
@@ -279,7 +461,10 @@ impl AgentConfig {
         // TESSERA_AGENT_JOIN_TOKEN is the token itself, not a config key.
         let overrides = tessera_process::config::overrides(ENV_PREFIX, flags, &["join_token"])?;
         let cfg: AgentConfig = tessera_process::config::load(path, &overrides)?;
-        cfg.validate()?;
+        if let Err(e) = cfg.validate() {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            return Err(e.in_file(&path.display().to_string(), &text));
+        }
         Ok(cfg)
     }
 
@@ -291,42 +476,88 @@ impl AgentConfig {
     }
 
     fn validate(&self) -> Result<(), InvalidConfig> {
+        let rule =
+            |key: &'static str, message: String| Err(InvalidConfig::Setting { key, message });
         if self.server_address.is_empty() && self.server_addresses.is_empty() {
-            return Err(InvalidConfig::Rule("server_address is required".into()));
+            return rule("server_address", "server_address is required".into());
         }
         if self.trust_bundle_path.is_none() && !self.insecure_bootstrap {
-            return Err(InvalidConfig::Rule(
+            return rule(
+                "insecure_bootstrap",
                 "trust_bundle_path is required to trust the server the first time (or set insecure_bootstrap = true, which is unsafe)".into(),
-            ));
+            );
         }
         if self.sync_interval < Duration::from_millis(100) {
-            return Err(InvalidConfig::Rule(
+            return rule(
+                "sync_interval",
                 "sync_interval must be at least 100ms".into(),
-            ));
+            );
         }
-        if self.node_attestor.tpm_devid.is_some() && self.node_attestor.tpm_ek.is_some() {
-            return Err(InvalidConfig::Rule(
-                "configure one TPM node attestor: [node_attestor.tpm_devid] or [node_attestor.tpm_ek], not both".into(),
-            ));
+        let set = self.node_attestor.configured();
+        if set.len() > 1 {
+            return rule(
+                "node_attestor",
+                format!(
+                    "configure one node attestor besides join_token: {} are all set",
+                    set.iter()
+                        .map(|n| format!("[node_attestor.{n}]"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+        if let Some(x) = &self.node_attestor.x509pop {
+            let keys = [
+                x.private_key_path.is_some(),
+                x.tpm_key_path.is_some(),
+                x.pkcs11.is_some(),
+            ];
+            if keys.iter().filter(|k| **k).count() != 1 {
+                return rule(
+                    "node_attestor.x509pop",
+                    "[node_attestor.x509pop] needs exactly one of private_key_path, tpm_key_path \
+                     and [node_attestor.x509pop.pkcs11]"
+                        .into(),
+                );
+            }
+            if x.tcti.is_some() && x.tpm_key_path.is_none() {
+                return rule(
+                    "node_attestor.x509pop.tcti",
+                    "[node_attestor.x509pop] tcti is for tpm_key_path, which is not set".into(),
+                );
+            }
         }
         if matches!(self.key_manager, KeyManagerConfig::Tpm { tcti: None })
             && self.tpm_tcti().is_none()
         {
-            return Err(InvalidConfig::Rule(
+            return rule(
+                "key_manager",
                 "[key_manager] type = \"tpm\" needs a tcti (in [key_manager] or in a TPM node attestor section)".into(),
-            ));
+            );
         }
-        if self.limits.max_connections == Some(0) || self.limits.max_connections_per_uid == Some(0)
+        if self.limits.max_connections == Some(0)
+            || self.limits.max_connections_per_uid == Some(0)
+            || self.limits.max_requests_per_uid == 0
         {
-            return Err(InvalidConfig::Rule(
-                "[limits] max_connections and max_connections_per_uid must be at least 1".into(),
-            ));
+            return rule(
+                if self.limits.max_connections == Some(0) {
+                    "limits.max_connections"
+                } else if self.limits.max_connections_per_uid == Some(0) {
+                    "limits.max_connections_per_uid"
+                } else {
+                    "limits.max_requests_per_uid"
+                },
+                "[limits] max_connections, max_connections_per_uid and max_requests_per_uid must be at least 1".into(),
+            );
         }
         if !self.socket_path.is_absolute() {
-            return Err(InvalidConfig::Rule(format!(
-                "socket_path {} must be absolute",
-                self.socket_path.display()
-            )));
+            return rule(
+                "socket_path",
+                format!(
+                    "socket_path {} must be absolute",
+                    self.socket_path.display()
+                ),
+            );
         }
         Ok(())
     }
@@ -337,11 +568,7 @@ impl AgentConfig {
         if let KeyManagerConfig::Tpm { tcti: Some(t) } = &self.key_manager {
             return Some(t.clone());
         }
-        self.node_attestor
-            .tpm_devid
-            .as_ref()
-            .map(|c| c.tcti.clone())
-            .or_else(|| self.node_attestor.tpm_ek.as_ref().map(|c| c.tcti.clone()))
+        self.node_attestor.tpm_tcti()
     }
 
     /// Every server address to try, `host:port`, in order.
@@ -416,12 +643,76 @@ ek = "ecc-p384"
             "trust_domain = \"e.org\"\nserver_address = \"a\"\ninsecure_bootstrap = true\n[node_attestor.tpm_ek]\n[node_attestor.tpm_devid]\ndevid_dir = \"/x\"\n",
         )
         .unwrap_err();
-        assert!(e.to_string().contains("one TPM node attestor"), "{e}");
+        assert!(
+            e.to_string().contains(
+                "configure one node attestor besides join_token: [node_attestor.tpm_devid], \
+                 [node_attestor.tpm_ek] are all set"
+            ),
+            "{e}"
+        );
         let e = AgentConfig::parse(
             "trust_domain = \"e.org\"\nserver_address = \"a\"\ninsecure_bootstrap = true\n[node_attestor.tpm_ek]\nek = \"rsa-1024\"\n",
         )
         .unwrap_err();
         assert!(e.to_string().contains(":5:"), "{e}");
+    }
+
+    #[test]
+    fn cloud_and_certificate_sections() {
+        let base = "trust_domain = \"e.org\"\nserver_address = \"a\"\ninsecure_bootstrap = true\n";
+        let c = AgentConfig::parse(&format!("{base}[node_attestor.aws_iid]\n")).unwrap();
+        let aws = c.node_attestor.aws_iid.unwrap();
+        assert_eq!(aws.endpoint, "http://169.254.169.254");
+        assert!(!aws.allow_imdsv1);
+        assert_eq!(aws.timeout, Duration::from_secs(5));
+        let c = AgentConfig::parse(&format!(
+            "{base}[node_attestor.gcp_iit]\naudience = \"edge\"\n"
+        ))
+        .unwrap();
+        let gcp = c.node_attestor.gcp_iit.unwrap();
+        assert_eq!(
+            (
+                gcp.host.as_str(),
+                gcp.service_account.as_str(),
+                gcp.audience.as_str()
+            ),
+            ("metadata.google.internal", "default", "edge")
+        );
+        let c = AgentConfig::parse(&format!(
+            "{base}[node_attestor.azure_msi]\nclient_id = \"c1\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.node_attestor.azure_msi.unwrap().resource_id,
+            "https://management.azure.com/"
+        );
+        let c = AgentConfig::parse(&format!(
+            "{base}[node_attestor.x509pop]\ncertificate_path = \"/c.pem\"\ntpm_key_path = \"/k.tpmkey\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.tpm_tcti(), Some(tessera_tpm::Tcti::default_device()));
+        for (extra, want) in [
+            (
+                "[node_attestor.x509pop]\ncertificate_path = \"/c\"\n",
+                "exactly one of private_key_path",
+            ),
+            (
+                "[node_attestor.x509pop]\ncertificate_path = \"/c\"\nprivate_key_path = \"/k\"\ntpm_key_path = \"/t\"\n",
+                "exactly one of",
+            ),
+            (
+                "[node_attestor.x509pop]\ncertificate_path = \"/c\"\nprivate_key_path = \"/k\"\ntcti = \"device:/dev/tpmrm0\"\n",
+                "tcti is for tpm_key_path",
+            ),
+            (
+                "[node_attestor.aws_iid]\n[node_attestor.gcp_iit]\n",
+                "[node_attestor.aws_iid], [node_attestor.gcp_iit] are all set",
+            ),
+            ("[node_attestor.aws_iid]\nimdsv1 = true\n", "imdsv1"),
+        ] {
+            let e = AgentConfig::parse(&format!("{base}{extra}")).unwrap_err();
+            assert!(e.to_string().contains(want), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod manager;
+pub mod metrics;
 pub mod protocol;
 pub mod retry;
 pub mod startup;

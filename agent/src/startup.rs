@@ -47,6 +47,8 @@ pub enum StartupError {
     TpmKeyManager(#[source] KeyError),
     #[error("node_attestor.tpm_devid: {0} (provision it with `tessera-agent tpm provision-devid`)")]
     DevId(#[source] tessera_tpm::provision::ProvisionError),
+    #[error("node_attestor.x509pop: {0}")]
+    X509Pop(String),
     #[error("--join-token-file: {0}")]
     JoinTokenFile(#[source] SecretError),
     #[error("join token: {0}")]
@@ -65,6 +67,9 @@ pub enum StartupError {
     /// The Workload API server ended by itself, without an error.
     #[error("the Workload API stopped: no reason given")]
     WorkloadApiStopped,
+    /// A metrics or health listener could not start (the message names the setting).
+    #[error("{0}")]
+    Telemetry(#[source] std::io::Error),
 }
 
 /// Opens a TPM through the tss-esapi backend.
@@ -90,18 +95,12 @@ pub fn open_tpm(cfg: &AgentConfig) -> Result<Option<Arc<Tpm>>, StartupError> {
     let Some(tcti) = cfg.tpm_tcti() else {
         return Ok(None);
     };
-    let attestor_tcti = cfg
-        .node_attestor
-        .tpm_devid
-        .as_ref()
-        .map(|c| &c.tcti)
-        .or_else(|| cfg.node_attestor.tpm_ek.as_ref().map(|c| &c.tcti));
-    if let Some(a) = attestor_tcti
-        && a != &tcti
+    if let Some(a) = cfg.node_attestor.tpm_tcti()
+        && a != tcti
     {
         return Err(StartupError::TpmMismatch {
             key_manager: tcti,
-            attestor: a.clone(),
+            attestor: a,
         });
     }
     open_tpm_at(&tcti).map(Some)
@@ -189,7 +188,7 @@ pub fn node_attestor(
             tessera_tpm::AgentOptions { ek: c.ek, ak: c.ak },
         )))
     } else {
-        None
+        cloud_or_certificate_attestor(cfg, tpm.clone())?
     };
     let given = args.resolve()?;
     if let Some(a) = tpm_attestor {
@@ -228,6 +227,83 @@ pub fn node_attestor(
     Ok(None)
 }
 
+/// The cloud or certificate node attestor the configuration names, if any.
+fn cloud_or_certificate_attestor(
+    cfg: &AgentConfig,
+    tpm: Option<Arc<Tpm>>,
+) -> Result<Option<Arc<dyn NodeAttestor>>, StartupError> {
+    use crate::attestor::{aws_iid, azure_msi, gcp_iit, x509pop};
+    let n = &cfg.node_attestor;
+    if let Some(c) = &n.aws_iid {
+        return Ok(Some(Arc::new(aws_iid::AwsIid::new(
+            &c.endpoint,
+            c.allow_imdsv1,
+            c.timeout,
+        ))));
+    }
+    if let Some(c) = &n.gcp_iit {
+        return Ok(Some(Arc::new(gcp_iit::GcpIit::new(
+            &c.host,
+            &c.service_account,
+            &c.audience,
+            c.timeout,
+        ))));
+    }
+    if let Some(c) = &n.azure_msi {
+        let identity = azure_msi::Identity {
+            client_id: c.client_id.clone(),
+            object_id: c.object_id.clone(),
+            msi_res_id: c.msi_res_id.clone(),
+        };
+        return Ok(Some(Arc::new(azure_msi::AzureMsi::new(
+            &c.endpoint,
+            &c.resource_id,
+            &identity,
+            c.timeout,
+        ))));
+    }
+    let Some(c) = &n.x509pop else {
+        return Ok(None);
+    };
+    let key = if let Some(p) = &c.private_key_path {
+        // Read at each attestation; checked once now so a typo stops the start.
+        x509pop::read_key_file(p).map_err(StartupError::X509Pop)?;
+        x509pop::NodeKey::File(p.clone())
+    } else if let Some(p) = &c.tpm_key_path {
+        let tpm = tpm.ok_or(StartupError::NeedsTpm("x509pop with tpm_key_path"))?;
+        let bytes = std::fs::read(p)
+            .map_err(|e| StartupError::X509Pop(format!("tpm_key_path {}: {e}", p.display())))?;
+        let blob = tessera_tpm::KeyBlob::from_bytes(&bytes)
+            .map_err(|e| StartupError::X509Pop(format!("tpm_key_path {}: {e}", p.display())))?;
+        let key = tessera_tpm::TpmKey::from_blob(tpm, blob)
+            .map_err(|e| StartupError::X509Pop(format!("tpm_key_path {}: {e}", p.display())))?;
+        x509pop::NodeKey::Held(Arc::new(key))
+    } else if let Some(p) = &c.pkcs11 {
+        let km = tessera_hsm::Pkcs11KeyManager::open(p)
+            .map_err(|e| StartupError::X509Pop(format!("pkcs11: {e}")))?;
+        let key = km
+            .uri_key()
+            .map_err(|e| StartupError::X509Pop(format!("pkcs11: {e}")))?
+            .ok_or_else(|| {
+                StartupError::X509Pop(
+                    "pkcs11: the uri must name the node key (object= and/or id=)".into(),
+                )
+            })?;
+        x509pop::NodeKey::Held(key)
+    } else {
+        return Err(StartupError::X509Pop(
+            "no key: set private_key_path, tpm_key_path or [node_attestor.x509pop.pkcs11]".into(),
+        ));
+    };
+    let attestor = x509pop::X509Pop::new(c.certificate_path.clone(), key);
+    // The same check every attestation makes, once now: a wrong pairing is a
+    // configuration error, not something to retry.
+    attestor
+        .load()
+        .map_err(|e| StartupError::X509Pop(e.to_string()))?;
+    Ok(Some(Arc::new(attestor)))
+}
+
 /// Runs the agent: serves the socket at once (workloads get UNAVAILABLE until the
 /// agent has its identity and a first sync), gets the identity (waiting out a server,
 /// HSM or TPM that is away), then keeps everything fresh until SIGTERM or SIGINT,
@@ -255,12 +331,33 @@ pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError>
             let _ = stop_rx.wait_for(|stop| *stop).await;
         },
     ));
+    let telemetry = tessera_telemetry::http::start(
+        &agent.config().telemetry,
+        agent.metrics().registry.clone(),
+        crate::metrics::ready_check(agent.clone()),
+        stop_tx.subscribe(),
+    )
+    .await;
+    if let Err(e) = telemetry {
+        socket.remove();
+        return Err(StartupError::Telemetry(e));
+    }
+    // The socket answers from here on (workloads get Unavailable until the agent
+    // has its identity): systemd may start what depends on it.
+    tessera_telemetry::notify::ready("attesting or resuming its identity");
+    tessera_telemetry::notify::spawn_watchdog();
     let work = {
         let agent = agent.clone();
         let socket_path = socket.path().to_owned();
         async move {
             agent.establish().await?;
             tracing::info!(socket = %socket_path.display(), spiffe_id = ?agent.spiffe_id().map(|i| i.to_string()), "Tessera agent is up");
+            tessera_telemetry::notify::status(&format!(
+                "serving as {}",
+                agent
+                    .spiffe_id()
+                    .map_or_else(String::new, |i| i.to_string())
+            ));
             agent.run().await;
             Ok::<(), AgentError>(())
         }
@@ -277,6 +374,7 @@ pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError>
         }
         () = tessera_process::shutdown::signal() => Ok(()),
     };
+    tessera_telemetry::notify::stopping();
     // New clients stop finding the socket at once; open streams end next.
     socket.remove();
     let _ = stop_tx.send(true);

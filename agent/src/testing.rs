@@ -96,7 +96,7 @@ impl Session for TestSession {
         Ok(b"test".to_vec())
     }
     async fn answer(&mut self, _: Vec<u8>) -> Result<Vec<u8>, AttestError> {
-        Err(AttestError("no challenge expected".into()))
+        Err(AttestError::Failed("no challenge expected".into()))
     }
 }
 
@@ -250,7 +250,7 @@ impl ServerApi for FakeServer {
             .session()
             .payload()
             .await
-            .map_err(|e| ServerError::Attestation(e.to_string()))?;
+            .map_err(crate::protocol::from_attestor)?;
         assert_eq!(payload, b"test");
         let (n, ttl) = {
             let mut st = self.state();

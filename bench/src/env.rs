@@ -164,3 +164,23 @@ pub(crate) async fn cached_svids(socket: &std::path::Path) -> Option<u32> {
 pub(crate) fn my_selector() -> String {
     format!("unix:uid:{}", tessera_swtpm_tests::my_uid())
 }
+
+/// Fetches `http://ADDRESS/metrics` every second until aborted, as Prometheus would,
+/// so that a "metrics on" figure includes being scraped.
+pub(crate) fn scrape_every_second(address: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(&address).await {
+                let req = format!(
+                    "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+                );
+                if s.write_all(req.as_bytes()).await.is_ok() {
+                    let mut page = Vec::new();
+                    let _ = s.read_to_end(&mut page).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}

@@ -155,6 +155,71 @@ pub(crate) fn raw_pkcs11_child(
     Ok(signatures as f64 / elapsed.as_secs_f64())
 }
 
+/// Attests `many` simulated agents to `server`, each with [`BATCH`] entries and a
+/// CSR for each.
+async fn prepare(
+    server: &Server,
+    many: usize,
+) -> Result<(Vec<SimAgent>, Vec<Vec<(String, Vec<u8>)>>), String> {
+    let mut admin = env::admin(server).await?;
+    let tokens = env::tokens(&mut admin, many).await?;
+    let mut work = Vec::new();
+    for t in &tokens {
+        let parent = env::agent_id(t);
+        let entries = (0..BATCH)
+            .map(|i| {
+                env::entry(
+                    format!("spiffe://example.org/bench/{t}/{i}"),
+                    &parent,
+                    format!("unix:uid:{}", 100_000 + i),
+                )
+            })
+            .collect();
+        let ids = env::create_entries(&mut admin, entries).await?;
+        work.push(
+            ids.into_iter()
+                .map(|id| (id, sim::csr()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    let bundle = sim::bootstrap(&server.cli_ok(&["bundle", "show"]))?;
+    let agents = sim::attest_many(&server.address(), bundle, tokens, 4).await?;
+    Ok((agents, work))
+}
+
+/// Issuance with metrics on (`[telemetry] metrics_address`, scraped every second)
+/// against the same with metrics off, on two servers alternating in one run: SVIDs
+/// per second with `many` agents, (on, off).
+pub(crate) async fn metrics_overhead(dir: &Path, quick: bool) -> Result<(f64, f64), String> {
+    let secs = Duration::from_secs(if quick { 1 } else { 5 });
+    let many = if quick { 2 } else { 4 };
+    let metrics_at = format!("127.0.0.1:{}", tessera_swtpm_tests::free_port());
+    let off = Server::start(
+        &dir.join("off"),
+        &format!("[key_manager]\ntype = \"memory\"\n{}", env::SERVER_LIMITS),
+    );
+    let on = Server::start(
+        &dir.join("on"),
+        &format!(
+            "[key_manager]\ntype = \"memory\"\n{}\n[telemetry]\nmetrics_address = \"{metrics_at}\"\n",
+            env::SERVER_LIMITS
+        ),
+    );
+    let scraper = env::scrape_every_second(metrics_at);
+    let (off_agents, off_work) = prepare(&off, many).await?;
+    let (on_agents, on_work) = prepare(&on, many).await?;
+    issue_for(&off_agents[..1], &off_work[..1], Duration::from_millis(300)).await?;
+    issue_for(&on_agents[..1], &on_work[..1], Duration::from_millis(300)).await?;
+    // Alternating rounds, so that a noisy neighbour hurts both sides alike.
+    let (mut sum_on, mut sum_off) = (0.0, 0.0);
+    for _ in 0..3 {
+        sum_off += issue_for(&off_agents, &off_work, secs).await?;
+        sum_on += issue_for(&on_agents, &on_work, secs).await?;
+    }
+    scraper.abort();
+    Ok((sum_on / 3.0, sum_off / 3.0))
+}
+
 pub(crate) async fn run(dir: &Path, quick: bool, km: KeyManagerKind) -> Result<Report, String> {
     let secs = Duration::from_secs(if quick { 2 } else { 10 });
     let many = if quick { 2 } else { 4 };
@@ -182,29 +247,7 @@ pub(crate) async fn run(dir: &Path, quick: bool, km: KeyManagerKind) -> Result<R
             (s, Some(hsm))
         }
     };
-    let mut admin = env::admin(&server).await?;
-    let tokens = env::tokens(&mut admin, many).await?;
-    let mut work = Vec::new();
-    for t in &tokens {
-        let parent = env::agent_id(t);
-        let entries = (0..BATCH)
-            .map(|i| {
-                env::entry(
-                    format!("spiffe://example.org/bench/{t}/{i}"),
-                    &parent,
-                    format!("unix:uid:{}", 100_000 + i),
-                )
-            })
-            .collect();
-        let ids = env::create_entries(&mut admin, entries).await?;
-        work.push(
-            ids.into_iter()
-                .map(|id| (id, sim::csr()))
-                .collect::<Vec<_>>(),
-        );
-    }
-    let bundle = sim::bootstrap(&server.cli_ok(&["bundle", "show"]))?;
-    let agents = sim::attest_many(&server.address(), bundle, tokens, 4).await?;
+    let (agents, work) = prepare(&server, many).await?;
     // Warm up connections and caches.
     issue_for(&agents[..1], &work[..1], Duration::from_millis(300)).await?;
 
@@ -259,6 +302,20 @@ pub(crate) async fn run(dir: &Path, quick: bool, km: KeyManagerKind) -> Result<R
         per_op_us(raw),
     );
     r.add("csr_check_per_sec", "CSR checks/s (parse + verify)", verify);
+    if km == KeyManagerKind::Memory {
+        let (on, off) = metrics_overhead(&dir.join("metrics"), quick).await?;
+        r.add(
+            "metrics_on_svids_per_sec",
+            "SVIDs/s, N agents, metrics on and scraped",
+            on,
+        );
+        r.add(
+            "metrics_off_svids_per_sec",
+            "SVIDs/s, N agents, metrics off",
+            off,
+        );
+        r.add("metrics_on_over_off", "ratio (metrics on / off)", on / off);
+    }
     r.add(
         "csr_check_cpu_us",
         "CPU µs per CSR check",

@@ -4,10 +4,11 @@
 //!
 //! Types and rules only: nothing here reads files, listens or talks to the network.
 //! What a running process needs from the operating system (configuration files,
-//! secrets, atomic writes, key files, sockets, signals, logging, connection limits)
-//! is in `tessera-process`.
+//! secrets, atomic writes, key files, sockets, signals, logging, connection limits,
+//! the node attestors' one-shot HTTP client) is in `tessera-process`.
 
 #![warn(missing_docs)]
+pub mod attestation;
 pub mod bundle;
 pub mod clock;
 pub mod der;

@@ -117,6 +117,16 @@ pub struct ServerConfig {
     /// What one client of the agent API may hold or ask for.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Where audit records go (nowhere by default).
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
+    /// SPIFFE IDs that may call the admin API over the TLS port, besides those of
+    /// entries with `admin` set (SPIRE's `admin_ids`).
+    #[serde(default)]
+    pub admin_ids: Vec<tessera_core::SpiffeId>,
+    /// The metrics and health listeners (`[telemetry]`); both off by default.
+    #[serde(default)]
+    pub telemetry: tessera_telemetry::http::TelemetryConfig,
 }
 
 /// `[limits]`: connection caps, timeouts and the attestation rate of the agent API.
@@ -213,11 +223,11 @@ pub enum UpstreamAuthorityConfig {
 pub const DEFAULT_UPSTREAM_KEY_ID: &str = "upstream-root";
 
 /// Optional human durations.
-mod opt_duration {
+pub(crate) mod opt_duration {
     use super::*;
     use serde::Deserializer;
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<Duration>, D::Error> {
         serde_human::deserialize(d).map(Some)
@@ -303,6 +313,19 @@ pub struct NodeAttestorsConfig {
     /// TPM EK attestation (off unless configured).
     #[serde(default)]
     pub tpm_ek: Option<crate::attestor::tpm_ek::TpmEkConfig>,
+    /// AWS EC2 instance identity documents (off unless configured).
+    #[serde(default)]
+    pub aws_iid: Option<crate::attestor::aws_iid::AwsIidConfig>,
+    /// Google Compute Engine instance identity tokens (off unless configured).
+    #[serde(default)]
+    pub gcp_iit: Option<crate::attestor::gcp_iit::GcpIitConfig>,
+    /// Azure managed identity tokens (off unless configured).
+    #[serde(default)]
+    pub azure_msi: Option<crate::attestor::azure_msi::AzureMsiConfig>,
+    /// X.509 certificates with proof of possession of their key (off unless
+    /// configured).
+    #[serde(default)]
+    pub x509pop: Option<crate::attestor::x509pop::X509PopConfig>,
 }
 
 impl Default for NodeAttestorsConfig {
@@ -311,6 +334,10 @@ impl Default for NodeAttestorsConfig {
             join_token: JoinTokenConfig { enabled: true },
             tpm_devid: None,
             tpm_ek: None,
+            aws_iid: None,
+            gcp_iit: None,
+            azure_msi: None,
+            x509pop: None,
         }
     }
 }
@@ -335,13 +362,45 @@ pub enum InvalidConfig {
     Load(#[from] ConfigError),
     #[error("invalid configuration: {0}")]
     Rule(String),
-    /// A secret the configuration names cannot be read.
+    /// A secret the configuration names cannot be read; `key` is its dotted name.
     #[error("{setting}: {source}")]
     Secret {
+        key: &'static str,
         setting: &'static str,
         #[source]
         source: SecretError,
     },
+    /// A setting breaks a rule; `key` is its dotted name (`limits.idle_timeout`).
+    #[error("invalid configuration: {message}")]
+    Setting { key: &'static str, message: String },
+    /// A broken rule or an unreadable secret, with the file and (when the file sets
+    /// the key) where.
+    #[error("{place}: {fault}")]
+    InFile {
+        place: String,
+        #[source]
+        fault: Box<InvalidConfig>,
+    },
+}
+
+impl InvalidConfig {
+    /// Says where in the file `path` (whose text is `text`) the fault is: the line of
+    /// the setting when the file sets it, the file otherwise.
+    pub fn in_file(self, path: &str, text: &str) -> Self {
+        let key = match &self {
+            InvalidConfig::Setting { key, .. } | InvalidConfig::Secret { key, .. } => Some(*key),
+            InvalidConfig::Rule(_) => None,
+            _ => return self,
+        };
+        let place = match key.and_then(|k| tessera_process::config_key::locate(text, k)) {
+            Some((line, column)) => format!("{path}:{line}:{column}"),
+            None => path.to_owned(),
+        };
+        InvalidConfig::InFile {
+            place,
+            fault: Box::new(self),
+        }
+    }
 }
 
 impl ServerConfig {
@@ -349,7 +408,10 @@ impl ServerConfig {
     pub fn load(path: &Path, flags: &[String]) -> Result<Self, InvalidConfig> {
         let overrides = tessera_process::config::overrides(ENV_PREFIX, flags, &[])?;
         let cfg: ServerConfig = tessera_process::config::load(path, &overrides)?;
-        cfg.validate()?;
+        if let Err(e) = cfg.validate() {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            return Err(e.in_file(&path.display().to_string(), &text));
+        }
         Ok(cfg)
     }
 
@@ -361,15 +423,19 @@ impl ServerConfig {
     }
 
     fn validate(&self) -> Result<(), InvalidConfig> {
-        let rule = |m: String| Err(InvalidConfig::Rule(m));
+        let rule =
+            |key: &'static str, message: String| Err(InvalidConfig::Setting { key, message });
         if self.ca_ttl < Duration::from_secs(10) {
-            return rule(format!(
-                "ca_ttl {:?} is too short (at least 10s)",
-                self.ca_ttl
-            ));
+            return rule(
+                "ca_ttl",
+                format!("ca_ttl {:?} is too short (at least 10s)", self.ca_ttl),
+            );
         }
-        if self.x509_svid_ttl.is_zero() || self.jwt_svid_ttl.is_zero() {
-            return rule("SVID lifetimes must be positive".into());
+        if self.x509_svid_ttl.is_zero() {
+            return rule("x509_svid_ttl", "SVID lifetimes must be positive".into());
+        }
+        if self.jwt_svid_ttl.is_zero() {
+            return rule("jwt_svid_ttl", "SVID lifetimes must be positive".into());
         }
         if let DatastoreConfig::Postgres {
             connection_string,
@@ -379,6 +445,7 @@ impl ServerConfig {
             match (connection_string, connection_string_file) {
                 (Some(_), Some(_)) => {
                     return rule(
+                        "datastore",
                         "[datastore] sets both connection_string and connection_string_file; \
                          set one"
                             .into(),
@@ -386,13 +453,17 @@ impl ServerConfig {
                 }
                 (None, None) => {
                     return rule(
+                        "datastore",
                         "[datastore] type \"postgres\" needs connection_string or \
                          connection_string_file"
                             .into(),
                     );
                 }
                 (Some(s), None) if s.0.trim().is_empty() => {
-                    return rule("[datastore] connection_string is empty".into());
+                    return rule(
+                        "datastore.connection_string",
+                        "[datastore] connection_string is empty".into(),
+                    );
                 }
                 _ => {}
             }
@@ -400,21 +471,56 @@ impl ServerConfig {
         let l = &self.limits;
         if l.max_connections == Some(0) || l.max_connections_per_ip == Some(0) {
             return rule(
+                if l.max_connections == Some(0) {
+                    "limits.max_connections"
+                } else {
+                    "limits.max_connections_per_ip"
+                },
                 "[limits] max_connections and max_connections_per_ip must be at least 1".into(),
             );
         }
         if l.handshake_timeout.is_zero() {
-            return rule("[limits] handshake_timeout must be positive".into());
+            return rule(
+                "limits.handshake_timeout",
+                "[limits] handshake_timeout must be positive".into(),
+            );
         }
         if !l.attestation_rate.is_finite() || l.attestation_rate < 0.0 {
-            return rule(format!(
-                "[limits] attestation_rate {} must be a number of attestations per second, \
+            return rule(
+                "limits.attestation_rate",
+                format!(
+                    "[limits] attestation_rate {} must be a number of attestations per second, \
                  0 or more (0 turns the limit off)",
-                l.attestation_rate
-            ));
+                    l.attestation_rate
+                ),
+            );
         }
         if l.attestation_rate > 0.0 && l.attestation_burst == 0 {
-            return rule("[limits] attestation_burst must be at least 1".into());
+            return rule(
+                "limits.attestation_burst",
+                "[limits] attestation_burst must be at least 1".into(),
+            );
+        }
+        for id in &self.admin_ids {
+            if !id.is_member_of(&self.trust_domain) {
+                return rule(
+                    "admin_ids",
+                    format!(
+                        "admin_ids: {id} is not in the trust domain {}: the TLS port accepts \
+                     only X509-SVIDs of its own trust domain",
+                        self.trust_domain
+                    ),
+                );
+            }
+            if id.is_reserved() {
+                return rule(
+                    "admin_ids",
+                    format!(
+                        "admin_ids: {id} is reserved for the server and its agents (/spire), \
+                     which may not administer the server"
+                    ),
+                );
+            }
         }
         if self.x509_svid_ttl > self.ca_ttl {
             tracing::warn!(
@@ -460,15 +566,19 @@ impl ServerConfig {
                 let text = SecretSource::File(file.clone())
                     .read_text()
                     .map_err(|source| InvalidConfig::Secret {
+                        key: "datastore.connection_string_file",
                         setting: "[datastore] connection_string_file",
                         source,
                     })?;
                 let text = text.trim();
                 if text.is_empty() {
-                    return Err(InvalidConfig::Rule(format!(
-                        "[datastore] connection_string_file {} is empty",
-                        file.display()
-                    )));
+                    return Err(InvalidConfig::Setting {
+                        key: "datastore.connection_string_file",
+                        message: format!(
+                            "[datastore] connection_string_file {} is empty",
+                            file.display()
+                        ),
+                    });
                 }
                 Ok(DatastoreTarget::Postgres(ConnectionString(text.to_owned())))
             }
@@ -662,6 +772,43 @@ uri = "pkcs11:token=root;object=tessera-root?module-path=/usr/lib/softhsm/libsof
         )
         .unwrap_err();
         assert!(e.to_string().contains("modul"), "{e}");
+    }
+
+    #[test]
+    fn cloud_and_certificate_attestor_sections() {
+        let c = ServerConfig::parse(
+            r#"
+trust_domain = "example.org"
+[node_attestors.aws_iid]
+account_ids = ["123456789012"]
+max_document_age = "1h"
+region_certificates = { "us-east-1" = "/etc/tessera/aws-us-east-1.pem" }
+[node_attestors.gcp_iit]
+projectid_allow_list = ["edge-prod"]
+jwks_refresh = "30m"
+[node_attestors.azure_msi.tenants."72f988bf-86f1-41af-91ab-2d7cd011db47"]
+resource_id = "api://tessera-node"
+[node_attestors.x509pop]
+ca_bundle = ["/etc/tessera/node-ca.pem"]
+agent_path_template = "/{{ .PluginName }}/{{ .Subject.CommonName }}"
+"#,
+        )
+        .unwrap();
+        let a = &c.node_attestors;
+        let aws = a.aws_iid.as_ref().unwrap();
+        assert_eq!(aws.max_document_age, Some(Duration::from_secs(3600)));
+        assert!(aws.builtin_certificates && !aws.allow_reattestation);
+        let gcp = a.gcp_iit.as_ref().unwrap();
+        assert_eq!(gcp.audience, "tessera-gcp-node-attestor");
+        assert_eq!(gcp.jwks_refresh, Duration::from_secs(1800));
+        let azure = a.azure_msi.as_ref().unwrap();
+        assert_eq!(azure.tenants.len(), 1);
+        assert_eq!(a.x509pop.as_ref().unwrap().max_intermediates, 4);
+        let e = ServerConfig::parse(
+            "trust_domain = \"e.org\"\n[node_attestors.gcp_iit]\nprojectid_allow_list = []\nproject = 1\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("project"), "{e}");
     }
 
     #[test]

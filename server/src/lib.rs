@@ -3,11 +3,14 @@
 
 pub mod api;
 pub mod attestor;
+pub mod audit;
 pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod datastore;
 pub mod entries;
+pub mod log_level;
+pub mod metrics;
 pub mod run;
 pub mod transport;
 

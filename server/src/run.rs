@@ -25,9 +25,10 @@ use tessera_process::limits::{ConnLimiter, StreamTrackingLayer};
 use tessera_process::socket::{self, Modes, SocketError};
 use tessera_proto::admin::admin_server::AdminServer;
 use tessera_proto::agent::node_server::NodeServer;
+use tessera_telemetry::http::ReadyCheck;
 use tokio::net::TcpListener;
 
-use crate::api::admin::AdminApi;
+use crate::api::admin_access::{GuardedAdmin, Listener};
 use crate::api::agent::AgentApi;
 use crate::api::{NodeCache, ServerState, server_id};
 use crate::attestor::NodeAttestor;
@@ -39,6 +40,7 @@ use crate::datastore::postgres::PostgresDatastore;
 use crate::datastore::sqlite::SqliteDatastore;
 use crate::datastore::{Datastore, DatastoreError};
 use crate::entries::EntryCache;
+use crate::metrics::{MeteredDatastore, MeteredKeyManager, ServerMetrics};
 use crate::transport::PeerInfo;
 
 /// Why the server could not start or stopped. Each variant keeps its cause.
@@ -101,12 +103,18 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// The audit file cannot be opened.
+    #[error("{0}")]
+    Audit(#[from] crate::audit::AuditError),
     /// An API server failed while serving.
     #[error("serving failed: {0}")]
     Serve(#[from] tonic::transport::Error),
     /// An API server task panicked.
     #[error("serving failed: {0}")]
     ServeTask(#[from] tokio::task::JoinError),
+    /// A metrics or health listener could not start (the message names the setting).
+    #[error("{0}")]
+    Telemetry(#[source] std::io::Error),
 }
 
 /// The error for a failed file operation on `path`.
@@ -244,6 +252,53 @@ async fn server_identity(state: Arc<ServerState>, identity: Arc<SharedIdentity>)
     }
 }
 
+/// The server is ready when its datastore answers and its CA can sign.
+fn readiness(state: Arc<ServerState>) -> ReadyCheck {
+    Arc::new(move || {
+        let state = state.clone();
+        Box::pin(async move {
+            let mut reasons = Vec::new();
+            if let Err(e) = state.ds.ping().await {
+                reasons.push(format!("datastore: {e}"));
+            }
+            let ca = state.ca.clone();
+            match tokio::task::spawn_blocking(move || ca.health()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => reasons.push(format!("CA: {e}")),
+                Err(e) => reasons.push(format!("CA: the check did not finish: {e}")),
+            }
+            if reasons.is_empty() {
+                Ok(())
+            } else {
+                Err(reasons)
+            }
+        })
+    })
+}
+
+/// Keeps the gauges that describe state (authority expiry, entries, agents) current.
+async fn refresh_gauges(state: Arc<ServerState>) {
+    loop {
+        if let Ok(a) = state.ca.active_x509() {
+            state.metrics.authority_expiry(
+                "x509_ca",
+                tessera_telemetry::metrics::unix_seconds(a.issuer.not_after()),
+            );
+        }
+        if let Ok(j) = state.ca.active_jwt() {
+            state.metrics.authority_expiry("jwt_key", j.not_after);
+        }
+        match state.ds.list_attested_nodes().await {
+            Ok(nodes) => state.metrics.sizes(state.entries.len(), nodes.len()),
+            Err(e) => tracing::debug!("agent count for the metrics: {e}"),
+        }
+        tokio::time::sleep(GAUGE_REFRESH).await;
+    }
+}
+
+/// How often the state gauges are brought up to date.
+const GAUGE_REFRESH: Duration = Duration::from_secs(10);
+
 /// Opens the configured datastore (and brings its schema up to date).
 async fn open_datastore(config: &ServerConfig) -> Result<Arc<dyn Datastore>, RunError> {
     match config.datastore_target()? {
@@ -271,8 +326,16 @@ async fn open_datastore(config: &ServerConfig) -> Result<Arc<dyn Datastore>, Run
 pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunError> {
     tessera_process::fs::ensure_dir(&config.data_dir, 0o700)
         .map_err(io_error("create data directory", &config.data_dir))?;
-    let ds = open_datastore(&config).await?;
-    let km = open_key_manager(&config)?;
+    let audit = crate::audit::Audit::open(&config.audit)?;
+    let metrics = ServerMetrics::new();
+    // Timed only when someone can read the figures.
+    let metered = config.telemetry.metrics_address.is_some();
+    let mut ds = open_datastore(&config).await?;
+    let mut km = open_key_manager(&config)?;
+    if metered {
+        ds = MeteredDatastore::wrap(ds, metrics.clone());
+        km = MeteredKeyManager::wrap(km, metrics.clone());
+    }
     let clock = SystemClock::shared();
     let ca = CaManager::start(
         CaSettings {
@@ -314,6 +377,16 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
         })?);
         attestors.insert(a.name(), a);
     }
+    let more = crate::attestor::cloud_and_certificate(
+        &config.node_attestors,
+        &config.trust_domain,
+        &clock,
+    )
+    .await
+    .map_err(|(name, source)| RunError::Attestor { name, source })?;
+    for a in more {
+        attestors.insert(a.name(), a);
+    }
     Ok(Arc::new(ServerState {
         config,
         ds,
@@ -323,6 +396,8 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
         nodes: NodeCache::default(),
         key_manager: km,
         clock,
+        audit,
+        metrics,
     }))
 }
 
@@ -403,10 +478,21 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metered = state.config.telemetry.metrics_address.is_some();
     let agent_api = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // tonic's builder would otherwise lift hyper's bound: unlimited streams on
+        // one connection, each held by the server while its request is incomplete.
+        .max_concurrent_streams(tessera_process::limits::MAX_CONCURRENT_STREAMS)
         .layer(StreamTrackingLayer::<PeerInfo>::new())
+        .layer(state.metrics.rpc.layer_if(metered))
+        .layer(crate::api::preauth::CredentialsFirstLayer)
         .add_service(NodeServer::new(AgentApi::new(state.clone())))
+        // Remote administration: only admin SVIDs get past the guard.
+        .add_service(AdminServer::new(GuardedAdmin::new(
+            state.clone(),
+            Listener::Tls,
+        )))
         .serve_with_incoming_shutdown(crate::transport::incoming(listener, tls, limits), {
             let mut rx = stop_rx.clone();
             async move {
@@ -414,7 +500,12 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
             }
         });
     let admin_api = tonic::transport::Server::builder()
-        .add_service(AdminServer::new(AdminApi::new(state.clone())))
+        .layer(state.metrics.rpc.layer_if(metered))
+        .max_concurrent_streams(tessera_process::limits::MAX_CONCURRENT_STREAMS)
+        .add_service(AdminServer::new(GuardedAdmin::new(
+            state.clone(),
+            Listener::Socket,
+        )))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(admin_listener),
             {
@@ -431,10 +522,26 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
         server_id = %server_id(state.trust_domain()),
         "Tessera server is up"
     );
+    let (metrics_at, health_at) = tessera_telemetry::http::start(
+        &state.config.telemetry,
+        state.metrics.registry.clone(),
+        readiness(state.clone()),
+        stop_rx.clone(),
+    )
+    .await
+    .map_err(RunError::Telemetry)?;
+    tokio::spawn(refresh_gauges(state.clone()));
     let agent_task = tokio::spawn(agent_api);
     let admin_task = tokio::spawn(admin_api);
     let aborts = [agent_task.abort_handle(), admin_task.abort_handle()];
+    tessera_telemetry::notify::ready(&format!(
+        "serving agents on {local}{}{}",
+        metrics_at.map_or(String::new(), |a| format!(", metrics on {a}")),
+        health_at.map_or(String::new(), |a| format!(", health on {a}")),
+    ));
+    tessera_telemetry::notify::spawn_watchdog();
     tessera_process::shutdown::signal().await;
+    tessera_telemetry::notify::stopping();
     tracing::info!(
         grace = ?SHUTDOWN_GRACE,
         "no new connections or calls; calls in flight may finish"

@@ -1,6 +1,7 @@
 //! The end-to-end harness: starts the real `tessera-server` and `tessera-agent`
 //! binaries as processes in a private directory, talks to them through their CLIs and
-//! sockets, and runs third-party SPIFFE clients (py-spiffe) against them.
+//! sockets, and runs third-party SPIFFE clients against them (py-spiffe here;
+//! go-spiffe and java-spiffe in [`spiffe_libs`]); [`spire`] runs SPIRE beside it.
 //!
 //! The binaries must be built first (`cargo build --bins`, which the project's test
 //! script does); the harness says so clearly when they are missing.
@@ -10,9 +11,14 @@
     reason = "test code: a step that cannot be taken ends the test with its message"
 )]
 
+pub mod admin;
+pub mod attack_h2;
 pub mod attack_net;
+pub mod cloud;
 pub mod faults;
 pub mod faults_agent;
+pub mod spiffe_libs;
+pub mod spire;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -101,20 +107,22 @@ pub fn run_ok(cmd: &mut Command) -> String {
     stdout(&o)
 }
 
-fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
+pub(crate) fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
     let f = std::fs::File::create(log).expect("log file");
     let f2 = f.try_clone().expect("log file");
-    cmd.stdout(Stdio::from(f))
-        .stderr(Stdio::from(f2))
-        .env(
-            "TESSERA_LOG",
-            std::env::var("TESSERA_TEST_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .spawn()
+    cmd.stdout(Stdio::from(f)).stderr(Stdio::from(f2));
+    // TESSERA_TEST_LOG overrides every process's filter; without it the
+    // configuration's `log_level` decides (info unless a test sets it), never a
+    // TESSERA_LOG left in the caller's environment.
+    match std::env::var("TESSERA_TEST_LOG") {
+        Ok(spec) => cmd.env("TESSERA_LOG", spec),
+        Err(_) => cmd.env_remove("TESSERA_LOG"),
+    };
+    cmd.spawn()
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
 }
 
-fn stop_child(child: &mut Child) {
+pub(crate) fn stop_child(child: &mut Child) {
     if let Ok(None) = child.try_wait() {
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -474,9 +482,22 @@ impl Agent {
 
     /// Starts the agent process (with a join token when given) without waiting.
     pub fn spawn(&mut self, token: Option<&str>) {
+        self.spawn_in(token, &[]);
+    }
+
+    /// Like [`Self::spawn`], run through `wrapper` (a command that execs the rest,
+    /// such as `ip netns exec <name>`, so the agent keeps its PID).
+    pub fn spawn_in(&mut self, token: Option<&str>, wrapper: &[String]) {
         self.starts += 1;
         self.log = self.dir.join(format!("agent.{}.log", self.starts));
-        let mut cmd = Command::new(bin("tessera-agent"));
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("tessera-agent"));
+                c
+            }
+            None => Command::new(bin("tessera-agent")),
+        };
         cmd.arg("run").arg("--config").arg(&self.config);
         // The token goes in the environment, as the README advises: on the command
         // line every local user could read it.
@@ -570,7 +591,7 @@ impl Drop for Agent {
 
 /// Runs `scripts/<script>` (which prepares a client environment once) and returns
 /// the last line it prints: the path or class path to run the client with.
-fn env_script_output(script: &str) -> String {
+pub(crate) fn env_script_output(script: &str) -> String {
     let path = repo_root().join("scripts").join(script);
     let out = run_ok(Command::new("bash").arg(&path));
     let last = out.lines().last().unwrap_or_default().trim().to_owned();
@@ -596,13 +617,6 @@ pub fn python() -> PathBuf {
         path
     })
     .clone()
-}
-
-/// The class path of the grpc-java workload (compiled once per test process by
-/// `scripts/java-env.sh`).
-pub fn java_classpath() -> String {
-    static CP: OnceLock<String> = OnceLock::new();
-    CP.get_or_init(|| env_script_output("java-env.sh")).clone()
 }
 
 /// Runs a workload client command against an agent (its socket in
@@ -633,28 +647,6 @@ fn py_command(script: &str, args: &[&str]) -> Command {
     cmd
 }
 
-/// The grpc-go workload binary (built once per test process by `scripts/go-env.sh`).
-pub fn go_client() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| PathBuf::from(env_script_output("go-env.sh")))
-        .clone()
-}
-
-fn go_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(go_client());
-    cmd.args(args);
-    cmd
-}
-
-fn java_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new("java");
-    cmd.arg("-cp")
-        .arg(java_classpath())
-        .arg("WorkloadClient")
-        .args(args);
-    cmd
-}
-
 /// Runs `swtpm-tests/py/<script>` with the venv python against an agent.
 pub fn py(agent: &Agent, script: &str, args: &[&str]) -> Output {
     workload(agent, py_command(script, args))
@@ -666,34 +658,6 @@ pub fn py_ok(agent: &Agent, script: &str, args: &[&str]) -> String {
         agent,
         &format!("python {script} {args:?}"),
         py_command(script, args),
-    )
-}
-
-/// Runs `swtpm-tests/java/WorkloadClient.java` (grpc-java) against an agent.
-pub fn java(agent: &Agent, args: &[&str]) -> Output {
-    workload(agent, java_command(args))
-}
-
-/// Like [`java`], panicking on failure; returns stdout.
-pub fn java_ok(agent: &Agent, args: &[&str]) -> String {
-    workload_ok(
-        agent,
-        &format!("java WorkloadClient {args:?}"),
-        java_command(args),
-    )
-}
-
-/// Runs `swtpm-tests/go/workloadclient.go` (grpc-go) against an agent.
-pub fn go(agent: &Agent, args: &[&str]) -> Output {
-    workload(agent, go_command(args))
-}
-
-/// Like [`go`], panicking on failure; returns stdout.
-pub fn go_ok(agent: &Agent, args: &[&str]) -> String {
-    workload_ok(
-        agent,
-        &format!("go workloadclient {args:?}"),
-        go_command(args),
     )
 }
 

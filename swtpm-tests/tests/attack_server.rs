@@ -326,6 +326,68 @@ fn idle_workload_api_connections_are_closed_and_streams_are_not() {
     });
 }
 
+// ---- stream exhaustion: requests that never finish ----
+
+/// How much a siege of unfinished requests may add to a process's resident memory.
+/// Before the stream limit, the 100,000 streams below took each process from about
+/// 20 MiB to about 950 MiB.
+const SIEGE_GROWTH_KIB: u64 = 64 * 1024;
+
+/// A peer with no SVID opens five connections and on each 20,000 streams whose
+/// request message never comes; a local process does the same on the Workload API.
+/// Neither pins memory (the server refuses every call but `Attest` from such a peer
+/// at its headers, and every listener allows 100 streams per connection), and the
+/// honest agent and workload are still served throughout.
+#[test]
+fn unfinished_requests_on_many_streams_do_not_pin_memory() {
+    use tessera_swtpm_tests::attack::vm_rss_kib;
+    use tessera_swtpm_tests::attack_h2::{send_and_hold, tls_from, unfinished_requests};
+    let dir = test_dir("attack-streams");
+    let server = Server::start(&dir.path().join("server"), "");
+    let token = token_with_entry(&server, "streams", 0);
+    let agent = Agent::start(&dir.path().join("agent"), &server, Some(&token), "");
+    assert!(fetch_ok(&agent).contains("spiffe://example.org/streams"));
+    let (server_pid, agent_pid) = (server.pid().unwrap(), agent.pid().unwrap());
+    let (server_before, agent_before) = (vm_rss_kib(server_pid), vm_rss_kib(agent_pid));
+
+    let rt = rt();
+    let trust = server_trust(&server);
+    let target: SocketAddr = server.address().parse().unwrap();
+    let mut held = Vec::new();
+    rt.block_on(async {
+        for _ in 0..5 {
+            let tls = tls_from(loopback(2), target, trust.clone()).await.unwrap();
+            let bytes = unfinished_requests("/tessera.agent.v1.Node/SyncEntries", 20_000);
+            held.push(send_and_hold(tls, bytes));
+            let unix = tokio::net::UnixStream::connect(&agent.socket)
+                .await
+                .unwrap();
+            let bytes = unfinished_requests("/SpiffeWorkloadAPI/FetchX509SVID", 20_000);
+            held.push(send_and_hold(unix, bytes));
+        }
+        // Long enough for both processes to have read and handled every frame.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let (server_after, agent_after) = (vm_rss_kib(server_pid), vm_rss_kib(agent_pid));
+    assert!(
+        server_after < server_before + SIEGE_GROWTH_KIB,
+        "the server grew from {server_before} KiB to {server_after} KiB"
+    );
+    assert!(
+        agent_after < agent_before + SIEGE_GROWTH_KIB,
+        "the agent grew from {agent_before} KiB to {agent_after} KiB"
+    );
+    // The siege still holds its connections, and the honest are served.
+    assert!(held.iter().any(|h| !h.is_finished()));
+    assert!(fetch_ok(&agent).contains("spiffe://example.org/streams"));
+    let token2 = token_with_entry(&server, "streams-2", 0);
+    let agent2 = Agent::start(&dir.path().join("agent-2"), &server, Some(&token2), "");
+    assert!(fetch_ok(&agent2).contains("spiffe://example.org/streams-2"));
+    for h in held {
+        h.abort();
+    }
+}
+
 // ---- attestation guessing ----
 
 #[test]

@@ -187,6 +187,82 @@ fn exec_of_another_program_after_connect_is_refused() {
     assert_honest_workloads_served(&s);
 }
 
+/// `unix:path` is the path of the caller's executable as the kernel writes it, which
+/// is the path in the caller's own mount namespace. In a private user and mount
+/// namespace (which any user may create) nobody bind-mounts a program of its own over
+/// a root-only program's path and runs it there: the agent must not take that path
+/// for the root-only program. Root running the real program is served.
+#[test]
+fn a_program_mounted_over_a_path_in_a_private_namespace_does_not_get_that_path() {
+    let s = setup(
+        "attack-mountns",
+        "[workload_attestors.unix]\ndiscover_workload_path = true\n",
+    );
+    // The attack needs unprivileged user namespaces; where the kernel refuses them,
+    // nobody cannot make one and there is nothing to test.
+    let probe = attack::as_user(NOBODY, NOBODY, Path::new("/usr/bin/unshare"))
+        .args(["-rm", "true"])
+        .output()
+        .unwrap();
+    if !probe.status.success() {
+        eprintln!(
+            "skipped: unprivileged user namespaces are off here ({})",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        );
+        return;
+    }
+    const APP_ID: &str = "spiffe://example.org/root-only-app";
+    let private = s.dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = private.join("app");
+    std::fs::copy(tessera_swtpm_tests::bin("tessera-agent"), &app).unwrap();
+    // Only root may even run it.
+    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o700)).unwrap();
+    s.server.entry(
+        APP_ID,
+        "spiffe://example.org/node",
+        &[&format!("unix:path:{}", app.display())],
+        &[],
+    );
+    let socket = s.agent.socket.display().to_string();
+    let served = wait_until(Duration::from_secs(20), || {
+        let out = Command::new(&app)
+            .args(["api", "fetch", "x509", "--socket-path", &socket])
+            .output()
+            .unwrap();
+        contains(&out.stdout, APP_ID)
+    });
+    assert!(
+        served,
+        "root running the app is not served:\n{}",
+        s.agent.log()
+    );
+
+    let own = attack::shared_binary(s.dir.path(), "tessera-agent");
+    let script = format!(
+        "mount --bind {own} {app} && exec {app} api fetch x509 --socket-path {socket}",
+        own = own.display(),
+        app = app.display(),
+    );
+    let out = attack::as_user(NOBODY, NOBODY, Path::new("/usr/bin/unshare"))
+        .args(["-rm", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The attack ran: nobody's own program was served, as nobody.
+    assert!(contains(&out.stdout, NOBODY_ID), "{said}");
+    assert!(
+        !contains(&out.stdout, APP_ID),
+        "the path was borrowed: {said}"
+    );
+    assert_honest_workloads_served(&s);
+}
+
 /// A socket passed to another process (here root, the test) carries the identity
 /// of the process that connected, never that of its user; once the connector is
 /// gone the socket carries nothing, and an open stream ends at its next update.
@@ -640,4 +716,75 @@ fn an_expired_svid_is_never_served() {
     let chain = tessera_core::x509::split_concatenated(&fresh.svids[0].x509_svid).unwrap();
     let info = tessera_core::x509::cert_info(&chain[0]).unwrap();
     assert!(info.not_after > tessera_core::x509::unix_seconds(std::time::SystemTime::now()));
+}
+
+/// One local user cannot pin the agent's memory with unfinished requests spread over
+/// many connections: its requests share one budget (`max_requests_per_uid`); past it
+/// it is refused with RESOURCE_EXHAUSTED, while other users are served.
+#[test]
+fn one_user_s_unfinished_requests_share_one_budget() {
+    use tessera_swtpm_tests::attack::vm_rss_kib;
+    use tessera_swtpm_tests::attack_h2::{send_and_hold, unfinished_requests};
+    let s = setup(
+        "attack-request-budget",
+        "[limits]\nmax_requests_per_uid = 400\n",
+    );
+    let pid = s.agent.pid().unwrap();
+    let before = vm_rss_kib(pid);
+    let rt = runtime();
+    let mut held = Vec::new();
+    rt.block_on(async {
+        // 100 connections of 100 streams each: 10,000 unfinished requests, about
+        // 100 MiB if each were kept.
+        for _ in 0..100 {
+            let unix = tokio::net::UnixStream::connect(&s.agent.socket)
+                .await
+                .unwrap();
+            let bytes = unfinished_requests("/SpiffeWorkloadAPI/FetchX509SVID", 100);
+            held.push(send_and_hold(unix, bytes));
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let after = vm_rss_kib(pid);
+    assert!(
+        after < before + 32 * 1024,
+        "the agent grew from {before} KiB to {after} KiB"
+    );
+    assert!(
+        held.iter().any(|h| !h.is_finished()),
+        "the siege was cut off"
+    );
+    // Root, whose budget the siege spent, is told why; nobody is served.
+    let out = s.agent.cli(&["api", "fetch", "x509"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        err.contains("too many requests open from this peer"),
+        "{err}"
+    );
+    let mut honest = Handoff::start(s.dir.path(), &s.agent.socket, NOBODY, NOBODY);
+    let fd = honest.take_socket();
+    rt.block_on(async {
+        let mut c = workload_client(channel_over(fd).await);
+        let msg = first_x509(&mut c).await.unwrap();
+        assert!(ids(&msg).contains(&NOBODY_ID), "{:?}", ids(&msg));
+    });
+    honest.exit();
+    assert!(
+        s.agent.log().contains("open requests in use"),
+        "{}",
+        s.agent.log()
+    );
+    // Once the siege ends, root is served again.
+    for h in held {
+        h.abort();
+    }
+    let ok = wait_until(Duration::from_secs(15), || {
+        s.agent.cli(&["api", "fetch", "x509"]).status.success()
+    });
+    assert!(ok, "root not served after the siege:\n{}", s.agent.log());
 }

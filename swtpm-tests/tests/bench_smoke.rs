@@ -50,9 +50,20 @@ fn every_benchmark_runs_in_quick_mode() {
             ],
         );
     }
+    // Metrics on and scraped against off, in the same run.
+    positive(
+        "issuance (memory key manager)",
+        &[
+            "metrics_on_svids_per_sec",
+            "metrics_off_svids_per_sec",
+            "metrics_on_over_off",
+        ],
+    );
     positive(
         "workload-api",
         &[
+            "metrics_on_over_off_p50",
+            "metrics_on_over_off_throughput",
             "fetch_first_message_p50_us",
             "fetch_first_message_p99_us",
             "bare_unary_p50_us",

@@ -54,7 +54,7 @@ struct ChallengeSession<P: Prover> {
 }
 
 fn join(e: tokio::task::JoinError) -> AttestError {
-    AttestError(format!("TPM task failed: {e}"))
+    AttestError::Failed(format!("TPM task failed: {e}"))
 }
 
 #[async_trait]
@@ -65,25 +65,24 @@ impl<P: Prover> Session for ChallengeSession<P> {
         let (payload, state) = tokio::task::spawn_blocking(move || prover.payload(&tpm))
             .await
             .map_err(join)?
-            .map_err(|e| AttestError(format!("{}: {e}", P::NAME)))?;
+            .map_err(|e| AttestError::Failed(format!("{}: {e}", P::NAME)))?;
         self.state = Some(state);
-        serde_json::to_vec(&payload).map_err(|e| AttestError(e.to_string()))
+        serde_json::to_vec(&payload).map_err(|e| AttestError::Failed(e.to_string()))
     }
 
     async fn answer(&mut self, challenge: Vec<u8>) -> Result<Vec<u8>, AttestError> {
         let name = P::NAME;
-        let state = self
-            .state
-            .take()
-            .ok_or_else(|| AttestError(format!("{name}: a second challenge was not expected")))?;
+        let state = self.state.take().ok_or_else(|| {
+            AttestError::Failed(format!("{name}: a second challenge was not expected"))
+        })?;
         let challenge: <P::State as AgentState>::Challenge = serde_json::from_slice(&challenge)
-            .map_err(|e| AttestError(format!("{name} challenge: {e}")))?;
+            .map_err(|e| AttestError::Failed(format!("{name} challenge: {e}")))?;
         let tpm = self.tpm.clone();
         let response = tokio::task::spawn_blocking(move || state.answer(&tpm, &challenge))
             .await
             .map_err(join)?
-            .map_err(|e| AttestError(format!("{name}: {e}")))?;
-        serde_json::to_vec(&response).map_err(|e| AttestError(e.to_string()))
+            .map_err(|e| AttestError::Failed(format!("{name}: {e}")))?;
+        serde_json::to_vec(&response).map_err(|e| AttestError::Failed(e.to_string()))
     }
 }
 

@@ -31,7 +31,7 @@ impl Session for JoinSession {
     }
 
     async fn answer(&mut self, _challenge: Vec<u8>) -> Result<Vec<u8>, AttestError> {
-        Err(AttestError(
+        Err(AttestError::Failed(
             "the server sent a challenge, but join_token attestation has none".into(),
         ))
     }

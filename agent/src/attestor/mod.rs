@@ -4,15 +4,29 @@
 
 use async_trait::async_trait;
 
+pub mod aws_iid;
+pub mod azure_msi;
 pub mod challenge;
+pub mod gcp_iit;
 pub mod join_token;
+pub mod metadata;
 pub mod tpm_devid;
 pub mod tpm_ek;
+pub mod x509pop;
 
 /// Why the agent could not produce or answer attestation evidence.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct AttestError(pub String);
+#[non_exhaustive]
+pub enum AttestError {
+    /// The evidence cannot be made or the challenge cannot be answered; trying again
+    /// unchanged does not help (a missing identity, a refused request, a bad file).
+    #[error("{0}")]
+    Failed(String),
+    /// What the evidence comes from (a cloud's metadata service) cannot be reached or
+    /// is failing now; trying again later may work.
+    #[error("{0}")]
+    Unavailable(String),
+}
 
 /// One attestation in progress.
 #[async_trait]

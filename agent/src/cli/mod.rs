@@ -1,6 +1,6 @@
 //! The `tessera-agent` command line: `run` (the agent itself), the `api` commands
 //! that act as a workload against the Workload API (like `spire-agent api`), the
-//! `tpm` commands and `healthcheck`. One module per command group; each prints
+//! `tpm` commands, `healthcheck` and `validate`. One module per command group; each prints
 //! through functions that take data and return text, so that the output is tested.
 
 use std::path::PathBuf;
@@ -12,6 +12,7 @@ pub mod api;
 pub mod healthcheck;
 pub mod run;
 pub mod tpm;
+pub mod validate;
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -38,6 +39,8 @@ pub enum Command {
     Tpm(tpm::TpmCommand),
     /// Checks that the agent is up and has its identity.
     Healthcheck(healthcheck::HealthcheckArgs),
+    /// Checks a configuration file without starting anything.
+    Validate(validate::ValidateArgs),
 }
 
 /// Where a client command finds the agent.
@@ -105,6 +108,9 @@ pub enum CliError {
     Unhealthy(String),
     #[error(transparent)]
     Tpm(#[from] tessera_tpm::provision::ProvisionError),
+    /// A key could not be made or written.
+    #[error("{0}")]
+    Key(String),
     #[error("cannot encode the output: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -148,6 +154,11 @@ pub fn execute(command: Command) -> Result<(), CliError> {
         Command::Healthcheck(args) => {
             init_logging("warn");
             runtime.block_on(healthcheck::execute(args))
+        }
+        Command::Validate(args) => {
+            init_logging("warn");
+            tessera_process::output::print(&validate::execute(&args)?);
+            Ok(())
         }
     }
 }

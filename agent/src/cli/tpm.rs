@@ -1,6 +1,7 @@
-//! `tessera-agent tpm ...`: DevID provisioning (for CI and vendors' factories) and
-//! `tpm info`, which prints what an operator allow-lists (as a table, or as JSON with
-//! `--output json`).
+//! `tessera-agent tpm ...`: DevID provisioning (for CI and vendors' factories),
+//! `tpm create-key` (an x509pop node key in the TPM and its CSR), and `tpm info`,
+//! which prints what an operator allow-lists (as a table, or as JSON with `--output
+//! json`).
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,24 @@ pub enum TpmCommand {
         common_name: Option<String>,
         #[arg(long, default_value_t = 3650)]
         validity_days: u32,
+    },
+    /// Creates a signing key in the TPM for x509pop: writes its blob (the agent's
+    /// `tpm_key_path`) and a certificate signing request for the node's CA.
+    CreateKey {
+        #[arg(long, default_value = "device:/dev/tpmrm0")]
+        tcti: Tcti,
+        /// Where to write the key blob (refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        /// Where to write the CSR (PEM).
+        #[arg(long)]
+        csr: PathBuf,
+        /// `ec-p256` (default), `ec-p384`, `rsa-2048` or `rsa-3072`.
+        #[arg(long, default_value = "ec-p256")]
+        key_type: KeyType,
+        /// The CSR's subject CN (default: this host's name).
+        #[arg(long)]
+        common_name: Option<String>,
     },
     /// Prints the EKs (hash, certificate subject and issuer) and the DevID.
     Info {
@@ -88,6 +107,23 @@ pub fn execute(c: TpmCommand) -> Result<(), CliError> {
             tessera_process::output::print(&provisioned_text(&out, &info));
             Ok(())
         }
+        TpmCommand::CreateKey {
+            tcti,
+            out,
+            csr,
+            key_type,
+            common_name,
+        } => {
+            let tpm = open_tpm_at(&tcti)?;
+            let cn = common_name.unwrap_or_else(hostname);
+            create_key(tpm, &out, &csr, key_type, &cn)?;
+            tessera_process::output::print(&format!(
+                "TPM key written to {} (tpm_key_path), its CSR (CN={cn}) to {}\n",
+                out.display(),
+                csr.display()
+            ));
+            Ok(())
+        }
         TpmCommand::Info {
             tcti,
             devid_dir,
@@ -99,6 +135,51 @@ pub fn execute(c: TpmCommand) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+/// Creates a TPM signing key, writes its blob to `out` (never over an existing
+/// file: that would lose a key in use) and a CSR with subject CN `cn` to `csr`.
+pub fn create_key(
+    tpm: std::sync::Arc<tessera_tpm::Tpm>,
+    out: &Path,
+    csr: &Path,
+    key_type: KeyType,
+    cn: &str,
+) -> Result<(), CliError> {
+    use std::sync::Arc;
+    use tessera_core::key::Key;
+    if out.exists() {
+        return Err(CliError::Key(format!(
+            "{} exists; remove it first if its key is no longer needed",
+            out.display()
+        )));
+    }
+    let key = tessera_tpm::TpmKey::generate(tpm, key_type)
+        .map_err(|e| CliError::Key(format!("cannot create the key in the TPM: {e}")))?;
+    let blob = key.blob().to_bytes();
+    let key: Arc<dyn Key> = Arc::new(key);
+    let signer = tessera_core::key::RcgenKey::new(key)
+        .map_err(|e| CliError::Key(format!("unusable key: {e}")))?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let request = params
+        .serialize_request(&signer)
+        .map_err(|e| CliError::Key(format!("cannot sign the CSR with the TPM key: {e}")))?;
+    let write = |path: &Path, bytes: &[u8], mode| {
+        tessera_process::fs::write_atomic(path, bytes, mode).map_err(|source| CliError::Write {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    write(out, &blob, 0o600)?;
+    write(
+        csr,
+        tessera_core::x509::to_pem("CERTIFICATE REQUEST", request.der()).as_bytes(),
+        0o644,
+    )
 }
 
 /// What `tpm provision-devid` prints once the DevID is in `out`.

@@ -61,7 +61,10 @@ impl Agent {
             .await
             .map_err(AgentError::from);
         let resp = match result {
-            Ok(r) => r,
+            Ok(r) => {
+                self.metrics.jwt_minted();
+                r
+            }
             Err(e) => {
                 if e.is_transient() {
                     let mut gate = self.jwt_gate.lock().unwrap_or_else(|p| p.into_inner());

@@ -66,6 +66,10 @@ pub enum AgentError {
     Unavailable(String),
     #[error("attestation failed: {0}")]
     Attestation(String),
+    /// The node attestor cannot get its evidence yet (see
+    /// [`ServerError::EvidenceUnavailable`]).
+    #[error("the node attestor cannot get its evidence yet: {0}")]
+    EvidenceUnavailable(String),
     #[error("key manager: {0}")]
     Key(#[from] KeyError),
     #[error("state directory: {0}")]
@@ -80,7 +84,9 @@ impl AgentError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            AgentError::Unavailable(_) | AgentError::Key(KeyError::Unavailable(_))
+            AgentError::Unavailable(_)
+                | AgentError::EvidenceUnavailable(_)
+                | AgentError::Key(KeyError::Unavailable(_))
         )
     }
 }
@@ -91,6 +97,7 @@ impl From<ServerError> for AgentError {
             ServerError::Rejected(m) => AgentError::Rejected(m),
             ServerError::Unavailable(m) => AgentError::Unavailable(m),
             ServerError::Attestation(m) => AgentError::Attestation(m),
+            ServerError::EvidenceUnavailable(m) => AgentError::EvidenceUnavailable(m),
         }
     }
 }
@@ -157,6 +164,7 @@ pub struct Agent {
     sync: tokio::sync::Mutex<svids::SyncState>,
     logs: Mutex<BTreeMap<Op, RepeatLog>>,
     jwt_gate: Mutex<jwt::JwtGate>,
+    metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 impl Agent {
@@ -238,6 +246,7 @@ impl Agent {
             sync: tokio::sync::Mutex::new(svids::SyncState::default()),
             logs: Mutex::new(BTreeMap::new()),
             jwt_gate,
+            metrics: crate::metrics::AgentMetrics::new(),
         }))
     }
 
@@ -387,6 +396,16 @@ impl Agent {
     }
 
     /// The agent's SPIFFE ID.
+    /// What the agent measures.
+    pub fn metrics(&self) -> &Arc<crate::metrics::AgentMetrics> {
+        &self.metrics
+    }
+
+    /// When the agent's own SVID expires (Unix seconds), if it has one.
+    pub fn agent_svid_not_after(&self) -> Option<i64> {
+        self.agent_svid_times().map(|(_, na)| na)
+    }
+
     pub fn spiffe_id(&self) -> Option<SpiffeId> {
         self.me
             .lock()

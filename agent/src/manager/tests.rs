@@ -369,6 +369,84 @@ async fn a_restarted_agent_resumes_until_its_saved_svid_expires() {
     assert_ne!(again, first);
 }
 
+/// Evidence that cannot be had while `down` is set (a metadata service away).
+#[derive(Debug)]
+struct FlakyEvidence {
+    down: Arc<std::sync::atomic::AtomicBool>,
+    asked: Arc<std::sync::atomic::AtomicU32>,
+}
+
+struct FlakySession(
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<std::sync::atomic::AtomicU32>,
+);
+
+#[async_trait::async_trait]
+impl crate::attestor::Session for FlakySession {
+    async fn payload(&mut self) -> Result<Vec<u8>, crate::attestor::AttestError> {
+        use std::sync::atomic::Ordering;
+        self.1.fetch_add(1, Ordering::SeqCst);
+        if self.0.load(Ordering::SeqCst) {
+            return Err(crate::attestor::AttestError::Unavailable(
+                "aws_iid: the instance metadata service cannot be reached".into(),
+            ));
+        }
+        Ok(b"test".to_vec())
+    }
+    async fn answer(&mut self, _: Vec<u8>) -> Result<Vec<u8>, crate::attestor::AttestError> {
+        Err(crate::attestor::AttestError::Failed("no challenge".into()))
+    }
+}
+
+impl NodeAttestor for FlakyEvidence {
+    fn name(&self) -> &'static str {
+        "test"
+    }
+    fn can_reattest(&self) -> bool {
+        false
+    }
+    fn session(&self) -> Box<dyn crate::attestor::Session> {
+        Box::new(FlakySession(self.down.clone(), self.asked.clone()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_up_waits_with_backoff_while_the_evidence_cannot_be_had() {
+    use std::sync::atomic::Ordering;
+    let w = world(false);
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let asked = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let agent = Agent::with_parts(
+        testing::config(w._dir.path(), "1s"),
+        Parts {
+            km: Arc::new(MemoryKeyManager::new()),
+            attestor: Some(Arc::new(FlakyEvidence {
+                down: down.clone(),
+                asked: asked.clone(),
+            })),
+            clock: w.clock.clone(),
+            server: Some(w.server.clone()),
+        },
+    )
+    .unwrap();
+    let a = agent.clone();
+    let start = tokio::spawn(async move { a.establish().await });
+    // Tries at 0, then after waits of up to 1, 2, 4, 8, 12, ... s: a handful in a
+    // minute, not a busy loop, and the server is never asked meanwhile.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let n = asked.load(Ordering::SeqCst);
+    assert!((8..=13).contains(&n), "{n} attempts in a minute");
+    assert_eq!(w.server.state().attests, 0);
+    let last = agent.status().last_error.unwrap();
+    assert!(
+        last.contains("the node attestor cannot get its evidence yet: aws_iid: the instance metadata service cannot be reached"),
+        "{last}"
+    );
+    down.store(false, Ordering::SeqCst);
+    start.await.unwrap().unwrap();
+    assert_eq!(w.server.state().attests, 1);
+}
+
 #[test]
 fn only_outages_are_retried_as_transient() {
     use crate::protocol::from_status;
@@ -377,6 +455,7 @@ fn only_outages_are_retried_as_transient() {
     assert!(!AgentError::Rejected("used token".into()).is_transient());
     assert!(!AgentError::Attestation("bad".into()).is_transient());
     assert!(!AgentError::Config("x".into()).is_transient());
+    assert!(AgentError::EvidenceUnavailable("imds".into()).is_transient());
     let t = |s| AgentError::from(from_status(s)).is_transient();
     assert!(t(tonic::Status::unavailable("down")));
     assert!(t(tonic::Status::deadline_exceeded("slow")));

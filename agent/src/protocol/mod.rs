@@ -38,12 +38,27 @@ pub enum ServerError {
     /// answer evidence, or the server's messages made no sense).
     #[error("attestation failed: {0}")]
     Attestation(String),
+    /// The node attestor cannot get its evidence yet (a cloud's metadata service is
+    /// down); the server was not asked.
+    #[error("the node attestor cannot get its evidence yet: {0}")]
+    EvidenceUnavailable(String),
 }
 
 impl ServerError {
     /// Whether trying again later can work.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ServerError::Unavailable(_))
+        matches!(
+            self,
+            ServerError::Unavailable(_) | ServerError::EvidenceUnavailable(_)
+        )
+    }
+}
+
+/// How a node attestor's failure reads to the agent.
+pub(crate) fn from_attestor(e: crate::attestor::AttestError) -> ServerError {
+    match e {
+        crate::attestor::AttestError::Unavailable(m) => ServerError::EvidenceUnavailable(m),
+        other => ServerError::Attestation(other.to_string()),
     }
 }
 
@@ -107,10 +122,7 @@ pub async fn attest(
     csr: Vec<u8>,
 ) -> Result<pb::AttestResult, ServerError> {
     let mut session = attestor.session();
-    let payload = session
-        .payload()
-        .await
-        .map_err(|e| ServerError::Attestation(e.to_string()))?;
+    let payload = session.payload().await.map_err(from_attestor)?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(pb::AttestRequest {
         step: Some(attest_request::Step::Params(pb::AttestationParams {
@@ -136,10 +148,7 @@ pub async fn attest(
             })?;
         match msg.step {
             Some(attest_response::Step::Challenge(c)) => {
-                let answer = session
-                    .answer(c)
-                    .await
-                    .map_err(|e| ServerError::Attestation(e.to_string()))?;
+                let answer = session.answer(c).await.map_err(from_attestor)?;
                 tx.send(pb::AttestRequest {
                     step: Some(attest_request::Step::ChallengeResponse(answer)),
                 })

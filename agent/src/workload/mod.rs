@@ -31,6 +31,9 @@ pub struct Health {
     agent: Arc<Agent>,
 }
 
+/// A successful sync older than this many sync intervals makes the agent not ready.
+const SYNC_STALE_INTERVALS: u64 = 3;
+
 /// Whether the agent can serve workloads now, and why not.
 pub fn health_of(agent: &Agent) -> (bool, Vec<String>) {
     let st = agent.status();
@@ -53,7 +56,18 @@ pub fn health_of(agent: &Agent) -> (bool, Vec<String>) {
             ready = false;
             details.push(format!("last sync failed: {e}"));
         }
-        (None, Some(t)) => details.push(format!("last sync: ok at {t}")),
+        (None, Some(t)) => {
+            details.push(format!("last sync: ok at {t}"));
+            // A sync loop that stopped without an error (wedged) shows here.
+            let stale = SYNC_STALE_INTERVALS * agent.config().sync_interval.as_secs().max(1);
+            let age = agent.clock().unix().saturating_sub(t);
+            if age > i64::try_from(stale).unwrap_or(i64::MAX) {
+                ready = false;
+                details.push(format!(
+                    "last successful sync {age}s ago (more than {SYNC_STALE_INTERVALS} sync intervals)"
+                ));
+            }
+        }
         (None, None) => {
             ready = false;
             details.push("no sync yet".into());
@@ -110,6 +124,15 @@ pub const SOCKET_MODES: tessera_process::socket::Modes = tessera_process::socket
 /// at once); what is left after that is dropped with the process.
 pub const SHUTDOWN_GRACE: std::time::Duration = tessera_process::shutdown::GRACE;
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Serves the socket until `shutdown` resolves, then ends every open stream with
 /// UNAVAILABLE, stops accepting, and returns once the connections have closed or
 /// [`SHUTDOWN_GRACE`] has passed.
@@ -120,31 +143,58 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let trimmer = Arc::new(trim::Trimmer::default());
     tokio::spawn(trimmer.clone().run());
+    // The standard gRPC health service, kept current with the agent's readiness.
+    let (reporter, grpc_health) = tonic_health::server::health_reporter();
+    let follower = tokio::spawn({
+        let trimmer = trimmer.clone();
+        crate::metrics::follow(
+            agent.clone(),
+            reporter,
+            move || trimmer.open(),
+            std::time::Duration::from_secs(2),
+        )
+    });
+    let _stop_following = AbortOnDrop(follower);
     let limits = &agent.config().limits;
     let caps = limits.connection_caps(tessera_process::limits::nofile::current_open_file_limit());
     tracing::info!(
-        "Workload API limits: {} connections, {} per uid, idle timeout {}",
+        "Workload API limits: {} connections, {} per uid, {} open requests per uid, idle timeout {}",
         caps.max_total,
         caps.max_per_peer,
+        limits.max_requests_per_uid,
         limits
             .idle()
             .map_or("off".into(), tessera_core::duration::format_duration)
     );
-    let limiter = ConnLimiter::new("Workload API connections", caps);
+    let limiter = ConnLimiter::with_stream_budget(
+        "Workload API connections",
+        caps,
+        limits.max_requests_per_uid,
+    );
     let incoming = async_stream_of(listener, trimmer, limiter, limits.idle());
     let (closer, closing) = closing::pair();
     // Outermost first: a request counts as an open stream (for the idle timeout) until
     // its body ends, and at shutdown the closing layer ends the bodies still waiting.
     let server = tonic::transport::Server::builder()
+        // tonic's builder would otherwise lift hyper's bound: unlimited streams on
+        // one connection, each held by the agent while its request is incomplete.
+        .max_concurrent_streams(tessera_process::limits::MAX_CONCURRENT_STREAMS)
         .layer(StreamTrackingLayer::<
             <peer::WorkloadConn as tonic::transport::server::Connected>::ConnectInfo,
         >::new())
+        .layer(
+            agent
+                .metrics()
+                .rpc
+                .layer_if(agent.config().telemetry.metrics_address.is_some()),
+        )
         .layer(closing)
         .add_service(SpiffeWorkloadApiServer::with_interceptor(
             api::WorkloadApi::for_agent(agent.clone()),
             api::check_security_header,
         ))
         .add_service(AgentHealthServer::new(Health { agent }))
+        .add_service(grpc_health)
         .serve_with_incoming_shutdown(incoming, closer.closed());
     tokio::pin!(server);
     tokio::select! {
@@ -196,8 +246,11 @@ fn async_stream_of(
                         continue;
                     };
                     let conn = peer::WorkloadConn::new(s).tracked_by(trimmer.track());
+                    let budget = permit.stream_budget();
                     if tx
-                        .send(Ok(Guarded::new(conn, permit, idle_timeout)))
+                        .send(Ok(
+                            Guarded::new(conn, permit, idle_timeout).with_stream_budget(budget)
+                        ))
                         .await
                         .is_err()
                     {

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::fmt::{self, Display};
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::refusals::RefusalLog;
@@ -74,15 +75,70 @@ pub enum Refused {
 #[derive(Debug)]
 struct Counts<K> {
     total: usize,
-    per_peer: HashMap<K, usize>,
+    /// Connections open per peer, and the peer's stream budget.
+    per_peer: HashMap<K, (usize, Arc<StreamBudget>)>,
 }
 
 /// See the module documentation.
 #[derive(Debug)]
 pub struct ConnLimiter<K> {
     caps: ConnCaps,
+    max_streams_per_peer: usize,
     counts: Mutex<Counts<K>>,
     refusals: Arc<RefusalLog>,
+}
+
+/// The requests (HTTP/2 streams) one peer has open across all its connections,
+/// against a budget: the per-connection stream limit alone would let a peer with
+/// many connections hold many times more, each pinning memory while unfinished.
+#[derive(Debug)]
+pub struct StreamBudget {
+    open: AtomicUsize,
+    max: usize,
+    peer: String,
+    refusals: Arc<RefusalLog>,
+}
+
+/// One open stream's place in its peer's budget; dropping it frees the place.
+#[derive(Debug)]
+pub struct StreamPlace(Arc<StreamBudget>);
+
+impl StreamBudget {
+    /// Takes a place for one more stream, or `None` when the budget is spent (the
+    /// refusal is counted for the log).
+    pub fn try_begin(self: &Arc<Self>) -> Option<StreamPlace> {
+        let taken = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok();
+        if taken {
+            Some(StreamPlace(self.clone()))
+        } else {
+            self.refusals.record(
+                &self.peer,
+                &format!("the peer's {} open requests in use", self.max),
+            );
+            None
+        }
+    }
+
+    /// Streams open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// The budget.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One open connection's place; dropping it frees the place.
@@ -90,13 +146,32 @@ pub struct ConnLimiter<K> {
 pub struct ConnPermit<K: Eq + Hash> {
     limiter: Arc<ConnLimiter<K>>,
     peer: K,
+    budget: Arc<StreamBudget>,
+}
+
+impl<K: Eq + Hash> ConnPermit<K> {
+    /// The stream budget this connection's peer shares across its connections.
+    pub fn stream_budget(&self) -> Arc<StreamBudget> {
+        self.budget.clone()
+    }
 }
 
 impl<K: Eq + Hash + Clone + Display> ConnLimiter<K> {
     /// A limiter whose refusals are logged as "`what`: refused N ...".
     pub fn new(what: &'static str, caps: ConnCaps) -> Arc<Self> {
+        Self::with_stream_budget(what, caps, usize::MAX)
+    }
+
+    /// Like [`Self::new`], with a budget of `max_streams_per_peer` requests open at
+    /// once across each peer's connections (see [`ConnPermit::stream_budget`]).
+    pub fn with_stream_budget(
+        what: &'static str,
+        caps: ConnCaps,
+        max_streams_per_peer: usize,
+    ) -> Arc<Self> {
         Arc::new(Self {
             caps,
+            max_streams_per_peer: max_streams_per_peer.max(1),
             counts: Mutex::new(Counts {
                 total: 0,
                 per_peer: HashMap::new(),
@@ -119,17 +194,30 @@ impl<K: Eq + Hash + Clone + Display> ConnLimiter<K> {
     pub fn try_acquire(self: &Arc<Self>, peer: K) -> Result<ConnPermit<K>, Refused> {
         let refused = {
             let mut c = self.counts();
-            let held = c.per_peer.get(&peer).copied().unwrap_or(0);
+            let held = c.per_peer.get(&peer).map_or(0, |(n, _)| *n);
             if held >= self.caps.max_per_peer {
                 Refused::PeerShare(self.caps.max_per_peer)
             } else if c.total >= self.caps.max_total {
                 Refused::Total(self.caps.max_total)
             } else {
                 c.total += 1;
-                *c.per_peer.entry(peer.clone()).or_default() += 1;
+                let (n, budget) = c.per_peer.entry(peer.clone()).or_insert_with(|| {
+                    (
+                        0,
+                        Arc::new(StreamBudget {
+                            open: AtomicUsize::new(0),
+                            max: self.max_streams_per_peer,
+                            peer: peer.to_string(),
+                            refusals: self.refusals.clone(),
+                        }),
+                    )
+                });
+                *n += 1;
+                let budget = budget.clone();
                 return Ok(ConnPermit {
                     limiter: self.clone(),
                     peer,
+                    budget,
                 });
             }
         };
@@ -148,7 +236,7 @@ impl<K: Eq + Hash + Clone + Display> ConnLimiter<K> {
 
     /// Connections open now from `peer`.
     pub fn open_for(&self, peer: &K) -> usize {
-        self.counts().per_peer.get(peer).copied().unwrap_or(0)
+        self.counts().per_peer.get(peer).map_or(0, |(n, _)| *n)
     }
 
     /// The log of refusals (for tests and health details).
@@ -165,7 +253,7 @@ impl<K: Eq + Hash> Drop for ConnPermit<K> {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.per_peer.get_mut(&self.peer) {
+        if let Some((n, _)) = c.per_peer.get_mut(&self.peer) {
             *n -= 1;
             if *n == 0 {
                 c.per_peer.remove(&self.peer);
@@ -270,5 +358,29 @@ mod tests {
         let m: IpPeer = "::ffff:127.0.0.2".parse::<IpAddr>().unwrap().into();
         assert_eq!(m, IpPeer::V4(Ipv4Addr::new(127, 0, 0, 2)));
         assert_eq!(m.to_string(), "127.0.0.2");
+    }
+
+    #[test]
+    fn a_peer_shares_one_stream_budget_across_its_connections() {
+        let l = ConnLimiter::with_stream_budget("test", caps(10, 10), 3);
+        let a = l.try_acquire(1u32).unwrap();
+        let b = l.try_acquire(1u32).unwrap();
+        let other = l.try_acquire(2u32).unwrap();
+        let (ba, bb) = (a.stream_budget(), b.stream_budget());
+        let s1 = ba.try_begin().unwrap();
+        let _s2 = bb.try_begin().unwrap();
+        let _s3 = ba.try_begin().unwrap();
+        assert!(
+            bb.try_begin().is_none(),
+            "the budget is per peer, not per connection"
+        );
+        assert!(
+            other.stream_budget().try_begin().is_some(),
+            "another peer has its own"
+        );
+        drop(s1);
+        assert!(bb.try_begin().is_some());
+        // Outside a runtime the refusal is reported at once.
+        assert_eq!(l.refusals().reports(), 1);
     }
 }

@@ -24,25 +24,35 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::Connected;
 
+use super::conn::{StreamBudget, StreamPlace};
+
 /// The streams open on one connection, and since when none has been.
 #[derive(Debug)]
 pub struct Activity {
     streams: AtomicUsize,
     idle_since: Mutex<Instant>,
+    /// The peer's budget of open streams across its connections, if it has one.
+    budget: Option<Arc<StreamBudget>>,
 }
 
 impl Activity {
-    fn new() -> Arc<Self> {
+    fn new(budget: Option<Arc<StreamBudget>>) -> Arc<Self> {
         Arc::new(Self {
             streams: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
+            budget,
         })
     }
 
-    /// Counts a stream as open until the guard is dropped.
-    fn begin(self: &Arc<Self>) -> StreamGuard {
+    /// Counts a stream as open until the guard is dropped; `Err(budget)` when the
+    /// peer's stream budget is spent.
+    fn begin(self: &Arc<Self>) -> Result<StreamGuard, usize> {
+        let place = match &self.budget {
+            Some(b) => Some(b.try_begin().ok_or(b.max())?),
+            None => None,
+        };
         self.streams.fetch_add(1, Ordering::AcqRel);
-        StreamGuard(self.clone())
+        Ok(StreamGuard(self.clone(), place))
     }
 
     /// Streams open now.
@@ -62,7 +72,14 @@ impl Activity {
 
 /// One open stream.
 #[derive(Debug)]
-struct StreamGuard(Arc<Activity>);
+struct StreamGuard(
+    Arc<Activity>,
+    #[allow(
+        dead_code,
+        reason = "held for its Drop: the place in the peer's budget"
+    )]
+    Option<StreamPlace>,
+);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
@@ -103,11 +120,19 @@ impl<IO> Guarded<IO> {
     ) -> Self {
         Self {
             io,
-            activity: Activity::new(),
+            activity: Activity::new(None),
             idle_timeout,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             _permit: Box::new(permit),
         }
+    }
+
+    /// Makes this connection's requests count against `budget`, which its peer's
+    /// other connections share: past it a request is refused at its headers with
+    /// `RESOURCE_EXHAUSTED`. Call before serving the connection.
+    pub fn with_stream_budget(mut self, budget: Arc<StreamBudget>) -> Self {
+        self.activity = Activity::new(Some(budget));
+        self
     }
 
     /// The inner connection.
@@ -279,26 +304,54 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let guard = req.extensions_mut().remove::<Tracked<T>>().map(|t| {
-            let guard = t.activity.begin();
-            req.extensions_mut().insert(t.info);
-            guard
-        });
+        let guard = match req.extensions_mut().remove::<Tracked<T>>() {
+            Some(t) => {
+                let begun = t.activity.begin();
+                req.extensions_mut().insert(t.info);
+                match begun {
+                    Ok(g) => Some(g),
+                    Err(max) => return Box::pin(async move { Ok(over_budget(max)) }),
+                }
+            }
+            None => None,
+        };
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;
             Ok(resp.map(|body| TrackedBody {
-                inner: Box::pin(body),
+                inner: Some(Box::pin(body)),
                 _guard: guard,
             }))
         })
     }
 }
 
+/// The gRPC answer (Trailers-Only) to a request past its peer's stream budget: the
+/// handler never sees it, nothing of it is kept.
+fn over_budget<RB>(max: usize) -> http::Response<TrackedBody<RB>> {
+    let mut r = http::Response::new(TrackedBody {
+        inner: None,
+        _guard: None,
+    });
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    // RESOURCE_EXHAUSTED
+    h.insert("grpc-status", http::HeaderValue::from_static("8"));
+    if let Ok(v) = http::HeaderValue::from_str(&format!(
+        "too many requests open from this peer (at most {max} at once across its connections); finish some first"
+    )) {
+        h.insert("grpc-message", v);
+    }
+    r
+}
+
 /// A response body that keeps its stream counted as open until it is finished or
 /// dropped.
 pub struct TrackedBody<B> {
-    inner: Pin<Box<B>>,
+    inner: Option<Pin<Box<B>>>,
     _guard: Option<StreamGuard>,
 }
 
@@ -316,15 +369,20 @@ impl<B: http_body::Body> http_body::Body for TrackedBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        self.get_mut().inner.as_mut().poll_frame(cx)
+        match self.get_mut().inner.as_mut() {
+            Some(b) => b.as_mut().poll_frame(cx),
+            None => Poll::Ready(None),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| http_body::SizeHint::with_exact(0), |b| b.size_hint())
     }
 }
 
@@ -416,7 +474,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_layer_counts_a_request_until_its_body_goes() {
-        let activity = Activity::new();
+        let activity = Activity::new(None);
         let mut svc = StreamTrackingLayer::<Info>::new().layer(Echo);
         let mut req = http::Request::new(());
         req.extensions_mut().insert(Tracked {
@@ -435,5 +493,40 @@ mod tests {
         assert_eq!(activity.streams(), 1, "counted until the body goes");
         drop(b);
         assert_eq!(activity.streams(), 0);
+    }
+
+    #[tokio::test]
+    async fn past_the_peer_budget_a_request_is_refused_at_its_headers() {
+        let limiter = super::super::ConnLimiter::with_stream_budget(
+            "test",
+            super::super::ConnCaps {
+                max_total: 4,
+                max_per_peer: 4,
+            },
+            1,
+        );
+        let permit = limiter.try_acquire(1u32).unwrap();
+        let activity = Activity::new(Some(permit.stream_budget()));
+        let mut svc = StreamTrackingLayer::<Info>::new().layer(Echo);
+        let call = |svc: &mut StreamTracking<Echo, Info>| {
+            let mut req = http::Request::new(());
+            req.extensions_mut().insert(Tracked {
+                info: Info(1),
+                activity: activity.clone(),
+            });
+            svc.call(req)
+        };
+        let first = call(&mut svc).await.unwrap();
+        assert!(first.headers().get("grpc-status").is_none());
+        let second = call(&mut svc).await.unwrap();
+        assert_eq!(second.headers()["grpc-status"], "8");
+        assert!(http_body::Body::is_end_stream(second.body()));
+        assert_eq!(activity.streams(), 1, "the refused request is not counted");
+        drop(first);
+        let third = call(&mut svc).await.unwrap();
+        assert!(
+            third.headers().get("grpc-status").is_none(),
+            "the place was freed"
+        );
     }
 }

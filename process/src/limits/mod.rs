@@ -11,7 +11,14 @@ pub mod idle;
 pub mod nofile;
 pub mod refusals;
 
-pub use conn::{ConnCaps, ConnLimiter, ConnPermit, IpPeer, Refused};
+pub use conn::{ConnCaps, ConnLimiter, ConnPermit, IpPeer, Refused, StreamBudget, StreamPlace};
 pub use idle::{Guarded, StreamTrackingLayer, Tracked};
 pub use nofile::{OpenFileLimit, raise_open_file_limit};
 pub use refusals::RefusalLog;
+
+/// HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS),
+/// on the agent API, the admin API and the Workload API. A client past it waits
+/// for one of its streams to end (gRPC clients queue the call); without it tonic
+/// announces no limit, and one connection could open tens of thousands of streams
+/// whose requests never finish, each held in memory (about 9 KiB apiece).
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;

@@ -63,6 +63,45 @@ impl AdminApi {
     }
 }
 
+/// The datastore filter for the admin API's entry filters (empty: no filter).
+fn entry_filter(
+    by_spiffe_id: &str,
+    by_parent_id: &str,
+    by_selectors: &[String],
+) -> Result<EntryFilter, Status> {
+    let parse_id = |field: &str, s: &str| -> Result<Option<SpiffeId>, Status> {
+        if s.is_empty() {
+            Ok(None)
+        } else {
+            SpiffeId::new(s)
+                .map(Some)
+                .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+        }
+    };
+    Ok(EntryFilter {
+        by_spiffe_id: parse_id("by_spiffe_id", by_spiffe_id)?,
+        by_parent_id: parse_id("by_parent_id", by_parent_id)?,
+        by_selectors: by_selectors
+            .iter()
+            .map(|s| s.parse::<Selector>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| Status::invalid_argument(format!("by_selectors: {e}")))?,
+    })
+}
+
+/// The admin API's answer for a log filter.
+fn log_level_to_proto(
+    r: Result<(String, String), crate::log_level::LogLevelError>,
+) -> Result<Response<pb::LogLevel>, Status> {
+    use crate::log_level::LogLevelError;
+    match r {
+        Ok((current, launch)) => Ok(Response::new(pb::LogLevel { current, launch })),
+        Err(e @ LogLevelError::Invalid(_)) => Err(Status::invalid_argument(e.to_string())),
+        Err(e @ LogLevelError::NotReloadable) => Err(Status::failed_precondition(e.to_string())),
+        Err(e @ LogLevelError::Failed(_)) => Err(Status::internal(e.to_string())),
+    }
+}
+
 fn agent_to_proto(n: &crate::datastore::AttestedNode) -> pb::Agent {
     pb::Agent {
         spiffe_id: n.spiffe_id.to_string(),
@@ -161,25 +200,7 @@ impl Admin for AdminApi {
         req: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
         let r = req.into_inner();
-        let parse_id = |field: &str, s: &str| -> Result<Option<SpiffeId>, Status> {
-            if s.is_empty() {
-                Ok(None)
-            } else {
-                SpiffeId::new(s)
-                    .map(Some)
-                    .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
-            }
-        };
-        let filter = EntryFilter {
-            by_spiffe_id: parse_id("by_spiffe_id", &r.by_spiffe_id)?,
-            by_parent_id: parse_id("by_parent_id", &r.by_parent_id)?,
-            by_selectors: r
-                .by_selectors
-                .iter()
-                .map(|s| s.parse::<Selector>())
-                .collect::<Result<_, _>>()
-                .map_err(|e| Status::invalid_argument(format!("by_selectors: {e}")))?,
-        };
+        let filter = entry_filter(&r.by_spiffe_id, &r.by_parent_id, &r.by_selectors)?;
         let page = Page {
             size: if r.page_size == 0 {
                 1000
@@ -225,6 +246,28 @@ impl Admin for AdminApi {
         self.refresh_entries().await;
         tracing::info!(entry = %id, "entry deleted");
         Ok(Response::new(pb::DeleteEntryResponse {}))
+    }
+
+    async fn count_entries(
+        &self,
+        req: Request<pb::CountEntriesRequest>,
+    ) -> Result<Response<pb::CountResponse>, Status> {
+        let r = req.into_inner();
+        let filter = entry_filter(&r.by_spiffe_id, &r.by_parent_id, &r.by_selectors)?;
+        let mut page = Page {
+            size: 10_000,
+            token: String::new(),
+        };
+        let mut count = 0u64;
+        loop {
+            let (entries, next) = self.state.ds.list_entries(&filter, &page).await?;
+            count += entries.len() as u64;
+            if next.is_empty() {
+                break;
+            }
+            page.token = next;
+        }
+        Ok(Response::new(pb::CountResponse { count }))
     }
 
     async fn create_join_token(
@@ -305,6 +348,28 @@ impl Admin for AdminApi {
         Ok(Response::new(pb::ListAgentsResponse {
             agents: nodes.iter().map(agent_to_proto).collect(),
         }))
+    }
+
+    async fn get_agent(
+        &self,
+        req: Request<pb::AgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        let id = self.agent_id(&req.into_inner().spiffe_id)?;
+        let node = self
+            .state
+            .ds
+            .get_attested_node(&id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("agent {id} is not attested")))?;
+        Ok(Response::new(agent_to_proto(&node)))
+    }
+
+    async fn count_agents(
+        &self,
+        _req: Request<pb::CountAgentsRequest>,
+    ) -> Result<Response<pb::CountResponse>, Status> {
+        let count = self.state.ds.list_attested_nodes().await?.len() as u64;
+        Ok(Response::new(pb::CountResponse { count }))
     }
 
     async fn evict_agent(
@@ -394,6 +459,18 @@ impl Admin for AdminApi {
         }
         self.state.ds.delete_bundle(&td).await?;
         Ok(Response::new(pb::DeleteFederatedBundleResponse {}))
+    }
+
+    async fn count_bundles(
+        &self,
+        _req: Request<pb::CountBundlesRequest>,
+    ) -> Result<Response<pb::CountResponse>, Status> {
+        let own = self.state.trust_domain();
+        let bundles = self.state.ds.list_bundles().await?;
+        // The server's own bundle counts even before the datastore holds it.
+        let own_stored = bundles.iter().any(|b| b.trust_domain() == own);
+        let count = bundles.len() as u64 + u64::from(!own_stored);
+        Ok(Response::new(pb::CountResponse { count }))
     }
 
     async fn mint_x509_svid(
@@ -492,5 +569,24 @@ impl Admin for AdminApi {
             self.state.entries.revision()
         ));
         Ok(Response::new(pb::HealthResponse { ready, details }))
+    }
+
+    async fn get_log_level(
+        &self,
+        _req: Request<pb::GetLogLevelRequest>,
+    ) -> Result<Response<pb::LogLevel>, Status> {
+        log_level_to_proto(crate::log_level::get())
+    }
+
+    async fn set_log_level(
+        &self,
+        req: Request<pb::SetLogLevelRequest>,
+    ) -> Result<Response<pb::LogLevel>, Status> {
+        let filter = req.into_inner().filter;
+        let r = crate::log_level::set((!filter.trim().is_empty()).then_some(filter.as_str()));
+        if let Ok((current, _)) = &r {
+            tracing::warn!(filter = %current, "log filter changed through the admin API");
+        }
+        log_level_to_proto(r)
     }
 }

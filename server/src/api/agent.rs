@@ -23,6 +23,7 @@ use super::convert::{bundle_to_proto, entry_to_proto, status_of};
 use super::ratelimit::AttestationLimit;
 use super::{ServerState, join_error};
 use crate::attestor::Step;
+use crate::audit;
 use crate::datastore::{AttestedNode, DatastoreError};
 use crate::entries::AuthorizedSet;
 use crate::transport::PeerInfo;
@@ -185,12 +186,21 @@ async fn next_message(
     }
 }
 
+/// What an attestation established before it ended, for its audit record.
+#[derive(Debug, Default)]
+struct AttestFacts {
+    attestor: Option<String>,
+    agent_id: Option<SpiffeId>,
+}
+
 impl AgentApi {
     async fn run_attestation(
         &self,
         peer: Option<PeerInfo>,
         inbound: &mut Streaming<pb::AttestRequest>,
         tx: &mpsc::Sender<Result<pb::AttestResponse, Status>>,
+        attestor_name: &mut &'static str,
+        facts: &mut AttestFacts,
     ) -> Result<(), Status> {
         let first = next_message(inbound).await?;
         let Some(attest_request::Step::Params(params)) = first.step else {
@@ -198,6 +208,7 @@ impl AgentApi {
                 "the first attestation message must carry the attestation parameters",
             ));
         };
+        facts.attestor = Some(params.attestor.clone());
         let attestor = self
             .state
             .attestors
@@ -212,6 +223,7 @@ impl AgentApi {
                     names.join(", ")
                 ))
             })?;
+        *attestor_name = attestor.name();
         // Check the CSR before the evidence, so that a bad CSR does not burn a
         // one-time join token.
         let public_key = tessera_core::x509::csr_public_key(&params.csr, None)
@@ -241,6 +253,7 @@ impl AgentApi {
         let agent_id = td
             .id(&format!("/spire/agent/{}", attested.agent_path))
             .map_err(|e| Status::internal(format!("attestor produced an invalid agent ID: {e}")))?;
+        facts.agent_id = Some(agent_id.clone());
         let existing = self.state.ds.get_attested_node(&agent_id).await?;
         if let Some(n) = &existing {
             if n.banned {
@@ -266,6 +279,16 @@ impl AgentApi {
         let info = tessera_core::x509::cert_info(&chain[0])
             .map_err(|e| Status::internal(e.to_string()))?;
         let now = self.state.clock.unix();
+        self.state.audit.record(&audit::Svid {
+            agent_id: agent_id.to_string(),
+            spiffe_id: agent_id.to_string(),
+            kind: "x509",
+            issued_for: "attestation",
+            entry_id: None,
+            serial: Some(info.serial_hex.clone()),
+            audience: None,
+            expires_at: audit::records::unix_rfc3339(info.not_after),
+        });
         let node = AttestedNode {
             spiffe_id: agent_id.clone(),
             attestation_type: params.attestor.clone(),
@@ -322,7 +345,26 @@ impl Node for AgentApi {
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
         tokio::spawn(async move {
-            let result = api.run_attestation(peer.clone(), &mut inbound, &tx).await;
+            // Named only once it is an enabled attestor: the label set stays bounded.
+            let mut attestor = "unknown";
+            let mut facts = AttestFacts::default();
+            let result = api
+                .run_attestation(peer.clone(), &mut inbound, &tx, &mut attestor, &mut facts)
+                .await;
+            api.state.audit.record(&audit::Attestation {
+                attestor: facts.attestor.map(|a| audit::records::clip(&a, 64)),
+                agent_id: facts.agent_id.map(|id| id.to_string()),
+                outcome: audit::Outcome::of(&result, &[]),
+                source: peer.as_ref().and_then(|p| p.addr).map(|a| a.to_string()),
+            });
+            let metrics = &api.state.metrics;
+            match &result {
+                Ok(()) => {
+                    metrics.attestation(attestor, "ok");
+                    metrics.issued("agent", 1);
+                }
+                Err(status) => metrics.attestation(attestor, crate::metrics::outcome(status)),
+            }
             if result.is_ok()
                 && let Some(a) = admitted
             {
@@ -376,6 +418,17 @@ impl Node for AgentApi {
             Err(e) => return Err(e.into()),
         };
         self.state.nodes.put(&caller.id, Some(node));
+        self.state.audit.record(&audit::Svid {
+            agent_id: caller.id.to_string(),
+            spiffe_id: caller.id.to_string(),
+            kind: "x509",
+            issued_for: "renewal",
+            entry_id: None,
+            serial: Some(info.serial_hex),
+            audience: None,
+            expires_at: audit::records::unix_rfc3339(info.not_after),
+        });
+        self.state.metrics.issued("agent", 1);
         tracing::debug!(agent = %caller.id, "agent SVID renewed");
         Ok(Response::new(pb::RenewAgentResponse { svid_chain: chain }))
     }
@@ -503,10 +556,26 @@ impl Node for AgentApi {
             for (idx, res) in h.await.map_err(join_error)? {
                 match res {
                     Ok(chain) => {
-                        let expires = tessera_core::x509::cert_info(&chain[0])
-                            .map(|i| i.not_after)
-                            .unwrap_or(0);
+                        let info = tessera_core::x509::cert_info(&chain[0]).ok();
+                        let expires = info.as_ref().map_or(0, |i| i.not_after);
+                        if self.state.audit.enabled() {
+                            self.state.audit.record(&audit::Svid {
+                                agent_id: caller.id.to_string(),
+                                spiffe_id: info
+                                    .as_ref()
+                                    .and_then(|i| i.spiffe_id.as_ref())
+                                    .map(ToString::to_string)
+                                    .unwrap_or_default(),
+                                kind: "x509",
+                                issued_for: "workload",
+                                entry_id: Some(results[idx].entry_id.clone()),
+                                serial: info.as_ref().map(|i| i.serial_hex.clone()),
+                                audience: None,
+                                expires_at: audit::records::unix_rfc3339(expires),
+                            });
+                        }
                         results[idx].status = Some(status_of(Code::Ok, ""));
+                        self.state.metrics.issued("workload", 1);
                         results[idx].cert_chain = chain;
                         results[idx].expires_at = expires;
                     }
@@ -546,11 +615,23 @@ impl Node for AgentApi {
             self.state.config.jwt_svid_ttl
         };
         let ca = self.state.ca.clone();
-        let svid = tokio::task::spawn_blocking(move || {
+        let (svid, entry, audience) = tokio::task::spawn_blocking(move || {
             ca.sign_jwt_svid(&entry.spiffe_id, &req.audience, ttl)
+                .map(|svid| (svid, entry, req.audience))
         })
         .await
         .map_err(join_error)??;
+        self.state.audit.record(&audit::Svid {
+            agent_id: caller.id.to_string(),
+            spiffe_id: entry.spiffe_id.to_string(),
+            kind: "jwt",
+            issued_for: "workload",
+            entry_id: Some(entry.id.clone()),
+            serial: None,
+            audience: Some(audience),
+            expires_at: audit::records::unix_rfc3339(svid.expiry),
+        });
+        self.state.metrics.issued("jwt", 1);
         Ok(Response::new(pb::NewJwtSvidResponse {
             token: svid.token,
             issued_at: svid.issued_at,

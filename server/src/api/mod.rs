@@ -18,8 +18,10 @@ use crate::datastore::{AttestedNode, Datastore, DatastoreError};
 use crate::entries::EntryCache;
 
 pub mod admin;
+pub mod admin_access;
 pub mod agent;
 pub mod convert;
+pub mod preauth;
 pub mod ratelimit;
 
 /// Everything the handlers share.
@@ -34,6 +36,10 @@ pub struct ServerState {
     pub key_manager: Arc<dyn KeyManager>,
     /// Wall-clock time, as the CA manager and the entry cache see it.
     pub clock: SharedClock,
+    /// Where attestation, admin and issuance records go.
+    pub audit: crate::audit::Audit,
+    /// What the server measures.
+    pub metrics: Arc<crate::metrics::ServerMetrics>,
 }
 
 impl ServerState {

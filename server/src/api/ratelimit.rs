@@ -63,11 +63,16 @@ impl From<Limited> for tonic::Status {
 impl AttestationLimit {
     /// The limit, or `None` when `rate` is 0 (no limit).
     pub fn new(rate: f64, burst: u32) -> Option<Self> {
+        Self::named(rate, burst, "attestations refused by the rate limit")
+    }
+
+    /// The same limit for something else that fails (`what` starts its log lines).
+    pub fn named(rate: f64, burst: u32, what: &'static str) -> Option<Self> {
         (rate > 0.0).then(|| Self {
             rate,
             burst: f64::from(burst.max(1)),
             buckets: Mutex::new(HashMap::new()),
-            refusals: RefusalLog::new("attestations refused by the rate limit"),
+            refusals: RefusalLog::new(what),
         })
     }
 

@@ -6,10 +6,17 @@ use async_trait::async_trait;
 use tessera_core::Selector;
 use tessera_tpm::verifier::chain::{CaPool, ChainError};
 
+pub mod aws_iid;
+pub mod azure_msi;
 pub mod challenge;
+pub mod gcp_iit;
 pub mod join_token;
+pub mod jwt;
+pub mod one_shot;
+pub mod template;
 pub mod tpm_devid;
 pub mod tpm_ek;
+pub mod x509pop;
 
 /// Why an attestation was refused. The message is logged on the server and returned to
 /// the agent, so it says what was wrong without revealing secrets.
@@ -60,7 +67,7 @@ pub trait Session: Send {
 /// A server-side node attestor.
 #[async_trait]
 pub trait NodeAttestor: Send + Sync + std::fmt::Debug {
-    /// The name agents use (`join_token`, `tpm_devid`, `tpm_ek`).
+    /// The name agents use (`join_token`, `tpm_devid`, `tpm_ek`, `aws_iid`, ...).
     fn name(&self) -> &'static str;
 
     /// Starts an attestation.
@@ -99,6 +106,48 @@ pub enum AttestorConfigError {
         #[source]
         source: tessera_tpm::attestation::AttestError,
     },
+    /// A cloud or certificate attestor's setting is unusable (the message names it).
+    #[error("{0}")]
+    Setting(String),
+}
+
+/// The cloud and certificate attestors the configuration enables, ready to serve
+/// (key sets from files loaded, from URLs tried once); an unusable setting is an
+/// error naming the attestor and the setting.
+pub async fn cloud_and_certificate(
+    cfg: &crate::config::NodeAttestorsConfig,
+    trust_domain: &tessera_core::TrustDomain,
+    clock: &tessera_core::clock::SharedClock,
+) -> Result<Vec<std::sync::Arc<dyn NodeAttestor>>, (&'static str, AttestorConfigError)> {
+    use std::sync::Arc;
+    let fault = |name: &'static str| move |reason| (name, AttestorConfigError::Setting(reason));
+    let mut out: Vec<Arc<dyn NodeAttestor>> = Vec::new();
+    if let Some(c) = &cfg.aws_iid {
+        let a = aws_iid::AwsIid::from_config(c, clock.clone())
+            .map_err(fault(tessera_core::attestation::aws_iid::NAME))?;
+        out.push(Arc::new(a));
+    }
+    if let Some(c) = &cfg.gcp_iit {
+        let a = gcp_iit::GcpIit::from_config(c, clock.clone()).map_err(fault(gcp_iit::NAME))?;
+        jwt::load_at_start(a.check().keys())
+            .await
+            .map_err(fault(gcp_iit::NAME))?;
+        out.push(Arc::new(a));
+    }
+    if let Some(c) = &cfg.azure_msi {
+        let a = azure_msi::AzureMsi::from_config(c, clock.clone())
+            .map_err(fault(tessera_core::attestation::azure_msi::NAME))?;
+        jwt::load_at_start(a.check().keys())
+            .await
+            .map_err(fault(tessera_core::attestation::azure_msi::NAME))?;
+        out.push(Arc::new(a));
+    }
+    if let Some(c) = &cfg.x509pop {
+        let a = x509pop::X509Pop::from_config(c, trust_domain.clone(), clock.clone())
+            .map_err(fault(tessera_core::attestation::x509pop::NAME))?;
+        out.push(Arc::new(a));
+    }
+    Ok(out)
 }
 
 /// A pool of trust anchors (and intermediates) from PEM files; an unreadable file is a

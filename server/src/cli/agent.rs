@@ -1,4 +1,4 @@
-//! `tessera-server agent`: list, evict and ban attested agents.
+//! `tessera-server agent`: list, show, count, evict and ban attested agents.
 
 use clap::Subcommand;
 use tessera_proto::admin as pb;
@@ -11,6 +11,18 @@ use super::{CliError, Output, json_text};
 pub enum AgentCommand {
     /// Lists attested agents.
     List {
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Shows one attested agent.
+    Show {
+        #[arg(long)]
+        spiffe_id: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Counts attested agents.
+    Count {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -43,6 +55,28 @@ pub(super) async fn execute(
                 Output::Json => agents_json(&agents),
             }
         }
+        AgentCommand::Show { spiffe_id, output } => {
+            let a = c
+                .get_agent(pb::AgentRequest { spiffe_id })
+                .await?
+                .into_inner();
+            match output {
+                Output::Pretty => Ok(agent_text(&a)),
+                Output::Json => {
+                    let one = agents_json(std::slice::from_ref(&a))?;
+                    let v: serde_json::Value = serde_json::from_str(&one)?;
+                    json_text(&v[0])
+                }
+            }
+        }
+        AgentCommand::Count { output } => {
+            let n = c
+                .count_agents(pb::CountAgentsRequest {})
+                .await?
+                .into_inner()
+                .count;
+            super::entry::count_text(n, "attested agent", "attested agents", output)
+        }
         AgentCommand::Evict { spiffe_id } => {
             c.evict_agent(pb::AgentRequest { spiffe_id }).await?;
             Ok("Agent evicted successfully\n".to_owned())
@@ -62,21 +96,26 @@ pub fn agents_text(agents: &[pb::Agent]) -> String {
         let noun = if agents.len() == 1 { "agent" } else { "agents" };
         format!("Found {} attested {noun}:\n\n", agents.len())
     };
-    for a in agents {
-        let mut line = |label: &str, value: &dyn std::fmt::Display| {
-            out.push_str(&format!("{label:<18}: {value}\n"));
-        };
-        line("SPIFFE ID", &a.spiffe_id);
-        line("Attestation type", &a.attestation_type);
-        line("Expiration time", &a.x509_svid_expires_at);
-        line("Serial number", &a.x509_svid_serial);
-        line("Can re-attest", &a.can_reattest);
-        line("Banned", &a.banned);
-        for s in &a.selectors {
-            line("Selector", s);
-        }
-        out.push('\n');
+    out.extend(agents.iter().map(agent_text));
+    out
+}
+
+/// One agent as spire-server prints it, followed by a blank line.
+pub fn agent_text(a: &pb::Agent) -> String {
+    let mut out = String::new();
+    let mut line = |label: &str, value: &dyn std::fmt::Display| {
+        out.push_str(&format!("{label:<18}: {value}\n"));
+    };
+    line("SPIFFE ID", &a.spiffe_id);
+    line("Attestation type", &a.attestation_type);
+    line("Expiration time", &a.x509_svid_expires_at);
+    line("Serial number", &a.x509_svid_serial);
+    line("Can re-attest", &a.can_reattest);
+    line("Banned", &a.banned);
+    for s in &a.selectors {
+        line("Selector", s);
     }
+    out.push('\n');
     out
 }
 

@@ -49,6 +49,11 @@ pub enum BundleCommand {
         #[arg(long)]
         id: String,
     },
+    /// Counts the bundles the server holds: its own and the federated ones.
+    Count {
+        #[arg(long, value_enum, default_value_t)]
+        output: super::Output,
+    },
 }
 
 /// Runs one `bundle` command; returns what to print.
@@ -81,6 +86,14 @@ pub(super) async fn execute(
             c.delete_federated_bundle(pb::DeleteFederatedBundleRequest { trust_domain: id })
                 .await?;
             Ok("Bundle deleted.\n".to_owned())
+        }
+        BundleCommand::Count { output } => {
+            let n = c
+                .count_bundles(pb::CountBundlesRequest {})
+                .await?
+                .into_inner()
+                .count;
+            super::entry::count_text(n, "bundle", "bundles", output)
         }
     }
 }

@@ -1,5 +1,7 @@
-//! `tessera-server entry`: create, show, update and delete registration entries.
+//! `tessera-server entry`: create (one, or many from a file: [`super::entry_file`]),
+//! show, count, update and delete registration entries.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -52,13 +54,29 @@ pub struct EntryFields {
 
 #[derive(Debug, Subcommand)]
 pub enum EntryCommand {
-    /// Creates an entry.
+    /// Creates an entry, or the entries of a file (--data).
     Create {
         #[command(flatten)]
         fields: EntryFields,
         /// Choose the entry ID instead of letting the server pick one.
         #[arg(long)]
         entry_id: Option<String>,
+        /// Creates the entries of a JSON file (`-`: standard input) in the format of
+        /// `spire-server entry create -data`, instead of one from the flags.
+        #[arg(long, value_name = "FILE", conflicts_with = "entry_id")]
+        data: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Counts entries (all, or those matching the filters).
+    Count {
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        #[arg(long)]
+        parent_id: Option<String>,
+        /// Entries holding this selector (repeatable: all must be held).
+        #[arg(long = "selector")]
+        selectors: Vec<String>,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -143,6 +161,22 @@ impl EntryFields {
         Ok(())
     }
 
+    /// Whether no field flag was given.
+    fn is_empty(&self) -> bool {
+        self.spiffe_id.is_none()
+            && self.parent_id.is_none()
+            && !self.node
+            && self.selectors.is_empty()
+            && self.x509_svid_ttl.is_none()
+            && self.jwt_svid_ttl.is_none()
+            && self.dns_names.is_empty()
+            && self.federates_with.is_empty()
+            && self.admin.is_none()
+            && self.downstream.is_none()
+            && self.hint.is_none()
+            && self.entry_expiry.is_none()
+    }
+
     /// `spiffe://<td>/spire/server` for `--node`, from the entry's own trust domain.
     fn server_parent(&self) -> Option<String> {
         server_of(self.spiffe_id.as_deref()?)
@@ -163,7 +197,23 @@ pub(super) async fn execute(
     match command {
         EntryCommand::Create {
             fields,
+            data: Some(path),
+            output,
+            ..
+        } => {
+            if !fields.is_empty() {
+                return Err(CliError::Invalid {
+                    flag: "--data",
+                    reason: "the file holds the entries; give it or the entry flags, not both"
+                        .into(),
+                });
+            }
+            super::entry_file::create(c, &path, output).await
+        }
+        EntryCommand::Create {
+            fields,
             entry_id,
+            data: None,
             output,
         } => {
             let parent = fields.server_parent();
@@ -214,6 +264,23 @@ pub(super) async fn execute(
                 Output::Json => entries_json(&entries),
             }
         }
+        EntryCommand::Count {
+            spiffe_id,
+            parent_id,
+            selectors,
+            output,
+        } => {
+            let n = c
+                .count_entries(pb::CountEntriesRequest {
+                    by_spiffe_id: spiffe_id.unwrap_or_default(),
+                    by_parent_id: parent_id.unwrap_or_default(),
+                    by_selectors: selectors,
+                })
+                .await?
+                .into_inner()
+                .count;
+            count_text(n, "registration entry", "registration entries", output)
+        }
         EntryCommand::Update {
             entry_id,
             fields,
@@ -238,6 +305,14 @@ pub(super) async fn execute(
             .await?;
             Ok(format!("Deleted entry with ID: {entry_id}\n"))
         }
+    }
+}
+
+/// A count as spire-server prints it (`3 registration entries`), or `{"count": 3}`.
+pub fn count_text(n: u64, one: &str, many: &str, output: Output) -> Result<String, CliError> {
+    match output {
+        Output::Pretty => Ok(format!("{n} {}\n", if n == 1 { one } else { many })),
+        Output::Json => json_text(&serde_json::json!({ "count": n })),
     }
 }
 
@@ -390,6 +465,24 @@ mod tests {
         let mut bad = entry();
         bad.spiffe_id = "not an id".into();
         assert!(matches!(entries_json(&[bad]), Err(CliError::Reply(_))));
+    }
+
+    #[test]
+    fn counts_print_as_spire_server_does() {
+        let c = |n| {
+            count_text(
+                n,
+                "registration entry",
+                "registration entries",
+                Output::Pretty,
+            )
+        };
+        assert_eq!(c(0).unwrap(), "0 registration entries\n");
+        assert_eq!(c(1).unwrap(), "1 registration entry\n");
+        assert_eq!(c(2).unwrap(), "2 registration entries\n");
+        let v: serde_json::Value =
+            serde_json::from_str(&count_text(7, "a", "b", Output::Json).unwrap()).unwrap();
+        assert_eq!(v, serde_json::json!({"count": 7}));
     }
 
     #[test]

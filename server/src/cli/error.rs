@@ -21,6 +21,17 @@ pub enum CliError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// `--remote`: the server's TLS port does not answer, or the handshake failed.
+    #[error(
+        "cannot reach the server's admin API at {address} over mTLS: {message} (is the \
+         address the server's bind_address? do the --svid files come from this trust domain?)"
+    )]
+    Remote { address: String, message: String },
+    /// `--remote` without `--svid`.
+    #[error(
+        "--remote needs --svid DIR: the X509-SVID (svid.0.pem, svid.0.key, bundle.0.pem) of an admin workload"
+    )]
+    RemoteNeedsSvid,
     /// The server refused or failed the call.
     #[error("{} ({:?})", .0.message(), .0.code())]
     Server(#[from] tonic::Status),
@@ -79,6 +90,17 @@ pub enum CliError {
         /// What `--verbose` prints on standard output before the error.
         shown: String,
     },
+    /// Some items of a batch failed (the others were done).
+    #[error("{failed} of {total} {what} failed:\n{details}")]
+    Partial {
+        what: &'static str,
+        failed: usize,
+        total: usize,
+        /// One line per failure.
+        details: String,
+        /// What was done, printed on standard output before the error.
+        shown: String,
+    },
     /// The configuration file is not valid.
     #[error("{0}")]
     Config(#[from] InvalidConfig),
@@ -92,7 +114,7 @@ pub enum CliError {
 
 /// The deepest cause of `e`: a transport error says only "transport error" itself,
 /// while what went wrong (no such file, connection refused) is at the bottom.
-fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     let mut e = e;
     while let Some(next) = e.source() {
         e = next;

@@ -1,6 +1,7 @@
-//! The `tessera-server` command line: `run`, `ca init` (offline), and the admin
-//! commands that talk to a running server over its admin socket, one file per
-//! command group. Where spire-server has the same command, the output follows it.
+//! The `tessera-server` command line: `run`, `ca init` and `validate` (offline), and
+//! the admin commands that talk to a running server over its admin socket (or, with
+//! `--remote`, over mTLS on its TLS port), one file per command group. Where
+//! spire-server has the same command, the output follows it.
 //!
 //! Each command gathers its data and hands it to a printer that returns the text,
 //! so that what the operator sees (table or `--output json`) is tested without a
@@ -19,17 +20,22 @@ pub mod agent;
 pub mod bundle;
 pub mod ca;
 pub mod entry;
+pub mod entry_file;
 mod error;
 pub mod healthcheck;
+pub mod logger;
 pub mod mint;
+pub mod remote;
 pub mod run;
 pub mod token;
+pub mod validate;
 
 pub use agent::AgentCommand;
 pub use bundle::{BundleCommand, BundleFormat};
 pub use ca::CaCommand;
 pub use entry::{EntryCommand, EntryFields};
 pub use error::CliError;
+pub use logger::LoggerCommand;
 pub use mint::{JwtCommand, X509Command};
 pub use run::RunArgs;
 pub use token::TokenCommand;
@@ -44,8 +50,44 @@ pub struct Cli {
     /// The admin socket of the running server.
     #[arg(long, global = true, env = "TESSERA_SERVER_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
     pub socket_path: PathBuf,
+    /// Call a server's admin API over mTLS on its TLS port (its bind_address) instead
+    /// of the admin socket; needs --svid.
+    #[arg(
+        long,
+        global = true,
+        env = "TESSERA_SERVER_REMOTE",
+        value_name = "HOST:PORT"
+    )]
+    pub remote: Option<String>,
+    /// For --remote: a directory holding an admin's X509-SVID as `tessera-agent api
+    /// fetch x509 --write` leaves it (svid.0.pem, svid.0.key, bundle.0.pem).
+    #[arg(long, global = true, env = "TESSERA_SERVER_SVID", value_name = "DIR")]
+    pub svid: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where the admin commands find the server.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The admin socket.
+    Socket(PathBuf),
+    /// The TLS port at `address`, as the admin whose SVID is in `svid`.
+    Remote { address: String, svid: PathBuf },
+}
+
+impl Cli {
+    /// Where the admin commands go.
+    pub fn target(&self) -> Result<Target, CliError> {
+        match (&self.remote, &self.svid) {
+            (Some(address), Some(svid)) => Ok(Target::Remote {
+                address: address.clone(),
+                svid: svid.clone(),
+            }),
+            (Some(_), None) => Err(CliError::RemoteNeedsSvid),
+            (None, _) => Ok(Target::Socket(self.socket_path.clone())),
+        }
+    }
 }
 
 /// What `tessera-server` was asked to do.
@@ -59,6 +101,8 @@ pub enum Command {
     /// The upstream root CA (offline: needs the configuration, not a running server).
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Checks a configuration file without starting anything.
+    Validate(validate::ValidateArgs),
 }
 
 /// The commands that talk to a running server.
@@ -88,6 +132,9 @@ pub enum AdminCommand {
         #[arg(long)]
         verbose: bool,
     },
+    /// The running server's log filter.
+    #[command(subcommand)]
+    Logger(LoggerCommand),
 }
 
 /// How admin commands print what they got.
@@ -100,15 +147,23 @@ pub enum Output {
     Json,
 }
 
-/// Sets up logging to standard error: `TESSERA_LOG` if set, `level` otherwise.
+/// Sets up logging to standard error: `TESSERA_LOG` if set, `level` otherwise. The
+/// filter can be changed later through [`crate::log_level`] (`logger set`).
 /// cryptoki logs every mechanism a token lists that it has no name for, at ERROR;
 /// that is noise, not a fault, and stays off unless the filter names it.
 pub fn init_logging(level: &str) {
-    tessera_process::logging::init(level, &["cryptoki::mechanism"]);
+    if let Some(reload) = tessera_process::logging::init_reloadable(level, &["cryptoki::mechanism"])
+    {
+        let launch = reload.launch().to_owned();
+        crate::log_level::install(&launch, move |s| reload.apply(s).map_err(|e| e.to_string()));
+    }
 }
 
 /// Runs what the command line asks for; the error is printed after `Error: `.
 pub fn execute(cli: Cli, runtime: tokio::runtime::Runtime) -> Result<(), CliError> {
+    // Only the admin commands need a target: `run` must not trip over a stray
+    // TESSERA_SERVER_REMOTE.
+    let target = cli.target();
     match cli.command {
         Command::Run(args) => run::serve(args, runtime),
         Command::Ca(command) => {
@@ -116,15 +171,21 @@ pub fn execute(cli: Cli, runtime: tokio::runtime::Runtime) -> Result<(), CliErro
             tessera_process::output::print(&ca::execute(command)?);
             Ok(())
         }
+        Command::Validate(args) => {
+            init_logging("warn");
+            tessera_process::output::print(&validate::execute(&args)?);
+            Ok(())
+        }
         Command::Admin(command) => {
             init_logging("warn");
-            match runtime.block_on(admin_command(&cli.socket_path, command)) {
+            match runtime.block_on(admin_command(&target?, command)) {
                 Ok(text) => {
                     tessera_process::output::print(&text);
                     Ok(())
                 }
                 Err(e) => {
-                    if let CliError::Unhealthy { shown, .. } = &e {
+                    if let CliError::Unhealthy { shown, .. } | CliError::Partial { shown, .. } = &e
+                    {
                         tessera_process::output::print(shown);
                     }
                     Err(e)
@@ -134,9 +195,14 @@ pub fn execute(cli: Cli, runtime: tokio::runtime::Runtime) -> Result<(), CliErro
     }
 }
 
-/// Runs one admin command against the server at `socket`; returns what to print.
-pub async fn admin_command(socket: &Path, command: AdminCommand) -> Result<String, CliError> {
-    let mut c = connect(socket).await?;
+/// Runs one admin command against the server at `target`; returns what to print.
+pub async fn admin_command(target: &Target, command: AdminCommand) -> Result<String, CliError> {
+    let mut c = match target {
+        Target::Socket(socket) => connect(socket).await?,
+        Target::Remote { address, svid } => {
+            remote::connect(address, remote::AdminSvid::load(svid)?).await?
+        }
+    };
     match command {
         AdminCommand::Entry(e) => entry::execute(&mut c, e).await,
         AdminCommand::Token(t) => token::execute(&mut c, t).await,
@@ -145,6 +211,7 @@ pub async fn admin_command(socket: &Path, command: AdminCommand) -> Result<Strin
         AdminCommand::X509(x) => mint::execute_x509(&mut c, x).await,
         AdminCommand::Jwt(j) => mint::execute_jwt(&mut c, j).await,
         AdminCommand::Healthcheck { verbose } => healthcheck::execute(&mut c, verbose).await,
+        AdminCommand::Logger(l) => logger::execute(&mut c, l).await,
     }
 }
 
@@ -219,13 +286,65 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn the_spire_verbs_parse_and_remote_needs_an_svid() {
+        let cli = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("tessera-server").chain(args.iter().copied()))
+                .unwrap()
+        };
+        assert!(matches!(
+            cli(&["entry", "count", "--selector", "unix:uid:1"]).command,
+            Command::Admin(AdminCommand::Entry(EntryCommand::Count { .. }))
+        ));
+        assert!(matches!(
+            cli(&["entry", "create", "--data", "-"]).command,
+            Command::Admin(AdminCommand::Entry(EntryCommand::Create {
+                data: Some(_),
+                ..
+            }))
+        ));
+        assert!(matches!(
+            cli(&["agent", "show", "--spiffe-id", "spiffe://td/spire/agent/x"]).command,
+            Command::Admin(AdminCommand::Agent(AgentCommand::Show { .. }))
+        ));
+        assert!(matches!(
+            cli(&["bundle", "count"]).command,
+            Command::Admin(AdminCommand::Bundle(BundleCommand::Count { .. }))
+        ));
+        assert!(matches!(
+            cli(&["logger", "set", "--level", "debug"]).command,
+            Command::Admin(AdminCommand::Logger(LoggerCommand::Set { .. }))
+        ));
+        assert!(matches!(
+            cli(&["validate", "-c", "/etc/x.toml"]).command,
+            Command::Validate(_)
+        ));
+        assert!(matches!(
+            cli(&["entry", "count"]).target().unwrap(),
+            Target::Socket(_)
+        ));
+        assert!(matches!(
+            cli(&["--remote", "h:8081", "--svid", "/d", "entry", "count"])
+                .target()
+                .unwrap(),
+            Target::Remote { .. }
+        ));
+        let err = cli(&["entry", "count", "--remote", "h:8081"])
+            .target()
+            .unwrap_err();
+        assert!(matches!(err, CliError::RemoteNeedsSvid), "{err:?}");
+    }
+
     #[tokio::test]
     async fn an_absent_server_is_named_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("admin.sock");
-        let err = admin_command(&path, AdminCommand::Healthcheck { verbose: false })
-            .await
-            .unwrap_err();
+        let err = admin_command(
+            &Target::Socket(path.clone()),
+            AdminCommand::Healthcheck { verbose: false },
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, CliError::Connect { .. }), "{err:?}");
         let msg = err.to_string();
         assert!(msg.contains(&path.display().to_string()), "{msg}");

@@ -74,6 +74,14 @@ pub enum ChainError {
         #[source]
         source: tessera_core::pem::PemError,
     },
+    /// The peer presented more intermediate certificates than a path can use.
+    #[error("{0} intermediate certificates presented; at most {MAX_PRESENTED}")]
+    TooManyPresented(usize),
+    /// Finding a path took more signature checks than any real chain needs.
+    #[error(
+        "no path to a trusted CA within {MAX_SIGNATURE_CHECKS} signature checks: the certificates presented hold too many candidate paths"
+    )]
+    SearchLimit,
 }
 
 /// The extra leaf rules for a kind of certificate.
@@ -96,6 +104,14 @@ const OID_EXTENDED_KEY_USAGE: &str = "2.5.29.37";
 const OID_TCG_KP_EK_CERTIFICATE: &str = "2.23.133.8.1";
 const OID_ANY_EXTENDED_KEY_USAGE: &str = "2.5.29.37.0";
 const MAX_DEPTH: usize = 8;
+/// Most intermediates a peer may present: a DevID chain is a leaf and one or two
+/// CAs. The chain comes before any proof, from anyone who can reach the agent API.
+pub const MAX_PRESENTED: usize = 8;
+/// Most signature checks one path search may make. Certificates that share a
+/// subject and sign one another make the depth-first search try every ordering of
+/// them (about K^8 checks for K copies): a dozen such certificates, a few kilobytes,
+/// would keep a CPU busy for hours. Real chains need a handful of checks.
+pub const MAX_SIGNATURE_CHECKS: usize = 256;
 
 /// CA certificates: the anchors a chain must end at, plus intermediates that may be
 /// used to build a path (a TPM's NV holds only the EK certificate, so EK
@@ -210,6 +226,9 @@ pub fn verify_chain_at(
     profile: LeafProfile,
     at: ASN1Time,
 ) -> Result<VerifiedChain, ChainError> {
+    if presented.len() > MAX_PRESENTED {
+        return Err(ChainError::TooManyPresented(presented.len()));
+    }
     let leaf_cert = parse(leaf, 0)?;
     check_leaf(&leaf_cert, profile, at)?;
     // Each certificate once: a peer often sends the anchor along, and a copy that
@@ -231,7 +250,8 @@ pub fn verify_chain_at(
         }
     }
     let mut path = Vec::new();
-    if build(&leaf_cert, &candidates, at, &mut path, 0)? {
+    let mut budget = MAX_SIGNATURE_CHECKS;
+    if build(&leaf_cert, &candidates, at, &mut path, 0, &mut budget)? {
         return Ok(VerifiedChain {
             leaf: leaf.to_vec(),
             cas: path.into_iter().map(|i| candidates[i].1.to_vec()).collect(),
@@ -245,12 +265,14 @@ pub fn verify_chain_at(
 
 /// Depth-first path building; `path` holds candidate indexes, child to anchor. The
 /// first structural error met along a dead end is kept only if no path succeeds.
+/// `budget` is the number of signature checks left; running out ends the search.
 fn build(
     child: &X509Certificate<'_>,
     candidates: &[(X509Certificate<'_>, &[u8], bool)],
     at: ASN1Time,
     path: &mut Vec<usize>,
     depth: usize,
+    budget: &mut usize,
 ) -> Result<bool, ChainError> {
     if depth >= MAX_DEPTH {
         return Ok(false);
@@ -260,6 +282,7 @@ fn build(
         if path.contains(&i) || issuer.subject().as_raw() != child.issuer().as_raw() {
             continue;
         }
+        *budget = budget.checked_sub(1).ok_or(ChainError::SearchLimit)?;
         if child.verify_signature(Some(issuer.public_key())).is_err() {
             continue;
         }
@@ -271,9 +294,10 @@ fn build(
         if *is_anchor {
             return Ok(true);
         }
-        match build(issuer, candidates, at, path, depth + 1) {
+        match build(issuer, candidates, at, path, depth + 1, budget) {
             Ok(true) => return Ok(true),
             Ok(false) => {}
+            Err(ChainError::SearchLimit) => return Err(ChainError::SearchLimit),
             Err(e) => {
                 first_error.get_or_insert(e);
             }
@@ -545,6 +569,61 @@ mod tests {
             verify_chain_at(&l, &[], &pool, LeafProfile::DevId, before),
             Err(ChainError::Expired(_))
         ));
+    }
+
+    /// `k` CA certificates with one subject and one key, each signing the others,
+    /// and a leaf under that subject; none reaches a trusted CA.
+    fn self_signing_copies(k: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let key = KeyPair::generate().unwrap();
+        let mut copies = Vec::new();
+        let mut first = None;
+        for i in 0..k {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, "loop");
+            p.serial_number = Some((i as u64 + 1).into());
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+            copies.push(p.self_signed(&key).unwrap().der().to_vec());
+            first.get_or_insert(p);
+        }
+        let loop_ca = Ca {
+            der: copies[0].clone(),
+            issuer: Issuer::new(first.unwrap(), key),
+        };
+        (leaf("device-1", &loop_ca, false), copies)
+    }
+
+    #[test]
+    fn presented_certificates_that_sign_one_another_end_the_search() {
+        // Before the budget, eight copies took the search through every ordering
+        // (seconds; a dozen took hours) and ended in Untrusted.
+        let root = ca("root", None, None);
+        let pool = CaPool::new(vec![root.der.clone()]).unwrap();
+        let (l, copies) = self_signing_copies(MAX_PRESENTED);
+        let err = verify_chain(&l, &copies, &pool, LeafProfile::DevId).unwrap_err();
+        assert!(matches!(err, ChainError::SearchLimit), "{err}");
+        assert!(
+            err.to_string().contains("too many candidate paths"),
+            "{err}"
+        );
+        // A real chain presented with a couple of those copies still validates.
+        let mid = ca("mid", Some(&root), None);
+        let good = leaf("device-2", &mid, false);
+        let presented = vec![copies[0].clone(), mid.der.clone(), copies[1].clone()];
+        let chain = verify_chain(&good, &presented, &pool, LeafProfile::DevId).unwrap();
+        assert_eq!(chain.cas, vec![mid.der.clone(), root.der.clone()]);
+    }
+
+    #[test]
+    fn too_many_presented_certificates_are_refused_before_any_check() {
+        let root = ca("root", None, None);
+        let pool = CaPool::new(vec![root.der.clone()]).unwrap();
+        let (l, copies) = self_signing_copies(MAX_PRESENTED + 1);
+        let err = verify_chain(&l, &copies, &pool, LeafProfile::DevId).unwrap_err();
+        assert!(
+            matches!(err, ChainError::TooManyPresented(n) if n == MAX_PRESENTED + 1),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! SHA-256 of its binary, read through its pinned /proc directory.
 
 use std::io::Read;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 
 use async_trait::async_trait;
@@ -148,7 +149,18 @@ async fn attest(peer: &Peer<'_>, cfg: &UnixAttestorConfig) -> Result<Vec<Selecto
             return Err(UnixError::ExeChanged(pid));
         }
         let exe = rustix::fs::readlinkat(dir, "exe", Vec::new()).map_err(|e| proc_err(e.into()))?;
-        out.push(sel("path", exe.to_string_lossy().into_owned())?);
+        let exe = std::path::PathBuf::from(<std::ffi::OsString as OsStringExt>::from_vec(
+            exe.into_bytes(),
+        ));
+        if names_file_here(&exe, (meta.dev(), meta.ino())) {
+            out.push(sel("path", exe.to_string_lossy().into_owned())?);
+        } else {
+            tracing::debug!(
+                pid,
+                path = %exe.display(),
+                "no unix:path: the caller's executable is not at that path as the agent sees it (another mount namespace, or the file was replaced)"
+            );
+        }
         let len = meta.len();
         if cfg.workload_size_limit == 0 || len <= cfg.workload_size_limit {
             // A binary of any size: read on the blocking pool.
@@ -160,6 +172,17 @@ async fn attest(peer: &Peer<'_>, cfg: &UnixAttestorConfig) -> Result<Vec<Selecto
         }
     }
     Ok(out)
+}
+
+/// Whether `path`, resolved in the agent's own mount namespace, is the file
+/// `(dev, ino)`. The kernel writes a process's executable path as seen from that
+/// process's mount namespace: a user who bind-mounts a program of their own over
+/// `/opt/app/bin` in a private namespace (unprivileged user namespaces allow it), or a
+/// container image with its own `/opt/app/bin`, shows that path without running the
+/// file there. `unix:path` names the file the agent can see at that path, so it is
+/// given only when that file is the one the caller runs.
+fn names_file_here(path: &std::path::Path, (dev, ino): (u64, u64)) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
 }
 
 /// The SHA-256 of what `f` holds, in lowercase hex.
@@ -232,6 +255,25 @@ mod tests {
         if euid == "0" {
             assert!(sels.contains(&"unix:user:root".to_string()), "{sels:?}");
         }
+    }
+
+    #[test]
+    fn a_path_names_the_executable_only_when_the_file_there_is_it() {
+        let exe = std::env::current_exe().unwrap();
+        let m = std::fs::metadata(&exe).unwrap();
+        let id = (m.dev(), m.ino());
+        assert!(names_file_here(&exe, id));
+        // Another file at the path (what a private mount namespace shows): no.
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("app");
+        std::fs::write(&other, b"not the caller").unwrap();
+        assert!(!names_file_here(&other, id));
+        // Nothing at the path (a container's own file system, a deleted file): no.
+        assert!(!names_file_here(&dir.path().join("gone"), id));
+        assert!(!names_file_here(
+            std::path::Path::new(&format!("{} (deleted)", exe.display())),
+            id
+        ));
     }
 
     #[tokio::test]

@@ -1,0 +1,406 @@
+//! A small HTTP/1.1 client for the few one-shot requests node attestation makes: the
+//! agent asks a cloud's instance metadata service (plain HTTP on a link-local
+//! address, with the provider's headers), and the server fetches key sets (HTTPS,
+//! checked against the roots it is given). One request per connection, a deadline
+//! over the whole exchange, and a cap on the body: a slow or oversized answer is an
+//! error, never a stall or a memory spike.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+/// Why a request got no usable answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// The URL cannot be requested.
+    #[error("bad URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No TCP connection could be made (nothing listens, no route, name unknown).
+    #[error("cannot connect to {authority}: {source}")]
+    Connect {
+        /// The host and port.
+        authority: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed (an untrusted certificate, a wrong name).
+    #[error("TLS with {authority} failed: {source}")]
+    Tls {
+        /// The host and port.
+        authority: String,
+        /// The handshake's error (rustls's, inside).
+        #[source]
+        source: std::io::Error,
+    },
+    /// The exchange broke off or the answer is not HTTP.
+    #[error("request to {url} failed: {source}")]
+    Protocol {
+        /// The URL requested.
+        url: String,
+        /// hyper's error.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The whole exchange took longer than allowed.
+    #[error("{url} did not answer within {timeout:?}")]
+    Timeout {
+        /// The URL requested.
+        url: String,
+        /// The deadline that passed.
+        timeout: Duration,
+    },
+    /// The body is larger than allowed.
+    #[error("the answer from {url} is larger than {limit} bytes")]
+    TooLarge {
+        /// The URL requested.
+        url: String,
+        /// The largest body accepted.
+        limit: usize,
+    },
+}
+
+impl HttpError {
+    /// Whether the other side could not be reached at all or did not answer in time
+    /// (as opposed to answering badly).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            HttpError::Connect { .. } | HttpError::Timeout { .. } | HttpError::Protocol { .. }
+        )
+    }
+}
+
+/// One request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The method.
+    pub method: Method,
+    /// The whole URL, `http` or `https`.
+    pub url: String,
+    /// Headers besides `Host`.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body, empty for none.
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// A GET of `url`.
+    pub fn get(url: &str) -> Self {
+        Self {
+            method: Method::GET,
+            url: url.to_owned(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// A PUT of `url` with an empty body.
+    pub fn put(url: &str) -> Self {
+        Self {
+            method: Method::PUT,
+            ..Self::get(url)
+        }
+    }
+
+    /// Adds a header; a value that cannot be a header value is left out (callers
+    /// pass constants or values they made).
+    pub fn header(mut self, name: &'static str, value: &str) -> Self {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.headers.push((HeaderName::from_static(name), v));
+        }
+        self
+    }
+}
+
+/// What came back.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The body as text, for error messages: at most 200 characters, lossy.
+    pub fn body_excerpt(&self) -> String {
+        let text = String::from_utf8_lossy(&self.body);
+        let text = text.trim();
+        match text.char_indices().nth(200) {
+            Some((i, _)) => format!("{}...", &text[..i]),
+            None => text.to_owned(),
+        }
+    }
+}
+
+/// Limits and trust for one exchange.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The deadline over connecting, sending and reading the whole answer.
+    pub timeout: Duration,
+    /// The largest body accepted.
+    pub max_body: usize,
+    /// Roots for `https` URLs; an `https` URL without them is refused.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            max_body: 1 << 20,
+            tls: None,
+        }
+    }
+}
+
+/// Sends `req` and reads the whole answer, within `opts`.
+pub async fn send(req: Request, opts: &Options) -> Result<Response, HttpError> {
+    let url = req.url.clone();
+    match tokio::time::timeout(opts.timeout, exchange(req, opts)).await {
+        Ok(r) => r,
+        Err(_) => Err(HttpError::Timeout {
+            url,
+            timeout: opts.timeout,
+        }),
+    }
+}
+
+async fn exchange(req: Request, opts: &Options) -> Result<Response, HttpError> {
+    let bad = |reason: &str| HttpError::BadUrl {
+        url: req.url.clone(),
+        reason: reason.to_owned(),
+    };
+    let uri: Uri = req.url.parse().map_err(|_| bad("not a URL"))?;
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(bad("the scheme must be http or https")),
+    };
+    let host = uri.host().ok_or_else(|| bad("no host"))?.to_owned();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    // `[v6]` in a URL; the bare address for connecting and for TLS.
+    let bare_host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_else(|| host.clone());
+    let tls = if https {
+        Some(
+            opts.tls
+                .clone()
+                .ok_or_else(|| bad("https needs trusted roots, and none were given"))?,
+        )
+    } else {
+        None
+    };
+    let tcp = tokio::net::TcpStream::connect((bare_host.as_str(), port))
+        .await
+        .map_err(|source| HttpError::Connect {
+            authority: authority.clone(),
+            source,
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let mut builder = http::Request::builder()
+        .method(req.method.clone())
+        .uri(path)
+        .header(http::header::HOST, authority.as_str());
+    for (name, value) in &req.headers {
+        builder = builder.header(name, value);
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(req.body.clone())))
+        .map_err(|e| bad(&e.to_string()))?;
+    if let Some(tls) = tls {
+        let name = rustls::pki_types::ServerName::try_from(bare_host.clone())
+            .map_err(|_| bad("the host is not a valid TLS server name"))?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|source| HttpError::Tls {
+                authority: authority.clone(),
+                source,
+            })?;
+        round_trip(stream, request, &req.url, opts.max_body).await
+    } else {
+        round_trip(tcp, request, &req.url, opts.max_body).await
+    }
+}
+
+async fn round_trip<S>(
+    stream: S,
+    request: http::Request<Full<Bytes>>,
+    url: &str,
+    max_body: usize,
+) -> Result<Response, HttpError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let protocol = |source: hyper::Error| HttpError::Protocol {
+        url: url.to_owned(),
+        source,
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(protocol)?;
+    // The connection task ends with the exchange (one request per connection), or
+    // when the caller's deadline drops this future and with it the sender.
+    let conn = tokio::spawn(conn);
+    let result = async {
+        let response = sender.send_request(request).await.map_err(protocol)?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let mut body = response.into_body();
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(protocol)?;
+            if let Ok(data) = frame.into_data() {
+                if out.len() + data.len() > max_body {
+                    return Err(HttpError::TooLarge {
+                        url: url.to_owned(),
+                        limit: max_body,
+                    });
+                }
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok(Response {
+            status,
+            headers,
+            body: out,
+        })
+    }
+    .await;
+    conn.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Serves one connection with `reply` after reading the request head, and hands
+    /// the request head back.
+    async fn one_shot(reply: Vec<u8>) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(&reply).await.unwrap();
+            let _ = s.shutdown().await;
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        (format!("http://{addr}"), task)
+    }
+
+    #[tokio::test]
+    async fn sends_method_path_and_headers_and_reads_the_body() {
+        let (base, task) =
+            one_shot(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec()).await;
+        let r = send(
+            Request::put(&format!("{base}/latest/api/token?x=1"))
+                .header("x-aws-ec2-metadata-token-ttl-seconds", "21600"),
+            &Options::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"hello"[..]));
+        let head = task.await.unwrap();
+        assert!(
+            head.starts_with("PUT /latest/api/token?x=1 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("x-aws-ec2-metadata-token-ttl-seconds: 21600\r\n"),
+            "{head}"
+        );
+    }
+
+    #[tokio::test]
+    async fn chunked_answers_and_error_statuses_are_read() {
+        let (base, _task) = one_shot(
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nnot\r\n6\r\n found\r\n0\r\n\r\n"
+                .to_vec(),
+        )
+        .await;
+        let r = send(Request::get(&base), &Options::default())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 404);
+        assert_eq!(r.body_excerpt(), "not found");
+    }
+
+    #[tokio::test]
+    async fn oversized_slow_and_absent_servers_are_errors() {
+        let (base, _task) =
+            one_shot(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789".to_vec()).await;
+        let opts = Options {
+            max_body: 4,
+            ..Options::default()
+        };
+        let e = send(Request::get(&base), &opts).await.unwrap_err();
+        assert!(matches!(e, HttpError::TooLarge { limit: 4, .. }), "{e}");
+
+        // Accepts and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let opts = Options {
+            timeout: Duration::from_millis(200),
+            ..Options::default()
+        };
+        let e = send(Request::get(&url), &opts).await.unwrap_err();
+        assert!(matches!(e, HttpError::Timeout { .. }), "{e}");
+        assert!(e.is_unreachable());
+        drop(listener);
+
+        let e = send(Request::get(&url), &Options::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HttpError::Connect { .. }), "{e}");
+        assert!(
+            e.to_string().contains("cannot connect to 127.0.0.1:"),
+            "{e}"
+        );
+
+        let e = send(Request::get("ftp://x/"), &Options::default())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("http or https"), "{e}");
+        let e = send(Request::get("https://127.0.0.1:1/"), &Options::default())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("trusted roots"), "{e}");
+    }
+}
