@@ -59,6 +59,9 @@ pub struct AgentConfig {
     pub socket_path: PathBuf,
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// `text` (the default) or `json`: one JSON object per log line.
+    #[serde(default)]
+    pub log_format: tessera_telemetry::logs::LogFormat,
     /// PEM CA certificates to trust the server with before the agent has a bundle.
     #[serde(default)]
     pub trust_bundle_path: Option<PathBuf>,

@@ -81,6 +81,9 @@ pub struct ServerConfig {
     pub admin_socket: PathBuf,
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// `text` (the default) or `json`: one JSON object per log line.
+    #[serde(default)]
+    pub log_format: tessera_telemetry::logs::LogFormat,
     /// Lifetime of each signing CA.
     #[serde(default = "default_ca_ttl", with = "serde_human")]
     pub ca_ttl: Duration,

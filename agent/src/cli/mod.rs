@@ -115,7 +115,7 @@ pub enum CliError {
     Json(#[from] serde_json::Error),
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, format: tessera_telemetry::logs::LogFormat) {
     let spec = std::env::var("TESSERA_LOG").unwrap_or_else(|_| level.to_owned());
     // tss-esapi logs its own account of every TPM failure, and ERROR lines about the
     // broken context the agent drops when it reconnects: the agent's messages carry
@@ -127,10 +127,7 @@ fn init_logging(level: &str) {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(spec)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tessera_telemetry::logs::init(filter, format);
 }
 
 /// Parses the command line, runs the command, and says how it went.
@@ -157,19 +154,19 @@ pub fn execute(command: Command) -> Result<(), CliError> {
     match command {
         Command::Run(args) => run::execute(args, runtime),
         Command::Api(c) => {
-            init_logging("warn");
+            init_logging("warn", tessera_telemetry::logs::LogFormat::Text);
             runtime.block_on(api::execute(c))
         }
         Command::Tpm(c) => {
-            init_logging("warn");
+            init_logging("warn", tessera_telemetry::logs::LogFormat::Text);
             tpm::execute(c)
         }
         Command::Healthcheck(args) => {
-            init_logging("warn");
+            init_logging("warn", tessera_telemetry::logs::LogFormat::Text);
             runtime.block_on(healthcheck::execute(args))
         }
         Command::Validate(args) => {
-            init_logging("warn");
+            init_logging("warn", tessera_telemetry::logs::LogFormat::Text);
             tessera_core::output::print(&validate::execute(&args)?);
             Ok(())
         }

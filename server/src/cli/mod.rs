@@ -147,22 +147,16 @@ pub enum Output {
     Json,
 }
 
-/// Sets up logging to standard error: `TESSERA_LOG` if set, `level` otherwise. The
-/// filter can be changed later through [`crate::log_level`] (`logger set`).
-pub fn init_logging(level: &str) {
+/// Sets up logging to standard error in `format`: `TESSERA_LOG` if set, `level`
+/// otherwise. The filter can be changed later through [`crate::log_level`]
+/// (`logger set`).
+pub fn init_logging(level: &str, format: tessera_telemetry::logs::LogFormat) {
     let spec = std::env::var("TESSERA_LOG")
         .ok()
         .filter(|s| tracing_subscriber::EnvFilter::try_new(s).is_ok())
         .unwrap_or_else(|| level.to_owned());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(quiet_filter(&spec))
-        .with_writer(std::io::stderr)
-        .with_filter_reloading();
-    let handle = builder.reload_handle();
-    if builder.try_init().is_ok() {
-        crate::log_level::install(&spec, move |s| {
-            handle.reload(quiet_filter(s)).map_err(|e| e.to_string())
-        });
+    if let Some(reload) = tessera_telemetry::logs::init(quiet_filter(&spec), format) {
+        crate::log_level::install(&spec, move |s| reload.set(quiet_filter(s)));
     }
 }
 
@@ -186,17 +180,17 @@ pub fn execute(cli: Cli, runtime: tokio::runtime::Runtime) -> Result<(), CliErro
     match cli.command {
         Command::Run(args) => run::serve(args, runtime),
         Command::Ca(command) => {
-            init_logging("warn");
+            init_logging("warn", tessera_telemetry::logs::LogFormat::Text);
             tessera_core::output::print(&ca::execute(command)?);
             Ok(())
         }
         Command::Validate(args) => {
-            init_logging("warn");
+            init_logging("warn", tessera_telemetry::logs::LogFormat::Text);
             tessera_core::output::print(&validate::execute(&args)?);
             Ok(())
         }
         Command::Admin(command) => {
-            init_logging("warn");
+            init_logging("warn", tessera_telemetry::logs::LogFormat::Text);
             match runtime.block_on(admin_command(&target?, command)) {
                 Ok(text) => {
                     tessera_core::output::print(&text);
