@@ -21,6 +21,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// hyper's default header list limit, which tonic (and so the agent) runs h2 with.
 pub(crate) const MAX_HEADER_LIST: u32 = 16 * 1024;
 
+/// Whether h2 refuses a request with this header list when the block comes
+/// in one frame: a connection-specific field, or `te` other than `trailers`
+/// (RFC 9113 §8.2.2). h2 (0.4.20) forgets such a field when the field after
+/// it is split across a HEADERS/CONTINUATION boundary (its "malformed" mark
+/// lives in one call of its decoder, and a split field ends that call), and
+/// then accepts the request; through the adapter, which writes blocks whole,
+/// it refuses it.
+pub(crate) fn malformed_for_h2(list: &[(Vec<u8>, Vec<u8>)]) -> bool {
+    list.iter().any(|(name, value)| {
+        matches!(
+            name.as_slice(),
+            b"connection" | b"transfer-encoding" | b"upgrade" | b"keep-alive" | b"proxy-connection"
+        ) || (name == b"te" && value != b"trailers")
+    })
+}
+
 /// A request h2 accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Accepted {
