@@ -426,8 +426,11 @@ fn matches_list(a: &Accepted, list: &List) -> bool {
         };
         headers.append(n, v);
     }
+    // h2 checks `:scheme` but keeps it only with an authority (an
+    // `http::Uri` cannot hold a scheme and a path without one).
+    let scheme = pseudo(b":authority").and(pseudo(b":scheme"));
     Some(&a.method) == pseudo(b":method").as_ref()
-        && a.scheme == pseudo(b":scheme")
+        && a.scheme == scheme
         && a.authority == pseudo(b":authority")
         && (a.path == pseudo(b":path") || (a.path.is_none() && a.method == "CONNECT"))
         && a.headers == headers
