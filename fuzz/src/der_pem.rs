@@ -1,0 +1,169 @@
+//! `der_pem`: the DER and PEM helpers every crate shares (`tessera_core::der`,
+//! `tessera_core::x509`'s PEM and concatenated-DER readers, and the TPM
+//! crate's PEM reader for CA files), from any bytes.
+//!
+//! Checked: `read_tlv` accepts exactly a tag, a minimal length and that many
+//! bytes (written again here, the pieces give back the input); splitting
+//! concatenated certificates gives pieces that concatenate back to the input;
+//! the big-endian zero trim keeps the value; ECDSA signatures convert between
+//! DER and `r||s` and back to the same bytes; SubjectPublicKeyInfo built from
+//! an RSA modulus and exponent or an EC point reads back (with x509-parser and
+//! the crate's own reader) to the same key; PEM written by `to_pem` reads back
+//! to the same DER with both PEM readers, and PEM they read writes back to the
+//! same DER.
+
+use tessera_core::der::{
+    ec_spki, ecdsa_der_to_raw, ecdsa_raw_to_der, read_tlv, rsa_spki_from_parts,
+    spki_public_key_bits, trim_leading_zeros,
+};
+use tessera_core::x509::{pem_certs, split_concatenated, to_pem};
+use tessera_tpm::verifier::chain::pem_certificates;
+use x509_parser::prelude::FromDer;
+use x509_parser::public_key::PublicKey;
+
+/// A DER length, minimal, as the standard wants it.
+fn der_len(len: usize) -> Vec<u8> {
+    if len < 0x80 {
+        return vec![len as u8];
+    }
+    let bytes = len.to_be_bytes();
+    let magnitude = trim_leading_zeros(&bytes);
+    let mut out = vec![0x80 | magnitude.len() as u8];
+    out.extend_from_slice(magnitude);
+    out
+}
+
+pub fn run(data: &[u8]) {
+    tlv(data);
+    concatenated(data);
+    trim(data);
+    ecdsa(data);
+    spki(data);
+    pem(data);
+}
+
+fn tlv(data: &[u8]) {
+    let Ok((tag, contents, rest)) = read_tlv(data) else {
+        return;
+    };
+    let mut again = vec![tag];
+    again.extend(der_len(contents.len()));
+    again.extend_from_slice(contents);
+    again.extend_from_slice(rest);
+    assert_eq!(
+        again, data,
+        "read_tlv accepted a non-minimal or misread length"
+    );
+}
+
+fn concatenated(data: &[u8]) {
+    let Ok(pieces) = split_concatenated(data) else {
+        return;
+    };
+    assert_eq!(
+        pieces.concat(),
+        data,
+        "split_concatenated lost or added bytes"
+    );
+    for p in &pieces {
+        let (tag, _, rest) = read_tlv(p).expect("each piece is one TLV");
+        assert_eq!(tag, 0x30);
+        assert!(rest.is_empty());
+    }
+}
+
+fn trim(data: &[u8]) {
+    let t = trim_leading_zeros(data);
+    assert!(data.ends_with(t));
+    assert!(t.first() != Some(&0));
+    assert!(data[..data.len() - t.len()].iter().all(|b| *b == 0));
+}
+
+fn ecdsa(data: &[u8]) {
+    if let Ok(der) = ecdsa_raw_to_der(data) {
+        let width = data.len() / 2;
+        assert_eq!(
+            ecdsa_der_to_raw(&der, width).as_deref(),
+            Ok(data),
+            "raw -> DER -> raw"
+        );
+    }
+    for width in [32, 48, 66] {
+        if let Ok(raw) = ecdsa_der_to_raw(data, width) {
+            assert_eq!(raw.len(), 2 * width);
+            let der = ecdsa_raw_to_der(&raw).expect("a raw signature of even length");
+            assert_eq!(
+                ecdsa_der_to_raw(&der, width),
+                Ok(raw.clone()),
+                "DER -> raw -> DER -> raw"
+            );
+            // The accepted DER holds the same two integers as the one written.
+            let (_, body, _) = read_tlv(data).expect("accepted");
+            let (_, r, body) = read_tlv(body).expect("accepted r");
+            let (_, s, _) = read_tlv(body).expect("accepted s");
+            assert_eq!(trim_leading_zeros(r), trim_leading_zeros(&raw[..width]));
+            assert_eq!(trim_leading_zeros(s), trim_leading_zeros(&raw[width..]));
+        }
+    }
+}
+
+fn spki(data: &[u8]) {
+    let Some((&cut, rest)) = data.split_first() else {
+        return;
+    };
+    let (n, e) = rest.split_at(usize::from(cut).min(rest.len()));
+    let rsa = rsa_spki_from_parts(n, e);
+    let (left, info) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&rsa)
+        .unwrap_or_else(|err| panic!("rsa_spki_from_parts wrote DER x509-parser refuses: {err}"));
+    assert!(left.is_empty());
+    match info.parsed() {
+        Ok(PublicKey::RSA(key)) => {
+            assert_eq!(trim_leading_zeros(key.modulus), trim_leading_zeros(n));
+            assert_eq!(trim_leading_zeros(key.exponent), trim_leading_zeros(e));
+        }
+        other => panic!("rsa_spki_from_parts wrote {other:?}"),
+    }
+    for p384 in [false, true] {
+        let ec = ec_spki(rest, p384);
+        assert_eq!(
+            spki_public_key_bits(&ec),
+            Ok(rest),
+            "ec_spki / spki_public_key_bits"
+        );
+        let (left, info) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&ec)
+            .unwrap_or_else(|err| panic!("ec_spki wrote DER x509-parser refuses: {err}"));
+        assert!(left.is_empty());
+        assert_eq!(&*info.subject_public_key.data, rest);
+    }
+    if let Ok(bits) = spki_public_key_bits(data) {
+        assert!(data.windows(bits.len()).any(|w| w == bits) || bits.is_empty());
+    }
+}
+
+fn pem(data: &[u8]) {
+    let written = to_pem("CERTIFICATE", data);
+    if !data.is_empty() {
+        assert_eq!(
+            pem_certs(written.as_bytes()).as_deref(),
+            Ok(&[data.to_vec()][..]),
+            "to_pem -> pem_certs"
+        );
+        assert_eq!(
+            pem_certificates(written.as_bytes()).as_deref(),
+            Ok(&[data.to_vec()][..]),
+            "to_pem -> the TPM crate's PEM reader"
+        );
+    }
+    if let Ok(ders) = pem_certs(data) {
+        let text: String = ders.iter().map(|d| to_pem("CERTIFICATE", d)).collect();
+        assert_eq!(
+            pem_certs(text.as_bytes()),
+            Ok(ders),
+            "pem_certs -> to_pem -> pem_certs"
+        );
+    }
+    if let Ok(ders) = pem_certificates(data) {
+        let text: String = ders.iter().map(|d| to_pem("CERTIFICATE", d)).collect();
+        assert_eq!(pem_certificates(text.as_bytes()), Ok(ders));
+    }
+}
