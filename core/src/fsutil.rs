@@ -47,9 +47,82 @@ pub fn ensure_dir(path: &Path, mode: u32) -> io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
 
+/// Checks that only this process's user (or root) can change what is in `dir`,
+/// before a socket whose file mode guards it is bound there: in a directory others
+/// may write, another user could put their own socket or a symlink at the path
+/// between the bind and the chmod, or replace it later. Refused: a directory owned
+/// by another user than this one or root, and one that group or others may write,
+/// unless `group_may_write` (the server's admin directory, 0770 for its group) or
+/// the sticky bit keeps others from replacing what is not theirs.
+pub fn check_socket_dir(dir: &Path, group_may_write: bool) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "{} belongs to uid {}, not to this process's user (uid {me}) or root: another \
+             user could replace the socket in it",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    let sticky = mode & 0o1000 != 0;
+    let writable = if group_may_write {
+        mode & 0o002 != 0
+    } else {
+        mode & 0o022 != 0
+    };
+    if writable && !sticky {
+        return Err(format!(
+            "{} is writable by {} (mode {mode:04o}): another user could replace the socket \
+             in it; make it {}",
+            dir.display(),
+            if mode & 0o002 != 0 {
+                "every user"
+            } else {
+                "its group"
+            },
+            if group_may_write {
+                "0770 or 0750"
+            } else {
+                "0755"
+            }
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_directories_others_can_write_are_refused() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("sock");
+        fs::create_dir(&dir).unwrap();
+        for (mode, group_ok, refused) in [
+            (0o755, false, None),
+            (0o700, false, None),
+            (0o775, false, Some("writable by its group (mode 0775)")),
+            (0o770, true, None),
+            (0o777, true, Some("writable by every user (mode 0777)")),
+            (0o1777, false, None),
+        ] {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+            let got = check_socket_dir(&dir, group_ok);
+            match refused {
+                None => assert_eq!(got, Ok(()), "{mode:o}"),
+                Some(says) => {
+                    let e = got.unwrap_err();
+                    assert!(e.contains(says), "{mode:o}: {e}");
+                }
+            }
+        }
+        let e = check_socket_dir(&base.path().join("missing"), false).unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+    }
 
     #[test]
     fn writes_with_mode_and_replaces() {

@@ -213,6 +213,13 @@ async fn bind_admin_socket(path: &Path) -> Result<UnixListener, RunError> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o770))
             .map_err(io_error("set mode of", dir))?;
     }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        tessera_core::fsutil::check_socket_dir(dir, true).map_err(|e| RunError::Io {
+            doing: "bind admin socket",
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, e),
+        })?;
+    }
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             return Err(RunError::AdminSocketInUse(path.to_owned()));

@@ -125,6 +125,10 @@ pub fn bind(path: &Path) -> Result<UnixListener, String> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| format!("cannot set mode of {}: {e}", dir.display()))?;
     }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        tessera_core::fsutil::check_socket_dir(dir, false)
+            .map_err(|e| format!("refusing to bind {}: {e}", path.display()))?;
+    }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(format!(
