@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tessera_core::TrustDomain;
-use tessera_core::config::{ConfigError, Override};
+use tessera_core::config::Override;
 use tessera_core::duration::serde_human;
 use tessera_core::key::KeyType;
 
@@ -357,37 +357,7 @@ impl Default for JoinTokenConfig {
     }
 }
 
-/// Why a configuration is unusable even though it parsed.
-#[derive(Debug, thiserror::Error)]
-pub enum InvalidConfig {
-    #[error("{0}")]
-    Load(#[from] ConfigError),
-    #[error("invalid configuration: {0}")]
-    Rule(String),
-    /// A setting breaks a rule; `key` is its dotted name (`limits.idle_timeout`).
-    #[error("invalid configuration: {message}")]
-    Setting { key: &'static str, message: String },
-    /// A broken rule, with the file and (when the file sets the key) where.
-    #[error("{place}: invalid configuration: {message}")]
-    InFile { place: String, message: String },
-}
-
-impl InvalidConfig {
-    /// Says where in the file `path` (whose text is `text`) the fault is: the line of
-    /// the setting when the file sets it, the file otherwise.
-    pub fn in_file(self, path: &str, text: &str) -> Self {
-        let (key, message) = match self {
-            InvalidConfig::Setting { key, message } => (Some(key), message),
-            InvalidConfig::Rule(message) => (None, message),
-            other => return other,
-        };
-        let place = match key.and_then(|k| tessera_core::config_key::locate(text, k)) {
-            Some((line, column)) => format!("{path}:{line}:{column}"),
-            None => path.to_owned(),
-        };
-        InvalidConfig::InFile { place, message }
-    }
-}
+pub use tessera_core::config::InvalidConfig;
 
 impl ServerConfig {
     /// Loads the file and applies `--set` flags and `TESSERA_SERVER_*` variables.
