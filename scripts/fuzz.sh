@@ -7,10 +7,15 @@
 #   scripts/fuzz.sh --seconds 900            # a longer run: every target for 15 minutes
 #   scripts/fuzz.sh --seconds 3600 csr h2_authority   # only the targets named
 #   scripts/fuzz.sh --jobs 2                 # two targets at a time
+#   scripts/fuzz.sh --seed 1                 # libFuzzer's random seed fixed (as in CI)
 #   scripts/fuzz.sh --list                   # the targets
 #
 # scripts/test.sh (and so CI) runs every target for 5 s (TESSERA_FUZZ_SECONDS sets
-# the seconds there; 0 skips the run and its build). Each target starts from its seeds
+# the seconds there; 0 skips the run and its build) with the random seed fixed, so
+# that on a fresh machine (no corpus yet) a failure CI reports comes back when the
+# same commit is run again, and a commit that passed does not fail later because
+# the dice fell differently. Longer runs by hand keep libFuzzer's own random seed
+# and so explore further each time. Each target starts from its seeds
 # (fuzz/seeds/<target>/) and the inputs that once found a bug
 # (fuzz/regressions/<target>/), and adds what it finds to fuzz/corpus/<target>/
 # (not committed), so later runs on the same machine go on where the last one
@@ -55,6 +60,7 @@ usage() {
 
 seconds=10
 jobs=1
+seed=
 list=false
 targets=()
 while (($#)); do
@@ -69,9 +75,14 @@ while (($#)); do
             jobs=$2
             shift 2
             ;;
+        --seed)
+            [[ ${2-} =~ ^[1-9][0-9]*$ ]] || die "--seed wants a whole number above 0, not '${2-}'"
+            seed=$2
+            shift 2
+            ;;
         --list) list=true; shift ;;
         -h | --help) usage ;;
-        -*) die "unknown option '$1' (usage: $prog [--seconds N] [--jobs N] [--list] [TARGET...])" ;;
+        -*) die "unknown option '$1' (usage: $prog [--seconds N] [--jobs N] [--seed N] [--list] [TARGET...])" ;;
         *) targets+=("$1"); shift ;;
     esac
 done
@@ -134,7 +145,10 @@ run_one() {
     # -timeout: one input running for 20 s is a hang (the slowest target, h2
     # judging a connection twice, takes milliseconds); -rss_limit_mb: a target that
     # needs more than 2 GiB for one input has a memory bug.
+    local seeded=()
+    [[ -n $seed ]] && seeded=(-seed="$seed")
     "$out/$t" \
+        "${seeded[@]}" \
         -max_total_time="$seconds" \
         -timeout=20 \
         -rss_limit_mb=2048 \
@@ -169,7 +183,7 @@ report() {
     return 1
 }
 
-note "running ${#targets[@]} target(s) for ${seconds} s each, ${jobs} at a time"
+note "running ${#targets[@]} target(s) for ${seconds} s each, ${jobs} at a time${seed:+, seed $seed}"
 run_start=$SECONDS
 failed=()
 passed=0

@@ -42,5 +42,5 @@ if [[ $fuzz_seconds == 0 ]]; then
     echo "== fuzz smoke: skipped (TESSERA_FUZZ_SECONDS=0)"
 else
     echo "== fuzz smoke (every target for $fuzz_seconds s)"
-    bash scripts/fuzz.sh --seconds "$fuzz_seconds"
+    bash scripts/fuzz.sh --seconds "$fuzz_seconds" --seed 1
 fi
