@@ -6,6 +6,13 @@
 #   scripts/test.sh            # set up the machine if needed, then test everything
 #
 # Installs what it needs first (scripts/setup.sh --tests). Prints the test runner's summary.
+# Ends with a fuzzing smoke run (scripts/fuzz.sh: every fuzz target for a few seconds).
+# The fuzz targets are built a second time, with coverage instrumentation, in
+# target/<host triple>/; from nothing, that build takes more than ten minutes on two
+# cores (later runs rebuild only what changed).
+#
+#   TESSERA_FUZZ_SECONDS   seconds each fuzz target runs (default 5); 0 skips the smoke
+#                          run and its build
 
 set -euo pipefail
 
@@ -39,4 +46,12 @@ if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
 else
     cargo test --workspace --locked --no-fail-fast
+fi
+
+fuzz_seconds=${TESSERA_FUZZ_SECONDS:-5}
+if [[ $fuzz_seconds == 0 ]]; then
+    echo "== fuzz smoke: skipped (TESSERA_FUZZ_SECONDS=0)"
+else
+    echo "== fuzz smoke (every target for $fuzz_seconds s)"
+    bash scripts/fuzz.sh --seconds "$fuzz_seconds" --seed 1
 fi

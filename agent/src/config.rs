@@ -7,7 +7,6 @@ use serde::Deserialize;
 use tessera_core::TrustDomain;
 use tessera_core::duration::serde_human;
 use tessera_core::key::KeyType;
-use tessera_process::config::ConfigError;
 
 /// Environment variables starting with this override configuration values.
 pub const ENV_PREFIX: &str = "TESSERA_AGENT_";
@@ -59,6 +58,9 @@ pub struct AgentConfig {
     pub socket_path: PathBuf,
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// `text` (the default) or `json`: one JSON object per log line.
+    #[serde(default)]
+    pub log_format: tessera_process::logging::LogFormat,
     /// PEM CA certificates to trust the server with before the agent has a bundle.
     #[serde(default)]
     pub trust_bundle_path: Option<PathBuf>,
@@ -424,36 +426,7 @@ pub struct UnixAttestorConfig {
 }
 
 /// Why a configuration is unusable.
-#[derive(Debug, thiserror::Error)]
-pub enum InvalidConfig {
-    #[error("{0}")]
-    Load(#[from] ConfigError),
-    #[error("invalid configuration: {0}")]
-    Rule(String),
-    /// A setting breaks a rule; `key` is its dotted name (`limits.idle_timeout`).
-    #[error("invalid configuration: {message}")]
-    Setting { key: &'static str, message: String },
-    /// A broken rule, with the file and (when the file sets the key) where.
-    #[error("{place}: invalid configuration: {message}")]
-    InFile { place: String, message: String },
-}
-
-impl InvalidConfig {
-    /// Says where in the file `path` (whose text is `text`) the fault is: the line of
-    /// the setting when the file sets it, the file otherwise.
-    pub fn in_file(self, path: &str, text: &str) -> Self {
-        let (key, message) = match self {
-            InvalidConfig::Setting { key, message } => (Some(key), message),
-            InvalidConfig::Rule(message) => (None, message),
-            other => return other,
-        };
-        let place = match key.and_then(|k| tessera_process::config_key::locate(text, k)) {
-            Some((line, column)) => format!("{path}:{line}:{column}"),
-            None => path.to_owned(),
-        };
-        InvalidConfig::InFile { place, message }
-    }
-}
+pub use tessera_process::config::InvalidConfig;
 
 impl AgentConfig {
     /// Loads the file and applies `--set` flags and `TESSERA_AGENT_*` variables.

@@ -379,8 +379,8 @@ pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError>
     socket.remove();
     let _ = stop_tx.send(true);
     match serving.await {
-        Ok(Err(e)) => tracing::warn!("Workload API shutdown: {e}"),
-        Err(e) => tracing::warn!("Workload API shutdown: {e}"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "Workload API shutdown"),
+        Err(e) => tracing::warn!(error = %e, "Workload API shutdown"),
         Ok(Ok(())) => {}
     }
     tracing::info!("stopped");

@@ -219,10 +219,31 @@ impl Bundle {
                             index,
                             reason: "x5c is not base64".into(),
                         })?;
-                    x509_parser::parse_x509_certificate(&der).map_err(|e| BundleError::BadKey {
-                        index,
-                        reason: format!("x5c certificate: {e}"),
+                    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| {
+                        BundleError::BadKey {
+                            index,
+                            reason: format!("x5c certificate: {e}"),
+                        }
                     })?;
+                    // The key members must describe the certificate's key, as
+                    // go-spiffe (through go-jose) also requires: a key that says
+                    // one thing and a certificate that says another is not one
+                    // authority, and `to_jwks`, which writes the certificate's
+                    // key, would not give this bundle back.
+                    let certified =
+                        public_jwk(cert.public_key().raw).ok_or_else(|| BundleError::BadKey {
+                            index,
+                            reason: format!("x5c: {UNDESCRIBED_KEY}"),
+                        })?;
+                    let stated = jwk_to_spki(key).ok().and_then(|spki| public_jwk(&spki));
+                    if stated.as_ref() != Some(&certified) {
+                        return Err(BundleError::BadKey {
+                            index,
+                            reason: "the key members (kty, crv, x, y or n, e) are not the key of \
+                                     the x5c certificate"
+                                .into(),
+                        });
+                    }
                     b.x509_authorities.push(der);
                 }
                 Some("jwt-svid") => {
@@ -247,6 +268,23 @@ impl Bundle {
         }
         Ok(b)
     }
+}
+
+/// Why this key kind cannot be an X.509 authority here.
+const UNDESCRIBED_KEY: &str = "the certificate's key is not EC P-256, EC P-384 or RSA, \
+     the kinds a SPIFFE bundle (JWK Set) carries here";
+
+/// Whether `der` can be an X.509 authority of a bundle: a certificate whose
+/// key a JWK can describe (EC P-256, EC P-384 or RSA). A bundle is stored and
+/// served as a JWK Set, and a key of another kind would be written without
+/// its key members, which makes the JWK invalid and the authority vanish when
+/// the set is read back.
+pub fn check_x509_authority(der: &[u8]) -> Result<(), String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| format!("not a certificate: {e}"))?;
+    public_jwk(cert.public_key().raw)
+        .map(|_| ())
+        .ok_or_else(|| UNDESCRIBED_KEY.to_owned())
 }
 
 /// The public members of a JWK for a SubjectPublicKeyInfo.
@@ -420,6 +458,57 @@ mod tests {
         ]}"#;
         let b = Bundle::from_jwks(td(), json).unwrap();
         assert!(b.jwt_authorities().is_empty());
+    }
+
+    /// An x509-svid key whose members are not the certificate's key, or whose
+    /// certificate has a key a JWK cannot describe here, is refused: it used to
+    /// be accepted, and the authority then vanished through `to_jwks` and
+    /// `from_jwks` (found by the `jwks_bundle` fuzz target).
+    #[test]
+    fn x509_key_members_must_be_the_certificates_key() {
+        let b = sample();
+        let good: Value = serde_json::from_str(&b.to_jwks()).unwrap();
+        let entry = good["keys"][0].clone();
+        let with = |entry: &Value| {
+            let doc = json!({ "keys": [entry] });
+            Bundle::from_jwks(td(), doc.to_string().as_bytes())
+        };
+        assert_eq!(
+            with(&entry).unwrap().x509_authorities(),
+            b.x509_authorities()
+        );
+
+        // Another key's coordinates.
+        let other = SoftwareKey::generate(KeyType::EcP256).unwrap();
+        let other_jwk = public_jwk(other.public_key_der()).unwrap();
+        let mut wrong = entry.clone();
+        wrong["x"] = other_jwk["x"].clone();
+        let err = with(&wrong).unwrap_err();
+        assert!(
+            matches!(&err, BundleError::BadKey { index: 0, reason } if reason.contains("not the key of the x5c certificate")),
+            "{err:?}"
+        );
+        // Members missing altogether.
+        let mut bare = entry.clone();
+        bare.as_object_mut().unwrap().remove("y");
+        assert!(with(&bare).is_err());
+
+        // A certificate whose key algorithm is unknown (the id-ecPublicKey OID
+        // changed by one byte, as the fuzzer did).
+        let mut der = b.x509_authorities()[0].clone();
+        let oid = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+        let at = der.windows(oid.len()).position(|w| w == oid).unwrap();
+        der[at + 4] = 0x3c;
+        let mut odd = entry.clone();
+        odd["x5c"] = json!([STANDARD.encode(&der)]);
+        let err = with(&odd).unwrap_err();
+        assert!(
+            matches!(&err, BundleError::BadKey { reason, .. } if reason.contains("not EC P-256")),
+            "{err:?}"
+        );
+        assert_eq!(check_x509_authority(&der), Err(UNDESCRIBED_KEY.to_owned()));
+        assert_eq!(check_x509_authority(&b.x509_authorities()[0]), Ok(()));
+        assert!(check_x509_authority(b"junk").is_err());
     }
 
     #[test]

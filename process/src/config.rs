@@ -248,6 +248,67 @@ pub fn load<T: DeserializeOwned>(path: &Path, overrides: &[Override]) -> Result<
     parse(&path.display().to_string(), &text, overrides)
 }
 
+/// Why a configuration is unusable even though it parsed (the server's and the
+/// agent's rules alike).
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidConfig {
+    /// The file could not be read or parsed, or an override is malformed.
+    #[error("{0}")]
+    Load(#[from] ConfigError),
+    /// A rule across settings is broken (no one setting to point at).
+    #[error("invalid configuration: {0}")]
+    Rule(String),
+    /// A secret the configuration names cannot be read; `key` is its dotted name.
+    #[error("{setting}: {source}")]
+    Secret {
+        /// The setting's dotted name, to find its line.
+        key: &'static str,
+        /// The setting as the message names it.
+        setting: &'static str,
+        /// Why the secret cannot be read.
+        #[source]
+        source: crate::secret::SecretError,
+    },
+    /// A setting breaks a rule; `key` is its dotted name (`limits.idle_timeout`).
+    #[error("invalid configuration: {message}")]
+    Setting {
+        /// The setting's dotted name.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A broken rule or an unreadable secret, with the file and (when the file sets
+    /// the key) where.
+    #[error("{place}: {fault}")]
+    InFile {
+        /// `path` or `path:line:column`.
+        place: String,
+        /// The fault itself.
+        #[source]
+        fault: Box<InvalidConfig>,
+    },
+}
+
+impl InvalidConfig {
+    /// Says where in the file `path` (whose text is `text`) the fault is: the line of
+    /// the setting when the file sets it, the file otherwise.
+    pub fn in_file(self, path: &str, text: &str) -> Self {
+        let key = match &self {
+            InvalidConfig::Setting { key, .. } | InvalidConfig::Secret { key, .. } => Some(*key),
+            InvalidConfig::Rule(_) => None,
+            _ => return self,
+        };
+        let place = match key.and_then(|k| crate::config_key::locate(text, k)) {
+            Some((line, column)) => format!("{path}:{line}:{column}"),
+            None => path.to_owned(),
+        };
+        InvalidConfig::InFile {
+            place,
+            fault: Box::new(self),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

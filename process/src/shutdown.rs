@@ -21,7 +21,7 @@ pub async fn signal() {
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!("cannot listen for SIGTERM: {e}");
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
             let _ = tokio::signal::ctrl_c().await;
             tracing::info!("shutting down");
             return;

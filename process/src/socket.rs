@@ -5,6 +5,13 @@
 //! a process that died) replaced, and the socket's mode set. At exit the socket is
 //! removed only if it is still this process's: a successor may have bound the path
 //! since.
+//!
+//! A socket is bound only in a directory no other user can change: owned by this
+//! process's user or root, and not writable by others (nor by the group, unless the
+//! binary's own directory mode lets its group write), unless the sticky bit keeps
+//! others from replacing what is not theirs. In a directory others may write,
+//! another user could put their own socket or a symlink at the path between the
+//! bind and the chmod, or replace it later, and take the callers meant for it.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -18,6 +25,14 @@ pub enum SocketError {
     /// A process answers on the socket already.
     #[error("socket {} is in use by a running process: is another one running? Stop it, or choose another path", .0.display())]
     InUse(PathBuf),
+    /// The directory could be changed by another user (see the module documentation).
+    #[error("refusing to bind {}: {reason}", path.display())]
+    UnsafeDirectory {
+        /// The socket.
+        path: PathBuf,
+        /// Who could change its directory, and what to make it.
+        reason: String,
+    },
     /// A file system step failed.
     #[error("cannot {doing} {}: {source}", path.display())]
     Io {
@@ -43,7 +58,9 @@ fn io(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Socket
 /// The permission bits of a socket and of its directory when it has to be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Modes {
-    /// The directory's, applied only when this process creates it.
+    /// The directory's, applied only when this process creates it. When it lets the
+    /// group write (the server's admin directory, 0770), an existing directory its
+    /// group may write is accepted too.
     pub dir: u32,
     /// The socket's: who may connect.
     pub socket: u32,
@@ -92,6 +109,12 @@ pub fn bind(path: &Path, modes: Modes) -> Result<(UnixListener, BoundSocket), So
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(modes.dir))
             .map_err(io("set the mode of", dir))?;
     }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        check_dir(dir, modes.dir & 0o020 != 0).map_err(|reason| SocketError::UnsafeDirectory {
+            path: path.to_owned(),
+            reason,
+        })?;
+    }
     if std::fs::symlink_metadata(path).is_ok() {
         // On a Unix socket, connect() answers at once: accepted (into the backlog) by
         // a live process, refused for a socket nobody serves.
@@ -108,6 +131,46 @@ pub fn bind(path: &Path, modes: Modes) -> Result<(UnixListener, BoundSocket), So
         identity: identity(path),
     };
     Ok((listener, bound))
+}
+
+/// Checks that only this process's user (or root) can change what is in `dir`
+/// (see the module documentation); the error says who could, and what to make it.
+pub fn check_dir(dir: &Path, group_may_write: bool) -> Result<(), String> {
+    let meta = std::fs::metadata(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "{} belongs to uid {}, not to this process's user (uid {me}) or root: another \
+             user could replace the socket in it",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    let sticky = mode & 0o1000 != 0;
+    let writable = if group_may_write {
+        mode & 0o002 != 0
+    } else {
+        mode & 0o022 != 0
+    };
+    if writable && !sticky {
+        return Err(format!(
+            "{} is writable by {} (mode {mode:04o}): another user could replace the socket \
+             in it; make it {}",
+            dir.display(),
+            if mode & 0o002 != 0 {
+                "every user"
+            } else {
+                "its group"
+            },
+            if group_may_write {
+                "0770 or 0750"
+            } else {
+                "0755"
+            }
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -155,6 +218,44 @@ mod tests {
         let client = tokio::net::UnixStream::connect(&path);
         let (accepted, connected) = tokio::join!(listener.accept(), client);
         assert!(accepted.is_ok() && connected.is_ok());
+    }
+
+    #[test]
+    fn socket_directories_others_can_write_are_refused() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("sock");
+        std::fs::create_dir(&dir).unwrap();
+        for (mode, group_ok, refused) in [
+            (0o755, false, None),
+            (0o700, false, None),
+            (0o775, false, Some("writable by its group (mode 0775)")),
+            (0o770, true, None),
+            (0o777, true, Some("writable by every user (mode 0777)")),
+            (0o1777, false, None),
+        ] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            let got = check_dir(&dir, group_ok);
+            match refused {
+                None => assert_eq!(got, Ok(()), "{mode:o}"),
+                Some(says) => {
+                    let e = got.unwrap_err();
+                    assert!(e.contains(says), "{mode:o}: {e}");
+                }
+            }
+        }
+        let e = check_dir(&base.path().join("missing"), false).unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn bind_refuses_a_directory_others_can_write() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let path = dir.path().join("api.sock");
+        let err = bind(&path, MODES).unwrap_err();
+        assert!(matches!(err, SocketError::UnsafeDirectory { .. }), "{err}");
+        assert!(err.to_string().contains("writable by every user"), "{err}");
+        assert!(!path.exists(), "nothing bound");
     }
 
     #[tokio::test]

@@ -81,6 +81,8 @@ pub fn bundle_from_proto(p: pb::Bundle) -> Result<Bundle, String> {
     let td = TrustDomain::new(&p.trust_domain).map_err(|e| format!("trust_domain: {e}"))?;
     for (i, der) in p.x509_authorities.iter().enumerate() {
         tessera_core::x509::cert_info(der).map_err(|e| format!("x509_authorities[{i}]: {e}"))?;
+        tessera_core::bundle::check_x509_authority(der)
+            .map_err(|e| format!("x509_authorities[{i}]: {e}"))?;
     }
     let mut jwts = Vec::with_capacity(p.jwt_authorities.len());
     for (i, k) in p.jwt_authorities.into_iter().enumerate() {
@@ -161,6 +163,41 @@ mod tests {
             bundle_from_proto(p)
                 .unwrap_err()
                 .starts_with("jwt_authorities[0]")
+        );
+    }
+
+    /// A CA certificate whose key a JWK Set cannot carry is refused: stored
+    /// (as a JWK Set) it would have been lost when read back.
+    #[test]
+    fn bundle_rejects_an_x509_authority_a_jwk_cannot_describe() {
+        use tessera_core::key::{KeyType, SoftwareKey};
+        let td = TrustDomain::new("e.org").unwrap();
+        let key: std::sync::Arc<dyn tessera_core::key::Key> =
+            std::sync::Arc::new(SoftwareKey::generate(KeyType::EcP256).unwrap());
+        let now = std::time::SystemTime::now();
+        let ca = tessera_core::x509::self_signed_ca(
+            &td,
+            "ca",
+            &key,
+            now,
+            now + std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+        let p = |der: Vec<u8>| pb::Bundle {
+            trust_domain: "e.org".into(),
+            x509_authorities: vec![der],
+            ..Default::default()
+        };
+        assert!(bundle_from_proto(p(ca.clone())).is_ok());
+        // id-ecPublicKey with one byte changed: a key algorithm of another kind.
+        let mut other = ca;
+        let oid = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+        let at = other.windows(oid.len()).position(|w| w == oid).unwrap();
+        other[at + 4] = 0x3c;
+        let err = bundle_from_proto(p(other)).unwrap_err();
+        assert!(
+            err.starts_with("x509_authorities[0]") && err.contains("not EC P-256"),
+            "{err}"
         );
     }
 }

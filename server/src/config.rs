@@ -9,8 +9,7 @@ use serde::Deserialize;
 use tessera_core::TrustDomain;
 use tessera_core::duration::serde_human;
 use tessera_core::key::KeyType;
-use tessera_process::config::ConfigError;
-use tessera_process::secret::{SecretError, SecretSource};
+use tessera_process::secret::SecretSource;
 
 /// Environment variables starting with this override configuration values.
 pub const ENV_PREFIX: &str = "TESSERA_SERVER_";
@@ -82,6 +81,9 @@ pub struct ServerConfig {
     pub admin_socket: PathBuf,
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// `text` (the default) or `json`: one JSON object per log line.
+    #[serde(default)]
+    pub log_format: tessera_process::logging::LogFormat,
     /// Lifetime of each signing CA.
     #[serde(default = "default_ca_ttl", with = "serde_human")]
     pub ca_ttl: Duration,
@@ -355,53 +357,7 @@ impl Default for JoinTokenConfig {
     }
 }
 
-/// Why a configuration is unusable even though it parsed.
-#[derive(Debug, thiserror::Error)]
-pub enum InvalidConfig {
-    #[error("{0}")]
-    Load(#[from] ConfigError),
-    #[error("invalid configuration: {0}")]
-    Rule(String),
-    /// A secret the configuration names cannot be read; `key` is its dotted name.
-    #[error("{setting}: {source}")]
-    Secret {
-        key: &'static str,
-        setting: &'static str,
-        #[source]
-        source: SecretError,
-    },
-    /// A setting breaks a rule; `key` is its dotted name (`limits.idle_timeout`).
-    #[error("invalid configuration: {message}")]
-    Setting { key: &'static str, message: String },
-    /// A broken rule or an unreadable secret, with the file and (when the file sets
-    /// the key) where.
-    #[error("{place}: {fault}")]
-    InFile {
-        place: String,
-        #[source]
-        fault: Box<InvalidConfig>,
-    },
-}
-
-impl InvalidConfig {
-    /// Says where in the file `path` (whose text is `text`) the fault is: the line of
-    /// the setting when the file sets it, the file otherwise.
-    pub fn in_file(self, path: &str, text: &str) -> Self {
-        let key = match &self {
-            InvalidConfig::Setting { key, .. } | InvalidConfig::Secret { key, .. } => Some(*key),
-            InvalidConfig::Rule(_) => None,
-            _ => return self,
-        };
-        let place = match key.and_then(|k| tessera_process::config_key::locate(text, k)) {
-            Some((line, column)) => format!("{path}:{line}:{column}"),
-            None => path.to_owned(),
-        };
-        InvalidConfig::InFile {
-            place,
-            fault: Box::new(self),
-        }
-    }
-}
+pub use tessera_process::config::InvalidConfig;
 
 impl ServerConfig {
     /// Loads the file and applies `--set` flags and `TESSERA_SERVER_*` variables.

@@ -265,7 +265,7 @@ impl EntryCache {
                 _ = tokio::time::sleep(interval) => {}
             }
             if let Err(e) = self.catch_up().await {
-                tracing::warn!("entry cache could not catch up (will retry): {e}");
+                tracing::warn!(error = %e, "entry cache could not catch up (will retry)");
             }
         }
     }

@@ -26,6 +26,7 @@ use tessera_process::socket::{self, Modes, SocketError};
 use tessera_proto::admin::admin_server::AdminServer;
 use tessera_proto::agent::node_server::NodeServer;
 use tessera_telemetry::http::ReadyCheck;
+use tessera_telemetry::span::RpcSpanLayer;
 use tokio::net::TcpListener;
 
 use crate::api::admin_access::{GuardedAdmin, Listener};
@@ -240,11 +241,11 @@ async fn server_identity(state: Arc<ServerState>, identity: Arc<SharedIdentity>)
                 Duration::from_secs((life.max(2) / 2) as u64)
             }
             Ok(Err(e)) => {
-                tracing::error!("cannot renew the server's TLS certificate (retrying): {e}");
+                tracing::error!(error = %e, "cannot renew the server's TLS certificate (retrying)");
                 Duration::from_secs(2)
             }
             Err(e) => {
-                tracing::error!("server identity task failed: {e}");
+                tracing::error!(error = %e, "server identity task failed");
                 Duration::from_secs(2)
             }
         };
@@ -424,7 +425,7 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
                 match ds.prune_join_tokens(clock.unix()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!("{n} expired join tokens removed"),
-                    Err(e) => tracing::warn!("cannot prune join tokens: {e}"),
+                    Err(e) => tracing::warn!(error = %e, "cannot prune join tokens"),
                 }
             }
         });
@@ -486,6 +487,8 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
         .max_concurrent_streams(tessera_process::limits::MAX_CONCURRENT_STREAMS)
         .layer(StreamTrackingLayer::<PeerInfo>::new())
         .layer(state.metrics.rpc.layer_if(metered))
+        // Log lines written for a call name its method, caller and agent ID.
+        .layer(RpcSpanLayer::new(PeerInfo::describe))
         .layer(crate::api::preauth::CredentialsFirstLayer)
         .add_service(NodeServer::new(AgentApi::new(state.clone())))
         // Remote administration: only admin SVIDs get past the guard.
@@ -501,6 +504,7 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
         });
     let admin_api = tonic::transport::Server::builder()
         .layer(state.metrics.rpc.layer_if(metered))
+        .layer(RpcSpanLayer::new(crate::transport::describe_local))
         .max_concurrent_streams(tessera_process::limits::MAX_CONCURRENT_STREAMS)
         .add_service(AdminServer::new(GuardedAdmin::new(
             state.clone(),

@@ -18,6 +18,7 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
 use tessera_core::SpiffeId;
+use tessera_telemetry::span::CallerFields;
 
 use tessera_process::limits::{ConnLimiter, Guarded, IpPeer};
 
@@ -43,6 +44,34 @@ pub struct PeerInfo {
     pub spiffe_id: Option<SpiffeId>,
     /// The client SVID's serial, lower-case hex.
     pub serial: String,
+}
+
+impl PeerInfo {
+    /// The caller of a TLS call as the log's `rpc` span names it: its address and
+    /// the SPIFFE ID of the SVID it presented.
+    pub fn describe(ext: &tonic::codegen::http::Extensions) -> CallerFields {
+        let info = ext.get::<PeerInfo>();
+        CallerFields {
+            caller: info.and_then(|i| i.addr).map(|a| a.to_string()),
+            agent_id: info
+                .and_then(|i| i.spiffe_id.as_ref())
+                .map(ToString::to_string),
+        }
+    }
+}
+
+/// The caller of a call on the admin socket as the log's `rpc` span names it.
+pub fn describe_local(ext: &tonic::codegen::http::Extensions) -> CallerFields {
+    let cred = ext
+        .get::<tonic::transport::server::UdsConnectInfo>()
+        .and_then(|i| i.peer_cred);
+    CallerFields {
+        caller: cred.map(|c| match c.pid() {
+            Some(pid) => format!("pid={pid} uid={}", c.uid()),
+            None => format!("uid={}", c.uid()),
+        }),
+        agent_id: None,
+    }
 }
 
 /// An established TLS connection.
@@ -123,7 +152,7 @@ pub fn incoming(
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
+                    tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }

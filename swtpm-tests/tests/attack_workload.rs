@@ -788,3 +788,52 @@ fn one_user_s_unfinished_requests_share_one_budget() {
     });
     assert!(ok, "root not served after the siege:\n{}", s.agent.log());
 }
+
+/// A socket is bound only in a directory no other user can change: in one others may
+/// write, another user could put their own socket or a symlink at the path between
+/// the bind and its chmod, or replace it later, and take the callers meant for it.
+#[test]
+fn sockets_are_not_bound_in_directories_other_users_can_write() {
+    let dir = test_dir("attack-socket-dir");
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+
+    // The server's admin socket: its directory (the server's own) made 0777.
+    let server_dir = dir.path().join("server");
+    let mut server = Server::configure(&server_dir, "");
+    mode(&server_dir, 0o777).unwrap();
+    let status = server.try_start(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the server started:\n{}",
+        server.log()
+    );
+    assert!(
+        server.log().contains("writable by every user (mode 0777)"),
+        "{}",
+        server.log()
+    );
+    assert!(!server.admin.exists(), "a socket was left behind");
+    mode(&server_dir, 0o750).unwrap();
+    server.start_again();
+    let token = server.token(Some("spiffe://example.org/node"), None);
+
+    // The agent's Workload API socket: its directory writable by the group.
+    let agent_dir = dir.path().join("agent");
+    let mut agent = Agent::configure(&agent_dir, &server, "");
+    mode(&agent_dir, 0o775).unwrap();
+    agent.spawn(Some(&token));
+    assert!(
+        wait_until(Duration::from_secs(20), || agent.exited().is_some()),
+        "the agent kept running:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("writable by its group (mode 0775)"),
+        "{}",
+        agent.log()
+    );
+    assert!(!agent.socket.exists(), "a socket was left behind");
+    mode(&agent_dir, 0o755).unwrap();
+    agent.spawn(Some(&token));
+    agent.wait_healthy();
+}

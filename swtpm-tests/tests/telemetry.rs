@@ -506,3 +506,91 @@ fn a_taken_telemetry_address_fails_the_start_naming_the_setting() {
         bad.log()
     );
 }
+
+/// The lines of a log written with `log_format = "json"`, each parsed; a line that is
+/// not one JSON object fails the test, naming it.
+fn json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// The first line whose message is `message`.
+fn line_with<'a>(lines: &'a [serde_json::Value], message: &str) -> Option<&'a serde_json::Value> {
+    lines.iter().find(|l| l["message"] == message)
+}
+
+#[test]
+fn json_logs_name_each_call_s_method_caller_and_agent() {
+    let dir = test_dir("telemetry-json-logs");
+    let server = Server::start(
+        &dir.path().join("server"),
+        "log_format = \"json\"\nagent_svid_ttl = \"8s\"\n",
+    );
+    let token = server.token(Some(NODE), None);
+    // An entry for another user: this process is a workload without an identity.
+    server.entry(WORKLOAD, NODE, &["unix:uid:4000000"], &[]);
+    let agent = Agent::start(
+        &dir.path().join("agent"),
+        &server,
+        Some(&token),
+        "log_format = \"json\"\n",
+    );
+    let agent_id = agent.spiffe_id();
+
+    // The server: the attestation is logged inside the Attest call's span, with the
+    // caller's address; after the renewal, a line carries the agent's own ID.
+    let renewed = wait_until(Duration::from_secs(40), || {
+        line_with(
+            &json_lines(&server.log()),
+            "agent uses its renewed SVID; the one it replaced is no longer accepted",
+        )
+        .is_some()
+    });
+    let lines = json_lines(&server.log());
+    assert!(renewed, "no renewal logged:\n{}", server.log());
+    for l in &lines {
+        for key in ["timestamp", "level", "target", "message"] {
+            assert!(l.get(key).is_some(), "{key} missing: {l}");
+        }
+    }
+    let attested = line_with(&lines, "agent attested").unwrap();
+    assert_eq!(attested["level"], "INFO");
+    assert_eq!(attested["agent"], agent_id.as_str(), "{attested}");
+    assert_eq!(attested["span"]["name"], "rpc");
+    assert_eq!(attested["span"]["method"], "/tessera.agent.v1.Node/Attest");
+    let caller = attested["span"]["caller"].as_str().unwrap();
+    assert!(caller.starts_with("127.0.0.1:"), "{attested}");
+    assert!(attested["span"].get("agent_id").is_none(), "{attested}");
+    let renewal = line_with(
+        &lines,
+        "agent uses its renewed SVID; the one it replaced is no longer accepted",
+    )
+    .unwrap();
+    assert_eq!(renewal["span"]["agent_id"], agent_id.as_str(), "{renewal}");
+
+    // The agent: a caller without an identity is logged inside the Workload API call's
+    // span, with the caller's pid and uid.
+    let denied = fetch_x509(&agent, Duration::from_secs(5));
+    assert_eq!(
+        denied.err().map(|s| s.code()),
+        Some(tonic::Code::PermissionDenied)
+    );
+    let lines = json_lines(&agent.log());
+    let no_identity = line_with(&lines, "workload has no identity")
+        .unwrap_or_else(|| panic!("not logged:\n{}", agent.log()));
+    assert_eq!(
+        no_identity["span"]["method"],
+        "/SpiffeWorkloadAPI/FetchX509SVID"
+    );
+    assert_eq!(
+        no_identity["span"]["caller"],
+        format!("pid={} uid={}", std::process::id(), my_uid()).as_str(),
+        "{no_identity}"
+    );
+    assert!(no_identity["selectors"].is_string(), "{no_identity}");
+}

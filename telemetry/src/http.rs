@@ -161,7 +161,7 @@ pub async fn serve(
                 Ok(s) => s,
                 Err(e) => {
                     // Out of file descriptors, most likely: wait, do not spin.
-                    tracing::warn!("the health and metrics listener cannot accept: {e}");
+                    tracing::warn!(error = %e, "the health and metrics listener cannot accept");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }

@@ -25,7 +25,7 @@ pub fn encode(registry: &Registry) -> String {
     // Writing into a String cannot fail; an encoder error would be a bug in a
     // metric's labels, and a partial page is still better than none.
     if let Err(e) = prometheus_text::encode(&mut out, registry) {
-        tracing::error!("cannot encode the metrics: {e}");
+        tracing::error!(error = %e, "cannot encode the metrics");
     }
     out
 }

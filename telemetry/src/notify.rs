@@ -11,7 +11,7 @@ fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         // systemd will say the unit failed to start (or was killed by its
         // watchdog); this line tells why.
-        tracing::warn!("cannot notify systemd ($NOTIFY_SOCKET): {e}");
+        tracing::warn!(error = %e, "cannot notify systemd ($NOTIFY_SOCKET)");
     }
 }
 

@@ -119,8 +119,8 @@ pub enum CliError {
 /// failure, and ERROR lines about the broken context the agent drops when it
 /// reconnects: the agent's messages carry the same facts once. `tss_esapi=...` in
 /// `TESSERA_LOG` brings them back.
-fn init_logging(level: &str) {
-    tessera_process::logging::init(level, &["tss_esapi"]);
+fn init_logging(level: &str, format: tessera_process::logging::LogFormat) {
+    tessera_process::logging::init(level, &["tss_esapi"], format);
 }
 
 /// Parses the command line, runs the command, and says how it went.
@@ -144,19 +144,19 @@ pub fn execute(command: Command) -> Result<(), CliError> {
     match command {
         Command::Run(args) => run::execute(args, runtime),
         Command::Api(c) => {
-            init_logging("warn");
+            init_logging("warn", tessera_process::logging::LogFormat::Text);
             runtime.block_on(api::execute(c))
         }
         Command::Tpm(c) => {
-            init_logging("warn");
+            init_logging("warn", tessera_process::logging::LogFormat::Text);
             tpm::execute(c)
         }
         Command::Healthcheck(args) => {
-            init_logging("warn");
+            init_logging("warn", tessera_process::logging::LogFormat::Text);
             runtime.block_on(healthcheck::execute(args))
         }
         Command::Validate(args) => {
-            init_logging("warn");
+            init_logging("warn", tessera_process::logging::LogFormat::Text);
             tessera_process::output::print(&validate::execute(&args)?);
             Ok(())
         }

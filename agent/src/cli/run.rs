@@ -28,7 +28,7 @@ pub struct RunArgs {
 /// Runs the agent on `runtime`.
 pub fn execute(args: RunArgs, runtime: tokio::runtime::Runtime) -> Result<(), CliError> {
     let cfg = AgentConfig::load(&args.config, &args.set)?;
-    init_logging(&cfg.log_level);
+    init_logging(&cfg.log_level, cfg.log_format);
     tessera_process::config::warn_secret_flags(&args.set);
     let token = TokenArgs {
         flag: args.join_token,

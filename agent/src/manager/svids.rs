@@ -172,7 +172,7 @@ impl SyncHolder for Receiver<'_> {
                     st.entries.insert(e.id.clone(), Arc::new(e));
                     self.changed = true;
                 }
-                Err(e) => tracing::warn!("ignoring an entry the server sent: {e}"),
+                Err(e) => tracing::warn!(error = %e, "ignoring an entry the server sent"),
             }
         }
         Ok(())
@@ -378,7 +378,7 @@ impl Agent {
                         out.signed.push(entry.id.clone());
                     }
                     Err(e) => {
-                        tracing::error!(entry = %entry.id, "the server sent an SVID that does not verify: {e}");
+                        tracing::error!(entry = %entry.id, error = %e, "the server sent an SVID that does not verify");
                         out.failed.push((
                             entry,
                             format!("the server sent an SVID that does not verify: {e}"),
@@ -443,7 +443,7 @@ pub(super) fn bundle_from_proto(
             None
         }
         Err(e) => {
-            tracing::warn!("ignoring an unusable bundle from the server: {e}");
+            tracing::warn!(error = %e, "ignoring an unusable bundle from the server");
             None
         }
     }

@@ -18,6 +18,7 @@ use tessera_proto::workload as pb;
 use tessera_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::attestor::{Peer, WorkloadAttestors};
 use super::peer::{Caller, CallerError};
@@ -108,7 +109,7 @@ impl WorkloadApi {
 /// once per connection.
 fn refuse(caller: &Caller, e: CallerError) -> Status {
     if caller.first_refusal() {
-        tracing::warn!("Workload API caller refused: {e}");
+        tracing::warn!(error = %e, "Workload API caller refused");
     }
     Status::permission_denied(e.to_string())
 }
@@ -133,7 +134,7 @@ async fn attest_pinned(
         .attest(&Peer::new(pinned, dir.as_fd()))
         .await
         .map_err(|e| {
-            tracing::warn!("workload attestation failed: {e}");
+            tracing::warn!(error = %e, "workload attestation failed");
             Status::permission_denied(format!("workload attestation failed: {e}"))
         })?;
     drop(dir);
@@ -290,45 +291,49 @@ impl WorkloadApi {
         let mut rx = self.source.subscribe();
         let clock = self.clock.clone();
         let (tx, out) = mpsc::channel::<Result<T, Status>>(2);
-        tokio::spawn(async move {
-            // What was last sent: a change of the snapshot that leaves this caller's
-            // answer as it was sends nothing.
-            let mut last: Option<T> = None;
-            loop {
-                let snap = rx.borrow_and_update().clone();
-                let now = clock.unix();
-                if needs_identity
-                    && snap.synced
-                    && snap.matching_entries(&selectors).next().is_none()
-                {
-                    let _ = tx.send(Err(WorkloadApi::no_identity())).await;
-                    return;
-                }
-                match build(&snap, &selectors, now) {
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+        // The task logs inside the call's span.
+        tokio::spawn(
+            async move {
+                // What was last sent: a change of the snapshot that leaves this caller's
+                // answer as it was sends nothing.
+                let mut last: Option<T> = None;
+                loop {
+                    let snap = rx.borrow_and_update().clone();
+                    let now = clock.unix();
+                    if needs_identity
+                        && snap.synced
+                        && snap.matching_entries(&selectors).next().is_none()
+                    {
+                        let _ = tx.send(Err(WorkloadApi::no_identity())).await;
                         return;
                     }
-                    Ok(Some(msg)) if last.as_ref() != Some(&msg) => {
-                        if let Err(status) = check_caller(&caller) {
+                    match build(&snap, &selectors, now) {
+                        Err(status) => {
                             let _ = tx.send(Err(status)).await;
                             return;
                         }
-                        if tx.send(Ok(msg.clone())).await.is_err() {
-                            return;
+                        Ok(Some(msg)) if last.as_ref() != Some(&msg) => {
+                            if let Err(status) = check_caller(&caller) {
+                                let _ = tx.send(Err(status)).await;
+                                return;
+                            }
+                            if tx.send(Ok(msg.clone())).await.is_err() {
+                                return;
+                            }
+                            last = Some(msg);
                         }
-                        last = Some(msg);
+                        Ok(_) => {}
                     }
-                    Ok(_) => {}
-                }
-                let expiry = next_expiry(&snap, &selectors, now);
-                tokio::select! {
-                    r = rx.changed() => if r.is_err() { return },
-                    _ = tx.closed() => return,
-                    _ = sleep_until_unix(&clock, expiry) => {},
+                    let expiry = next_expiry(&snap, &selectors, now);
+                    tokio::select! {
+                        r = rx.changed() => if r.is_err() { return },
+                        _ = tx.closed() => return,
+                        _ = sleep_until_unix(&clock, expiry) => {},
+                    }
                 }
             }
-        });
+            .in_current_span(),
+        );
         Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))
     }
 
@@ -427,7 +432,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 continue;
             }
             let jwt = self.source.jwt_svid(&e, &r.audience).await.map_err(|err| {
-                tracing::warn!(entry = %e.id, "cannot mint a JWT-SVID: {err}");
+                tracing::warn!(entry = %e.id, error = %err, "cannot mint a JWT-SVID");
                 Status::unavailable(format!("cannot mint a JWT-SVID for {}: {err}", e.spiffe_id))
             })?;
             svids.push(pb::Jwtsvid {

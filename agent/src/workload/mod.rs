@@ -188,6 +188,10 @@ pub async fn serve(
                 .rpc
                 .layer_if(agent.config().telemetry.metrics_address.is_some()),
         )
+        // Log lines written for a call name its method and caller.
+        .layer(tessera_telemetry::span::RpcSpanLayer::new(
+            peer::Caller::describe,
+        ))
         .layer(closing)
         .add_service(SpiffeWorkloadApiServer::with_interceptor(
             api::WorkloadApi::for_agent(agent.clone()),
@@ -258,7 +262,7 @@ fn async_stream_of(
                     }
                 }
                 Err(e) => {
-                    tracing::warn!("Workload API accept failed: {e}");
+                    tracing::warn!(error = %e, "Workload API accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
             }

@@ -585,6 +585,24 @@ impl Caller {
         self.0.pinned.as_ref().map_err(Clone::clone)
     }
 
+    /// The caller as the log's `rpc` span names it: `pid=N uid=N`, or why there is
+    /// no caller.
+    pub fn describe(
+        ext: &tonic::codegen::http::Extensions,
+    ) -> tessera_telemetry::span::CallerFields {
+        let caller = ext.get::<Caller>().map(|c| match c.pinned() {
+            Ok(p) => {
+                let cred = p.cred();
+                format!("pid={} uid={}", cred.pid, cred.uid)
+            }
+            Err(e) => format!("unidentified ({e})"),
+        });
+        tessera_telemetry::span::CallerFields {
+            caller,
+            agent_id: None,
+        }
+    }
+
     /// True the first time it is asked on this connection.
     pub fn first_refusal(&self) -> bool {
         !self

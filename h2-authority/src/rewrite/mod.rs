@@ -182,6 +182,12 @@ impl Inbound {
             if transparent || self.fwd > 0 {
                 let limit = if transparent { usize::MAX } else { self.fwd };
                 let avail = self.tail - self.head;
+                if avail == 0 && !transparent && self.eof {
+                    // The client closed its side in the middle of a frame
+                    // that was being handed on as it came.
+                    self.pass_through(Malformed::Truncated);
+                    continue;
+                }
                 if avail == 0 {
                     return Want::Direct(limit);
                 }

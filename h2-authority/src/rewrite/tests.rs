@@ -418,7 +418,7 @@ fn rewrite_says_where_it_stopped_following() {
     assert_eq!(decode_stateless(&blocks[0].1), grpcio_fields("localhost"));
 
     let bad_index = frame(TYPE_HEADERS, FLAG_END_HEADERS, 3, &hex("82 ff10"));
-    let cases: [(&str, Vec<u8>, Malformed); 5] = [
+    let cases: [(&str, Vec<u8>, Malformed); 6] = [
         (
             "HTTP/1.1",
             b"GET / HTTP/1.1\r\n\r\n".to_vec(),
@@ -441,6 +441,15 @@ fn rewrite_says_where_it_stopped_following() {
         (
             "block cut short",
             [input.clone(), frame(TYPE_HEADERS, 0, 3, &[0x82])].concat(),
+            Malformed::Truncated,
+        ),
+        (
+            "plain frame cut short",
+            {
+                let mut v = [input.clone(), frame(0x0, 0, 1, b"data")].concat();
+                v.truncate(v.len() - 2);
+                v
+            },
             Malformed::Truncated,
         ),
         (

@@ -36,7 +36,7 @@ impl AdminApi {
     /// Makes a local write visible to agent syncs before the call returns.
     async fn refresh_entries(&self) {
         if let Err(e) = self.state.entries.catch_up().await {
-            tracing::warn!("entry cache refresh failed (the follower will retry): {e}");
+            tracing::warn!(error = %e, "entry cache refresh failed (the follower will retry)");
             self.state.entries.changed.notify_one();
         }
     }

@@ -18,6 +18,7 @@ use tessera_proto::agent::node_server::Node;
 use tessera_proto::agent::{attest_request, attest_response};
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::convert::{bundle_to_proto, entry_to_proto, status_of};
 use super::ratelimit::AttestationLimit;
@@ -196,7 +197,6 @@ struct AttestFacts {
 impl AgentApi {
     async fn run_attestation(
         &self,
-        peer: Option<PeerInfo>,
         inbound: &mut Streaming<pb::AttestRequest>,
         tx: &mpsc::Sender<Result<pb::AttestResponse, Status>>,
         attestor_name: &mut &'static str,
@@ -308,7 +308,6 @@ impl AgentApi {
         tracing::info!(
             agent = %agent_id,
             attestor = %params.attestor,
-            peer = ?peer.and_then(|p| p.addr),
             "agent attested"
         );
         let bundle = self.state.ca.bundle();
@@ -344,42 +343,46 @@ impl Node for AgentApi {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
-        tokio::spawn(async move {
-            // Named only once it is an enabled attestor: the label set stays bounded.
-            let mut attestor = "unknown";
-            let mut facts = AttestFacts::default();
-            let result = api
-                .run_attestation(peer.clone(), &mut inbound, &tx, &mut attestor, &mut facts)
-                .await;
-            api.state.audit.record(&audit::Attestation {
-                attestor: facts.attestor.map(|a| audit::records::clip(&a, 64)),
-                agent_id: facts.agent_id.map(|id| id.to_string()),
-                outcome: audit::Outcome::of(&result, &[]),
-                source: peer.as_ref().and_then(|p| p.addr).map(|a| a.to_string()),
-            });
-            let metrics = &api.state.metrics;
-            match &result {
-                Ok(()) => {
-                    metrics.attestation(attestor, "ok");
-                    metrics.issued("agent", 1);
+        // The task logs inside the call's span.
+        tokio::spawn(
+            async move {
+                // Named only once it is an enabled attestor: the label set stays bounded.
+                let mut attestor = "unknown";
+                let mut facts = AttestFacts::default();
+                let result = api
+                    .run_attestation(&mut inbound, &tx, &mut attestor, &mut facts)
+                    .await;
+                api.state.audit.record(&audit::Attestation {
+                    attestor: facts.attestor.map(|a| audit::records::clip(&a, 64)),
+                    agent_id: facts.agent_id.map(|id| id.to_string()),
+                    outcome: audit::Outcome::of(&result, &[]),
+                    source: peer.as_ref().and_then(|p| p.addr).map(|a| a.to_string()),
+                });
+                let metrics = &api.state.metrics;
+                match &result {
+                    Ok(()) => {
+                        metrics.attestation(attestor, "ok");
+                        metrics.issued("agent", 1);
+                    }
+                    Err(status) => metrics.attestation(attestor, crate::metrics::outcome(status)),
                 }
-                Err(status) => metrics.attestation(attestor, crate::metrics::outcome(status)),
+                if result.is_ok()
+                    && let Some(a) = admitted
+                {
+                    a.succeeded();
+                }
+                if let Err(status) = result {
+                    tracing::warn!(
+                        peer = ?peer.and_then(|p| p.addr),
+                        code = ?status.code(),
+                        "attestation failed: {}",
+                        status.message()
+                    );
+                    let _ = tx.send(Err(status)).await;
+                }
             }
-            if result.is_ok()
-                && let Some(a) = admitted
-            {
-                a.succeeded();
-            }
-            if let Err(status) = result {
-                tracing::warn!(
-                    peer = ?peer.and_then(|p| p.addr),
-                    code = ?status.code(),
-                    "attestation failed: {}",
-                    status.message()
-                );
-                let _ = tx.send(Err(status)).await;
-            }
-        });
+            .in_current_span(),
+        );
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -527,7 +530,7 @@ impl Node for AgentApi {
                     self.entry_ttl(entry),
                 )),
                 Err(e) => {
-                    tracing::warn!(agent = %caller.id, entry = %r.entry_id, "refused a CSR: {e}");
+                    tracing::warn!(agent = %caller.id, entry = %r.entry_id, error = %e, "refused a CSR");
                     results[idx].status = Some(status_of(
                         Code::InvalidArgument,
                         format!("entry {}: {e}", r.entry_id),

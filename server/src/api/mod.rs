@@ -113,10 +113,10 @@ impl From<DatastoreError> for Status {
 impl From<CaError> for Status {
     fn from(e: CaError) -> Self {
         if e.is_unavailable() {
-            tracing::error!("signing unavailable: {e}");
+            tracing::error!(error = %e, "signing unavailable");
             Status::unavailable(format!("signing is unavailable: {e}"))
         } else {
-            tracing::error!("signing failed: {e}");
+            tracing::error!(error = %e, "signing failed");
             Status::internal(format!("signing failed: {e}"))
         }
     }

@@ -239,7 +239,7 @@ impl CaManager {
             if let Err(e) = self.ds.delete_ca_record(&r.id).await
                 && !matches!(e, DatastoreError::NotFound(_))
             {
-                tracing::warn!(ca = %r.id, "cannot delete CA record: {e}");
+                tracing::warn!(ca = %r.id, error = %e, "cannot delete CA record");
             }
         }
         self.write_state().to_destroy.extend(retry);

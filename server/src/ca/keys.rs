@@ -85,7 +85,7 @@ impl CaManager {
     /// Destroys a key made for an authority that was never stored.
     pub(super) async fn discard_key(&self, key_id: &str) {
         if let Err(e) = self.destroy_key(key_id).await {
-            tracing::warn!(key = %key_id, "cannot destroy the unused key: {e}");
+            tracing::warn!(key = %key_id, error = %e, "cannot destroy the unused key");
         }
     }
 }

@@ -320,7 +320,7 @@ impl CaManager {
                 () = self.wake.notified() => {}
             }
             if let Err(e) = self.rotate().await {
-                tracing::error!("CA rotation failed (will retry): {e}");
+                tracing::error!(error = %e, "CA rotation failed (will retry)");
             }
         }
     }

@@ -147,12 +147,14 @@ pub enum Output {
     Json,
 }
 
-/// Sets up logging to standard error: `TESSERA_LOG` if set, `level` otherwise. The
-/// filter can be changed later through [`crate::log_level`] (`logger set`).
+/// Sets up logging to standard error in `format`: `TESSERA_LOG` if set, `level`
+/// otherwise. The filter can be changed later through [`crate::log_level`]
+/// (`logger set`).
 /// cryptoki logs every mechanism a token lists that it has no name for, at ERROR;
 /// that is noise, not a fault, and stays off unless the filter names it.
-pub fn init_logging(level: &str) {
-    if let Some(reload) = tessera_process::logging::init_reloadable(level, &["cryptoki::mechanism"])
+pub fn init_logging(level: &str, format: tessera_process::logging::LogFormat) {
+    if let Some(reload) =
+        tessera_process::logging::init_reloadable(level, &["cryptoki::mechanism"], format)
     {
         let launch = reload.launch().to_owned();
         crate::log_level::install(&launch, move |s| reload.apply(s).map_err(|e| e.to_string()));
@@ -167,17 +169,17 @@ pub fn execute(cli: Cli, runtime: tokio::runtime::Runtime) -> Result<(), CliErro
     match cli.command {
         Command::Run(args) => run::serve(args, runtime),
         Command::Ca(command) => {
-            init_logging("warn");
+            init_logging("warn", tessera_process::logging::LogFormat::Text);
             tessera_process::output::print(&ca::execute(command)?);
             Ok(())
         }
         Command::Validate(args) => {
-            init_logging("warn");
+            init_logging("warn", tessera_process::logging::LogFormat::Text);
             tessera_process::output::print(&validate::execute(&args)?);
             Ok(())
         }
         Command::Admin(command) => {
-            init_logging("warn");
+            init_logging("warn", tessera_process::logging::LogFormat::Text);
             match runtime.block_on(admin_command(&target?, command)) {
                 Ok(text) => {
                     tessera_process::output::print(&text);

@@ -21,7 +21,7 @@ pub struct RunArgs {
 /// Runs the server on `runtime` until a shutdown signal.
 pub fn serve(args: RunArgs, runtime: tokio::runtime::Runtime) -> Result<(), CliError> {
     let cfg = ServerConfig::load(&args.config, &args.set)?;
-    init_logging(&cfg.log_level);
+    init_logging(&cfg.log_level, cfg.log_format);
     tessera_process::config::warn_secret_flags(&args.set);
     // Blocking work still running (a signature waiting on a slow token, a write)
     // must not hold the exit: each write is one transaction, so stopping it midway

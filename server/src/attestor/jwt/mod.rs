@@ -88,7 +88,7 @@ pub async fn load_at_start(keys: &Keys) -> Result<(), String> {
             keys.describe()
         )),
         Err(e) => {
-            tracing::warn!(attestor = keys.name(), source = %keys.describe(), "cannot fetch the token signing keys yet (will try again at the first attestation): {e}");
+            tracing::warn!(attestor = keys.name(), source = %keys.describe(), error = %e, "cannot fetch the token signing keys yet (will try again at the first attestation)");
             Ok(())
         }
     }

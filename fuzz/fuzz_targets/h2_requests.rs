@@ -1,0 +1,5 @@
+//! libFuzzer entry point of the `h2_requests` target; the target itself is
+//! `tessera_fuzz::h2_requests::run` (see its documentation for what it checks).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tessera_fuzz::h2_requests::run(data));
