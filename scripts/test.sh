@@ -26,6 +26,17 @@ cargo fmt --all -- --check
 
 echo "== lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+bash scripts/check-file-size.sh
+
+# Licences, banned crates and sources (deny.toml). cargo-deny is not installed by
+# setup.sh: building it takes well over ten minutes on a two-core machine. Install it
+# once with `cargo install --locked cargo-deny` and this step runs.
+echo "== dependency policy"
+if cargo deny --version >/dev/null 2>&1; then
+    cargo deny --log-level error check licenses bans sources
+else
+    echo "cargo-deny is not installed; skipped (cargo install --locked cargo-deny)"
+fi
 
 echo "== build (the end-to-end tests run these binaries)"
 cargo build --workspace --bins --locked

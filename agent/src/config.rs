@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tessera_core::TrustDomain;
-use tessera_core::config::Override;
 use tessera_core::duration::serde_human;
 use tessera_core::key::KeyType;
 
@@ -61,7 +60,7 @@ pub struct AgentConfig {
     pub log_level: String,
     /// `text` (the default) or `json`: one JSON object per log line.
     #[serde(default)]
-    pub log_format: tessera_telemetry::logs::LogFormat,
+    pub log_format: tessera_process::logging::LogFormat,
     /// PEM CA certificates to trust the server with before the agent has a bundle.
     #[serde(default)]
     pub trust_bundle_path: Option<PathBuf>,
@@ -145,8 +144,8 @@ pub const DEFAULT_PER_UID_SHARE: usize = 4;
 
 impl LimitsConfig {
     /// The caps in force under the open-file limit `nofile`.
-    pub fn connection_caps(&self, nofile: u64) -> tessera_core::limits::ConnCaps {
-        tessera_core::limits::ConnCaps::derived(
+    pub fn connection_caps(&self, nofile: u64) -> tessera_process::limits::ConnCaps {
+        tessera_process::limits::ConnCaps::derived(
             nofile,
             // The socket and the pidfd that pins the caller.
             2,
@@ -427,20 +426,14 @@ pub struct UnixAttestorConfig {
 }
 
 /// Why a configuration is unusable.
-pub use tessera_core::config::InvalidConfig;
+pub use tessera_process::config::InvalidConfig;
 
 impl AgentConfig {
     /// Loads the file and applies `--set` flags and `TESSERA_AGENT_*` variables.
     pub fn load(path: &Path, flags: &[String]) -> Result<Self, InvalidConfig> {
         // TESSERA_AGENT_JOIN_TOKEN is the token itself, not a config key.
-        let mut overrides: Vec<Override> = Override::from_env(ENV_PREFIX)
-            .into_iter()
-            .filter(|o| o.key != ["join_token"])
-            .collect();
-        for f in flags {
-            overrides.push(Override::from_flag(f)?);
-        }
-        let cfg: AgentConfig = tessera_core::config::load(path, &overrides)?;
+        let overrides = tessera_process::config::overrides(ENV_PREFIX, flags, &["join_token"])?;
+        let cfg: AgentConfig = tessera_process::config::load(path, &overrides)?;
         if let Err(e) = cfg.validate() {
             let text = std::fs::read_to_string(path).unwrap_or_default();
             return Err(e.in_file(&path.display().to_string(), &text));
@@ -450,7 +443,7 @@ impl AgentConfig {
 
     /// Parses configuration text (tests and embedded defaults).
     pub fn parse(text: &str) -> Result<Self, InvalidConfig> {
-        let cfg: AgentConfig = tessera_core::config::parse("<config>", text, &[])?;
+        let cfg: AgentConfig = tessera_process::config::parse("<config>", text, &[])?;
         cfg.validate()?;
         Ok(cfg)
     }

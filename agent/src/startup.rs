@@ -3,10 +3,13 @@
 //! the run until SIGTERM or SIGINT. Also the one place that opens a TPM, so that an
 //! agent built without TPM support says so clearly.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use tessera_core::key::{DiskKeyManager, KeyError, KeyManager, MemoryKeyManager};
+use tessera_core::key::{KeyError, KeyManager, MemoryKeyManager};
+use tessera_process::DiskKeyManager;
+use tessera_process::secret::{SecretError, SecretSource, read_secret};
+use tessera_process::socket::{self, SocketError};
 use tessera_tpm::{Tcti, Tpm};
 
 use crate::attestor::NodeAttestor;
@@ -47,16 +50,23 @@ pub enum StartupError {
     #[error("node_attestor.x509pop: {0}")]
     X509Pop(String),
     #[error("--join-token-file: {0}")]
-    JoinTokenFile(String),
+    JoinTokenFile(#[source] SecretError),
     #[error("join token: {0}")]
-    JoinToken(String),
+    JoinToken(#[source] SecretError),
     /// The Workload API socket could not be bound.
-    #[error("{0}")]
-    Socket(String),
+    #[error("Workload API: {0}")]
+    Socket(#[from] SocketError),
     #[error(transparent)]
     Agent(#[from] AgentError),
+    /// The Workload API server failed while serving.
     #[error("the Workload API stopped: {0}")]
-    WorkloadApiStopped(String),
+    WorkloadApiFailed(#[source] tonic::transport::Error),
+    /// The Workload API task panicked or was cancelled.
+    #[error("the Workload API stopped: {0}")]
+    WorkloadApiTask(#[source] tokio::task::JoinError),
+    /// The Workload API server ended by itself, without an error.
+    #[error("the Workload API stopped: no reason given")]
+    WorkloadApiStopped,
     /// A metrics or health listener could not start (the message names the setting).
     #[error("{0}")]
     Telemetry(#[source] std::io::Error),
@@ -141,7 +151,9 @@ impl TokenArgs {
             return Ok(Some(zeroize::Zeroizing::new(t)));
         }
         if let Some(f) = &self.file {
-            return tessera_core::config::read_secret(Some(f), None, None)
+            return SecretSource::File(f.clone())
+                .read_text()
+                .map(Some)
                 .map_err(StartupError::JoinTokenFile);
         }
         match std::env::var(JOIN_TOKEN_ENV) {
@@ -202,7 +214,7 @@ pub fn node_attestor(
                 t.clone(),
             )))));
         }
-        let secret = tessera_core::config::read_secret(
+        let secret = read_secret(
             jt.token_file.as_deref(),
             jt.token_env.as_deref(),
             jt.token_credential.as_deref(),
@@ -298,13 +310,12 @@ fn cloud_or_certificate_attestor(
 /// which ends open streams and exits within [`crate::workload::SHUTDOWN_GRACE`].
 pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError> {
     // Before anything opens a descriptor: every Workload API connection is one.
-    tessera_core::limits::nofile::raise_and_log();
+    tessera_process::limits::nofile::raise_and_log();
     let tpm = open_tpm(&cfg)?;
     let km = open_key_manager(&cfg, tpm.clone())?;
     let attestor = node_attestor(&cfg, token, tpm)?;
     // Bind first: a second agent on the same socket fails before touching any state.
-    let listener = crate::workload::bind(&cfg.socket_path).map_err(StartupError::Socket)?;
-    let socket = BoundSocket::new(&cfg.socket_path);
+    let (listener, socket) = socket::bind(&cfg.socket_path, crate::workload::SOCKET_MODES)?;
     let agent = match Agent::new(cfg, km, attestor) {
         Ok(a) => a,
         Err(e) => {
@@ -337,7 +348,7 @@ pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError>
     tessera_telemetry::notify::spawn_watchdog();
     let work = {
         let agent = agent.clone();
-        let socket_path = socket.path.clone();
+        let socket_path = socket.path().to_owned();
         async move {
             agent.establish().await?;
             tracing::info!(socket = %socket_path.display(), spiffe_id = ?agent.spiffe_id().map(|i| i.to_string()), "Tessera agent is up");
@@ -355,14 +366,13 @@ pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError>
         r = work => r.map_err(StartupError::from),
         r = &mut serving => {
             socket.remove();
-            let why = match r {
-                Ok(Err(e)) => e,
-                Err(e) => e.to_string(),
-                Ok(Ok(())) => "no reason given".to_owned(),
-            };
-            return Err(StartupError::WorkloadApiStopped(why));
+            return Err(match r {
+                Ok(Err(e)) => StartupError::WorkloadApiFailed(e),
+                Err(e) => StartupError::WorkloadApiTask(e),
+                Ok(Ok(())) => StartupError::WorkloadApiStopped,
+            });
         }
-        () = shutdown_signal() => Ok(()),
+        () = tessera_process::shutdown::signal() => Ok(()),
     };
     tessera_telemetry::notify::stopping();
     // New clients stop finding the socket at once; open streams end next.
@@ -375,44 +385,4 @@ pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError>
     }
     tracing::info!("stopped");
     result
-}
-
-/// The Workload API socket this process bound, removed at exit only if it is still
-/// this process's (a successor may have bound the path since).
-struct BoundSocket {
-    path: PathBuf,
-    inode: Option<u64>,
-}
-
-impl BoundSocket {
-    fn new(path: &Path) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        Self {
-            path: path.to_owned(),
-            inode: std::fs::symlink_metadata(path).ok().map(|m| m.ino()),
-        }
-    }
-
-    fn remove(&self) {
-        use std::os::unix::fs::MetadataExt;
-        let current = std::fs::symlink_metadata(&self.path).ok().map(|m| m.ino());
-        if current.is_some() && current == self.inode {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }

@@ -5,9 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
+use serde_with::base64::Base64;
 use tessera_core::{Bundle, SpiffeId, TrustDomain};
 
 const AGENT_FILE: &str = "agent.json";
@@ -38,11 +37,14 @@ pub struct SavedIdentity {
     pub can_reattest: bool,
 }
 
+#[serde_with::serde_as]
 #[derive(Serialize, Deserialize)]
 struct AgentFile {
     spiffe_id: String,
     key_id: String,
-    chain: Vec<String>,
+    /// DER certificates as standard base64.
+    #[serde_as(as = "Vec<Base64>")]
+    chain: Vec<Vec<u8>>,
     attestor: String,
     can_reattest: bool,
 }
@@ -63,7 +65,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
 impl StateDir {
     /// Opens (creating, mode 0700) the directory.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
-        tessera_core::fsutil::ensure_dir(dir, 0o700).map_err(io(dir))?;
+        tessera_process::fs::ensure_dir(dir, 0o700).map_err(io(dir))?;
         Ok(Self {
             dir: dir.to_owned(),
         })
@@ -86,12 +88,7 @@ impl StateDir {
             reason,
         };
         let f: AgentFile = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
-        let chain = f
-            .chain
-            .iter()
-            .map(|c| STANDARD.decode(c))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| corrupt(format!("chain: {e}")))?;
+        let chain = f.chain;
         if chain.is_empty() {
             return Err(corrupt("empty certificate chain".into()));
         }
@@ -110,7 +107,7 @@ impl StateDir {
         let f = AgentFile {
             spiffe_id: id.spiffe_id.to_string(),
             key_id: id.key_id.clone(),
-            chain: id.chain.iter().map(|c| STANDARD.encode(c)).collect(),
+            chain: id.chain.clone(),
             attestor: id.attestor.clone(),
             can_reattest: id.can_reattest,
         };
@@ -119,7 +116,7 @@ impl StateDir {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        tessera_core::fsutil::write_atomic(&path, &data, 0o600).map_err(io(&path))
+        tessera_process::fs::write_atomic(&path, &data, 0o600).map_err(io(&path))
     }
 
     /// Forgets the identity (after the server refused it for good).
@@ -150,7 +147,7 @@ impl StateDir {
     /// Saves the bundle atomically.
     pub fn save_bundle(&self, b: &Bundle) -> Result<(), StateError> {
         let path = self.dir.join(BUNDLE_FILE);
-        tessera_core::fsutil::write_atomic(&path, b.to_jwks().as_bytes(), 0o644).map_err(io(&path))
+        tessera_process::fs::write_atomic(&path, b.to_jwks().as_bytes(), 0o644).map_err(io(&path))
     }
 }
 
@@ -172,9 +169,15 @@ mod tests {
         };
         s.save_identity(&id).unwrap();
         assert_eq!(s.load_identity().unwrap().unwrap(), id);
-        std::fs::write(dir.path().join("st").join(AGENT_FILE), b"{not json").unwrap();
-        let e = s.load_identity().unwrap_err();
-        assert!(e.to_string().contains("damaged"), "{e}");
+        // The file format is unchanged: certificates as standard base64 strings.
+        let file = dir.path().join("st").join(AGENT_FILE);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains(r#""AQID""#), "{text}");
+        for bad in ["{not json".to_owned(), text.replace("AQID", "*not base64*")] {
+            std::fs::write(&file, bad).unwrap();
+            let e = s.load_identity().unwrap_err();
+            assert!(e.to_string().contains("damaged"), "{e}");
+        }
         s.clear_identity().unwrap();
         assert!(s.load_identity().unwrap().is_none());
     }

@@ -24,7 +24,7 @@ fn median(mut v: Vec<Duration>) -> f64 {
     v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
-pub async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, String> {
+pub(crate) async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, String> {
     let runs = if quick { 2 } else { 7 };
     let tpm = Swtpm::start(&dir.join("swtpm"));
     let vendor = TestCa::new(&dir.join("ca"), "Bench Vendor CA");

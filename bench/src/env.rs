@@ -15,15 +15,15 @@ use tonic::transport::Channel;
 /// address, which the per-address limits would treat as one client holding
 /// thousands of connections and attesting thousands of times a second: those limits
 /// are lifted here (a benchmark measures capacity, not the defences).
-pub const SERVER_LIMITS: &str =
+pub(crate) const SERVER_LIMITS: &str =
     "\n[limits]\nmax_connections_per_ip = 65536\nattestation_rate = 0\n";
 
 /// Agent settings for benchmarks that open many Workload API connections from this
 /// process (one UID).
-pub const AGENT_LIMITS: &str = "\n[limits]\nmax_connections_per_uid = 16384\n";
+pub(crate) const AGENT_LIMITS: &str = "\n[limits]\nmax_connections_per_uid = 16384\n";
 
 /// The admin API of a running server.
-pub async fn admin(server: &Server) -> Result<AdminClient<Channel>, String> {
+pub(crate) async fn admin(server: &Server) -> Result<AdminClient<Channel>, String> {
     let ch = tessera_proto::unix_channel(&server.admin)
         .await
         .map_err(|e| format!("admin socket: {e}"))?;
@@ -31,7 +31,10 @@ pub async fn admin(server: &Server) -> Result<AdminClient<Channel>, String> {
 }
 
 /// `n` join tokens valid for a day.
-pub async fn tokens(admin: &mut AdminClient<Channel>, n: usize) -> Result<Vec<String>, String> {
+pub(crate) async fn tokens(
+    admin: &mut AdminClient<Channel>,
+    n: usize,
+) -> Result<Vec<String>, String> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let t = admin
@@ -49,12 +52,12 @@ pub async fn tokens(admin: &mut AdminClient<Channel>, n: usize) -> Result<Vec<St
 }
 
 /// The agent ID a join token gives.
-pub fn agent_id(token: &str) -> String {
+pub(crate) fn agent_id(token: &str) -> String {
     format!("spiffe://example.org/spire/agent/join_token/{token}")
 }
 
 /// An entry for `parent` with one selector.
-pub fn entry(spiffe_id: String, parent: &str, selector: String) -> tpb::Entry {
+pub(crate) fn entry(spiffe_id: String, parent: &str, selector: String) -> tpb::Entry {
     tpb::Entry {
         spiffe_id,
         parent_id: parent.to_owned(),
@@ -64,7 +67,7 @@ pub fn entry(spiffe_id: String, parent: &str, selector: String) -> tpb::Entry {
 }
 
 /// Creates entries in batches; returns their IDs in order.
-pub async fn create_entries(
+pub(crate) async fn create_entries(
     admin: &mut AdminClient<Channel>,
     entries: Vec<tpb::Entry>,
 ) -> Result<Vec<String>, String> {
@@ -88,7 +91,7 @@ pub async fn create_entries(
     Ok(ids)
 }
 
-pub type Workload = SpiffeWorkloadApiClient<
+pub(crate) type Workload = SpiffeWorkloadApiClient<
     tonic::service::interceptor::InterceptedService<
         Channel,
         fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
@@ -104,7 +107,7 @@ fn header(mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status
 }
 
 /// A Workload API client on its own connection to `socket`.
-pub async fn workload(socket: &std::path::Path) -> Result<Workload, String> {
+pub(crate) async fn workload(socket: &std::path::Path) -> Result<Workload, String> {
     let ch = tessera_proto::unix_channel(socket)
         .await
         .map_err(|e| format!("workload socket {}: {e}", socket.display()))?;
@@ -113,7 +116,7 @@ pub async fn workload(socket: &std::path::Path) -> Result<Workload, String> {
 }
 
 /// One FetchX509SVID: open the stream, take the first message, close it.
-pub async fn fetch_once(c: &mut Workload) -> Result<usize, tonic::Status> {
+pub(crate) async fn fetch_once(c: &mut Workload) -> Result<usize, tonic::Status> {
     let mut s = c
         .fetch_x509svid(tessera_proto::workload::X509svidRequest {})
         .await?
@@ -126,7 +129,10 @@ pub async fn fetch_once(c: &mut Workload) -> Result<usize, tonic::Status> {
 }
 
 /// Waits until this process gets an SVID from the agent at `socket`; returns how long.
-pub async fn wait_for_svid(socket: &std::path::Path, limit: Duration) -> Result<Duration, String> {
+pub(crate) async fn wait_for_svid(
+    socket: &std::path::Path,
+    limit: Duration,
+) -> Result<Duration, String> {
     let start = Instant::now();
     loop {
         if let Ok(mut c) = workload(socket).await
@@ -145,7 +151,7 @@ pub async fn wait_for_svid(socket: &std::path::Path, limit: Duration) -> Result<
 }
 
 /// The agent's count of cached SVIDs (its local health service).
-pub async fn cached_svids(socket: &std::path::Path) -> Option<u32> {
+pub(crate) async fn cached_svids(socket: &std::path::Path) -> Option<u32> {
     let ch = tessera_proto::unix_channel(socket).await.ok()?;
     let mut c = tessera_proto::local::agent_health_client::AgentHealthClient::new(ch);
     c.check(tessera_proto::local::HealthCheckRequest {})
@@ -155,13 +161,13 @@ pub async fn cached_svids(socket: &std::path::Path) -> Option<u32> {
 }
 
 /// The unix selector of this process (the workload in the benchmarks).
-pub fn my_selector() -> String {
+pub(crate) fn my_selector() -> String {
     format!("unix:uid:{}", tessera_swtpm_tests::my_uid())
 }
 
 /// Fetches `http://ADDRESS/metrics` every second until aborted, as Prometheus would,
 /// so that a "metrics on" figure includes being scraped.
-pub fn scrape_every_second(address: String) -> tokio::task::JoinHandle<()> {
+pub(crate) fn scrape_every_second(address: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         loop {

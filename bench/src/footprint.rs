@@ -47,7 +47,7 @@ async fn agent_with(
     Ok((agent, rss))
 }
 
-pub async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, String> {
+pub(crate) async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, String> {
     let mut r = Report::new("footprint");
     let size = |name: &str| {
         std::fs::metadata(bin(name))

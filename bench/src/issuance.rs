@@ -20,7 +20,7 @@ const BATCH: usize = 100;
 
 /// Which key manager the server uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum KeyManagerKind {
+pub(crate) enum KeyManagerKind {
     Memory,
     Pkcs11,
 }
@@ -125,7 +125,7 @@ fn raw_pkcs11_rate(hsm: &SoftHsm, threads: usize, secs: Duration) -> Result<f64,
 }
 
 /// The child process of [`raw_pkcs11_rate`].
-pub fn raw_pkcs11_child(
+pub(crate) fn raw_pkcs11_child(
     module: &Path,
     label: &str,
     pin_file: &Path,
@@ -190,7 +190,7 @@ async fn prepare(
 /// Issuance with metrics on (`[telemetry] metrics_address`, scraped every second)
 /// against the same with metrics off, on two servers alternating in one run: SVIDs
 /// per second with `many` agents, (on, off).
-pub async fn metrics_overhead(dir: &Path, quick: bool) -> Result<(f64, f64), String> {
+pub(crate) async fn metrics_overhead(dir: &Path, quick: bool) -> Result<(f64, f64), String> {
     let secs = Duration::from_secs(if quick { 1 } else { 5 });
     let many = if quick { 2 } else { 4 };
     let metrics_at = format!("127.0.0.1:{}", tessera_swtpm_tests::free_port());
@@ -220,7 +220,7 @@ pub async fn metrics_overhead(dir: &Path, quick: bool) -> Result<(f64, f64), Str
     Ok((sum_on / 3.0, sum_off / 3.0))
 }
 
-pub async fn run(dir: &Path, quick: bool, km: KeyManagerKind) -> Result<Report, String> {
+pub(crate) async fn run(dir: &Path, quick: bool, km: KeyManagerKind) -> Result<Report, String> {
     let secs = Duration::from_secs(if quick { 2 } else { 10 });
     let many = if quick { 2 } else { 4 };
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());

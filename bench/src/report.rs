@@ -5,14 +5,14 @@ use serde_json::{Map, Value};
 
 /// One benchmark's figures.
 #[derive(Debug, Default)]
-pub struct Report {
+pub(crate) struct Report {
     pub name: String,
     rows: Vec<(String, String)>,
     json: Map<String, Value>,
 }
 
 impl Report {
-    pub fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         Self {
             name: name.to_owned(),
             ..Self::default()
@@ -20,7 +20,7 @@ impl Report {
     }
 
     /// Adds a figure: `label` for the table, `key` for the JSON.
-    pub fn add(&mut self, key: &str, label: &str, value: impl Into<Value>) {
+    pub(crate) fn add(&mut self, key: &str, label: &str, value: impl Into<Value>) {
         let value = value.into();
         let text = match &value {
             Value::Number(n) => match n.as_f64() {
@@ -35,7 +35,7 @@ impl Report {
     }
 
     /// A note (what limits the figure, what was skipped and why).
-    pub fn note(&mut self, text: &str) {
+    pub(crate) fn note(&mut self, text: &str) {
         self.rows.push(("note".into(), text.to_owned()));
         let notes = self
             .json
@@ -46,7 +46,7 @@ impl Report {
         }
     }
 
-    pub fn print(&self) {
+    pub(crate) fn print(&self) {
         println!("\n== {}", self.name);
         let width = self.rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
         for (l, v) in &self.rows {
@@ -54,7 +54,7 @@ impl Report {
         }
     }
 
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         Value::Object(self.json.clone())
     }
 }

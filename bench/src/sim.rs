@@ -17,22 +17,22 @@ use tessera_core::{Bundle, SpiffeId, TrustDomain};
 use tessera_proto::agent as pb;
 
 /// What a simulated agent keeps between syncs: entry IDs and revisions.
-pub type SyncState = Revisions;
+pub(crate) type SyncState = Revisions;
 
 /// See the module documentation.
 #[derive(Debug, Clone)]
-pub struct SimAgent {
+pub(crate) struct SimAgent {
     pub id: SpiffeId,
     server: Arc<GrpcServer>,
 }
 
-pub fn trust_domain() -> TrustDomain {
+pub(crate) fn trust_domain() -> TrustDomain {
     TrustDomain::new("example.org").unwrap_or_else(|_| unreachable!("a valid literal"))
 }
 
 /// The server's bundle, as the bootstrap trust for simulated agents.
-pub fn bootstrap(bundle_pem: &str) -> Result<Arc<SharedBundle>, String> {
-    let roots = tessera_core::x509::pem_certs(bundle_pem.as_bytes())?;
+pub(crate) fn bootstrap(bundle_pem: &str) -> Result<Arc<SharedBundle>, String> {
+    let roots = tessera_core::x509::pem_certs(bundle_pem.as_bytes()).map_err(|e| e.to_string())?;
     Ok(SharedBundle::new(Bundle::with_x509(trust_domain(), roots)))
 }
 
@@ -43,7 +43,7 @@ fn server_id() -> SpiffeId {
 }
 
 /// A CSR for a fresh P-256 key (the key is dropped: only the server's work counts).
-pub fn csr() -> Vec<u8> {
+pub(crate) fn csr() -> Vec<u8> {
     let key: Arc<dyn Key> = match SoftwareKey::generate(KeyType::EcP256) {
         Ok(k) => Arc::new(k),
         Err(e) => panic!("key generation failed: {e}"),
@@ -53,7 +53,7 @@ pub fn csr() -> Vec<u8> {
 
 impl SimAgent {
     /// Attests with a join token and opens the agent's own mTLS connection.
-    pub async fn attest(
+    pub(crate) async fn attest(
         server: &str,
         bundle: Arc<SharedBundle>,
         token: &str,
@@ -83,7 +83,7 @@ impl SimAgent {
     }
 
     /// One sync, as the agent does it; returns how many entries it holds.
-    pub async fn sync(&self, st: &mut SyncState) -> Result<usize, String> {
+    pub(crate) async fn sync(&self, st: &mut SyncState) -> Result<usize, String> {
         sync(self.server.as_ref(), st)
             .await
             .map_err(|e| format!("{}: sync: {e}", self.id))?;
@@ -91,7 +91,7 @@ impl SimAgent {
     }
 
     /// Asks for one SVID per (entry, CSR) pair; returns how many were signed.
-    pub async fn sign(&self, requests: &[(String, Vec<u8>)]) -> Result<usize, String> {
+    pub(crate) async fn sign(&self, requests: &[(String, Vec<u8>)]) -> Result<usize, String> {
         let results = self
             .server
             .batch_new_x509_svid(
@@ -110,7 +110,7 @@ impl SimAgent {
 }
 
 /// Attests `tokens.len()` simulated agents, `parallel` at a time, in token order.
-pub async fn attest_many(
+pub(crate) async fn attest_many(
     server: &str,
     bundle: Arc<SharedBundle>,
     tokens: Vec<String>,
@@ -130,7 +130,7 @@ pub async fn attest_many(
 }
 
 /// Sleeps a random fraction of `period` (spreads agents out, as real ones are).
-pub async fn jitter(period: Duration) {
+pub(crate) async fn jitter(period: Duration) {
     let f: f64 = rand::random::<f64>();
     tokio::time::sleep(period.mul_f64(f)).await;
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// Latency samples, summarised.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct Latency {
+pub(crate) struct Latency {
     pub count: usize,
     pub p50_us: f64,
     pub p99_us: f64,
@@ -13,7 +13,7 @@ pub struct Latency {
 }
 
 /// Summarises samples (empty samples give zeros).
-pub fn latency(samples: &mut [Duration]) -> Latency {
+pub(crate) fn latency(samples: &mut [Duration]) -> Latency {
     samples.sort_unstable();
     let at = |q: f64| -> f64 {
         if samples.is_empty() {
@@ -31,7 +31,7 @@ pub fn latency(samples: &mut [Duration]) -> Latency {
 }
 
 /// utime + stime of a process, in seconds.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -47,7 +47,7 @@ fn clock_ticks() -> f64 {
 }
 
 /// A `/proc/<pid>/status` value in kB (VmRSS, VmHWM).
-pub fn status_kb(pid: u32, key: &str) -> Option<u64> {
+pub(crate) fn status_kb(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -59,18 +59,18 @@ pub fn status_kb(pid: u32, key: &str) -> Option<u64> {
 }
 
 /// Resident memory now, MiB.
-pub fn rss_mib(pid: u32) -> f64 {
+pub(crate) fn rss_mib(pid: u32) -> f64 {
     status_kb(pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0
 }
 
 /// Peak resident memory, MiB.
-pub fn peak_rss_mib(pid: u32) -> f64 {
+pub(crate) fn peak_rss_mib(pid: u32) -> f64 {
     status_kb(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0
 }
 
 /// Raises this process's open-file limit to its hard limit (thousands of connections
 /// need thousands of descriptors; children inherit the limit).
-pub fn raise_fd_limit() -> u64 {
+pub(crate) fn raise_fd_limit() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((_, hard)) => {
@@ -82,7 +82,7 @@ pub fn raise_fd_limit() -> u64 {
 }
 
 /// MemTotal in kB.
-pub fn status_kb_meminfo() -> Option<u64> {
+pub(crate) fn status_kb_meminfo() -> Option<u64> {
     std::fs::read_to_string("/proc/meminfo")
         .ok()?
         .lines()

@@ -16,7 +16,7 @@ use crate::stats;
 /// The agents' sync period (the agent's default).
 const PERIOD: Duration = Duration::from_secs(5);
 
-pub async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, String> {
+pub(crate) async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, String> {
     let (entries, agents, secs, big) = if quick {
         (2_000usize, 100usize, 8u64, 300usize)
     } else {

@@ -158,7 +158,7 @@ async fn metrics_overhead(
     ))
 }
 
-pub async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, String> {
+pub(crate) async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, String> {
     let secs = Duration::from_secs(if quick { 1 } else { 5 });
     let samples = if quick { 200 } else { 2000 };
     let levels: &[usize] = if quick { &[1, 10, 50] } else { &[1, 100, 1000] };

@@ -11,6 +11,7 @@ use crate::spiffe_id::TrustDomain;
 /// A JWT signing authority: the public key behind a `kid`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtAuthority {
+    /// The `kid` JWT-SVIDs name this key by.
     pub key_id: String,
     /// SubjectPublicKeyInfo DER.
     pub public_key_der: Vec<u8>,
@@ -32,14 +33,23 @@ pub struct Bundle {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BundleError {
+    /// The text is not JSON.
     #[error("bundle is not JSON: {0}")]
     Json(String),
+    /// The JSON has no `keys` array.
     #[error("bundle has no \"keys\" array")]
     NoKeys,
+    /// An `x509-svid` key does not carry exactly one certificate.
     #[error("x509-svid key {0} must carry exactly one certificate in x5c")]
     BadX5c(usize),
+    /// A key in the set is unusable.
     #[error("key {index}: {reason}")]
-    BadKey { index: usize, reason: String },
+    BadKey {
+        /// Its position in `keys`.
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl Bundle {
@@ -61,6 +71,7 @@ impl Bundle {
         b
     }
 
+    /// The trust domain the bundle is for.
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
     }
@@ -70,6 +81,7 @@ impl Bundle {
         &self.x509_authorities
     }
 
+    /// The JWT signing keys.
     pub fn jwt_authorities(&self) -> &[JwtAuthority] {
         &self.jwt_authorities
     }
@@ -84,18 +96,22 @@ impl Bundle {
         self.refresh_hint
     }
 
+    /// Sets the `spiffe_sequence`.
     pub fn set_sequence(&mut self, seq: u64) {
         self.sequence = seq;
     }
 
+    /// Sets the `spiffe_refresh_hint` in seconds (0 leaves it unset).
     pub fn set_refresh_hint(&mut self, secs: u64) {
         self.refresh_hint = secs;
     }
 
+    /// Replaces the X.509 CA certificates (DER).
     pub fn set_x509_authorities(&mut self, ders: Vec<Vec<u8>>) {
         self.x509_authorities = ders;
     }
 
+    /// Replaces the JWT signing keys.
     pub fn set_jwt_authorities(&mut self, keys: Vec<JwtAuthority>) {
         self.jwt_authorities = keys;
     }

@@ -16,10 +16,18 @@ pub const AGENT_PATH_PREFIX: &str = "/spire/agent/";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum WorkloadIdError {
+    /// The ID has no path.
     #[error("{0} has no path: workload and node IDs need one")]
     NoPath(SpiffeId),
+    /// The ID is in another trust domain.
     #[error("{id} is not in this server's trust domain {td}")]
-    Foreign { id: SpiffeId, td: TrustDomain },
+    Foreign {
+        /// The ID.
+        id: SpiffeId,
+        /// This server's trust domain.
+        td: TrustDomain,
+    },
+    /// The ID is under `/spire`, which the server and agents use.
     #[error(
         "{0} is in the reserved namespace /spire, which holds the IDs of the server and \
          its agents; choose a path outside /spire"
@@ -57,8 +65,11 @@ pub fn is_agent_id(id: &SpiffeId, td: &TrustDomain) -> bool {
 pub struct RegistrationEntry {
     /// Opaque unique ID chosen by the server.
     pub id: String,
+    /// The SPIFFE ID the workload receives.
     pub spiffe_id: SpiffeId,
+    /// The agent (or node alias) whose workloads may receive it.
     pub parent_id: SpiffeId,
+    /// What a workload must show to match; all of them must match.
     pub selectors: Vec<Selector>,
     /// X509-SVID lifetime in seconds; 0 means the server's default.
     #[serde(default)]
@@ -66,14 +77,19 @@ pub struct RegistrationEntry {
     /// JWT-SVID lifetime in seconds; 0 means the server's default.
     #[serde(default)]
     pub jwt_svid_ttl: u32,
+    /// Trust domains whose bundles the workload also receives.
     #[serde(default)]
     pub federates_with: Vec<TrustDomain>,
+    /// Whether the workload may call the server's admin API.
     #[serde(default)]
     pub admin: bool,
+    /// Whether the workload is a downstream CA (may sign for the trust domain).
     #[serde(default)]
     pub downstream: bool,
+    /// DNS names put in the X509-SVID beside the SPIFFE ID.
     #[serde(default)]
     pub dns_names: Vec<String>,
+    /// A free-form hint handed to workloads with the SVID (at most 1024 bytes).
     #[serde(default)]
     pub hint: String,
     /// Unix seconds after which the entry no longer applies; 0 means never.
@@ -91,16 +107,27 @@ pub struct RegistrationEntry {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EntryError {
+    /// The entry has no selector.
     #[error("an entry needs at least one selector")]
     NoSelectors,
+    /// The `spiffe_id` cannot be given to workloads.
     #[error("spiffe_id {0}")]
     SpiffeId(#[from] WorkloadIdError),
+    /// The `parent_id` is in another trust domain.
     #[error("parent_id {id} is not in this server's trust domain {td}")]
-    ForeignParentId { id: SpiffeId, td: TrustDomain },
+    ForeignParentId {
+        /// The parent ID.
+        id: SpiffeId,
+        /// This server's trust domain.
+        td: TrustDomain,
+    },
+    /// A DNS name is not valid.
     #[error("dns name {0:?} is not a valid DNS name")]
     BadDnsName(String),
+    /// The hint is over 1024 bytes.
     #[error("hint is longer than 1024 bytes")]
     HintTooLong,
+    /// A selector is listed twice.
     #[error("selector {0} is listed twice")]
     DuplicateSelector(Selector),
 }

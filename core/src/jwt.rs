@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 
 use crate::bundle::Bundle;
 use crate::der;
+use crate::failure::Failure;
 use crate::key::{Key, KeyError, KeyType, SignatureScheme};
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 
@@ -52,47 +53,79 @@ pub fn check_audience(audience: &[String]) -> Result<(), JwtError> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum JwtError {
+    /// The token is not three base64url parts; says which part is wrong.
     #[error("token is not a JWS compact serialization (three base64url parts): {0}")]
     Malformed(&'static str),
+    /// The header's `alg` is not on the allow-list.
     #[error("algorithm {0:?} is not allowed for JWT-SVIDs")]
     DisallowedAlg(String),
+    /// The header has no `kid`.
     #[error("header has no kid")]
     MissingKid,
+    /// The header's `typ` is neither `JWT` nor `JOSE`.
     #[error("header typ {0:?} is not JWT or JOSE")]
     BadTyp(String),
+    /// The claims are not a JSON object.
     #[error("claims are not a JSON object")]
     BadClaims,
+    /// There is no `sub` claim.
     #[error("sub claim is missing")]
     MissingSub,
+    /// The `sub` claim is not a SPIFFE ID.
     #[error("sub claim is not a SPIFFE ID: {0}")]
     BadSub(String),
+    /// There is no `aud` claim, or it is empty.
     #[error("aud claim is missing or empty")]
     MissingAud,
+    /// None of the expected audiences is in the token.
     #[error("token audience {actual:?} does not include any of {expected:?}")]
     AudienceMismatch {
+        /// The token's audiences.
         actual: Vec<String>,
+        /// The audiences the caller accepts.
         expected: Vec<String>,
     },
+    /// There is no `exp` claim.
     #[error("exp claim is missing")]
     MissingExp,
+    /// The token expired at this Unix time.
     #[error("token expired at {0}")]
     Expired(i64),
+    /// No bundle is known for the token's trust domain.
     #[error("no bundle for trust domain {0}")]
     NoBundle(TrustDomain),
+    /// The trust domain's bundle has no key with the token's `kid`.
     #[error("no JWT authority with kid {0:?} in the bundle of {1}")]
     UnknownKid(String, TrustDomain),
+    /// The signature does not verify.
     #[error("the {alg} signature does not verify with key {kid:?}")]
-    BadSignature { alg: String, kid: String },
+    BadSignature {
+        /// The token's algorithm.
+        alg: String,
+        /// The key it was checked with.
+        kid: String,
+    },
+    /// The key named by `kid` is not of the token's algorithm.
     #[error("key {kid:?} cannot verify {alg} signatures")]
-    KeyAlgMismatch { kid: String, alg: String },
+    KeyAlgMismatch {
+        /// The key.
+        kid: String,
+        /// The token's algorithm.
+        alg: String,
+    },
+    /// Signing failed.
     #[error("signing: {0}")]
     Key(#[from] KeyError),
+    /// No audience was given.
     #[error("audience must be specified")]
     NoAudience,
+    /// An audience value is empty.
     #[error("audience values must not be empty")]
     EmptyAudience,
+    /// More audiences than allowed were given.
     #[error("{0} audiences given; at most {MAX_AUDIENCES} are allowed")]
     TooManyAudiences(usize),
+    /// An audience value is longer than allowed.
     #[error("an audience value of {0} bytes given; at most {MAX_AUDIENCE_LEN} bytes are allowed")]
     AudienceTooLong(usize),
 }
@@ -100,11 +133,17 @@ pub enum JwtError {
 /// A validated (or freshly minted) JWT-SVID.
 #[derive(Debug, Clone)]
 pub struct JwtSvid {
+    /// The compact JWS.
     pub token: String,
+    /// The `sub` claim.
     pub spiffe_id: SpiffeId,
+    /// The `aud` claim.
     pub audience: Vec<String>,
+    /// The `exp` claim (Unix seconds).
     pub expiry: i64,
+    /// The `iat` claim (Unix seconds; 0 when absent).
     pub issued_at: i64,
+    /// Every claim, as JSON.
     pub claims: Map<String, Value>,
 }
 
@@ -140,7 +179,7 @@ pub fn sign_jwt_svid(
         sig
     } else {
         der::ecdsa_der_to_raw(&sig, width_for(key.key_type()))
-            .map_err(|e| JwtError::Key(KeyError::Backend(e.to_string())))?
+            .map_err(|e| JwtError::Key(KeyError::Backend(Failure::caused_by(e.to_string(), e))))?
     };
     let token = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig));
     Ok(JwtSvid {

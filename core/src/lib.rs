@@ -2,24 +2,22 @@
 //! X509-SVID and JWT-SVID profiles, trust bundles, and the key seam that software,
 //! PKCS#11 and TPM keys all implement.
 //!
-//! Little here does I/O. The exceptions are [`key::DiskKeyManager`] and [`fsutil`],
-//! [`limits`], the connection caps and timeouts that the server's and the agent's
-//! listeners share, and [`http`], the one-shot HTTP client their node attestors use.
+//! Types and rules only: nothing here reads files, listens or talks to the network.
+//! What a running process needs from the operating system (configuration files,
+//! secrets, atomic writes, key files, sockets, signals, logging, connection limits,
+//! the node attestors' one-shot HTTP client) is in `tessera-process`.
 
+#![warn(missing_docs)]
 pub mod attestation;
 pub mod bundle;
 pub mod clock;
-pub mod config;
-pub mod config_key;
 pub mod der;
 pub mod duration;
 pub mod entry;
-pub mod fsutil;
-pub mod http;
+pub mod failure;
 pub mod jwt;
 pub mod key;
-pub mod limits;
-pub mod output;
+pub mod pem;
 pub mod selector;
 pub mod spiffe_id;
 pub mod tls;

@@ -14,16 +14,21 @@ pub const MAX_SELECTOR_LENGTH: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SelectorError {
+    /// There is no `:` between type and value.
     #[error(
         "selector {0:?} has no ':' between type and value (expected type:value, e.g. unix:uid:1000)"
     )]
     MissingColon(String),
+    /// The type is empty.
     #[error("selector {0:?} has an empty type")]
     EmptyType(String),
+    /// The value is empty.
     #[error("selector {0:?} has an empty value")]
     EmptyValue(String),
+    /// The type has a character other than letters, digits, `_` and `-`.
     #[error("selector type {0:?} may hold only letters, digits, '_' and '-'")]
     BadType(String),
+    /// The selector is over the length limit.
     #[error("selector is longer than {MAX_SELECTOR_LENGTH} bytes")]
     TooLong,
 }

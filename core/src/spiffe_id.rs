@@ -26,38 +26,54 @@ pub const RESERVED_PATH: &str = "/spire";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SpiffeIdError {
+    /// The input is empty.
     #[error("empty SPIFFE ID")]
     Empty,
+    /// The input does not start with `spiffe://`.
     #[error("scheme is missing or is not \"spiffe://\"")]
     WrongScheme,
+    /// There is no trust domain.
     #[error("trust domain is missing")]
     MissingTrustDomain,
+    /// The trust domain is over the length limit.
     #[error("trust domain is longer than {MAX_TRUST_DOMAIN_LENGTH} bytes")]
     TrustDomainTooLong,
+    /// The trust domain has a character SPIFFE does not allow.
     #[error(
         "trust domain contains {0:?}: only lower-case letters, digits, '.', '-' and '_' are allowed"
     )]
     BadTrustDomainChar(char),
+    /// The trust domain has a port.
     #[error("trust domain must not carry a port")]
     PortNotAllowed,
+    /// The trust domain has user info (`user@`).
     #[error("trust domain must not carry user info")]
     UserInfoNotAllowed,
+    /// The ID has percent-encoding.
     #[error("percent-encoding is not allowed")]
     PercentEncodingNotAllowed,
+    /// The ID is over the length limit.
     #[error("SPIFFE ID is longer than {MAX_SPIFFE_ID_LENGTH} bytes")]
     TooLong,
+    /// The path has an empty segment (`//`).
     #[error("path contains an empty segment")]
     EmptySegment,
+    /// The path has a `.` or `..` segment.
     #[error("path contains a '.' or '..' segment")]
     DotSegment,
+    /// The path ends with `/`.
     #[error("path has a trailing '/'")]
     TrailingSlash,
+    /// The path has a character SPIFFE does not allow.
     #[error("path contains {0:?}: only letters, digits, '.', '-' and '_' are allowed")]
     BadPathChar(char),
+    /// The ID has a query.
     #[error("query is not allowed")]
     QueryNotAllowed,
+    /// The ID has a fragment.
     #[error("fragment is not allowed")]
     FragmentNotAllowed,
+    /// The path does not start with `/`.
     #[error("path must start with '/'")]
     PathWithoutSlash,
 }

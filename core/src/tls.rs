@@ -28,6 +28,7 @@ use crate::x509;
 pub struct SharedBundle(RwLock<Arc<Bundle>>);
 
 impl SharedBundle {
+    /// A shared bundle holding `bundle`.
     pub fn new(bundle: Bundle) -> Arc<Self> {
         Arc::new(Self(RwLock::new(Arc::new(bundle))))
     }
@@ -54,6 +55,7 @@ impl SharedBundle {
 pub struct SharedIdentity(RwLock<Option<Arc<CertifiedKey>>>);
 
 impl SharedIdentity {
+    /// A shared identity holding none yet.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
@@ -79,6 +81,7 @@ impl SharedIdentity {
         }
     }
 
+    /// The current chain and key, if any.
     pub fn get(&self) -> Option<Arc<CertifiedKey>> {
         match self.0.read() {
             Ok(g) => g.clone(),
@@ -173,6 +176,7 @@ pub struct SpiffeServerVerifier {
 }
 
 impl SpiffeServerVerifier {
+    /// A verifier of servers whose leaf carries `expected`, chained to `bundle`.
     pub fn new(bundle: Arc<SharedBundle>, expected: SpiffeId) -> Arc<Self> {
         Arc::new(Self {
             bundle,
@@ -224,6 +228,7 @@ pub struct SpiffeClientVerifier {
 }
 
 impl SpiffeClientVerifier {
+    /// A verifier of client certificates chained to `bundle`; `mandatory` refuses clients without one.
     pub fn new(bundle: Arc<SharedBundle>, mandatory: bool) -> Arc<Self> {
         Arc::new(Self {
             bundle,

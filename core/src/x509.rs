@@ -18,6 +18,9 @@ use crate::der;
 use crate::key::{Key, KeyError, RcgenKey, key_type_of_spki};
 use crate::spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 
+/// PEM lives in [`crate::pem`]; these names are kept for the callers that used them here.
+pub use crate::pem::{certificates as pem_certs, encode as to_pem};
+
 /// How far NotBefore is backdated to absorb clock skew.
 pub const BACKDATE: Duration = Duration::from_secs(10);
 
@@ -25,14 +28,19 @@ pub const BACKDATE: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
+    /// The signing key failed.
     #[error("signing key: {0}")]
     Key(#[from] KeyError),
+    /// The subject's public key is of a type Tessera does not certify.
     #[error("public key is not a supported EC P-256, EC P-384 or RSA key")]
     UnsupportedPublicKey,
+    /// The issuer's certificate cannot be used.
     #[error("issuer certificate: {0}")]
     Issuer(String),
+    /// The issuer expires before the certificate would start.
     #[error("the issuing CA expires before the certificate would start")]
     IssuerExpired,
+    /// The certificate cannot be encoded.
     #[error("certificate encoding: {0}")]
     Encoding(String),
 }
@@ -41,46 +49,72 @@ pub enum BuildError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SvidError {
+    /// The certificate is not DER X.509.
     #[error("certificate is not valid DER X.509: {0}")]
     Parse(String),
+    /// The certificate has no URI SAN.
     #[error("certificate has no URI SAN")]
     NoUriSan,
+    /// The certificate has more than one URI SAN.
     #[error("certificate has more than one URI SAN")]
     MultipleUriSans,
+    /// The URI SAN is not a SPIFFE ID.
     #[error("URI SAN is not a SPIFFE ID: {0}")]
     BadSpiffeId(SpiffeIdError),
+    /// A leaf's SPIFFE ID has no path.
     #[error("leaf SPIFFE ID {0} has no path")]
     LeafIdWithoutPath(SpiffeId),
+    /// A signing certificate's SPIFFE ID has a path.
     #[error("signing certificate SPIFFE ID {0} has a path")]
     CaIdWithPath(SpiffeId),
+    /// A leaf says it is a CA.
     #[error("leaf certificate has cA=true")]
     LeafIsCa,
+    /// A signing certificate does not say it is a CA.
     #[error("signing certificate does not have cA=true")]
     CaNotCa,
+    /// There is no key usage extension.
     #[error("key usage extension is missing")]
     NoKeyUsage,
+    /// The key usage extension is not critical.
     #[error("key usage extension is not critical")]
     KeyUsageNotCritical,
+    /// A leaf's key usage lacks digitalSignature.
     #[error("leaf key usage lacks digitalSignature")]
     NoDigitalSignature,
+    /// A leaf's key usage has keyCertSign.
     #[error("leaf key usage has keyCertSign")]
     LeafKeyCertSign,
+    /// A leaf's key usage has cRLSign.
     #[error("leaf key usage has cRLSign")]
     LeafCrlSign,
+    /// A signing certificate's key usage lacks keyCertSign.
     #[error("signing certificate key usage lacks keyCertSign")]
     CaNoKeyCertSign,
+    /// The extended key usage lacks the purpose named.
     #[error("extended key usage lacks {0}")]
     EkuMissing(&'static str),
+    /// The subject is empty but the SAN extension is not critical.
     #[error("subject is empty but the SAN extension is not critical")]
     SanNotCritical,
+    /// A critical extension is not understood.
     #[error("critical extension {0} is not understood")]
     UnknownCriticalExtension(String),
+    /// An extension cannot be parsed.
     #[error("extension {0} cannot be parsed")]
     BadExtension(String),
+    /// The chain is empty.
     #[error("no certificate in the chain")]
     EmptyChain,
+    /// The SPIFFE ID is not in the trust domain expected.
     #[error("SPIFFE ID {id} is not in trust domain {td}")]
-    WrongTrustDomain { id: SpiffeId, td: TrustDomain },
+    WrongTrustDomain {
+        /// The certificate's ID.
+        id: SpiffeId,
+        /// The trust domain expected.
+        td: TrustDomain,
+    },
+    /// The chain does not verify against the bundle.
     #[error("chain does not verify against the trust bundle: {0}")]
     Chain(String),
 }
@@ -281,10 +315,15 @@ pub fn intermediate_ca(
 /// registration entry.
 #[derive(Debug, Clone)]
 pub struct SvidTemplate<'a> {
+    /// The SVID's SPIFFE ID.
     pub spiffe_id: &'a SpiffeId,
+    /// The subject's SubjectPublicKeyInfo (DER), from the CSR.
     pub public_key_der: &'a [u8],
+    /// DNS SANs beside the SPIFFE ID.
     pub dns_names: &'a [String],
+    /// How long the SVID is valid (cut to the issuer's expiry).
     pub ttl: Duration,
+    /// The issuing time.
     pub now: SystemTime,
 }
 
@@ -346,14 +385,23 @@ pub fn build_csr(key: &Arc<dyn Key>) -> Result<Vec<u8>, BuildError> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CsrError {
+    /// The CSR is not DER PKCS#10.
     #[error("CSR is not valid DER PKCS#10: {0}")]
     Parse(String),
+    /// The CSR's self-signature does not verify.
     #[error("CSR signature does not verify (no proof of possession of the key)")]
     BadSignature,
+    /// The CSR's key is of a type Tessera does not certify.
     #[error("CSR public key is not EC P-256, EC P-384 or RSA 2048-4096")]
     UnsupportedKey,
+    /// The CSR names another SPIFFE ID than the entry's.
     #[error("CSR names SPIFFE ID {named} but the entry is for {expected}")]
-    WrongSpiffeId { named: String, expected: String },
+    WrongSpiffeId {
+        /// The ID in the CSR.
+        named: String,
+        /// The entry's ID.
+        expected: String,
+    },
 }
 
 /// Checks a CSR's self-signature and returns its public key (SubjectPublicKeyInfo DER).
@@ -398,12 +446,19 @@ pub fn csr_public_key(csr_der: &[u8], expected: Option<&SpiffeId>) -> Result<Vec
 /// A certificate's SPIFFE ID and validity, read without validating the profile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
+    /// The URI SAN, if it is a SPIFFE ID.
     pub spiffe_id: Option<SpiffeId>,
+    /// NotBefore, Unix seconds.
     pub not_before: i64,
+    /// NotAfter, Unix seconds.
     pub not_after: i64,
+    /// The serial number, lowercase hex.
     pub serial_hex: String,
+    /// The SubjectPublicKeyInfo (DER).
     pub public_key_der: Vec<u8>,
+    /// The subject DN, as text.
     pub subject: String,
+    /// The issuer DN, as text.
     pub issuer: String,
 }
 
@@ -646,40 +701,11 @@ pub fn verify_path(
 pub fn split_concatenated(mut data: &[u8]) -> Result<Vec<Vec<u8>>, der::DerError> {
     let mut out = Vec::new();
     while !data.is_empty() {
-        let (tag, _, rest) = der::read_tlv(data)?;
-        if tag != 0x30 {
-            return Err(der::DerError("a certificate is not a DER SEQUENCE"));
-        }
-        out.push(data[..data.len() - rest.len()].to_vec());
+        let (cert, rest) = der::split_sequence(data)?;
+        out.push(cert.to_vec());
         data = rest;
     }
     Ok(out)
-}
-
-/// Parses one or more PEM certificates.
-pub fn pem_certs(text: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    use rustls_pki_types::pem::PemObject;
-    let mut out = Vec::new();
-    for c in CertificateDer::pem_slice_iter(text) {
-        out.push(c.map_err(|e| format!("bad PEM: {e}"))?.to_vec());
-    }
-    if out.is_empty() {
-        return Err("no PEM CERTIFICATE block found".into());
-    }
-    Ok(out)
-}
-
-/// Encodes DER data as PEM with the given label.
-pub fn to_pem(label: &str, der_bytes: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der_bytes);
-    let mut s = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        s.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        s.push('\n');
-    }
-    s.push_str(&format!("-----END {label}-----\n"));
-    s
 }
 
 #[cfg(test)]

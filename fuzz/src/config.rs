@@ -15,8 +15,8 @@ use std::cell::RefCell;
 use std::time::Duration;
 
 use tessera_agent::config::AgentConfig;
-use tessera_core::config::ConfigError;
 use tessera_core::duration::{format_duration, parse_duration};
+use tessera_process::config::ConfigError;
 use tessera_server::config::{InvalidConfig, ServerConfig};
 
 pub fn run(data: &[u8]) {

@@ -1,23 +1,21 @@
 //! `der_pem`: the DER and PEM helpers every crate shares (`tessera_core::der`,
-//! `tessera_core::x509`'s PEM and concatenated-DER readers, and the TPM
-//! crate's PEM reader for CA files), from any bytes.
+//! `tessera_core::pem` and the concatenated-DER reader in `tessera_core::x509`),
+//! from any bytes.
 //!
-//! Checked: `read_tlv` accepts exactly a tag, a minimal length and that many
-//! bytes (written again here, the pieces give back the input); splitting
+//! Checked: `split_sequence` accepts exactly a SEQUENCE tag, a minimal length and
+//! that many bytes (written again here, the pieces give back the input); splitting
 //! concatenated certificates gives pieces that concatenate back to the input;
 //! the big-endian zero trim keeps the value; ECDSA signatures convert between
 //! DER and `r||s` and back to the same bytes; SubjectPublicKeyInfo built from
 //! an RSA modulus and exponent or an EC point reads back (with x509-parser and
 //! the crate's own reader) to the same key; PEM written by `to_pem` reads back
-//! to the same DER with both PEM readers, and PEM they read writes back to the
-//! same DER.
+//! to the same DER, and PEM it reads writes back to the same DER.
 
 use tessera_core::der::{
-    ec_spki, ecdsa_der_to_raw, ecdsa_raw_to_der, read_tlv, rsa_spki_from_parts,
-    spki_public_key_bits, trim_leading_zeros,
+    ec_spki, ecdsa_der_to_raw, ecdsa_raw_to_der, rsa_spki_from_parts, spki_public_key_bits,
+    split_sequence, trim_leading_zeros,
 };
 use tessera_core::x509::{pem_certs, split_concatenated, to_pem};
-use tessera_tpm::verifier::chain::pem_certificates;
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 
@@ -42,17 +40,30 @@ pub fn run(data: &[u8]) {
     pem(data);
 }
 
+/// The length of the tag and length octets at the start of an encoded value.
+fn header_len(value: &[u8]) -> usize {
+    match value.get(1) {
+        Some(&first) if first >= 0x80 => 2 + usize::from(first & 0x7f),
+        _ => 2,
+    }
+}
+
 fn tlv(data: &[u8]) {
-    let Ok((tag, contents, rest)) = read_tlv(data) else {
+    let Ok((whole, rest)) = split_sequence(data) else {
         return;
     };
-    let mut again = vec![tag];
-    again.extend(der_len(contents.len()));
-    again.extend_from_slice(contents);
-    again.extend_from_slice(rest);
     assert_eq!(
-        again, data,
-        "read_tlv accepted a non-minimal or misread length"
+        [whole, rest].concat(),
+        data,
+        "split_sequence lost or added bytes"
+    );
+    let header = header_len(whole);
+    let mut again = vec![0x30];
+    again.extend(der_len(whole.len() - header));
+    assert_eq!(
+        again,
+        whole[..header],
+        "split_sequence accepted a non-minimal or misread length, or another tag"
     );
 }
 
@@ -66,8 +77,8 @@ fn concatenated(data: &[u8]) {
         "split_concatenated lost or added bytes"
     );
     for p in &pieces {
-        let (tag, _, rest) = read_tlv(p).expect("each piece is one TLV");
-        assert_eq!(tag, 0x30);
+        let (whole, rest) = split_sequence(p).expect("each piece is one SEQUENCE");
+        assert_eq!(whole, &p[..]);
         assert!(rest.is_empty());
     }
 }
@@ -97,12 +108,10 @@ fn ecdsa(data: &[u8]) {
                 Ok(raw.clone()),
                 "DER -> raw -> DER -> raw"
             );
-            // The accepted DER holds the same two integers as the one written.
-            let (_, body, _) = read_tlv(data).expect("accepted");
-            let (_, r, body) = read_tlv(body).expect("accepted r");
-            let (_, s, _) = read_tlv(body).expect("accepted s");
-            assert_eq!(trim_leading_zeros(r), trim_leading_zeros(&raw[..width]));
-            assert_eq!(trim_leading_zeros(s), trim_leading_zeros(&raw[width..]));
+            // What was written is one whole SEQUENCE.
+            let (whole, rest) = split_sequence(&der).expect("the written DER is a SEQUENCE");
+            assert_eq!(whole, &der[..]);
+            assert!(rest.is_empty());
         }
     }
 }
@@ -145,26 +154,17 @@ fn pem(data: &[u8]) {
     let written = to_pem("CERTIFICATE", data);
     if !data.is_empty() {
         assert_eq!(
-            pem_certs(written.as_bytes()).as_deref(),
-            Ok(&[data.to_vec()][..]),
+            pem_certs(written.as_bytes()).ok().as_deref(),
+            Some(&[data.to_vec()][..]),
             "to_pem -> pem_certs"
-        );
-        assert_eq!(
-            pem_certificates(written.as_bytes()).as_deref(),
-            Ok(&[data.to_vec()][..]),
-            "to_pem -> the TPM crate's PEM reader"
         );
     }
     if let Ok(ders) = pem_certs(data) {
         let text: String = ders.iter().map(|d| to_pem("CERTIFICATE", d)).collect();
         assert_eq!(
-            pem_certs(text.as_bytes()),
-            Ok(ders),
+            pem_certs(text.as_bytes()).ok(),
+            Some(ders),
             "pem_certs -> to_pem -> pem_certs"
         );
-    }
-    if let Ok(ders) = pem_certificates(data) {
-        let text: String = ders.iter().map(|d| to_pem("CERTIFICATE", d)).collect();
-        assert_eq!(pem_certificates(text.as_bytes()), Ok(ders));
     }
 }

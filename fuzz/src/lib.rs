@@ -13,6 +13,11 @@
 //! The targets, what they check and how to run them longer are described in
 //! docs/SECURITY.md ("Fuzzing"); `scripts/fuzz.sh` runs them.
 
+#![allow(
+    clippy::expect_used,
+    reason = "test code: a property that does not hold is a panic, which is how a fuzz target reports it"
+)]
+
 pub mod config;
 pub mod csr;
 pub mod der_pem;

@@ -181,7 +181,7 @@ mod tests {
     }
 
     mod erased_json {
-        pub trait Json {
+        pub(super) trait Json {
             fn json(&self) -> Vec<u8>;
         }
         impl<T: serde::Serialize> Json for T {

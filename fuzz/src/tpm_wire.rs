@@ -202,7 +202,8 @@ fn certify(bytes: &[u8]) {
         HashAlg::Sha384 => &ring::signature::ECDSA_P256_SHA384_ASN1,
         other => panic!("a Certify signed with {other:?} on P-256 was accepted"),
     };
-    let der = tessera_core::der::ecdsa_parts_to_der(&r, &s);
+    let der = tessera_core::der::ecdsa_parts_to_der(&r, &s, 32)
+        .expect("an accepted Certify's r and s are in range for P-256");
     let point = tpm.ak.public.ec_point().expect("fixture AK point");
     ring::signature::UnparsedPublicKey::new(alg, point)
         .verify(&attest, &der)

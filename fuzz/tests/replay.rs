@@ -5,6 +5,11 @@
 //! without libFuzzer, so a bug that comes back fails CI even where the fuzzer
 //! is not run.
 
+#![allow(
+    clippy::expect_used,
+    reason = "test code: a step that cannot be taken ends the test with its message"
+)]
+
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {

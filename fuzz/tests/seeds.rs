@@ -3,6 +3,11 @@
 //! `fuzz/seeds/<target>/`, and `seeds_made_now_hold` runs freshly made ones
 //! through their targets, so the fixtures and the targets stay in step.
 
+#![allow(
+    clippy::expect_used,
+    reason = "test code: a step that cannot be taken ends the test with its message"
+)]
+
 use std::path::Path;
 
 #[test]

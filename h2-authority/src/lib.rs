@@ -71,6 +71,7 @@
 //! - `conn`: [`AuthorityFix`], the same state machine on a socket, with the
 //!   header block timeout.
 
+#![warn(missing_docs)]
 mod conn;
 mod frame;
 mod hpack;

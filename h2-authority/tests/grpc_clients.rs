@@ -9,6 +9,11 @@
 //! all get their JWT-SVID. They need Python 3 and the Python package index
 //! (the script builds a virtualenv under target/ on first use).
 
+#![allow(
+    clippy::expect_used,
+    reason = "test code: a step that cannot be taken ends the test with its message"
+)]
+
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};

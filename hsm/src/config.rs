@@ -200,13 +200,13 @@ impl Pkcs11Config {
 
         let mut sources: Vec<(&str, PinSource)> = Vec::new();
         if let Some(p) = &self.pin_file {
-            sources.push(("pin_file", PinSource::File(p.clone())));
+            sources.push(("pin_file", PinSource::file(p.clone())));
         }
         if let Some(v) = &self.pin_env {
             if v.is_empty() {
                 return Err(HsmError::Config("pin_env is empty".into()));
             }
-            sources.push(("pin_env", PinSource::Env(v.clone())));
+            sources.push(("pin_env", PinSource::env(v.clone())));
         }
         if let Some(c) = &self.pin_credential {
             sources.push(("pin_credential", PinSource::credential(c)?));
@@ -266,6 +266,7 @@ impl Pkcs11Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tessera_process::secret::SecretSource;
 
     fn parse(s: &str) -> Pkcs11Config {
         toml::from_str(s).unwrap()
@@ -280,7 +281,9 @@ mod tests {
         assert_eq!(c.key_label_prefix, "tessera-");
         let plan = c.plan().unwrap();
         assert_eq!(plan.token.label.as_deref(), Some("ca"));
-        assert!(matches!(plan.pin, Some(PinSource::Env(ref v)) if v == "HSM_PIN"));
+        assert!(
+            matches!(plan.pin, Some(PinSource::Stored(SecretSource::Env(ref v))) if v == "HSM_PIN")
+        );
     }
 
     #[test]
@@ -299,7 +302,7 @@ mod tests {
         assert_eq!(plan.token.label.as_deref(), Some("ca"));
         assert_eq!(plan.token.serial.as_deref(), Some("abc"));
         assert!(
-            matches!(plan.pin, Some(PinSource::File(ref p)) if p == &PathBuf::from("/run/pin"))
+            matches!(plan.pin, Some(PinSource::Stored(SecretSource::File(ref p))) if p == &PathBuf::from("/run/pin"))
         );
         assert_eq!(
             plan.uri_object,

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use cryptoki::error::{Error as CkError, RvError};
+use tessera_core::failure::Failure;
 use tessera_core::key::{KeyError, KeyType};
 
 use crate::pin::PinError;
@@ -25,18 +26,36 @@ pub enum HsmError {
         "PKCS#11 module {} does not exist; install the token's PKCS#11 library or fix `module` (or module-path in the URI)",
         path.display()
     )]
-    ModuleNotFound { path: PathBuf },
+    ModuleNotFound {
+        /// The module path.
+        path: PathBuf,
+    },
     /// The module exists but could not be loaded or initialised.
     #[error("cannot load PKCS#11 module {}: {reason}", path.display())]
-    ModuleLoad { path: PathBuf, reason: String },
+    ModuleLoad {
+        /// The module path.
+        path: PathBuf,
+        /// What the loader or C_Initialize said.
+        reason: String,
+    },
     /// No initialised token matches the selection.
     #[error(
         "no token matches {wanted} (tokens present: {available}); fix token_label, token_serial or the URI, or initialise the token"
     )]
-    TokenNotFound { wanted: String, available: String },
+    TokenNotFound {
+        /// The selection (label, serial or URI).
+        wanted: String,
+        /// The tokens present, for the message.
+        available: String,
+    },
     /// Several tokens match the selection.
     #[error("several tokens match {wanted}: {matches}; select one by serial")]
-    TokenAmbiguous { wanted: String, matches: String },
+    TokenAmbiguous {
+        /// The selection.
+        wanted: String,
+        /// The tokens that match it.
+        matches: String,
+    },
     /// The PIN source could not be read.
     #[error(transparent)]
     Pin(#[from] PinError),
@@ -44,33 +63,62 @@ pub enum HsmError {
     #[error(
         "token {token} needs a PIN and none is configured; set pin_file, pin_env or pin_credential, or pin-source in the URI"
     )]
-    PinMissing { token: String },
+    PinMissing {
+        /// The token's label.
+        token: String,
+    },
     /// The token refused the PIN.
     #[error(
         "token {token} refused the PIN ({ckr}); check the PIN source (file, environment variable or credential); repeated failures may lock the PIN"
     )]
-    WrongPin { token: String, ckr: String },
+    WrongPin {
+        /// The token's label.
+        token: String,
+        /// The PKCS#11 return value's name.
+        ckr: String,
+    },
     /// The user PIN is locked after too many failures.
     #[error(
         "the user PIN of token {token} is locked (CKR_PIN_LOCKED); the security officer must reset it (C_InitPIN, e.g. pkcs11-tool --init-pin --login --login-type so)"
     )]
-    PinLocked { token: String },
+    PinLocked {
+        /// The token's label.
+        token: String,
+    },
     /// The user PIN must be changed before it can be used.
     #[error(
         "the user PIN of token {token} has expired (CKR_PIN_EXPIRED); change it (e.g. pkcs11-tool --change-pin) and update the PIN source"
     )]
-    PinExpired { token: String },
+    PinExpired {
+        /// The token's label.
+        token: String,
+    },
     /// The token lacks a mechanism the key type needs.
     #[error("token {token} does not support {mechanism}; choose a key type the token supports")]
-    MechanismNotSupported { token: String, mechanism: String },
+    MechanismNotSupported {
+        /// The token's label.
+        token: String,
+        /// The mechanism missing.
+        mechanism: String,
+    },
     /// No key with that label (and id) is on the token.
     #[error(
         "no private key labelled {label:?} on token {token}; generate it first or fix the key id"
     )]
-    KeyMissing { label: String, token: String },
+    KeyMissing {
+        /// The key's label.
+        label: String,
+        /// The token's label.
+        token: String,
+    },
     /// The objects found under a key's label are not what a Tessera key should be.
     #[error("key {label:?} is unusable: {reason}")]
-    KeyInvalid { label: String, reason: String },
+    KeyInvalid {
+        /// The key's label.
+        label: String,
+        /// What is wrong with the objects.
+        reason: String,
+    },
     /// The key type is not one this key store can create or use.
     #[error("key type {0} is not supported by the PKCS#11 key store")]
     UnsupportedKeyType(KeyType),
@@ -78,10 +126,20 @@ pub enum HsmError {
     #[error(
         "token {token} is unavailable: {reason}; Tessera recovers by itself once the device and its token are back"
     )]
-    Unavailable { token: String, reason: String },
+    Unavailable {
+        /// The token's label.
+        token: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// A PKCS#11 call failed for a reason not covered above.
     #[error("{call} returned {}", ckr_name(*rv))]
-    Pkcs11 { call: String, rv: RvError },
+    Pkcs11 {
+        /// The PKCS#11 function.
+        call: String,
+        /// What it returned.
+        rv: RvError,
+    },
     /// The cryptoki layer failed outside any PKCS#11 call.
     #[error("PKCS#11 binding error: {0}")]
     Binding(String),
@@ -178,15 +236,15 @@ impl From<HsmError> for KeyError {
             | HsmError::PinLocked { .. }
             | HsmError::PinExpired { .. }
             | HsmError::PinMissing { .. }
-            | HsmError::Pin(_) => KeyError::Unavailable(e.to_string()),
+            | HsmError::Pin(_) => KeyError::Unavailable(Failure::caused_by(e.to_string(), e)),
             HsmError::Pkcs11 { rv, .. } if rv_means_unavailable(rv) => {
-                KeyError::Unavailable(e.to_string())
+                KeyError::Unavailable(Failure::caused_by(e.to_string(), e))
             }
             HsmError::KeyMissing { label, .. } => KeyError::NotFound(label),
             HsmError::KeyInvalid { label, reason } => KeyError::Corrupt { id: label, reason },
             HsmError::UnsupportedKeyType(kt) => KeyError::UnsupportedKeyType(kt),
             HsmError::Config(_) | HsmError::Uri(_) => KeyError::Config(e.to_string()),
-            other => KeyError::Backend(other.to_string()),
+            other => KeyError::Backend(Failure::caused_by(other.to_string(), other)),
         }
     }
 }

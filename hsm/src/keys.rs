@@ -160,14 +160,8 @@ fn curve(params: &[u8]) -> Option<KeyType> {
 /// The uncompressed point from CKA_EC_POINT, which the specification wants DER
 /// (an OCTET STRING) but some modules give raw.
 fn ec_point(value: &[u8], coordinate: usize) -> Option<&[u8]> {
-    let n = 1 + 2 * coordinate;
-    match value {
-        [0x04, len, rest @ ..] if *len as usize == n && rest.len() == n && rest[0] == 0x04 => {
-            Some(rest)
-        }
-        [0x04, ..] if value.len() == n => Some(value),
-        _ => None,
-    }
+    let point = der::octet_string(value).unwrap_or(value);
+    (point.len() == 1 + 2 * coordinate && point[0] == 0x04).then_some(point)
 }
 
 fn rsa_key_type(modulus: &[u8]) -> Option<KeyType> {

@@ -48,6 +48,7 @@
 //! with the keys but cannot export them. The PIN sources are files or credentials
 //! readable by that user only; a group- or world-readable PIN file is warned about.
 
+#![warn(missing_docs)]
 mod config;
 mod error;
 mod keys;

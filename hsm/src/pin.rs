@@ -9,12 +9,12 @@
 
 use std::fmt;
 use std::hash::BuildHasher;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use cryptoki::types::RawAuthPin;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
+use tessera_process::secret::{SecretError, SecretSource};
 use zeroize::Zeroizing;
 
 /// A PIN file larger than this is surely the wrong file.
@@ -24,24 +24,13 @@ const MAX_PIN_FILE: u64 = 4096;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PinError {
-    #[error("cannot read the PIN file {}: {source}; check pin_file / pin-source and its permissions", path.display())]
-    File {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the PIN file {} is larger than {MAX_PIN_FILE} bytes; is it the right file?", path.display())]
-    FileTooLarge { path: PathBuf },
-    #[error("environment variable {0} (pin_env) is not set; export it or use pin_file")]
-    EnvUnset(String),
-    #[error(
-        "pin_credential is {0:?} but $CREDENTIALS_DIRECTORY is not set; run the server under systemd with LoadCredential= or LoadCredentialEncrypted=, or use pin_file"
-    )]
-    NoCredentialsDirectory(String),
-    #[error("credential name {0:?} must be a plain file name (no '/', not '.' or '..')")]
-    CredentialName(String),
+    /// The file, variable or credential holding the PIN cannot be read.
+    #[error("PIN: {0}; check pin_file, pin_env, pin_credential or the URI's pin-source")]
+    Read(#[from] SecretError),
+    /// The source holds nothing but a line break.
     #[error("the PIN from {0} is empty")]
     Empty(String),
+    /// The URI names a way of getting the PIN that Tessera does not offer.
     #[error(
         "pin-source {0:?} is not supported: use a file: URI or an absolute path (running commands for a PIN is not supported)"
     )]
@@ -51,9 +40,9 @@ pub enum PinError {
 /// Where to read the PIN.
 #[derive(Clone)]
 pub(crate) enum PinSource {
-    File(PathBuf),
-    Env(String),
-    Credential(String),
+    /// A file, an environment variable or a systemd credential.
+    Stored(SecretSource),
+    /// The URI's `pin-value` (discouraged: the PIN is in the configuration).
     Value(SecretString),
 }
 
@@ -81,23 +70,28 @@ impl PinSource {
         if !Path::new(path).is_absolute() {
             return Err(PinError::UnsupportedSource(value.to_owned()));
         }
-        Ok(PinSource::File(PathBuf::from(path)))
+        Ok(Self::file(PathBuf::from(path)))
+    }
+
+    /// A PIN file.
+    pub(crate) fn file(path: PathBuf) -> Self {
+        PinSource::Stored(SecretSource::File(path))
+    }
+
+    /// A PIN in an environment variable.
+    pub(crate) fn env(name: String) -> Self {
+        PinSource::Stored(SecretSource::Env(name))
     }
 
     /// A credential source; the name is checked now so that a typo fails at start-up.
     pub(crate) fn credential(name: &str) -> Result<Self, PinError> {
-        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-            return Err(PinError::CredentialName(name.to_owned()));
-        }
-        Ok(PinSource::Credential(name.to_owned()))
+        Ok(PinSource::Stored(SecretSource::credential(name)?))
     }
 
     /// Says where the PIN comes from, for messages (never the PIN itself).
     pub(crate) fn describe(&self) -> String {
         match self {
-            PinSource::File(p) => format!("file {}", p.display()),
-            PinSource::Env(name) => format!("environment variable {name}"),
-            PinSource::Credential(name) => format!("systemd credential {name}"),
+            PinSource::Stored(s) => s.describe(),
             PinSource::Value(_) => "pin-value in the URI".to_owned(),
         }
     }
@@ -105,21 +99,7 @@ impl PinSource {
     /// Reads the PIN. The buffer is wiped when the returned secret is dropped.
     pub(crate) fn read(&self) -> Result<RawAuthPin, PinError> {
         let mut bytes = match self {
-            PinSource::File(path) => {
-                tessera_core::config::warn_if_shared(path);
-                read_file(path)?
-            }
-            PinSource::Credential(name) => {
-                let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
-                    .ok_or_else(|| PinError::NoCredentialsDirectory(name.clone()))?;
-                read_file(&Path::new(&dir).join(name))?
-            }
-            PinSource::Env(name) => {
-                use std::os::unix::ffi::OsStringExt;
-                let value =
-                    std::env::var_os(name).ok_or_else(|| PinError::EnvUnset(name.clone()))?;
-                Zeroizing::new(value.into_vec())
-            }
+            PinSource::Stored(s) => s.read_bytes(MAX_PIN_FILE)?,
             PinSource::Value(secret) => Zeroizing::new(secret.expose_secret().as_bytes().to_vec()),
         };
         // Files written with `echo` end in a newline that is not part of the PIN.
@@ -173,36 +153,6 @@ impl RefusedPin {
     }
 }
 
-fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, PinError> {
-    let io = |source| PinError::File {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let meta = file.metadata().map_err(io)?;
-    if meta.len() > MAX_PIN_FILE {
-        return Err(PinError::FileTooLarge {
-            path: path.to_owned(),
-        });
-    }
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(
-                path = %path.display(),
-                "the PIN file is readable by group or others; chmod 600 it"
-            );
-        }
-    }
-    // Sized up front so that reading never reallocates and leaves copies behind.
-    let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
-    file.by_ref()
-        .take(MAX_PIN_FILE + 1)
-        .read_to_end(&mut buf)
-        .map_err(io)?;
-    Ok(buf)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,7 +175,7 @@ mod tests {
             (b"12 34\n\n", b"12 34\n"),
         ] {
             let p = write_pin(dir.path(), "pin", contents);
-            let pin = PinSource::File(p).read().unwrap();
+            let pin = PinSource::file(p).read().unwrap();
             assert_eq!(pin.expose_secret().as_slice(), want);
         }
     }
@@ -234,20 +184,23 @@ mod tests {
     fn file_errors_name_the_file_not_the_pin() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
-        let err = PinSource::File(missing.clone()).read().unwrap_err();
+        let err = PinSource::file(missing.clone()).read().unwrap_err();
         assert!(
             err.to_string().contains(&*missing.to_string_lossy()),
             "{err}"
         );
         let empty = write_pin(dir.path(), "empty", b"\n");
         assert!(matches!(
-            PinSource::File(empty).read(),
+            PinSource::file(empty).read(),
             Err(PinError::Empty(_))
         ));
         let big = write_pin(dir.path(), "big", &[b'1'; 5000]);
         assert!(matches!(
-            PinSource::File(big).read(),
-            Err(PinError::FileTooLarge { .. })
+            PinSource::file(big).read(),
+            Err(PinError::Read(SecretError::FileTooLarge {
+                max: MAX_PIN_FILE,
+                ..
+            }))
         ));
     }
 
@@ -260,7 +213,7 @@ mod tests {
             ("/run/pin", "/run/pin"),
         ] {
             match PinSource::from_uri_source(src).unwrap() {
-                PinSource::File(p) => assert_eq!(p, Path::new(want)),
+                PinSource::Stored(SecretSource::File(p)) => assert_eq!(p, Path::new(want)),
                 other => panic!("{other:?}"),
             }
         }
@@ -308,7 +261,7 @@ mod tests {
         assert_eq!(src.read().unwrap().expose_secret().as_slice(), b"9876");
         assert!(!format!("{src:?}").contains("9876"));
         // An unset variable names the variable.
-        let err = PinSource::Env("TESSERA_HSM_TEST_SURELY_UNSET_VAR".into())
+        let err = PinSource::env("TESSERA_HSM_TEST_SURELY_UNSET_VAR".into())
             .read()
             .unwrap_err();
         assert!(

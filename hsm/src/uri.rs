@@ -24,34 +24,59 @@ use secrecy::SecretString;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum UriError {
+    /// The text does not start with `pkcs11:`.
     #[error("a PKCS#11 URI starts with \"pkcs11:\"")]
     Scheme,
+    /// An attribute has no `=`.
     #[error("{0:?} has no '=' (attributes are written name=value)")]
     NoEquals(String),
+    /// An attribute's percent-encoding is broken.
     #[error("bad percent-encoding in {attr}: {detail}")]
-    Encoding { attr: String, detail: String },
+    Encoding {
+        /// The attribute.
+        attr: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A character that must be percent-encoded is not.
     #[error("character {ch:?} in {attr} must be percent-encoded (as {encoded})")]
     Unencoded {
+        /// The attribute.
         attr: String,
+        /// The character.
         ch: char,
+        /// How it is written encoded.
         encoded: String,
     },
+    /// An attribute is not UTF-8 once decoded.
     #[error("{0} is not valid UTF-8 after percent-decoding")]
     NotUtf8(String),
+    /// A path attribute RFC 7512 does not define.
     #[error(
         "unknown path attribute {0:?}: RFC 7512 says a URI with a path attribute the reader does not know matches nothing"
     )]
     UnknownPathAttribute(String),
+    /// A query attribute is in the path.
     #[error("{0} is a query attribute: write it after '?' (pkcs11:...?{0}=...)")]
     QueryAttributeInPath(String),
+    /// A path attribute is in the query.
     #[error("{0} is a path attribute: write it before '?' (pkcs11:{0}=...)")]
     PathAttributeInQuery(String),
+    /// An attribute is given twice.
     #[error("{0} appears more than once")]
     Duplicate(String),
+    /// An attribute's value is not valid for it.
     #[error("bad value for {attr}: {detail}")]
-    BadValue { attr: String, detail: String },
+    BadValue {
+        /// The attribute.
+        attr: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Both `pin-source` and `pin-value` are given.
     #[error("pin-source and pin-value are both set; keep one (pin-source is the safer)")]
     PinSourceAndValue,
+    /// The URI has a fragment.
     #[error("a PKCS#11 URI has no fragment ('#' must be written %23)")]
     Fragment,
 }
@@ -60,10 +85,15 @@ pub enum UriError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ObjectType {
+    /// `public`: a public key.
     Public,
+    /// `private`: a private key.
     Private,
+    /// `cert`: a certificate.
     Cert,
+    /// `secret-key`: a secret key.
     SecretKey,
+    /// `data`: a data object.
     Data,
 }
 

@@ -12,6 +12,11 @@
 //! This runs in a process of its own because re-initialising the module ends every
 //! session in the process.
 
+#![allow(
+    clippy::expect_used,
+    reason = "test code: a step that cannot be taken ends the test with its message"
+)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

@@ -3,6 +3,11 @@
 //! configuration through URIs and PIN sources, and the error cases an operator
 //! meets. Key protection as pkcs11-tool sees it is in tools.rs.
 
+#![allow(
+    clippy::expect_used,
+    reason = "test code: a step that cannot be taken ends the test with its message"
+)]
+
 mod common;
 
 use std::sync::Arc;

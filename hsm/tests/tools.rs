@@ -6,6 +6,11 @@
 //! process using the token in other threads at that moment may see transient
 //! errors. So these tests take turns and never overlap with each other.
 
+#![allow(
+    clippy::expect_used,
+    reason = "test code: a step that cannot be taken ends the test with its message"
+)]
+
 mod common;
 
 use std::sync::{Mutex, MutexGuard};

@@ -6,7 +6,14 @@
 //! - [`admin`]: the server's admin API (`tessera.admin.v1`).
 //! - [`local`]: services beside the Workload API on the agent's socket.
 
-#![allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+#![allow(
+    missing_debug_implementations,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic,
+    clippy::allow_attributes_without_reason,
+    reason = "generated code"
+)]
 
 pub mod convert;
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tessera_core::TrustDomain;
-use tessera_core::config::Override;
 use tessera_core::duration::serde_human;
 use tessera_core::key::KeyType;
+use tessera_process::secret::SecretSource;
 
 /// Environment variables starting with this override configuration values.
 pub const ENV_PREFIX: &str = "TESSERA_SERVER_";
@@ -83,7 +83,7 @@ pub struct ServerConfig {
     pub log_level: String,
     /// `text` (the default) or `json`: one JSON object per log line.
     #[serde(default)]
-    pub log_format: tessera_telemetry::logs::LogFormat,
+    pub log_format: tessera_process::logging::LogFormat,
     /// Lifetime of each signing CA.
     #[serde(default = "default_ca_ttl", with = "serde_human")]
     pub ca_ttl: Duration,
@@ -180,8 +180,8 @@ pub const DEFAULT_PER_IP_SHARE: usize = 8;
 
 impl LimitsConfig {
     /// The caps in force under the open-file limit `nofile`.
-    pub fn connection_caps(&self, nofile: u64) -> tessera_core::limits::ConnCaps {
-        tessera_core::limits::ConnCaps::derived(
+    pub fn connection_caps(&self, nofile: u64) -> tessera_process::limits::ConnCaps {
+        tessera_process::limits::ConnCaps::derived(
             nofile,
             1,
             DEFAULT_MAX_CONNECTIONS_CEILING,
@@ -357,16 +357,13 @@ impl Default for JoinTokenConfig {
     }
 }
 
-pub use tessera_core::config::InvalidConfig;
+pub use tessera_process::config::InvalidConfig;
 
 impl ServerConfig {
     /// Loads the file and applies `--set` flags and `TESSERA_SERVER_*` variables.
     pub fn load(path: &Path, flags: &[String]) -> Result<Self, InvalidConfig> {
-        let mut overrides = Override::from_env(ENV_PREFIX);
-        for f in flags {
-            overrides.push(Override::from_flag(f)?);
-        }
-        let cfg: ServerConfig = tessera_core::config::load(path, &overrides)?;
+        let overrides = tessera_process::config::overrides(ENV_PREFIX, flags, &[])?;
+        let cfg: ServerConfig = tessera_process::config::load(path, &overrides)?;
         if let Err(e) = cfg.validate() {
             let text = std::fs::read_to_string(path).unwrap_or_default();
             return Err(e.in_file(&path.display().to_string(), &text));
@@ -376,7 +373,7 @@ impl ServerConfig {
 
     /// Parses configuration text (for tests and embedded defaults).
     pub fn parse(text: &str) -> Result<Self, InvalidConfig> {
-        let cfg: ServerConfig = tessera_core::config::parse("<config>", text, &[])?;
+        let cfg: ServerConfig = tessera_process::config::parse("<config>", text, &[])?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -522,11 +519,13 @@ impl ServerConfig {
                 connection_string_file: Some(file),
                 ..
             } => {
-                tessera_core::config::warn_if_shared(file);
-                let text = std::fs::read_to_string(file).map_err(|e| InvalidConfig::Setting {
-                    key: "datastore.connection_string_file",
-                    message: format!("[datastore] connection_string_file {}: {e}", file.display()),
-                })?;
+                let text = SecretSource::File(file.clone())
+                    .read_text()
+                    .map_err(|source| InvalidConfig::Secret {
+                        key: "datastore.connection_string_file",
+                        setting: "[datastore] connection_string_file",
+                        source,
+                    })?;
                 let text = text.trim();
                 if text.is_empty() {
                     return Err(InvalidConfig::Setting {
@@ -591,6 +590,39 @@ type = "memory"
             DatastoreTarget::Postgres(_) => panic!("sqlite expected"),
         }
         assert!(matches!(c.key_manager, KeyManagerConfig::Memory));
+    }
+
+    #[test]
+    fn durations_are_bare_seconds_or_human_text_in_files_and_flags() {
+        let c = ServerConfig::parse(
+            "trust_domain = \"e.org\"\nca_ttl = 86400\nx509_svid_ttl = \"1h 30m\"\n\
+             jwt_svid_ttl = \"90s\"\nagent_svid_ttl = 7200\ndefault_join_token_ttl = \"2d\"\n\
+             [limits]\nidle_timeout = 0\nhandshake_timeout = \"250ms\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.ca_ttl, Duration::from_secs(86400));
+        assert_eq!(c.x509_svid_ttl, Duration::from_secs(5400));
+        assert_eq!(c.jwt_svid_ttl, Duration::from_secs(90));
+        assert_eq!(c.agent_svid_ttl, Some(Duration::from_secs(7200)));
+        assert_eq!(c.default_join_token_ttl, Duration::from_secs(2 * 86400));
+        assert_eq!(c.limits.idle_timeout, Duration::ZERO);
+        assert_eq!(c.limits.handshake_timeout, Duration::from_millis(250));
+        // `--set` values are TOML too: a bare number is seconds there as well.
+        let flags = [
+            "x509_svid_ttl=120".to_owned(),
+            "jwt_svid_ttl=\"5m\"".to_owned(),
+        ];
+        let ov = tessera_process::config::overrides("TESSERA_SERVER_DURATION_TEST_", &flags, &[])
+            .unwrap();
+        let c: ServerConfig =
+            tessera_process::config::parse("<t>", "trust_domain = \"e.org\"\n", &ov).unwrap();
+        assert_eq!(c.x509_svid_ttl, Duration::from_secs(120));
+        assert_eq!(c.jwt_svid_ttl, Duration::from_secs(300));
+        // A negative number or a fraction is not a duration.
+        for bad in ["ca_ttl = -5", "ca_ttl = 1.5"] {
+            let text = format!("trust_domain = \"e.org\"\n{bad}\n");
+            assert!(ServerConfig::parse(&text).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -778,8 +810,9 @@ agent_path_template = "/{{ .PluginName }}/{{ .Subject.CommonName }}"
         assert!(e.to_string().contains("bind_adress"), "{e}");
         let e = ServerConfig::parse("trust_domain = \"exa mple\"\n").unwrap_err();
         assert!(e.to_string().contains("trust domain"), "{e}");
-        let e = ServerConfig::parse("trust_domain = \"e.org\"\nca_ttl = \"1y\"\n").unwrap_err();
-        assert!(e.to_string().contains("unknown unit"), "{e}");
+        let e = ServerConfig::parse("trust_domain = \"e.org\"\nca_ttl = \"1x\"\n").unwrap_err();
+        assert!(e.to_string().contains("is not a duration"), "{e}");
+        assert!(e.to_string().contains("unknown time unit"), "{e}");
         let e = ServerConfig::parse("trust_domain = \"e.org\"\n[key_manager]\ntype = \"tape\"\n")
             .unwrap_err();
         assert!(e.to_string().contains(":3:"), "{e}");

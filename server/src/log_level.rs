@@ -65,9 +65,8 @@ pub fn check(filter: &str) -> Result<(), LogLevelError> {
             )));
         }
     }
-    tracing_subscriber::EnvFilter::try_new(filter)
-        .map(|_| ())
-        .map_err(|e| LogLevelError::Invalid(format!("{filter:?}: {e}")))
+    tessera_process::logging::check_filter(filter)
+        .map_err(|e| LogLevelError::Invalid(e.to_string()))
 }
 
 /// Keeps the way to change the filter the process started with (`launch`). The first

@@ -10,11 +10,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // SIGPIPE stays ignored (Rust's default): the commands write to sockets, and a
     // peer that goes away is an error to report; closed output pipes are handled by
-    // `tessera_core::output::print`.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `tessera_process::output::print`.
+    let runtime = match tessera_process::shutdown::runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("Error: cannot start the async runtime: {e}");

@@ -13,22 +13,21 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_core::clock::SystemClock;
-use tessera_core::key::{
-    DiskKeyManager, Key, KeyError, KeyManager, KeyType, MemoryKeyManager, SoftwareKey,
-};
-use tessera_core::limits::{ConnLimiter, StreamTrackingLayer};
+use tessera_core::key::{Key, KeyError, KeyManager, KeyType, MemoryKeyManager, SoftwareKey};
 use tessera_core::tls::{SharedBundle, SharedIdentity};
+use tessera_process::limits::{ConnLimiter, StreamTrackingLayer};
+use tessera_process::socket::{self, Modes, SocketError};
 use tessera_proto::admin::admin_server::AdminServer;
 use tessera_proto::agent::node_server::NodeServer;
 use tessera_telemetry::http::ReadyCheck;
 use tessera_telemetry::span::RpcSpanLayer;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 
 use crate::api::admin_access::{GuardedAdmin, Listener};
 use crate::api::agent::AgentApi;
@@ -63,9 +62,9 @@ pub enum RunError {
         "data directory {} is in use by {holder}: two servers on one data directory would share its database; stop the other server, or give this one its own data_dir", dir.display()
     )]
     DataDirInUse { dir: PathBuf, holder: String },
-    /// Another server answers on the admin socket.
-    #[error("admin socket {} is in use: is another server running?", .0.display())]
-    AdminSocketInUse(PathBuf),
+    /// The admin socket cannot be bound (another server answers on it, say).
+    #[error("admin socket: {0}")]
+    AdminSocket(#[from] SocketError),
     /// The configuration names no usable datastore.
     #[error("{0}")]
     Config(#[from] InvalidConfig),
@@ -91,9 +90,13 @@ pub enum RunError {
     /// The registration entries cannot be loaded.
     #[error("loading entries: {0}")]
     Entries(#[source] DatastoreError),
-    /// A node attestor's configuration is unusable; the reason names the setting.
-    #[error("{reason}")]
-    Attestor { name: &'static str, reason: String },
+    /// A node attestor's configuration is unusable; the message names the setting.
+    #[error("{source}")]
+    Attestor {
+        name: &'static str,
+        #[source]
+        source: crate::attestor::AttestorConfigError,
+    },
     /// The agent API cannot listen.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -127,7 +130,7 @@ fn io_error(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> 
 
 /// How long calls in flight get to finish after SIGTERM before the server closes
 /// them and exits.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+pub const SHUTDOWN_GRACE: Duration = tessera_process::shutdown::GRACE;
 
 /// The lock file in the data directory that one server holds for its whole life.
 pub const LOCK_FILE: &str = "server.lock";
@@ -195,7 +198,7 @@ pub fn open_key_manager(config: &ServerConfig) -> Result<Arc<dyn KeyManager>, Ru
         KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::new()),
         KeyManagerConfig::Disk { dir } => {
             let dir = dir.clone().unwrap_or_else(|| config.data_dir.join("keys"));
-            Arc::new(DiskKeyManager::open(&dir).map_err(RunError::KeyManager)?)
+            Arc::new(tessera_process::DiskKeyManager::open(&dir).map_err(RunError::KeyManager)?)
         }
         KeyManagerConfig::Pkcs11(p) => {
             Arc::new(tessera_hsm::Pkcs11KeyManager::open(p).map_err(RunError::Hsm)?)
@@ -203,34 +206,12 @@ pub fn open_key_manager(config: &ServerConfig) -> Result<Arc<dyn KeyManager>, Ru
     })
 }
 
-/// Binds the admin socket: mode 0770 in a directory only the server's user and group
-/// can enter. A live socket means another server is running: refuse rather than steal.
-async fn bind_admin_socket(path: &Path) -> Result<UnixListener, RunError> {
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir).map_err(io_error("create", dir))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o770))
-            .map_err(io_error("set mode of", dir))?;
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        tessera_core::fsutil::check_socket_dir(dir, true).map_err(|e| RunError::Io {
-            doing: "bind admin socket",
-            path: path.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, e),
-        })?;
-    }
-    if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Err(RunError::AdminSocketInUse(path.to_owned()));
-        }
-        std::fs::remove_file(path).map_err(io_error("remove stale socket", path))?;
-    }
-    let listener = UnixListener::bind(path).map_err(io_error("bind admin socket", path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o770))
-        .map_err(io_error("set mode of", path))?;
-    Ok(listener)
-}
+/// The admin socket's modes: the server's user and group only (0770), in a directory
+/// only they can enter when the server creates it.
+const ADMIN_SOCKET_MODES: Modes = Modes {
+    dir: 0o770,
+    socket: 0o770,
+};
 
 type ChainAndKey = (Vec<Vec<u8>>, Arc<dyn Key>);
 
@@ -270,22 +251,6 @@ async fn server_identity(state: Arc<ServerState>, identity: Arc<SharedIdentity>)
         };
         tokio::time::sleep(wait).await;
     }
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }
 
 /// The server is ready when its datastore answers and its CA can sign.
@@ -360,7 +325,7 @@ async fn open_datastore(config: &ServerConfig) -> Result<Arc<dyn Datastore>, Run
 
 /// Builds the shared state: datastore, key manager, CA, entry cache, attestors.
 pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunError> {
-    tessera_core::fsutil::ensure_dir(&config.data_dir, 0o700)
+    tessera_process::fs::ensure_dir(&config.data_dir, 0o700)
         .map_err(io_error("create data directory", &config.data_dir))?;
     let audit = crate::audit::Audit::open(&config.audit)?;
     let metrics = ServerMetrics::new();
@@ -397,18 +362,18 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
     }
     if let Some(c) = &config.node_attestors.tpm_devid {
         let a = Arc::new(
-            crate::attestor::tpm_devid::TpmDevId::new(c).map_err(|reason| RunError::Attestor {
+            crate::attestor::tpm_devid::TpmDevId::new(c).map_err(|source| RunError::Attestor {
                 name: "tpm_devid",
-                reason,
+                source,
             })?,
         );
         attestors.insert(a.name(), a);
     }
     if let Some(c) = &config.node_attestors.tpm_ek {
-        let a = Arc::new(crate::attestor::tpm_ek::TpmEk::new(c).map_err(|reason| {
+        let a = Arc::new(crate::attestor::tpm_ek::TpmEk::new(c).map_err(|source| {
             RunError::Attestor {
                 name: "tpm_ek",
-                reason,
+                source,
             }
         })?);
         attestors.insert(a.name(), a);
@@ -419,7 +384,7 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
         &clock,
     )
     .await
-    .map_err(|(name, reason)| RunError::Attestor { name, reason })?;
+    .map_err(|(name, source)| RunError::Attestor { name, source })?;
     for a in more {
         attestors.insert(a.name(), a);
     }
@@ -440,10 +405,10 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
 /// Runs the server until a shutdown signal.
 pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     // Before anything opens a descriptor: every agent connection is one.
-    let nofile = tessera_core::limits::nofile::raise_and_log();
+    let nofile = tessera_process::limits::nofile::raise_and_log();
     let bind = config.bind_address;
     let admin_path = config.admin_socket.clone();
-    tessera_core::fsutil::ensure_dir(&config.data_dir, 0o700)
+    tessera_process::fs::ensure_dir(&config.data_dir, 0o700)
         .map_err(io_error("create data directory", &config.data_dir))?;
     // Before anything opens the database: a second server stops here.
     let lock = lock_data_dir(&config.data_dir)?;
@@ -494,7 +459,7 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     let local = listener
         .local_addr()
         .map_err(|source| RunError::Listen { addr: bind, source })?;
-    let admin_listener = bind_admin_socket(&admin_path).await?;
+    let (admin_listener, admin_socket) = socket::bind(&admin_path, ADMIN_SOCKET_MODES)?;
 
     let caps = state.config.limits.connection_caps(nofile);
     let limits = crate::transport::ListenerLimits {
@@ -519,7 +484,7 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // tonic's builder would otherwise lift hyper's bound: unlimited streams on
         // one connection, each held by the server while its request is incomplete.
-        .max_concurrent_streams(tessera_core::limits::MAX_CONCURRENT_STREAMS)
+        .max_concurrent_streams(tessera_process::limits::MAX_CONCURRENT_STREAMS)
         .layer(StreamTrackingLayer::<PeerInfo>::new())
         .layer(state.metrics.rpc.layer_if(metered))
         // Log lines written for a call name its method, caller and agent ID.
@@ -540,7 +505,7 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     let admin_api = tonic::transport::Server::builder()
         .layer(state.metrics.rpc.layer_if(metered))
         .layer(RpcSpanLayer::new(crate::transport::describe_local))
-        .max_concurrent_streams(tessera_core::limits::MAX_CONCURRENT_STREAMS)
+        .max_concurrent_streams(tessera_process::limits::MAX_CONCURRENT_STREAMS)
         .add_service(AdminServer::new(GuardedAdmin::new(
             state.clone(),
             Listener::Socket,
@@ -579,7 +544,7 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
         health_at.map_or(String::new(), |a| format!(", health on {a}")),
     ));
     tessera_telemetry::notify::spawn_watchdog();
-    shutdown_signal().await;
+    tessera_process::shutdown::signal().await;
     tessera_telemetry::notify::stopping();
     tracing::info!(
         grace = ?SHUTDOWN_GRACE,
@@ -588,7 +553,7 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     let _ = stop_tx.send(true);
     // New admin commands fail at once ("no such file") instead of waiting on a
     // server that is going away.
-    let _ = std::fs::remove_file(&admin_path);
+    admin_socket.remove();
     let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
         tokio::join!(agent_task, admin_task)
     })
@@ -609,7 +574,7 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
             Ok(())
         }
     };
-    let _ = std::fs::remove_file(&admin_path);
+    admin_socket.remove();
     tracing::info!("Tessera server stopped");
     drop(lock);
     result

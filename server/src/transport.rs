@@ -3,7 +3,7 @@
 //! each TLS handshake in its own task under a deadline (a slow or hostile client
 //! cannot hold up the accept loop), and hands tonic the established streams together
 //! with what the client's certificate says. Established connections close themselves
-//! when idle ([`tessera_core::limits::Guarded`]).
+//! when idle ([`tessera_process::limits::Guarded`]).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -20,7 +20,7 @@ use tonic::transport::server::Connected;
 use tessera_core::SpiffeId;
 use tessera_telemetry::span::CallerFields;
 
-use tessera_core::limits::{ConnLimiter, Guarded, IpPeer};
+use tessera_process::limits::{ConnLimiter, Guarded, IpPeer};
 
 /// How the listener limits its clients.
 #[derive(Debug, Clone)]

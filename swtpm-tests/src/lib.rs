@@ -6,6 +6,11 @@
 //! The binaries must be built first (`cargo build --bins`, which the project's test
 //! script does); the harness says so clearly when they are missing.
 
+#![allow(
+    clippy::expect_used,
+    reason = "test code: a step that cannot be taken ends the test with its message"
+)]
+
 pub mod admin;
 pub mod attack_h2;
 pub mod attack_net;

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_agent::client::{Trust, channel, node_client};
-use tessera_core::key::{DiskKeyManager, Key, KeyManager, KeyType, SoftwareKey};
+use tessera_core::key::{Key, KeyManager, KeyType, SoftwareKey};
 use tessera_core::tls::{SharedBundle, SharedIdentity};
 use tessera_core::{Bundle, SpiffeId, TrustDomain};
+use tessera_process::DiskKeyManager;
 use tessera_proto::agent as pb;
 use tessera_swtpm_tests::{Agent, Server, test_dir, wait_until};
 

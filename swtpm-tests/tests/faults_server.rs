@@ -17,8 +17,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tessera_core::key::{DiskKeyManager, Key, KeyManager};
+use tessera_core::key::{Key, KeyManager};
 use tessera_core::{Bundle, TrustDomain};
+use tessera_process::DiskKeyManager;
 use tessera_swtpm_tests::faults::{
     self, FaultProxy, Mode, PgCluster, SmallDisk, attest_with_join_token, renew_agent, sync_as,
 };

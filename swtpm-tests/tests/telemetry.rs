@@ -6,6 +6,10 @@
 //! the test holds, as systemd would.
 
 #![allow(
+    clippy::expect_used,
+    reason = "test code: a step that cannot be taken ends the test with its message"
+)]
+#![allow(
     clippy::unwrap_used,
     reason = "test code: a failed unwrap is a failed test"
 )]

@@ -5,6 +5,10 @@
 //! test, against two simulators) produce the forged evidence.
 
 #![allow(
+    clippy::expect_used,
+    reason = "test code: a step that cannot be taken ends the test with its message"
+)]
+#![allow(
     clippy::unwrap_used,
     reason = "test code: a failed unwrap is a failed test"
 )]

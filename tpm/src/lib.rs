@@ -54,8 +54,8 @@
 //!   fails, even one this crate expects to fail (a foreign key blob);
 //!   `TSS2_LOG=all+none` silences them.
 
+#![warn(missing_docs)]
 pub mod attestation;
-pub(crate) mod b64;
 pub mod device;
 pub mod provision;
 pub mod verifier;

@@ -23,21 +23,24 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use ring::digest;
-use tessera_core::fsutil;
 use tessera_core::key::{Key, KeyType, RcgenKey};
+use tessera_core::pem;
+use tessera_process::fs;
 
 use crate::attestation::read_ek_certificate;
 use crate::attestation::tpm_devid::DevIdIdentity;
 use crate::attestation::tpm_ek::ek_pub_hash;
 use crate::device::keys::TpmKey;
 use crate::device::{DeviceError, KeyBlob, Tpm};
-use crate::verifier::chain::{common_name, pem_certificates, subject_and_issuer};
+use crate::verifier::chain::{common_name, subject_and_issuer};
 use crate::verifier::ek::{EkKind, TpmIdentity, tpm_identity};
 use crate::wire::hex;
 
 /// File names in a DevID folder.
 pub const DEVID_KEY_FILE: &str = "devid.key";
+/// The certificate request the DevID was made from (PEM).
 pub const DEVID_CSR_FILE: &str = "devid.csr";
+/// The DevID certificate, then its issuer (PEM).
 pub const DEVID_CERT_FILE: &str = "devid.crt";
 
 /// Why provisioning failed.
@@ -50,19 +53,50 @@ pub enum ProvisionError {
     /// The key could not be created or used.
     #[error("DevID key: {0}")]
     Key(#[from] tessera_core::key::KeyError),
-    /// The vendor CA's certificate or key is unusable.
+    /// The vendor CA's certificate and key do not belong together.
     #[error("vendor CA: {0}")]
     Ca(String),
+    /// The vendor CA's certificate file holds no usable certificate.
+    #[error("vendor CA certificate: {0}")]
+    CaCertificate(#[source] pem::PemError),
+    /// The vendor CA's certificate or key cannot be used to sign.
+    #[error("vendor CA {what}: {source}")]
+    CaUnusable {
+        /// "private key" or "certificate".
+        what: &'static str,
+        /// rcgen's error.
+        #[source]
+        source: rcgen::Error,
+    },
     /// Building the request or certificate failed.
-    #[error("certificate: {0}")]
-    Certificate(String),
+    #[error("certificate {what}: {source}")]
+    Certificate {
+        /// "request", "signing"...
+        what: &'static str,
+        /// rcgen's error.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// The DevID key cannot sign a request (its public key is unreadable).
+    #[error("DevID key: {0}")]
+    KeyEncoding(#[source] tessera_core::der::DerError),
+    /// The system random generator failed.
+    #[error("random generator failed")]
+    Random,
     /// A DevID folder is incomplete or corrupt.
     #[error("DevID in {dir}: {reason}")]
-    DevId { dir: PathBuf, reason: String },
+    DevId {
+        /// The folder.
+        dir: PathBuf,
+        /// What is missing or wrong.
+        reason: String,
+    },
     /// Reading or writing a file failed.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, with the path.
         context: String,
+        /// The file system's error.
         #[source]
         source: std::io::Error,
     },
@@ -107,13 +141,14 @@ impl std::fmt::Debug for VendorCa {
 impl VendorCa {
     /// From the CA certificate and its private key (PKCS#8 PEM; EC or RSA).
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, ProvisionError> {
-        let cert_der = pem_certificates(cert_pem.as_bytes())
-            .map_err(ProvisionError::Ca)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| ProvisionError::Ca("no CERTIFICATE in the CA certificate PEM".into()))?;
-        let key = KeyPair::from_pem(key_pem)
-            .map_err(|e| ProvisionError::Ca(format!("CA private key: {e}")))?;
+        let mut certs =
+            pem::certificates(cert_pem.as_bytes()).map_err(ProvisionError::CaCertificate)?;
+        // At least one, or certificates() fails.
+        let cert_der = certs.swap_remove(0);
+        let key = KeyPair::from_pem(key_pem).map_err(|source| ProvisionError::CaUnusable {
+            what: "private key",
+            source,
+        })?;
         let spki_matches = crate::verifier::chain::spki_of(&cert_der)
             .map(|spki| {
                 tessera_core::der::spki_public_key_bits(&spki).ok() == Some(key.public_key_raw())
@@ -124,8 +159,12 @@ impl VendorCa {
                 "the private key does not belong to the CA certificate".into(),
             ));
         }
-        let issuer = Issuer::from_ca_cert_der(&cert_der.clone().into(), key)
-            .map_err(|e| ProvisionError::Ca(format!("CA certificate: {e}")))?;
+        let issuer = Issuer::from_ca_cert_der(&cert_der.clone().into(), key).map_err(|source| {
+            ProvisionError::CaUnusable {
+                what: "certificate",
+                source,
+            }
+        })?;
         Ok(Self { issuer, cert_der })
     }
 
@@ -151,8 +190,12 @@ impl VendorCa {
         csr_der: &[u8],
         validity_days: u32,
     ) -> Result<Vec<u8>, ProvisionError> {
-        let mut csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
-            .map_err(|e| ProvisionError::Certificate(format!("request: {e}")))?;
+        let mut csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into()).map_err(
+            |source| ProvisionError::Certificate {
+                what: "request",
+                source,
+            },
+        )?;
         let now = time::OffsetDateTime::now_utc();
         csr.params.not_before = now - time::Duration::minutes(5);
         csr.params.not_after = now + time::Duration::days(validity_days.into());
@@ -162,30 +205,21 @@ impl VendorCa {
         csr.params.use_authority_key_identifier_extension = true;
         let mut serial = [0u8; 16];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial)
-            .map_err(|_| ProvisionError::Certificate("random generator failed".into()))?;
+            .map_err(|_| ProvisionError::Random)?;
         serial[0] &= 0x7f;
         csr.params.serial_number = Some(SerialNumber::from_slice(&serial));
         let cert = csr
             .signed_by(&self.issuer)
-            .map_err(|e| ProvisionError::Certificate(e.to_string()))?;
+            .map_err(|source| ProvisionError::Certificate {
+                what: "signing",
+                source,
+            })?;
         Ok(cert.der().to_vec())
     }
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
 fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), ProvisionError> {
-    fsutil::write_atomic(path, data, mode).map_err(|source| ProvisionError::Io {
+    fs::write_atomic(path, data, mode).map_err(|source| ProvisionError::Io {
         context: format!("cannot write {}", path.display()),
         source,
     })
@@ -207,7 +241,7 @@ pub fn provision_devid(
             tessera_core::key::KeyError::UnsupportedKeyType(request.key_type),
         ));
     }
-    fsutil::ensure_dir(dir, 0o700).map_err(|source| ProvisionError::Io {
+    fs::ensure_dir(dir, 0o700).map_err(|source| ProvisionError::Io {
         context: format!("cannot create {}", dir.display()),
         source,
     })?;
@@ -220,13 +254,15 @@ pub fn provision_devid(
     params
         .distinguished_name
         .push(DnType::CommonName, request.common_name.as_str());
-    let signer = RcgenKey::new(key.clone() as Arc<dyn Key>)
-        .map_err(|e| ProvisionError::Certificate(e.to_string()))?;
+    let signer = RcgenKey::new(key.clone() as Arc<dyn Key>).map_err(ProvisionError::KeyEncoding)?;
     let csr = params
         .serialize_request(&signer)
         .map_err(|e| match RcgenKey::take_error() {
             Some(key_err) => ProvisionError::Key(key_err),
-            None => ProvisionError::Certificate(format!("request: {e}")),
+            None => ProvisionError::Certificate {
+                what: "request",
+                source: e,
+            },
         })?;
     let csr_der = csr.der().to_vec();
     let leaf = ca.certify_request(&csr_der, request.validity_days)?;
@@ -234,11 +270,11 @@ pub fn provision_devid(
     write(&dir.join(DEVID_KEY_FILE), &blob.to_bytes(), 0o600)?;
     write(
         &dir.join(DEVID_CSR_FILE),
-        pem("CERTIFICATE REQUEST", &csr_der).as_bytes(),
+        pem::encode("CERTIFICATE REQUEST", &csr_der).as_bytes(),
         0o644,
     )?;
-    let mut chain_pem = pem("CERTIFICATE", &leaf);
-    chain_pem.push_str(&pem("CERTIFICATE", ca.certificate()));
+    let mut chain_pem = pem::encode("CERTIFICATE", &leaf);
+    chain_pem.push_str(&pem::encode("CERTIFICATE", ca.certificate()));
     write(&dir.join(DEVID_CERT_FILE), chain_pem.as_bytes(), 0o644)?;
     Ok(DevIdIdentity {
         chain: vec![leaf, ca.certificate().to_vec()],
@@ -260,10 +296,8 @@ pub fn load_devid(dir: &Path) -> Result<DevIdIdentity, ProvisionError> {
             source,
         })
     };
-    let chain = pem_certificates(&read(DEVID_CERT_FILE)?).map_err(&bad)?;
-    if chain.is_empty() {
-        return Err(bad(format!("{DEVID_CERT_FILE} holds no certificate")));
-    }
+    let chain = pem::certificates(&read(DEVID_CERT_FILE)?)
+        .map_err(|e| bad(format!("{DEVID_CERT_FILE}: {e}")))?;
     let key = KeyBlob::from_bytes(&read(DEVID_KEY_FILE)?)
         .map_err(|e| bad(format!("{DEVID_KEY_FILE}: {e}")))?;
     let spki = crate::verifier::chain::spki_of(&chain[0])
@@ -279,7 +313,9 @@ pub fn load_devid(dir: &Path) -> Result<DevIdIdentity, ProvisionError> {
 /// A certificate as an operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CertificateSummary {
+    /// The subject DN.
     pub subject: String,
+    /// The issuer DN.
     pub issuer: String,
     /// SHA-256 of the DER, hex.
     pub sha256: String,
@@ -297,6 +333,7 @@ fn summary(der: &[u8]) -> Option<CertificateSummary> {
 /// One EK.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EkInfo {
+    /// Which EK (RSA 2048, ECC P-256, ECC P-384).
     pub kind: EkKind,
     /// What `tpm_ek` allow-lists: SHA-256 of the EK's SubjectPublicKeyInfo, hex.
     pub pub_hash: Option<String>,
@@ -313,7 +350,9 @@ pub struct EkInfo {
 /// The DevID.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DevIdInfo {
+    /// The DevID certificate.
     pub certificate: CertificateSummary,
+    /// Its subject's common name.
     pub subject_cn: Option<String>,
     /// The agent ID path `tpm_devid` gives (`tpm_devid/<sha1 of the DER>`).
     pub agent_path: String,
@@ -322,8 +361,11 @@ pub struct DevIdInfo {
 /// What `tessera-agent tpm info` shows.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TpmInfo {
+    /// The TPM as the TCTI names it.
     pub tpm: String,
+    /// Every EK the TPM has.
     pub endorsement_keys: Vec<EkInfo>,
+    /// The DevID provisioned, if any.
     pub devid: Option<DevIdInfo>,
 }
 

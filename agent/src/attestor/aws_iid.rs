@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tessera_core::attestation::aws_iid::{NAME, Payload};
-use tessera_core::http::Request;
+use tessera_process::http::Request;
 
 use super::metadata::Service;
 use super::{AttestError, NodeAttestor, Session};

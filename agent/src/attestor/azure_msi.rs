@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 use tessera_core::attestation::azure_msi::{NAME, Payload};
-use tessera_core::http::Request;
+use tessera_process::http::Request;
 
 use super::metadata::{Service, query_escape};
 use super::{AttestError, NodeAttestor, Session};

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use tessera_core::http::{self, HttpError, Request, Response};
+use tessera_process::http::{self, HttpError, Request, Response};
 
 use super::AttestError;
 

@@ -104,7 +104,7 @@ pub async fn execute(command: ApiCommand) -> Result<(), CliError> {
             let resp = stream.message().await?.ok_or(CliError::NoAnswer)?;
             match write {
                 Some(dir) => write_x509(&resp, &dir)?,
-                None => tessera_core::output::print(&x509_text(&resp, start.elapsed())),
+                None => tessera_process::output::print(&x509_text(&resp, start.elapsed())),
             }
         }
         ApiCommand::Fetch(FetchCommand::Jwt {
@@ -121,13 +121,13 @@ pub async fn execute(command: ApiCommand) -> Result<(), CliError> {
                 })
                 .await?
                 .into_inner();
-            tessera_core::output::print(&jwt_svids_text(&resp));
+            tessera_process::output::print(&jwt_svids_text(&resp));
             let mut bundles = c
                 .fetch_jwt_bundles(pb::JwtBundlesRequest {})
                 .await?
                 .into_inner();
             if let Some(b) = bundles.message().await? {
-                tessera_core::output::print(&jwt_bundles_text(&b));
+                tessera_process::output::print(&jwt_bundles_text(&b));
             }
         }
         ApiCommand::Validate(ValidateCommand::Jwt {
@@ -140,14 +140,14 @@ pub async fn execute(command: ApiCommand) -> Result<(), CliError> {
                 .validate_jwtsvid(pb::ValidateJwtsvidRequest { audience, svid })
                 .await?
                 .into_inner();
-            tessera_core::output::print(&validation_text(resp));
+            tessera_process::output::print(&validation_text(resp));
         }
         ApiCommand::Watch { socket } => {
             let mut c = workload_client(&socket.resolve()?).await?;
             let start = Instant::now();
             let mut stream = c.fetch_x509svid(pb::X509svidRequest {}).await?.into_inner();
             while let Some(resp) = stream.message().await? {
-                tessera_core::output::print(&x509_text(&resp, start.elapsed()));
+                tessera_process::output::print(&x509_text(&resp, start.elapsed()));
             }
         }
     }
@@ -257,11 +257,11 @@ fn write_x509(resp: &pb::X509svidResponse, dir: &Path) -> Result<(), CliError> {
         let path = p.display().to_string();
         move |source| CliError::Write { path, source }
     };
-    tessera_core::fsutil::ensure_dir(dir, 0o755).map_err(failed(dir))?;
+    tessera_process::fs::ensure_dir(dir, 0o755).map_err(failed(dir))?;
     for f in x509_files(resp) {
         let p = dir.join(&f.name);
-        tessera_core::fsutil::write_atomic(&p, &f.data, f.mode).map_err(failed(&p))?;
-        tessera_core::output::print(&format!("Writing {}\n", p.display()));
+        tessera_process::fs::write_atomic(&p, &f.data, f.mode).map_err(failed(&p))?;
+        tessera_process::output::print(&format!("Writing {}\n", p.display()));
     }
     Ok(())
 }

@@ -22,7 +22,7 @@ pub async fn execute(args: HealthcheckArgs) -> Result<(), CliError> {
     let path = args.socket.resolve()?;
     let mut c = AgentHealthClient::new(channel(&path).await?);
     let h = c.check(HealthCheckRequest {}).await?.into_inner();
-    tessera_core::output::print(&report(&h, args.verbose));
+    tessera_process::output::print(&report(&h, args.verbose));
     if !h.ready {
         return Err(CliError::Unhealthy(h.details.join("; ")));
     }

@@ -115,19 +115,12 @@ pub enum CliError {
     Json(#[from] serde_json::Error),
 }
 
-fn init_logging(level: &str, format: tessera_telemetry::logs::LogFormat) {
-    let spec = std::env::var("TESSERA_LOG").unwrap_or_else(|_| level.to_owned());
-    // tss-esapi logs its own account of every TPM failure, and ERROR lines about the
-    // broken context the agent drops when it reconnects: the agent's messages carry
-    // the same facts once. `tss_esapi=...` in TESSERA_LOG brings them back.
-    let spec = if spec.contains("tss_esapi") {
-        spec
-    } else {
-        format!("{spec},tss_esapi=off")
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(spec)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tessera_telemetry::logs::init(filter, format);
+/// Logging for the agent's commands. tss-esapi logs its own account of every TPM
+/// failure, and ERROR lines about the broken context the agent drops when it
+/// reconnects: the agent's messages carry the same facts once. `tss_esapi=...` in
+/// `TESSERA_LOG` brings them back.
+fn init_logging(level: &str, format: tessera_process::logging::LogFormat) {
+    tessera_process::logging::init(level, &["tss_esapi"], format);
 }
 
 /// Parses the command line, runs the command, and says how it went.
@@ -146,28 +139,25 @@ pub fn main() -> ExitCode {
 pub fn execute(command: Command) -> Result<(), CliError> {
     // SIGPIPE stays ignored (Rust's default): the commands write to sockets, and a
     // peer that goes away is an error to report; closed output pipes are handled by
-    // `tessera_core::output::print`.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(CliError::Runtime)?;
+    // `tessera_process::output::print`.
+    let runtime = tessera_process::shutdown::runtime().map_err(CliError::Runtime)?;
     match command {
         Command::Run(args) => run::execute(args, runtime),
         Command::Api(c) => {
-            init_logging("warn", tessera_telemetry::logs::LogFormat::Text);
+            init_logging("warn", tessera_process::logging::LogFormat::Text);
             runtime.block_on(api::execute(c))
         }
         Command::Tpm(c) => {
-            init_logging("warn", tessera_telemetry::logs::LogFormat::Text);
+            init_logging("warn", tessera_process::logging::LogFormat::Text);
             tpm::execute(c)
         }
         Command::Healthcheck(args) => {
-            init_logging("warn", tessera_telemetry::logs::LogFormat::Text);
+            init_logging("warn", tessera_process::logging::LogFormat::Text);
             runtime.block_on(healthcheck::execute(args))
         }
         Command::Validate(args) => {
-            init_logging("warn", tessera_telemetry::logs::LogFormat::Text);
-            tessera_core::output::print(&validate::execute(&args)?);
+            init_logging("warn", tessera_process::logging::LogFormat::Text);
+            tessera_process::output::print(&validate::execute(&args)?);
             Ok(())
         }
     }

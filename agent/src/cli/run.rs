@@ -29,15 +29,14 @@ pub struct RunArgs {
 pub fn execute(args: RunArgs, runtime: tokio::runtime::Runtime) -> Result<(), CliError> {
     let cfg = AgentConfig::load(&args.config, &args.set)?;
     init_logging(&cfg.log_level, cfg.log_format);
-    tessera_core::config::warn_secret_flags(&args.set);
+    tessera_process::config::warn_secret_flags(&args.set);
     let token = TokenArgs {
         flag: args.join_token,
         file: args.join_token_file,
     };
-    let result = runtime.block_on(crate::startup::run(cfg, token));
     // A TPM or key operation still running on the blocking pool must not hold the
     // exit up.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    let result = tessera_process::shutdown::run_to_exit(runtime, crate::startup::run(cfg, token));
     result.map_err(|e| {
         tracing::error!("{e}");
         CliError::from(e)

@@ -104,7 +104,7 @@ pub fn execute(c: TpmCommand) -> Result<(), CliError> {
             };
             tessera_tpm::provision::provision_devid(&tpm, &request, &ca, &out)?;
             let info = tessera_tpm::provision::info(&tpm, Some(&out))?;
-            tessera_core::output::print(&provisioned_text(&out, &info));
+            tessera_process::output::print(&provisioned_text(&out, &info));
             Ok(())
         }
         TpmCommand::CreateKey {
@@ -117,7 +117,7 @@ pub fn execute(c: TpmCommand) -> Result<(), CliError> {
             let tpm = open_tpm_at(&tcti)?;
             let cn = common_name.unwrap_or_else(hostname);
             create_key(tpm, &out, &csr, key_type, &cn)?;
-            tessera_core::output::print(&format!(
+            tessera_process::output::print(&format!(
                 "TPM key written to {} (tpm_key_path), its CSR (CN={cn}) to {}\n",
                 out.display(),
                 csr.display()
@@ -131,7 +131,7 @@ pub fn execute(c: TpmCommand) -> Result<(), CliError> {
         } => {
             let tpm = open_tpm_at(&tcti)?;
             let info = tessera_tpm::provision::info(&tpm, devid_dir.as_deref())?;
-            tessera_core::output::print(&info_text(&info, output)?);
+            tessera_process::output::print(&info_text(&info, output)?);
             Ok(())
         }
     }
@@ -169,7 +169,7 @@ pub fn create_key(
         .serialize_request(&signer)
         .map_err(|e| CliError::Key(format!("cannot sign the CSR with the TPM key: {e}")))?;
     let write = |path: &Path, bytes: &[u8], mode| {
-        tessera_core::fsutil::write_atomic(path, bytes, mode).map_err(|source| CliError::Write {
+        tessera_process::fs::write_atomic(path, bytes, mode).map_err(|source| CliError::Write {
             path: path.display().to_string(),
             source,
         })

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rand::Rng;
+use tessera_core::failure::Failure;
 use tessera_core::key::{Key, KeyError, SoftwareKey};
 use tessera_core::x509;
 use tessera_core::{Bundle, RegistrationEntry, SpiffeId, TrustDomain};
@@ -307,7 +308,7 @@ impl Agent {
                         let key = Arc::new(SoftwareKey::generate(kt)?);
                         let dyn_key: Arc<dyn Key> = key.clone();
                         let csr = x509::build_csr(&dyn_key)
-                            .map_err(|e| KeyError::Backend(e.to_string()))?;
+                            .map_err(|e| KeyError::Backend(Failure::caused_by(e.to_string(), e)))?;
                         Ok((e, key, csr))
                     })
                     .collect::<Result<Vec<_>, KeyError>>()

@@ -2,11 +2,9 @@
 //! local services. Any local user may connect, so connections are capped in total and
 //! per UID, and idle ones are closed (see `[limits]` in the configuration).
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::Arc;
 
-use tessera_core::limits::{ConnLimiter, Guarded, StreamTrackingLayer};
+use tessera_process::limits::{ConnLimiter, Guarded, StreamTrackingLayer};
 use tessera_proto::local::agent_health_server::{AgentHealth, AgentHealthServer};
 use tessera_proto::local::{HealthCheckRequest, HealthCheckResponse};
 use tessera_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
@@ -114,40 +112,17 @@ impl AgentHealth for Health {
     }
 }
 
-/// Binds the Workload API socket. Any local process may connect (mode 0777): callers
-/// are identified by the kernel, not by file permissions.
-pub fn bind(path: &Path) -> Result<UnixListener, String> {
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| format!("cannot set mode of {}: {e}", dir.display()))?;
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        tessera_core::fsutil::check_socket_dir(dir, false)
-            .map_err(|e| format!("refusing to bind {}: {e}", path.display()))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "socket {} is in use: is another agent running?",
-                path.display()
-            ));
-        }
-        std::fs::remove_file(path)
-            .map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
-    }
-    let l = UnixListener::bind(path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
-        .map_err(|e| format!("cannot set mode of {}: {e}", path.display()))?;
-    Ok(l)
-}
+/// The Workload API socket's modes: any local process may connect (0777), callers
+/// are identified by the kernel, not by file permissions; a directory the agent
+/// creates for it is open to all (0755).
+pub const SOCKET_MODES: tessera_process::socket::Modes = tessera_process::socket::Modes {
+    dir: 0o755,
+    socket: 0o777,
+};
 
 /// How long requests still in flight get once shutdown has begun (open streams end
 /// at once); what is left after that is dropped with the process.
-pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+pub const SHUTDOWN_GRACE: std::time::Duration = tessera_process::shutdown::GRACE;
 
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -165,7 +140,7 @@ pub async fn serve(
     agent: Arc<Agent>,
     listener: UnixListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), String> {
+) -> Result<(), tonic::transport::Error> {
     let trimmer = Arc::new(trim::Trimmer::default());
     tokio::spawn(trimmer.clone().run());
     // The standard gRPC health service, kept current with the agent's readiness.
@@ -181,7 +156,7 @@ pub async fn serve(
     });
     let _stop_following = AbortOnDrop(follower);
     let limits = &agent.config().limits;
-    let caps = limits.connection_caps(tessera_core::limits::nofile::current_open_file_limit());
+    let caps = limits.connection_caps(tessera_process::limits::nofile::current_open_file_limit());
     tracing::info!(
         "Workload API limits: {} connections, {} per uid, {} open requests per uid, idle timeout {}",
         caps.max_total,
@@ -203,7 +178,7 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         // tonic's builder would otherwise lift hyper's bound: unlimited streams on
         // one connection, each held by the agent while its request is incomplete.
-        .max_concurrent_streams(tessera_core::limits::MAX_CONCURRENT_STREAMS)
+        .max_concurrent_streams(tessera_process::limits::MAX_CONCURRENT_STREAMS)
         .layer(StreamTrackingLayer::<
             <peer::WorkloadConn as tonic::transport::server::Connected>::ConnectInfo,
         >::new())
@@ -227,12 +202,12 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, closer.closed());
     tokio::pin!(server);
     tokio::select! {
-        r = &mut server => return r.map_err(|e| e.to_string()),
+        r = &mut server => return r,
         () = shutdown => {}
     }
     closer.close();
     match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
+        Ok(r) => r,
         Err(_) => {
             tracing::warn!(
                 "Workload API requests still in flight after {SHUTDOWN_GRACE:?}; closing their connections"

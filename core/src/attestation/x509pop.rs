@@ -6,6 +6,7 @@
 //! the key type, so the server never lets the agent pick a weaker one.
 
 use serde::{Deserialize, Serialize};
+use serde_with::base64::Base64;
 
 use crate::key::{KeyType, SignatureScheme};
 
@@ -19,27 +20,32 @@ pub const NONCE_LEN: usize = 32;
 pub const SIGNING_LABEL: &[u8] = b"tessera x509pop v1\0";
 
 /// The agent's evidence: its certificate first, then intermediates towards the CA.
+#[serde_with::serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payload {
-    #[serde(with = "super::b64::list")]
+    /// DER certificates, the node's first.
+    #[serde_as(as = "Vec<Base64>")]
     pub certificates: Vec<Vec<u8>>,
 }
 
 /// The server's challenge.
+#[serde_with::serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Challenge {
-    #[serde(with = "super::b64")]
+    /// The server's nonce, [`NONCE_LEN`] bytes.
+    #[serde_as(as = "Base64")]
     pub nonce: Vec<u8>,
 }
 
 /// The agent's answer.
+#[serde_with::serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     /// The agent's own nonce.
-    #[serde(with = "super::b64")]
+    #[serde_as(as = "Base64")]
     pub nonce: Vec<u8>,
     /// [`signed_message`] signed with [`scheme_for`] the key (ECDSA in DER).
-    #[serde(with = "super::b64")]
+    #[serde_as(as = "Base64")]
     pub signature: Vec<u8>,
 }
 
@@ -74,7 +80,7 @@ mod tests {
         assert_eq!(text, r#"{"certificates":["AQI=","Aw=="]}"#);
         assert_eq!(serde_json::from_str::<Payload>(&text).unwrap(), p);
         let e = serde_json::from_str::<Payload>(r#"{"certificates":["AQI=","%%"]}"#).unwrap_err();
-        assert!(e.to_string().contains("item 1 is not base64"), "{e}");
+        assert!(e.to_string().contains("Invalid"), "{e}");
         let r: Response = serde_json::from_str(r#"{"nonce":"AA==","signature":"AQ=="}"#).unwrap();
         assert_eq!((r.nonce, r.signature), (vec![0], vec![1]));
     }

@@ -15,23 +15,30 @@ mod software;
 use std::fmt;
 use std::str::FromStr;
 
+use crate::failure::Failure;
+
 pub(crate) use adapters::rcgen_algorithm;
 pub use adapters::{RcgenKey, TlsSigningKey};
-pub use manager::{DiskKeyManager, KeyManager, MemoryKeyManager};
+pub use manager::{KeyManager, MemoryKeyManager};
 pub use software::SoftwareKey;
 
 /// The kinds of key Tessera creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum KeyType {
+    /// ECDSA on NIST P-256.
     #[serde(rename = "ec-p256")]
     EcP256,
+    /// ECDSA on NIST P-384.
     #[serde(rename = "ec-p384")]
     EcP384,
+    /// RSA with a 2048-bit modulus.
     #[serde(rename = "rsa-2048")]
     Rsa2048,
+    /// RSA with a 3072-bit modulus.
     #[serde(rename = "rsa-3072")]
     Rsa3072,
+    /// RSA with a 4096-bit modulus.
     #[serde(rename = "rsa-4096")]
     Rsa4096,
 }
@@ -112,8 +119,11 @@ impl FromStr for KeyType {
 /// Hash functions the schemes use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HashAlgorithm {
+    /// SHA-256.
     Sha256,
+    /// SHA-384.
     Sha384,
+    /// SHA-512.
     Sha512,
 }
 
@@ -160,13 +170,21 @@ impl HashAlgorithm {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum SignatureScheme {
+    /// ECDSA on P-256 with SHA-256 (`ES256`).
     EcdsaP256Sha256,
+    /// ECDSA on P-384 with SHA-384 (`ES384`).
     EcdsaP384Sha384,
+    /// RSA PKCS#1 v1.5 with SHA-256 (`RS256`).
     RsaPkcs1Sha256,
+    /// RSA PKCS#1 v1.5 with SHA-384 (`RS384`).
     RsaPkcs1Sha384,
+    /// RSA PKCS#1 v1.5 with SHA-512 (`RS512`).
     RsaPkcs1Sha512,
+    /// RSA-PSS with SHA-256, salt as long as the hash (`PS256`).
     RsaPssSha256,
+    /// RSA-PSS with SHA-384, salt as long as the hash (`PS384`).
     RsaPssSha384,
+    /// RSA-PSS with SHA-512, salt as long as the hash (`PS512`).
     RsaPssSha512,
 }
 
@@ -238,7 +256,9 @@ pub enum KeyError {
     /// The key cannot sign with the scheme asked for.
     #[error("{key_type} key cannot sign with {scheme:?}")]
     UnsupportedScheme {
+        /// The key's type.
         key_type: KeyType,
+        /// The scheme asked for.
         scheme: SignatureScheme,
     },
     /// The key type is not supported by this key manager.
@@ -247,25 +267,34 @@ pub enum KeyError {
     /// No key has that name.
     #[error("key {0:?} not found")]
     NotFound(String),
-    /// The backing store (token, TPM, disk) cannot be used right now; retrying later may work.
+    /// The backing store (token, TPM, disk) cannot be used right now; retrying later
+    /// may work. The token's or TPM's own error is the source, when there is one.
     #[error("key store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Failure),
     /// A configuration value is wrong.
     #[error("{0}")]
     Config(String),
     /// Stored key material could not be read.
+    /// The stored key material cannot be read.
     #[error("key material for {id:?} is unreadable: {reason}")]
-    Corrupt { id: String, reason: String },
+    Corrupt {
+        /// The key's name.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// File system error.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, with the path.
         context: String,
+        /// The file system's error.
         #[source]
         source: std::io::Error,
     },
-    /// Any other backend failure.
+    /// Any other backend failure, with the error underneath as its source.
     #[error("{0}")]
-    Backend(String),
+    Backend(#[source] Failure),
 }
 
 /// A signing key. Implementations must be cheap to share (`Arc<dyn Key>`) and safe to

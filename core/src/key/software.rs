@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 
 use super::{Key, KeyError, KeyType, SignatureScheme};
 use crate::der;
+use crate::failure::Failure;
 
 enum Inner {
     Ecdsa(EcdsaKeyPair),
@@ -51,9 +52,19 @@ impl SoftwareKey {
             KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
                 use rsa::pkcs8::EncodePrivateKey;
                 let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, key_type.bits())
-                    .map_err(|e| KeyError::Backend(format!("RSA key generation failed: {e}")))?;
+                    .map_err(|e| {
+                        KeyError::Backend(Failure::caused_by(
+                            format!("RSA key generation failed: {e}"),
+                            e,
+                        ))
+                    })?;
                 key.to_pkcs8_der()
-                    .map_err(|e| KeyError::Backend(format!("RSA key encoding failed: {e}")))?
+                    .map_err(|e| {
+                        KeyError::Backend(Failure::caused_by(
+                            format!("RSA key encoding failed: {e}"),
+                            e,
+                        ))
+                    })?
                     .as_bytes()
                     .to_vec()
             }
@@ -92,9 +103,9 @@ impl SoftwareKey {
                     3072 => KeyType::Rsa3072,
                     4096 => KeyType::Rsa4096,
                     bits => {
-                        return Err(KeyError::Backend(format!(
-                            "RSA keys of {bits} bits are not supported"
-                        )));
+                        return Err(KeyError::Backend(
+                            format!("RSA keys of {bits} bits are not supported").into(),
+                        ));
                     }
                 };
                 let spki = der::rsa_spki(kp.public().as_ref());
@@ -106,9 +117,10 @@ impl SoftwareKey {
                     rng,
                 })
             }
-            Err(e) => Err(KeyError::Backend(format!(
-                "not a PKCS#8 EC P-256, EC P-384 or RSA private key: {e}"
-            ))),
+            // ring's errors carry nothing beyond their text.
+            Err(e) => Err(KeyError::Backend(
+                format!("not a PKCS#8 EC P-256, EC P-384 or RSA private key: {e}").into(),
+            )),
         }
     }
 

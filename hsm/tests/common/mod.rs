@@ -18,10 +18,10 @@ use std::sync::OnceLock;
 use tessera_core::key::SignatureScheme;
 use tessera_hsm::Pkcs11Config;
 
-pub const PIN: &str = "4711-tessera";
+pub(crate) const PIN: &str = "4711-tessera";
 
 /// What scripts/softhsm.sh reported for the tokens of this test binary.
-pub struct Env {
+pub(crate) struct Env {
     pub dir: PathBuf,
     pub module: PathBuf,
     pub pin_file: PathBuf,
@@ -31,7 +31,7 @@ pub struct Env {
 }
 
 impl Env {
-    pub fn serial(&self, label: &str) -> &str {
+    pub(crate) fn serial(&self, label: &str) -> &str {
         &self
             .tokens
             .iter()
@@ -40,7 +40,7 @@ impl Env {
             .1
     }
 
-    pub fn config(&self, label: &str) -> Pkcs11Config {
+    pub(crate) fn config(&self, label: &str) -> Pkcs11Config {
         Pkcs11Config {
             module: Some(self.module.clone()),
             token_label: Some(label.to_owned()),
@@ -49,12 +49,12 @@ impl Env {
         }
     }
 
-    pub fn tokens_dir(&self) -> PathBuf {
+    pub(crate) fn tokens_dir(&self) -> PathBuf {
         self.dir.join("tokens")
     }
 }
 
-pub fn script() -> PathBuf {
+pub(crate) fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/softhsm.sh")
 }
 
@@ -68,7 +68,7 @@ fn exports(stdout: &str) -> Vec<(String, String)> {
 }
 
 /// Creates `labels` (all with [`PIN`]) once per process and points SoftHSM2 at them.
-pub fn setup(labels: &[&str]) -> &'static Env {
+pub(crate) fn setup(labels: &[&str]) -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
         // The manager's own account of recoveries, shown with a failing test's output.
@@ -142,7 +142,7 @@ fn set_env(conf: &str, dir: &Path) {
 }
 
 /// Verifies `sig` over `msg` with `openssl dgst`, given the key as SPKI DER.
-pub fn openssl_verify(spki: &[u8], scheme: SignatureScheme, msg: &[u8], sig: &[u8]) -> bool {
+pub(crate) fn openssl_verify(spki: &[u8], scheme: SignatureScheme, msg: &[u8], sig: &[u8]) -> bool {
     let dir = tempfile::tempdir().expect("tempdir");
     let der = dir.path().join("pub.der");
     let pem = dir.path().join("pub.pem");
@@ -184,7 +184,7 @@ pub fn openssl_verify(spki: &[u8], scheme: SignatureScheme, msg: &[u8], sig: &[u
 }
 
 /// Runs pkcs11-tool against the token and returns its standard output.
-pub fn pkcs11_tool(env: &Env, label: &str, args: &[&str]) -> String {
+pub(crate) fn pkcs11_tool(env: &Env, label: &str, args: &[&str]) -> String {
     let out = Command::new("pkcs11-tool")
         .arg("--module")
         .arg(&env.module)
@@ -203,13 +203,13 @@ pub fn pkcs11_tool(env: &Env, label: &str, args: &[&str]) -> String {
 /// One object of a `pkcs11-tool --list-objects` listing: its heading line and its
 /// `name: value` fields.
 #[derive(Debug)]
-pub struct ListedObject {
+pub(crate) struct ListedObject {
     pub heading: String,
     pub fields: Vec<(String, String)>,
 }
 
 impl ListedObject {
-    pub fn field(&self, name: &str) -> Option<&str> {
+    pub(crate) fn field(&self, name: &str) -> Option<&str> {
         self.fields
             .iter()
             .find(|(n, _)| n == name)
@@ -217,7 +217,7 @@ impl ListedObject {
     }
 
     /// A comma-separated field (`Usage`, `Access`) as a list.
-    pub fn list(&self, name: &str) -> Vec<String> {
+    pub(crate) fn list(&self, name: &str) -> Vec<String> {
         self.field(name)
             .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
             .unwrap_or_default()
@@ -225,7 +225,7 @@ impl ListedObject {
 }
 
 /// The objects labelled `label` in a listing (pkcs11-tool ignores --label when listing).
-pub fn listed_objects(listing: &str, label: &str) -> Vec<ListedObject> {
+pub(crate) fn listed_objects(listing: &str, label: &str) -> Vec<ListedObject> {
     let mut objects: Vec<ListedObject> = Vec::new();
     for line in listing.lines() {
         if !line.starts_with(char::is_whitespace) && !line.trim().is_empty() {

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tessera_core::limits::{IpPeer, RefusalLog};
+use tessera_process::limits::{IpPeer, RefusalLog};
 use tokio::time::Instant;
 
 /// Sources tracked at once. Past it, sources whose bucket has refilled are

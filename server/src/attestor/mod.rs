@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 use tessera_core::Selector;
+use tessera_tpm::verifier::chain::{CaPool, ChainError};
 
 pub mod aws_iid;
 pub mod azure_msi;
@@ -73,6 +74,43 @@ pub trait NodeAttestor: Send + Sync + std::fmt::Debug {
     fn session(&self) -> Box<dyn Session>;
 }
 
+/// Why a node attestor's configuration cannot be used; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestorConfigError {
+    /// A CA file cannot be read or holds no usable certificate (the source names it).
+    #[error("{setting}: {source}")]
+    CaFile {
+        /// The configuration key, e.g. `node_attestors.tpm_ek.ek_ca_bundle`.
+        setting: &'static str,
+        #[source]
+        source: ChainError,
+    },
+    /// A certificate in the CA files is not a usable CA (or intermediate).
+    #[error("{setting}: {}{source}", if *intermediates { "intermediates: " } else { "" })]
+    CaPool {
+        /// The configuration key.
+        setting: &'static str,
+        /// Whether it is one of the intermediates.
+        intermediates: bool,
+        #[source]
+        source: ChainError,
+    },
+    /// `tpm_ek` trusts nothing.
+    #[error("node_attestors.tpm_ek needs ek_ca_bundle, ek_hash_allow_list or both")]
+    NoEkTrust,
+    /// The EK hash allow-list cannot be read.
+    #[error("node_attestors.tpm_ek.ek_hash_allow_list {}: {source}", path.display())]
+    AllowList {
+        path: std::path::PathBuf,
+        #[source]
+        source: tessera_tpm::attestation::AttestError,
+    },
+    /// A cloud or certificate attestor's setting is unusable (the message names it).
+    #[error("{0}")]
+    Setting(String),
+}
+
 /// The cloud and certificate attestors the configuration enables, ready to serve
 /// (key sets from files loaded, from URLs tried once); an unusable setting is an
 /// error naming the attestor and the setting.
@@ -80,32 +118,33 @@ pub async fn cloud_and_certificate(
     cfg: &crate::config::NodeAttestorsConfig,
     trust_domain: &tessera_core::TrustDomain,
     clock: &tessera_core::clock::SharedClock,
-) -> Result<Vec<std::sync::Arc<dyn NodeAttestor>>, (&'static str, String)> {
+) -> Result<Vec<std::sync::Arc<dyn NodeAttestor>>, (&'static str, AttestorConfigError)> {
     use std::sync::Arc;
+    let fault = |name: &'static str| move |reason| (name, AttestorConfigError::Setting(reason));
     let mut out: Vec<Arc<dyn NodeAttestor>> = Vec::new();
     if let Some(c) = &cfg.aws_iid {
         let a = aws_iid::AwsIid::from_config(c, clock.clone())
-            .map_err(|e| (tessera_core::attestation::aws_iid::NAME, e))?;
+            .map_err(fault(tessera_core::attestation::aws_iid::NAME))?;
         out.push(Arc::new(a));
     }
     if let Some(c) = &cfg.gcp_iit {
-        let a = gcp_iit::GcpIit::from_config(c, clock.clone()).map_err(|e| (gcp_iit::NAME, e))?;
+        let a = gcp_iit::GcpIit::from_config(c, clock.clone()).map_err(fault(gcp_iit::NAME))?;
         jwt::load_at_start(a.check().keys())
             .await
-            .map_err(|e| (gcp_iit::NAME, e))?;
+            .map_err(fault(gcp_iit::NAME))?;
         out.push(Arc::new(a));
     }
     if let Some(c) = &cfg.azure_msi {
         let a = azure_msi::AzureMsi::from_config(c, clock.clone())
-            .map_err(|e| (tessera_core::attestation::azure_msi::NAME, e))?;
+            .map_err(fault(tessera_core::attestation::azure_msi::NAME))?;
         jwt::load_at_start(a.check().keys())
             .await
-            .map_err(|e| (tessera_core::attestation::azure_msi::NAME, e))?;
+            .map_err(fault(tessera_core::attestation::azure_msi::NAME))?;
         out.push(Arc::new(a));
     }
     if let Some(c) = &cfg.x509pop {
         let a = x509pop::X509Pop::from_config(c, trust_domain.clone(), clock.clone())
-            .map_err(|e| (tessera_core::attestation::x509pop::NAME, e))?;
+            .map_err(fault(tessera_core::attestation::x509pop::NAME))?;
         out.push(Arc::new(a));
     }
     Ok(out)
@@ -114,25 +153,31 @@ pub async fn cloud_and_certificate(
 /// A pool of trust anchors (and intermediates) from PEM files; an unreadable file is a
 /// start-up error naming the setting and the file.
 pub(crate) fn ca_pool(
-    setting: &str,
+    setting: &'static str,
     anchors: &[std::path::PathBuf],
     intermediates: &[std::path::PathBuf],
-) -> Result<tessera_tpm::verifier::chain::CaPool, String> {
-    let load = |paths: &[std::path::PathBuf]| -> Result<Vec<Vec<u8>>, String> {
+) -> Result<CaPool, AttestorConfigError> {
+    let load = |paths: &[std::path::PathBuf]| -> Result<Vec<Vec<u8>>, AttestorConfigError> {
         let mut out = Vec::new();
         for p in paths {
             out.extend(
                 tessera_tpm::verifier::chain::load_pem_file(p)
-                    .map_err(|e| format!("{setting}: {}: {e}", p.display()))?,
+                    .map_err(|source| AttestorConfigError::CaFile { setting, source })?,
             );
         }
         Ok(out)
     };
-    let pool = tessera_tpm::verifier::chain::CaPool::new(load(anchors)?)
-        .map_err(|e| format!("{setting}: {e}"))?;
+    let pool_error = |intermediates| {
+        move |source| AttestorConfigError::CaPool {
+            setting,
+            intermediates,
+            source,
+        }
+    };
+    let pool = CaPool::new(load(anchors)?).map_err(pool_error(false))?;
     if intermediates.is_empty() {
         return Ok(pool);
     }
     pool.with_intermediates(load(intermediates)?)
-        .map_err(|e| format!("{setting}: intermediates: {e}"))
+        .map_err(pool_error(true))
 }

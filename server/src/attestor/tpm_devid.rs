@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use tessera_tpm::attestation::tpm_devid::DevIdVerifier;
 
+use super::AttestorConfigError;
 use super::challenge::ChallengeAttestor;
 
 /// The name agents use.
@@ -38,7 +39,7 @@ pub type TpmDevId = ChallengeAttestor<DevIdVerifier>;
 
 impl TpmDevId {
     /// Loads the CA bundles; a missing or unreadable file is a start-up error.
-    pub fn new(cfg: &TpmDevIdConfig) -> Result<Self, String> {
+    pub fn new(cfg: &TpmDevIdConfig) -> Result<Self, AttestorConfigError> {
         let devid = super::ca_pool(
             "node_attestors.tpm_devid.devid_ca_bundle",
             &cfg.devid_ca_bundle,

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use tessera_tpm::attestation::tpm_ek::{EkAllowList, EkVerifier};
 
+use super::AttestorConfigError;
 use super::challenge::ChallengeAttestor;
 
 /// The name agents use.
@@ -36,11 +37,9 @@ pub type TpmEk = ChallengeAttestor<EkVerifier>;
 
 impl TpmEk {
     /// Loads the CA bundle and the allow-list; trusting nothing is a start-up error.
-    pub fn new(cfg: &TpmEkConfig) -> Result<Self, String> {
+    pub fn new(cfg: &TpmEkConfig) -> Result<Self, AttestorConfigError> {
         if cfg.ek_ca_bundle.is_empty() && cfg.ek_hash_allow_list.is_none() {
-            return Err(
-                "node_attestors.tpm_ek needs ek_ca_bundle, ek_hash_allow_list or both".into(),
-            );
+            return Err(AttestorConfigError::NoEkTrust);
         }
         let cas = super::ca_pool(
             "node_attestors.tpm_ek.ek_ca_bundle",
@@ -48,12 +47,14 @@ impl TpmEk {
             &cfg.ek_intermediates,
         )?;
         let allow = match &cfg.ek_hash_allow_list {
-            Some(p) => Some(EkAllowList::open(p).map_err(|e| {
-                format!(
-                    "node_attestors.tpm_ek.ek_hash_allow_list {}: {e}",
-                    p.display()
+            Some(p) => {
+                Some(
+                    EkAllowList::open(p).map_err(|source| AttestorConfigError::AllowList {
+                        path: p.clone(),
+                        source,
+                    })?,
                 )
-            })?),
+            }
             None => None,
         };
         Ok(Self::with_verifier(EkVerifier::new(cas, allow)))

@@ -100,7 +100,8 @@ impl X509Pop {
             "node_attestors.x509pop.ca_bundle",
             &cfg.ca_bundle,
             &cfg.intermediates,
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
         if cas.is_empty() {
             return Err("node_attestors.x509pop.ca_bundle holds no certificate".into());
         }

@@ -27,7 +27,7 @@ pub(crate) struct Authority<'a> {
 
 impl<'a> Authority<'a> {
     /// The view of a journal record whose key is (or is not) at hand.
-    pub fn of(record: &'a CaRecord, has_key: bool) -> Self {
+    pub(crate) fn of(record: &'a CaRecord, has_key: bool) -> Self {
         Self {
             id: &record.id,
             status: record.status,

@@ -40,9 +40,16 @@ pub enum UpstreamError {
         #[source]
         source: std::io::Error,
     },
-    /// The root certificate file is not PEM with exactly one certificate.
+    /// The root certificate file holds more than one certificate.
     #[error("upstream root certificate {}: {reason}", path.display())]
     CertFile { path: PathBuf, reason: String },
+    /// The root certificate file is not PEM with a certificate.
+    #[error("upstream root certificate {}: {source}", path.display())]
+    CertPem {
+        path: PathBuf,
+        #[source]
+        source: tessera_core::pem::PemError,
+    },
     /// The root certificate cannot be parsed.
     #[error("upstream root {what}: {source}")]
     CertInfo {
@@ -178,9 +185,9 @@ fn read_root_cert(path: &Path) -> Result<Vec<u8>, UpstreamError> {
         path: path.to_owned(),
         source,
     })?;
-    let mut certs = x509::pem_certs(&text).map_err(|reason| UpstreamError::CertFile {
+    let mut certs = x509::pem_certs(&text).map_err(|source| UpstreamError::CertPem {
         path: path.to_owned(),
-        reason,
+        source,
     })?;
     if certs.len() != 1 {
         return Err(UpstreamError::CertFile {
@@ -327,7 +334,7 @@ pub fn init_root(
         UpstreamAuthorityConfig::Disk { key_file, .. } => {
             let key = SoftwareKey::generate(key_type).map_err(UpstreamError::Generate)?;
             let pem = x509::to_pem("PRIVATE KEY", key.pkcs8_der());
-            tessera_core::fsutil::write_atomic(key_file, pem.as_bytes(), 0o600)
+            tessera_process::fs::write_atomic(key_file, pem.as_bytes(), 0o600)
                 .map_err(write(key_file))?;
             Arc::new(key)
         }
@@ -339,7 +346,7 @@ pub fn init_root(
     if let Some(dir) = cert_path.parent() {
         std::fs::create_dir_all(dir).map_err(write(dir))?;
     }
-    tessera_core::fsutil::write_atomic(
+    tessera_process::fs::write_atomic(
         &cert_path,
         x509::to_pem("CERTIFICATE", &cert).as_bytes(),
         0o644,

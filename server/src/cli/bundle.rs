@@ -114,7 +114,12 @@ fn read_bundle(id: &str, path: &std::path::Path, format: BundleFormat) -> Result
     };
     Ok(match format {
         BundleFormat::Pem => {
-            Bundle::with_x509(td, tessera_core::x509::pem_certs(&text).map_err(bad_file)?)
+            let certs =
+                tessera_core::x509::pem_certs(&text).map_err(|source| CliError::BadPem {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            Bundle::with_x509(td, certs)
         }
         BundleFormat::Jwks => Bundle::from_jwks(td, &text).map_err(|e| bad_file(e.to_string()))?,
     })

@@ -60,6 +60,13 @@ pub enum CliError {
     /// An input file does not hold what the command expects.
     #[error("{}: {reason}", path.display())]
     BadFile { path: PathBuf, reason: String },
+    /// An input file is not the PEM the command expects.
+    #[error("{}: {source}", path.display())]
+    BadPem {
+        path: PathBuf,
+        #[source]
+        source: tessera_core::pem::PemError,
+    },
     /// An output file or directory cannot be written.
     #[error("{}: {source}", path.display())]
     Write {

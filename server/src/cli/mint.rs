@@ -91,11 +91,11 @@ pub fn write_minted_x509(m: &MintedX509, dir: &Path) -> Result<String, CliError>
         let path = path.to_owned();
         move |source| CliError::Write { path, source }
     };
-    tessera_core::fsutil::ensure_dir(dir, 0o755).map_err(failed(dir))?;
+    tessera_process::fs::ensure_dir(dir, 0o755).map_err(failed(dir))?;
     let mut out = String::new();
     for (name, data, mode) in m.files() {
         let p = dir.join(name);
-        tessera_core::fsutil::write_atomic(&p, data.as_bytes(), mode).map_err(failed(&p))?;
+        tessera_process::fs::write_atomic(&p, data.as_bytes(), mode).map_err(failed(&p))?;
         out.push_str(&format!("Wrote {}\n", p.display()));
     }
     Ok(out)

@@ -150,26 +150,15 @@ pub enum Output {
 /// Sets up logging to standard error in `format`: `TESSERA_LOG` if set, `level`
 /// otherwise. The filter can be changed later through [`crate::log_level`]
 /// (`logger set`).
-pub fn init_logging(level: &str, format: tessera_telemetry::logs::LogFormat) {
-    let spec = std::env::var("TESSERA_LOG")
-        .ok()
-        .filter(|s| tracing_subscriber::EnvFilter::try_new(s).is_ok())
-        .unwrap_or_else(|| level.to_owned());
-    if let Some(reload) = tessera_telemetry::logs::init(quiet_filter(&spec), format) {
-        crate::log_level::install(&spec, move |s| reload.set(quiet_filter(s)));
+/// cryptoki logs every mechanism a token lists that it has no name for, at ERROR;
+/// that is noise, not a fault, and stays off unless the filter names it.
+pub fn init_logging(level: &str, format: tessera_process::logging::LogFormat) {
+    if let Some(reload) =
+        tessera_process::logging::init_reloadable(level, &["cryptoki::mechanism"], format)
+    {
+        let launch = reload.launch().to_owned();
+        crate::log_level::install(&launch, move |s| reload.apply(s).map_err(|e| e.to_string()));
     }
-}
-
-/// The filter for `spec`, with the noise no operator wants unless asked for by name:
-/// cryptoki logs every mechanism a token lists that it has no name for, at ERROR.
-fn quiet_filter(spec: &str) -> tracing_subscriber::EnvFilter {
-    let spec = if spec.contains("cryptoki") {
-        spec.to_owned()
-    } else {
-        format!("{spec},cryptoki::mechanism=off")
-    };
-    tracing_subscriber::EnvFilter::try_new(&spec)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,cryptoki::mechanism=off"))
 }
 
 /// Runs what the command line asks for; the error is printed after `Error: `.
@@ -180,26 +169,26 @@ pub fn execute(cli: Cli, runtime: tokio::runtime::Runtime) -> Result<(), CliErro
     match cli.command {
         Command::Run(args) => run::serve(args, runtime),
         Command::Ca(command) => {
-            init_logging("warn", tessera_telemetry::logs::LogFormat::Text);
-            tessera_core::output::print(&ca::execute(command)?);
+            init_logging("warn", tessera_process::logging::LogFormat::Text);
+            tessera_process::output::print(&ca::execute(command)?);
             Ok(())
         }
         Command::Validate(args) => {
-            init_logging("warn", tessera_telemetry::logs::LogFormat::Text);
-            tessera_core::output::print(&validate::execute(&args)?);
+            init_logging("warn", tessera_process::logging::LogFormat::Text);
+            tessera_process::output::print(&validate::execute(&args)?);
             Ok(())
         }
         Command::Admin(command) => {
-            init_logging("warn", tessera_telemetry::logs::LogFormat::Text);
+            init_logging("warn", tessera_process::logging::LogFormat::Text);
             match runtime.block_on(admin_command(&target?, command)) {
                 Ok(text) => {
-                    tessera_core::output::print(&text);
+                    tessera_process::output::print(&text);
                     Ok(())
                 }
                 Err(e) => {
                     if let CliError::Unhealthy { shown, .. } | CliError::Partial { shown, .. } = &e
                     {
-                        tessera_core::output::print(shown);
+                        tessera_process::output::print(shown);
                     }
                     Err(e)
                 }

@@ -61,7 +61,8 @@ impl AdminSvid {
     /// Reads `svid.0.pem`, `svid.0.key` and `bundle.0.pem` from `dir`.
     pub fn load(dir: &Path) -> Result<Self, CliError> {
         let (path, pem) = read(dir, SVID_FILE)?;
-        let chain = tessera_core::x509::pem_certs(&pem).map_err(|e| bad(path.clone(), e))?;
+        let chain =
+            tessera_core::x509::pem_certs(&pem).map_err(|e| bad(path.clone(), e.to_string()))?;
         let spiffe_id = tessera_core::x509::validate_leaf(&chain[0])
             .map_err(|e| bad(path.clone(), format!("not an X509-SVID: {e}")))?;
         let (path, pem) = read(dir, KEY_FILE)?;
@@ -79,7 +80,7 @@ impl AdminSvid {
             ));
         }
         let (path, pem) = read(dir, BUNDLE_FILE)?;
-        let roots = tessera_core::x509::pem_certs(&pem).map_err(|e| bad(path, e))?;
+        let roots = tessera_core::x509::pem_certs(&pem).map_err(|e| bad(path, e.to_string()))?;
         let bundle = Bundle::with_x509(spiffe_id.trust_domain().clone(), roots);
         Ok(Self {
             spiffe_id,

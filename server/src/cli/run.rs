@@ -2,15 +2,11 @@
 //! server until SIGINT or SIGTERM.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 
 use super::{CliError, init_logging};
 use crate::config::ServerConfig;
-
-/// How long blocking work still running at exit may hold it.
-const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -26,12 +22,11 @@ pub struct RunArgs {
 pub fn serve(args: RunArgs, runtime: tokio::runtime::Runtime) -> Result<(), CliError> {
     let cfg = ServerConfig::load(&args.config, &args.set)?;
     init_logging(&cfg.log_level, cfg.log_format);
-    tessera_core::config::warn_secret_flags(&args.set);
-    let result = runtime.block_on(crate::run::run(cfg));
+    tessera_process::config::warn_secret_flags(&args.set);
     // Blocking work still running (a signature waiting on a slow token, a write)
     // must not hold the exit: each write is one transaction, so stopping it midway
     // loses nothing that was acknowledged.
-    runtime.shutdown_timeout(EXIT_GRACE);
+    let result = tessera_process::shutdown::run_to_exit(runtime, crate::run::run(cfg));
     result.map_err(|e| {
         tracing::error!("{e}");
         CliError::Run(e)

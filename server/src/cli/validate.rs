@@ -34,10 +34,11 @@ pub fn execute(args: &ValidateArgs) -> Result<String, CliError> {
         .map_err(|e| CliError::Config(e.in_file(&path, &text)))?;
     if let Some(c) = &cfg.node_attestors.tpm_devid {
         crate::attestor::tpm_devid::TpmDevId::new(c)
-            .map_err(|e| at("node_attestors.tpm_devid", e))?;
+            .map_err(|e| at("node_attestors.tpm_devid", e.to_string()))?;
     }
     if let Some(c) = &cfg.node_attestors.tpm_ek {
-        crate::attestor::tpm_ek::TpmEk::new(c).map_err(|e| at("node_attestors.tpm_ek", e))?;
+        crate::attestor::tpm_ek::TpmEk::new(c)
+            .map_err(|e| at("node_attestors.tpm_ek", e.to_string()))?;
     }
     if matches!(
         cfg.upstream_authority,

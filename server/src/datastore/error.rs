@@ -2,9 +2,7 @@
 //! there, invalid, conflicting, worth retrying) and, for failures underneath, the
 //! database driver's or the file system's own error as the `source()`.
 
-use std::error::Error as StdError;
-use std::fmt;
-use std::sync::Arc;
+pub use tessera_core::failure::Failure;
 
 /// Why a datastore operation failed. The API layer maps each kind to one gRPC code
 /// (`server::api`).
@@ -40,90 +38,10 @@ pub enum DatastoreError {
 
 pub type Result<T> = std::result::Result<T, DatastoreError>;
 
-/// The error a failure came from: kept whole (not turned into text), shared so that
-/// a [`DatastoreError`] stays cheap to clone.
-type Cause = Arc<dyn StdError + Send + Sync + 'static>;
-
-/// A failure underneath a datastore operation: a message saying what was being done
-/// and what went wrong, and the error that reported it, when there is one (the
-/// SQLite or PostgreSQL driver's, the file system's, a decoder's), as `source()`.
-///
-/// The message already carries the cause's text: the server prints errors with
-/// `{}` (logs, gRPC statuses, start-up errors), which must say what went wrong on
-/// their own. Code that needs more (a SQLite result code, a SQLSTATE) downcasts
-/// `source()` to the driver's error type.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    message: String,
-    cause: Option<Cause>,
-}
-
-impl Failure {
-    /// A failure with no error underneath (a rule of the datastore itself).
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            cause: None,
-        }
-    }
-
-    /// A failure reported by `cause`; `message` says what was being done and
-    /// includes the cause's text.
-    pub fn caused_by(
-        message: impl Into<String>,
-        cause: impl StdError + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            message: message.into(),
-            cause: Some(Arc::new(cause)),
-        }
-    }
-
-    /// The message, without the kind of failure in front of it.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl StdError for Failure {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        // The cause itself (not the `Arc` around it), so that it can be downcast.
-        self.cause
-            .as_deref()
-            .map(|c| c as &(dyn StdError + 'static))
-    }
-}
-
-/// Failures compare by message: an error value has no equality of its own, and
-/// the message already says what it reported.
-impl PartialEq for Failure {
-    fn eq(&self, other: &Self) -> bool {
-        self.message == other.message
-    }
-}
-
-impl Eq for Failure {}
-
-impl From<String> for Failure {
-    fn from(message: String) -> Self {
-        Self::new(message)
-    }
-}
-
-impl From<&str> for Failure {
-    fn from(message: &str) -> Self {
-        Self::new(message)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::error::Error as StdError;
+
     use super::*;
 
     #[test]

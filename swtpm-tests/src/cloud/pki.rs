@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use der::{Decode, Reader};
 use tessera_core::key::{Key, KeyType, SignatureScheme, SoftwareKey};
 
 use crate::run_ok;
@@ -31,13 +32,20 @@ impl TokenSigner {
     /// The public key as a JWK (`kty`, `kid`, `use`, `alg`, `n`, `e`).
     pub fn jwk(&self) -> serde_json::Value {
         let der = tessera_core::der::spki_public_key_bits(self.key.public_key_der()).expect("SPKI");
-        let (_, seq, _) = tessera_core::der::read_tlv(der).expect("RSAPublicKey");
-        let (_, n, rest) = tessera_core::der::read_tlv(seq).expect("modulus");
-        let (_, e, _) = tessera_core::der::read_tlv(rest).expect("exponent");
-        let trim = tessera_core::der::trim_leading_zeros;
+        // RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }
+        let (n, e) = der::SliceReader::new(der)
+            .and_then(|mut r| {
+                r.sequence(|seq| {
+                    Ok((
+                        der::asn1::UintRef::decode(seq)?,
+                        der::asn1::UintRef::decode(seq)?,
+                    ))
+                })
+            })
+            .expect("RSAPublicKey");
         serde_json::json!({
             "kty": "RSA", "use": "sig", "alg": "RS256", "kid": self.kid,
-            "n": URL_SAFE_NO_PAD.encode(trim(n)), "e": URL_SAFE_NO_PAD.encode(trim(e)),
+            "n": URL_SAFE_NO_PAD.encode(n.as_bytes()), "e": URL_SAFE_NO_PAD.encode(e.as_bytes()),
         })
     }
 

@@ -23,7 +23,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tessera_core::Selector;
-use tessera_core::der::{read_tlv, trim_leading_zeros};
+use tessera_core::der::{split_sequence, trim_leading_zeros};
 use x509_parser::prelude::FromDer;
 use zeroize::Zeroizing;
 
@@ -106,10 +106,15 @@ pub struct NodeAttestation {
 pub enum AttestError {
     /// A field of the payload, challenge or response is malformed.
     #[error("malformed {field}: {reason}")]
-    Malformed { field: &'static str, reason: String },
+    Malformed {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The DevID certificate chain does not validate against the vendor CAs.
     #[error("DevID certificate rejected: {0}")]
-    DevIdCertificate(ChainError),
+    DevIdCertificate(#[source] ChainError),
     /// The DevID public area is not the key in the DevID certificate.
     #[error("DevID public area does not match the key in the DevID certificate")]
     DevIdKeyMismatch,
@@ -123,7 +128,7 @@ pub enum AttestError {
     Ek(#[from] EkError),
     /// The EK certificate does not validate against the manufacturer CAs.
     #[error("EK certificate rejected: {0}")]
-    EkCertificate(ChainError),
+    EkCertificate(#[source] ChainError),
     /// The EK certificate certifies another key than the EK presented.
     #[error("EK certificate does not match the EK public key")]
     EkCertificateMismatch,
@@ -134,7 +139,12 @@ pub enum AttestError {
     EkCertificateMissing,
     /// The EK is trusted neither by certificate nor by allow-list.
     #[error("EK {pub_hash} is not trusted: {reason}")]
-    EkNotTrusted { pub_hash: String, reason: String },
+    EkNotTrusted {
+        /// The EK's hash, as allow-lists hold it.
+        pub_hash: String,
+        /// Why neither trust path accepted it.
+        reason: String,
+    },
     /// The allow-list of EK hashes could not be read.
     #[error("EK allow-list unusable: {0}")]
     AllowList(String),
@@ -204,8 +214,8 @@ pub(crate) fn read_ek_certificate(
     kind: EkKind,
 ) -> Result<Option<Vec<u8>>, DeviceError> {
     Ok(dev.nv_read(kind.cert_nv_index())?.map(|mut der| {
-        if let Ok((0x30, _, rest)) = read_tlv(&der) {
-            let len = der.len() - rest.len();
+        if let Ok((cert, _)) = split_sequence(&der) {
+            let len = cert.len();
             der.truncate(len);
         }
         der

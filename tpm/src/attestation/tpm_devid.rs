@@ -21,6 +21,7 @@
 //! TPM. The nonce signature proves the DevID key is used live, not replayed.
 
 use ring::digest;
+use serde_with::base64::Base64;
 use zeroize::Zeroizing;
 
 use crate::attestation::{
@@ -50,49 +51,52 @@ const NONCE_LEN: usize = 32;
 const SECRET_LEN: usize = 32;
 
 /// The agent's first message.
+#[serde_with::serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DevIdPayload {
     /// DER certificates, the DevID leaf first, then any intermediates.
-    #[serde(with = "crate::b64::list")]
+    #[serde_as(as = "Vec<Base64>")]
     pub devid_chain: Vec<Vec<u8>>,
     /// The DevID key's TPMT_PUBLIC.
-    #[serde(with = "crate::b64")]
+    #[serde_as(as = "Base64")]
     pub devid_public: Vec<u8>,
     /// The EK certificate (DER), as read from the TPM's NV.
-    #[serde(default, with = "crate::b64::option")]
+    #[serde_as(as = "Option<Base64>")]
     pub ek_certificate: Option<Vec<u8>>,
     /// The EK's TPMT_PUBLIC.
-    #[serde(with = "crate::b64")]
+    #[serde_as(as = "Base64")]
     pub ek_public: Vec<u8>,
     /// The fresh AK's TPMT_PUBLIC.
-    #[serde(with = "crate::b64")]
+    #[serde_as(as = "Base64")]
     pub ak_public: Vec<u8>,
     /// TPMS_ATTEST of TPM2_Certify(DevID key, AK), empty qualifying data.
-    #[serde(with = "crate::b64")]
+    #[serde_as(as = "Base64")]
     pub certify_info: Vec<u8>,
     /// The AK's TPMT_SIGNATURE over `certify_info`.
-    #[serde(with = "crate::b64")]
+    #[serde_as(as = "Base64")]
     pub certify_signature: Vec<u8>,
 }
 
 /// The server's challenge.
+#[serde_with::serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DevIdChallenge {
     /// Random bytes the DevID key signs (after [`NONCE_CONTEXT`]).
-    #[serde(with = "crate::b64")]
+    #[serde_as(as = "Base64")]
     pub nonce: Vec<u8>,
     /// A secret sealed to the EK and bound to the AK's name.
     pub credential: CredentialBlob,
 }
 
 /// The agent's answer.
+#[serde_with::serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DevIdResponse {
     /// TPMT_SIGNATURE by the DevID key over [`NONCE_CONTEXT`] || nonce.
-    #[serde(with = "crate::b64")]
+    #[serde_as(as = "Base64")]
     pub nonce_signature: Vec<u8>,
     /// The secret TPM2_ActivateCredential returned.
-    #[serde(with = "crate::b64")]
+    #[serde_as(as = "Base64")]
     pub activated_secret: Vec<u8>,
 }
 

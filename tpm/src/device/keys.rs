@@ -9,8 +9,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tessera_core::fsutil;
+use tessera_core::failure::Failure;
 use tessera_core::key::{HashAlgorithm, Key, KeyError, KeyManager, KeyType, SignatureScheme};
+use tessera_process::fs;
 
 use crate::device::{DeviceError, KeyBlob, SigningScheme, Tpm, signing_key_template};
 use crate::wire::{HashAlg, PublicParams, Signature};
@@ -36,8 +37,8 @@ fn device_error(e: DeviceError) -> KeyError {
     match e {
         DeviceError::Unavailable { .. }
         | DeviceError::Interrupted { .. }
-        | DeviceError::Poisoned => KeyError::Unavailable(e.to_string()),
-        other => KeyError::Backend(other.to_string()),
+        | DeviceError::Poisoned => KeyError::Unavailable(Failure::caused_by(e.to_string(), e)),
+        other => KeyError::Backend(Failure::caused_by(other.to_string(), other)),
     }
 }
 
@@ -64,7 +65,8 @@ impl TpmKey {
     /// Wraps a blob made earlier; does not talk to the TPM (see
     /// [`crate::device::TpmDevice::check_key`] for that).
     pub fn from_blob(tpm: Arc<Tpm>, blob: KeyBlob) -> Result<Self, KeyError> {
-        let bad = |reason: String| KeyError::Backend(format!("TPM key blob unusable: {reason}"));
+        let bad =
+            |reason: String| KeyError::Backend(format!("TPM key blob unusable: {reason}").into());
         let key_type = blob
             .public
             .key_type()
@@ -132,17 +134,9 @@ impl Key for TpmKey {
             .map_err(device_error)?;
         match (signature, &self.blob.public.params) {
             (Signature::Ecdsa { r, s, .. }, PublicParams::Ecc { curve, .. }) => {
-                let n = curve.field_size();
-                if r.len() > n || s.len() > n {
-                    return Err(KeyError::Backend(
-                        "TPM returned an oversized ECDSA signature".into(),
-                    ));
-                }
-                let mut raw = vec![0u8; 2 * n];
-                raw[n - r.len()..n].copy_from_slice(&r);
-                raw[2 * n - s.len()..].copy_from_slice(&s);
-                tessera_core::der::ecdsa_raw_to_der(&raw)
-                    .map_err(|e| KeyError::Backend(e.to_string()))
+                tessera_core::der::ecdsa_parts_to_der(&r, &s, curve.field_size()).map_err(|e| {
+                    KeyError::Backend(Failure::caused_by(format!("TPM's ECDSA signature: {e}"), e))
+                })
             }
             (
                 Signature::RsaSsa { sig, .. } | Signature::RsaPss { sig, .. },
@@ -191,7 +185,7 @@ fn poisoned() -> KeyError {
 impl TpmKeyManager {
     /// Opens (creating if needed) the blob folder.
     pub fn open(tpm: Arc<Tpm>, dir: &Path) -> Result<Self, KeyError> {
-        fsutil::ensure_dir(dir, 0o700).map_err(|source| KeyError::Io {
+        fs::ensure_dir(dir, 0o700).map_err(|source| KeyError::Io {
             context: format!("cannot create TPM key directory {}", dir.display()),
             source,
         })?;
@@ -226,11 +220,9 @@ impl KeyManager for TpmKeyManager {
     fn generate_key(&self, id: &str, key_type: KeyType) -> Result<Arc<dyn Key>, KeyError> {
         let path = self.path(id)?;
         let key = Arc::new(TpmKey::generate(self.tpm.clone(), key_type)?);
-        fsutil::write_atomic(&path, &key.blob.to_bytes(), 0o600).map_err(|source| {
-            KeyError::Io {
-                context: format!("cannot write TPM key blob {}", path.display()),
-                source,
-            }
+        fs::write_atomic(&path, &key.blob.to_bytes(), 0o600).map_err(|source| KeyError::Io {
+            context: format!("cannot write TPM key blob {}", path.display()),
+            source,
         })?;
         self.cache
             .lock()

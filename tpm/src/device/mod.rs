@@ -38,20 +38,29 @@ use crate::wire::{
 pub enum DeviceError {
     /// The TPM cannot be reached (no device node, simulator not running, ...).
     #[error("TPM unavailable ({tcti}): {reason}")]
-    Unavailable { tcti: String, reason: String },
+    Unavailable {
+        /// The TCTI it was reached through.
+        tcti: String,
+        /// Why it cannot be reached.
+        reason: String,
+    },
     /// The conversation with the TPM broke during `command`: the connection failed,
     /// the TSS is out of step, or the TPM forgot what this context loaded (it
     /// restarted). The backend reconnects and retries once by itself; this error
     /// means the TPM was still away, and the next operation reconnects again.
     #[error("{command}: the TPM connection was interrupted: {reason}")]
     Interrupted {
+        /// The command that was interrupted.
         command: &'static str,
+        /// What broke.
         reason: String,
     },
     /// The TPM answered a command with an error.
     #[error("{command} failed: {message}")]
     Command {
+        /// The command.
         command: &'static str,
+        /// The TPM's response code, decoded.
         message: String,
     },
     /// A key blob does not load: it was made by another TPM, under a different SRK
@@ -121,8 +130,11 @@ impl KeyBlob {
 /// The scheme TPM2_Sign uses with a key whose own scheme is NULL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SigningScheme {
+    /// RSASSA-PKCS1-v1_5 with this hash.
     RsaSsa(HashAlg),
+    /// RSASSA-PSS with this hash.
     RsaPss(HashAlg),
+    /// ECDSA with this hash.
     Ecdsa(HashAlg),
 }
 

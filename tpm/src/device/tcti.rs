@@ -22,14 +22,29 @@ pub const DEFAULT_PORT: u16 = 2321;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tcti {
     /// A character device.
-    Device { path: PathBuf },
+    Device {
+        /// The device node, e.g. `/dev/tpmrm0`.
+        path: PathBuf,
+    },
     /// swtpm over TCP.
-    Swtpm { host: String, port: u16 },
+    Swtpm {
+        /// The simulator's host.
+        host: String,
+        /// Its command port.
+        port: u16,
+    },
     /// The Microsoft/IBM simulator protocol over TCP.
-    Mssim { host: String, port: u16 },
+    Mssim {
+        /// The simulator's host.
+        host: String,
+        /// Its command port.
+        port: u16,
+    },
     /// The tpm2-abrmd resource manager over D-Bus.
     Tabrmd {
+        /// The D-Bus name of the resource manager, when not the default.
         bus_name: Option<String>,
+        /// `system` or `session`, when not the default.
         bus_type: Option<String>,
     },
 }
@@ -40,7 +55,9 @@ pub enum Tcti {
     "bad TPM TCTI setting {input:?}: {reason} (expected device:/dev/tpmrm0, swtpm:host=H,port=P, mssim:host=H,port=P or tabrmd)"
 )]
 pub struct TctiError {
+    /// The setting as given.
     pub input: String,
+    /// What is wrong with it.
     pub reason: &'static str,
 }
 

@@ -19,6 +19,7 @@
 
 use aes::cipher::{AsyncStreamCipher, KeyIvInit};
 use ring::rand::{SecureRandom, SystemRandom};
+use serde_with::base64::Base64;
 use zeroize::Zeroizing;
 
 use crate::wire::{HashAlg, PublicArea, PublicParams, SymDef, alg, put_tpm2b, put_u32, tpm2b};
@@ -32,7 +33,12 @@ pub enum CredentialError {
     NotAStorageKey(&'static str),
     /// The credential is empty or longer than the EK's nameAlg digest.
     #[error("credential must be 1 to {max} bytes, got {got}")]
-    CredentialSize { got: usize, max: usize },
+    CredentialSize {
+        /// The credential's length.
+        got: usize,
+        /// The digest length of the EK's nameAlg.
+        max: usize,
+    },
     /// The object name is not nameAlg || digest.
     #[error("object name is malformed")]
     BadName,
@@ -45,13 +51,14 @@ pub enum CredentialError {
 }
 
 /// What MakeCredential produces and TPM2_ActivateCredential takes.
+#[serde_with::serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CredentialBlob {
     /// TPM2B_ID_OBJECT contents: TPM2B(outerHMAC) || encIdentity.
-    #[serde(with = "crate::b64")]
+    #[serde_as(as = "Base64")]
     pub id_object: Vec<u8>,
     /// TPM2B_ENCRYPTED_SECRET contents: the OAEP-encrypted seed, or a TPMS_ECC_POINT.
-    #[serde(with = "crate::b64")]
+    #[serde_as(as = "Base64")]
     pub encrypted_secret: Vec<u8>,
 }
 

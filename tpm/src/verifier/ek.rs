@@ -221,7 +221,12 @@ pub enum EkError {
     #[error(
         "EK public area matches no standard EK template (nameAlg {name_alg:?}, attributes {attributes:?}); an EK must be a restricted decryption key made from the TCG EK Credential Profile templates"
     )]
-    NotStandard { name_alg: HashAlg, attributes: A },
+    NotStandard {
+        /// The public area's nameAlg.
+        name_alg: HashAlg,
+        /// Its attributes.
+        attributes: A,
+    },
     /// An EK kind name in configuration is unknown.
     #[error("unknown EK type {0:?} (expected rsa-2048, ecc-p256 or ecc-p384)")]
     UnknownKind(String),

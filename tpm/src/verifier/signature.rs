@@ -69,11 +69,8 @@ pub fn verify_signature(
                     ));
                 }
             };
-            let n = curve.field_size();
-            if r.is_empty() || s.is_empty() || r.len() > n || s.len() > n {
-                return Err(SignatureError::Invalid);
-            }
-            let der = tessera_core::der::ecdsa_parts_to_der(r, s);
+            let der = tessera_core::der::ecdsa_parts_to_der(r, s, curve.field_size())
+                .map_err(|_| SignatureError::Invalid)?;
             let point = key
                 .ec_point()
                 .map_err(|e| SignatureError::BadKey(e.to_string()))?;

@@ -6,9 +6,13 @@ use super::{Result, StructureError, alg, curve};
 /// The hash algorithms this crate computes (names, KDFs, signatures).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HashAlg {
+    /// SHA-1 (only in names and old EK templates).
     Sha1,
+    /// SHA-256.
     Sha256,
+    /// SHA-384.
     Sha384,
+    /// SHA-512.
     Sha512,
 }
 
@@ -90,7 +94,9 @@ impl HashAlg {
 /// The NIST curves this crate handles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EccCurve {
+    /// NIST P-256 (`TPM_ECC_NIST_P256`).
     P256,
+    /// NIST P-384 (`TPM_ECC_NIST_P384`).
     P384,
 }
 

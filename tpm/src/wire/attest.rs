@@ -5,9 +5,13 @@ use super::{Reader, Result, StructureError, st};
 /// TPMS_CLOCK_INFO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClockInfo {
+    /// The TPM's running time in milliseconds.
     pub clock: u64,
+    /// TPM resets since the last clear.
     pub reset_count: u32,
+    /// TPM restarts since the last reset.
     pub restart_count: u32,
+    /// Whether the clock has not gone backwards since it was last saved.
     pub safe: bool,
 }
 
@@ -16,7 +20,9 @@ pub struct ClockInfo {
 pub enum Attested {
     /// TPMS_CERTIFY_INFO: the name and qualified name of the certified object.
     Certify {
+        /// The certified object's name.
         name: Vec<u8>,
+        /// Its qualified name.
         qualified_name: Vec<u8>,
     },
     /// Another kind (quote, time, ...), kept as raw bytes.
@@ -26,12 +32,19 @@ pub enum Attested {
 /// A parsed TPMS_ATTEST.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attest {
+    /// `TPM_GENERATED_VALUE` for structures the TPM made.
     pub magic: u32,
+    /// The `TPM_ST_ATTEST_*` tag.
     pub attest_type: u16,
+    /// The signing key's qualified name.
     pub qualified_signer: Vec<u8>,
+    /// The caller's qualifying data.
     pub extra_data: Vec<u8>,
+    /// The TPM's clock when it signed.
     pub clock_info: ClockInfo,
+    /// The vendor's firmware version.
     pub firmware_version: u64,
+    /// What is attested.
     pub attested: Attested,
 }
 

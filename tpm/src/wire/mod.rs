@@ -33,13 +33,21 @@ pub enum StructureError {
     /// A size field disagrees with the data it describes.
     #[error("{what} has a wrong size ({got}, expected {expected})")]
     WrongSize {
+        /// The structure or field.
         what: &'static str,
+        /// The size found.
         got: usize,
+        /// The size it must be.
         expected: usize,
     },
     /// A field holds a value this crate does not handle.
     #[error("unsupported {what} 0x{value:04x}")]
-    Unsupported { what: &'static str, value: u32 },
+    Unsupported {
+        /// The field.
+        what: &'static str,
+        /// Its value.
+        value: u32,
+    },
     /// A field holds a value the specification forbids here.
     #[error("invalid {0}")]
     Invalid(&'static str),
@@ -49,34 +57,59 @@ type Result<T> = std::result::Result<T, StructureError>;
 
 /// TPM_ALG_ID values (TPM 2.0 Part 2, 6.3).
 pub mod alg {
+    /// `TPM_ALG_RSA`.
     pub const RSA: u16 = 0x0001;
+    /// `TPM_ALG_SHA1`.
     pub const SHA1: u16 = 0x0004;
+    /// `TPM_ALG_HMAC`.
     pub const HMAC: u16 = 0x0005;
+    /// `TPM_ALG_AES`.
     pub const AES: u16 = 0x0006;
+    /// `TPM_ALG_MGF1`.
     pub const MGF1: u16 = 0x0007;
+    /// `TPM_ALG_KEYEDHASH`.
     pub const KEYEDHASH: u16 = 0x0008;
+    /// `TPM_ALG_SHA256`.
     pub const SHA256: u16 = 0x000B;
+    /// `TPM_ALG_SHA384`.
     pub const SHA384: u16 = 0x000C;
+    /// `TPM_ALG_SHA512`.
     pub const SHA512: u16 = 0x000D;
+    /// `TPM_ALG_NULL`.
     pub const NULL: u16 = 0x0010;
+    /// `TPM_ALG_RSASSA`.
     pub const RSASSA: u16 = 0x0014;
+    /// `TPM_ALG_RSAES`.
     pub const RSAES: u16 = 0x0015;
+    /// `TPM_ALG_RSAPSS`.
     pub const RSAPSS: u16 = 0x0016;
+    /// `TPM_ALG_OAEP`.
     pub const OAEP: u16 = 0x0017;
+    /// `TPM_ALG_ECDSA`.
     pub const ECDSA: u16 = 0x0018;
+    /// `TPM_ALG_ECDH`.
     pub const ECDH: u16 = 0x0019;
+    /// `TPM_ALG_ECDAA`.
     pub const ECDAA: u16 = 0x001A;
+    /// `TPM_ALG_KDF1_SP800_56A`.
     pub const KDF1_SP800_56A: u16 = 0x0020;
+    /// `TPM_ALG_KDF2`.
     pub const KDF2: u16 = 0x0021;
+    /// `TPM_ALG_KDF1_SP800_108`.
     pub const KDF1_SP800_108: u16 = 0x0022;
+    /// `TPM_ALG_ECC`.
     pub const ECC: u16 = 0x0023;
+    /// `TPM_ALG_SYMCIPHER`.
     pub const SYMCIPHER: u16 = 0x0025;
+    /// `TPM_ALG_CFB`.
     pub const CFB: u16 = 0x0043;
 }
 
 /// TPM_ECC_CURVE values.
 pub mod curve {
+    /// `TPM_ECC_NIST_P256`.
     pub const NIST_P256: u16 = 0x0003;
+    /// `TPM_ECC_NIST_P384`.
     pub const NIST_P384: u16 = 0x0004;
 }
 
@@ -86,7 +119,9 @@ pub const TPM_GENERATED_VALUE: u32 = 0xff54_4347;
 
 /// TPM_ST values for attestation structures.
 pub mod st {
+    /// `TPM_ST_ATTEST_CERTIFY`.
     pub const ATTEST_CERTIFY: u16 = 0x8017;
+    /// `TPM_ST_ATTEST_QUOTE`.
     pub const ATTEST_QUOTE: u16 = 0x8018;
 }
 

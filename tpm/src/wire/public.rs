@@ -14,16 +14,27 @@ use super::{
 pub struct ObjectAttributes(pub u32);
 
 impl ObjectAttributes {
+    /// fixedTPM: the object cannot leave this TPM.
     pub const FIXED_TPM: u32 = 1 << 1;
+    /// stClear: the object is flushed at TPM restart.
     pub const ST_CLEAR: u32 = 1 << 2;
+    /// fixedParent: the object cannot be moved to another parent.
     pub const FIXED_PARENT: u32 = 1 << 4;
+    /// sensitiveDataOrigin: the TPM made the private part.
     pub const SENSITIVE_DATA_ORIGIN: u32 = 1 << 5;
+    /// userWithAuth: the auth value can authorise the user role.
     pub const USER_WITH_AUTH: u32 = 1 << 6;
+    /// adminWithPolicy: the admin role needs the policy.
     pub const ADMIN_WITH_POLICY: u32 = 1 << 7;
+    /// noDA: no dictionary-attack protection.
     pub const NO_DA: u32 = 1 << 10;
+    /// encryptedDuplication: duplication needs an inner wrapper.
     pub const ENCRYPTED_DUPLICATION: u32 = 1 << 11;
+    /// restricted: the key signs or decrypts only TPM-made structures.
     pub const RESTRICTED: u32 = 1 << 16;
+    /// decrypt: the key can decrypt.
     pub const DECRYPT: u32 = 1 << 17;
+    /// sign: the key can sign.
     pub const SIGN_ENCRYPT: u32 = 1 << 18;
 
     /// Whether every bit of `bits` is set.
@@ -65,8 +76,11 @@ impl fmt::Debug for ObjectAttributes {
 /// TPMT_SYM_DEF_OBJECT when it is not TPM_ALG_NULL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SymDef {
+    /// The cipher (`TPM_ALG_AES`).
     pub algorithm: u16,
+    /// Its key size.
     pub key_bits: u16,
+    /// Its mode (`TPM_ALG_CFB`).
     pub mode: u16,
 }
 
@@ -108,13 +122,21 @@ fn write_sym(out: &mut Vec<u8>, sym: &Option<SymDef>) {
 /// TPMT_ECC_SCHEME), or the scheme of a signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
+    /// No scheme (`TPM_ALG_NULL`): chosen per command.
     Null,
+    /// RSASSA-PKCS1-v1_5 signatures.
     RsaSsa(HashAlg),
+    /// RSASSA-PSS signatures.
     RsaPss(HashAlg),
+    /// RSAES-PKCS1-v1_5 encryption.
     RsaEs,
+    /// RSAES-OAEP encryption.
     Oaep(HashAlg),
+    /// ECDSA signatures.
     Ecdsa(HashAlg),
+    /// ECDH key agreement.
     Ecdh(HashAlg),
+    /// ECDAA signatures, with the commit counter.
     Ecdaa(HashAlg, u16),
 }
 
@@ -178,19 +200,30 @@ fn write_scheme(out: &mut Vec<u8>, s: &Scheme) {
 pub enum PublicParams {
     /// TPMS_RSA_PARMS and TPM2B_PUBLIC_KEY_RSA. An exponent of 0 means 65537.
     Rsa {
+        /// The symmetric algorithm of a storage key.
         symmetric: Option<SymDef>,
+        /// The key's scheme.
         scheme: Scheme,
+        /// The modulus size in bits.
         key_bits: u16,
+        /// The public exponent (0 for 65537).
         exponent: u32,
+        /// The modulus, big-endian.
         modulus: Vec<u8>,
     },
     /// TPMS_ECC_PARMS and TPMS_ECC_POINT. `kdf` is None for TPM_ALG_NULL.
     Ecc {
+        /// The symmetric algorithm of a storage key.
         symmetric: Option<SymDef>,
+        /// The key's scheme.
         scheme: Scheme,
+        /// The curve.
         curve: EccCurve,
+        /// The KDF and its hash.
         kdf: Option<(u16, HashAlg)>,
+        /// The point's x coordinate, big-endian.
         x: Vec<u8>,
+        /// The point's y coordinate, big-endian.
         y: Vec<u8>,
     },
 }
@@ -199,9 +232,13 @@ pub enum PublicParams {
 /// (a template is the same structure with the `unique` field used as a nonce).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicArea {
+    /// The hash the object's name is computed with.
     pub name_alg: HashAlg,
+    /// What the object may do.
     pub attributes: ObjectAttributes,
+    /// The policy digest (empty when none).
     pub auth_policy: Vec<u8>,
+    /// The algorithm-specific parameters and the public key.
     pub params: PublicParams,
 }
 

@@ -5,17 +5,27 @@ use super::{HashAlg, Reader, Result, StructureError, alg, put_tpm2b, put_u16};
 /// A parsed TPMT_SIGNATURE (RSA or ECDSA).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signature {
+    /// RSASSA-PKCS1-v1_5.
     RsaSsa {
+        /// The hash signed.
         hash: HashAlg,
+        /// The signature, as long as the modulus.
         sig: Vec<u8>,
     },
+    /// RSASSA-PSS.
     RsaPss {
+        /// The hash signed.
         hash: HashAlg,
+        /// The signature, as long as the modulus.
         sig: Vec<u8>,
     },
+    /// ECDSA.
     Ecdsa {
+        /// The hash signed.
         hash: HashAlg,
+        /// r, big-endian (leading zeros may be missing).
         r: Vec<u8>,
+        /// s, big-endian (leading zeros may be missing).
         s: Vec<u8>,
     },
 }

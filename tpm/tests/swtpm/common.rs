@@ -8,7 +8,7 @@
 //! The tests need swtpm, swtpm-tools and tpm2-tools. Without them they fail, saying
 //! what to install; they never skip.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test module uses a part of these helpers")]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -77,7 +77,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Which provisioned TPM to copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Which {
+pub(crate) enum Which {
     A,
     B,
 }
@@ -133,14 +133,14 @@ fn template(which: Which) -> &'static Path {
 }
 
 /// A running simulator on a private copy of a template; stopped when dropped.
-pub struct Sim {
+pub(crate) struct Sim {
     dir: tempfile::TempDir,
     pub env: HashMap<String, String>,
     pub which: Which,
 }
 
 impl Sim {
-    pub fn start(which: Which) -> Sim {
+    pub(crate) fn start(which: Which) -> Sim {
         let src = template(which);
         let dir = tempfile::tempdir().unwrap();
         for sub in ["state", "ca", "certs"] {
@@ -150,42 +150,42 @@ impl Sim {
         Sim { dir, env, which }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    pub fn tcti(&self) -> Tcti {
+    pub(crate) fn tcti(&self) -> Tcti {
         self.env["TPM_TCTI"].parse().unwrap()
     }
 
-    pub fn tpm(&self) -> Arc<Tpm> {
+    pub(crate) fn tpm(&self) -> Arc<Tpm> {
         Arc::new(Tpm::open(&self.tcti()).unwrap())
     }
 
     /// Stops and starts the simulator on the same state (a reboot).
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.env = parse_env(&run_script(&["restart", self.dir.path().to_str().unwrap()]));
     }
 
     /// Stops the simulator (its state stays).
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         run_script(&["stop", self.dir.path().to_str().unwrap()]);
     }
 
     /// Starts the simulator again after [`Sim::stop`], on the same state.
-    pub fn start_again(&mut self) {
+    pub(crate) fn start_again(&mut self) {
         self.env = parse_env(&run_script(&["start", self.dir.path().to_str().unwrap()]));
     }
 
     /// The local CA's root certificate (DER).
-    pub fn ek_root(&self) -> Vec<u8> {
+    pub(crate) fn ek_root(&self) -> Vec<u8> {
         load_pem_file(Path::new(&self.env["TPM_EK_CA_ROOT"]))
             .unwrap()
             .remove(0)
     }
 
     /// The local CA's issuing certificate (DER), which signs the EK certificates.
-    pub fn ek_intermediate(&self) -> Vec<u8> {
+    pub(crate) fn ek_intermediate(&self) -> Vec<u8> {
         load_pem_file(Path::new(&self.env["TPM_EK_CA_INTERMEDIATE"]))
             .unwrap()
             .remove(0)
@@ -193,7 +193,7 @@ impl Sim {
 
     /// Trust for this simulator's EK certificates: its root as the anchor, its
     /// issuing CA as an intermediate.
-    pub fn ek_pool(&self) -> CaPool {
+    pub(crate) fn ek_pool(&self) -> CaPool {
         CaPool::new(vec![self.ek_root()])
             .unwrap()
             .with_intermediates(vec![self.ek_intermediate()])
@@ -211,13 +211,13 @@ impl Drop for Sim {
 }
 
 /// A vendor CA for DevIDs, written as PEM files the way an operator would hold it.
-pub struct VendorCaFiles {
+pub(crate) struct VendorCaFiles {
     pub dir: tempfile::TempDir,
     pub cert_der: Vec<u8>,
 }
 
 impl VendorCaFiles {
-    pub fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name = rcgen::DistinguishedName::new();
@@ -237,7 +237,7 @@ impl VendorCaFiles {
         }
     }
 
-    pub fn ca(&self) -> tessera_tpm::provision::VendorCa {
+    pub(crate) fn ca(&self) -> tessera_tpm::provision::VendorCa {
         tessera_tpm::provision::VendorCa::from_files(
             &self.dir.path().join("ca.crt"),
             &self.dir.path().join("ca.key"),
@@ -245,12 +245,12 @@ impl VendorCaFiles {
         .unwrap()
     }
 
-    pub fn pool(&self) -> CaPool {
+    pub(crate) fn pool(&self) -> CaPool {
         CaPool::new(vec![self.cert_der.clone()]).unwrap()
     }
 }
 
 /// Serialises through JSON, as the adapters will.
-pub fn via_json<T: serde::Serialize + serde::de::DeserializeOwned>(value: &T) -> T {
+pub(crate) fn via_json<T: serde::Serialize + serde::de::DeserializeOwned>(value: &T) -> T {
     serde_json::from_str(&serde_json::to_string(value).unwrap()).unwrap()
 }

@@ -12,20 +12,6 @@ use tessera_tpm::{TpmKey, TpmKeyManager};
 
 use crate::common::{Sim, VendorCaFiles, Which};
 
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
-}
-
 /// Verifies with the openssl command line tool.
 fn openssl_verifies(spki: &[u8], scheme: SignatureScheme, message: &[u8], sig: &[u8]) -> bool {
     let dir = tempfile::tempdir().unwrap();
@@ -34,7 +20,7 @@ fn openssl_verifies(spki: &[u8], scheme: SignatureScheme, message: &[u8], sig: &
         dir.path().join("msg"),
         dir.path().join("sig"),
     );
-    std::fs::write(&k, pem("PUBLIC KEY", spki)).unwrap();
+    std::fs::write(&k, tessera_core::pem::encode("PUBLIC KEY", spki)).unwrap();
     std::fs::write(&m, message).unwrap();
     std::fs::write(&s, sig).unwrap();
     let digest = match scheme.hash() {

@@ -5,6 +5,10 @@
 //! tss-esapi are linked once.
 
 #![allow(
+    clippy::expect_used,
+    reason = "test code: a step that cannot be taken ends the test with its message"
+)]
+#![allow(
     clippy::unwrap_used,
     reason = "the harness helpers fail the test that called them, which is what a test wants"
 )]

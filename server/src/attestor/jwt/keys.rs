@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
-use tessera_core::http;
+use tessera_process::http;
 use tokio::time::Instant;
 
 use crate::attestor::AttestError;

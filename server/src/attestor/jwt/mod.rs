@@ -53,7 +53,7 @@ pub fn key_source(
             }
             Source::Url {
                 url: url.to_owned(),
-                http: tessera_core::http::Options {
+                http: tessera_process::http::Options {
                     timeout: Duration::from_secs(10),
                     tls: Some(keys::tls_roots(
                         &format!("{setting}.jwks_ca_bundle"),

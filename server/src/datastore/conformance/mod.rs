@@ -9,6 +9,11 @@
 //! the suite can run on a database that already holds data, including earlier runs of
 //! itself; it asserts only about what it wrote. It panics on the first failure.
 
+#![allow(
+    clippy::expect_used,
+    reason = "test code: a step that cannot be taken ends the test with its message"
+)]
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};

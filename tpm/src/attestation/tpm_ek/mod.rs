@@ -26,6 +26,7 @@ mod allow_list;
 
 pub use allow_list::EkAllowList;
 
+use serde_with::base64::Base64;
 use zeroize::Zeroizing;
 
 use crate::attestation::{
@@ -57,16 +58,17 @@ pub fn ek_pub_hash(ek: &PublicArea) -> Result<String, AttestError> {
 }
 
 /// The agent's first message.
+#[serde_with::serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EkPayload {
     /// The EK's TPMT_PUBLIC.
-    #[serde(with = "crate::b64")]
+    #[serde_as(as = "Base64")]
     pub ek_public: Vec<u8>,
     /// The EK certificate (DER), if the TPM has one in NV.
-    #[serde(default, with = "crate::b64::option")]
+    #[serde_as(as = "Option<Base64>")]
     pub ek_certificate: Option<Vec<u8>>,
     /// The fresh AK's TPMT_PUBLIC.
-    #[serde(with = "crate::b64")]
+    #[serde_as(as = "Base64")]
     pub ak_public: Vec<u8>,
 }
 
@@ -78,10 +80,11 @@ pub struct EkChallenge {
 }
 
 /// The agent's answer.
+#[serde_with::serde_as]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EkResponse {
     /// The secret TPM2_ActivateCredential returned.
-    #[serde(with = "crate::b64")]
+    #[serde_as(as = "Base64")]
     pub activated_secret: Vec<u8>,
 }
 
@@ -264,5 +267,48 @@ impl EkPending {
     /// The agent ID path the attempt will give if the answer holds.
     pub fn agent_path(&self) -> &str {
         &self.result.agent_path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_carry_bytes_as_standard_base64_and_a_missing_certificate_as_null() {
+        let payload = EkPayload {
+            ek_public: vec![0xfb, 0xff, 0x00],
+            ek_certificate: None,
+            ak_public: b"ak".to_vec(),
+        };
+        let json = serde_json::to_string(&payload).unwrap();
+        assert_eq!(
+            json,
+            r#"{"ek_public":"+/8A","ek_certificate":null,"ak_public":"YWs="}"#
+        );
+        assert_eq!(serde_json::from_str::<EkPayload>(&json).unwrap(), payload);
+        // An agent that leaves the certificate out is read as having none.
+        let without: EkPayload =
+            serde_json::from_str(r#"{"ek_public":"+/8A","ak_public":"YWs="}"#).unwrap();
+        assert_eq!(without, payload);
+        let with = EkPayload {
+            ek_certificate: Some(vec![0x30, 0x00]),
+            ..payload
+        };
+        let json = serde_json::to_string(&with).unwrap();
+        assert!(json.contains(r#""ek_certificate":"MAA=""#), "{json}");
+        assert_eq!(serde_json::from_str::<EkPayload>(&json).unwrap(), with);
+        // Not base64: refused, not guessed.
+        assert!(serde_json::from_str::<EkPayload>(r#"{"ek_public":"*","ak_public":""}"#).is_err());
+        let challenge = EkChallenge {
+            credential: CredentialBlob {
+                id_object: vec![1],
+                encrypted_secret: vec![2, 3],
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&challenge).unwrap(),
+            r#"{"credential":{"id_object":"AQ==","encrypted_secret":"AgM="}}"#
+        );
     }
 }

@@ -15,7 +15,9 @@ use super::refusals::RefusalLog;
 /// The two caps of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnCaps {
+    /// Connections open at once on the listener.
     pub max_total: usize,
+    /// Connections open at once from one peer.
     pub max_per_peer: usize,
 }
 
@@ -62,8 +64,10 @@ impl ConnCaps {
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
+    /// Every connection of the listener is in use.
     #[error("the listener's {0} connections are all in use")]
     Total(usize),
+    /// The peer holds its share of connections.
     #[error("this peer's share of {0} connections is in use")]
     PeerShare(usize),
 }
@@ -176,6 +180,7 @@ impl<K: Eq + Hash + Clone + Display> ConnLimiter<K> {
         })
     }
 
+    /// The caps this limiter enforces.
     pub fn caps(&self) -> ConnCaps {
         self.caps
     }
@@ -262,7 +267,9 @@ impl<K: Eq + Hash> Drop for ConnPermit<K> {
 /// would give it billions of shares). IPv4-mapped IPv6 addresses count as IPv4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum IpPeer {
+    /// An IPv4 address.
     V4(Ipv4Addr),
+    /// The /64 network of an IPv6 address.
     V6Net(Ipv6Addr),
 }
 

@@ -9,29 +9,53 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
-/// Why a configuration could not be loaded.
+/// Why a configuration could not be loaded. The parser's own error is kept as the
+/// `source()`; the message says where the mistake is.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("cannot read configuration file {path}: {source}")]
     Read {
+        /// The file.
         path: String,
+        /// Why it cannot be read.
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}:{line}:{column}: {message}")]
+    /// The file is not valid TOML, or a value in it does not fit its setting.
+    #[error("{path}:{line}:{column}: {}", .source.message().trim())]
     File {
+        /// The file.
         path: String,
+        /// Where the mistake starts (1-based).
         line: usize,
+        /// The column in that line (1-based).
         column: usize,
+        /// The parser's account.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// The file as a whole does not fit (no position is known).
+    #[error("{path}: {}", .source.message().trim())]
+    Whole {
+        /// The file.
+        path: String,
+        /// The parser's account.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// A `--set` flag or an environment variable cannot be applied.
+    #[error("override {name}: {message}")]
+    Override {
+        /// The flag or variable as given.
+        name: String,
+        /// What is wrong with it.
         message: String,
     },
-    #[error("{path}: {message}")]
-    Whole { path: String, message: String },
-    #[error("override {name}: {message}")]
-    Override { name: String, message: String },
-    #[error("configuration (after overrides): {0}")]
-    Merged(String),
+    /// The file with the overrides applied does not fit.
+    #[error("configuration (after overrides): {}", .0.message().trim())]
+    Merged(#[source] Box<toml::de::Error>),
 }
 
 /// Configuration keys whose values are secrets.
@@ -58,7 +82,9 @@ pub fn warn_secret_flags(flags: &[String]) {
 pub struct Override {
     /// Where it came from, for error messages (`--set x=y`, `$TESSERA_X`).
     pub origin: String,
+    /// The key path, outermost table first (`datastore.path` is `["datastore", "path"]`).
     pub key: Vec<String>,
+    /// The value as written.
     pub value: String,
 }
 
@@ -125,20 +151,21 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-fn file_error(path: &str, text: &str, e: &toml::de::Error) -> ConfigError {
-    match e.span() {
+fn file_error(path: &str, text: &str, source: toml::de::Error) -> ConfigError {
+    let source = Box::new(source);
+    match source.span() {
         Some(span) => {
             let (line, column) = line_col(text, span.start);
             ConfigError::File {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e.message().trim().to_owned(),
+                source,
             }
         }
         None => ConfigError::Whole {
             path: path.to_owned(),
-            message: e.message().trim().to_owned(),
+            source,
         },
     }
 }
@@ -182,15 +209,34 @@ pub fn parse<T: DeserializeOwned>(
         Ok(v) if overrides.is_empty() => return Ok(v),
         Ok(_) => {}
         Err(e) if overrides.is_empty() || !e.message().starts_with("missing field") => {
-            return Err(file_error(path, text, &e));
+            return Err(file_error(path, text, e));
         }
         Err(_) => {}
     }
-    let mut table: toml::Table = toml::from_str(text).map_err(|e| file_error(path, text, &e))?;
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| file_error(path, text, e))?;
     for o in overrides {
         apply(&mut table, o)?;
     }
-    T::deserialize(table).map_err(|e| ConfigError::Merged(e.message().trim().to_owned()))
+    T::deserialize(table).map_err(|e| ConfigError::Merged(Box::new(e)))
+}
+
+/// The overrides a process applies to its file, in order: `<env_prefix>*` environment
+/// variables (sorted by name), then the `--set` flags as given, so that a flag wins.
+/// Variables whose key is in `not_config` carry something else (a join token) and are
+/// left out.
+pub fn overrides(
+    env_prefix: &str,
+    flags: &[String],
+    not_config: &[&str],
+) -> Result<Vec<Override>, ConfigError> {
+    let mut out: Vec<Override> = Override::from_env(env_prefix)
+        .into_iter()
+        .filter(|o| !(o.key.len() == 1 && not_config.contains(&o.key[0].as_str())))
+        .collect();
+    for f in flags {
+        out.push(Override::from_flag(f)?);
+    }
+    Ok(out)
 }
 
 /// Reads a configuration file and applies overrides. A missing file is an error.
@@ -202,90 +248,64 @@ pub fn load<T: DeserializeOwned>(path: &Path, overrides: &[Override]) -> Result<
     parse(&path.display().to_string(), &text, overrides)
 }
 
-/// Reads a secret from the first source given: a file, an environment variable, or a
-/// systemd credential (`$CREDENTIALS_DIRECTORY/<name>`). Trailing newlines are removed.
-pub fn read_secret(
-    file: Option<&Path>,
-    env: Option<&str>,
-    credential: Option<&str>,
-) -> Result<Option<zeroize::Zeroizing<String>>, String> {
-    if let Some(f) = file {
-        warn_if_shared(f);
-        let s = std::fs::read_to_string(f)
-            .map_err(|e| format!("cannot read secret file {}: {e}", f.display()))?;
-        return Ok(Some(zeroize::Zeroizing::new(
-            s.trim_end_matches(['\n', '\r']).to_owned(),
-        )));
-    }
-    if let Some(var) = env {
-        return match std::env::var(var) {
-            Ok(v) => Ok(Some(zeroize::Zeroizing::new(v))),
-            Err(_) => Err(format!("environment variable {var} is not set")),
-        };
-    }
-    if let Some(name) = credential {
-        let dir = std::env::var("CREDENTIALS_DIRECTORY").map_err(|_| {
-            format!("systemd credential {name:?} asked for, but $CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the unit)")
-        })?;
-        let p = Path::new(&dir).join(name);
-        let s = std::fs::read_to_string(&p)
-            .map_err(|e| format!("cannot read systemd credential {}: {e}", p.display()))?;
-        return Ok(Some(zeroize::Zeroizing::new(
-            s.trim_end_matches(['\n', '\r']).to_owned(),
-        )));
-    }
-    Ok(None)
-}
-
-/// Warns when a file holding a secret may be read by users other than its owner
-/// (group or other permission bits): anyone who can read it can use the secret.
-pub fn warn_if_shared(path: &Path) {
-    if let Some(mode) = shared_mode(path) {
-        tracing::warn!(
-            "secret file {} has mode {mode:04o}: users other than its owner can read it; \
-             make it 0600 (or 0400)",
-            path.display()
-        );
-    }
-}
-
-/// The permission bits of `path` when group or others have any access to it.
-fn shared_mode(path: &Path) -> Option<u32> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
-    (mode & 0o077 != 0).then_some(mode)
-}
-
 /// Why a configuration is unusable even though it parsed (the server's and the
 /// agent's rules alike).
 #[derive(Debug, thiserror::Error)]
 pub enum InvalidConfig {
+    /// The file could not be read or parsed, or an override is malformed.
     #[error("{0}")]
     Load(#[from] ConfigError),
+    /// A rule across settings is broken (no one setting to point at).
     #[error("invalid configuration: {0}")]
     Rule(String),
+    /// A secret the configuration names cannot be read; `key` is its dotted name.
+    #[error("{setting}: {source}")]
+    Secret {
+        /// The setting's dotted name, to find its line.
+        key: &'static str,
+        /// The setting as the message names it.
+        setting: &'static str,
+        /// Why the secret cannot be read.
+        #[source]
+        source: crate::secret::SecretError,
+    },
     /// A setting breaks a rule; `key` is its dotted name (`limits.idle_timeout`).
     #[error("invalid configuration: {message}")]
-    Setting { key: &'static str, message: String },
-    /// A broken rule, with the file and (when the file sets the key) where.
-    #[error("{place}: invalid configuration: {message}")]
-    InFile { place: String, message: String },
+    Setting {
+        /// The setting's dotted name.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A broken rule or an unreadable secret, with the file and (when the file sets
+    /// the key) where.
+    #[error("{place}: {fault}")]
+    InFile {
+        /// `path` or `path:line:column`.
+        place: String,
+        /// The fault itself.
+        #[source]
+        fault: Box<InvalidConfig>,
+    },
 }
 
 impl InvalidConfig {
     /// Says where in the file `path` (whose text is `text`) the fault is: the line of
     /// the setting when the file sets it, the file otherwise.
     pub fn in_file(self, path: &str, text: &str) -> Self {
-        let (key, message) = match self {
-            InvalidConfig::Setting { key, message } => (Some(key), message),
-            InvalidConfig::Rule(message) => (None, message),
-            other => return other,
+        let key = match &self {
+            InvalidConfig::Setting { key, .. } | InvalidConfig::Secret { key, .. } => Some(*key),
+            InvalidConfig::Rule(_) => None,
+            _ => return self,
         };
         let place = match key.and_then(|k| crate::config_key::locate(text, k)) {
             Some((line, column)) => format!("{path}:{line}:{column}"),
             None => path.to_owned(),
         };
-        InvalidConfig::InFile { place, message }
+        InvalidConfig::InFile {
+            place,
+            fault: Box::new(self),
+        }
     }
 }
 
@@ -315,9 +335,9 @@ mod tests {
         let text = "name = \"a\"\n\nprot = 3\n";
         let err = parse::<Conf>("x.toml", text, &[]).unwrap_err();
         match &err {
-            ConfigError::File { line, message, .. } => {
+            ConfigError::File { line, source, .. } => {
                 assert_eq!(*line, 3);
-                assert!(message.contains("prot"), "{message}");
+                assert!(source.message().contains("prot"), "{source}");
             }
             other => panic!("{other:?}"),
         }
@@ -366,7 +386,7 @@ mod tests {
     }
 
     #[test]
-    fn secret_overrides_and_shared_files_are_recognised() {
+    fn secret_overrides_are_recognised() {
         for secret in [
             "node_attestor.join_token.token=abc",
             "key_manager.pin=1234",
@@ -383,25 +403,43 @@ mod tests {
         ] {
             assert!(!Override::from_flag(plain).unwrap().is_secret(), "{plain}");
         }
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("s");
-        std::fs::write(&p, "x").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert_eq!(shared_mode(&p), Some(0o644));
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(shared_mode(&p), None);
     }
 
     #[test]
-    fn secrets_from_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("s");
-        std::fs::write(&p, "hunter2\n").unwrap();
-        let s = read_secret(Some(&p), None, None).unwrap().unwrap();
-        assert_eq!(s.as_str(), "hunter2");
-        assert!(read_secret(Some(&dir.path().join("none")), None, None).is_err());
-        assert!(read_secret(None, Some("TESSERA_SURELY_UNSET_VAR"), None).is_err());
-        assert!(read_secret(None, None, None).unwrap().is_none());
+    fn flags_come_after_variables_and_non_config_variables_are_left_out() {
+        unsafe_env_set("TESSERA_CFGORDER_PORT", "1");
+        unsafe_env_set("TESSERA_CFGORDER_JOIN_TOKEN", "not-a-setting");
+        let o = overrides("TESSERA_CFGORDER_", &["port=2".to_owned()], &["join_token"]).unwrap();
+        let keys: Vec<_> = o
+            .iter()
+            .map(|o| (o.key.join("."), o.value.as_str()))
+            .collect();
+        assert_eq!(keys, [("port".to_owned(), "1"), ("port".to_owned(), "2")]);
+        let c: Conf = parse("x.toml", "name = \"a\"", &o).unwrap();
+        assert_eq!(c.port, 2, "the flag wins over the variable");
+        assert!(matches!(
+            overrides("TESSERA_CFGORDER_", &["novalue".to_owned()], &[]),
+            Err(ConfigError::Override { .. })
+        ));
+    }
+
+    #[test]
+    fn errors_keep_the_parser_error_as_their_source() {
+        use std::error::Error as _;
+        let kept = |err: &ConfigError| {
+            err.source()
+                .and_then(|s| s.downcast_ref::<Box<toml::de::Error>>())
+                .map(|e| e.message().to_owned())
+        };
+        let err = parse::<Conf>("x.toml", "name = 1\n", &[]).unwrap_err();
+        assert!(kept(&err).is_some_and(|m| m.contains("string")), "{err}");
+        let bad = vec![Override::from_flag("port=notanumber").unwrap()];
+        let err = parse::<Conf>("x.toml", "name = \"a\"", &bad).unwrap_err();
+        assert!(kept(&err).is_some(), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("configuration (after overrides): "),
+            "{err}"
+        );
     }
 }

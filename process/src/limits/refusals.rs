@@ -43,12 +43,15 @@ struct Window {
 /// What one report says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
+    /// Refusals in the period.
     pub count: u64,
     /// The most refused peers and their counts, most first.
     pub top: Vec<(String, u64)>,
     /// Distinct peers beyond `top`, and refusals of peers not counted by name.
     pub more_peers: usize,
+    /// Each reason and how often it was given, most first.
     pub reasons: Vec<(String, u64)>,
+    /// The period the report covers.
     pub over: Duration,
 }
 
@@ -76,6 +79,7 @@ impl std::fmt::Display for Summary {
 }
 
 impl RefusalLog {
+    /// A log for refusals of `what` (e.g. "agent API connections").
     pub fn new(what: &'static str) -> Arc<Self> {
         Arc::new(Self {
             what,

@@ -21,12 +21,17 @@ pub struct OpenFileLimit {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NofileError {
+    /// `getrlimit` failed.
     #[error("cannot read the open-file limit (RLIMIT_NOFILE): {0}")]
-    Read(nix::Error),
+    Read(#[source] nix::Error),
+    /// `setrlimit` failed.
     #[error("cannot raise the open-file limit from {soft} to {hard}: {source}")]
     Raise {
+        /// The soft limit before.
         soft: u64,
+        /// The hard limit it was to be raised to.
         hard: u64,
+        /// The system's error.
         #[source]
         source: nix::Error,
     },

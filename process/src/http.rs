@@ -19,22 +19,55 @@ use hyper_util::rt::TokioIo;
 pub enum HttpError {
     /// The URL cannot be requested.
     #[error("bad URL {url:?}: {reason}")]
-    BadUrl { url: String, reason: String },
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// No TCP connection could be made (nothing listens, no route, name unknown).
-    #[error("cannot connect to {authority}: {reason}")]
-    Connect { authority: String, reason: String },
+    #[error("cannot connect to {authority}: {source}")]
+    Connect {
+        /// The host and port.
+        authority: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The TLS handshake failed (an untrusted certificate, a wrong name).
-    #[error("TLS with {authority} failed: {reason}")]
-    Tls { authority: String, reason: String },
+    #[error("TLS with {authority} failed: {source}")]
+    Tls {
+        /// The host and port.
+        authority: String,
+        /// The handshake's error (rustls's, inside).
+        #[source]
+        source: std::io::Error,
+    },
     /// The exchange broke off or the answer is not HTTP.
-    #[error("request to {url} failed: {reason}")]
-    Protocol { url: String, reason: String },
+    #[error("request to {url} failed: {source}")]
+    Protocol {
+        /// The URL requested.
+        url: String,
+        /// hyper's error.
+        #[source]
+        source: hyper::Error,
+    },
     /// The whole exchange took longer than allowed.
-    #[error("{url} did not answer within {0:?}", .timeout)]
-    Timeout { url: String, timeout: Duration },
+    #[error("{url} did not answer within {timeout:?}")]
+    Timeout {
+        /// The URL requested.
+        url: String,
+        /// The deadline that passed.
+        timeout: Duration,
+    },
     /// The body is larger than allowed.
     #[error("the answer from {url} is larger than {limit} bytes")]
-    TooLarge { url: String, limit: usize },
+    TooLarge {
+        /// The URL requested.
+        url: String,
+        /// The largest body accepted.
+        limit: usize,
+    },
 }
 
 impl HttpError {
@@ -51,9 +84,13 @@ impl HttpError {
 /// One request.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// The method.
     pub method: Method,
+    /// The whole URL, `http` or `https`.
     pub url: String,
+    /// Headers besides `Host`.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body, empty for none.
     pub body: Vec<u8>,
 }
 
@@ -89,8 +126,11 @@ impl Request {
 /// What came back.
 #[derive(Debug, Clone)]
 pub struct Response {
+    /// The status code.
     pub status: u16,
+    /// The headers.
     pub headers: HeaderMap,
+    /// The whole body.
     pub body: Vec<u8>,
 }
 
@@ -172,9 +212,9 @@ async fn exchange(req: Request, opts: &Options) -> Result<Response, HttpError> {
     };
     let tcp = tokio::net::TcpStream::connect((bare_host.as_str(), port))
         .await
-        .map_err(|e| HttpError::Connect {
+        .map_err(|source| HttpError::Connect {
             authority: authority.clone(),
-            reason: e.to_string(),
+            source,
         })?;
     let _ = tcp.set_nodelay(true);
     let path = uri
@@ -197,9 +237,9 @@ async fn exchange(req: Request, opts: &Options) -> Result<Response, HttpError> {
         let stream = tokio_rustls::TlsConnector::from(tls)
             .connect(name, tcp)
             .await
-            .map_err(|e| HttpError::Tls {
+            .map_err(|source| HttpError::Tls {
                 authority: authority.clone(),
-                reason: e.to_string(),
+                source,
             })?;
         round_trip(stream, request, &req.url, opts.max_body).await
     } else {
@@ -216,27 +256,24 @@ async fn round_trip<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let protocol = |e: &dyn std::fmt::Display| HttpError::Protocol {
+    let protocol = |source: hyper::Error| HttpError::Protocol {
         url: url.to_owned(),
-        reason: e.to_string(),
+        source,
     };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| protocol(&e))?;
+        .map_err(protocol)?;
     // The connection task ends with the exchange (one request per connection), or
     // when the caller's deadline drops this future and with it the sender.
     let conn = tokio::spawn(conn);
     let result = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| protocol(&e))?;
+        let response = sender.send_request(request).await.map_err(protocol)?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let mut body = response.into_body();
         let mut out = Vec::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| protocol(&e))?;
+            let frame = frame.map_err(protocol)?;
             if let Ok(data) = frame.into_data() {
                 if out.len() + data.len() > max_body {
                     return Err(HttpError::TooLarge {

@@ -222,6 +222,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
 /// stream count [`StreamTrackingLayer`] keeps.
 #[derive(Debug, Clone)]
 pub struct Tracked<T> {
+    /// The inner connection's connect info.
     pub info: T,
     activity: Arc<Activity>,
 }
@@ -242,6 +243,7 @@ impl<IO: Connected> Connected for Guarded<IO> {
 pub struct StreamTrackingLayer<T>(std::marker::PhantomData<fn() -> T>);
 
 impl<T> StreamTrackingLayer<T> {
+    /// The layer.
     pub fn new() -> Self {
         Self(std::marker::PhantomData)
     }
