@@ -3,8 +3,13 @@
 //! rules for the URLs they are given, a TLS acceptor from certificate and key
 //! files, and the system's roots.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use tessera_core::Bundle;
+use tessera_telemetry::http::{Handler, Reply};
+use tokio::sync::watch;
 
 /// Checks an issuer or key-set URL: `https` (or `http` when `insecure`), a host, no
 /// user name, query or fragment (OpenID Connect Discovery 1.0, §3).
@@ -52,6 +57,19 @@ pub struct CertFileError {
     pub path: PathBuf,
     /// Why.
     pub reason: String,
+}
+
+/// Why one of the server's HTTPS listeners (OIDC discovery, the bundle endpoint)
+/// cannot start; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenerError {
+    /// The serving certificate or key cannot be read or used.
+    #[error("{0}")]
+    Tls(#[from] CertFileError),
+    /// The address cannot be listened on.
+    #[error("{0}")]
+    Listen(#[from] std::io::Error),
 }
 
 /// A TLS acceptor serving the chain in `cert` (PEM) with the key in `key` (PEM),
@@ -146,6 +164,68 @@ pub fn tls_roots(
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// The answer to a request the read-only listeners do not serve: 404 for a path
+/// that is not `known`, 405 (with `Allow`) for a method other than GET or HEAD;
+/// `None` for a request to serve.
+pub fn refuse(method: &http::Method, known: bool) -> Option<Reply> {
+    use http::{StatusCode, header};
+    use tessera_telemetry::http::reply;
+    if !known {
+        return Some(reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".into(),
+        ));
+    }
+    if method != http::Method::GET && method != http::Method::HEAD {
+        let mut r = reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".into(),
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return Some(r);
+    }
+    None
+}
+
+/// Binds `address` (`setting` names it in errors) and answers each request with
+/// `answer` on the latest bundle `bundles` holds, over `tls` when given, until
+/// `shutdown` turns true; `what` names the listener in log lines. Returns the
+/// bound address. The OIDC discovery listener and the bundle endpoint are this.
+pub async fn serve_bundle<F>(
+    address: SocketAddr,
+    setting: &str,
+    what: &'static str,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    bundles: watch::Receiver<Arc<Bundle>>,
+    mut shutdown: watch::Receiver<bool>,
+    answer: F,
+) -> Result<SocketAddr, std::io::Error>
+where
+    F: Fn(&http::Method, &str, &Bundle) -> Reply + Send + Sync + 'static,
+{
+    let listener = tessera_telemetry::http::bind(address, setting).await?;
+    let at = listener.local_addr()?;
+    let answer = Arc::new(answer);
+    let handler: Handler = Arc::new(move |req| {
+        let bundle = bundles.borrow().clone();
+        let answer = answer.clone();
+        Box::pin(async move { answer(req.method(), req.uri().path(), &bundle) })
+    });
+    tokio::spawn(tessera_telemetry::http::serve_with(
+        listener,
+        tls,
+        handler,
+        what,
+        async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        },
+    ));
+    Ok(at)
 }
 
 #[cfg(test)]

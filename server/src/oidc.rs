@@ -19,7 +19,7 @@ use std::sync::Arc;
 use http::{Method, StatusCode, header};
 use serde::Deserialize;
 use tessera_core::Bundle;
-use tessera_telemetry::http::{Handler, Reply, json, reply};
+use tessera_telemetry::http::{Reply, json, reply};
 use tokio::sync::watch;
 
 /// `[oidc_discovery]`: where the discovery document and the keys are served.
@@ -136,18 +136,8 @@ impl Documents {
     /// Answers one request: the document, the keys of `bundle`, or why not.
     pub fn answer(&self, method: &Method, path: &str, bundle: &Bundle) -> Reply {
         let known = path == self.discovery_path || path == self.keys_path;
-        if !known {
-            return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into());
-        }
-        if method != Method::GET && method != Method::HEAD {
-            let mut r = reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                "only GET\n".into(),
-            );
-            r.headers_mut()
-                .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
-            return r;
+        if let Some(refused) = crate::https::refuse(method, known) {
+            return refused;
         }
         let mut r = if path == self.discovery_path {
             reply(StatusCode::OK, "application/json", self.discovery.clone())
@@ -176,18 +166,6 @@ impl Documents {
     }
 }
 
-/// Why the discovery listener cannot start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum OidcError {
-    /// The serving certificate or key cannot be read or used.
-    #[error("{0}")]
-    Tls(#[source] crate::https::CertFileError),
-    /// The address cannot be listened on.
-    #[error("{0}")]
-    Listen(#[source] std::io::Error),
-}
-
 /// Binds the listener `d` asks for and serves the documents for `issuer`, with the
 /// keys of the latest bundle `bundles` holds, until `shutdown` turns true. Returns
 /// the bound address.
@@ -195,41 +173,36 @@ pub async fn start(
     issuer: &str,
     d: &OidcConfig,
     bundles: watch::Receiver<Arc<Bundle>>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<SocketAddr, OidcError> {
+    shutdown: watch::Receiver<bool>,
+) -> Result<SocketAddr, crate::https::ListenerError> {
     let tls = match (&d.cert_file, &d.key_file) {
         (Some(cert), Some(key)) => Some(
             crate::https::acceptor_from_files(cert, key, "[oidc_discovery]")
-                .map_err(OidcError::Tls)?,
+                .map_err(crate::https::ListenerError::Tls)?,
         ),
         _ => None,
     };
-    let listener = tessera_telemetry::http::bind(d.address, "[oidc_discovery] address")
-        .await
-        .map_err(OidcError::Listen)?;
-    let at = listener.local_addr().map_err(OidcError::Listen)?;
-    let documents = Arc::new(Documents::new(issuer, d.jwks_uri.as_deref()));
+    let documents = Documents::new(issuer, d.jwks_uri.as_deref());
+    let discovery_path = documents.discovery_path.clone();
+    let secure = tls.is_some();
+    let at = crate::https::serve_bundle(
+        d.address,
+        "[oidc_discovery] address",
+        "OIDC discovery",
+        tls,
+        bundles,
+        shutdown,
+        move |method, path, bundle| documents.answer(method, path, bundle),
+    )
+    .await
+    .map_err(crate::https::ListenerError::Listen)?;
     tracing::info!(
         address = %at,
         issuer,
-        tls = tls.is_some(),
-        discovery = %documents.discovery_path,
+        tls = secure,
+        discovery = %discovery_path,
         "OIDC discovery listener up"
     );
-    let handler: Handler = Arc::new(move |req| {
-        let documents = documents.clone();
-        let bundle = bundles.borrow().clone();
-        Box::pin(async move { documents.answer(req.method(), req.uri().path(), &bundle) })
-    });
-    tokio::spawn(tessera_telemetry::http::serve_with(
-        listener,
-        tls,
-        handler,
-        "OIDC discovery",
-        async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        },
-    ));
     Ok(at)
 }
 

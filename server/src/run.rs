@@ -116,12 +116,10 @@ pub enum RunError {
     /// A metrics or health listener could not start (the message names the setting).
     #[error("{0}")]
     Telemetry(#[source] std::io::Error),
-    /// The OIDC discovery listener could not start (the message names the setting).
+    /// The OIDC discovery listener or the bundle endpoint could not start (the
+    /// message names the setting).
     #[error("{0}")]
-    Oidc(#[from] crate::oidc::OidcError),
-    /// The federation bundle endpoint could not start (the message names the setting).
-    #[error("{0}")]
-    BundleEndpoint(#[from] crate::federation::endpoint::EndpointError),
+    Https(#[from] crate::https::ListenerError),
 }
 
 /// The error for a failed file operation on `path`.

@@ -9,40 +9,18 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Method, StatusCode, header};
+use http::{Method, StatusCode};
 use tessera_core::Bundle;
 use tessera_core::tls::SharedIdentity;
-use tessera_telemetry::http::{Handler, Reply, reply};
+use tessera_telemetry::http::{Reply, reply};
 use tokio::sync::watch;
 
 use super::{BundleEndpointConfig, Profile};
 
-/// Why the bundle endpoint cannot start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum EndpointError {
-    /// The `https_web` certificate or key cannot be read or used.
-    #[error("{0}")]
-    Tls(#[source] crate::https::CertFileError),
-    /// The address cannot be listened on.
-    #[error("{0}")]
-    Listen(#[source] std::io::Error),
-}
-
 /// Answers one request for `bundle`.
 pub fn answer(method: &Method, path: &str, bundle: &Bundle) -> Reply {
-    if path != "/" {
-        return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into());
-    }
-    if method != Method::GET && method != Method::HEAD {
-        let mut r = reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "only GET\n".into(),
-        );
-        r.headers_mut()
-            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
-        return r;
+    if let Some(refused) = crate::https::refuse(method, path == "/") {
+        return refused;
     }
     reply(StatusCode::OK, "application/json", bundle.to_jwks())
 }
@@ -65,34 +43,27 @@ pub async fn start(
     cfg: &BundleEndpointConfig,
     identity: Arc<SharedIdentity>,
     bundles: watch::Receiver<Arc<Bundle>>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<SocketAddr, EndpointError> {
+    shutdown: watch::Receiver<bool>,
+) -> Result<SocketAddr, crate::https::ListenerError> {
     let tls = match (cfg.profile, &cfg.cert_file, &cfg.key_file) {
         (Profile::HttpsWeb, Some(cert), Some(key)) => {
             crate::https::acceptor_from_files(cert, key, "[federation.bundle_endpoint]")
-                .map_err(EndpointError::Tls)?
+                .map_err(crate::https::ListenerError::Tls)?
         }
         _ => spiffe_acceptor(identity),
     };
-    let listener =
-        tessera_telemetry::http::bind(cfg.address, "[federation.bundle_endpoint] address")
-            .await
-            .map_err(EndpointError::Listen)?;
-    let at = listener.local_addr().map_err(EndpointError::Listen)?;
-    tracing::info!(address = %at, profile = cfg.profile.name(), "bundle endpoint up");
-    let handler: Handler = Arc::new(move |req| {
-        let bundle = bundles.borrow().clone();
-        Box::pin(async move { answer(req.method(), req.uri().path(), &bundle) })
-    });
-    tokio::spawn(tessera_telemetry::http::serve_with(
-        listener,
-        Some(tls),
-        handler,
+    let at = crate::https::serve_bundle(
+        cfg.address,
+        "[federation.bundle_endpoint] address",
         "bundle endpoint",
-        async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        },
-    ));
+        Some(tls),
+        bundles,
+        shutdown,
+        answer,
+    )
+    .await
+    .map_err(crate::https::ListenerError::Listen)?;
+    tracing::info!(address = %at, profile = cfg.profile.name(), "bundle endpoint up");
     Ok(at)
 }
 
@@ -114,7 +85,7 @@ mod tests {
         b.set_refresh_hint(300);
         let r = answer(&Method::GET, "/", &b);
         assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(r.headers()[http::header::CONTENT_TYPE], "application/json");
         let body = r.into_body().collect().await.unwrap().to_bytes();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["spiffe_sequence"], 4);
