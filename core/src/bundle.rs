@@ -151,6 +151,27 @@ impl Bundle {
         self.jwks(false, true)
     }
 
+    /// The JWT authorities as an OpenID Connect provider publishes its keys (the
+    /// document an OIDC discovery `jwks_uri` names): each key with its `kid` and the
+    /// `alg` JWT-SVIDs signed with it carry, without the SPIFFE `use` (which OIDC
+    /// libraries do not know) and without the SPIFFE members.
+    pub fn to_oidc_jwks(&self) -> String {
+        let keys: Vec<Value> = self
+            .jwt_authorities
+            .iter()
+            .filter_map(|a| {
+                let mut k = public_jwk(&a.public_key_der)?;
+                let alg = crate::key::key_type_of_spki(&a.public_key_der)?
+                    .default_scheme()
+                    .jws_alg();
+                k.insert("kid".into(), json!(a.key_id));
+                k.insert("alg".into(), json!(alg));
+                Some(Value::Object(k))
+            })
+            .collect();
+        json!({ "keys": keys }).to_string()
+    }
+
     fn jwks(&self, x509: bool, jwt: bool) -> String {
         let mut keys = Vec::new();
         if x509 {
@@ -406,6 +427,40 @@ mod tests {
         b.set_sequence(7);
         b.set_refresh_hint(300);
         b
+    }
+
+    #[test]
+    fn oidc_keys_carry_kid_and_alg_and_no_spiffe_members() {
+        let mut b = Bundle::new(TrustDomain::new("example.org").unwrap());
+        let ec = crate::key::SoftwareKey::generate(crate::key::KeyType::EcP384).unwrap();
+        let rsa = crate::key::SoftwareKey::generate(crate::key::KeyType::Rsa2048).unwrap();
+        b.set_jwt_authorities(vec![
+            JwtAuthority {
+                key_id: "k1".into(),
+                public_key_der: ec.public_key_der().to_vec(),
+                expires_at: 0,
+            },
+            JwtAuthority {
+                key_id: "k2".into(),
+                public_key_der: rsa.public_key_der().to_vec(),
+                expires_at: 0,
+            },
+        ]);
+        b.set_sequence(7);
+        b.set_refresh_hint(300);
+        let doc: Value = serde_json::from_str(&b.to_oidc_jwks()).unwrap();
+        assert_eq!(doc.as_object().unwrap().len(), 1, "only keys: {doc}");
+        let keys = doc["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(
+            (&keys[0]["kid"], &keys[0]["alg"], &keys[0]["crv"]),
+            (&json!("k1"), &json!("ES384"), &json!("P-384"))
+        );
+        assert_eq!(
+            (&keys[1]["kid"], &keys[1]["alg"], &keys[1]["kty"]),
+            (&json!("k2"), &json!("RS256"), &json!("RSA"))
+        );
+        assert!(keys.iter().all(|k| k.get("use").is_none()), "{doc}");
     }
 
     #[test]

@@ -160,6 +160,20 @@ pub fn sign_jwt_svid(
     key_id: &str,
     key: &dyn Key,
 ) -> Result<JwtSvid, JwtError> {
+    sign_jwt_svid_issued_by(spiffe_id, audience, None, issued_at, expiry, key_id, key)
+}
+
+/// [`sign_jwt_svid`] with an `iss` claim when `issuer` is given: the URL of the OIDC
+/// discovery document relying parties find the keys through (they compare the two).
+pub fn sign_jwt_svid_issued_by(
+    spiffe_id: &SpiffeId,
+    audience: &[String],
+    issuer: Option<&str>,
+    issued_at: i64,
+    expiry: i64,
+    key_id: &str,
+    key: &dyn Key,
+) -> Result<JwtSvid, JwtError> {
     check_audience(audience)?;
     let scheme = key.key_type().default_scheme();
     let header = json!({"alg": scheme.jws_alg(), "kid": key_id, "typ": "JWT"});
@@ -168,7 +182,11 @@ pub fn sign_jwt_svid(
     } else {
         json!(audience)
     };
-    let claims = json!({"sub": spiffe_id.to_string(), "aud": aud, "exp": expiry, "iat": issued_at});
+    let mut claims =
+        json!({"sub": spiffe_id.to_string(), "aud": aud, "exp": expiry, "iat": issued_at});
+    if let (Some(iss), Some(map)) = (issuer, claims.as_object_mut()) {
+        map.insert("iss".into(), json!(iss));
+    }
     let signing_input = format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(header.to_string()),
@@ -420,6 +438,26 @@ mod tests {
             assert_eq!(svid.expiry, NOW + 300);
             assert_eq!(svid.audience, aud("db"));
         }
+    }
+
+    #[test]
+    fn iss_is_there_only_when_an_issuer_is_given() {
+        let (key, b) = setup(KeyType::EcP256);
+        let plain = mint(&key, NOW + 300);
+        assert!(!check(&plain, &b, "db").unwrap().claims.contains_key("iss"));
+        let issued = sign_jwt_svid_issued_by(
+            &id(),
+            &aud("db"),
+            Some("https://oidc.example.org"),
+            NOW,
+            NOW + 300,
+            "kid1",
+            &key,
+        )
+        .unwrap();
+        let svid = check(&issued.token, &b, "db").unwrap();
+        assert_eq!(svid.claims["iss"], "https://oidc.example.org");
+        assert_eq!(svid.spiffe_id, id());
     }
 
     #[test]

@@ -129,6 +129,17 @@ pub struct ServerConfig {
     /// The metrics and health listeners (`[telemetry]`); both off by default.
     #[serde(default)]
     pub telemetry: tessera_telemetry::http::TelemetryConfig,
+    /// The `iss` claim of every JWT-SVID (an https URL, SPIRE's `jwt_issuer`); none
+    /// when unset.
+    #[serde(default)]
+    pub jwt_issuer: Option<String>,
+    /// OpenID Connect discovery of the JWT keys (`[oidc_discovery]`); off when absent.
+    #[serde(default)]
+    pub oidc_discovery: Option<crate::oidc::OidcConfig>,
+    /// The bundle endpoint and the trust domains this one federates with
+    /// (`[federation]`); neither by default.
+    #[serde(default)]
+    pub federation: crate::federation::FederationConfig,
 }
 
 /// `[limits]`: connection caps, timeouts and the attestation rate of the agent API.
@@ -392,6 +403,15 @@ impl ServerConfig {
         }
         if self.jwt_svid_ttl.is_zero() {
             return rule("jwt_svid_ttl", "SVID lifetimes must be positive".into());
+        }
+        if let Err((key, message)) =
+            crate::oidc::check(self.jwt_issuer.as_deref(), self.oidc_discovery.as_ref())
+        {
+            return rule(key, message);
+        }
+        if let Err((key, message)) = crate::federation::check(&self.trust_domain, &self.federation)
+        {
+            return rule(key, message);
         }
         if let DatastoreConfig::Postgres {
             connection_string,

@@ -9,8 +9,11 @@ pub mod cli;
 pub mod config;
 pub mod datastore;
 pub mod entries;
+pub mod federation;
+pub mod https;
 pub mod log_level;
 pub mod metrics;
+pub mod oidc;
 pub mod run;
 pub mod transport;
 

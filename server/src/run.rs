@@ -116,6 +116,10 @@ pub enum RunError {
     /// A metrics or health listener could not start (the message names the setting).
     #[error("{0}")]
     Telemetry(#[source] std::io::Error),
+    /// The OIDC discovery listener or the bundle endpoint could not start (the
+    /// message names the setting).
+    #[error("{0}")]
+    Https(#[from] crate::https::ListenerError),
 }
 
 /// The error for a failed file operation on `path`.
@@ -346,6 +350,7 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
             jwt_key_type: config.jwt_key_type,
             refresh_hint: config.bundle_refresh_hint,
             upstream: crate::upstream::load(&config, clock.now())?,
+            jwt_issuer: config.jwt_issuer.clone(),
         },
         km.clone(),
         ds.clone(),
@@ -452,7 +457,7 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let tls = Arc::new(tessera_core::tls::server_config(identity, bundle));
+    let tls = Arc::new(tessera_core::tls::server_config(identity.clone(), bundle));
     let listener = TcpListener::bind(bind)
         .await
         .map_err(|source| RunError::Listen { addr: bind, source })?;
@@ -534,6 +539,16 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     )
     .await
     .map_err(RunError::Telemetry)?;
+    if let (Some(d), Some(issuer)) = (&state.config.oidc_discovery, &state.config.jwt_issuer) {
+        crate::oidc::start(issuer, d, state.ca.subscribe(), stop_rx.clone()).await?;
+    }
+    if let Some(e) = &state.config.federation.bundle_endpoint {
+        crate::federation::endpoint::start(e, identity, state.ca.subscribe(), stop_rx.clone())
+            .await?;
+    }
+    for rel in &state.config.federation.federates_with {
+        crate::federation::client::spawn(state.ds.clone(), rel.clone(), stop_rx.clone());
+    }
     tokio::spawn(refresh_gauges(state.clone()));
     let agent_task = tokio::spawn(agent_api);
     let admin_task = tokio::spawn(admin_api);

@@ -163,3 +163,177 @@ fn go_spiffe_gets_svids_from_spire_and_tessera_side_by_side() {
     assert!(err.contains("example.org"), "{err}");
     assert!(srv.values("accepted").is_empty(), "{}", srv.output());
 }
+
+/// Entries made by SPIRE, printed by SPIRE (`entry show -output json`), read by
+/// Tessera (`entry create --data`): each arrives with its ID and every field SPIRE
+/// printed for it, and a second run changes nothing.
+#[test]
+fn entries_spire_printed_move_to_tessera_as_they_are() {
+    let dir = test_dir("spire-entries");
+    let spire = SpireServer::start(
+        &dir.path().join("spire-server"),
+        &SpireServerOptions {
+            trust_domain: "example.org".into(),
+            ..SpireServerOptions::default()
+        },
+    );
+    // SPIRE wants the bundle of a trust domain before an entry federates with it.
+    let other = tessera_swtpm_tests::TestCa::new(&dir.path().join("other"), "other-test");
+    spire.cli_ok(
+        &["bundle", "set"],
+        &[
+            "-id",
+            "spiffe://other.test",
+            "-path",
+            other.cert.to_str().unwrap(),
+        ],
+    );
+    let expiry = (std::time::SystemTime::now() + Duration::from_secs(30 * 86_400))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let node = spire.id("/node");
+    let made = [
+        spire.entry(
+            &spire.id("/db"),
+            &node,
+            &["unix:uid:1000", "unix:gid:50"],
+            &[
+                "-entryID",
+                "db-primary",
+                "-x509SVIDTTL",
+                "600",
+                "-jwtSVIDTTL",
+                "120",
+                "-dns",
+                "db.example.org",
+                "-dns",
+                "db",
+                "-hint",
+                "primary",
+                "-federatesWith",
+                "spiffe://other.test",
+                "-entryExpiry",
+                &expiry,
+            ],
+        ),
+        spire.entry(&spire.id("/ops"), &node, &["unix:uid:0"], &["-admin"]),
+        spire.entry(
+            &spire.id("/edge-ca"),
+            &node,
+            &["unix:uid:999"],
+            &["-downstream"],
+        ),
+        spire.entry(&spire.id("/plain"), &node, &["unix:uid:1001"], &[]),
+    ];
+    assert_eq!(made[0], "db-primary");
+
+    let printed = spire.cli_ok(&["entry", "show"], &["-output", "json"]);
+    let file = dir.path().join("spire-entries.json");
+    std::fs::write(&file, &printed).unwrap();
+    let spire_entries: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    let spire_entries = spire_entries["entries"].as_array().unwrap().clone();
+    assert_eq!(spire_entries.len(), made.len(), "{printed}");
+
+    let tessera = Server::start(&dir.path().join("tessera-server"), "");
+    let created = tessera.cli_ok(&[
+        "entry",
+        "create",
+        "--data",
+        file.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    assert_eq!(
+        created["results"].as_array().unwrap().len(),
+        made.len(),
+        "{created}"
+    );
+
+    let shown: serde_json::Value =
+        serde_json::from_str(&tessera.cli_ok(&["entry", "show", "--output", "json"])).unwrap();
+    let shown = shown.as_array().unwrap();
+    assert_eq!(shown.len(), made.len(), "{shown:?}");
+    let id_of = |v: &serde_json::Value| {
+        format!(
+            "spiffe://{}{}",
+            v["trust_domain"].as_str().unwrap(),
+            v["path"].as_str().unwrap()
+        )
+    };
+    for s in &spire_entries {
+        let id = s["id"].as_str().unwrap();
+        let t = shown
+            .iter()
+            .find(|t| t["id"] == id)
+            .unwrap_or_else(|| panic!("entry {id} did not arrive: {shown:?}"));
+        assert_eq!(t["spiffe_id"], id_of(&s["spiffe_id"]), "{id}");
+        assert_eq!(t["parent_id"], id_of(&s["parent_id"]), "{id}");
+        let selectors = |v: &serde_json::Value| -> std::collections::BTreeSet<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| match x.as_str() {
+                    Some(s) => s.to_owned(),
+                    None => format!(
+                        "{}:{}",
+                        x["type"].as_str().unwrap(),
+                        x["value"].as_str().unwrap()
+                    ),
+                })
+                .collect()
+        };
+        assert_eq!(
+            selectors(&t["selectors"]),
+            selectors(&s["selectors"]),
+            "{id}"
+        );
+        for field in [
+            "x509_svid_ttl",
+            "jwt_svid_ttl",
+            "admin",
+            "downstream",
+            "dns_names",
+            "hint",
+        ] {
+            assert_eq!(t[field], s[field], "{id}: {field}");
+        }
+        let expires: i64 = s["expires_at"].as_str().unwrap().parse().unwrap();
+        assert_eq!(t["expires_at"], expires, "{id}: expires_at");
+        let federates = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| {
+                    x.as_str()
+                        .unwrap()
+                        .trim_start_matches("spiffe://")
+                        .to_owned()
+                })
+                .collect()
+        };
+        assert_eq!(
+            federates(&t["federates_with"]),
+            federates(&s["federates_with"]),
+            "{id}"
+        );
+    }
+    let db = shown.iter().find(|t| t["id"] == "db-primary").unwrap();
+    assert_eq!(db["federates_with"].as_array().unwrap().len(), 1, "{db}");
+    assert_eq!(db["hint"], "primary");
+
+    // The same file again: every entry is there already, and nothing changes.
+    let o = tessera.cli(&["entry", "create", "--data", file.to_str().unwrap()]);
+    assert!(!o.status.success(), "duplicates must be reported");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("{0} of {0} entries failed", made.len())),
+        "{err}"
+    );
+    assert_eq!(
+        tessera.cli_ok(&["entry", "count"]),
+        format!("{} registration entries\n", made.len())
+    );
+}

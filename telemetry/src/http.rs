@@ -144,8 +144,33 @@ pub async fn serve(
     endpoints: Endpoints,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let endpoints = Arc::new(endpoints);
+    let handler: Handler = Arc::new(move |req| {
+        let endpoints = endpoints.clone();
+        Box::pin(async move { answer(&endpoints, req).await })
+    });
+    serve_with(listener, None, handler, "health and metrics", shutdown).await;
+}
+
+/// A response to one request.
+pub type Reply = Response<Full<Bytes>>;
+
+/// What answers the requests of [`serve_with`].
+pub type Handler =
+    Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
+
+/// Serves `handler` on `listener`, over TLS when `tls` is given, until `shutdown`
+/// completes: HTTP/1.1, at most a fixed number of connections at once (more wait in
+/// the kernel's backlog), the TLS handshake and the request headers each within a
+/// few seconds. `what` names the listener in log lines.
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handler: Handler,
+    what: &'static str,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -161,32 +186,50 @@ pub async fn serve(
                 Ok(s) => s,
                 Err(e) => {
                     // Out of file descriptors, most likely: wait, do not spin.
-                    tracing::warn!(error = %e, "the health and metrics listener cannot accept");
+                    tracing::warn!(error = %e, listener = what, "cannot accept");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
             },
         };
-        let endpoints = endpoints.clone();
+        let handler = handler.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let svc = hyper::service::service_fn(move |req| {
-                let endpoints = endpoints.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&endpoints, req).await) }
+                let handler = handler.clone();
+                async move { Ok::<_, std::convert::Infallible>(handler(req).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
+            let http = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!("health and metrics connection ended: {e}");
+                .clone();
+            let result = match tls {
+                None => http.serve_connection(TokioIo::new(stream), svc).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => http.serve_connection(TokioIo::new(stream), svc).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, listener = what, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = what, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, listener = what, "connection ended");
             }
         });
     }
 }
 
-fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+/// A response with `status`, a `Content-Type` and `body`.
+pub fn reply(status: StatusCode, content_type: &str, body: String) -> Reply {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     if let Ok(v) = http::HeaderValue::from_str(content_type) {
@@ -195,7 +238,8 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
     r
 }
 
-fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+/// A JSON response.
+pub fn json(status: StatusCode, value: serde_json::Value) -> Reply {
     reply(status, "application/json", format!("{value}\n"))
 }
 

@@ -412,22 +412,13 @@ impl Admin for AdminApi {
             .into_inner()
             .bundle
             .ok_or_else(|| Status::invalid_argument("bundle is required"))?;
-        let mut b = bundle_from_proto(p)?;
+        let b = bundle_from_proto(p)?;
         if b.trust_domain() == self.state.trust_domain() {
             return Err(Status::invalid_argument(
                 "this is the server's own trust domain; its bundle is managed by the CA",
             ));
         }
-        let previous = self.state.ds.get_bundle(b.trust_domain()).await?;
-        let seq = previous.map_or(1, |p| {
-            if p.same_authorities(&b) {
-                p.sequence()
-            } else {
-                p.sequence() + 1
-            }
-        });
-        b.set_sequence(seq.max(b.sequence()));
-        self.state.ds.set_bundle(&b).await?;
+        let b = crate::federation::store(self.state.ds.as_ref(), b).await?;
         Ok(Response::new(bundle_to_proto(&b)))
     }
 

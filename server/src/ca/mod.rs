@@ -82,6 +82,8 @@ pub struct CaSettings {
     pub refresh_hint: Duration,
     /// The root that signs the server's CA; `None`: the server's CA is a self-signed root.
     pub upstream: Option<Arc<Issuer>>,
+    /// The `iss` claim of the JWT-SVIDs it signs (`jwt_issuer`); none when `None`.
+    pub jwt_issuer: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -236,9 +236,10 @@ impl CaManager {
             let active = self.active_jwt().map_err(|e| (String::new(), e))?;
             let now = self.clock.unix();
             let exp = (now + ttl.as_secs() as i64).min(active.not_after);
-            tessera_core::jwt::sign_jwt_svid(
+            tessera_core::jwt::sign_jwt_svid_issued_by(
                 spiffe_id,
                 audience,
+                self.settings.jwt_issuer.as_deref(),
                 now,
                 exp,
                 &active.kid,

@@ -17,7 +17,9 @@ pub enum BundleFormat {
     /// The X.509 authorities, PEM.
     #[default]
     Pem,
-    /// A JWK Set, as SPIFFE bundle endpoints serve it.
+    /// A JWK Set, as SPIFFE bundle endpoints serve it (`spiffe`, SPIRE's name for
+    /// it, is accepted too).
+    #[value(alias = "spiffe")]
     Jwks,
 }
 

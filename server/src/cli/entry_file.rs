@@ -1,10 +1,21 @@
 //! `tessera-server entry create --data FILE`: registration entries in bulk, from a
-//! file in the format `spire-server entry create -data` reads: `{"entries": [...]}`,
-//! each entry with `spiffe_id` and `parent_id` as URIs, `selectors` as
-//! `[{"type", "value"}]`, `x509_svid_ttl` (or the older `ttl`), `jwt_svid_ttl`,
-//! `federates_with`, `entry_id`, `admin`, `downstream`, `entryExpiry`, `dns_names`,
-//! `hint`; `revision_number` and `created_at` are ignored (the server sets them).
-//! `-` reads standard input.
+//! file in either of SPIRE's two entry formats, so that entries move from a SPIRE
+//! server as they are:
+//!
+//! - what `spire-server entry create -data` reads: `{"entries": [...]}`, each entry
+//!   with `spiffe_id` and `parent_id` as URIs, `selectors` as `[{"type", "value"}]`,
+//!   `x509_svid_ttl` (or the older `ttl`), `jwt_svid_ttl`, `federates_with`,
+//!   `entry_id`, `admin`, `downstream`, `entryExpiry`, `dns_names`, `hint`;
+//! - what `spire-server entry show -output json` prints: `{"entries": [...],
+//!   "next_page_token": ""}`, each entry with `id`, `spiffe_id` and `parent_id` as
+//!   `{"trust_domain", "path"}`, `expires_at`, and its 64-bit numbers as JSON
+//!   strings (`"0"`), as protobuf's JSON mapping writes them.
+//!
+//! An entry may mix the two spellings (`id` or `entry_id`, `expires_at` or
+//! `entryExpiry`), but not give one field twice with different values. Numbers are
+//! read as JSON numbers or strings of digits. `revision_number` and `created_at`
+//! are ignored (the server sets them); `additional_attributes` are accepted only when
+//! they ask for nothing (every attribute false or empty). `-` reads standard input.
 //!
 //! Each entry stands alone: one that cannot be read or that the server refuses is
 //! reported (as `entries[N]`, with why) and the others are still created; the command
@@ -29,6 +40,79 @@ const CHUNK: usize = 500;
 #[serde(deny_unknown_fields)]
 struct FileEntries {
     entries: Vec<serde_json::Value>,
+    /// `entry show` prints it; not empty means the listing was cut into pages and
+    /// this file holds only one.
+    #[serde(default)]
+    next_page_token: String,
+}
+
+/// A SPIFFE ID as either format writes it: a URI (`-data`) or protobuf's
+/// `{"trust_domain", "path"}` (`entry show`).
+fn id_field(name: &str, v: Option<serde_json::Value>) -> Result<String, String> {
+    use serde_json::Value;
+    let parts = match v {
+        None | Some(Value::Null) => return Ok(String::new()),
+        Some(Value::String(uri)) => return Ok(uri),
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            return Err(format!(
+                "{name} is {other}: give a URI string or {{\"trust_domain\", \"path\"}}"
+            ));
+        }
+    };
+    let mut trust_domain = None;
+    let mut path = "";
+    for (key, value) in &parts {
+        match (key.as_str(), value.as_str()) {
+            ("trust_domain", Some(td)) => trust_domain = Some(td),
+            ("path", Some(p)) => path = p,
+            ("trust_domain" | "path", None) => {
+                return Err(format!("{name}.{key} is {value}, not a string"));
+            }
+            _ => return Err(format!("{name} has an unknown field {key:?}")),
+        }
+    }
+    let trust_domain = trust_domain
+        .filter(|td| !td.is_empty())
+        .ok_or_else(|| format!("{name} has no trust_domain"))?;
+    if !path.is_empty() && !path.starts_with('/') {
+        return Err(format!("{name}.path {path:?} does not start with '/'"));
+    }
+    Ok(format!("spiffe://{trust_domain}{path}"))
+}
+
+/// A whole number as JSON writes it, or as protobuf's JSON mapping writes a 64-bit
+/// one (a string of digits).
+fn number_field(name: &str, v: Option<&serde_json::Value>) -> Result<Option<i64>, String> {
+    use serde_json::Value;
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| format!("{name} {n} is not a whole number")),
+        Some(Value::String(t)) => t
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{name} {t:?} is not a whole number")),
+        Some(other) => Err(format!("{name} is {other}, not a number")),
+    }
+}
+
+/// The value of a field the two formats spell differently (`entry_id` and `id`):
+/// either one, or both when they agree.
+fn one_of<T: PartialEq + std::fmt::Debug>(
+    names: (&str, &str),
+    a: Option<T>,
+    b: Option<T>,
+) -> Result<Option<T>, String> {
+    match (a, b) {
+        (Some(a), Some(b)) if a != b => Err(format!(
+            "{} ({a:?}) and {} ({b:?}) disagree; give one",
+            names.0, names.1
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
 }
 
 #[derive(Deserialize)]
@@ -45,26 +129,34 @@ struct FileEntry {
     #[serde(default)]
     selectors: Vec<FileSelector>,
     #[serde(default)]
-    parent_id: String,
+    parent_id: Option<serde_json::Value>,
     #[serde(default)]
-    spiffe_id: String,
+    spiffe_id: Option<serde_json::Value>,
     #[serde(default)]
-    x509_svid_ttl: Option<i64>,
+    x509_svid_ttl: Option<serde_json::Value>,
     /// The name `x509_svid_ttl` had before SPIRE 1.5.
     #[serde(default)]
-    ttl: Option<i64>,
+    ttl: Option<serde_json::Value>,
     #[serde(default)]
-    jwt_svid_ttl: Option<i64>,
+    jwt_svid_ttl: Option<serde_json::Value>,
     #[serde(default)]
     federates_with: Vec<String>,
+    /// The entry's ID as `-data` names it.
     #[serde(default)]
-    entry_id: String,
+    entry_id: Option<String>,
+    /// The entry's ID as `entry show` names it.
+    #[serde(default)]
+    id: Option<String>,
     #[serde(default)]
     admin: bool,
     #[serde(default)]
     downstream: bool,
+    /// The expiry as `-data` names it.
     #[serde(default, rename = "entryExpiry")]
-    entry_expiry: i64,
+    entry_expiry: Option<serde_json::Value>,
+    /// The expiry as `entry show` names it.
+    #[serde(default)]
+    expires_at: Option<serde_json::Value>,
     #[serde(default)]
     dns_names: Vec<String>,
     #[serde(default)]
@@ -87,6 +179,25 @@ struct FileEntry {
     created_at: serde_json::Value,
 }
 
+/// Whether `additional_attributes` asks for nothing: absent, null, or an object
+/// whose every attribute is false, null, zero or empty.
+fn asks_for_nothing(v: Option<&serde_json::Value>) -> bool {
+    use serde_json::Value;
+    let unset = |v: &Value| match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+    };
+    match v {
+        None | Some(Value::Null) => true,
+        Some(Value::Object(o)) => o.values().all(unset),
+        Some(_) => false,
+    }
+}
+
 fn ttl(name: &str, v: Option<i64>) -> Result<u32, String> {
     match v {
         None => Ok(0),
@@ -101,10 +212,12 @@ fn ttl(name: &str, v: Option<i64>) -> Result<u32, String> {
 
 impl FileEntry {
     fn into_proto(self) -> Result<tpb::Entry, String> {
-        if self.spiffe_id.is_empty() {
+        let spiffe_id = id_field("spiffe_id", self.spiffe_id)?;
+        let parent_id = id_field("parent_id", self.parent_id)?;
+        if spiffe_id.is_empty() {
             return Err("spiffe_id is required".into());
         }
-        if self.parent_id.is_empty() {
+        if parent_id.is_empty() {
             return Err("parent_id is required".into());
         }
         if self.selectors.is_empty() {
@@ -113,21 +226,22 @@ impl FileEntry {
         if self.store_svid {
             return Err("store_svid is not supported: Tessera has no SVID stores".into());
         }
-        if self
-            .additional_attributes
-            .as_ref()
-            .is_some_and(|v| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))
-        {
+        if !asks_for_nothing(self.additional_attributes.as_ref()) {
             return Err("additional_attributes are not supported".into());
         }
-        let x509 = match (self.x509_svid_ttl, self.ttl) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(format!(
-                    "x509_svid_ttl ({a}) and its older name ttl ({b}) disagree; give one"
-                ));
-            }
-            (a, b) => ttl("x509_svid_ttl", a.or(b))?,
-        };
+        let x509 = one_of(
+            ("x509_svid_ttl", "its older name ttl"),
+            number_field("x509_svid_ttl", self.x509_svid_ttl.as_ref())?,
+            number_field("ttl", self.ttl.as_ref())?,
+        )?;
+        let x509 = ttl("x509_svid_ttl", x509)?;
+        let id = one_of(("entry_id", "id"), self.entry_id, self.id)?.unwrap_or_default();
+        let expires_at = one_of(
+            ("entryExpiry", "expires_at"),
+            number_field("entryExpiry", self.entry_expiry.as_ref())?,
+            number_field("expires_at", self.expires_at.as_ref())?,
+        )?
+        .unwrap_or(0);
         let selectors = self
             .selectors
             .into_iter()
@@ -143,18 +257,21 @@ impl FileEntry {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(tpb::Entry {
-            id: self.entry_id,
-            spiffe_id: self.spiffe_id,
-            parent_id: self.parent_id,
+            id,
+            spiffe_id,
+            parent_id,
             selectors,
             x509_svid_ttl: x509,
-            jwt_svid_ttl: ttl("jwt_svid_ttl", self.jwt_svid_ttl)?,
+            jwt_svid_ttl: ttl(
+                "jwt_svid_ttl",
+                number_field("jwt_svid_ttl", self.jwt_svid_ttl.as_ref())?,
+            )?,
             federates_with: self.federates_with,
             admin: self.admin,
             downstream: self.downstream,
             dns_names: self.dns_names,
             hint: self.hint,
-            expires_at: self.entry_expiry,
+            expires_at,
             ..Default::default()
         })
     }
@@ -164,8 +281,16 @@ impl FileEntry {
 /// file that is not such a file at all.
 pub fn parse(data: &[u8]) -> Result<Vec<Result<tpb::Entry, String>>, String> {
     let file: FileEntries = serde_json::from_slice(data).map_err(|e| {
-        format!("not a registration entry file ({{\"entries\": [...]}}, as spire-server entry create -data reads): {e}")
+        format!("not a registration entry file ({{\"entries\": [...]}}, as spire-server entry create -data reads and entry show -output json prints): {e}")
     })?;
+    if !file.next_page_token.is_empty() {
+        return Err(format!(
+            "next_page_token is {:?}: the file holds one page of a longer listing, and \
+             the entries after it are missing (print them all with spire-server entry show \
+             -output json)",
+            file.next_page_token
+        ));
+    }
     Ok(file
         .entries
         .into_iter()
@@ -402,6 +527,93 @@ mod tests {
             "{}",
             errs[4]
         );
+    }
+
+    #[test]
+    fn spire_show_output_is_read_as_it_is_printed() {
+        // `entry show -output json`: IDs as {trust_domain, path}, 64-bit numbers as
+        // strings, every field printed, the listing's page token at the end.
+        let text = br#"{
+            "entries": [
+                {
+                    "id": "0a2b6e43-4c3e-4b8e-a1f2-5d1c9e6f7a80",
+                    "spiffe_id": {"trust_domain": "example.org", "path": "/db"},
+                    "parent_id": {"trust_domain": "example.org", "path": "/spire/agent/join_token/t1"},
+                    "selectors": [{"type": "unix", "value": "uid:1000"}, {"type": "unix", "value": "gid:50"}],
+                    "x509_svid_ttl": 600, "jwt_svid_ttl": 120,
+                    "federates_with": ["other.test"],
+                    "admin": true, "downstream": false,
+                    "expires_at": "1900000000",
+                    "dns_names": ["db.example.org", "db"],
+                    "revision_number": "3", "store_svid": false, "hint": "primary",
+                    "created_at": "1764633600"
+                },
+                {
+                    "id": "e2", "spiffe_id": {"trust_domain": "example.org", "path": "/w"},
+                    "parent_id": {"trust_domain": "example.org", "path": "/node"},
+                    "selectors": [{"type": "unix", "value": "uid:1"}],
+                    "x509_svid_ttl": 0, "jwt_svid_ttl": 0, "federates_with": [], "admin": false,
+                    "downstream": false, "expires_at": "0", "dns_names": [], "revision_number": "0",
+                    "store_svid": false, "hint": "", "created_at": "0",
+                    "additional_attributes": {"disable_x509_svid_prefetch": false, "jwt_svid_include_jti": false}
+                },
+                {"id": "a", "entry_id": "b", "spiffe_id": "spiffe://example.org/x",
+                 "parent_id": "spiffe://example.org/p", "selectors": [{"type": "unix", "value": "uid:1"}]},
+                {"spiffe_id": {"path": "/x"}, "parent_id": "spiffe://example.org/p",
+                 "selectors": [{"type": "unix", "value": "uid:1"}]},
+                {"spiffe_id": {"trust_domain": "example.org", "path": "x"}, "parent_id": "spiffe://example.org/p",
+                 "selectors": [{"type": "unix", "value": "uid:1"}]},
+                {"spiffe_id": "spiffe://example.org/x", "parent_id": "spiffe://example.org/p",
+                 "selectors": [{"type": "unix", "value": "uid:1"}], "expires_at": "soon"},
+                {"spiffe_id": "spiffe://example.org/x", "parent_id": "spiffe://example.org/p",
+                 "selectors": [{"type": "unix", "value": "uid:1"}], "expires_at": "5", "entryExpiry": 6},
+                {"spiffe_id": "spiffe://example.org/x", "parent_id": "spiffe://example.org/p",
+                 "selectors": [{"type": "unix", "value": "uid:1"}],
+                 "additional_attributes": {"jwt_svid_include_jti": true}},
+                {"spiffe_id": 7, "parent_id": "spiffe://example.org/p",
+                 "selectors": [{"type": "unix", "value": "uid:1"}]}
+            ],
+            "next_page_token": ""
+        }"#;
+        let got = parse(text).unwrap();
+        assert_eq!(
+            got[0].as_ref().unwrap(),
+            &tpb::Entry {
+                id: "0a2b6e43-4c3e-4b8e-a1f2-5d1c9e6f7a80".into(),
+                spiffe_id: "spiffe://example.org/db".into(),
+                parent_id: "spiffe://example.org/spire/agent/join_token/t1".into(),
+                selectors: vec!["unix:uid:1000".into(), "unix:gid:50".into()],
+                x509_svid_ttl: 600,
+                jwt_svid_ttl: 120,
+                federates_with: vec!["other.test".into()],
+                admin: true,
+                downstream: false,
+                dns_names: vec!["db.example.org".into(), "db".into()],
+                hint: "primary".into(),
+                expires_at: 1_900_000_000,
+                revision_number: 0,
+                created_at: 0,
+            }
+        );
+        let plain = got[1].as_ref().unwrap();
+        assert_eq!((plain.id.as_str(), plain.expires_at), ("e2", 0));
+        let errs: Vec<String> = got[2..].iter().map(|r| r.clone().unwrap_err()).collect();
+        let wanted = [
+            "entry_id (\"b\") and id (\"a\") disagree; give one",
+            "spiffe_id has no trust_domain",
+            "spiffe_id.path \"x\" does not start with '/'",
+            "expires_at \"soon\" is not a whole number",
+            "entryExpiry (6) and expires_at (5) disagree; give one",
+            "additional_attributes are not supported",
+            "spiffe_id is 7: give a URI string or {\"trust_domain\", \"path\"}",
+        ];
+        assert_eq!(errs, wanted);
+    }
+
+    #[test]
+    fn one_page_of_a_longer_listing_is_refused() {
+        let e = parse(br#"{"entries": [], "next_page_token": "abc"}"#).unwrap_err();
+        assert!(e.contains("one page of a longer listing"), "{e}");
     }
 
     #[test]

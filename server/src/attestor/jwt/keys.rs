@@ -170,57 +170,6 @@ impl Source {
     }
 }
 
-/// The well-known places of the system's CA bundle, tried in order when a key set
-/// URL is given without `jwks_ca_bundle`.
-pub const SYSTEM_CA_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/cert.pem",
-];
-
-/// The TLS client settings for fetching a key set: roots from `ca_bundle`, or from
-/// the system's bundle.
-pub fn tls_roots(
-    setting: &str,
-    ca_bundle: Option<&Path>,
-) -> Result<Arc<rustls::ClientConfig>, String> {
-    let path = match ca_bundle {
-        Some(p) => p.to_owned(),
-        None => SYSTEM_CA_BUNDLES
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .ok_or_else(|| {
-                format!(
-                    "{setting}: no system CA bundle found ({}); set jwks_ca_bundle",
-                    SYSTEM_CA_BUNDLES.join(", ")
-                )
-            })?,
-    };
-    let pem = std::fs::read(&path).map_err(|e| format!("{setting}: {}: {e}", path.display()))?;
-    let ders = tessera_core::x509::pem_certs(&pem)
-        .map_err(|e| format!("{setting}: {}: {e}", path.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(
-        ders.into_iter()
-            .map(rustls::pki_types::CertificateDer::from),
-    );
-    if added == 0 {
-        return Err(format!(
-            "{setting}: {} holds no usable CA certificate",
-            path.display()
-        ));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("{setting}: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
 #[derive(Debug, Default)]
 struct State {
     set: Option<Arc<KeySet>>,

@@ -55,8 +55,9 @@ pub fn key_source(
                 url: url.to_owned(),
                 http: tessera_process::http::Options {
                     timeout: Duration::from_secs(10),
-                    tls: Some(keys::tls_roots(
+                    tls: Some(crate::https::tls_roots(
                         &format!("{setting}.jwks_ca_bundle"),
+                        "jwks_ca_bundle",
                         ca_bundle,
                     )?),
                     ..Default::default()

@@ -163,6 +163,7 @@ pub(super) fn settings(ttl: Duration) -> CaSettings {
         jwt_key_type: KeyType::EcP256,
         refresh_hint: Duration::from_secs(60),
         upstream: None,
+        jwt_issuer: None,
     }
 }
 
