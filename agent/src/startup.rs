@@ -47,8 +47,16 @@ pub enum StartupError {
     TpmKeyManager(#[source] KeyError),
     #[error("node_attestor.tpm_devid: {0} (provision it with `tessera-agent tpm provision-devid`)")]
     DevId(#[source] tessera_tpm::provision::ProvisionError),
+    /// The x509pop settings cannot work as given.
     #[error("node_attestor.x509pop: {0}")]
     X509Pop(String),
+    /// The x509pop node key cannot be read or opened; `what` names the setting.
+    #[error("node_attestor.x509pop: {what}: {source}")]
+    X509PopKey {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("--join-token-file: {0}")]
     JoinTokenFile(#[source] SecretError),
     #[error("join token: {0}")]
@@ -271,24 +279,25 @@ fn cloud_or_certificate_attestor(
         x509pop::NodeKey::File(p.clone())
     } else if let Some(p) = &c.tpm_key_path {
         let tpm = tpm.ok_or(StartupError::NeedsTpm("x509pop with tpm_key_path"))?;
-        let bytes = std::fs::read(p)
-            .map_err(|e| StartupError::X509Pop(format!("tpm_key_path {}: {e}", p.display())))?;
-        let blob = tessera_tpm::KeyBlob::from_bytes(&bytes)
-            .map_err(|e| StartupError::X509Pop(format!("tpm_key_path {}: {e}", p.display())))?;
-        let key = tessera_tpm::TpmKey::from_blob(tpm, blob)
-            .map_err(|e| StartupError::X509Pop(format!("tpm_key_path {}: {e}", p.display())))?;
+        let fault = |source: Box<dyn std::error::Error + Send + Sync>| StartupError::X509PopKey {
+            what: format!("tpm_key_path {}", p.display()),
+            source,
+        };
+        let bytes = std::fs::read(p).map_err(|e| fault(e.into()))?;
+        let blob = tessera_tpm::KeyBlob::from_bytes(&bytes).map_err(|e| fault(e.into()))?;
+        let key = tessera_tpm::TpmKey::from_blob(tpm, blob).map_err(|e| fault(e.into()))?;
         x509pop::NodeKey::Held(Arc::new(key))
     } else if let Some(p) = &c.pkcs11 {
-        let km = tessera_hsm::Pkcs11KeyManager::open(p)
-            .map_err(|e| StartupError::X509Pop(format!("pkcs11: {e}")))?;
-        let key = km
-            .uri_key()
-            .map_err(|e| StartupError::X509Pop(format!("pkcs11: {e}")))?
-            .ok_or_else(|| {
-                StartupError::X509Pop(
-                    "pkcs11: the uri must name the node key (object= and/or id=)".into(),
-                )
-            })?;
+        let fault = |source: Box<dyn std::error::Error + Send + Sync>| StartupError::X509PopKey {
+            what: "pkcs11".into(),
+            source,
+        };
+        let km = tessera_hsm::Pkcs11KeyManager::open(p).map_err(|e| fault(e.into()))?;
+        let key = km.uri_key().map_err(|e| fault(e.into()))?.ok_or_else(|| {
+            StartupError::X509Pop(
+                "pkcs11: the uri must name the node key (object= and/or id=)".into(),
+            )
+        })?;
         x509pop::NodeKey::Held(key)
     } else {
         return Err(StartupError::X509Pop(

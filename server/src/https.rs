@@ -24,11 +24,7 @@ pub fn check_url(url: &str, allow_http: bool) -> Result<(), String> {
         Some("https") => {}
         Some("http") if allow_http => {}
         Some("http") => {
-            return Err(format!(
-                "{url:?} is http: relying parties fetch keys from it, so it must be https \
-                 (plain http only with [oidc_discovery] insecure = true, behind a proxy \
-                 that serves https)"
-            ));
+            return Err(format!("{url:?} is http: it must be https"));
         }
         _ => return Err(format!("{url:?} is not an https URL")),
     }
@@ -38,6 +34,12 @@ pub fn check_url(url: &str, allow_http: bool) -> Result<(), String> {
         .ok_or_else(|| format!("{url:?} has no host"))?;
     if authority.as_str().contains('@') {
         return Err(format!("{url:?} has a user name"));
+    }
+    // The URI parser keeps any text after the host's colon as the port; a client
+    // would then fall back to the scheme's port without a word.
+    let after_host = &authority.as_str()[authority.as_str().rfind(']').unwrap_or(0)..];
+    if after_host.contains(':') && authority.port_u16().is_none_or(|p| p == 0) {
+        return Err(format!("{url:?} has no valid port after the host's colon"));
     }
     if uri.query().is_some() {
         return Err(format!("{url:?} has a query"));
@@ -243,11 +245,17 @@ mod tests {
             "https://oidc.example.org",
             "https://oidc.example.org/tessera",
             "https://oidc.example.org:8443/",
+            "https://[::1]:8443/keys",
+            "https://[::1]/keys",
         ] {
             assert_eq!(crate::https::check_url(good, false), Ok(()), "{good}");
         }
         for (bad, says) in [
             ("http://oidc.example.org", "must be https"),
+            ("https://oidc.example.org:99999", "no valid port"),
+            ("https://oidc.example.org:84x3/", "no valid port"),
+            ("https://oidc.example.org:0", "no valid port"),
+            ("https://oidc.example.org:/", "no valid port"),
             ("ftp://oidc.example.org", "not an https URL"),
             ("https://oidc.example.org/?a=b", "has a query"),
             ("https://oidc.example.org/#x", "has a fragment"),

@@ -55,8 +55,15 @@ pub fn check(
 ) -> Result<(), (&'static str, String)> {
     let insecure = discovery.is_some_and(|d| d.insecure);
     if let Some(iss) = jwt_issuer {
-        crate::https::check_url(iss, insecure)
-            .map_err(|e| ("jwt_issuer", format!("jwt_issuer {e}")))?;
+        crate::https::check_url(iss, insecure).map_err(|e| {
+            (
+                "jwt_issuer",
+                format!(
+                    "jwt_issuer {e} (relying parties fetch keys from it; plain http only \
+                     with [oidc_discovery] insecure = true, behind a proxy that serves https)"
+                ),
+            )
+        })?;
     }
     let Some(d) = discovery else {
         return Ok(());

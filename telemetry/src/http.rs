@@ -123,8 +123,52 @@ pub async fn start(
 
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 64;
+/// Of those, how many one source address may hold: a handful of clients from
+/// one address (a scraper, a load balancer, a relying party) never need more, and
+/// filling the listener then takes many addresses.
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 8;
 /// A client has this long to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed after this long, whatever it is doing: a client that
+/// stops reading its answers (a zero TCP window) would otherwise hold its slot for
+/// as long as the kernel keeps the connection, since no header timer runs while an
+/// answer waits to be written.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+/// hyper's read buffer per connection (its smallest allowed is 8 KiB): the
+/// requests these listeners answer are a line and a few headers.
+const MAX_READ_BUFFER: usize = 16 * 1024;
+
+/// The connections each source address holds, for [`MAX_CONNECTIONS_PER_ADDRESS`].
+#[derive(Default)]
+struct PerAddress(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+impl PerAddress {
+    /// Counts a connection from `ip`; `None` when `ip` holds its share already.
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(ip).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot(self.clone(), ip))
+    }
+}
+
+/// One connection's place in [`PerAddress`], given back when dropped.
+struct AddressSlot(Arc<PerAddress>, std::net::IpAddr);
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut held = (self.0).0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.1);
+            }
+        }
+    }
+}
 /// A readiness check that takes longer is a failed one.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -161,8 +205,10 @@ pub type Handler =
 
 /// Serves `handler` on `listener`, over TLS when `tls` is given, until `shutdown`
 /// completes: HTTP/1.1, at most a fixed number of connections at once (more wait in
-/// the kernel's backlog), the TLS handshake and the request headers each within a
-/// few seconds. `what` names the listener in log lines.
+/// the kernel's backlog) and a few per source address (more are closed at once),
+/// the TLS handshake and the request headers each within a few seconds, and every
+/// connection closed after a fixed time whatever it is doing. `what` names the
+/// listener in log lines.
 pub async fn serve_with(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -171,6 +217,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_address = Arc::new(PerAddress::default());
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -180,7 +227,7 @@ pub async fn serve_with(
                 Err(_) => return,
             },
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => return,
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -192,10 +239,15 @@ pub async fn serve_with(
                 }
             },
         };
+        let Some(address_slot) = per_address.admit(peer.ip()) else {
+            tracing::debug!(listener = what, peer = %peer.ip(), "too many connections from one address");
+            continue;
+        };
         let handler = handler.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _address_slot = address_slot;
             let svc = hyper::service::service_fn(move |req| {
                 let handler = handler.clone();
                 async move { Ok::<_, std::convert::Infallible>(handler(req).await) }
@@ -203,26 +255,33 @@ pub async fn serve_with(
             let http = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_READ_BUFFER)
                 .keep_alive(true)
                 .clone();
-            let result = match tls {
-                None => http.serve_connection(TokioIo::new(stream), svc).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => http.serve_connection(TokioIo::new(stream), svc).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, listener = what, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(listener = what, "TLS handshake timed out");
-                            return;
+            let served = async {
+                match tls {
+                    None => http.serve_connection(TokioIo::new(stream), svc).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                http.serve_connection(TokioIo::new(stream), svc).await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, listener = what, "TLS handshake failed");
+                                Ok(())
+                            }
+                            Err(_) => {
+                                tracing::debug!(listener = what, "TLS handshake timed out");
+                                Ok(())
+                            }
                         }
                     }
                 }
             };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, listener = what, "connection ended");
+            match tokio::time::timeout(CONNECTION_DEADLINE, served).await {
+                Ok(Err(e)) => tracing::debug!(error = %e, listener = what, "connection ended"),
+                Ok(Ok(())) => {}
+                Err(_) => tracing::debug!(listener = what, "connection closed at its deadline"),
             }
         });
     }
@@ -375,6 +434,64 @@ mod tests {
             );
         }
         task.abort();
+    }
+
+    #[tokio::test]
+    async fn one_address_holds_a_few_connections_and_the_rest_are_closed_at_once() {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), "test").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(serve(
+            listener,
+            Endpoints::default(),
+            std::future::pending(),
+        ));
+        // Idle connections up to the share, then one more.
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS_PER_ADDRESS {
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf))
+            .await
+            .expect("the connection over the share is closed at once, not held")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        // The ones within the share are served, and one closing frees its place.
+        let first = held.first_mut().unwrap();
+        first
+            .write_all(req("GET", "/metrics").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        first.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        drop(held.remove(0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            get(addr, &req("GET", "/live"))
+                .await
+                .starts_with("HTTP/1.1 404")
+        );
+        task.abort();
+    }
+
+    #[test]
+    fn address_shares_are_given_back() {
+        let shares = Arc::new(PerAddress::default());
+        let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        let slots: Vec<_> = (0..MAX_CONNECTIONS_PER_ADDRESS)
+            .map(|_| shares.admit(ip).unwrap())
+            .collect();
+        assert!(shares.admit(ip).is_none());
+        assert!(shares.admit("192.0.2.8".parse().unwrap()).is_some());
+        drop(slots);
+        assert!(
+            shares.0.lock().unwrap().get(&ip).is_none(),
+            "no entry left behind"
+        );
+        assert!(shares.admit(ip).is_some());
     }
 
     #[tokio::test]

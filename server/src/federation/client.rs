@@ -25,8 +25,12 @@ const MIN_REFRESH: Duration = Duration::from_secs(10);
 const MAX_REFRESH: Duration = Duration::from_secs(86_400);
 /// The first retry after a failure; it doubles up to the refresh interval.
 const FIRST_RETRY: Duration = Duration::from_secs(5);
-/// The largest bundle accepted.
-const MAX_BUNDLE: usize = 1 << 20;
+/// The largest bundle accepted (a bundle of 64 RSA-4096 authorities is under
+/// 200 KiB).
+const MAX_BUNDLE: usize = 256 * 1024;
+/// The most X.509 authorities, and the most JWT keys, a fetched bundle may hold:
+/// every agent whose entries federate gets the bundle with each sync.
+const MAX_AUTHORITIES: usize = 64;
 
 /// When to fetch again after a bundle with `hint` seconds (0: none) arrived.
 pub fn next_refresh(hint: u64) -> Duration {
@@ -89,9 +93,55 @@ pub async fn refresh(ds: &dyn Datastore, rel: &RelationshipConfig) -> Result<Bun
     }
     let bundle = Bundle::from_jwks(rel.trust_domain.clone(), &got.body)
         .map_err(|e| format!("{} served no usable bundle: {e}", rel.bundle_endpoint_url))?;
+    acceptable(
+        &bundle,
+        ds.get_bundle(&rel.trust_domain)
+            .await
+            .ok()
+            .flatten()
+            .as_ref(),
+    )?;
     super::store(ds, bundle)
         .await
         .map_err(|e| format!("cannot store the bundle of {}: {e}", rel.trust_domain))
+}
+
+/// Whether a fetched bundle may replace `stored`. Refused, keeping the stored one:
+/// a bundle without X.509 authorities (the standard lets an empty key set mean
+/// "trust nothing from this trust domain", but one broken answer would then cut
+/// the federation off for good, since an `https_spiffe` endpoint is checked against
+/// the stored bundle; deleting the bundle or the relationship is the way to stop
+/// trusting); more authorities than a bundle needs; and an older `spiffe_sequence`
+/// than the stored one with other authorities (a stale copy bringing back keys the
+/// trust domain has removed).
+pub fn acceptable(fetched: &Bundle, stored: Option<&Bundle>) -> Result<(), String> {
+    if fetched.x509_authorities().is_empty() {
+        return Err("the bundle served has no X.509 authority; the stored one is kept".into());
+    }
+    if fetched.x509_authorities().len() > MAX_AUTHORITIES
+        || fetched.jwt_authorities().len() > MAX_AUTHORITIES
+    {
+        return Err(format!(
+            "the bundle served holds {} X.509 authorities and {} JWT keys, more than the \
+             {MAX_AUTHORITIES} of each accepted",
+            fetched.x509_authorities().len(),
+            fetched.jwt_authorities().len()
+        ));
+    }
+    if let Some(stored) = stored
+        && fetched.sequence() != 0
+        && fetched.sequence() < stored.sequence()
+        && !stored.same_authorities(fetched)
+    {
+        return Err(format!(
+            "the bundle served has spiffe_sequence {}, older than the stored {}, with other \
+             authorities: a stale copy; the stored one is kept (tessera-server bundle set \
+             replaces it if the other side really started over)",
+            fetched.sequence(),
+            stored.sequence()
+        ));
+    }
+    Ok(())
 }
 
 /// Keeps the bundle of `rel` fresh until `shutdown` turns true.
@@ -140,6 +190,11 @@ pub fn spawn(ds: Arc<dyn Datastore>, rel: RelationshipConfig, mut shutdown: watc
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        reason = "test code: a failed unwrap is a failed test"
+    )]
+
     use super::*;
 
     #[test]
@@ -148,6 +203,34 @@ mod tests {
         assert_eq!(next_refresh(60), Duration::from_secs(60));
         assert_eq!(next_refresh(1), Duration::from_secs(10));
         assert_eq!(next_refresh(10_000_000), Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn empty_oversized_and_stale_bundles_are_refused() {
+        use tessera_core::TrustDomain;
+        let td = TrustDomain::new("spire.test").unwrap();
+        let ca = |n: u8| vec![0x30, 0x03, 0x02, 0x01, n];
+        let bundle = |seq: u64, cas: Vec<Vec<u8>>| {
+            let mut b = Bundle::with_x509(td.clone(), cas);
+            b.set_sequence(seq);
+            b
+        };
+        let stored = bundle(5, vec![ca(1)]);
+        assert_eq!(acceptable(&bundle(6, vec![ca(2)]), Some(&stored)), Ok(()));
+        assert_eq!(acceptable(&bundle(5, vec![ca(1)]), Some(&stored)), Ok(()));
+        assert_eq!(
+            acceptable(&bundle(0, vec![ca(2)]), Some(&stored)),
+            Ok(()),
+            "no sequence given"
+        );
+        assert_eq!(acceptable(&bundle(1, vec![ca(2)]), None), Ok(()));
+        let e = acceptable(&bundle(4, vec![ca(2)]), Some(&stored)).unwrap_err();
+        assert!(e.contains("older than the stored 5"), "{e}");
+        let e = acceptable(&bundle(9, vec![]), Some(&stored)).unwrap_err();
+        assert!(e.contains("no X.509 authority"), "{e}");
+        let many = (0..=MAX_AUTHORITIES).map(|n| ca(n as u8)).collect();
+        let e = acceptable(&bundle(9, many), Some(&stored)).unwrap_err();
+        assert!(e.contains("more than the 64"), "{e}");
     }
 
     #[test]

@@ -144,7 +144,20 @@ pub fn check(own: &TrustDomain, f: &FederationConfig) -> Result<(), (&'static st
             &r.endpoint_spiffe_id,
             &r.ca_bundle,
         ) {
-            (Profile::HttpsSpiffe, Some(_), None) | (Profile::HttpsWeb, None, _) => {}
+            (Profile::HttpsSpiffe, Some(id), None) if id.path().is_empty() => {
+                return fault(format!(
+                    "endpoint_spiffe_id {id} names a trust domain, not a server: no SVID \
+                     carries it (SPIRE's server is spiffe://<td>/spire/server)"
+                ));
+            }
+            (Profile::HttpsWeb, None, Some(roots)) => {
+                // Read now, so that a wrong path stops the start instead of failing
+                // every fetch.
+                if let Err(e) = crate::https::tls_roots("ca_bundle", "ca_bundle", Some(roots)) {
+                    return fault(e);
+                }
+            }
+            (Profile::HttpsSpiffe, Some(_), None) | (Profile::HttpsWeb, None, None) => {}
             (Profile::HttpsSpiffe, None, _) => {
                 return fault("profile \"https_spiffe\" needs endpoint_spiffe_id".into());
             }
@@ -175,7 +188,7 @@ pub async fn store(ds: &dyn Datastore, mut b: Bundle) -> Result<Bundle, Datastor
         if p.same_authorities(&b) {
             p.sequence()
         } else {
-            p.sequence() + 1
+            p.sequence().saturating_add(1)
         }
     });
     b.set_sequence(seq.max(b.sequence()));
@@ -254,6 +267,18 @@ mod tests {
             (
                 "[[federates_with]]\ntrust_domain = \"example.org\"\nbundle_endpoint_url = \"https://x\"\nbundle_endpoint_profile = \"https_web\"\n".to_owned(),
                 "own trust domain",
+            ),
+            (
+                rel("bundle_endpoint_profile = \"https_spiffe\"\nendpoint_spiffe_id = \"spiffe://spire.test\"\n"),
+                "names a trust domain, not a server",
+            ),
+            (
+                rel("bundle_endpoint_profile = \"https_web\"\nca_bundle = \"/nonexistent/roots.pem\"\n"),
+                "/nonexistent/roots.pem",
+            ),
+            (
+                "[[federates_with]]\ntrust_domain = \"a.test\"\nbundle_endpoint_url = \"https://x:99999\"\nbundle_endpoint_profile = \"https_web\"\n".to_owned(),
+                "no valid port",
             ),
             (
                 "[[federates_with]]\ntrust_domain = \"a.test\"\nbundle_endpoint_url = \"http://x\"\nbundle_endpoint_profile = \"https_web\"\n".to_owned(),
