@@ -409,6 +409,10 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
 
 /// Runs the server until a shutdown signal.
 pub async fn run(config: ServerConfig) -> Result<(), RunError> {
+    // Files the relationships name, before anything is bound or opened.
+    crate::federation::check_files(&config.federation).map_err(|(key, message)| {
+        RunError::Config(crate::config::InvalidConfig::Setting { key, message })
+    })?;
     // Before anything opens a descriptor: every agent connection is one.
     let nofile = tessera_process::limits::nofile::raise_and_log();
     let bind = config.bind_address;

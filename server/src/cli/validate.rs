@@ -1,8 +1,8 @@
 //! `tessera-server validate -c FILE`: checks a configuration file as `run` would read
 //! it (with `--set` flags and `TESSERA_SERVER_*` variables), without starting
-//! anything: the syntax and every rule, the files the node attestors and a disk
-//! upstream authority read, a `connection_string_file`, and the audit file's
-//! directory. The datastore, key manager and HSM are not opened. Errors name the file
+//! anything: the syntax and every rule, the files the node attestors, a disk
+//! upstream authority and the federation relationships read, a
+//! `connection_string_file`, and the audit file's directory. The datastore, key manager and HSM are not opened. Errors name the file
 //! and, where the file sets the value at fault, its line.
 
 use std::path::{Path, PathBuf};
@@ -47,6 +47,7 @@ pub fn execute(args: &ValidateArgs) -> Result<String, CliError> {
         crate::upstream::load(&cfg, std::time::SystemTime::now())
             .map_err(|e| at("upstream_authority", e.to_string()))?;
     }
+    crate::federation::check_files(&cfg.federation).map_err(|(key, message)| at(key, message))?;
     if let Some(audit) = &cfg.audit.path {
         let dir = audit
             .parent()
@@ -103,6 +104,19 @@ mod tests {
     fn a_valid_file_is_said_so() {
         let out = check("trust_domain = \"example.org\"\n").unwrap();
         assert!(out.ends_with("server.toml is valid.\n"), "{out}");
+    }
+
+    #[test]
+    fn an_unreadable_federation_ca_bundle_is_named() {
+        let e = err(
+            "trust_domain = \"example.org\"\n[[federation.federates_with]]\n\
+             trust_domain = \"partner.test\"\nbundle_endpoint_url = \"https://partner.test\"\n\
+             bundle_endpoint_profile = \"https_web\"\nca_bundle = \"/nonexistent/roots.pem\"\n",
+        );
+        assert!(
+            e.contains("partner.test") && e.contains("/nonexistent/roots.pem"),
+            "{e}"
+        );
     }
 
     #[test]

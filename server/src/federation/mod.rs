@@ -150,14 +150,7 @@ pub fn check(own: &TrustDomain, f: &FederationConfig) -> Result<(), (&'static st
                      carries it (SPIRE's server is spiffe://<td>/spire/server)"
                 ));
             }
-            (Profile::HttpsWeb, None, Some(roots)) => {
-                // Read now, so that a wrong path stops the start instead of failing
-                // every fetch.
-                if let Err(e) = crate::https::tls_roots("ca_bundle", "ca_bundle", Some(roots)) {
-                    return fault(e);
-                }
-            }
-            (Profile::HttpsSpiffe, Some(_), None) | (Profile::HttpsWeb, None, None) => {}
+            (Profile::HttpsSpiffe, Some(_), None) | (Profile::HttpsWeb, None, _) => {}
             (Profile::HttpsSpiffe, None, _) => {
                 return fault("profile \"https_spiffe\" needs endpoint_spiffe_id".into());
             }
@@ -175,6 +168,23 @@ pub fn check(own: &TrustDomain, f: &FederationConfig) -> Result<(), (&'static st
                         .into(),
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the files `[federation]` names (the `ca_bundle` roots of `https_web`
+/// relationships), so that a wrong path stops the start (and `validate`) instead of
+/// failing every fetch. Kept apart from [`check`], which reads nothing.
+pub fn check_files(f: &FederationConfig) -> Result<(), (&'static str, String)> {
+    for r in &f.federates_with {
+        if let Some(roots) = &r.ca_bundle {
+            crate::https::tls_roots("ca_bundle", "ca_bundle", Some(roots)).map_err(|e| {
+                (
+                    "federation.federates_with",
+                    format!("[[federation.federates_with]] {}: {e}", r.trust_domain),
+                )
+            })?;
         }
     }
     Ok(())
@@ -273,10 +283,6 @@ mod tests {
                 "names a trust domain, not a server",
             ),
             (
-                rel("bundle_endpoint_profile = \"https_web\"\nca_bundle = \"/nonexistent/roots.pem\"\n"),
-                "/nonexistent/roots.pem",
-            ),
-            (
                 "[[federates_with]]\ntrust_domain = \"a.test\"\nbundle_endpoint_url = \"https://x:99999\"\nbundle_endpoint_profile = \"https_web\"\n".to_owned(),
                 "no valid port",
             ),
@@ -297,6 +303,12 @@ mod tests {
             let (_, e) = check(&own(), &parse(&text)).unwrap_err();
             assert!(e.contains(says), "{text}\n{e}");
         }
+        let unreadable = parse(&rel(
+            "bundle_endpoint_profile = \"https_web\"\nca_bundle = \"/nonexistent/roots.pem\"\n",
+        ));
+        assert_eq!(check(&own(), &unreadable), Ok(()), "check reads no file");
+        let (_, e) = check_files(&unreadable).unwrap_err();
+        assert!(e.contains("/nonexistent/roots.pem"), "{e}");
         assert!(
             toml::from_str::<FederationConfig>(
                 "[[federates_with]]\ntrust_domain = \"a.test\"\nbundle_endpoint_url = \"https://x\"\nbundle_endpoint_profile = \"ftp\"\n"
