@@ -141,21 +141,11 @@ impl Override {
     }
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.len(), |i| before.len() - i - 1)
-        + 1;
-    (line, column)
-}
-
 fn file_error(path: &str, text: &str, source: toml::de::Error) -> ConfigError {
     let source = Box::new(source);
     match source.span() {
         Some(span) => {
-            let (line, column) = line_col(text, span.start);
+            let (line, column) = crate::config_key::line_col(text, span.start);
             ConfigError::File {
                 path: path.to_owned(),
                 line,

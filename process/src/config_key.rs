@@ -26,7 +26,9 @@ pub fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
     at.map(|offset| line_col(text, offset))
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+/// The 1-based line and column of byte `offset` in `text` (the loader's errors use
+/// it too).
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before
