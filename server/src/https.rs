@@ -145,8 +145,18 @@ pub fn tls_roots(
             })?,
     };
     let pem = std::fs::read(&path).map_err(|e| format!("{setting}: {}: {e}", path.display()))?;
-    let ders = tessera_core::x509::pem_certs(&pem)
-        .map_err(|e| format!("{setting}: {}: {e}", path.display()))?;
+    tls_roots_pem(setting, &path.display().to_string(), &pem)
+}
+
+/// TLS client settings with the roots in `pem`; `source` names where they came from
+/// (a file, a setting) in errors.
+pub fn tls_roots_pem(
+    setting: &str,
+    source: &str,
+    pem: &[u8],
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let ders =
+        tessera_core::x509::pem_certs(pem).map_err(|e| format!("{setting}: {source}: {e}"))?;
     let mut roots = rustls::RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(
         ders.into_iter()
@@ -154,8 +164,7 @@ pub fn tls_roots(
     );
     if added == 0 {
         return Err(format!(
-            "{setting}: {} holds no usable CA certificate",
-            path.display()
+            "{setting}: {source} holds no usable CA certificate"
         ));
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(

@@ -393,8 +393,15 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
     for a in more {
         attestors.insert(a.name(), a);
     }
+    // The relationships of the configuration, with the files they name read.
+    let configured =
+        crate::federation::check_files(&config.federation).map_err(|(key, message)| {
+            RunError::Config(crate::config::InvalidConfig::Setting { key, message })
+        })?;
+    let federation = crate::federation::relationships::Relationships::new(ds.clone(), configured);
     Ok(Arc::new(ServerState {
         config,
+        federation,
         ds,
         ca,
         entries,
@@ -550,9 +557,7 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
         crate::federation::endpoint::start(e, identity, state.ca.subscribe(), stop_rx.clone())
             .await?;
     }
-    for rel in &state.config.federation.federates_with {
-        crate::federation::client::spawn(state.ds.clone(), rel.clone(), stop_rx.clone());
-    }
+    state.federation.start(stop_rx.clone());
     tokio::spawn(refresh_gauges(state.clone()));
     let agent_task = tokio::spawn(agent_api);
     let admin_task = tokio::spawn(admin_api);

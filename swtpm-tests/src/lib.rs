@@ -51,6 +51,19 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
+/// The JWT key IDs of a JWK Set (its keys whose `use` is `jwt-svid`), in order.
+pub fn jwt_kids(jwks: &serde_json::Value) -> Vec<String> {
+    jwks["keys"]
+        .as_array()
+        .map(|keys| {
+            keys.iter()
+                .filter(|k| k["use"] == "jwt-svid")
+                .filter_map(|k| k["kid"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The path of a project binary; panics with the command to run when it is missing.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
@@ -166,6 +179,13 @@ impl Server {
         Self::start_inner(dir, extra, Vec::new())
     }
 
+    /// Like [`Self::start`], for trust domain `td` instead of `example.org`.
+    pub fn start_in(dir: &Path, td: &str, extra: &str) -> Self {
+        let mut s = Self::configure_in(dir, td, extra, Vec::new());
+        s.launch();
+        s
+    }
+
     /// Writes the configuration like [`Self::start`] without starting anything (see
     /// [`Self::try_start`] for a server expected to refuse).
     pub fn configure(dir: &Path, extra: &str) -> Self {
@@ -179,12 +199,16 @@ impl Server {
     }
 
     fn configure_inner(dir: &Path, extra: &str, env: Vec<(String, String)>) -> Self {
+        Self::configure_in(dir, "example.org", extra, env)
+    }
+
+    fn configure_in(dir: &Path, td: &str, extra: &str, env: Vec<(String, String)>) -> Self {
         std::fs::create_dir_all(dir).expect("server dir");
         let port = free_port();
         let admin = dir.join("admin.sock");
         let config = dir.join("server.toml");
         let text = format!(
-            "trust_domain = \"example.org\"\nbind_address = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nadmin_socket = \"{}\"\n{extra}\n",
+            "trust_domain = \"{td}\"\nbind_address = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nadmin_socket = \"{}\"\n{extra}\n",
             dir.join("data").display(),
             admin.display()
         );
@@ -324,6 +348,18 @@ impl Server {
         let out = self.cli_ok(&args);
         let v: serde_json::Value = serde_json::from_str(&out).expect("entry JSON");
         v["id"].as_str().expect("entry id").to_owned()
+    }
+
+    /// The federated bundle of `td` (a JWK Set) as `bundle list --format jwks` prints
+    /// it, if the server holds one.
+    pub fn federated_jwks(&self, td: &str) -> Option<serde_json::Value> {
+        let list = self.cli_ok(&["bundle", "list", "--format", "jwks"]);
+        // Each bundle under a `* <td>` header between rules of asterisks.
+        let rule = "*".repeat(40);
+        let header = format!("{rule}\n* {td}\n{rule}\n");
+        let rest = &list[list.find(&header)? + header.len()..];
+        let end = rest.find(&rule).unwrap_or(rest.len());
+        serde_json::from_str(rest[..end].trim()).ok()
     }
 
     /// Writes the server's bundle as PEM to `<dir>/bundle.pem` and returns the path.

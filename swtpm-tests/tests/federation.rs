@@ -42,16 +42,6 @@ fn jwt_kids(endpoint: &str, td: &str, dir: &std::path::Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The bundle of `td` in what `tessera-server bundle list --format jwks` printed:
-/// each bundle under a `* <td>` header between rules of asterisks.
-fn listed(list: &str, td: &str) -> Option<serde_json::Value> {
-    let rule = "*".repeat(40);
-    let header = format!("{rule}\n* {td}\n{rule}\n");
-    let rest = &list[list.find(&header)? + header.len()..];
-    let end = rest.find(&rule).unwrap_or(rest.len());
-    serde_json::from_str(rest[..end].trim()).ok()
-}
-
 #[test]
 fn tessera_and_spire_federate_both_ways_and_their_workloads_meet_over_mtls() {
     let dir = test_dir("federation");
@@ -123,25 +113,15 @@ fn tessera_and_spire_federate_both_ways_and_their_workloads_meet_over_mtls() {
 
     // Each side fetches the other's endpoint: the JWT keys arrive.
     let jwks_of = |text: &str| -> serde_json::Value { serde_json::from_str(text).unwrap() };
-    let jwt_keys = |v: &serde_json::Value| -> Vec<String> {
-        v["keys"]
-            .as_array()
-            .map(|keys| {
-                keys.iter()
-                    .filter(|k| k["use"] == "jwt-svid")
-                    .map(|k| k["kid"].as_str().unwrap().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let jwt_keys = tessera_swtpm_tests::jwt_kids;
     let spire_own_jwt = jwt_keys(&jwks_of(
         &spire.cli_ok(&["bundle", "show"], &["-format", "spiffe"]),
     ));
     assert!(!spire_own_jwt.is_empty(), "SPIRE has no JWT key");
     let mut tessera_has = Vec::new();
     let fetched = wait_until(Duration::from_secs(90), || {
-        let list = tessera.cli_ok(&["bundle", "list", "--format", "jwks"]);
-        tessera_has = listed(&list, "spire.test")
+        tessera_has = tessera
+            .federated_jwks("spire.test")
             .map(|v| jwt_keys(&v))
             .unwrap_or_default();
         tessera_has == spire_own_jwt

@@ -28,6 +28,10 @@ impl AdminApi {
         Self { state }
     }
 
+    pub(super) fn state(&self) -> &ServerState {
+        &self.state
+    }
+
     fn validate(&self, e: &RegistrationEntry) -> Result<(), Status> {
         e.validate(self.state.trust_domain())
             .map_err(|err| Status::invalid_argument(format!("invalid entry: {err}")))
@@ -450,6 +454,48 @@ impl Admin for AdminApi {
         }
         self.state.ds.delete_bundle(&td).await?;
         Ok(Response::new(pb::DeleteFederatedBundleResponse {}))
+    }
+
+    async fn create_federation_relationship(
+        &self,
+        req: Request<pb::FederationRelationshipRequest>,
+    ) -> Result<Response<pb::FederationRelationship>, Status> {
+        self.write_relationship(req, false).await
+    }
+
+    async fn get_federation_relationship(
+        &self,
+        req: Request<pb::GetFederationRelationshipRequest>,
+    ) -> Result<Response<pb::FederationRelationship>, Status> {
+        self.get_relationship(req).await
+    }
+
+    async fn list_federation_relationships(
+        &self,
+        req: Request<pb::ListFederationRelationshipsRequest>,
+    ) -> Result<Response<pb::ListFederationRelationshipsResponse>, Status> {
+        self.list_relationships(req).await
+    }
+
+    async fn update_federation_relationship(
+        &self,
+        req: Request<pb::FederationRelationshipRequest>,
+    ) -> Result<Response<pb::FederationRelationship>, Status> {
+        self.write_relationship(req, true).await
+    }
+
+    async fn delete_federation_relationship(
+        &self,
+        req: Request<pb::GetFederationRelationshipRequest>,
+    ) -> Result<Response<pb::DeleteFederationRelationshipResponse>, Status> {
+        self.delete_relationship(req).await
+    }
+
+    async fn refresh_federation_relationship(
+        &self,
+        req: Request<pb::GetFederationRelationshipRequest>,
+    ) -> Result<Response<tpb::Bundle>, Status> {
+        self.refresh_relationship(req).await
     }
 
     async fn count_bundles(

@@ -256,6 +256,19 @@ fn bundle_args(b: &tpb::Bundle) -> Value {
     })
 }
 
+/// A relationship's audit arguments: where the bundle comes from, not the roots.
+fn relationship_args(r: &pb::FederationRelationshipRequest) -> Value {
+    let rel = r.relationship.as_ref();
+    json!({
+        "trust_domain": rel.map(|r| r.trust_domain.as_str()),
+        "bundle_endpoint_url": rel.map(|r| r.bundle_endpoint_url.as_str()),
+        "bundle_endpoint_profile": rel.map(|r| r.bundle_endpoint_profile.as_str()),
+        "endpoint_spiffe_id": rel.map(|r| r.endpoint_spiffe_id.as_str()),
+        "ca_bundle": rel.is_some_and(|r| !r.ca_bundle_pem.is_empty()),
+        "trust_domain_bundle": r.trust_domain_bundle.as_ref().map(bundle_args),
+    })
+}
+
 fn nothing<T>(_: &T) -> Option<Value> {
     None
 }
@@ -568,6 +581,69 @@ impl Admin for GuardedAdmin {
             nothing,
         )
         .await
+    }
+
+    async fn create_federation_relationship(
+        &self,
+        req: Request<pb::FederationRelationshipRequest>,
+    ) -> Result<Response<pb::FederationRelationship>, Status> {
+        let args = relationship_args(req.get_ref());
+        let f = |r| self.inner.create_federation_relationship(r);
+        let m = "CreateFederationRelationship";
+        self.call(m, req, args, &[], f, nothing).await
+    }
+
+    async fn get_federation_relationship(
+        &self,
+        req: Request<pb::GetFederationRelationshipRequest>,
+    ) -> Result<Response<pb::FederationRelationship>, Status> {
+        let args = json!({ "trust_domain": req.get_ref().trust_domain });
+        let f = |r| self.inner.get_federation_relationship(r);
+        let m = "GetFederationRelationship";
+        self.call(m, req, args, &[], f, nothing).await
+    }
+
+    async fn list_federation_relationships(
+        &self,
+        req: Request<pb::ListFederationRelationshipsRequest>,
+    ) -> Result<Response<pb::ListFederationRelationshipsResponse>, Status> {
+        let f = |r| self.inner.list_federation_relationships(r);
+        let produced = |resp: &pb::ListFederationRelationshipsResponse| {
+            Some(json!({ "relationships": resp.relationships.len() }))
+        };
+        let m = "ListFederationRelationships";
+        self.call(m, req, json!({}), &[], f, produced).await
+    }
+
+    async fn update_federation_relationship(
+        &self,
+        req: Request<pb::FederationRelationshipRequest>,
+    ) -> Result<Response<pb::FederationRelationship>, Status> {
+        let args = relationship_args(req.get_ref());
+        let f = |r| self.inner.update_federation_relationship(r);
+        let m = "UpdateFederationRelationship";
+        self.call(m, req, args, &[], f, nothing).await
+    }
+
+    async fn delete_federation_relationship(
+        &self,
+        req: Request<pb::GetFederationRelationshipRequest>,
+    ) -> Result<Response<pb::DeleteFederationRelationshipResponse>, Status> {
+        let args = json!({ "trust_domain": req.get_ref().trust_domain });
+        let f = |r| self.inner.delete_federation_relationship(r);
+        let m = "DeleteFederationRelationship";
+        self.call(m, req, args, &[], f, nothing).await
+    }
+
+    async fn refresh_federation_relationship(
+        &self,
+        req: Request<pb::GetFederationRelationshipRequest>,
+    ) -> Result<Response<tpb::Bundle>, Status> {
+        let args = json!({ "trust_domain": req.get_ref().trust_domain });
+        let f = |r| self.inner.refresh_federation_relationship(r);
+        let produced = |b: &tpb::Bundle| Some(json!({ "sequence": b.sequence }));
+        let m = "RefreshFederationRelationship";
+        self.call(m, req, args, &[], f, produced).await
     }
 
     async fn count_bundles(

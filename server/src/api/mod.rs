@@ -19,6 +19,7 @@ use crate::entries::EntryCache;
 
 pub mod admin;
 pub mod admin_access;
+pub mod admin_federation;
 pub mod agent;
 pub mod convert;
 pub mod preauth;
@@ -40,6 +41,8 @@ pub struct ServerState {
     pub audit: crate::audit::Audit,
     /// What the server measures.
     pub metrics: Arc<crate::metrics::ServerMetrics>,
+    /// The federation relationships the server keeps bundles for.
+    pub federation: Arc<crate::federation::relationships::Relationships>,
 }
 
 impl ServerState {

@@ -110,20 +110,28 @@ fn read_bundle(id: &str, path: &std::path::Path, format: BundleFormat) -> Result
         path: path.to_owned(),
         source,
     })?;
-    let bad_file = |reason: String| CliError::BadFile {
-        path: path.to_owned(),
-        reason,
-    };
+    parse_bundle(td, &text, format, path)
+}
+
+/// The bundle of `td` in `text`, in `format`; `origin` names where it came from.
+pub(super) fn parse_bundle(
+    td: TrustDomain,
+    text: &[u8],
+    format: BundleFormat,
+    origin: &std::path::Path,
+) -> Result<Bundle, CliError> {
     Ok(match format {
         BundleFormat::Pem => {
-            let certs =
-                tessera_core::x509::pem_certs(&text).map_err(|source| CliError::BadPem {
-                    path: path.to_owned(),
-                    source,
-                })?;
+            let certs = tessera_core::x509::pem_certs(text).map_err(|source| CliError::BadPem {
+                path: origin.to_owned(),
+                source,
+            })?;
             Bundle::with_x509(td, certs)
         }
-        BundleFormat::Jwks => Bundle::from_jwks(td, &text).map_err(|e| bad_file(e.to_string()))?,
+        BundleFormat::Jwks => Bundle::from_jwks(td, text).map_err(|e| CliError::BadFile {
+            path: origin.to_owned(),
+            reason: e.to_string(),
+        })?,
     })
 }
 

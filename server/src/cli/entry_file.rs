@@ -315,7 +315,8 @@ pub enum Created {
     },
 }
 
-fn read_input(path: &Path) -> Result<Vec<u8>, CliError> {
+/// The bytes of `path`, or of standard input for `-`.
+pub(super) fn read_input(path: &Path) -> Result<Vec<u8>, CliError> {
     let mut data = Vec::new();
     let read = if path == Path::new("-") {
         std::io::stdin().read_to_end(&mut data).map(|_| ())

@@ -22,6 +22,7 @@ pub mod ca;
 pub mod entry;
 pub mod entry_file;
 mod error;
+pub mod federation;
 pub mod healthcheck;
 pub mod logger;
 pub mod mint;
@@ -35,6 +36,7 @@ pub use bundle::{BundleCommand, BundleFormat};
 pub use ca::CaCommand;
 pub use entry::{EntryCommand, EntryFields};
 pub use error::CliError;
+pub use federation::FederationCommand;
 pub use logger::LoggerCommand;
 pub use mint::{JwtCommand, X509Command};
 pub use run::RunArgs;
@@ -120,6 +122,9 @@ pub enum AdminCommand {
     /// Trust bundles.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Federation relationships: the trust domains whose bundles the server fetches.
+    #[command(subcommand)]
+    Federation(FederationCommand),
     /// X509-SVIDs minted directly.
     #[command(subcommand)]
     X509(X509Command),
@@ -210,6 +215,7 @@ pub async fn admin_command(target: &Target, command: AdminCommand) -> Result<Str
         AdminCommand::Token(t) => token::execute(&mut c, t).await,
         AdminCommand::Agent(a) => agent::execute(&mut c, a).await,
         AdminCommand::Bundle(b) => bundle::execute(&mut c, b).await,
+        AdminCommand::Federation(f) => federation::execute(&mut c, f).await,
         AdminCommand::X509(x) => mint::execute_x509(&mut c, x).await,
         AdminCommand::Jwt(j) => mint::execute_jwt(&mut c, j).await,
         AdminCommand::Healthcheck { verbose } => healthcheck::execute(&mut c, verbose).await,
@@ -313,6 +319,37 @@ mod tests {
             cli(&["bundle", "count"]).command,
             Command::Admin(AdminCommand::Bundle(BundleCommand::Count { .. }))
         ));
+        assert!(matches!(
+            cli(&[
+                "federation",
+                "create",
+                "--trustDomain",
+                "spire.test",
+                "--bundleEndpointURL",
+                "https://spire.test:8443",
+                "--bundleEndpointProfile",
+                "https_spiffe",
+                "--endpointSpiffeID",
+                "spiffe://spire.test/spire/server",
+                "--trustDomainBundlePath",
+                "b.pem"
+            ])
+            .command,
+            Command::Admin(AdminCommand::Federation(FederationCommand::Create(_)))
+        ));
+        assert!(
+            Cli::try_parse_from([
+                "tessera-server",
+                "federation",
+                "create",
+                "--data",
+                "f.json",
+                "--trust-domain",
+                "a.test"
+            ])
+            .is_err(),
+            "--data takes no other relationship flag"
+        );
         assert!(matches!(
             cli(&["logger", "set", "--level", "debug"]).command,
             Command::Admin(AdminCommand::Logger(LoggerCommand::Set { .. }))

@@ -17,7 +17,7 @@ use ring::digest;
 use tessera_core::bundle::JwtAuthority;
 use tessera_core::{Bundle, RegistrationEntry, Selector, SpiffeId, TrustDomain};
 
-use super::{AttestedNode, CaRecord, DatastoreError, EntryFilter, Failure, Result};
+use super::{AttestedNode, CaRecord, DatastoreError, EntryFilter, Failure, Relationship, Result};
 
 /// Event IDs and revisions are u64 in the API and 64-bit signed integers in SQL.
 pub(super) fn to_sql_id(id: u64) -> i64 {
@@ -299,6 +299,26 @@ pub(super) fn encode_ca_record(record: &CaRecord) -> Result<String> {
 
 pub(super) fn decode_ca_record(id: &str, data: &str) -> Result<CaRecord> {
     serde_json::from_str(data).map_err(|e| decode_error(format_args!("CA record {id}"), e))
+}
+
+// ---- federation relationships ----
+
+pub(super) fn encode_relationship(rel: &Relationship) -> Result<String> {
+    serde_json::to_string(rel).map_err(|e| {
+        cannot_encode(
+            format_args!("federation relationship {}", rel.trust_domain),
+            e,
+        )
+    })
+}
+
+pub(super) fn decode_relationship(td: &str, data: &str) -> Result<Relationship> {
+    let what = format_args!("federation relationship {td}");
+    let rel: Relationship = serde_json::from_str(data).map_err(|e| decode_error(what, e))?;
+    if rel.trust_domain.name() != td {
+        return Err(inconsistent(what, "it names another trust domain"));
+    }
+    Ok(rel)
 }
 
 // ---- any record ----

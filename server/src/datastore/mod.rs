@@ -18,6 +18,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tessera_core::{Bundle, RegistrationEntry, Selector, SpiffeId, TrustDomain};
 
+pub use crate::federation::Relationship;
+
 mod codec;
 #[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
@@ -253,6 +255,35 @@ pub trait Datastore: Send + Sync + fmt::Debug {
 
     /// `NotFound` if absent.
     async fn delete_bundle(&self, td: &TrustDomain) -> Result<()>;
+
+    // ---- federation relationships ----
+
+    /// Stores a new relationship and, when given, the bundle to start from (the
+    /// bundle of the trust domain the endpoint's SPIFFE ID names), replacing any
+    /// bundle of that trust domain, in one transaction. `AlreadyExists` if a
+    /// relationship with that trust domain is stored.
+    async fn create_federation_relationship(
+        &self,
+        rel: &Relationship,
+        bundle: Option<&Bundle>,
+    ) -> Result<()>;
+
+    async fn get_federation_relationship(&self, td: &TrustDomain) -> Result<Option<Relationship>>;
+
+    /// Every stored relationship, ordered by trust domain.
+    async fn list_federation_relationships(&self) -> Result<Vec<Relationship>>;
+
+    /// Replaces the relationship with the same trust domain, and stores `bundle` as
+    /// [`Datastore::create_federation_relationship`] does, in one transaction.
+    /// `NotFound` if absent.
+    async fn update_federation_relationship(
+        &self,
+        rel: &Relationship,
+        bundle: Option<&Bundle>,
+    ) -> Result<()>;
+
+    /// Deletes a relationship; its trust domain's bundle stays. `NotFound` if absent.
+    async fn delete_federation_relationship(&self, td: &TrustDomain) -> Result<()>;
 
     // ---- CA journal ----
 

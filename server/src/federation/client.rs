@@ -7,15 +7,16 @@
 //! at least 10 s and at most a day), and after a failure sooner, backing off from
 //! 5 s. The stored bundle is never dropped because a fetch failed.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tessera_core::tls::SharedBundle;
 use tessera_core::{Bundle, TrustDomain};
 use tessera_process::http::{self, Request};
-use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use super::{Profile, RelationshipConfig};
+use super::{Profile, Relationship};
 use crate::datastore::Datastore;
 
 /// The refresh interval when a bundle gives no hint (the standard's default).
@@ -31,6 +32,30 @@ const MAX_BUNDLE: usize = 256 * 1024;
 /// The most X.509 authorities, and the most JWT keys, a fetched bundle may hold:
 /// every agent whose entries federate gets the bundle with each sync.
 const MAX_AUTHORITIES: usize = 64;
+
+/// The `spiffe_sequence` each trust domain's endpoint served last, since this
+/// process started. The stored bundle carries this server's own numbering (it goes
+/// up with every change, including a `bundle set`), so an endpoint's answer is
+/// compared with what the endpoint itself served before.
+#[derive(Debug, Default)]
+pub struct Served(Mutex<HashMap<TrustDomain, u64>>);
+
+impl Served {
+    fn last(&self, td: &TrustDomain) -> Option<u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(td)
+            .copied()
+    }
+
+    fn record(&self, td: &TrustDomain, sequence: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(td.clone(), sequence);
+    }
+}
 
 /// When to fetch again after a bundle with `hint` seconds (0: none) arrived.
 pub fn next_refresh(hint: u64) -> Duration {
@@ -49,7 +74,11 @@ pub fn next_retry(failures: u32, refresh: Duration) -> Duration {
 
 /// Fetches the bundle of `rel` once and stores it; returns what was stored, or why
 /// nothing was.
-pub async fn refresh(ds: &dyn Datastore, rel: &RelationshipConfig) -> Result<Bundle, String> {
+pub async fn refresh(
+    ds: &dyn Datastore,
+    rel: &Relationship,
+    served: &Served,
+) -> Result<Bundle, String> {
     let tls = match (rel.bundle_endpoint_profile, &rel.endpoint_spiffe_id) {
         (Profile::HttpsSpiffe, Some(id)) => {
             let td: &TrustDomain = id.trust_domain();
@@ -69,11 +98,13 @@ pub async fn refresh(ds: &dyn Datastore, rel: &RelationshipConfig) -> Result<Bun
             c.alpn_protocols.clear();
             Arc::new(c)
         }
-        _ => crate::https::tls_roots(
-            &format!("[[federation.federates_with]] {}", rel.trust_domain),
-            "ca_bundle",
-            rel.ca_bundle.as_deref(),
-        )?,
+        _ => {
+            let setting = format!("federation relationship {}", rel.trust_domain);
+            match &rel.ca_bundle_pem {
+                Some(pem) => crate::https::tls_roots_pem(&setting, "ca_bundle", pem.as_bytes())?,
+                None => crate::https::tls_roots(&setting, "ca_bundle", None)?,
+            }
+        }
     };
     let opts = http::Options {
         timeout: Duration::from_secs(10),
@@ -93,17 +124,14 @@ pub async fn refresh(ds: &dyn Datastore, rel: &RelationshipConfig) -> Result<Bun
     }
     let bundle = Bundle::from_jwks(rel.trust_domain.clone(), &got.body)
         .map_err(|e| format!("{} served no usable bundle: {e}", rel.bundle_endpoint_url))?;
-    acceptable(
-        &bundle,
-        ds.get_bundle(&rel.trust_domain)
-            .await
-            .ok()
-            .flatten()
-            .as_ref(),
-    )?;
-    super::store(ds, bundle)
+    let stored = ds.get_bundle(&rel.trust_domain).await.ok().flatten();
+    acceptable(&bundle, stored.as_ref(), served.last(&rel.trust_domain))?;
+    let sequence = bundle.sequence();
+    let stored = super::store(ds, bundle)
         .await
-        .map_err(|e| format!("cannot store the bundle of {}: {e}", rel.trust_domain))
+        .map_err(|e| format!("cannot store the bundle of {}: {e}", rel.trust_domain))?;
+    served.record(&rel.trust_domain, sequence);
+    Ok(stored)
 }
 
 /// Whether a fetched bundle may replace `stored`. Refused, keeping the stored one:
@@ -111,10 +139,15 @@ pub async fn refresh(ds: &dyn Datastore, rel: &RelationshipConfig) -> Result<Bun
 /// "trust nothing from this trust domain", but one broken answer would then cut
 /// the federation off for good, since an `https_spiffe` endpoint is checked against
 /// the stored bundle; deleting the bundle or the relationship is the way to stop
-/// trusting); more authorities than a bundle needs; and an older `spiffe_sequence`
-/// than the stored one with other authorities (a stale copy bringing back keys the
-/// trust domain has removed).
-pub fn acceptable(fetched: &Bundle, stored: Option<&Bundle>) -> Result<(), String> {
+/// trusting); more authorities than a bundle needs; and a `spiffe_sequence` older
+/// than the one the endpoint served last (`last_served`), with other authorities
+/// than the stored ones (a stale copy bringing back keys the trust domain has
+/// removed).
+pub fn acceptable(
+    fetched: &Bundle,
+    stored: Option<&Bundle>,
+    last_served: Option<u64>,
+) -> Result<(), String> {
     if fetched.x509_authorities().is_empty() {
         return Err("the bundle served has no X.509 authority; the stored one is kept".into());
     }
@@ -128,29 +161,28 @@ pub fn acceptable(fetched: &Bundle, stored: Option<&Bundle>) -> Result<(), Strin
             fetched.jwt_authorities().len()
         ));
     }
-    if let Some(stored) = stored
+    if let (Some(stored), Some(last)) = (stored, last_served)
         && fetched.sequence() != 0
-        && fetched.sequence() < stored.sequence()
+        && fetched.sequence() < last
         && !stored.same_authorities(fetched)
     {
         return Err(format!(
-            "the bundle served has spiffe_sequence {}, older than the stored {}, with other \
-             authorities: a stale copy; the stored one is kept (tessera-server bundle set \
-             replaces it if the other side really started over)",
+            "the bundle served has spiffe_sequence {}, older than the {last} it served \
+             before, with other authorities: a stale copy; the stored one is kept \
+             (tessera-server bundle set replaces it if the other side really started over)",
             fetched.sequence(),
-            stored.sequence()
         ));
     }
     Ok(())
 }
 
-/// Keeps the bundle of `rel` fresh until `shutdown` turns true.
-pub fn spawn(ds: Arc<dyn Datastore>, rel: RelationshipConfig, mut shutdown: watch::Receiver<bool>) {
+/// Keeps the bundle of `rel` fresh until the task is aborted.
+pub fn spawn(ds: Arc<dyn Datastore>, rel: Relationship, served: Arc<Served>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut interval = DEFAULT_REFRESH;
         let mut failures = 0u32;
         loop {
-            let wait = match refresh(ds.as_ref(), &rel).await {
+            let wait = match refresh(ds.as_ref(), &rel, &served).await {
                 Ok(b) => {
                     if failures > 0 {
                         tracing::info!(trust_domain = %rel.trust_domain, "federated bundle fetched again after {failures} failures");
@@ -180,12 +212,9 @@ pub fn spawn(ds: Arc<dyn Datastore>, rel: RelationshipConfig, mut shutdown: watc
                     wait
                 }
             };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
+            tokio::time::sleep(wait).await;
         }
-    });
+    })
 }
 
 #[cfg(test)]
@@ -215,21 +244,26 @@ mod tests {
             b.set_sequence(seq);
             b
         };
-        let stored = bundle(5, vec![ca(1)]);
-        assert_eq!(acceptable(&bundle(6, vec![ca(2)]), Some(&stored)), Ok(()));
-        assert_eq!(acceptable(&bundle(5, vec![ca(1)]), Some(&stored)), Ok(()));
+        // Stored under this server's numbering (9); the endpoint last served 5.
+        let stored = bundle(9, vec![ca(1)]);
+        let last = Some(5);
+        let ok = |b: Bundle| acceptable(&b, Some(&stored), last);
+        assert_eq!(ok(bundle(6, vec![ca(2)])), Ok(()));
+        assert_eq!(ok(bundle(5, vec![ca(1)])), Ok(()));
+        assert_eq!(ok(bundle(0, vec![ca(2)])), Ok(()), "no sequence given");
+        assert_eq!(ok(bundle(4, vec![ca(1)])), Ok(()), "the same authorities");
+        assert_eq!(acceptable(&bundle(1, vec![ca(2)]), None, None), Ok(()));
         assert_eq!(
-            acceptable(&bundle(0, vec![ca(2)]), Some(&stored)),
+            acceptable(&bundle(1, vec![ca(2)]), Some(&stored), None),
             Ok(()),
-            "no sequence given"
+            "nothing served yet: the stored numbering is this server's own"
         );
-        assert_eq!(acceptable(&bundle(1, vec![ca(2)]), None), Ok(()));
-        let e = acceptable(&bundle(4, vec![ca(2)]), Some(&stored)).unwrap_err();
-        assert!(e.contains("older than the stored 5"), "{e}");
-        let e = acceptable(&bundle(9, vec![]), Some(&stored)).unwrap_err();
+        let e = ok(bundle(4, vec![ca(2)])).unwrap_err();
+        assert!(e.contains("older than the 5 it served before"), "{e}");
+        let e = ok(bundle(9, vec![])).unwrap_err();
         assert!(e.contains("no X.509 authority"), "{e}");
         let many = (0..=MAX_AUTHORITIES).map(|n| ca(n as u8)).collect();
-        let e = acceptable(&bundle(9, many), Some(&stored)).unwrap_err();
+        let e = ok(bundle(9, many)).unwrap_err();
         assert!(e.contains("more than the 64"), "{e}");
     }
 

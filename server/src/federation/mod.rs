@@ -17,18 +17,19 @@
 
 pub mod client;
 pub mod endpoint;
+pub mod relationships;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tessera_core::{Bundle, SpiffeId, TrustDomain};
 
 use crate::datastore::{Datastore, DatastoreError};
 
 /// How a bundle endpoint proves who it is (SPIFFE Federation, section 5).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Profile {
     /// The endpoint presents an X509-SVID with a configured SPIFFE ID.
@@ -44,6 +45,15 @@ impl Profile {
         match self {
             Profile::HttpsSpiffe => "https_spiffe",
             Profile::HttpsWeb => "https_web",
+        }
+    }
+
+    /// The profile named `name` as configuration and the CLI write it.
+    pub fn from_name(name: &str) -> Option<Profile> {
+        match name {
+            "https_spiffe" => Some(Profile::HttpsSpiffe),
+            "https_web" => Some(Profile::HttpsWeb),
+            _ => None,
         }
     }
 }
@@ -96,6 +106,110 @@ pub struct RelationshipConfig {
     pub ca_bundle: Option<PathBuf>,
 }
 
+impl RelationshipConfig {
+    /// The relationship as the server runs it, with the `ca_bundle` file read.
+    pub fn load(&self) -> Result<Relationship, String> {
+        let ca_bundle_pem = match &self.ca_bundle {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read_to_string(path).map_err(|e| {
+                    format!(
+                        "[[federation.federates_with]] {}: ca_bundle {}: {e}",
+                        self.trust_domain,
+                        path.display()
+                    )
+                })?;
+                Some(pem)
+            }
+        };
+        Ok(Relationship {
+            trust_domain: self.trust_domain.clone(),
+            bundle_endpoint_url: self.bundle_endpoint_url.clone(),
+            bundle_endpoint_profile: self.bundle_endpoint_profile,
+            endpoint_spiffe_id: self.endpoint_spiffe_id.clone(),
+            ca_bundle_pem,
+        })
+    }
+}
+
+/// A federation relationship as the server runs it: from `[[federation.federates_with]]`
+/// (with its `ca_bundle` file read at start), or created with `tessera-server
+/// federation create` and kept in the datastore, where every server sharing it finds
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relationship {
+    pub trust_domain: TrustDomain,
+    /// The other trust domain's bundle endpoint (`https://...`).
+    pub bundle_endpoint_url: String,
+    pub bundle_endpoint_profile: Profile,
+    /// `https_spiffe`: the SPIFFE ID the endpoint must present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_spiffe_id: Option<SpiffeId>,
+    /// `https_web`: the roots (PEM) to check the endpoint's certificate with; the
+    /// system's bundle when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_pem: Option<String>,
+}
+
+/// Where a relationship the server runs comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `[[federation.federates_with]]` in the configuration file.
+    Config,
+    /// Created with the CLI (or the admin API) and kept in the datastore.
+    Datastore,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Config => "config",
+            Source::Datastore => "datastore",
+        }
+    }
+}
+
+/// Checks one relationship against `own` (this server's trust domain): its URL, and
+/// the settings its profile needs and refuses. `has_ca_bundle` says whether roots
+/// for `https_web` were given. The error says what is wrong, without naming where
+/// the relationship came from.
+pub fn check_relationship(
+    own: &TrustDomain,
+    r: &Relationship,
+    has_ca_bundle: bool,
+) -> Result<(), String> {
+    if &r.trust_domain == own {
+        return Err("this is the server's own trust domain".into());
+    }
+    if let Err(e) = crate::https::check_url(&r.bundle_endpoint_url, false) {
+        return Err(format!("bundle_endpoint_url {e}"));
+    }
+    match (
+        r.bundle_endpoint_profile,
+        &r.endpoint_spiffe_id,
+        has_ca_bundle,
+    ) {
+        (Profile::HttpsSpiffe, Some(id), false) if id.path().is_empty() => Err(format!(
+            "endpoint_spiffe_id {id} names a trust domain, not a server: no SVID \
+             carries it (SPIRE's server is spiffe://<td>/spire/server)"
+        )),
+        (Profile::HttpsSpiffe, Some(_), false) | (Profile::HttpsWeb, None, _) => Ok(()),
+        (Profile::HttpsSpiffe, None, _) => {
+            Err("profile \"https_spiffe\" needs endpoint_spiffe_id".into())
+        }
+        (Profile::HttpsSpiffe, Some(_), true) => Err(
+            "ca_bundle is for \"https_web\"; an \"https_spiffe\" endpoint is checked \
+             against the bundle of its SPIFFE ID's trust domain"
+                .into(),
+        ),
+        (Profile::HttpsWeb, Some(_), _) => Err(
+            "endpoint_spiffe_id is for \"https_spiffe\"; an \"https_web\" endpoint \
+             is checked by its host name"
+                .into(),
+        ),
+    }
+}
+
 /// Checks `[federation]`; the error names the setting at fault.
 pub fn check(own: &TrustDomain, f: &FederationConfig) -> Result<(), (&'static str, String)> {
     if let Some(e) = &f.bundle_endpoint {
@@ -122,88 +236,78 @@ pub fn check(own: &TrustDomain, f: &FederationConfig) -> Result<(), (&'static st
     }
     let mut seen = BTreeSet::new();
     for r in &f.federates_with {
-        let key = "federation.federates_with";
         let td = &r.trust_domain;
         let fault = |message: String| {
             Err((
-                key,
+                "federation.federates_with",
                 format!("[[federation.federates_with]] {td}: {message}"),
             ))
         };
-        if td == own {
-            return fault("this is the server's own trust domain".into());
-        }
         if !seen.insert(td.clone()) {
             return fault("given twice".into());
         }
-        if let Err(e) = crate::https::check_url(&r.bundle_endpoint_url, false) {
-            return fault(format!("bundle_endpoint_url {e}"));
-        }
-        match (
-            r.bundle_endpoint_profile,
-            &r.endpoint_spiffe_id,
-            &r.ca_bundle,
-        ) {
-            (Profile::HttpsSpiffe, Some(id), None) if id.path().is_empty() => {
-                return fault(format!(
-                    "endpoint_spiffe_id {id} names a trust domain, not a server: no SVID \
-                     carries it (SPIRE's server is spiffe://<td>/spire/server)"
-                ));
-            }
-            (Profile::HttpsSpiffe, Some(_), None) | (Profile::HttpsWeb, None, _) => {}
-            (Profile::HttpsSpiffe, None, _) => {
-                return fault("profile \"https_spiffe\" needs endpoint_spiffe_id".into());
-            }
-            (Profile::HttpsSpiffe, Some(_), Some(_)) => {
-                return fault(
-                    "ca_bundle is for \"https_web\"; an \"https_spiffe\" endpoint is checked \
-                     against the bundle of its SPIFFE ID's trust domain"
-                        .into(),
-                );
-            }
-            (Profile::HttpsWeb, Some(_), _) => {
-                return fault(
-                    "endpoint_spiffe_id is for \"https_spiffe\"; an \"https_web\" endpoint \
-                     is checked by its host name"
-                        .into(),
-                );
-            }
+        let rel = Relationship {
+            trust_domain: td.clone(),
+            bundle_endpoint_url: r.bundle_endpoint_url.clone(),
+            bundle_endpoint_profile: r.bundle_endpoint_profile,
+            endpoint_spiffe_id: r.endpoint_spiffe_id.clone(),
+            ca_bundle_pem: None,
+        };
+        if let Err(e) = check_relationship(own, &rel, r.ca_bundle.is_some()) {
+            return fault(e);
         }
     }
     Ok(())
 }
 
 /// Reads the files `[federation]` names (the `ca_bundle` roots of `https_web`
-/// relationships), so that a wrong path stops the start (and `validate`) instead of
-/// failing every fetch. Kept apart from [`check`], which reads nothing.
-pub fn check_files(f: &FederationConfig) -> Result<(), (&'static str, String)> {
-    for r in &f.federates_with {
-        if let Some(roots) = &r.ca_bundle {
-            crate::https::tls_roots("ca_bundle", "ca_bundle", Some(roots)).map_err(|e| {
-                (
-                    "federation.federates_with",
-                    format!("[[federation.federates_with]] {}: {e}", r.trust_domain),
-                )
-            })?;
-        }
-    }
-    Ok(())
+/// relationships), so that a wrong path or a file without a certificate stops the
+/// start (and `validate`) instead of failing every fetch; returns the configured
+/// relationships as the server runs them. Kept apart from [`check`], which reads
+/// nothing.
+pub fn check_files(f: &FederationConfig) -> Result<Vec<Relationship>, (&'static str, String)> {
+    let key = "federation.federates_with";
+    f.federates_with
+        .iter()
+        .map(|r| {
+            let rel = r.load().map_err(|e| (key, e))?;
+            if let Some(pem) = &rel.ca_bundle_pem {
+                let source = r
+                    .ca_bundle
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string());
+                crate::https::tls_roots_pem("ca_bundle", &source, pem.as_bytes()).map_err(|e| {
+                    (
+                        key,
+                        format!("[[federation.federates_with]] {}: {e}", r.trust_domain),
+                    )
+                })?;
+            }
+            Ok(rel)
+        })
+        .collect()
 }
 
 /// Stores a federated bundle: its sequence goes up when its authorities change
 /// (never down), and stays when they do not. Returns what was stored.
 pub async fn store(ds: &dyn Datastore, mut b: Bundle) -> Result<Bundle, DatastoreError> {
     let previous = ds.get_bundle(b.trust_domain()).await?;
+    set_sequence(previous.as_ref(), &mut b);
+    ds.set_bundle(&b).await?;
+    Ok(b)
+}
+
+/// Gives `b`, about to replace `previous`, its sequence: up by one when the
+/// authorities change (never down), the same when they do not.
+pub fn set_sequence(previous: Option<&Bundle>, b: &mut Bundle) {
     let seq = previous.map_or(1, |p| {
-        if p.same_authorities(&b) {
+        if p.same_authorities(b) {
             p.sequence()
         } else {
             p.sequence().saturating_add(1)
         }
     });
     b.set_sequence(seq.max(b.sequence()));
-    ds.set_bundle(&b).await?;
-    Ok(b)
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use tessera_core::{Bundle, RegistrationEntry, SpiffeId, TrustDomain};
 
 use super::{OpErrorLabels, OpLabels, ServerMetrics};
 use crate::datastore::{
-    AttestedNode, CaRecord, Datastore, DatastoreError, EntryEvent, EntryFilter, Page, Result,
+    AttestedNode, CaRecord, Datastore, DatastoreError, EntryEvent, EntryFilter, Page, Relationship,
+    Result,
 };
 
 /// Wraps a datastore.
@@ -178,6 +179,49 @@ impl Datastore for MeteredDatastore {
     async fn delete_bundle(&self, td: &TrustDomain) -> Result<()> {
         self.time("delete_bundle", self.inner.delete_bundle(td))
             .await
+    }
+    async fn create_federation_relationship(
+        &self,
+        rel: &Relationship,
+        bundle: Option<&Bundle>,
+    ) -> Result<()> {
+        self.time(
+            "create_federation_relationship",
+            self.inner.create_federation_relationship(rel, bundle),
+        )
+        .await
+    }
+    async fn get_federation_relationship(&self, td: &TrustDomain) -> Result<Option<Relationship>> {
+        self.time(
+            "get_federation_relationship",
+            self.inner.get_federation_relationship(td),
+        )
+        .await
+    }
+    async fn list_federation_relationships(&self) -> Result<Vec<Relationship>> {
+        self.time(
+            "list_federation_relationships",
+            self.inner.list_federation_relationships(),
+        )
+        .await
+    }
+    async fn update_federation_relationship(
+        &self,
+        rel: &Relationship,
+        bundle: Option<&Bundle>,
+    ) -> Result<()> {
+        self.time(
+            "update_federation_relationship",
+            self.inner.update_federation_relationship(rel, bundle),
+        )
+        .await
+    }
+    async fn delete_federation_relationship(&self, td: &TrustDomain) -> Result<()> {
+        self.time(
+            "delete_federation_relationship",
+            self.inner.delete_federation_relationship(td),
+        )
+        .await
     }
     async fn put_ca_record(&self, record: &CaRecord) -> Result<()> {
         self.time("put_ca_record", self.inner.put_ca_record(record))

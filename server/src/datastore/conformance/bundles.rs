@@ -10,7 +10,7 @@ use tessera_core::{Bundle, TrustDomain};
 use super::{Ns, ok};
 use crate::datastore::{Datastore, DatastoreError};
 
-fn sample_bundle(td: &TrustDomain, sequence: u64) -> Bundle {
+pub(super) fn sample_bundle(td: &TrustDomain, sequence: u64) -> Bundle {
     let ca_key: Arc<dyn Key> =
         Arc::new(SoftwareKey::generate(KeyType::EcP256).expect("generate CA key"));
     let start = SystemTime::now();

@@ -46,6 +46,7 @@ macro_rules! each_behaviour {
             attested_node_lost_renewals,
             attested_node_concurrent_renewals,
             bundles,
+            federation_relationships,
             ca_journal,
         );
     };
@@ -85,12 +86,14 @@ mod ca_journal;
 mod entries;
 mod join_tokens;
 mod nodes;
+mod relationships;
 
 pub use self::bundles::*;
 pub use self::ca_journal::*;
 pub use self::entries::*;
 pub use self::join_tokens::*;
 pub use self::nodes::*;
+pub use self::relationships::*;
 
 /// A namespace of its own for one behaviour: a random trust domain.
 struct Ns {

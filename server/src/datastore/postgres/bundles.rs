@@ -2,7 +2,7 @@
 //! expiry times (which the JWK Set form does not carry) beside it.
 
 use tessera_core::{Bundle, TrustDomain};
-use tokio_postgres::Row;
+use tokio_postgres::{GenericClient, Row};
 
 use super::PostgresDatastore;
 use super::error::Ctx;
@@ -10,10 +10,16 @@ use crate::datastore::Result;
 use crate::datastore::codec::{decode_bundle_columns, encode_bundle, require_found};
 
 pub(super) async fn set(ds: &PostgresDatastore, bundle: &Bundle) -> Result<()> {
+    let mut conn = ds.conn().await?;
+    put(conn.get()?, bundle).await
+}
+
+/// Stores `bundle` through `client` (a connection, or a transaction with other
+/// records), replacing the bundle of its trust domain.
+pub(super) async fn put(client: &impl GenericClient, bundle: &Bundle) -> Result<()> {
     let td = bundle.trust_domain().name().to_owned();
     let (jwks, expiries) = encode_bundle(bundle)?;
-    let mut conn = ds.conn().await?;
-    conn.get()?
+    client
         .execute(
             "INSERT INTO bundles (trust_domain, jwks, jwt_expiries) VALUES ($1, $2, $3)
              ON CONFLICT (trust_domain) DO UPDATE SET

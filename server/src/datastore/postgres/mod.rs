@@ -64,7 +64,9 @@ use tokio_postgres::{Client, Config};
 
 use self::connection::parse_config;
 use self::error::Ctx;
-use super::{AttestedNode, CaRecord, Datastore, EntryEvent, EntryFilter, Page, Result};
+use super::{
+    AttestedNode, CaRecord, Datastore, EntryEvent, EntryFilter, Page, Relationship, Result,
+};
 
 mod bundles;
 mod ca_journal;
@@ -74,6 +76,7 @@ mod error;
 mod events;
 mod join_tokens;
 mod nodes;
+mod relationships;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -261,6 +264,36 @@ impl Datastore for PostgresDatastore {
 
     async fn delete_bundle(&self, td: &TrustDomain) -> Result<()> {
         bundles::delete(self, td).await
+    }
+
+    // ---- federation relationships ----
+
+    async fn create_federation_relationship(
+        &self,
+        rel: &Relationship,
+        bundle: Option<&Bundle>,
+    ) -> Result<()> {
+        relationships::put(self, rel, bundle, false).await
+    }
+
+    async fn get_federation_relationship(&self, td: &TrustDomain) -> Result<Option<Relationship>> {
+        relationships::get(self, td).await
+    }
+
+    async fn list_federation_relationships(&self) -> Result<Vec<Relationship>> {
+        relationships::list(self).await
+    }
+
+    async fn update_federation_relationship(
+        &self,
+        rel: &Relationship,
+        bundle: Option<&Bundle>,
+    ) -> Result<()> {
+        relationships::put(self, rel, bundle, true).await
+    }
+
+    async fn delete_federation_relationship(&self, td: &TrustDomain) -> Result<()> {
+        relationships::delete(self, td).await
     }
 
     // ---- CA journal ----

@@ -100,9 +100,18 @@ ALTER TABLE attested_nodes DROP COLUMN prev_cert_serial;
 ALTER TABLE attested_nodes DROP COLUMN prev_cert_not_after;
 "#;
 
+/// Version 3: federation relationships created with the CLI, each as JSON under
+/// its trust domain.
+const SCHEMA_V3: &str = r#"
+CREATE TABLE federation_relationships (
+    trust_domain TEXT PRIMARY KEY,
+    data         TEXT NOT NULL
+);
+"#;
+
 /// Schema migrations, oldest first: step `i` takes the database from version `i` to
 /// `i + 1`. A released step is never edited; a change is a new step appended here.
-pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 /// Brings the schema up to `migrations.len()` in one transaction, under an advisory
 /// lock so that servers starting together do not both run a step.

@@ -1,7 +1,7 @@
 //! Bundles in SQLite: each trust domain's JWK Set, with its JWT authorities' expiry
 //! times (which the JWK Set form does not carry) beside it.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tessera_core::{Bundle, TrustDomain};
 
 use super::SqliteDatastore;
@@ -11,9 +11,31 @@ use crate::datastore::Result;
 use crate::datastore::codec::{decode_bundle_columns, encode_bundle, require_found};
 
 pub(super) async fn set(ds: &SqliteDatastore, bundle: &Bundle) -> Result<()> {
-    let td = bundle.trust_domain().name().to_owned();
-    let (jwks, expiries) = encode_bundle(bundle)?;
-    ds.write(Durability::Full, move |conn| {
+    let row = BundleRow::of(bundle)?;
+    ds.write(Durability::Full, move |conn| row.put(conn)).await
+}
+
+/// A bundle encoded for its row, ready to be written (alone, or in a transaction
+/// with other records).
+pub(super) struct BundleRow {
+    td: String,
+    jwks: String,
+    expiries: String,
+}
+
+impl BundleRow {
+    pub(super) fn of(bundle: &Bundle) -> Result<Self> {
+        let (jwks, expiries) = encode_bundle(bundle)?;
+        Ok(Self {
+            td: bundle.trust_domain().name().to_owned(),
+            jwks,
+            expiries,
+        })
+    }
+
+    /// Stores it, replacing the bundle of its trust domain.
+    pub(super) fn put(&self, conn: &Connection) -> Result<()> {
+        let Self { td, jwks, expiries } = self;
         conn.prepare_cached(
             "INSERT INTO bundles (trust_domain, jwks, jwt_expiries) VALUES (?1, ?2, ?3)
              ON CONFLICT (trust_domain) DO UPDATE SET
@@ -22,8 +44,7 @@ pub(super) async fn set(ds: &SqliteDatastore, bundle: &Bundle) -> Result<()> {
         .and_then(|mut s| s.execute(params![td, jwks, expiries]))
         .ctx(format_args!("bundle of {td}"))?;
         Ok(())
-    })
-    .await
+    }
 }
 
 pub(super) async fn get(ds: &SqliteDatastore, td: &TrustDomain) -> Result<Option<Bundle>> {

@@ -93,10 +93,19 @@ ALTER TABLE attested_nodes DROP COLUMN prev_cert_serial;
 ALTER TABLE attested_nodes DROP COLUMN prev_cert_not_after;
 ";
 
+/// Version 3: federation relationships created with the CLI, each as JSON under
+/// its trust domain.
+const SCHEMA_V3: &str = "
+CREATE TABLE federation_relationships (
+    trust_domain TEXT PRIMARY KEY NOT NULL,
+    data         TEXT NOT NULL
+);
+";
+
 /// Schema migrations, oldest first: step `i` takes the database from version `i` to
 /// `i + 1`. A released step is never edited (databases in the field already ran it);
 /// a change is a new step appended here.
-pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 /// Brings the schema from its stored version up to `migrations.len()`, one step per
 /// transaction, so that a failed step leaves the database at the previous version.
