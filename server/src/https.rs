@@ -123,6 +123,22 @@ pub const SYSTEM_CA_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 
+/// A TLS server (TLS 1.2 and 1.3, no client authentication) presenting what
+/// `certs` picks, offering `alpn`.
+pub fn acceptor_with(
+    certs: Arc<dyn rustls::server::ResolvesServerCert>,
+    alpn: &[&[u8]],
+) -> tokio_rustls::TlsAcceptor {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|_| unreachable!("the ring provider supports TLS 1.2 and 1.3"))
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
 /// TLS client settings with the roots in `ca_bundle`, or in the system's bundle.
 /// `setting` names the configuration in errors, `ca_setting` the setting that gives
 /// the bundle.

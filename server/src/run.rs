@@ -554,8 +554,14 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
         crate::oidc::start(issuer, d, state.ca.subscribe(), stop_rx.clone()).await?;
     }
     if let Some(e) = &state.config.federation.bundle_endpoint {
-        crate::federation::endpoint::start(e, identity, state.ca.subscribe(), stop_rx.clone())
-            .await?;
+        crate::federation::endpoint::start(
+            e,
+            identity,
+            &state.config.data_dir,
+            state.ca.subscribe(),
+            stop_rx.clone(),
+        )
+        .await?;
     }
     state.federation.start(stop_rx.clone());
     tokio::spawn(refresh_gauges(state.clone()));

@@ -17,6 +17,7 @@ pub mod attack_net;
 pub mod cloud;
 pub mod faults;
 pub mod faults_agent;
+pub mod pebble;
 pub mod spiffe_libs;
 pub mod spire;
 

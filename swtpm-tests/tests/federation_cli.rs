@@ -355,3 +355,72 @@ fn relationships_are_created_listed_updated_and_deleted_with_the_cli() {
     assert!(out.starts_with("Bundle of other.test refreshed"), "{out}");
     assert_eq!(listed(&server).len(), 3);
 }
+
+/// `https_web` with ACME: the endpoint's certificate is issued by Pebble (a real
+/// ACME server), which validates tls-alpn-01 on the endpoint's own port; another
+/// server fetches the bundle checking the certificate under Pebble's root; after a
+/// restart the stored certificate is served without a new order.
+#[test]
+fn an_https_web_endpoint_gets_its_certificate_over_acme() {
+    use tessera_swtpm_tests::pebble::Pebble;
+    let dir = test_dir("federation-acme");
+    let port = free_port();
+    let pebble = Pebble::start(&dir.path().join("pebble"), port);
+    let mut web = Server::start_in(
+        &dir.path().join("web"),
+        "web.test",
+        &format!(
+            "[federation.bundle_endpoint]\naddress = \"127.0.0.1:{port}\"\n\
+             profile = \"https_web\"\n[federation.bundle_endpoint.acme]\n\
+             domain_name = \"localhost\"\nemail = \"ops@web.test\"\ntos_accepted = true\n\
+             directory_url = \"{}\"\nca_bundle = \"{}\"\n",
+            pebble.directory(),
+            pebble.api_roots().display()
+        ),
+    );
+    let issued = |server: &Server| server.log().contains("certificate issued over ACME");
+    assert!(
+        wait_until(Duration::from_secs(60), || issued(&web)),
+        "no certificate issued:\n{}\npebble:\n{}",
+        web.log(),
+        pebble.log()
+    );
+    let stored = dir.path().join("web/data/acme/localhost.crt.pem");
+    let first = std::fs::read_to_string(&stored).unwrap();
+
+    // The relying side trusts Pebble's issuing root only.
+    let root = pebble.issuer_roots();
+    let server = Server::start(&dir.path().join("server"), "");
+    let web_rel = |verb: &str, roots: &Path| {
+        server.cli_ok(&[
+            "federation",
+            verb,
+            "--trust-domain",
+            "web.test",
+            "--bundle-endpoint-url",
+            &format!("https://localhost:{port}"),
+            "--bundle-endpoint-profile",
+            "https_web",
+            "--ca-bundle",
+            roots.to_str().unwrap(),
+        ])
+    };
+    web_rel("create", &root);
+    wait_for_kids(&server, "web.test", &own_kids(&web));
+    // Under a root it was not issued under, the fetch is refused, saying why.
+    web_rel("update", &pebble.api_roots());
+    let err = refused(&server, &["federation", "refresh", "--id", "web.test"]);
+    assert!(err.contains("TLS with localhost"), "{err}");
+    web_rel("update", &root);
+
+    // Restarted, the endpoint serves the stored certificate: no new order.
+    web.restart();
+    let out = server.cli_ok(&["federation", "refresh", "--id", "web.test"]);
+    assert!(out.starts_with("Bundle of web.test refreshed"), "{out}");
+    assert!(
+        !issued(&web),
+        "ordered again after a restart:\n{}",
+        web.log()
+    );
+    assert_eq!(std::fs::read_to_string(&stored).unwrap(), first);
+}

@@ -3,7 +3,7 @@
 //! the CA at each request so that a rotation is served at once. No client
 //! authentication (the standard forbids requiring it). `https_spiffe` presents the
 //! server's own X509-SVID, the one agents see, renewed with it; `https_web` a
-//! certificate from files. The listener is the small HTTP/1.1 one the health
+//! certificate from files or from an ACME CA ([`super::acme`]). The listener is the small HTTP/1.1 one the health
 //! endpoints use.
 
 use std::net::SocketAddr;
@@ -25,32 +25,27 @@ pub fn answer(method: &Method, path: &str, bundle: &Bundle) -> Reply {
     reply(StatusCode::OK, "application/json", bundle.to_jwks())
 }
 
-/// TLS presenting `identity` (the server's SVID), TLS 1.2 and 1.3, HTTP/1.1.
-fn spiffe_acceptor(identity: Arc<SharedIdentity>) -> tokio_rustls::TlsAcceptor {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap_or_else(|_| unreachable!("the ring provider supports TLS 1.2 and 1.3"))
-        .with_no_client_auth()
-        .with_cert_resolver(identity);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
-}
-
 /// Binds the endpoint `cfg` asks for and serves the latest bundle `bundles` holds
 /// until `shutdown` turns true. Returns the bound address.
 pub async fn start(
     cfg: &BundleEndpointConfig,
     identity: Arc<SharedIdentity>,
+    data_dir: &std::path::Path,
     bundles: watch::Receiver<Arc<Bundle>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<SocketAddr, crate::https::ListenerError> {
-    let tls = match (cfg.profile, &cfg.cert_file, &cfg.key_file) {
-        (Profile::HttpsWeb, Some(cert), Some(key)) => {
+    let tls = match (cfg.profile, &cfg.cert_file, &cfg.key_file, &cfg.acme) {
+        (Profile::HttpsWeb, Some(cert), Some(key), _) => {
             crate::https::acceptor_from_files(cert, key, "[federation.bundle_endpoint]")
                 .map_err(crate::https::ListenerError::Tls)?
         }
-        _ => spiffe_acceptor(identity),
+        (Profile::HttpsWeb, _, _, Some(acme)) => {
+            let certs = Arc::new(super::acme::AcmeCerts::default());
+            super::acme::spawn(acme.clone(), data_dir, certs.clone(), shutdown.clone());
+            super::acme::acceptor(certs)
+        }
+        // The server's SVID, HTTP/1.1.
+        _ => crate::https::acceptor_with(identity, &[b"http/1.1"]),
     };
     let at = crate::https::serve_bundle(
         cfg.address,

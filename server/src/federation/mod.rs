@@ -15,6 +15,7 @@
 //! bundle set`, from the other side's `bundle show`); later fetches trust the bundle
 //! the last fetch brought.
 
+pub mod acme;
 pub mod client;
 pub mod endpoint;
 pub mod relationships;
@@ -85,6 +86,9 @@ pub struct BundleEndpointConfig {
     /// `https_web`: its private key (PEM), read at start.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// `https_web`: the certificate from an ACME CA instead of files.
+    #[serde(default)]
+    pub acme: Option<acme::AcmeConfig>,
 }
 
 /// One `[[federation.federates_with]]`: a trust domain and where its bundle is.
@@ -214,24 +218,37 @@ pub fn check_relationship(
 pub fn check(own: &TrustDomain, f: &FederationConfig) -> Result<(), (&'static str, String)> {
     if let Some(e) = &f.bundle_endpoint {
         let key = "federation.bundle_endpoint";
-        match (e.profile, &e.cert_file, &e.key_file) {
-            (Profile::HttpsWeb, Some(_), Some(_)) | (Profile::HttpsSpiffe, None, None) => {}
-            (Profile::HttpsWeb, _, _) => {
-                return Err((
-                    key,
-                    "[federation.bundle_endpoint] profile \"https_web\" needs cert_file and \
-                     key_file"
-                        .into(),
-                ));
+        let fault = |m: &str| Err((key, format!("[federation.bundle_endpoint] {m}")));
+        match (e.profile, &e.cert_file, &e.key_file, &e.acme) {
+            (Profile::HttpsWeb, Some(_), Some(_), None)
+            | (Profile::HttpsWeb, None, None, Some(_))
+            | (Profile::HttpsSpiffe, None, None, None) => {}
+            (Profile::HttpsWeb, _, _, Some(_)) => {
+                return fault(
+                    "profile \"https_web\" takes its certificate from [acme] or from \
+                     cert_file and key_file, not both",
+                );
             }
-            (Profile::HttpsSpiffe, _, _) => {
-                return Err((
-                    key,
-                    "[federation.bundle_endpoint] profile \"https_spiffe\" serves the \
-                     server's own SVID: cert_file and key_file are for \"https_web\""
-                        .into(),
-                ));
+            (Profile::HttpsWeb, _, _, None) => {
+                return fault(
+                    "profile \"https_web\" needs cert_file and key_file, or an [acme] \
+                     section",
+                );
             }
+            (Profile::HttpsSpiffe, _, _, _) => {
+                return fault(
+                    "profile \"https_spiffe\" serves the server's own SVID: cert_file, \
+                     key_file and [acme] are for \"https_web\"",
+                );
+            }
+        }
+        if let Some(a) = &e.acme
+            && let Err(m) = acme::check(a)
+        {
+            return Err((
+                "federation.bundle_endpoint.acme",
+                format!("[federation.bundle_endpoint.acme] {m}"),
+            ));
         }
     }
     let mut seen = BTreeSet::new();
@@ -261,11 +278,21 @@ pub fn check(own: &TrustDomain, f: &FederationConfig) -> Result<(), (&'static st
 }
 
 /// Reads the files `[federation]` names (the `ca_bundle` roots of `https_web`
-/// relationships), so that a wrong path or a file without a certificate stops the
+/// relationships and of the ACME CA), so that a wrong path or a file without a certificate stops the
 /// start (and `validate`) instead of failing every fetch; returns the configured
 /// relationships as the server runs them. Kept apart from [`check`], which reads
 /// nothing.
 pub fn check_files(f: &FederationConfig) -> Result<Vec<Relationship>, (&'static str, String)> {
+    if let Some(roots) = f
+        .bundle_endpoint
+        .as_ref()
+        .and_then(|e| e.acme.as_ref())
+        .and_then(|a| a.ca_bundle.as_ref())
+    {
+        let section = "[federation.bundle_endpoint.acme]";
+        crate::https::tls_roots(section, "ca_bundle", Some(roots))
+            .map_err(|e| ("federation.bundle_endpoint.acme", e))?;
+    }
     let key = "federation.federates_with";
     f.federates_with
         .iter()
@@ -359,12 +386,22 @@ mod tests {
         let cases = [
             (
                 "[bundle_endpoint]\naddress = \"0.0.0.0:1\"\nprofile = \"https_web\"\n".to_owned(),
-                "needs cert_file and key_file",
+                "needs cert_file and key_file, or an [acme] section",
             ),
             (
                 "[bundle_endpoint]\naddress = \"0.0.0.0:1\"\ncert_file = \"c\"\nkey_file = \"k\"\n"
                     .to_owned(),
                 "are for \"https_web\"",
+            ),
+            (
+                "[bundle_endpoint]\naddress = \"0.0.0.0:1\"\nprofile = \"https_web\"\ncert_file = \"c\"\nkey_file = \"k\"\n[bundle_endpoint.acme]\ndomain_name = \"b.example.org\"\nemail = \"a@b\"\ntos_accepted = true\n"
+                    .to_owned(),
+                "not both",
+            ),
+            (
+                "[bundle_endpoint]\naddress = \"0.0.0.0:1\"\nprofile = \"https_web\"\n[bundle_endpoint.acme]\ndomain_name = \"b.example.org\"\nemail = \"a@b\"\n"
+                    .to_owned(),
+                "[federation.bundle_endpoint.acme] tos_accepted must be true",
             ),
             (
                 rel("bundle_endpoint_profile = \"https_spiffe\"\n"),
