@@ -155,6 +155,8 @@ fn relationships_are_created_listed_updated_and_deleted_with_the_cli() {
     // Bad input is refused with the reason; nothing is stored.
     let not_pem = dir.path().join("not.pem");
     std::fs::write(&not_pem, "no certificate here\n").unwrap();
+    let huge = dir.path().join("huge.pem");
+    std::fs::write(&huge, "#".repeat(600 * 1024)).unwrap();
     let spiffe = |td: &str, url: &str| {
         vec![
             "federation".to_owned(),
@@ -197,6 +199,18 @@ fn relationships_are_created_listed_updated_and_deleted_with_the_cli() {
             ]
             .concat(),
             "ca_bundle: the PEM given",
+        ),
+        (
+            [
+                &spiffe("other.test", &other_url)[..6],
+                &[
+                    "--bundle-endpoint-profile".to_owned(),
+                    "https_web".to_owned(),
+                ],
+                &["--ca-bundle".to_owned(), huge.display().to_string()],
+            ]
+            .concat(),
+            "more than the 524288 accepted",
         ),
         (
             spiffe("other.test", &other_url)[..4].to_vec(),

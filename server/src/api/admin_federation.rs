@@ -12,6 +12,10 @@ use super::admin::AdminApi;
 use super::convert::{bundle_from_proto, bundle_to_proto};
 use crate::federation::{Profile, Relationship, Source, check_relationship};
 
+/// The largest `ca_bundle` a relationship may carry (it is stored with it, and read
+/// by every server at each fetch): room for a few hundred roots.
+const MAX_CA_BUNDLE: usize = 512 * 1024;
+
 /// A relationship as the API sends it.
 pub fn relationship_to_proto(r: &Relationship, source: Source) -> pb::FederationRelationship {
     pb::FederationRelationship {
@@ -50,6 +54,12 @@ fn relationship_from_proto(
         "" => None,
         s => Some(SpiffeId::new(s).map_err(|e| invalid(format!("endpoint_spiffe_id: {e}")))?),
     };
+    if p.ca_bundle_pem.len() > MAX_CA_BUNDLE {
+        return Err(invalid(format!(
+            "ca_bundle is {} bytes, more than the {MAX_CA_BUNDLE} accepted",
+            p.ca_bundle_pem.len()
+        )));
+    }
     let ca_bundle_pem = (!p.ca_bundle_pem.is_empty()).then_some(p.ca_bundle_pem);
     let rel = Relationship {
         trust_domain: td.clone(),

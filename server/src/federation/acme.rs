@@ -139,11 +139,20 @@ pub fn acceptor(certs: Arc<AcmeCerts>) -> tokio_rustls::TlsAcceptor {
 struct Store {
     dir: PathBuf,
     domain: String,
+    /// The directory URL the account belongs to.
+    directory: String,
 }
 
 impl Store {
+    /// One account per CA: switching `directory_url` (from a staging CA to the
+    /// production one, say) makes a new account instead of reusing the other CA's.
     fn account(&self) -> PathBuf {
-        self.dir.join("account.json")
+        let digest = ring::digest::digest(&ring::digest::SHA256, self.directory.as_bytes());
+        let tag: String = digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        self.dir.join(format!("account-{tag}.json"))
     }
     fn chain(&self) -> PathBuf {
         self.dir.join(format!("{}.crt.pem", self.domain))
@@ -195,6 +204,7 @@ pub fn spawn(
     let store = Store {
         dir: data_dir.join("acme"),
         domain: cfg.domain_name.to_ascii_lowercase(),
+        directory: cfg.directory().to_owned(),
     };
     tokio::spawn(async move {
         let mut failures = 0u32;
