@@ -36,8 +36,9 @@ packages=(
 # (scripts/java-spiffe-env.sh); Go comes from outside Debian (see above).
 test_packages=(
     default-jdk-headless maven
-    # The appliance boot test (images/boot-test.sh).
-    qemu-system-x86 cpio
+    # The appliance boot test (images/boot-test.sh) and the systemd guest
+    # (images/systemd-guest.sh: debootstrap, and mkfs.ext4 from e2fsprogs).
+    qemu-system-x86 cpio debootstrap e2fsprogs
     # The PostgreSQL datastore's tests (scripts/postgres.sh).
     postgresql postgresql-client
     # The metrics tests scrape both binaries with a real Prometheus server.

@@ -1,7 +1,10 @@
 //! The appliance image: the overlay's default agent configuration must load with the
 //! agent's own parser (a typo there would brick every device built from it), and an
 //! appliance booted under QEMU with a swtpm TPM device attests with its DevID and
-//! serves an SVID (`images/boot-test.sh`).
+//! serves an SVID (`images/boot-test.sh`); and the shipped systemd units, installed
+//! in a Debian guest booted with systemd, are notify services that become ready,
+//! run sandboxed as their users, and are restarted by the watchdog when hung
+//! (`images/systemd-guest.sh`).
 
 #![allow(
     clippy::unwrap_used,
@@ -59,4 +62,38 @@ fn appliance_boots_attests_with_its_tpm_and_serves_an_svid() {
         ok.contains("spiffe://example.org/spire/agent/tpm_devid/"),
         "{ok}"
     );
+}
+
+#[test]
+fn the_shipped_units_become_ready_and_the_watchdog_restarts_a_hung_agent() {
+    use tessera_swtpm_tests::{bin, repo_root, test_dir};
+    let dir = test_dir("systemd-guest");
+    let work = dir.path().join("guest");
+    let agent = bin("tessera-agent");
+    let out = std::process::Command::new("bash")
+        .arg(repo_root().join("images/systemd-guest.sh"))
+        .arg("run")
+        .arg(&work)
+        .env("TESSERA_BIN_DIR", agent.parent().unwrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "systemd guest failed:\n{stdout}\n{stderr}"
+    );
+    // What the guest's checks saw, each from systemd itself.
+    for line in [
+        "boot-check: server active: serving agents on 127.0.0.1:8081",
+        "boot-check: server user: tessera",
+        "boot-check: svid: spiffe://example.org/boot-check",
+        "boot-check: watchdog restarted the agent",
+        "boot-check: OK",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(line)),
+            "{line}\n{stdout}"
+        );
+    }
 }
