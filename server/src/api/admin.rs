@@ -423,6 +423,7 @@ impl Admin for AdminApi {
             ));
         }
         let b = crate::federation::store(self.state.ds.as_ref(), b).await?;
+        self.state.federation.bundle_set(b.trust_domain());
         Ok(Response::new(bundle_to_proto(&b)))
     }
 

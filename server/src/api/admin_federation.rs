@@ -147,6 +147,9 @@ impl AdminApi {
             ds.create_federation_relationship(&rel, bundle.as_ref())
                 .await?;
         }
+        if let Some(b) = &bundle {
+            self.state().federation.bundle_set(b.trust_domain());
+        }
         self.state().federation.changed();
         let done = if update { "updated" } else { "created" };
         tracing::info!(trust_domain = %rel.trust_domain, "federation relationship {done}");

@@ -49,6 +49,15 @@ impl Served {
             .copied()
     }
 
+    /// Forgets what `td`'s endpoint served: after an operator set its bundle, any
+    /// sequence is accepted again.
+    pub fn forget(&self, td: &TrustDomain) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(td);
+    }
+
     fn record(&self, td: &TrustDomain, sequence: u64) {
         self.0
             .lock()
@@ -260,6 +269,19 @@ mod tests {
         );
         let e = ok(bundle(4, vec![ca(2)])).unwrap_err();
         assert!(e.contains("older than the 5 it served before"), "{e}");
+        // What the endpoint served is remembered per trust domain, until an
+        // operator sets the bundle.
+        let served = Served::default();
+        served.record(&td, 5);
+        let last = served.last(&td);
+        assert!(acceptable(&bundle(4, vec![ca(2)]), Some(&stored), last).is_err());
+        served.forget(&td);
+        assert_eq!(served.last(&td), None);
+        let last = served.last(&td);
+        assert_eq!(
+            acceptable(&bundle(4, vec![ca(2)]), Some(&stored), last),
+            Ok(())
+        );
         let e = ok(bundle(9, vec![])).unwrap_err();
         assert!(e.contains("no X.509 authority"), "{e}");
         let many = (0..=MAX_AUTHORITIES).map(|n| ca(n as u8)).collect();

@@ -89,6 +89,12 @@ impl Relationships {
             .map(|r| (r, Source::Datastore)))
     }
 
+    /// An operator set `td`'s bundle (or its relationship): the endpoint's next
+    /// answer is not compared with what it served before.
+    pub fn bundle_set(&self, td: &TrustDomain) {
+        self.served.forget(td);
+    }
+
     /// Tells the supervisor that the stored relationships changed.
     pub fn changed(&self) {
         self.changed.notify_one();
