@@ -47,7 +47,11 @@ async fn agent_with(
     Ok((agent, rss))
 }
 
-pub(crate) async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, String> {
+pub(crate) async fn run(
+    dir: &std::path::Path,
+    quick: bool,
+    vs_spire: bool,
+) -> Result<Report, String> {
     let mut r = Report::new("footprint");
     let size = |name: &str| {
         std::fs::metadata(bin(name))
@@ -113,5 +117,9 @@ pub(crate) async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, St
         "server peak RSS (MiB)",
         stats::peak_rss_mib(pid),
     );
+    if vs_spire {
+        drop(server);
+        crate::vs_spire::footprint(&mut r, dir, counts, entries).await?;
+    }
     Ok(r)
 }
