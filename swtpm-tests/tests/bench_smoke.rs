@@ -167,8 +167,9 @@ fn every_benchmark_runs_in_quick_mode() {
             "spire_agent_rss_mib_10_svids",
             "spire_agent_rss_mib_100_svids",
             "tessera_over_spire_agent_rss_mib_100_svids",
-            "spire_server_rss_mib",
-            "tessera_over_spire_server_rss_mib",
+            "server_rss_mib_2000_entries",
+            "spire_server_rss_mib_2000_entries",
+            "tessera_over_spire_server_rss_mib_2000_entries",
         ],
     );
     positive(
