@@ -99,13 +99,15 @@ fi
 # py-spiffe, the Python workload the tests and the demo use.
 bash "$root/scripts/python-env.sh" >/dev/null
 # The go-spiffe and java-spiffe workloads the tests use; SPIRE's server and agent
-# (built here, before the tests, because the first build takes several minutes);
+# (built here, before the tests, because the first build takes several minutes)
+# and the benchmark's driver of SPIRE's API;
 # and the kernel and busybox the appliance boot test puts in its image
 # (downloaded from Debian, not installed).
 if $tests; then
     bash "$root/scripts/go-spiffe-env.sh" >/dev/null
     bash "$root/scripts/java-spiffe-env.sh" >/dev/null
     bash "$root/scripts/spire.sh" >/dev/null
+    bash "$root/scripts/spire-driver.sh" >/dev/null
     bash "$root/images/boot-test.sh" fetch
 fi
 note "ready"

@@ -24,7 +24,11 @@ fn median(mut v: Vec<Duration>) -> f64 {
     v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
-pub(crate) async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, String> {
+pub(crate) async fn run(
+    dir: &std::path::Path,
+    quick: bool,
+    vs_spire: bool,
+) -> Result<Report, String> {
     let runs = if quick { 2 } else { 7 };
     let tpm = Swtpm::start(&dir.join("swtpm"));
     let vendor = TestCa::new(&dir.join("ca"), "Bench Vendor CA");
@@ -134,5 +138,9 @@ pub(crate) async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, St
     r.add("tpm_devid_over_join", "ratio tpm_devid / join token", d / j);
     r.add("tpm_ek_over_join", "ratio tpm_ek / join token", e / j);
     r.note("the TPM is swtpm on loopback TCP; a discrete TPM is slower, key creation alone taking tens to hundreds of milliseconds");
+    if vs_spire {
+        drop(server);
+        crate::vs_spire::cold_start(&mut r, dir, runs).await?;
+    }
     Ok(r)
 }

@@ -22,6 +22,8 @@ const BATCH: usize = 100;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum KeyManagerKind {
     Memory,
+    /// PKCS#8 files under the server's data directory (Tessera's default).
+    Disk,
     Pkcs11,
 }
 
@@ -232,6 +234,13 @@ pub(crate) async fn run(dir: &Path, quick: bool, km: KeyManagerKind) -> Result<R
             ),
             None,
         ),
+        KeyManagerKind::Disk => (
+            Server::start(
+                &dir.join("server"),
+                &format!("[key_manager]\ntype = \"disk\"\n{}", env::SERVER_LIMITS),
+            ),
+            None,
+        ),
         KeyManagerKind::Pkcs11 => {
             let hsm = SoftHsm::init(&dir.join("hsm"), "bench", "1234");
             let s = Server::start_with_env(
@@ -272,6 +281,7 @@ pub(crate) async fn run(dir: &Path, quick: bool, km: KeyManagerKind) -> Result<R
         .map_err(|e| e.to_string())?;
     let name = match km {
         KeyManagerKind::Memory => "memory",
+        KeyManagerKind::Disk => "disk",
         KeyManagerKind::Pkcs11 => "pkcs11",
     };
     let mut r = Report::new(&format!("issuance ({name} key manager)"));

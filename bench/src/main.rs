@@ -15,8 +15,11 @@ mod footprint;
 mod issuance;
 mod report;
 mod sim;
+mod spire;
 mod stats;
 mod sync;
+mod vs_spire;
+mod vs_spire_server;
 mod workload;
 
 #[derive(Debug, Parser)]
@@ -34,6 +37,11 @@ struct Cli {
     /// Keep the working directory (logs, state) for inspection.
     #[arg(long, global = true)]
     keep: bool,
+    /// Also run each scenario against SPIRE (its real server and agent, built by
+    /// scripts/spire.sh) in the same run, with the same key type and sizes, and
+    /// report SPIRE's figures and the ratios Tessera/SPIRE.
+    #[arg(long, global = true)]
+    vs_spire: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,8 +50,9 @@ struct Cli {
 enum Command {
     /// SVIDs/s through BatchNewX509Svid vs the raw signing rate.
     Issuance {
-        /// Key managers to measure (memory; pkcs11 on SoftHSM2).
-        #[arg(long = "key-manager", value_enum, default_values_t = [issuance::KeyManagerKind::Memory, issuance::KeyManagerKind::Pkcs11])]
+        /// Key managers to measure (memory; disk; pkcs11 on SoftHSM2). Default:
+        /// memory and pkcs11, and disk too with --vs-spire.
+        #[arg(long = "key-manager", value_enum)]
         key_managers: Vec<issuance::KeyManagerKind>,
     },
     /// FetchX509SVID latency and throughput vs a bare gRPC round trip.
@@ -73,33 +82,44 @@ enum Command {
 }
 
 async fn run(cli: Cli, dir: &std::path::Path) -> Result<Vec<report::Report>, String> {
+    use issuance::KeyManagerKind as Km;
     let quick = cli.quick;
+    let vs = cli.vs_spire;
     let mut out = Vec::new();
+    if vs {
+        spire::prepare()?;
+    }
     let all = matches!(cli.command, Command::All);
-    if let Command::Issuance { key_managers } = &cli.command {
-        for km in key_managers {
-            out.push(issuance::run(&dir.join(format!("issuance-{km:?}")), quick, *km).await?);
+    let key_managers = match &cli.command {
+        Command::Issuance { key_managers } if !key_managers.is_empty() => key_managers.clone(),
+        Command::Issuance { .. } | Command::All if vs => vec![Km::Memory, Km::Disk, Km::Pkcs11],
+        Command::Issuance { .. } | Command::All => vec![Km::Memory, Km::Pkcs11],
+        _ => Vec::new(),
+    };
+    let spire_issuance = if vs && !key_managers.is_empty() {
+        Some(vs_spire_server::issuance(&dir.join("issuance-spire"), quick).await?)
+    } else {
+        None
+    };
+    for km in key_managers {
+        let mut r = issuance::run(&dir.join(format!("issuance-{km:?}")), quick, km).await?;
+        if let Some(s) = &spire_issuance {
+            vs_spire_server::compare_issuance(&mut r, s);
         }
+        out.push(r);
     }
-    if all {
-        for km in [
-            issuance::KeyManagerKind::Memory,
-            issuance::KeyManagerKind::Pkcs11,
-        ] {
-            out.push(issuance::run(&dir.join(format!("issuance-{km:?}")), quick, km).await?);
-        }
-    }
+    out.extend(spire_issuance);
     if all || matches!(cli.command, Command::WorkloadApi) {
-        out.push(workload::run(&dir.join("workload-api"), quick).await?);
+        out.push(workload::run(&dir.join("workload-api"), quick, vs).await?);
     }
     if all || matches!(cli.command, Command::Sync) {
-        out.push(sync::run(&dir.join("sync"), quick).await?);
+        out.push(sync::run(&dir.join("sync"), quick, vs).await?);
     }
     if all || matches!(cli.command, Command::Footprint) {
-        out.push(footprint::run(&dir.join("footprint"), quick).await?);
+        out.push(footprint::run(&dir.join("footprint"), quick, vs).await?);
     }
     if all || matches!(cli.command, Command::ColdStart) {
-        out.push(coldstart::run(&dir.join("cold-start"), quick).await?);
+        out.push(coldstart::run(&dir.join("cold-start"), quick, vs).await?);
     }
     Ok(out)
 }

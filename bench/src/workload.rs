@@ -23,7 +23,7 @@ async fn bare_once(
 }
 
 /// Time per call for one client, sequentially.
-async fn latencies(
+pub(crate) async fn latencies(
     socket: &std::path::Path,
     n: usize,
     bare: bool,
@@ -51,7 +51,7 @@ async fn latencies(
 }
 
 /// Calls per second with `clients` clients, each on its own connection.
-async fn throughput(
+pub(crate) async fn throughput(
     socket: &std::path::Path,
     clients: usize,
     secs: Duration,
@@ -158,7 +158,11 @@ async fn metrics_overhead(
     ))
 }
 
-pub(crate) async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, String> {
+pub(crate) async fn run(
+    dir: &std::path::Path,
+    quick: bool,
+    vs_spire: bool,
+) -> Result<Report, String> {
     let secs = Duration::from_secs(if quick { 1 } else { 5 });
     let samples = if quick { 200 } else { 2000 };
     let levels: &[usize] = if quick { &[1, 10, 50] } else { &[1, 100, 1000] };
@@ -296,5 +300,10 @@ pub(crate) async fn run(dir: &std::path::Path, quick: bool) -> Result<Report, St
         on.1 / off.1,
     );
     r.note("each fetch is a new stream: the agent attests the caller (reads /proc) every time, as it must");
+    if vs_spire {
+        drop(agent);
+        drop(server);
+        crate::vs_spire::workload(&mut r, dir, quick, levels).await?;
+    }
     Ok(r)
 }

@@ -55,6 +55,8 @@ pub struct SpireServerOptions {
     pub server_extra: String,
     /// HCL lines added inside the `plugins` block.
     pub plugins_extra: String,
+    /// `log_level` (DEBUG by default, for the tests' logs; benchmarks use INFO).
+    pub log_level: String,
 }
 
 impl Default for SpireServerOptions {
@@ -64,6 +66,7 @@ impl Default for SpireServerOptions {
             key_manager: SpireKeyManager::Disk,
             server_extra: String::new(),
             plugins_extra: String::new(),
+            log_level: "DEBUG".into(),
         }
     }
 }
@@ -103,7 +106,7 @@ impl SpireServer {
   socket_path = "{socket}"
   trust_domain = "{td}"
   data_dir = "{data}"
-  log_level = "DEBUG"
+  log_level = "{log_level}"
   {server_extra}
 }}
 
@@ -127,6 +130,7 @@ plugins {{
             db = data.join("datastore.sqlite3").display(),
             server_extra = options.server_extra,
             plugins_extra = options.plugins_extra,
+            log_level = options.log_level,
         );
         let config = dir.join("server.conf");
         std::fs::write(&config, text).expect("SPIRE server config");
@@ -238,6 +242,36 @@ plugins {{
             .to_owned()
     }
 
+    /// Creates many workload entries in one CLI call (`entry create -data`), each
+    /// `(SPIFFE ID, parent ID, selectors)`; returns how many were created.
+    pub fn entries(&self, list: &[(String, String, Vec<String>)]) -> usize {
+        let entries: Vec<serde_json::Value> = list
+            .iter()
+            .map(|(id, parent, selectors)| {
+                let selectors: Vec<serde_json::Value> = selectors
+                    .iter()
+                    .map(|s| {
+                        let (kind, value) = s.split_once(':').unwrap_or((s.as_str(), ""));
+                        serde_json::json!({ "type": kind, "value": value })
+                    })
+                    .collect();
+                serde_json::json!({ "spiffe_id": id, "parent_id": parent, "selectors": selectors })
+            })
+            .collect();
+        let file = self.dir.join("entries.json");
+        std::fs::write(&file, serde_json::json!({ "entries": entries }).to_string())
+            .expect("entries file");
+        let file = file.display().to_string();
+        let out = self.cli_ok(&["entry", "create"], &["-data", &file, "-output", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("entry create printed no JSON ({e}):\n{out}"));
+        let results = v["results"].as_array().cloned().unwrap_or_default();
+        for r in &results {
+            assert_eq!(r["status"]["code"], 0, "entry create: {r}");
+        }
+        results.len()
+    }
+
     /// The attested agents, from `agent list`: each one's SPIFFE ID and
     /// attestation type.
     pub fn agents(&self) -> Vec<(String, String)> {
@@ -303,6 +337,8 @@ pub struct SpireAgent {
     pub dir: PathBuf,
     /// The Workload API socket.
     pub socket: PathBuf,
+    /// SPIRE's admin API socket (`admin_socket_path`).
+    pub admin_socket: PathBuf,
     pub config: PathBuf,
     child: Option<Child>,
     log: PathBuf,
@@ -313,11 +349,29 @@ impl SpireAgent {
     /// the server's bundle, syncing every second so new entries show up quickly;
     /// `extra` HCL lines go inside the `agent` block) and waits until it is healthy.
     pub fn start(dir: &Path, server: &SpireServer, token: &str, extra: &str) -> Self {
+        let mut agent = Self::configure(dir, server, token, extra);
+        agent.spawn();
+        agent.wait_healthy();
+        agent
+    }
+
+    /// Writes the configuration of [`Self::start`] without starting the agent
+    /// (see [`Self::spawn`]). The agent also serves SPIRE's admin API (its debug
+    /// service) on [`Self::admin_socket`].
+    pub fn configure(dir: &Path, server: &SpireServer, token: &str, extra: &str) -> Self {
         let data = dir.join("data");
         std::fs::create_dir_all(&data).expect("SPIRE agent dir");
         let socket = dir.join("public").join("api.sock");
+        // SPIRE wants the admin socket outside the Workload API socket's directory.
+        let admin_socket = dir.join("admin").join("admin.sock");
+        std::fs::create_dir_all(dir.join("admin")).expect("SPIRE agent admin dir");
         let bootstrap = dir.join("bootstrap.pem");
         std::fs::copy(server.bundle_pem(), &bootstrap).expect("bootstrap bundle");
+        let log_level = if extra.contains("log_level") {
+            ""
+        } else {
+            "log_level = \"DEBUG\""
+        };
         let experimental = if extra.contains("experimental") {
             String::new()
         } else {
@@ -328,10 +382,11 @@ impl SpireAgent {
         let text = format!(
             r#"agent {{
   data_dir = "{data}"
-  log_level = "DEBUG"
+  {log_level}
   server_address = "127.0.0.1"
   server_port = "{port}"
   socket_path = "{socket}"
+  admin_socket_path = "{admin}"
   trust_bundle_path = "{bootstrap}"
   trust_domain = "{td}"
   join_token = "{token}"
@@ -356,33 +411,42 @@ plugins {{
             data = data.display(),
             port = server.port,
             socket = socket.display(),
+            admin = admin_socket.display(),
             bootstrap = bootstrap.display(),
             td = server.trust_domain,
         );
         let config = dir.join("agent.conf");
         write_private(&config, &text);
-        let mut agent = Self {
+        Self {
             dir: dir.to_owned(),
             socket,
+            admin_socket,
             config,
             child: None,
             log: dir.join("spire-agent.log"),
-        };
+        }
+    }
+
+    /// Starts the configured agent process without waiting for it.
+    pub fn spawn(&mut self) {
         let mut cmd = Command::new(spire_bin("spire-agent"));
-        cmd.arg("run").arg("-config").arg(&agent.config);
-        agent.child = Some(spawn_logged(&mut cmd, &agent.log));
+        cmd.arg("run").arg("-config").arg(&self.config);
+        self.child = Some(spawn_logged(&mut cmd, &self.log));
+    }
+
+    /// Waits until the agent answers its health check.
+    pub fn wait_healthy(&mut self) {
         let ok = wait_until(Duration::from_secs(60), || {
-            if let Some(status) = agent
+            if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("spire-agent exited at start ({status}):\n{}", agent.log());
+                panic!("spire-agent exited at start ({status}):\n{}", self.log());
             }
-            agent.healthcheck().status.success()
+            self.healthcheck().status.success()
         });
-        assert!(ok, "spire-agent did not become healthy:\n{}", agent.log());
-        agent
+        assert!(ok, "spire-agent did not become healthy:\n{}", self.log());
     }
 
     /// `spire-agent healthcheck` against this agent's socket.

@@ -1,6 +1,7 @@
-//! Every benchmark runs in its short mode and reports the figures it promises (their
-//! values are not judged here: timings are for the full runs, recorded in
-//! docs/BENCHMARKS.md).
+//! Every benchmark runs in its short mode, against Tessera and against SPIRE in the
+//! same run (`--vs-spire`), and reports the figures it promises, SPIRE's and the
+//! ratios Tessera/SPIRE included (their values are not judged here: timings are for
+//! the full runs, recorded in docs/BENCHMARKS.md).
 
 #![allow(
     clippy::unwrap_used,
@@ -14,7 +15,7 @@ fn every_benchmark_runs_in_quick_mode() {
     let dir = tessera_swtpm_tests::test_dir("bench");
     let json = dir.path().join("bench.json");
     let out = Command::new(tessera_swtpm_tests::bin("tessera-bench"))
-        .args(["--quick", "all", "--json"])
+        .args(["--quick", "--vs-spire", "all", "--json"])
         .arg(&json)
         .output()
         .unwrap();
@@ -36,7 +37,7 @@ fn every_benchmark_runs_in_quick_mode() {
             assert!(v > 0.0, "{bench}: {k} = {v}");
         }
     };
-    for km in ["memory", "pkcs11"] {
+    for km in ["memory", "disk", "pkcs11"] {
         positive(
             &format!("issuance ({km} key manager)"),
             &[
@@ -47,9 +48,23 @@ fn every_benchmark_runs_in_quick_mode() {
                 "ratio_n_agents",
                 "server_cpu_us_per_svid",
                 "csr_check_per_sec",
+                // SPIRE (disk key manager), measured in the same run, and the ratios.
+                "spire_svids_per_sec_1_agent",
+                "spire_svids_per_sec_n_agents",
+                "spire_server_cpu_us_per_svid",
+                "tessera_over_spire_svids_per_sec_1_agent",
+                "tessera_over_spire_svids_per_sec_n_agents",
             ],
         );
     }
+    positive(
+        "issuance (SPIRE, disk key manager)",
+        &[
+            "svids_per_sec_1_agent",
+            "svids_per_sec_n_agents",
+            "server_cpu_us_per_svid",
+        ],
+    );
     // Metrics on and scraped against off, in the same run.
     positive(
         "issuance (memory key manager)",
@@ -72,6 +87,17 @@ fn every_benchmark_runs_in_quick_mode() {
             "bare_per_sec_1",
             "agent_rss_mib_after",
             "agent_rss_mib_settled",
+            "spire_fetch_first_message_p50_us",
+            "spire_fetch_first_message_p99_us",
+            "tessera_over_spire_fetch_first_message_p50_us",
+            "spire_fetches_per_sec_1",
+            "spire_fetches_per_sec_10",
+            "spire_fetches_per_sec_50",
+            "tessera_over_spire_fetches_per_sec_1",
+            "tessera_over_spire_fetches_per_sec_50",
+            "spire_agent_rss_mib_after",
+            "spire_agent_rss_mib_settled",
+            "tessera_over_spire_agent_rss_mib_after",
         ],
     );
     for key in ["agent_rss_mib_again", "agent_rss_mib_streams"] {
@@ -90,12 +116,42 @@ fn every_benchmark_runs_in_quick_mode() {
             "server_cpu_per_sec",
             "server_peak_rss_mib",
             "big_agent_all_cached_secs",
+            "spire_syncs",
+            "spire_sync_p50_ms",
+            "spire_sync_p99_ms",
+            "tessera_over_spire_sync_p99_ms",
+            "spire_server_cpu_per_sec",
+            "spire_server_rss_mib",
+            "spire_server_peak_rss_mib",
+            "tessera_over_spire_server_peak_rss_mib",
         ],
     );
     assert_eq!(
         results["sync"]["entries_held_total"], results["sync"]["entries"],
         "agents did not get their entries"
     );
+    assert_eq!(
+        results["sync"]["spire_entries_held_total"].as_f64(),
+        results["sync"]["entries"].as_f64(),
+        "SPIRE's simulated agents did not get their entries"
+    );
+    // The capacity search ran on both (how far it got is a timing, not judged).
+    for key in ["capacity_levels", "spire_capacity_levels"] {
+        let levels = results["sync"][key]
+            .as_array()
+            .unwrap_or_else(|| panic!("sync: {key} is a list"));
+        assert!(!levels.is_empty(), "sync: {key} is empty");
+        for l in levels {
+            assert!(l[0].as_u64().is_some_and(|a| a > 0), "{key}: {l}");
+            assert!(l[1].as_f64().is_some_and(|p| p > 0.0), "{key}: {l}");
+        }
+    }
+    for key in ["capacity_agents", "spire_capacity_agents"] {
+        assert!(
+            results["sync"][key].as_f64().is_some(),
+            "sync: {key} missing"
+        );
+    }
     positive(
         "footprint",
         &[
@@ -104,11 +160,27 @@ fn every_benchmark_runs_in_quick_mode() {
             "agent_rss_mib_0_svids",
             "agent_rss_mib_100_svids",
             "server_rss_mib",
+            "spire_agent_binary_mib",
+            "spire_server_binary_mib",
+            "tessera_over_spire_agent_binary_mib",
+            "spire_agent_rss_mib_0_svids",
+            "spire_agent_rss_mib_10_svids",
+            "spire_agent_rss_mib_100_svids",
+            "tessera_over_spire_agent_rss_mib_100_svids",
+            "server_rss_mib_2000_entries",
+            "spire_server_rss_mib_2000_entries",
+            "tessera_over_spire_server_rss_mib_2000_entries",
         ],
     );
     positive(
         "cold-start",
-        &["join_token_ms", "tpm_devid_ms", "tpm_ek_ms"],
+        &[
+            "join_token_ms",
+            "tpm_devid_ms",
+            "tpm_ek_ms",
+            "spire_join_token_ms",
+            "tessera_over_spire_join_token_ms",
+        ],
     );
     assert!(doc["machine"]["cpus"].as_u64().unwrap() > 0);
 }
