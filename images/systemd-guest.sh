@@ -118,7 +118,9 @@ EOF
     cat >"$r/usr/local/bin/boot-check" <<'EOF'
 #!/bin/sh
 # The checks, run by boot-check.service after boot; results on the console.
-say() { echo "boot-check: $*"; }
+# A newline first: the console may be in the middle of a line the firmware or the
+# kernel wrote.
+say() { printf '\nboot-check: %s\n' "$*"; }
 finish() {
     journalctl -b --no-pager -u tessera-server -u tessera-agent | tail -n 40
     systemctl poweroff
