@@ -71,3 +71,24 @@ need_go() {
 go_at_least() {
     [[ $(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1) == "$2" ]]
 }
+
+# Builds the Go program in SRC, whose go.mod and go.sum pin everything it uses, into
+# BIN with Go MIN or later (see need_go), unless BIN is newer than its sources, this
+# file and the calling script; prints BIN. Concurrent callers wait for one build.
+build_go_program() {
+    local src=$1 bin=$2 min=$3 out
+    out=$(dirname -- "$bin")
+    need_go "$min"
+    mkdir -p -- "$out" || die "cannot create $out"
+    lock_for "$out"
+    if stale "$bin" "$src"/*.go "$src/go.mod" "$src/go.sum" "$0" "${BASH_SOURCE[0]}"; then
+        note "building $src with $("$go" env GOVERSION) into $out"
+        # -mod=readonly: the build uses exactly what go.mod and go.sum pin, and
+        # fails rather than changing them.
+        (cd -- "$src" && GOFLAGS=-buildvcs=false "$go" build -mod=readonly -trimpath -o "$bin.new" .) >&2 ||
+            die "go build of $src failed (is the Go module proxy reachable for the first build?)"
+        # Replace the old binary only once the new one is complete.
+        mv -- "$bin.new" "$bin"
+    fi
+    printf '%s\n' "$bin"
+}

@@ -14,7 +14,7 @@
 
 set -euo pipefail
 
-# prog, die, note, lock_for, stale, need_go
+# prog, die, note, build_go_program
 . "$(dirname -- "${BASH_SOURCE[0]}")/common.sh"
 
 # The `go` line of swtpm-tests/go-spiffe/go.mod (what go-spiffe v2.9.0 needs).
@@ -25,20 +25,4 @@ out=${TESSERA_GO_SPIFFE_DIR:-$root/target/go-spiffe}
 src=$root/swtpm-tests/go-spiffe
 bin=$out/go-spiffe-workload
 
-need_go "$MIN_GO"
-mkdir -p -- "$out" || die "cannot create $out"
-
-# Test binaries may run this script concurrently; one builds, the others wait.
-lock_for "$out"
-
-if stale "$bin" "$src"/*.go "$src/go.mod" "$src/go.sum" "$0" "$root/scripts/common.sh"; then
-    note "building $src with $("$go" env GOVERSION) into $out"
-    # -mod=readonly: the build uses exactly what go.mod and go.sum pin, and fails
-    # rather than changing them.
-    (cd -- "$src" && GOFLAGS=-buildvcs=false "$go" build -mod=readonly -trimpath -o "$bin.new" .) >&2 ||
-        die "go build of $src failed (is the Go module proxy reachable for the first build?)"
-    # Replace the old binary only once the new one is complete.
-    mv -- "$bin.new" "$bin"
-fi
-
-printf '%s\n' "$bin"
+build_go_program "$src" "$bin" "$MIN_GO"
