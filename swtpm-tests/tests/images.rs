@@ -25,27 +25,42 @@ fn image_default_agent_config_parses() {
     );
 }
 
-#[test]
-fn appliance_boots_attests_with_its_tpm_and_serves_an_svid() {
-    use tessera_swtpm_tests::{bin, repo_root, test_dir};
-    let dir = test_dir("boot");
-    let work = dir.path().join("boot");
+/// Runs `images/<script> run <work>` on the binaries under test; returns its
+/// standard output, or fails with both outputs and what `more` adds.
+fn run_image_script(
+    script: &str,
+    work: &std::path::Path,
+    more: impl Fn(&std::path::Path) -> String,
+) -> String {
+    use tessera_swtpm_tests::{bin, repo_root};
     // Fail early, with the cargo command, if the binaries are missing.
     let agent = bin("tessera-agent");
     let out = std::process::Command::new("bash")
-        .arg(repo_root().join("images/boot-test.sh"))
+        .arg(repo_root().join("images").join(script))
         .arg("run")
-        .arg(&work)
+        .arg(work)
         .env("TESSERA_BIN_DIR", agent.parent().unwrap())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "boot test failed:\n{stdout}\n{stderr}\nserver log:\n{}",
-        std::fs::read_to_string(work.join("server.log")).unwrap_or_default()
+        "images/{script} failed:\n{stdout}\n{stderr}\n{}",
+        more(work)
     );
+    stdout
+}
+
+#[test]
+fn appliance_boots_attests_with_its_tpm_and_serves_an_svid() {
+    let dir = tessera_swtpm_tests::test_dir("boot");
+    let work = dir.path().join("boot");
+    let stdout = run_image_script("boot-test.sh", &work, |work| {
+        std::fs::read_to_string(work.join("server.log"))
+            .map(|log| format!("server log:\n{log}"))
+            .unwrap_or_default()
+    });
     // The guest's console: its TPM device, the SVID the agent served it, and the
     // agent's key on disk being a TPM blob.
     assert!(stdout.contains("/dev/tpmrm0"), "{stdout}");
@@ -66,23 +81,10 @@ fn appliance_boots_attests_with_its_tpm_and_serves_an_svid() {
 
 #[test]
 fn the_shipped_units_become_ready_and_the_watchdog_restarts_a_hung_agent() {
-    use tessera_swtpm_tests::{bin, repo_root, test_dir};
-    let dir = test_dir("systemd-guest");
-    let work = dir.path().join("guest");
-    let agent = bin("tessera-agent");
-    let out = std::process::Command::new("bash")
-        .arg(repo_root().join("images/systemd-guest.sh"))
-        .arg("run")
-        .arg(&work)
-        .env("TESSERA_BIN_DIR", agent.parent().unwrap())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "systemd guest failed:\n{stdout}\n{stderr}"
-    );
+    let dir = tessera_swtpm_tests::test_dir("systemd-guest");
+    let stdout = run_image_script("systemd-guest.sh", &dir.path().join("guest"), |_| {
+        String::new()
+    });
     // What the guest's checks saw, each from systemd itself.
     for line in [
         "boot-check: server active: serving agents on 127.0.0.1:8081",
