@@ -1,7 +1,8 @@
 //! A small HTTP/1.1 client for the few one-shot requests node attestation makes: the
 //! agent asks a cloud's instance metadata service (plain HTTP on a link-local
-//! address, with the provider's headers), and the server fetches key sets (HTTPS,
-//! checked against the roots it is given). One request per connection, a deadline
+//! address, with the provider's headers), and the server fetches key sets and asks a
+//! Kubernetes API server (HTTPS, checked against the roots it is given, with a client
+//! certificate when the rustls configuration in [`Options::tls`] carries one). One request per connection, a deadline
 //! over the whole exchange, and a cap on the body: a slow or oversized answer is an
 //! error, never a stall or a memory spike.
 
@@ -113,6 +114,16 @@ impl Request {
         }
     }
 
+    /// A POST of `body` to `url`, with `content_type`.
+    pub fn post(url: &str, content_type: &str, body: Vec<u8>) -> Self {
+        Self {
+            method: Method::POST,
+            body,
+            ..Self::get(url)
+        }
+        .header("content-type", content_type)
+    }
+
     /// Adds a header; a value that cannot be a header value is left out (callers
     /// pass constants or values they made).
     pub fn header(mut self, name: &'static str, value: &str) -> Self {
@@ -153,7 +164,8 @@ pub struct Options {
     pub timeout: Duration,
     /// The largest body accepted.
     pub max_body: usize,
-    /// Roots for `https` URLs; an `https` URL without them is refused.
+    /// Roots for `https` URLs (and the client certificate, if any); an `https` URL
+    /// without them is refused.
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
@@ -301,8 +313,8 @@ mod tests {
 
     use super::*;
 
-    /// Serves one connection with `reply` after reading the request head, and hands
-    /// the request head back.
+    /// Serves one connection with `reply` after reading the request, and hands the
+    /// request (head and body) back.
     async fn one_shot(reply: Vec<u8>) -> (String, tokio::task::JoinHandle<String>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -311,6 +323,21 @@ mod tests {
             let mut head = Vec::new();
             let mut buf = [0u8; 1024];
             while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            // Read the body too, so that closing does not reset the connection.
+            let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            let len: usize = text
+                .split("\r\n")
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let start = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+            while head.len() < start + len {
                 let n = s.read(&mut buf).await.unwrap();
                 if n == 0 {
                     break;
@@ -344,6 +371,34 @@ mod tests {
         assert!(
             head.to_ascii_lowercase()
                 .contains("x-aws-ec2-metadata-token-ttl-seconds: 21600\r\n"),
+            "{head}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_post_carries_its_body_and_content_type() {
+        let (base, task) =
+            one_shot(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}".to_vec()).await;
+        let body = br#"{"kind":"TokenReview"}"#.to_vec();
+        let r = send(
+            Request::post(&format!("{base}/apis"), "application/json", body.clone()),
+            &Options::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 201);
+        let head = task.await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("post /apis http/1.1\r\n"), "{head}");
+        assert!(
+            head.contains("content-type: application/json\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("content-length: {}\r\n", body.len())),
+            "{head}"
+        );
+        assert!(
+            head.ends_with("\r\n\r\n{\"kind\":\"tokenreview\"}"),
             "{head}"
         );
     }
