@@ -1,5 +1,6 @@
 //! What the server's own HTTPS listeners and clients share (OIDC discovery, the
-//! federation bundle endpoint and its client, the attestors' key-set fetches): the
+//! federation bundle endpoint and its client, the attestors' key-set fetches and
+//! Kubernetes API calls): the
 //! rules for the URLs they are given, a TLS acceptor from certificate and key
 //! files, and the system's roots.
 
@@ -171,6 +172,46 @@ pub fn tls_roots_pem(
     source: &str,
     pem: &[u8],
 ) -> Result<Arc<rustls::ClientConfig>, String> {
+    let builder = client_builder(setting, source, pem)?;
+    Ok(Arc::new(builder.with_no_client_auth()))
+}
+
+/// TLS client settings with the roots in the PEM file `ca_file` that present the
+/// client certificate chain in `cert_file` with the key in `key_file` (PEM, PKCS#8,
+/// SEC1 or PKCS#1). `setting` names the configuration in errors.
+pub fn tls_client_certificate(
+    setting: &str,
+    ca_file: &Path,
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let pem =
+        std::fs::read(ca_file).map_err(|e| format!("{setting}: {}: {e}", ca_file.display()))?;
+    let builder = client_builder(setting, &ca_file.display().to_string(), &pem)?;
+    let certs = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{setting}: {}: {e}", cert_file.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{setting}: {} holds no certificate",
+            cert_file.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("{setting}: {}: {e}", key_file.display()))?;
+    let config = builder
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| format!("{setting}: the client certificate and key: {e}"))?;
+    Ok(Arc::new(config))
+}
+
+fn client_builder(
+    setting: &str,
+    source: &str,
+    pem: &[u8],
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, String> {
     let ders =
         tessera_core::x509::pem_certs(pem).map_err(|e| format!("{setting}: {source}: {e}"))?;
     let mut roots = rustls::RootCertStore::empty();
@@ -188,9 +229,8 @@ pub fn tls_roots_pem(
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| format!("{setting}: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
+    .with_root_certificates(roots);
+    Ok(config)
 }
 
 /// The answer to a request the read-only listeners do not serve: 404 for a path

@@ -1,5 +1,6 @@
-//! The signing keys of a token issuer (Google, Microsoft Entra ID): a JWK Set read
-//! from a file or fetched over HTTPS, cached, and loaded again when it is older than
+//! The signing keys of a token issuer (Google, Microsoft Entra ID, a Kubernetes
+//! cluster's service account issuer): a JWK Set read from a file, fetched over HTTPS
+//! or found through the issuer's OpenID Connect discovery document, cached, and loaded again when it is older than
 //! its refresh interval, when the file changed, or when a token names a key the
 //! cached set lacks (issuers rotate keys; a fetch for an unknown key is made at most
 //! once per [`MIN_REFETCH`], so tokens with made-up key IDs cannot make the server
@@ -158,16 +159,63 @@ fn cert_rsa(der: &[u8]) -> Option<RsaKey> {
 #[derive(Debug, Clone)]
 pub enum Source {
     File(PathBuf),
-    Url { url: String, http: http::Options },
+    Url {
+        url: String,
+        http: http::Options,
+    },
+    /// An OpenID Connect discovery document at `url`, whose `issuer` must be `issuer`
+    /// and whose `jwks_uri` (HTTPS) is the key set; both are fetched on each load.
+    Discovery {
+        url: String,
+        issuer: String,
+        http: http::Options,
+    },
 }
 
 impl Source {
     fn describe(&self) -> String {
         match self {
             Source::File(p) => p.display().to_string(),
-            Source::Url { url, .. } => url.clone(),
+            Source::Url { url, .. } | Source::Discovery { url, .. } => url.clone(),
         }
     }
+}
+
+/// GETs `url` (at most `MAX_KEY_SET` bytes) and returns the body of a 200.
+async fn get(url: &str, opts: &http::Options) -> Result<Vec<u8>, String> {
+    let opts = http::Options {
+        max_body: MAX_KEY_SET,
+        ..opts.clone()
+    };
+    let r = http::send(http::Request::get(url), &opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.status != 200 {
+        return Err(format!("HTTP status {}: {}", r.status, r.body_excerpt()));
+    }
+    Ok(r.body)
+}
+
+/// The `jwks_uri` of the discovery document `doc`, once its `issuer` is `issuer`.
+fn discovered_jwks_uri(doc: &[u8], issuer: &str) -> Result<String, String> {
+    let v: Value =
+        serde_json::from_slice(doc).map_err(|e| format!("discovery document: not JSON: {e}"))?;
+    let actual = v.get("issuer").and_then(Value::as_str).unwrap_or("");
+    if actual != issuer {
+        return Err(format!(
+            "the discovery document is for issuer {actual:?}, not {issuer:?}"
+        ));
+    }
+    let uri = v
+        .get("jwks_uri")
+        .and_then(Value::as_str)
+        .ok_or("the discovery document has no jwks_uri")?;
+    if !uri.starts_with("https://") {
+        return Err(format!(
+            "the discovery document's jwks_uri {uri:?} is not https"
+        ));
+    }
+    Ok(uri.to_owned())
 }
 
 #[derive(Debug, Default)]
@@ -213,18 +261,12 @@ impl Keys {
                     .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())?
             }
-            Source::Url { url, http: opts } => {
-                let opts = http::Options {
-                    max_body: MAX_KEY_SET,
-                    ..opts.clone()
-                };
-                let r = http::send(http::Request::get(url), &opts)
+            Source::Url { url, http: opts } => get(url, opts).await?,
+            Source::Discovery { url, issuer, http } => {
+                let uri = discovered_jwks_uri(&get(url, http).await?, issuer)?;
+                get(&uri, http)
                     .await
-                    .map_err(|e| e.to_string())?;
-                if r.status != 200 {
-                    return Err(format!("HTTP status {}: {}", r.status, r.body_excerpt()));
-                }
-                r.body
+                    .map_err(|e| format!("jwks_uri {uri}: {e}"))?
             }
         };
         KeySet::parse(&bytes)
@@ -234,7 +276,7 @@ impl Keys {
         st.last_try = Some(Instant::now());
         let stamp = match &self.source {
             Source::File(p) => file_stamp(p),
-            Source::Url { .. } => None,
+            Source::Url { .. } | Source::Discovery { .. } => None,
         };
         match self.fetch().await {
             Ok(set) => {
@@ -292,7 +334,7 @@ impl Keys {
         // the issuer fails.
         let due = match &self.source {
             Source::File(p) => st.loaded_at.is_none() || file_stamp(p) != st.file_stamp,
-            Source::Url { .. } => {
+            Source::Url { .. } | Source::Discovery { .. } => {
                 st.loaded_at.is_none_or(|t| t.elapsed() >= self.refresh) && may_try(&st)
             }
         };
@@ -430,6 +472,35 @@ mod tests {
         // A broken file keeps the keys already loaded.
         std::fs::write(&path, "{").unwrap();
         assert_eq!(keys.key("c").await.unwrap(), some_key(3));
+    }
+
+    #[test]
+    fn a_discovery_document_must_name_the_issuer_and_an_https_key_set() {
+        let doc = |iss: &str, uri: &str| {
+            serde_json::json!({
+                "issuer": iss, "jwks_uri": uri,
+                "response_types_supported": ["id_token"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+            })
+            .to_string()
+        };
+        let k8s = "https://kubernetes.default.svc.cluster.local";
+        assert_eq!(
+            discovered_jwks_uri(
+                doc(k8s, "https://10.0.0.1:6443/openid/v1/jwks").as_bytes(),
+                k8s
+            )
+            .unwrap(),
+            "https://10.0.0.1:6443/openid/v1/jwks"
+        );
+        let e =
+            discovered_jwks_uri(doc("https://other", "https://x/k").as_bytes(), k8s).unwrap_err();
+        assert!(e.contains("for issuer \"https://other\""), "{e}");
+        let e = discovered_jwks_uri(doc(k8s, "http://x/k").as_bytes(), k8s).unwrap_err();
+        assert!(e.contains("is not https"), "{e}");
+        let e = discovered_jwks_uri(b"{\"issuer\": 1}", "").unwrap_err();
+        assert!(e.contains("no jwks_uri"), "{e}");
     }
 
     #[tokio::test]

@@ -78,16 +78,17 @@ pub fn key_source(
 /// operator gave it); a URL that cannot be fetched is logged and tried again at the
 /// first attestation (the issuer may be away for a moment).
 pub async fn load_at_start(keys: &Keys) -> Result<(), String> {
+    load_at_start_as(keys, &format!("node_attestors.{}.jwks_file", keys.name())).await
+}
+
+/// [`load_at_start`] for keys whose file is given by the setting `file_setting`.
+pub async fn load_at_start_as(keys: &Keys, file_setting: &str) -> Result<(), String> {
     match keys.load().await {
         Ok(n) => {
             tracing::info!(attestor = keys.name(), source = %keys.describe(), keys = n, "token signing keys loaded");
             Ok(())
         }
-        Err(e) if keys.is_file() => Err(format!(
-            "node_attestors.{}.jwks_file {}: {e}",
-            keys.name(),
-            keys.describe()
-        )),
+        Err(e) if keys.is_file() => Err(format!("{file_setting} {}: {e}", keys.describe())),
         Err(e) => {
             tracing::warn!(attestor = keys.name(), source = %keys.describe(), error = %e, "cannot fetch the token signing keys yet (will try again at the first attestation)");
             Ok(())
