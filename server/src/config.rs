@@ -335,6 +335,9 @@ pub struct NodeAttestorsConfig {
     /// Azure managed identity tokens (off unless configured).
     #[serde(default)]
     pub azure_msi: Option<crate::attestor::azure_msi::AzureMsiConfig>,
+    /// Kubernetes projected service account tokens (off unless configured).
+    #[serde(default)]
+    pub k8s_psat: Option<crate::attestor::k8s_psat::K8sPsatConfig>,
     /// X.509 certificates with proof of possession of their key (off unless
     /// configured).
     #[serde(default)]
@@ -350,6 +353,7 @@ impl Default for NodeAttestorsConfig {
             aws_iid: None,
             gcp_iit: None,
             azure_msi: None,
+            k8s_psat: None,
             x509pop: None,
         }
     }
@@ -764,6 +768,18 @@ projectid_allow_list = ["edge-prod"]
 jwks_refresh = "30m"
 [node_attestors.azure_msi.tenants."72f988bf-86f1-41af-91ab-2d7cd011db47"]
 resource_id = "api://tessera-node"
+[node_attestors.k8s_psat.clusters.prod]
+service_account_allow_list = ["spire:spire-agent"]
+allowed_pod_label_keys = ["app"]
+[node_attestors.k8s_psat.clusters.prod.api]
+server = "https://10.0.0.1:6443"
+ca_file = "/etc/tessera/k8s-prod-ca.pem"
+token_file = "/etc/tessera/k8s-prod-token"
+[node_attestors.k8s_psat.clusters.edge]
+service_account_allow_list = ["spire:spire-agent"]
+[node_attestors.k8s_psat.clusters.edge.offline]
+issuer = "https://kubernetes.default.svc.cluster.local"
+jwks_file = "/etc/tessera/k8s-edge-jwks.json"
 [node_attestors.x509pop]
 ca_bundle = ["/etc/tessera/node-ca.pem"]
 agent_path_template = "/{{ .PluginName }}/{{ .Subject.CommonName }}"
@@ -780,6 +796,17 @@ agent_path_template = "/{{ .PluginName }}/{{ .Subject.CommonName }}"
         let azure = a.azure_msi.as_ref().unwrap();
         assert_eq!(azure.tenants.len(), 1);
         assert_eq!(a.x509pop.as_ref().unwrap().max_intermediates, 4);
+        let k8s = &a.k8s_psat.as_ref().unwrap().clusters;
+        assert_eq!(k8s["prod"].audience, ["spire-server"]);
+        assert_eq!(
+            k8s["prod"].api.as_ref().unwrap().timeout,
+            Duration::from_secs(10)
+        );
+        assert!(k8s["prod"].offline.is_none() && k8s["edge"].api.is_none());
+        assert_eq!(
+            k8s["edge"].offline.as_ref().unwrap().refresh,
+            Duration::from_secs(3600)
+        );
         let e = ServerConfig::parse(
             "trust_domain = \"e.org\"\n[node_attestors.gcp_iit]\nprojectid_allow_list = []\nproject = 1\n",
         )

@@ -12,6 +12,7 @@ pub mod challenge;
 pub mod gcp_iit;
 pub mod join_token;
 pub mod jwt;
+pub mod k8s_psat;
 pub mod one_shot;
 pub mod template;
 pub mod tpm_devid;
@@ -140,6 +141,11 @@ pub async fn cloud_and_certificate(
         jwt::load_at_start(a.check().keys())
             .await
             .map_err(fault(tessera_core::attestation::azure_msi::NAME))?;
+        out.push(Arc::new(a));
+    }
+    if let Some(c) = &cfg.k8s_psat {
+        let a = k8s_psat::K8sPsat::from_config(c, clock.clone()).map_err(fault(k8s_psat::NAME))?;
+        a.check().load_keys().await.map_err(fault(k8s_psat::NAME))?;
         out.push(Arc::new(a));
     }
     if let Some(c) = &cfg.x509pop {
