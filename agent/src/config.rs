@@ -200,6 +200,9 @@ pub struct NodeAttestorConfig {
     /// Azure managed identity attestation.
     #[serde(default)]
     pub azure_msi: Option<AzureMsiConfig>,
+    /// Kubernetes projected service account token attestation.
+    #[serde(default)]
+    pub k8s_psat: Option<K8sPsatConfig>,
     /// X.509 certificate and proof of possession of its key.
     #[serde(default)]
     pub x509pop: Option<X509PopConfig>,
@@ -214,6 +217,7 @@ impl Default for NodeAttestorConfig {
             aws_iid: None,
             gcp_iit: None,
             azure_msi: None,
+            k8s_psat: None,
             x509pop: None,
         }
     }
@@ -228,6 +232,7 @@ impl NodeAttestorConfig {
             ("aws_iid", self.aws_iid.is_some()),
             ("gcp_iit", self.gcp_iit.is_some()),
             ("azure_msi", self.azure_msi.is_some()),
+            ("k8s_psat", self.k8s_psat.is_some()),
             ("x509pop", self.x509pop.is_some()),
         ]
         .into_iter()
@@ -322,6 +327,21 @@ pub struct AzureMsiConfig {
     pub msi_res_id: Option<String>,
     #[serde(default = "default_metadata_timeout", with = "serde_human")]
     pub timeout: Duration,
+}
+
+fn default_k8s_token_path() -> PathBuf {
+    tessera_core::attestation::k8s_psat::DEFAULT_TOKEN_PATH.into()
+}
+
+/// `[node_attestor.k8s_psat]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K8sPsatConfig {
+    /// The cluster's name, as the server's `clusters` table knows it.
+    pub cluster: String,
+    /// The projected service account token.
+    #[serde(default = "default_k8s_token_path")]
+    pub token_path: PathBuf,
 }
 
 /// `[node_attestor.x509pop]`: the certificate, and its key in exactly one place.
@@ -477,6 +497,16 @@ impl AgentConfig {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
+            );
+        }
+        if let Some(k) = &self.node_attestor.k8s_psat
+            && k.cluster.trim().is_empty()
+        {
+            return rule(
+                "node_attestor.k8s_psat.cluster",
+                "[node_attestor.k8s_psat] cluster is empty: name the cluster as the server's \
+                 node_attestors.k8s_psat.clusters does"
+                    .into(),
             );
         }
         if let Some(x) = &self.node_attestor.x509pop {
@@ -659,6 +689,20 @@ ek = "ecc-p384"
             c.node_attestor.azure_msi.unwrap().resource_id,
             "https://management.azure.com/"
         );
+        let c = AgentConfig::parse(&format!(
+            "{base}[node_attestor.k8s_psat]\ncluster = \"prod\"\n"
+        ))
+        .unwrap();
+        let k8s = c.node_attestor.k8s_psat.unwrap();
+        assert_eq!(
+            (k8s.cluster.as_str(), k8s.token_path.to_str().unwrap()),
+            ("prod", "/var/run/secrets/tokens/spire-agent")
+        );
+        let e = AgentConfig::parse(&format!("{base}[node_attestor.k8s_psat]\n")).unwrap_err();
+        assert!(e.to_string().contains("cluster"), "{e}");
+        let e = AgentConfig::parse(&format!("{base}[node_attestor.k8s_psat]\ncluster = \"\"\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("cluster is empty"), "{e}");
         let c = AgentConfig::parse(&format!(
             "{base}[node_attestor.x509pop]\ncertificate_path = \"/c.pem\"\ntpm_key_path = \"/k.tpmkey\"\n"
         ))

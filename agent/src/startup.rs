@@ -240,8 +240,14 @@ fn cloud_or_certificate_attestor(
     cfg: &AgentConfig,
     tpm: Option<Arc<Tpm>>,
 ) -> Result<Option<Arc<dyn NodeAttestor>>, StartupError> {
-    use crate::attestor::{aws_iid, azure_msi, gcp_iit, x509pop};
+    use crate::attestor::{aws_iid, azure_msi, gcp_iit, k8s_psat, x509pop};
     let n = &cfg.node_attestor;
+    if let Some(c) = &n.k8s_psat {
+        return Ok(Some(Arc::new(k8s_psat::K8sPsat::new(
+            &c.cluster,
+            c.token_path.clone(),
+        ))));
+    }
     if let Some(c) = &n.aws_iid {
         return Ok(Some(Arc::new(aws_iid::AwsIid::new(
             &c.endpoint,

@@ -9,6 +9,7 @@ pub mod azure_msi;
 pub mod challenge;
 pub mod gcp_iit;
 pub mod join_token;
+pub mod k8s_psat;
 pub mod metadata;
 pub mod tpm_devid;
 pub mod tpm_ek;
