@@ -24,56 +24,10 @@ use tessera_core::key::{Key, KeyType, RcgenKey, SoftwareKey};
 use tessera_swtpm_tests::cloud::http::{HttpServer, Reply};
 use tessera_swtpm_tests::cloud::pki::{DocumentSigner, TlsIdentity, TokenSigner, jwks};
 use tessera_swtpm_tests::cloud::{
-    Netns, agent_count, agent_in, agents, assert_refused, attest_raw, aws, azure, gcp, server_for,
-    start_in,
+    Netns, agent_count, agent_in, assert_refused, attest_raw, aws, azure, entries, gcp,
+    selectors_of, server_for, start_in, workload_id,
 };
-use tessera_swtpm_tests::{
-    Agent, Server, SoftHsm, Swtpm, bin, my_uid, py_ok, run_ok, test_dir, wait_until,
-};
-
-fn uid() -> String {
-    format!("unix:uid:{}", my_uid())
-}
-
-/// A node entry for agents with `selector`, and a workload entry under it for this
-/// test's UID.
-fn entries(server: &Server, node: &str, selector: &str) {
-    server.cli_ok(&[
-        "entry",
-        "create",
-        "--node",
-        "--spiffe-id",
-        node,
-        "--selector",
-        selector,
-    ]);
-    server.entry("spiffe://example.org/app", node, &[&uid()], &[]);
-}
-
-/// The SPIFFE ID py-spiffe gets from `agent`.
-fn workload_id(agent: &Agent, dir: &Path) -> String {
-    let out = dir.join(format!(
-        "py-{}",
-        agent.dir.file_name().unwrap().to_string_lossy()
-    ));
-    let facts: serde_json::Value =
-        serde_json::from_str(py_ok(agent, "workload.py", &["x509", out.to_str().unwrap()]).trim())
-            .unwrap();
-    facts["spiffe_id"].as_str().unwrap().to_owned()
-}
-
-fn selectors_of(server: &Server, id: &str) -> Vec<String> {
-    let a = agents(server)
-        .into_iter()
-        .find(|a| a["spiffe_id"] == id)
-        .unwrap_or_else(|| panic!("no agent {id}"));
-    a["selectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
-        .collect()
-}
+use tessera_swtpm_tests::{Agent, Server, SoftHsm, Swtpm, bin, run_ok, test_dir, wait_until};
 
 const ACCOUNT: &str = "123456789012";
 

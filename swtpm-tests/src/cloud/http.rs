@@ -1,6 +1,6 @@
-//! A small HTTP/1.1 server for the fake metadata services and key-set endpoints: one
-//! thread accepting, each connection answered in turn by a handler that sees the
-//! method, the path with its query, and the headers; HTTPS when given a rustls
+//! A small HTTP/1.1 server for the fake metadata services, key-set endpoints and
+//! Kubernetes API server: one thread accepting, each connection answered in turn by a
+//! handler that sees the method, the path with its query, the headers and the body; HTTPS when given a rustls
 //! configuration. Every request is recorded for the tests to inspect.
 
 use std::io::{Read, Write};
@@ -17,6 +17,8 @@ pub struct Req {
     pub target: String,
     /// Header names in lower case.
     pub headers: Vec<(String, String)>,
+    /// The body (`Content-Length` bytes; empty without one).
+    pub body: Vec<u8>,
 }
 
 impl Req {
@@ -130,7 +132,6 @@ fn read_head(s: &mut impl Read) -> Option<Req> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect::<Vec<_>>();
-    // Bodies are not used by these services; read and drop one if sent.
     let len = headers
         .iter()
         .find(|(k, _)| k == "content-length")
@@ -142,6 +143,7 @@ fn read_head(s: &mut impl Read) -> Option<Req> {
         method,
         target,
         headers,
+        body,
     })
 }
 
@@ -273,6 +275,7 @@ mod tests {
             target: "/t?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F"
                 .into(),
             headers: vec![("metadata".into(), "true".into())],
+            body: Vec::new(),
         };
         assert_eq!(r.path(), "/t");
         assert_eq!(

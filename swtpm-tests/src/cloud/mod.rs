@@ -1,7 +1,8 @@
 //! The clouds as the cloud attestor tests see them: a network namespace per test
 //! ([`netns`]) holding the metadata service at 169.254.169.254 (and
 //! `metadata.google.internal`), fakes of AWS's, Google's and Azure's services
-//! ([`aws`], [`gcp`], [`azure`]) that speak their published formats, the keys they
+//! ([`aws`], [`gcp`], [`azure`]) and of a Kubernetes API server ([`k8s`]) that speak
+//! their published formats, the keys they
 //! sign with ([`pki`]), a small HTTP(S) server ([`http`]), and the glue: a server
 //! reachable from the namespace, agents run inside it, and the checks every refusal
 //! must pass.
@@ -10,6 +11,7 @@ pub mod aws;
 pub mod azure;
 pub mod gcp;
 pub mod http;
+pub mod k8s;
 pub mod netns;
 pub mod pki;
 
@@ -24,7 +26,7 @@ use tessera_core::tls::SharedBundle;
 use tessera_core::{Bundle, TrustDomain};
 use tessera_proto::agent as pb;
 
-use crate::{Agent, Server, wait_until};
+use crate::{Agent, Server, my_uid, py_ok, wait_until};
 pub use netns::Netns;
 
 /// A server whose agent API listens on the host end of `ns` (so agents inside can
@@ -159,4 +161,59 @@ pub fn attest_raw(
             }
         }
     })
+}
+
+fn uid() -> String {
+    format!("unix:uid:{}", my_uid())
+}
+
+/// A node entry for agents with `selector`, and a workload entry under it for this
+/// test's UID.
+pub fn entries(server: &Server, node: &str, selector: &str) {
+    server.cli_ok(&[
+        "entry",
+        "create",
+        "--node",
+        "--spiffe-id",
+        node,
+        "--selector",
+        selector,
+    ]);
+    server.entry("spiffe://example.org/app", node, &[&uid()], &[]);
+}
+
+/// The SPIFFE ID py-spiffe gets from `agent`.
+pub fn workload_id(agent: &Agent, dir: &Path) -> String {
+    let out = dir.join(format!(
+        "py-{}",
+        agent
+            .dir
+            .file_name()
+            .expect("agent dir name")
+            .to_string_lossy()
+    ));
+    let facts: serde_json::Value = serde_json::from_str(
+        py_ok(
+            agent,
+            "workload.py",
+            &["x509", out.to_str().expect("UTF-8 path")],
+        )
+        .trim(),
+    )
+    .expect("py-spiffe's JSON");
+    facts["spiffe_id"].as_str().expect("spiffe_id").to_owned()
+}
+
+/// The selectors the server holds for agent `id`.
+pub fn selectors_of(server: &Server, id: &str) -> Vec<String> {
+    let a = agents(server)
+        .into_iter()
+        .find(|a| a["spiffe_id"] == id)
+        .unwrap_or_else(|| panic!("no agent {id}"));
+    a["selectors"]
+        .as_array()
+        .expect("selectors")
+        .iter()
+        .map(|s| s.as_str().expect("selector").to_owned())
+        .collect()
 }

@@ -1,7 +1,8 @@
 //! The keys and certificates that stand in for the clouds' own: RSA keys that sign
 //! identity tokens (with their JWK Set), an RSA-2048 certificate that signs instance
 //! identity documents as AWS's region certificates do (PKCS #7 with OpenSSL), and a
-//! TLS certificate for serving a key set over HTTPS.
+//! TLS CA and certificates for serving key sets and APIs over HTTPS (with client
+//! certificates when asked).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -161,10 +162,12 @@ impl DocumentSigner {
     }
 }
 
-/// A CA and a server certificate for `ip`, for serving a key set over HTTPS.
+/// A CA and a server certificate for `ip`, for serving a key set (or an API) over
+/// HTTPS; the CA can also issue client certificates.
 #[derive(Debug, Clone)]
 pub struct TlsIdentity {
     pub ca: PathBuf,
+    pub ca_key: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
 }
@@ -172,59 +175,81 @@ pub struct TlsIdentity {
 impl TlsIdentity {
     pub fn new(dir: &Path, ip: &str) -> Self {
         let ca = crate::TestCa::new(dir, "Key Set CA");
-        let key = dir.join("tls.key");
-        let csr = dir.join("tls.csr");
-        let cert = dir.join("tls.pem");
-        run_ok(
-            Command::new("openssl")
-                .args([
-                    "req",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:P-256",
-                ])
-                .args(["-nodes", "-subj", "/CN=keys"])
-                .arg("-keyout")
-                .arg(&key)
-                .arg("-out")
-                .arg(&csr),
-        );
-        let ext = dir.join("tls.ext");
-        std::fs::write(
-            &ext,
-            format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n"),
-        )
-        .expect("extension file");
-        run_ok(
-            Command::new("openssl")
-                .args(["x509", "-req", "-days", "2", "-in"])
-                .arg(&csr)
-                .arg("-CA")
-                .arg(&ca.cert)
-                .arg("-CAkey")
-                .arg(&ca.key)
-                .args(["-CAcreateserial", "-extfile"])
-                .arg(&ext)
-                .arg("-out")
-                .arg(&cert),
+        let (cert, key) = issue(
+            dir,
+            &ca.cert,
+            &ca.key,
+            "tls",
+            "keys",
+            &format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n"),
         );
         Self {
             ca: ca.cert,
+            ca_key: ca.key,
             cert,
             key,
         }
     }
 
-    /// The rustls server configuration.
-    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+    /// A client certificate (and key) for `cn` from the same CA, in `dir`.
+    pub fn client(&self, dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
+        issue(
+            dir,
+            &self.ca,
+            &self.ca_key,
+            &format!("client-{cn}"),
+            cn,
+            "extendedKeyUsage=clientAuth\n",
+        )
+    }
+
+    /// The rustls server configuration that requires a client certificate from this
+    /// CA.
+    pub fn server_config_with_clients(&self) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&self.ca).expect("CA file") {
+            roots.add(c.expect("CA certificate")).expect("CA");
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .expect("client verifier");
+        let (certs, key) = self.cert_and_key();
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .expect("TLS certificate");
+        Arc::new(cfg)
+    }
+
+    fn cert_and_key(
+        &self,
+    ) -> (
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ) {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
+        let certs = CertificateDer::pem_file_iter(&self.cert)
             .expect("certificate file")
             .collect::<Result<_, _>>()
             .expect("certificates");
-        let key = PrivateKeyDer::from_pem_file(&self.key).expect("TLS key");
+        (
+            certs,
+            PrivateKeyDer::from_pem_file(&self.key).expect("TLS key"),
+        )
+    }
+
+    /// The rustls server configuration.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let (certs, key) = self.cert_and_key();
         let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -235,4 +260,52 @@ impl TlsIdentity {
         .expect("TLS certificate");
         Arc::new(cfg)
     }
+}
+
+/// A P-256 key and a certificate for `cn` with the extensions in `ext` (an OpenSSL
+/// extension file's text), signed by the CA `ca`/`ca_key`; `<name>.pem` and
+/// `<name>.key` in `dir`.
+fn issue(
+    dir: &Path,
+    ca: &Path,
+    ca_key: &Path,
+    name: &str,
+    cn: &str,
+    ext: &str,
+) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).expect("certificate dir");
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let cert = dir.join(format!("{name}.pem"));
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-subj", &format!("/CN={cn}")])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr),
+    );
+    let ext_file = dir.join(format!("{name}.ext"));
+    std::fs::write(&ext_file, ext).expect("extension file");
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-in"])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(ca)
+            .arg("-CAkey")
+            .arg(ca_key)
+            .args(["-CAcreateserial", "-extfile"])
+            .arg(&ext_file)
+            .arg("-out")
+            .arg(&cert),
+    );
+    (cert, key)
 }
