@@ -407,11 +407,45 @@ pub struct JoinTokenConfig {
     pub token_credential: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadAttestorsConfig {
+    /// How long the attestors together may take for one caller; past it the call is
+    /// Unavailable.
+    #[serde(default = "default_workload_attestation_timeout", with = "serde_human")]
+    pub timeout: Duration,
     #[serde(default)]
     pub unix: UnixAttestorConfig,
+    /// `[workload_attestors.systemd]`: on when present.
+    #[serde(default)]
+    pub systemd: Option<SystemdAttestorConfig>,
+}
+
+impl Default for WorkloadAttestorsConfig {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_WORKLOAD_ATTESTATION_TIMEOUT,
+            unix: UnixAttestorConfig::default(),
+            systemd: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SystemdAttestorConfig {
+    /// The D-Bus address systemd is asked on (default: the system bus, as
+    /// `DBUS_SYSTEM_BUS_ADDRESS` or `/run/dbus/system_bus_socket` give it).
+    #[serde(default)]
+    pub bus_address: Option<String>,
+}
+
+/// The workload attestors' deadline when the configuration sets none: long enough
+/// for a kubelet to list a pod that has just started.
+pub const DEFAULT_WORKLOAD_ATTESTATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn default_workload_attestation_timeout() -> Duration {
+    DEFAULT_WORKLOAD_ATTESTATION_TIMEOUT
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -458,6 +492,12 @@ impl AgentConfig {
             return rule(
                 "insecure_bootstrap",
                 "trust_bundle_path is required to trust the server the first time (or set insecure_bootstrap = true, which is unsafe)".into(),
+            );
+        }
+        if self.workload_attestors.timeout < Duration::from_millis(100) {
+            return rule(
+                "workload_attestors.timeout",
+                "workload_attestors.timeout must be at least 100ms".into(),
             );
         }
         if self.sync_interval < Duration::from_millis(100) {
