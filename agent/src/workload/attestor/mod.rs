@@ -17,6 +17,9 @@ use tessera_core::Selector;
 use super::peer::{PeerCred, Pinned, ProcessMark};
 use crate::config::WorkloadAttestorsConfig;
 
+pub mod container;
+pub mod docker;
+pub mod k8s;
 pub mod unix;
 
 /// Why an attestor could not attest a caller.
@@ -87,7 +90,15 @@ impl WorkloadAttestors {
     /// The attestors the configuration turns on. `unix` is always on (its table only
     /// tunes it), as it has always been.
     pub fn from_config(cfg: &WorkloadAttestorsConfig) -> Self {
-        Self(vec![Arc::new(unix::Unix::new(cfg.unix.clone()))])
+        let mut all: Vec<Arc<dyn WorkloadAttestor>> =
+            vec![Arc::new(unix::Unix::new(cfg.unix.clone()))];
+        if let Some(k) = &cfg.k8s {
+            all.push(Arc::new(k8s::K8s::new(k.clone())));
+        }
+        if let Some(d) = &cfg.docker {
+            all.push(Arc::new(docker::Docker::new(d.clone())));
+        }
+        Self(all)
     }
 
     /// These attestors, in this order.
