@@ -136,7 +136,9 @@ impl K8s {
             return Ok(Vec::new());
         };
         let start = Instant::now();
-        let budget = self.cfg.poll_retry_interval * self.cfg.max_poll_attempts;
+        // The polls' own time, and one request's deadline: a kubelet that answers
+        // slowly cannot stretch the attestation to attempts times its deadline.
+        let budget = self.cfg.poll_retry_interval * self.cfg.max_poll_attempts + REQUEST_TIMEOUT;
         let mut seen = None;
         let mut attempts = 0;
         let mut unreachable = None;
