@@ -25,6 +25,9 @@ use tessera_core::Selector;
 use super::peer::{PeerCred, Pinned, ProcessMark};
 use crate::config::WorkloadAttestorsConfig;
 
+pub mod container;
+pub mod docker;
+pub mod k8s;
 pub mod systemd;
 pub mod unix;
 
@@ -129,6 +132,12 @@ impl WorkloadAttestors {
     pub fn from_config(cfg: &WorkloadAttestorsConfig) -> Self {
         let mut attestors: Vec<Arc<dyn WorkloadAttestor>> =
             vec![Arc::new(unix::Unix::new(cfg.unix.clone()))];
+        if let Some(k) = &cfg.k8s {
+            attestors.push(Arc::new(k8s::K8s::new(k.clone())));
+        }
+        if let Some(d) = &cfg.docker {
+            attestors.push(Arc::new(docker::Docker::new(d.clone())));
+        }
         if let Some(c) = &cfg.systemd {
             attestors.push(Arc::new(systemd::Systemd::new(c.clone())));
         }
