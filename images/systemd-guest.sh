@@ -7,6 +7,12 @@
 # make, under the unit's sandbox (ProtectSystem=strict and the rest), that the
 # agent joins with a token given as a systemd credential and serves an SVID on its
 # socket, and that the watchdog restarts an agent that stops answering (SIGSTOP).
+# It also checks the workload attestors that need a real systemd and a real
+# container engine: two services of the same user get two different SVIDs by
+# their `systemd:` selectors, and a Podman container with a label gets the SVID of
+# that label (through Podman's Docker-compatible socket) while one without it gets
+# none. The workload is go-spiffe (scripts/go-spiffe-env.sh builds it static), in
+# the services and as the whole of the container's image.
 #
 # The root filesystem comes from debootstrap (Debian bookworm, minbase, with
 # systemd, Debian's kernel and the libraries the agent loads), made once and
@@ -40,8 +46,9 @@ cache=${TESSERA_IMAGE_CACHE:-$root/target/images}
 boot_timeout=${BOOT_TIMEOUT:-300}
 
 # What the guest needs besides minbase: systemd as init, the kernel (with the
-# initrd that mounts a virtio disk), and the shared libraries tessera-agent loads.
-PACKAGES=systemd,systemd-sysv,udev,dbus,linux-image-amd64,libtss2-esys-3.0.2-0,libtss2-tctildr0,libssl3
+# initrd that mounts a virtio disk), the shared libraries tessera-agent loads, and
+# Podman (with crun) for the container checks.
+PACKAGES=systemd,systemd-sysv,udev,dbus,linux-image-amd64,libtss2-esys-3.0.2-0,libtss2-tctildr0,libssl3,podman,crun,conmon,containernetworking-plugins
 SUITE=bookworm
 rootfs_dir=$cache/systemd-rootfs
 
@@ -91,7 +98,30 @@ make_rootfs() (
 install_test_files() {
     local r=$1
     install -m 0755 "$bin/tessera-server" "$bin/tessera-agent" "$r/usr/bin/"
+    install -m 0755 "$client" "$r/usr/local/bin/go-spiffe-workload"
     cp -a -- "$root/images/rootfs/." "$r/"
+    # The workload attestors the checks use, besides unix.
+    cat >>"$r/etc/tessera/agent.toml" <<'EOF'
+
+[workload_attestors.systemd]
+
+[workload_attestors.docker]
+docker_socket_path = "unix:///run/podman/podman.sock"
+EOF
+    # Two services of one user, each fetching its SVID once with go-spiffe.
+    local svc
+    for svc in wl-a wl-b; do
+        cat >"$r/etc/systemd/system/$svc.service" <<EOF
+[Service]
+Type=oneshot
+User=nobody
+Environment=SPIFFE_ENDPOINT_SOCKET=unix:///run/tessera/agent/public/api.sock
+PrivateTmp=yes
+ExecStart=/usr/local/bin/go-spiffe-workload x509 /tmp/svid
+StandardOutput=truncate:/run/$svc.out
+StandardError=inherit
+EOF
+    done
     cat >"$r/etc/tessera/server.toml" <<'EOF'
 trust_domain = "example.org"
 bind_address = "127.0.0.1:8081"
@@ -162,6 +192,57 @@ done
 echo "$svid" | grep -q "spiffe://example.org/boot-check" || fail "no SVID: $svid"
 say "svid: spiffe://example.org/boot-check"
 
+# Two services of one user (nobody): systemd tells them apart.
+nobody=$(id -u nobody)
+$S entry create --spiffe-id spiffe://example.org/svc-a --parent-id spiffe://example.org/node \
+    --selector "unix:uid:$nobody" --selector systemd:id:wl-a.service >/dev/null ||
+    fail "entry create svc-a"
+$S entry create --spiffe-id spiffe://example.org/svc-b --parent-id spiffe://example.org/node \
+    --selector "unix:uid:$nobody" \
+    --selector systemd:fragment_path:/etc/systemd/system/wl-b.service >/dev/null ||
+    fail "entry create svc-b"
+for svc in wl-a wl-b; do
+    want=spiffe://example.org/svc-${svc#wl-}
+    got=""
+    for i in $(seq 1 30); do
+        systemctl start "$svc" 2>/dev/null && got=$(sed -n 's/^spiffe_id=//p' "/run/$svc.out") &&
+            [ -n "$got" ] && break
+        sleep 1
+    done
+    [ "$got" = "$want" ] ||
+        fail "$svc got '$got', not $want: $(cat "/run/$svc.out"; journalctl -b --no-pager -u "$svc" | tail -n 5)"
+    say "systemd unit $svc.service: $got"
+done
+
+# Podman containers: the label decides. The image is go-spiffe and nothing else.
+systemctl start podman.socket || fail "podman.socket did not start"
+tar -C /usr/local/bin -cf - go-spiffe-workload | podman import -q - localhost/spiffe-client >/dev/null ||
+    fail "podman import"
+$S entry create --spiffe-id spiffe://example.org/payments --parent-id spiffe://example.org/node \
+    --selector unix:uid:1234 --selector docker:label:app:payments \
+    --selector docker:image_id:localhost/spiffe-client:latest >/dev/null ||
+    fail "entry create payments"
+run_client() {
+    podman run --rm --network none --user 1234 --tmpfs /tmp \
+        -v /run/tessera/agent/public:/run/spiffe \
+        -e SPIFFE_ENDPOINT_SOCKET=unix:///run/spiffe/api.sock "$@"
+}
+got=""
+for i in $(seq 1 20); do
+    out=$(run_client --label app=payments localhost/spiffe-client \
+        /go-spiffe-workload x509 /tmp/svid 2>&1)
+    got=$(echo "$out" | sed -n 's/^spiffe_id=//p')
+    [ -n "$got" ] && break
+    sleep 1
+done
+[ "$got" = spiffe://example.org/payments ] ||
+    fail "the labelled container got '$got': $out $(journalctl -b --no-pager -u tessera-agent | tail -n 5)"
+say "labelled container: $got"
+out=$(run_client --label app=other localhost/spiffe-client \
+    /go-spiffe-workload expect-denied 2>&1) ||
+    fail "a container without the label was not denied: $out"
+say "unlabelled container: denied"
+
 # A hung agent: the watchdog (WatchdogSec=6s) must restart it.
 before=$(show tessera-agent NRestarts)
 kill -STOP "$(show tessera-agent MainPID)"
@@ -211,6 +292,7 @@ run() {
     command -v qemu-system-x86_64 >/dev/null 2>&1 || die "qemu-system-x86_64 is not installed"
     command -v mkfs.ext4 >/dev/null 2>&1 || die "mkfs.ext4 is not installed (e2fsprogs)"
     make_rootfs
+    client=$(bash "$root/scripts/go-spiffe-env.sh") || die "cannot build the go-spiffe workload"
     if [[ -e $work ]]; then
         [[ -z $(ls -A -- "$work") || -f $work/console.log ]] ||
             die "$work is not empty and not an earlier run's folder"
@@ -225,7 +307,7 @@ run() {
     initrd=$(ls "$r"/boot/initrd.img-* | head -n 1)
     cp -- "$kernel" "$work/vmlinuz"
     cp -- "$initrd" "$work/initrd.img"
-    mkfs.ext4 -q -F -d "$r" -L root "$work/root.img" 1500M || die "mkfs.ext4 -d failed"
+    mkfs.ext4 -q -F -d "$r" -L root "$work/root.img" 2G || die "mkfs.ext4 -d failed"
     rm -rf -- "$r"
     # TCG, not KVM: KVM is often missing on CI machines, or nested and slower.
     note "booting the guest"

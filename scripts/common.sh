@@ -85,7 +85,9 @@ build_go_program() {
         note "building $src with $("$go" env GOVERSION) into $out"
         # -mod=readonly: the build uses exactly what go.mod and go.sum pin, and
         # fails rather than changing them.
-        (cd -- "$src" && GOFLAGS=-buildvcs=false "$go" build -mod=readonly -trimpath -o "$bin.new" .) >&2 ||
+        # CGO_ENABLED=0: a static binary, which also runs in a container image that
+        # holds nothing else (the systemd guest's Podman check).
+        (cd -- "$src" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false "$go" build -mod=readonly -trimpath -o "$bin.new" .) >&2 ||
             die "go build of $src failed (is the Go module proxy reachable for the first build?)"
         # Replace the old binary only once the new one is complete.
         mv -- "$bin.new" "$bin"

@@ -43,6 +43,8 @@ test_packages=(
     postgresql postgresql-client
     # The metrics tests scrape both binaries with a real Prometheus server.
     prometheus
+    # The systemd workload attestor's tests talk D-Bus to a real dbus-daemon.
+    dbus-daemon
 )
 
 tests=false

@@ -427,11 +427,166 @@ pub struct JoinTokenConfig {
     pub token_credential: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadAttestorsConfig {
+    /// How long the attestors together may take for one caller; past it the call is
+    /// Unavailable.
+    #[serde(default = "default_workload_attestation_timeout", with = "serde_human")]
+    pub timeout: Duration,
     #[serde(default)]
     pub unix: UnixAttestorConfig,
+    /// `[workload_attestors.k8s]`: on when present.
+    #[serde(default)]
+    pub k8s: Option<K8sAttestorConfig>,
+    /// `[workload_attestors.docker]`: on when present.
+    #[serde(default)]
+    pub docker: Option<DockerAttestorConfig>,
+    /// `[workload_attestors.systemd]`: on when present.
+    #[serde(default)]
+    pub systemd: Option<SystemdAttestorConfig>,
+}
+
+impl Default for WorkloadAttestorsConfig {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_WORKLOAD_ATTESTATION_TIMEOUT,
+            unix: UnixAttestorConfig::default(),
+            k8s: None,
+            docker: None,
+            systemd: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SystemdAttestorConfig {
+    /// The D-Bus address systemd is asked on (default: the system bus, as
+    /// `DBUS_SYSTEM_BUS_ADDRESS` or `/run/dbus/system_bus_socket` give it).
+    #[serde(default)]
+    pub bus_address: Option<String>,
+}
+
+/// The workload attestors' deadline when the configuration sets none: longer than
+/// the k8s attestor's default wait for a new pod to be listed (30 polls' worth and one
+/// request).
+pub const DEFAULT_WORKLOAD_ATTESTATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn default_workload_attestation_timeout() -> Duration {
+    DEFAULT_WORKLOAD_ATTESTATION_TIMEOUT
+}
+
+/// `[workload_attestors.k8s]`, named as SPIRE names its settings. See
+/// docs/WORKLOAD_ATTESTATION.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K8sAttestorConfig {
+    /// The kubelet's HTTPS port (default 10250 unless `kubelet_read_only_port` is set).
+    #[serde(default)]
+    pub kubelet_secure_port: Option<u16>,
+    /// The kubelet's plain HTTP read-only port; excludes `kubelet_secure_port`.
+    #[serde(default)]
+    pub kubelet_read_only_port: Option<u16>,
+    /// PEM CA certificates for the kubelet's serving certificate.
+    #[serde(default = "default_kubelet_ca_path")]
+    pub kubelet_ca_path: PathBuf,
+    /// Accept any kubelet certificate (the bearer token is still sent).
+    #[serde(default)]
+    pub skip_kubelet_verification: bool,
+    /// The bearer token for the kubelet, read at every request (tokens rotate).
+    #[serde(default = "default_k8s_token_path")]
+    pub token_path: PathBuf,
+    /// The node's name: the kubelet's host. Overrides `node_name_env`.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// The environment variable holding the node's name.
+    #[serde(default = "default_node_name_env")]
+    pub node_name_env: String,
+    /// How many pod lists are searched for a caller's container before giving up.
+    #[serde(default = "default_max_poll_attempts")]
+    pub max_poll_attempts: u32,
+    /// The wait between two of those pod lists.
+    #[serde(default = "default_poll_retry_interval", with = "serde_human")]
+    pub poll_retry_interval: Duration,
+    /// Only pod selectors, no `container-name` or `container-image`.
+    #[serde(default)]
+    pub disable_container_selectors: bool,
+}
+
+fn default_kubelet_ca_path() -> PathBuf {
+    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+}
+fn default_k8s_token_path() -> PathBuf {
+    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+}
+fn default_node_name_env() -> String {
+    "MY_NODE_NAME".into()
+}
+fn default_max_poll_attempts() -> u32 {
+    60
+}
+fn default_poll_retry_interval() -> Duration {
+    Duration::from_millis(500)
+}
+
+impl K8sAttestorConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.kubelet_secure_port.is_some() && self.kubelet_read_only_port.is_some() {
+            return Err(
+                "[workload_attestors.k8s] kubelet_secure_port and kubelet_read_only_port exclude each other".into(),
+            );
+        }
+        if self.max_poll_attempts == 0 {
+            return Err("[workload_attestors.k8s] max_poll_attempts must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// `[workload_attestors.docker]`. See docs/WORKLOAD_ATTESTATION.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerAttestorConfig {
+    /// The engine's API socket, `unix:///path` (Docker's, or Podman's compatible one).
+    #[serde(default = "default_docker_socket_path")]
+    pub docker_socket_path: String,
+    /// An API version to ask for (`1.41` asks `/v1.41/...`); none: the engine's own.
+    #[serde(default)]
+    pub docker_version: Option<String>,
+    /// The container environment variables whose `NAME=value` become
+    /// `docker:env:` selectors (none by default: environments often hold secrets).
+    #[serde(default)]
+    pub env_names: Vec<String>,
+}
+
+fn default_docker_socket_path() -> String {
+    "unix:///var/run/docker.sock".into()
+}
+
+impl DockerAttestorConfig {
+    /// The socket's path.
+    pub fn socket(&self) -> Result<PathBuf, String> {
+        match self.docker_socket_path.strip_prefix("unix://") {
+            Some(p) if p.starts_with('/') => Ok(PathBuf::from(p)),
+            _ => Err(format!(
+                "[workload_attestors.docker] docker_socket_path must be unix:///absolute/path, not {:?}",
+                self.docker_socket_path
+            )),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.socket()?;
+        if let Some(v) = &self.docker_version
+            && (v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+        {
+            return Err(format!(
+                "[workload_attestors.docker] docker_version is a version such as 1.41, not {v:?}"
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -478,6 +633,12 @@ impl AgentConfig {
             return rule(
                 "insecure_bootstrap",
                 "trust_bundle_path is required to trust the server the first time (or set insecure_bootstrap = true, which is unsafe)".into(),
+            );
+        }
+        if self.workload_attestors.timeout < Duration::from_millis(100) {
+            return rule(
+                "workload_attestors.timeout",
+                "workload_attestors.timeout must be at least 100ms".into(),
             );
         }
         if self.sync_interval < Duration::from_millis(100) {
@@ -529,6 +690,30 @@ impl AgentConfig {
                     "[node_attestor.x509pop] tcti is for tpm_key_path, which is not set".into(),
                 );
             }
+        }
+        if let Some(k) = &self.workload_attestors.k8s
+            && let Err(e) = k.validate()
+        {
+            return rule("workload_attestors.k8s", e);
+        }
+        if let Some(k) = &self.workload_attestors.k8s
+            && k.poll_budget() >= self.workload_attestors.timeout
+        {
+            return rule(
+                "workload_attestors.timeout",
+                format!(
+                    "workload_attestors.timeout ({}) must be longer than the k8s attestor's \
+                     max_poll_attempts times poll_retry_interval plus its 10s request deadline \
+                     ({}), or callers in new pods time out before the kubelet lists them",
+                    tessera_core::duration::format_duration(self.workload_attestors.timeout),
+                    tessera_core::duration::format_duration(k.poll_budget())
+                ),
+            );
+        }
+        if let Some(d) = &self.workload_attestors.docker
+            && let Err(e) = d.validate()
+        {
+            return rule("workload_attestors.docker", e);
         }
         if matches!(self.key_manager, KeyManagerConfig::Tpm { tcti: None })
             && self.tpm_tcti().is_none()
@@ -608,6 +793,68 @@ mod tests {
         assert_eq!(c.servers(), vec!["10.0.0.1:8081".to_string()]);
         assert!(matches!(c.key_manager, KeyManagerConfig::Disk));
         assert!(c.node_attestor.join_token.is_some());
+    }
+
+    #[test]
+    fn container_attestors_take_spire_settings_and_refuse_contradictions() {
+        let base = "trust_domain = \"e.org\"\nserver_address = \"a\"\ninsecure_bootstrap = true\n";
+        let c = AgentConfig::parse(&format!(
+            "{base}[workload_attestors.k8s]\nnode_name_env = \"NODE\"\nskip_kubelet_verification = true\n[workload_attestors.docker]\nenv_names = [\"ROLE\"]\n"
+        ))
+        .unwrap();
+        let k = c.workload_attestors.k8s.unwrap();
+        assert_eq!(
+            (
+                k.kubelet_secure_port,
+                k.max_poll_attempts,
+                k.poll_retry_interval
+            ),
+            (None, 60, Duration::from_millis(500))
+        );
+        assert_eq!(k.token_path, default_k8s_token_path());
+        let d = c.workload_attestors.docker.unwrap();
+        assert_eq!(d.socket().unwrap(), PathBuf::from("/var/run/docker.sock"));
+        assert!(
+            AgentConfig::parse(base)
+                .unwrap()
+                .workload_attestors
+                .k8s
+                .is_none()
+        );
+        for (table, want) in [
+            (
+                "[workload_attestors.k8s]\nkubelet_secure_port = 1\nkubelet_read_only_port = 2\n",
+                "exclude each other",
+            ),
+            (
+                "[workload_attestors.k8s]\nmax_poll_attempts = 0\n",
+                "at least 1",
+            ),
+            (
+                "[workload_attestors.k8s]\nkubelet_port = 1\n",
+                "kubelet_port",
+            ),
+            (
+                "[workload_attestors.docker]\ndocker_socket_path = \"tcp://1.2.3.4:2375\"\n",
+                "unix:///",
+            ),
+            (
+                "[workload_attestors.docker]\ndocker_version = \"../x\"\n",
+                "docker_version",
+            ),
+            (
+                "[workload_attestors]\ntimeout = \"20s\"\n[workload_attestors.k8s]\n",
+                "workload_attestors.timeout (20s) must be longer than the k8s attestor's max_poll_attempts times poll_retry_interval plus its 10s request deadline (40s)",
+            ),
+            (
+                "[workload_attestors]\ntimeout = \"10ms\"\n",
+                "at least 100ms",
+            ),
+            ("[workload_attestors.systemd]\naddress = \"x\"\n", "address"),
+        ] {
+            let e = AgentConfig::parse(&format!("{base}{table}")).unwrap_err();
+            assert!(e.to_string().contains(want), "{table}: {e}");
+        }
     }
 
     #[test]

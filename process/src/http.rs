@@ -1,11 +1,13 @@
-//! A small HTTP/1.1 client for the few one-shot requests node attestation makes: the
-//! agent asks a cloud's instance metadata service (plain HTTP on a link-local
-//! address, with the provider's headers), and the server fetches key sets and asks a
-//! Kubernetes API server (HTTPS, checked against the roots it is given, with a client
-//! certificate when the rustls configuration in [`Options::tls`] carries one). One request per connection, a deadline
-//! over the whole exchange, and a cap on the body: a slow or oversized answer is an
-//! error, never a stall or a memory spike.
+//! A small HTTP/1.1 client for the few one-shot requests attestation makes: the agent
+//! asks a cloud's instance metadata service (plain HTTP on a link-local address, with
+//! the provider's headers), a kubelet (HTTPS) or a container engine (HTTP over its
+//! Unix socket, [`send_unix`]), and the server fetches key sets and asks a Kubernetes
+//! API server (HTTPS, checked against the roots it is given, with a client
+//! certificate when the rustls configuration in [`Options::tls`] carries one). One
+//! request per connection, a deadline over the whole exchange, and a cap on the body:
+//! a slow or oversized answer is an error, never a stall or a memory spike.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -182,13 +184,64 @@ impl Default for Options {
 /// Sends `req` and reads the whole answer, within `opts`.
 pub async fn send(req: Request, opts: &Options) -> Result<Response, HttpError> {
     let url = req.url.clone();
-    match tokio::time::timeout(opts.timeout, exchange(req, opts)).await {
+    within(url, opts.timeout, exchange(req, opts)).await
+}
+
+/// Sends `req` over the Unix stream socket at `socket` (a container engine's API) and
+/// reads the whole answer, within `opts` (`tls` is not used). `req.url` is the path
+/// and query, `/containers/x/json`; the request names `localhost` as its host.
+pub async fn send_unix(socket: &Path, req: Request, opts: &Options) -> Result<Response, HttpError> {
+    let url = format!("unix:{}:{}", socket.display(), req.url);
+    let exchange = async {
+        if !req.url.starts_with('/') {
+            return Err(HttpError::BadUrl {
+                url: req.url.clone(),
+                reason: "over a Unix socket the URL is a path starting with /".into(),
+            });
+        }
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .map_err(|source| HttpError::Connect {
+                authority: socket.display().to_string(),
+                source,
+            })?;
+        let request = http_request(&req, &req.url, "localhost")?;
+        round_trip(stream, request, &url, opts.max_body).await
+    };
+    within(url.clone(), opts.timeout, exchange).await
+}
+
+/// `exchange`, or a timeout once `timeout` has passed.
+async fn within(
+    url: String,
+    timeout: Duration,
+    exchange: impl Future<Output = Result<Response, HttpError>>,
+) -> Result<Response, HttpError> {
+    match tokio::time::timeout(timeout, exchange).await {
         Ok(r) => r,
-        Err(_) => Err(HttpError::Timeout {
-            url,
-            timeout: opts.timeout,
-        }),
+        Err(_) => Err(HttpError::Timeout { url, timeout }),
     }
+}
+
+/// The request to send: `req` with `path` as its target and `host` as its `Host`.
+fn http_request(
+    req: &Request,
+    path: &str,
+    host: &str,
+) -> Result<http::Request<Full<Bytes>>, HttpError> {
+    let mut builder = http::Request::builder()
+        .method(req.method.clone())
+        .uri(path)
+        .header(http::header::HOST, host);
+    for (name, value) in &req.headers {
+        builder = builder.header(name, value);
+    }
+    builder
+        .body(Full::new(Bytes::from(req.body.clone())))
+        .map_err(|e| HttpError::BadUrl {
+            url: req.url.clone(),
+            reason: e.to_string(),
+        })
 }
 
 async fn exchange(req: Request, opts: &Options) -> Result<Response, HttpError> {
@@ -233,16 +286,7 @@ async fn exchange(req: Request, opts: &Options) -> Result<Response, HttpError> {
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
-    let mut builder = http::Request::builder()
-        .method(req.method.clone())
-        .uri(path)
-        .header(http::header::HOST, authority.as_str());
-    for (name, value) in &req.headers {
-        builder = builder.header(name, value);
-    }
-    let request = builder
-        .body(Full::new(Bytes::from(req.body.clone())))
-        .map_err(|e| bad(&e.to_string()))?;
+    let request = http_request(&req, &path, &authority)?;
     if let Some(tls) = tls {
         let name = rustls::pki_types::ServerName::try_from(bare_host.clone())
             .map_err(|_| bad("the host is not a valid TLS server name"))?;
@@ -313,6 +357,36 @@ mod tests {
 
     use super::*;
 
+    /// Reads a request: its head (up to the blank line, or the end of the stream) and
+    /// the body its Content-Length announces, so that closing does not reset the
+    /// connection.
+    async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return head;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let len: usize = text
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let start = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+        while head.len() < start + len {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        head
+    }
+
     /// Serves one connection with `reply` after reading the request, and hands the
     /// request (head and body) back.
     async fn one_shot(reply: Vec<u8>) -> (String, tokio::task::JoinHandle<String>) {
@@ -320,30 +394,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = s.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    break;
-                }
-                head.extend_from_slice(&buf[..n]);
-            }
-            // Read the body too, so that closing does not reset the connection.
-            let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-            let len: usize = text
-                .split("\r\n")
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            let start = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
-            while head.len() < start + len {
-                let n = s.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    break;
-                }
-                head.extend_from_slice(&buf[..n]);
-            }
+            let head = read_head(&mut s).await;
             s.write_all(&reply).await.unwrap();
             let _ = s.shutdown().await;
             String::from_utf8_lossy(&head).into_owned()
@@ -457,5 +508,71 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("trusted roots"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn unix_sockets_carry_requests_with_the_same_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("engine.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (tx, mut heads) = tokio::sync::mpsc::unbounded_channel();
+        let server = tokio::spawn(async move {
+            for reply in [
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"[..],
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789"[..],
+            ] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let head = read_head(&mut s).await;
+                s.write_all(reply).await.unwrap();
+                let _ = s.shutdown().await;
+                let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+            }
+            // Accepts and never answers.
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(s);
+        });
+        let r = send_unix(
+            &path,
+            Request::get("/v1.41/containers/abc/json"),
+            &Options::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"{}"[..]));
+        let head = heads.recv().await.unwrap();
+        assert!(
+            head.starts_with("GET /v1.41/containers/abc/json HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase().contains("host: localhost\r\n"),
+            "{head}"
+        );
+        let opts = Options {
+            max_body: 4,
+            timeout: Duration::from_millis(300),
+            ..Options::default()
+        };
+        let e = send_unix(&path, Request::get("/x"), &opts)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HttpError::TooLarge { limit: 4, .. }), "{e}");
+        let e = send_unix(&path, Request::get("/slow"), &opts)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HttpError::Timeout { .. }), "{e}");
+        assert!(e.to_string().contains("engine.sock"), "{e}");
+        server.abort();
+
+        let e = send_unix(&dir.path().join("absent.sock"), Request::get("/x"), &opts)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HttpError::Connect { .. }), "{e}");
+        assert!(e.to_string().contains("absent.sock"), "{e}");
+        let e = send_unix(&path, Request::get("http://x/"), &opts)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HttpError::BadUrl { .. }), "{e}");
     }
 }

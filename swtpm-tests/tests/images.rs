@@ -3,8 +3,9 @@
 //! appliance booted under QEMU with a swtpm TPM device attests with its DevID and
 //! serves an SVID (`images/boot-test.sh`); and the shipped systemd units, installed
 //! in a Debian guest booted with systemd, are notify services that become ready,
-//! run sandboxed as their users, and are restarted by the watchdog when hung
-//! (`images/systemd-guest.sh`).
+//! run sandboxed as their users, and are restarted by the watchdog when hung, and the
+//! `systemd` and `docker` workload attestors tell two services of one user and two
+//! Podman containers apart (`images/systemd-guest.sh`).
 
 #![allow(
     clippy::unwrap_used,
@@ -80,7 +81,7 @@ fn appliance_boots_attests_with_its_tpm_and_serves_an_svid() {
 }
 
 #[test]
-fn the_shipped_units_become_ready_and_the_watchdog_restarts_a_hung_agent() {
+fn shipped_units_get_ready_tell_units_and_containers_apart_and_restart_a_hung_agent() {
     let dir = tessera_swtpm_tests::test_dir("systemd-guest");
     let stdout = run_image_script("systemd-guest.sh", &dir.path().join("guest"), |_| {
         String::new()
@@ -90,6 +91,12 @@ fn the_shipped_units_become_ready_and_the_watchdog_restarts_a_hung_agent() {
         "boot-check: server active: serving agents on 127.0.0.1:8081",
         "boot-check: server user: tessera",
         "boot-check: svid: spiffe://example.org/boot-check",
+        // Two services of one user, by their systemd: selectors.
+        "boot-check: systemd unit wl-a.service: spiffe://example.org/svc-a",
+        "boot-check: systemd unit wl-b.service: spiffe://example.org/svc-b",
+        // Podman containers, by docker: label (through Podman's compatible socket).
+        "boot-check: labelled container: spiffe://example.org/payments",
+        "boot-check: unlabelled container: denied",
         "boot-check: watchdog restarted the agent",
         "boot-check: OK",
     ] {

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::attestor::{Peer, WorkloadAttestors};
+use super::attestor::{AttestationError, Peer, WorkloadAttestors};
 use super::peer::{Caller, CallerError};
 use super::source::IdentitySource;
 use crate::cache::{Snapshot, Svid};
@@ -135,7 +135,12 @@ async fn attest_pinned(
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "workload attestation failed");
-            Status::permission_denied(format!("workload attestation failed: {e}"))
+            match e {
+                AttestationError::TimedOut { .. } => Status::unavailable(e.to_string()),
+                AttestationError::AllFailed(_) => {
+                    Status::permission_denied(format!("workload attestation failed: {e}"))
+                }
+            }
         })?;
     drop(dir);
     pinned.check().map_err(|e| refuse(caller, e))?;
@@ -798,6 +803,72 @@ mod tests {
             let e = x509(&s.api).await.unwrap_err();
             assert_eq!(e.message(), "no identity issued");
             assert!(s.source.minted.lock().unwrap().is_empty());
+        }
+
+        /// Never answers, or always fails.
+        #[derive(Debug)]
+        struct Broken(bool);
+
+        #[tonic::async_trait]
+        impl WorkloadAttestor for Broken {
+            fn name(&self) -> &'static str {
+                if self.0 { "stuck" } else { "failing" }
+            }
+            async fn attest(&self, _: &Peer<'_>) -> Result<Vec<Selector>, WorkloadAttestError> {
+                if self.0 {
+                    std::future::pending().await
+                } else {
+                    Err(WorkloadAttestError::new(std::io::Error::other(
+                        "daemon away",
+                    )))
+                }
+            }
+        }
+
+        #[tokio::test]
+        async fn attestors_that_fail_deny_and_attestors_that_hang_are_unavailable() {
+            let with = |attestors: Vec<Arc<dyn WorkloadAttestor>>| {
+                let s = setup(snapshot(NOW + 100, NOW + 100).0, &[], false);
+                WorkloadApi::new(
+                    s.source,
+                    WorkloadAttestors::new(attestors)
+                        .with_timeout(std::time::Duration::from_millis(200)),
+                    false,
+                    s.clock,
+                )
+            };
+            // One fails, the other still counts: the caller gets its SVID.
+            let api = with(vec![
+                Arc::new(Broken(false)),
+                Arc::new(Claims(vec!["unix:uid:1000".parse().unwrap()])),
+            ]);
+            assert_eq!(code(x509(&api).await), tonic::Code::Ok);
+            // All fail: denied, with their reasons.
+            let api = with(vec![Arc::new(Broken(false))]);
+            let e = x509(&api).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied);
+            assert_eq!(
+                e.message(),
+                "workload attestation failed: every workload attestor failed: failing: daemon away"
+            );
+            // One hangs: Unavailable at the deadline, for every call.
+            let api = with(vec![
+                Arc::new(Claims(vec!["unix:uid:1000".parse().unwrap()])),
+                Arc::new(Broken(true)),
+            ]);
+            for r in [
+                code(x509(&api).await),
+                code(jwt(&api).await),
+                code(x509_bundles(&api).await),
+                code(validate(&api).await),
+            ] {
+                assert_eq!(r, tonic::Code::Unavailable);
+            }
+            let e = jwt_bundles(&api).await.unwrap_err();
+            assert_eq!(
+                e.message(),
+                "workload attestation did not finish within 200ms: stuck did not answer"
+            );
         }
 
         #[tokio::test]

@@ -732,7 +732,7 @@ pub(crate) mod tests {
     }
 
     /// Pins `child` by PID, with or without pidfds.
-    fn pin_child(child: &Child, pidfds: bool) -> Result<Pinned, CallerError> {
+    pub(crate) fn pin_child(child: &Child, pidfds: bool) -> Result<Pinned, CallerError> {
         let cred = own_cred(child.id() as i32);
         if pidfds {
             Pinned::pin_cred(cred, None, no_socket_pidfd, pidfd_open)
@@ -744,7 +744,7 @@ pub(crate) mod tests {
     /// `sh -c script`, once it waits for its input: a process that could connect
     /// (its exec is complete; a spawn may return before the kernel has finished
     /// mapping the new program).
-    fn sh(script: &str) -> Child {
+    pub(crate) fn sh(script: &str) -> Child {
         let child = Command::new("sh")
             .arg("-c")
             .arg(script)
