@@ -329,7 +329,7 @@ pub struct AzureMsiConfig {
     pub timeout: Duration,
 }
 
-fn default_k8s_token_path() -> PathBuf {
+fn default_psat_token_path() -> PathBuf {
     tessera_core::attestation::k8s_psat::DEFAULT_TOKEN_PATH.into()
 }
 
@@ -340,7 +340,7 @@ pub struct K8sPsatConfig {
     /// The cluster's name, as the server's `clusters` table knows it.
     pub cluster: String,
     /// The projected service account token.
-    #[serde(default = "default_k8s_token_path")]
+    #[serde(default = "default_psat_token_path")]
     pub token_path: PathBuf,
 }
 
