@@ -88,6 +88,12 @@ pub enum CgroupError {
 /// Reads the cgroup file of the process whose `/proc/<pid>` directory is `dir` and
 /// says which container it names (`None`: the process is in no container).
 pub fn read(dir: BorrowedFd<'_>, pid: i32) -> Result<Option<ContainerInfo>, CgroupError> {
+    parse(&read_text(dir, pid)?, pid)
+}
+
+/// The cgroup file of the process whose `/proc/<pid>` directory is `dir`, as text
+/// (bytes that are not UTF-8 replaced).
+pub fn read_text(dir: BorrowedFd<'_>, pid: i32) -> Result<String, CgroupError> {
     let err = |source: std::io::Error| CgroupError::Read { pid, source };
     let fd = rustix::fs::openat(
         dir,
@@ -104,33 +110,58 @@ pub fn read(dir: BorrowedFd<'_>, pid: i32) -> Result<Option<ContainerInfo>, Cgro
     if text.len() > MAX_CGROUP_FILE {
         return Err(CgroupError::TooLarge { pid });
     }
-    parse(&String::from_utf8_lossy(&text), pid)
+    Ok(String::from_utf8_lossy(&text).into_owned())
 }
 
 /// Parses the contents of `/proc/<pid>/cgroup` by the rule of the module
 /// documentation.
 pub fn parse(text: &str, pid: i32) -> Result<Option<ContainerInfo>, CgroupError> {
+    Ok(parse_naming(text, pid)?.map(|(info, _)| info))
+}
+
+/// Parses like [`parse`], and also gives the cgroups that name the container (or,
+/// for a process in no container of a pod, the pod): one per line that names it,
+/// as `<hierarchy>:<controllers>:<path down to the naming segment>`. Two processes
+/// in one container have the same; a process in a cgroup that is only named like
+/// the container has others.
+pub fn parse_naming(
+    text: &str,
+    pid: i32,
+) -> Result<Option<(ContainerInfo, Vec<String>)>, CgroupError> {
     if text.len() > MAX_CGROUP_FILE {
         return Err(CgroupError::TooLarge { pid });
     }
-    let mut found: Vec<ContainerInfo> = Vec::new();
+    let mut found: Vec<(ContainerInfo, String)> = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.is_empty() {
             continue;
         }
         let mut fields = line.splitn(3, ':');
-        let (Some(_), Some(_), Some(path)) = (fields.next(), fields.next(), fields.next()) else {
+        let (Some(hierarchy), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
             return Err(CgroupError::Malformed { pid, line: n + 1 });
         };
-        if let Some(info) = in_path(path, pid)? {
-            found.push(info);
+        if let Some((info, depth)) = in_path(path, pid)? {
+            let naming: Vec<&str> = path
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .take(depth)
+                .collect();
+            found.push((
+                info,
+                format!("{hierarchy}:{controllers}:/{}", naming.join("/")),
+            ));
         }
     }
-    if found.iter().any(|i| i.pod_uid.is_some()) {
-        found.retain(|i| i.pod_uid.is_some());
+    if found.iter().any(|(i, _)| i.pod_uid.is_some()) {
+        found.retain(|(i, _)| i.pod_uid.is_some());
     }
+    let mut naming: Vec<String> = found.iter().map(|(_, c)| c.clone()).collect();
+    naming.sort();
+    naming.dedup();
     let mut out: Option<ContainerInfo> = None;
-    for info in found {
+    for (info, _) in found {
         let Some(first) = &out else {
             out = Some(info);
             continue;
@@ -152,11 +183,12 @@ pub fn parse(text: &str, pid: i32) -> Result<Option<ContainerInfo>, CgroupError>
             ));
         }
     }
-    Ok(out)
+    Ok(out.map(|info| (info, naming)))
 }
 
-/// What one cgroup path names.
-fn in_path(path: &str, pid: i32) -> Result<Option<ContainerInfo>, CgroupError> {
+/// What one cgroup path names, and how many of its segments lead down to the one
+/// that names it.
+fn in_path(path: &str, pid: i32) -> Result<Option<(ContainerInfo, usize)>, CgroupError> {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let mut pods = segments
         .iter()
@@ -171,26 +203,48 @@ fn in_path(path: &str, pid: i32) -> Result<Option<ContainerInfo>, CgroupError> {
                 b: other,
             });
         }
-        let container_id = match segments.get(at + 1) {
-            None => None,
+        let (container_id, depth) = match segments.get(at + 1) {
+            None => (None, at + 1),
             Some(s) => match container_id(s) {
-                Some(id) => Some(id),
+                Some(id) => (Some(id), at + 2),
                 // Something of the runtime's own in the pod (CRI-O's conmon).
                 None => return Ok(None),
             },
         };
-        return Ok(Some(ContainerInfo {
-            container_id,
-            pod_uid: Some(uid),
-        }));
+        return Ok(Some((
+            ContainerInfo {
+                container_id,
+                pod_uid: Some(uid),
+            },
+            depth,
+        )));
     }
-    Ok(segments
-        .iter()
-        .find_map(|s| container_id(s))
-        .map(|id| ContainerInfo {
-            container_id: Some(id),
-            pod_uid: None,
-        }))
+    Ok(segments.iter().enumerate().find_map(|(at, s)| {
+        container_id(s).map(|id| {
+            (
+                ContainerInfo {
+                    container_id: Some(id),
+                    pod_uid: None,
+                },
+                at + 1,
+            )
+        })
+    }))
+}
+
+/// Whether one of `naming` (see [`parse_naming`]) lies inside a systemd user
+/// manager's tree (`user@<uid>.service`): systemd delegates that tree to its user,
+/// who may make cgroups in it named like any container or pod.
+pub fn in_user_manager(naming: &[String]) -> Option<&str> {
+    naming.iter().map(String::as_str).find(|c| {
+        c.splitn(3, ':').nth(2).is_some_and(|path| {
+            path.split('/').any(|s| {
+                s.strip_prefix("user@")
+                    .and_then(|r| r.strip_suffix(".service"))
+                    .is_some_and(|uid| !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+    })
 }
 
 /// The container ID a segment names, if it is a container's cgroup.

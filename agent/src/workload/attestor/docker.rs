@@ -9,6 +9,14 @@
 //! A caller in no container gets no `docker` selectors, and so does one in a
 //! container the engine does not know (404: a Kubernetes pod's container on a node
 //! that also runs Docker).
+//!
+//! A cgroup's name proves nothing by itself: a user to whom systemd delegates a
+//! cgroup tree (every user's `user@<uid>.service`, or a rootless engine's) can make
+//! one named like any container. So the caller must be in the container's own
+//! cgroups: those that name the container in the caller's cgroup file must be the
+//! ones that name it in the file of the container's first process (`State.Pid` of
+//! the inspect answer), which the engine started there. A container that is not
+//! running, or a caller elsewhere, is refused.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -56,6 +64,19 @@ pub enum DockerError {
         body: String,
     },
     #[error(
+        "docker attestor: the caller is not in container {id}'s cgroups, only in cgroups named like them ({caller}; the container's process {container_pid} is in {container}); refused"
+    )]
+    NotInContainer {
+        id: String,
+        caller: String,
+        container_pid: i64,
+        container: String,
+    },
+    #[error(
+        "docker attestor: the caller's cgroup names container {id}, which is not running (the engine gives it no process); refused"
+    )]
+    NotRunning { id: String },
+    #[error(
         "docker attestor: the engine at {socket} answered {path} with no container inspection: {reason}"
     )]
     Malformed {
@@ -69,12 +90,77 @@ pub enum DockerError {
 #[derive(Debug)]
 pub struct Docker {
     cfg: DockerAttestorConfig,
+    /// Where the container's first process is looked at (`/proc`).
+    proc_root: PathBuf,
 }
 
 impl Docker {
     /// The attestor as `[workload_attestors.docker]` configures it.
     pub fn new(cfg: DockerAttestorConfig) -> Self {
-        Self { cfg }
+        Self {
+            cfg,
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+
+    /// The same, looking for processes in `root` instead of `/proc` (tests).
+    #[cfg(test)]
+    fn with_proc_root(mut self, root: &std::path::Path) -> Self {
+        self.proc_root = root.to_owned();
+        self
+    }
+
+    /// Whether the caller, whose cgroup file is `text` and whose cgroups naming its
+    /// container are `naming`, is in the cgroups of the container `inspect` describes.
+    fn check_in_container(
+        &self,
+        id: &str,
+        naming: &[String],
+        inspect: &Inspect,
+    ) -> Result<(), DockerError> {
+        let state = inspect.state.as_ref();
+        let container_pid = state.map_or(0, |s| s.pid);
+        if container_pid <= 0 || state.is_some_and(|s| s.running == Some(false)) {
+            return Err(DockerError::NotRunning { id: id.to_owned() });
+        }
+        let path = self
+            .proc_root
+            .join(container_pid.to_string())
+            .join("cgroup");
+        let theirs = std::fs::File::open(&path)
+            .and_then(|f| {
+                use std::io::Read;
+                let mut buf = Vec::new();
+                f.take(container::MAX_CGROUP_FILE as u64 + 1)
+                    .read_to_end(&mut buf)?;
+                Ok(buf)
+            })
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .and_then(|t| {
+                container::parse_naming(&t, container_pid as i32)
+                    .ok()
+                    .flatten()
+            });
+        match theirs {
+            Some((info, theirs))
+                if info.container_id.as_deref() == Some(id) && theirs == naming =>
+            {
+                Ok(())
+            }
+            other => Err(DockerError::NotInContainer {
+                id: id.to_owned(),
+                caller: naming.join(", "),
+                container_pid,
+                container: match other {
+                    Some((_, theirs)) => theirs.join(", "),
+                    None => format!(
+                        "no cgroup of that container ({} unreadable or naming none)",
+                        path.display()
+                    ),
+                },
+            }),
+        }
     }
 
     /// The caller's selectors (see the module documentation).
@@ -83,7 +169,10 @@ impl Docker {
         dir: std::os::fd::BorrowedFd<'_>,
         pid: i32,
     ) -> Result<Vec<Selector>, DockerError> {
-        let Some(id) = container::read(dir, pid)?.and_then(|i| i.container_id) else {
+        let text = container::read_text(dir, pid)?;
+        let Some((id, naming)) = container::parse_naming(&text, pid)?
+            .and_then(|(info, naming)| Some((info.container_id?, naming)))
+        else {
             return Ok(Vec::new());
         };
         let socket: PathBuf = self.cfg.socket().map_err(DockerError::Config)?;
@@ -141,6 +230,7 @@ impl Docker {
                 inspect.id
             )));
         }
+        self.check_in_container(&id, &naming, &inspect)?;
         Ok(container::selectors(
             "docker",
             values(&inspect, &self.cfg.env_names),
@@ -170,6 +260,19 @@ struct Inspect {
     image: String,
     #[serde(rename = "Config", default)]
     config: Option<ContainerConfig>,
+    #[serde(rename = "State", default)]
+    state: Option<State>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct State {
+    /// The container's first process, in the engine's PID namespace; 0 when it is
+    /// not running.
+    #[serde(rename = "Pid")]
+    pid: i64,
+    #[serde(rename = "Running")]
+    running: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,6 +299,12 @@ fn values(inspect: &Inspect, env_names: &[String]) -> Vec<String> {
         v.push(format!("image_id:{}", cfg.image));
     }
     for (k, val) in cfg.labels.iter().flatten() {
+        // `label:a:b:c` would be both `a`=`b:c` and `a:b`=`c`: a key with a colon
+        // (which an image's author may set) could take a selector meant for another.
+        if k.contains(':') {
+            tracing::warn!(label = %k.escape_debug(), "a container label whose key holds ':' gives no selector");
+            continue;
+        }
         v.push(format!("label:{k}:{val}"));
     }
     for e in cfg.env.iter().flatten() {
@@ -210,6 +319,7 @@ fn values(inspect: &Inspect, env_names: &[String]) -> Vec<String> {
 #[cfg(test)]
 pub(crate) mod tests {
     use std::os::fd::AsFd;
+    use std::sync::atomic::{AtomicI64, Ordering};
     use std::sync::{Arc, Mutex};
 
     use super::*;
@@ -219,12 +329,16 @@ pub(crate) mod tests {
     const PODMAN_CID: &str = "a41d9c7e2b5f8a3c6e1d4b7f0a9c2e5b8d1f4a7c0e3b6d9f2a5c8e1b4d7f0a3c";
     const IMAGE: &str = "sha256:9bea9f2796e236cb18c2b3ad561ff29f655d1001f9ec7247a0bc5e08d25652a1";
 
+    /// The first process of the container [`CID`] in [`docker_inspect`]'s answer
+    /// (its `State.Pid`) unless a test says otherwise; [`PODMAN_CID`]'s is 5151.
+    pub(crate) const FIRST_PID: i64 = 4242;
+
     /// `docker container inspect`'s JSON (the Engine API's ContainerJSON) of an
-    /// nginx container started with two labels.
-    fn docker_inspect(id: &str) -> String {
+    /// nginx container started with two labels, whose first process is `pid`.
+    fn docker_inspect(id: &str, pid: i64) -> String {
         format!(
             r#"{{"Id":"{id}","Created":"2026-12-02T09:00:00.123456789Z","Path":"/docker-entrypoint.sh","Args":["nginx","-g","daemon off;"],
-"State":{{"Status":"running","Running":true,"Paused":false,"Restarting":false,"OOMKilled":false,"Dead":false,"Pid":4242,"ExitCode":0,"Error":"","StartedAt":"2026-12-02T09:00:00.5Z","FinishedAt":"0001-01-01T00:00:00Z"}},
+"State":{{"Status":"running","Running":true,"Paused":false,"Restarting":false,"OOMKilled":false,"Dead":false,"Pid":{pid},"ExitCode":0,"Error":"","StartedAt":"2026-12-02T09:00:00.5Z","FinishedAt":"0001-01-01T00:00:00Z"}},
 "Image":"{IMAGE}","ResolvConfPath":"/var/lib/docker/containers/{id}/resolv.conf","HostnamePath":"/var/lib/docker/containers/{id}/hostname","HostsPath":"/var/lib/docker/containers/{id}/hosts","LogPath":"/var/lib/docker/containers/{id}/{id}-json.log",
 "Name":"/web","RestartCount":0,"Driver":"overlay2","Platform":"linux","MountLabel":"","ProcessLabel":"","AppArmorProfile":"docker-default","ExecIDs":null,
 "HostConfig":{{"NetworkMode":"bridge","RestartPolicy":{{"Name":"no","MaximumRetryCount":0}},"CgroupnsMode":"private"}},
@@ -249,24 +363,30 @@ pub(crate) mod tests {
     }
 
     /// An engine on a Unix socket in `dir` that knows two containers; it records the
-    /// request lines.
+    /// request lines. [`CID`]'s first process is the PID in the third value
+    /// ([`FIRST_PID`] until a test sets another).
     pub(crate) fn fake_engine(
         dir: &std::path::Path,
-    ) -> (std::path::PathBuf, Arc<Mutex<Vec<String>>>) {
+    ) -> (std::path::PathBuf, Arc<Mutex<Vec<String>>>, Arc<AtomicI64>) {
         let path = dir.join("docker.sock");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
+        let first_pid = Arc::new(AtomicI64::new(FIRST_PID));
+        let pid = first_pid.clone();
         tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
                 let log = log.clone();
+                let pid = pid.load(Ordering::SeqCst);
                 tokio::spawn(answer_one(s, move |head| {
                     let line = head.lines().next().unwrap_or_default().to_owned();
                     log.lock().unwrap().push(line.clone());
                     let target = line.split(' ').nth(1).unwrap_or_default();
                     let target = target.strip_prefix("/v1.41").unwrap_or(target);
                     match target {
-                        t if t == format!("/containers/{CID}/json") => (200, docker_inspect(CID)),
+                        t if t == format!("/containers/{CID}/json") => {
+                            (200, docker_inspect(CID, pid))
+                        }
                         t if t == format!("/containers/{PODMAN_CID}/json") => {
                             (200, podman_inspect(PODMAN_CID))
                         }
@@ -282,7 +402,7 @@ pub(crate) mod tests {
                 }));
             }
         });
-        (path, seen)
+        (path, seen, first_pid)
     }
 
     fn config(socket: &std::path::Path, extra: &str) -> DockerAttestorConfig {
@@ -293,8 +413,26 @@ pub(crate) mod tests {
         .unwrap()
     }
 
+    /// `d`'s selectors for a caller in `cgroup`, whose containers' first processes
+    /// are in the same cgroups (the caller is in the container).
     async fn attest(d: &Docker, cgroup: &str) -> Result<Vec<String>, DockerError> {
+        attest_beside(d, cgroup, cgroup).await
+    }
+
+    /// `d`'s selectors for a caller in `cgroup` when the containers' first processes
+    /// are in `first`.
+    async fn attest_beside(
+        d: &Docker,
+        cgroup: &str,
+        first: &str,
+    ) -> Result<Vec<String>, DockerError> {
         let (_dir, f) = proc_dir(cgroup);
+        let proc = tempfile::tempdir().unwrap();
+        for pid in [FIRST_PID, 5151] {
+            std::fs::create_dir(proc.path().join(pid.to_string())).unwrap();
+            std::fs::write(proc.path().join(format!("{pid}/cgroup")), first).unwrap();
+        }
+        let d = Docker::new(d.cfg.clone()).with_proc_root(proc.path());
         Ok(d.attest_pid(f.as_fd(), 42)
             .await?
             .iter()
@@ -305,7 +443,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn docker_and_podman_containers_get_their_selectors() {
         let dir = tempfile::tempdir().unwrap();
-        let (socket, seen) = fake_engine(dir.path());
+        let (socket, seen, _) = fake_engine(dir.path());
         let d = Docker::new(config(&socket, "env_names = [\"APP_ROLE\", \"ABSENT\"]\n"));
         let sels = attest(&d, &format!("0::/system.slice/docker-{CID}.scope\n"))
             .await
@@ -376,6 +514,69 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_caller_outside_the_containers_cgroups_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, _, first_pid) = fake_engine(dir.path());
+        let d = Docker::new(config(&socket, ""));
+        let real = format!("0::/system.slice/docker-{CID}.scope\n");
+        // Cgroups named like the container, made by a user in the tree systemd
+        // delegates to them, or anywhere a process may make cgroups.
+        for fake in [
+            format!(
+                "0::/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{CID}.scope\n"
+            ),
+            format!("0::/user.slice/user-1000.slice/user@1000.service/docker/{CID}\n"),
+            format!("0::/system.slice/builder.service/system.slice/docker-{CID}.scope\n"),
+        ] {
+            let e = attest_beside(&d, &fake, &real).await.unwrap_err();
+            assert!(
+                matches!(e, DockerError::NotInContainer { .. }),
+                "{fake}: {e}"
+            );
+            let m = e.to_string();
+            assert!(
+                m.contains(&format!(
+                    "process {FIRST_PID} is in 0::/system.slice/docker-{CID}.scope"
+                )),
+                "{m}"
+            );
+        }
+        // The first process in a cgroup of its own inside the container (Podman's
+        // `container`, or systemd run in it): the caller is in the container all
+        // the same.
+        let sels = attest_beside(
+            &d,
+            &format!("0::/machine.slice/libpod-{PODMAN_CID}.scope\n"),
+            &format!("0::/machine.slice/libpod-{PODMAN_CID}.scope/container\n"),
+        )
+        .await
+        .unwrap();
+        assert!(
+            sels.contains(&"docker:image_id:docker.io/library/debian:bookworm".to_owned()),
+            "{sels:?}"
+        );
+        // A label key with a colon would pass for another label (`team`=`shop:x`);
+        // odd bytes elsewhere are kept as they are (a selector matches them exactly).
+        let labels = |l: &str| {
+            let inspect: Inspect =
+                serde_json::from_str(&format!(r#"{{"Id":"x","Config":{{"Labels":{l}}}}}"#))
+                    .unwrap();
+            values(&inspect, &[])
+        };
+        assert_eq!(labels(r#"{"team:shop":"x"}"#), Vec::<String>::new());
+        assert_eq!(labels(r#"{"team":"shop:x"}"#), ["label:team:shop:x"]);
+        assert_eq!(labels(r#"{"a\nb":"c\u0000"}"#), ["label:a\nb:c\u{0}"]);
+        // A container whose first process is gone, or that is not running (Pid 0).
+        first_pid.store(77_777, Ordering::SeqCst);
+        let e = attest(&d, &real).await.unwrap_err();
+        assert!(matches!(e, DockerError::NotInContainer { .. }), "{e}");
+        assert!(e.to_string().contains("unreadable"), "{e}");
+        first_pid.store(0, Ordering::SeqCst);
+        let e = attest(&d, &real).await.unwrap_err();
+        assert!(matches!(e, DockerError::NotRunning { .. }), "{e}");
+    }
+
+    #[tokio::test]
     async fn engine_failures_name_the_socket_and_what_was_wrong() {
         let dir = tempfile::tempdir().unwrap();
         let cgroup = format!("0::/docker/{CID}\n");
@@ -397,7 +598,7 @@ pub(crate) mod tests {
             (200, "[]".to_owned(), "no container inspection"),
             (
                 200,
-                docker_inspect(&CID.replace('3', "4")),
+                docker_inspect(&CID.replace('3', "4"), FIRST_PID),
                 "describes container",
             ),
         ] {
@@ -504,7 +705,7 @@ mod real_cgroup {
     #[tokio::test]
     async fn a_process_in_a_docker_and_a_kubernetes_cgroup() {
         let dir = tempfile::tempdir().unwrap();
-        let (socket, _) = super::tests::fake_engine(dir.path());
+        let (socket, _, first_pid) = super::tests::fake_engine(dir.path());
         let (port, ca, _) = k8s::tests::fake_kubelet(1).await;
         let mut cfg: WorkloadAttestorsConfig = toml::from_str(&format!(
             "[docker]\ndocker_socket_path = \"unix://{}\"\n",
@@ -522,12 +723,27 @@ mod real_cgroup {
         else {
             return;
         };
+        first_pid.store(
+            i64::from(docker.child.id()),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         let sels = attest(&docker, &docker_only).await;
         assert!(
             sels.contains(&"docker:image_id:nginx:1.27".to_owned()),
             "{sels:?}"
         );
         assert!(sels.iter().any(|s| s.starts_with("unix:uid:")), "{sels:?}");
+        // Another process, in a cgroup of its own named like the container: its
+        // `unix` selectors count, the container's do not.
+        let fake = Contained::new(&format!(
+            "user.slice/user-1000.slice/user@1000.service/app.slice/docker-{}.scope",
+            super::tests::CID
+        ))
+        .unwrap();
+        let sels = attest(&fake, &docker_only).await;
+        assert!(sels.iter().any(|s| s.starts_with("unix:uid:")), "{sels:?}");
+        assert!(!sels.iter().any(|s| s.starts_with("docker:")), "{sels:?}");
+        drop(fake);
         drop(docker);
 
         let pod_slice = format!(

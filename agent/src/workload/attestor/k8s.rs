@@ -10,6 +10,12 @@
 //! looked for again in newer lists, `max_poll_attempts` lists `poll_retry_interval`
 //! apart, then refused. Lists are shared: one is fetched at a time, and reused by
 //! callers that need no newer one for `poll_retry_interval`.
+//!
+//! A caller whose container or pod is named by a cgroup inside a systemd user
+//! manager (`user@<uid>.service`) is refused: systemd delegates that tree to its
+//! user, who may make cgroups in it named like any pod and container of the node
+//! (their IDs are in every process's world-readable `/proc/<pid>/cgroup`), and the
+//! kubelet never puts a pod there.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -82,6 +88,10 @@ pub enum K8sError {
         waited: Duration,
     },
     #[error(
+        "k8s attestor: the cgroup {cgroup} that names the caller's pod or container is inside a systemd user manager, whose user may make cgroups named like any pod; refused"
+    )]
+    UserManager { cgroup: String },
+    #[error(
         "k8s attestor: container {id} is in two pods of the kubelet's list ({a}, {b}); refused"
     )]
     TwoPods { id: String, a: String, b: String },
@@ -141,9 +151,15 @@ impl K8s {
         dir: std::os::fd::BorrowedFd<'_>,
         pid: i32,
     ) -> Result<Vec<Selector>, K8sError> {
-        let Some(info) = container::read(dir, pid)? else {
+        let text = container::read_text(dir, pid)?;
+        let Some((info, naming)) = container::parse_naming(&text, pid)? else {
             return Ok(Vec::new());
         };
+        if let Some(cgroup) = container::in_user_manager(&naming) {
+            return Err(K8sError::UserManager {
+                cgroup: cgroup.to_owned(),
+            });
+        }
         let start = Instant::now();
         let budget = self.cfg.poll_budget();
         let mut seen = None;
@@ -719,6 +735,56 @@ pub(crate) mod tests {
         assert!(sels.contains(&"k8s:pod-name:web-7d4b9c8f6-x2x9k".to_owned()));
         assert!(
             !sels.iter().any(|s| s.starts_with("k8s:container-")),
+            "{sels:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pod_named_by_a_users_own_cgroup_is_refused_unasked() {
+        let (port, ca, count) = fake_kubelet(1).await;
+        let dir = tempfile::tempdir().unwrap();
+        let k = K8s::new(config(dir.path(), port, &ca));
+        // A local user copies a pod's and a container's IDs (world-readable in any of
+        // its processes' cgroup files) into cgroups of the tree systemd delegates to
+        // them, with the kubelet's layouts below.
+        let user = "/user.slice/user-1000.slice/user@1000.service";
+        for fake in [
+            format!(
+                "0::{user}/app.slice/kubepods/besteffort/pod{POD}/{CID}
+"
+            ),
+            format!(
+                "0::{user}/kubepods.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{CID}.scope
+",
+                POD.replace('-', "_")
+            ),
+            format!(
+                "0::{user}/app.slice/cri-containerd-{CID}.scope
+"
+            ),
+            format!(
+                "0::{user}/kubepods/pod{POD}
+"
+            ),
+        ] {
+            let e = attest(&k, &fake).await.unwrap_err();
+            assert!(matches!(e, K8sError::UserManager { .. }), "{fake}: {e}");
+            assert!(e.to_string().contains("user@1000.service"), "{e}");
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 0, "the kubelet is not asked");
+        // A user manager below the container (systemd run inside it) is the
+        // container's own business.
+        let sels = attest(
+            &k,
+            &format!(
+                "0::/kubepods/besteffort/pod{POD}/{CID}/user.slice/user@0.service
+"
+            ),
+        )
+        .await
+        .unwrap();
+        assert!(
+            sels.contains(&"k8s:container-name:web".to_owned()),
             "{sels:?}"
         );
     }
