@@ -540,6 +540,10 @@ impl K8sAttestorConfig {
         if self.max_poll_attempts == 0 {
             return Err("[workload_attestors.k8s] max_poll_attempts must be at least 1".into());
         }
+        if self.poll_retry_interval.is_zero() {
+            // Zero would list the kubelet's pods back to back for every caller.
+            return Err("[workload_attestors.k8s] poll_retry_interval must be more than 0".into());
+        }
         Ok(())
     }
 }
@@ -829,6 +833,10 @@ mod tests {
             (
                 "[workload_attestors.k8s]\nmax_poll_attempts = 0\n",
                 "at least 1",
+            ),
+            (
+                "[workload_attestors.k8s]\npoll_retry_interval = \"0s\"\n",
+                "poll_retry_interval must be more than 0",
             ),
             (
                 "[workload_attestors.k8s]\nkubelet_port = 1\n",
