@@ -37,6 +37,10 @@ use super::{AttestError, Attested};
 
 pub use tessera_core::attestation::k8s_psat::NAME;
 
+/// The longest cluster name an agent may send (configured names are path segments of
+/// agent IDs, far shorter).
+const MAX_CLUSTER_NAME: usize = 256;
+
 fn default_audience() -> Vec<String> {
     vec![DEFAULT_AUDIENCE.into()]
 }
@@ -590,6 +594,18 @@ impl Check for K8sPsatCheck {
         if payload.cluster.is_empty() || payload.token.trim().is_empty() {
             return Err(AttestError::Malformed(format!(
                 "{NAME}: payload: the cluster and the token must not be empty"
+            )));
+        }
+        // Checked before either is echoed in a message or sent to an API server.
+        if payload.cluster.len() > MAX_CLUSTER_NAME {
+            return Err(AttestError::Malformed(format!(
+                "{NAME}: payload: the cluster name is longer than {MAX_CLUSTER_NAME} bytes"
+            )));
+        }
+        if payload.token.trim().len() > jwt::MAX_TOKEN {
+            return Err(AttestError::Malformed(format!(
+                "{NAME}: payload: the token is longer than {} bytes",
+                jwt::MAX_TOKEN
             )));
         }
         let name = payload.cluster.as_str();

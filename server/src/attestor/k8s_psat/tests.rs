@@ -545,6 +545,45 @@ async fn api_an_unreachable_or_failing_api_server_is_unavailable() {
     }
 }
 
+#[tokio::test]
+async fn api_oversized_payloads_are_refused_unsent_and_redirects_not_followed() {
+    let (api, a, _dir) = api_with(
+        review(true, bound_extra()),
+        Some(pod(POD_UID, "node-a")),
+        Some(node(NODE_UID)),
+    )
+    .await;
+    let huge_token = format!("t.{}.t", "a".repeat(jwt::MAX_TOKEN));
+    match attest(&a, "prod", &huge_token).await {
+        Err(AttestError::Malformed(m)) => assert!(m.contains("token is longer than"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let huge_cluster = "c".repeat(1 << 20);
+    match attest(&a, &huge_cluster, "t.t.t").await {
+        Err(AttestError::Malformed(m)) => {
+            assert!(m.contains("cluster name is longer than"), "{m}");
+            assert!(m.len() < 200, "the name is not echoed: {} bytes", m.len());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        api.requests.lock().unwrap().is_empty(),
+        "nothing reached the API server"
+    );
+    // An API server that redirects the review elsewhere is not followed.
+    let answer: Answer = Arc::new(|_, _, _| (307, json!({})));
+    let api = fake_api(answer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("t");
+    std::fs::write(&token, "x").unwrap();
+    let a = api_attestor(&api.base, token);
+    match attest(&a, "prod", "t.t.t").await {
+        Err(AttestError::Unavailable(m)) => assert!(m.contains("HTTP 307"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(api.requests.lock().unwrap().len(), 1);
+}
+
 #[test]
 fn bad_settings_are_named() {
     let clock = ManualClock::at_unix(NOW);
