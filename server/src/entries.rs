@@ -14,6 +14,14 @@
 //! is neither served nor followed to its children; a cached set stops being used the
 //! moment the first entry in it (or a node alias it came through) expires, and when
 //! the clock is stepped back to before the set was computed.
+//!
+//! Change events are pruned once every server has read them: each server records in
+//! the datastore how far it has read ([`EntryCache::housekeeping`]), and events up to
+//! the lowest of those marks are deleted. A server that has not said so for
+//! [`READER_ACTIVE`] (down, or cut off from the database) no longer holds pruning
+//! back. Event IDs have no gaps, so a server that finds the next event it needs gone
+//! knows that it was pruned past and reloads every entry; correctness never depends on
+//! the marks or the clocks, only how often a reload happens.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -27,6 +35,17 @@ use crate::datastore::{Datastore, DatastoreError};
 
 /// Above this many pending events, reloading everything is cheaper than one read each.
 const RELOAD_THRESHOLD: usize = 512;
+
+/// How often a server records how far it has read the change events and prunes what
+/// every server has read.
+pub const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A server that has not recorded its read mark for this long (seconds) no longer
+/// holds pruning back; when it comes back it reloads.
+pub const READER_ACTIVE: i64 = 600;
+
+/// A read mark this old (seconds) is deleted: the server that left it is gone.
+const READER_FORGET: i64 = 7 * 24 * 3600;
 
 /// The entries one agent may hold, at one revision of the index.
 #[derive(Debug)]
@@ -178,6 +197,9 @@ pub struct EntryCache {
     catch_up: tokio::sync::Mutex<()>,
     /// Wakes the follower after a local write.
     pub changed: tokio::sync::Notify,
+    /// This server's name among the event readers (new at every start: a server
+    /// that starts loads every entry and needs no earlier event).
+    reader: String,
 }
 
 impl EntryCache {
@@ -193,6 +215,7 @@ impl EntryCache {
             per_agent: RwLock::new(HashMap::new()),
             catch_up: tokio::sync::Mutex::new(()),
             changed: tokio::sync::Notify::new(),
+            reader: format!("server-{}", uuid::Uuid::new_v4().simple()),
         });
         cache.reload().await?;
         Ok(cache)
@@ -220,9 +243,28 @@ impl EntryCache {
 
     /// Applies the datastore's change events since the last call.
     pub async fn catch_up(&self) -> Result<(), DatastoreError> {
+        self.catch_up_from_events(false).await
+    }
+
+    /// `catch_up`, and with `check_latest` also when no event is left at all after
+    /// this server's revision though the counter moved past it (every event it
+    /// needed was pruned, and nothing was written since).
+    async fn catch_up_from_events(&self, check_latest: bool) -> Result<(), DatastoreError> {
         let _g = self.catch_up.lock().await;
         let from = self.revision();
         let events = self.ds.entry_events_since(from).await?;
+        let pruned_past = match events.first() {
+            // Event IDs have no gaps: a missing next one was pruned.
+            Some(first) => first.event_id > from + 1,
+            None => check_latest && self.ds.latest_entry_event().await? > from,
+        };
+        if pruned_past {
+            tracing::info!(
+                revision = from,
+                "entry events this server had not read were pruned; reloading every entry"
+            );
+            return self.reload().await;
+        }
         if events.is_empty() {
             return Ok(());
         }
@@ -266,6 +308,44 @@ impl EntryCache {
             }
             if let Err(e) = self.catch_up().await {
                 tracing::warn!(error = %e, "entry cache could not catch up (will retry)");
+            }
+        }
+    }
+
+    /// Records how far this server has read the change events, forgets the marks of
+    /// servers long gone, and prunes the events every active server has read; returns
+    /// how many were pruned.
+    pub async fn prune_read_events(&self) -> Result<u64, DatastoreError> {
+        self.catch_up_from_events(true).await?;
+        let now = self.clock.unix();
+        self.ds
+            .record_entry_event_reader(&self.reader, self.revision(), now)
+            .await?;
+        self.ds
+            .forget_entry_event_readers(now - READER_FORGET)
+            .await?;
+        let readers = self.ds.entry_event_readers().await?;
+        let Some(up_to) = readers
+            .iter()
+            .filter(|r| r.seen_at >= now - READER_ACTIVE)
+            .map(|r| r.read_up_to)
+            .min()
+        else {
+            return Ok(0);
+        };
+        let pruned = self.ds.prune_entry_events(up_to).await?;
+        if pruned > 0 {
+            tracing::debug!(pruned, up_to, "entry change events pruned");
+        }
+        Ok(pruned)
+    }
+
+    /// Runs [`Self::prune_read_events`] every `interval` until the process stops.
+    pub async fn housekeeping(self: Arc<Self>, interval: std::time::Duration) {
+        loop {
+            tokio::time::sleep(interval).await;
+            if let Err(e) = self.prune_read_events().await {
+                tracing::warn!(error = %e, "entry events could not be pruned (will retry)");
             }
         }
     }
@@ -525,5 +605,129 @@ mod tests {
         // at a later time.
         assert_eq!(ids(&at(T0 + 150)), vec!["keep", "racked"]);
         assert_eq!(ids(&at(T0)), vec!["child", "keep", "racked", "soon"]);
+    }
+
+    /// The entries a cache holds, by ID, with their revisions.
+    fn held(c: &EntryCache) -> Vec<(String, u64)> {
+        let idx = c.index.read().unwrap();
+        let mut v: Vec<_> = idx
+            .entries
+            .values()
+            .map(|e| (e.id.clone(), e.revision_number))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Two servers on one database (two handles on one SQLite file): events are pruned
+    /// only as far as both have read, a server that is gone stops holding pruning back,
+    /// and a server pruned past reloads and holds exactly what the database holds.
+    #[tokio::test]
+    async fn events_are_pruned_once_every_server_read_them_and_a_server_pruned_past_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ds.sqlite3");
+        let ds_a: Arc<dyn Datastore> = Arc::new(SqliteDatastore::open(&path).unwrap());
+        let ds_b: Arc<dyn Datastore> = Arc::new(SqliteDatastore::open(&path).unwrap());
+        let clock = ManualClock::at_unix(T0);
+        let agent = "spiffe://td/spire/agent/join_token/t1";
+        let mut created = Vec::new();
+        for i in 0..4 {
+            let entry = e(
+                &format!("e{i}"),
+                &format!("spiffe://td/w{i}"),
+                agent,
+                &["unix:uid:1"],
+            );
+            created.push(ds_a.create_entry(entry).await.unwrap());
+        }
+        let a = EntryCache::load(ds_a.clone(), clock.clone()).await.unwrap();
+        let b = EntryCache::load(ds_b.clone(), clock.clone()).await.unwrap();
+        let events = |ds: Arc<dyn Datastore>| async move {
+            ds.entry_events_since(0)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.event_id)
+                .collect::<Vec<_>>()
+        };
+
+        // Both have read everything so far: whichever prunes first prunes it all.
+        assert_eq!(b.prune_read_events().await.unwrap(), 4);
+        assert_eq!(a.prune_read_events().await.unwrap(), 0);
+        assert!(events(ds_a.clone()).await.is_empty());
+
+        // Changes that B has not read yet: A reads them, but B's mark holds them.
+        let mut changed = created[1].clone();
+        changed.hint = "v2".into();
+        ds_a.update_entry(changed).await.unwrap();
+        ds_a.delete_entry("e2").await.unwrap();
+        a.catch_up().await.unwrap();
+        assert_eq!(a.prune_read_events().await.unwrap(), 0);
+        assert_eq!(events(ds_a.clone()).await.len(), 2);
+        // B reads them and says so: then they go.
+        b.catch_up().await.unwrap();
+        assert_eq!(held(&a), held(&b));
+        assert_eq!(b.prune_read_events().await.unwrap(), 2);
+
+        // B goes quiet (down, or cut off) with changes unread: its mark holds them
+        // until it is older than READER_ACTIVE, then A prunes past it.
+        ds_a.delete_entry("e0").await.unwrap();
+        ds_a.create_entry(e("e9", "spiffe://td/w9", agent, &["unix:uid:9"]))
+            .await
+            .unwrap();
+        a.catch_up().await.unwrap();
+        assert_eq!(a.prune_read_events().await.unwrap(), 0);
+        clock.set(
+            std::time::SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_secs(T0 + READER_ACTIVE as u64 + 1),
+        );
+        assert_eq!(a.prune_read_events().await.unwrap(), 2);
+        assert!(events(ds_a.clone()).await.is_empty());
+
+        // B comes back with nothing new written: its housekeeping sees the counter
+        // past its revision with no event left, and reloads.
+        assert_ne!(held(&a), held(&b));
+        b.prune_read_events().await.unwrap();
+        assert_eq!(held(&a), held(&b));
+
+        // Pruned past again, and then a new write: the gap before the first event
+        // it finds makes B reload on its ordinary catch-up.
+        ds_a.delete_entry("e3").await.unwrap();
+        a.catch_up().await.unwrap();
+        clock.set(
+            std::time::SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_secs(T0 + 2 * READER_ACTIVE as u64 + 2),
+        );
+        a.prune_read_events().await.unwrap();
+        ds_a.create_entry(e("e10", "spiffe://td/w10", agent, &["unix:uid:10"]))
+            .await
+            .unwrap();
+        b.catch_up().await.unwrap();
+        a.catch_up().await.unwrap();
+        assert_eq!(held(&a), held(&b));
+        let want: Vec<String> = ds_a
+            .all_entries()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            held(&b).into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            want
+        );
+        assert_eq!(want, ["e1", "e10", "e9"]);
+
+        // Marks of servers long gone are forgotten.
+        clock.set(
+            std::time::SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_secs(T0 + READER_FORGET as u64 + 3 * 600),
+        );
+        a.prune_read_events().await.unwrap();
+        let readers = ds_a.entry_event_readers().await.unwrap();
+        assert_eq!(readers.len(), 1, "{readers:?}");
+        assert_eq!(readers[0].reader, a.reader);
     }
 }

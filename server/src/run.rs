@@ -433,6 +433,12 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
 
     tokio::spawn(state.ca.clone().run());
     tokio::spawn(state.entries.clone().follow(Duration::from_secs(1)));
+    tokio::spawn(
+        state
+            .entries
+            .clone()
+            .housekeeping(crate::entries::HOUSEKEEPING_INTERVAL),
+    );
     {
         let (ds, clock) = (state.ds.clone(), state.clock.clone());
         tokio::spawn(async move {

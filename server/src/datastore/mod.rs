@@ -56,6 +56,15 @@ pub struct EntryEvent {
     pub deleted: bool,
 }
 
+/// A server that reads the entry change events, as it last said: every event up to
+/// `read_up_to` is applied to its entry cache, as of `seen_at` (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventReader {
+    pub reader: String,
+    pub read_up_to: u64,
+    pub seen_at: i64,
+}
+
 /// An agent that attested.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttestedNode {
@@ -186,6 +195,21 @@ pub trait Datastore: Send + Sync + fmt::Debug {
     /// Deletes events with an ID at or below `up_to` (they are only needed by readers
     /// that are behind).
     async fn prune_entry_events(&self, up_to: u64) -> Result<u64>;
+
+    /// Records that the server `reader` has applied every event up to `read_up_to`,
+    /// at `now`; replaces what it said before.
+    async fn record_entry_event_reader(
+        &self,
+        reader: &str,
+        read_up_to: u64,
+        now: i64,
+    ) -> Result<()>;
+
+    /// Every server that said what it read, and when.
+    async fn entry_event_readers(&self) -> Result<Vec<EventReader>>;
+
+    /// Forgets the readers last seen before `seen_before`; returns how many.
+    async fn forget_entry_event_readers(&self, seen_before: i64) -> Result<u64>;
 
     // ---- attested nodes ----
 

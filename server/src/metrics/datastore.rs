@@ -10,8 +10,8 @@ use tessera_core::{Bundle, RegistrationEntry, SpiffeId, TrustDomain};
 
 use super::{OpErrorLabels, OpLabels, ServerMetrics};
 use crate::datastore::{
-    AttestedNode, CaRecord, Datastore, DatastoreError, EntryEvent, EntryFilter, Page, Relationship,
-    Result,
+    AttestedNode, CaRecord, Datastore, DatastoreError, EntryEvent, EntryFilter, EventReader, Page,
+    Relationship, Result,
 };
 
 /// Wraps a datastore.
@@ -108,6 +108,30 @@ impl Datastore for MeteredDatastore {
     async fn prune_entry_events(&self, up_to: u64) -> Result<u64> {
         self.time("prune_entry_events", self.inner.prune_entry_events(up_to))
             .await
+    }
+    async fn record_entry_event_reader(
+        &self,
+        reader: &str,
+        read_up_to: u64,
+        now: i64,
+    ) -> Result<()> {
+        self.time(
+            "record_entry_event_reader",
+            self.inner
+                .record_entry_event_reader(reader, read_up_to, now),
+        )
+        .await
+    }
+    async fn entry_event_readers(&self) -> Result<Vec<EventReader>> {
+        self.time("entry_event_readers", self.inner.entry_event_readers())
+            .await
+    }
+    async fn forget_entry_event_readers(&self, seen_before: i64) -> Result<u64> {
+        self.time(
+            "forget_entry_event_readers",
+            self.inner.forget_entry_event_readers(seen_before),
+        )
+        .await
     }
     async fn upsert_attested_node(&self, node: AttestedNode) -> Result<()> {
         self.time(

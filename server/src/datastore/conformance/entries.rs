@@ -691,3 +691,37 @@ pub async fn entry_batch_large(ds: &dyn Datastore) {
     };
     assert_eq!(list(ds, &by_parent).await.len(), n);
 }
+
+/// What each server has read of the events: recorded, replaced, listed, forgotten by
+/// age.
+pub async fn entry_event_readers(ds: &dyn Datastore) {
+    let ns = Ns::new("event-readers");
+    let (a, b) = (ns.unique("server-a"), ns.unique("server-b"));
+    // Times far in the past, below any real server's: forgetting by age then touches
+    // only these rows.
+    ok(ds.record_entry_event_reader(&a, 5, 1_000).await, "record a");
+    ok(ds.record_entry_event_reader(&b, 9, 2_000).await, "record b");
+    ok(
+        ds.record_entry_event_reader(&a, 7, 1_500).await,
+        "record a again",
+    );
+    let mine = |all: Vec<crate::datastore::EventReader>| -> Vec<(String, u64, i64)> {
+        all.into_iter()
+            .filter(|r| r.reader == a || r.reader == b)
+            .map(|r| (r.reader, r.read_up_to, r.seen_at))
+            .collect()
+    };
+    let mut got = mine(ok(ds.entry_event_readers().await, "readers"));
+    got.sort();
+    assert_eq!(got, [(a.clone(), 7, 1_500), (b.clone(), 9, 2_000)]);
+    assert!(ok(ds.forget_entry_event_readers(1_600).await, "forget") >= 1);
+    assert_eq!(
+        mine(ok(ds.entry_event_readers().await, "readers")),
+        [(b.clone(), 9, 2_000)]
+    );
+    ok(
+        ds.forget_entry_event_readers(2_001).await,
+        "forget all mine",
+    );
+    assert!(mine(ok(ds.entry_event_readers().await, "readers")).is_empty());
+}

@@ -35,6 +35,7 @@ macro_rules! each_behaviour {
             entry_update,
             entry_delete,
             entry_events,
+            entry_event_readers,
             entry_list_filters,
             entry_list_pagination,
             entry_batch_create,

@@ -8,7 +8,7 @@ use tokio_postgres::Transaction;
 use super::PostgresDatastore;
 use super::error::Ctx;
 use crate::datastore::codec::{from_sql_id, to_sql_id};
-use crate::datastore::{EntryEvent, Result};
+use crate::datastore::{EntryEvent, EventReader, Result};
 
 /// Locks the event counter (see "Transactions and several servers" in the backend's
 /// documentation) and returns the highest event ID given so far.
@@ -92,6 +92,57 @@ pub(super) async fn prune(ds: &PostgresDatastore, up_to: u64) -> Result<u64> {
         )
         .await
         .ctx("entry events")
+}
+
+pub(super) async fn record_reader(
+    ds: &PostgresDatastore,
+    reader: &str,
+    read_up_to: u64,
+    now: i64,
+) -> Result<()> {
+    let mut conn = ds.conn().await?;
+    conn.get()?
+        .execute(
+            "INSERT INTO entry_event_readers (reader, read_up_to, seen_at) VALUES ($1, $2, $3)
+             ON CONFLICT (reader) DO UPDATE SET read_up_to = excluded.read_up_to,
+                                                seen_at = excluded.seen_at",
+            &[&reader, &to_sql_id(read_up_to), &now],
+        )
+        .await
+        .ctx("entry event readers")?;
+    Ok(())
+}
+
+pub(super) async fn readers(ds: &PostgresDatastore) -> Result<Vec<EventReader>> {
+    let mut conn = ds.conn().await?;
+    let rows = conn
+        .get()?
+        .query(
+            "SELECT reader, read_up_to, seen_at FROM entry_event_readers ORDER BY reader",
+            &[],
+        )
+        .await
+        .ctx("entry event readers")?;
+    rows.iter()
+        .map(|r| {
+            Ok(EventReader {
+                reader: r.try_get(0).ctx("entry event readers")?,
+                read_up_to: from_sql_id(r.try_get(1).ctx("entry event readers")?)?,
+                seen_at: r.try_get(2).ctx("entry event readers")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn forget_readers(ds: &PostgresDatastore, seen_before: i64) -> Result<u64> {
+    let mut conn = ds.conn().await?;
+    conn.get()?
+        .execute(
+            "DELETE FROM entry_event_readers WHERE seen_at < $1",
+            &[&seen_before],
+        )
+        .await
+        .ctx("entry event readers")
 }
 
 #[cfg(test)]

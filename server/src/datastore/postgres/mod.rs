@@ -65,7 +65,8 @@ use tokio_postgres::{Client, Config};
 use self::connection::parse_config;
 use self::error::Ctx;
 use super::{
-    AttestedNode, CaRecord, Datastore, EntryEvent, EntryFilter, Page, Relationship, Result,
+    AttestedNode, CaRecord, Datastore, EntryEvent, EntryFilter, EventReader, Page, Relationship,
+    Result,
 };
 
 mod bundles;
@@ -196,6 +197,23 @@ impl Datastore for PostgresDatastore {
 
     async fn prune_entry_events(&self, up_to: u64) -> Result<u64> {
         events::prune(self, up_to).await
+    }
+
+    async fn record_entry_event_reader(
+        &self,
+        reader: &str,
+        read_up_to: u64,
+        now: i64,
+    ) -> Result<()> {
+        events::record_reader(self, reader, read_up_to, now).await
+    }
+
+    async fn entry_event_readers(&self) -> Result<Vec<EventReader>> {
+        events::readers(self).await
+    }
+
+    async fn forget_entry_event_readers(&self, seen_before: i64) -> Result<u64> {
+        events::forget_readers(self, seen_before).await
     }
 
     // ---- attested nodes ----

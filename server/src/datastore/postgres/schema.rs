@@ -109,9 +109,19 @@ CREATE TABLE federation_relationships (
 );
 "#;
 
+/// Version 4: what each server has read of the entry change events, so that events
+/// are pruned once every server has read them.
+const SCHEMA_V4: &str = r#"
+CREATE TABLE entry_event_readers (
+    reader     TEXT PRIMARY KEY,
+    read_up_to BIGINT NOT NULL,
+    seen_at    BIGINT NOT NULL
+);
+"#;
+
 /// Schema migrations, oldest first: step `i` takes the database from version `i` to
 /// `i + 1`. A released step is never edited; a change is a new step appended here.
-pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 /// Brings the schema up to `migrations.len()` in one transaction, under an advisory
 /// lock so that servers starting together do not both run a step.

@@ -102,10 +102,20 @@ CREATE TABLE federation_relationships (
 );
 ";
 
+/// Version 4: what each server has read of the entry change events, so that events
+/// are pruned once every server has read them.
+const SCHEMA_V4: &str = "
+CREATE TABLE entry_event_readers (
+    reader     TEXT PRIMARY KEY NOT NULL,
+    read_up_to INTEGER NOT NULL,
+    seen_at    INTEGER NOT NULL
+);
+";
+
 /// Schema migrations, oldest first: step `i` takes the database from version `i` to
 /// `i + 1`. A released step is never edited (databases in the field already ran it);
 /// a change is a new step appended here.
-pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 /// Brings the schema from its stored version up to `migrations.len()`, one step per
 /// transaction, so that a failed step leaves the database at the previous version.
