@@ -13,7 +13,7 @@ use tessera_core::attestation::aws_iid::{NAME, Payload};
 use tessera_process::http::Request;
 
 use super::metadata::Service;
-use super::{AttestError, NodeAttestor, Session};
+use super::{AttestError, Evidence, NodeAttestor, Session, json_evidence, no_challenge_session};
 
 /// Where the metadata service is.
 pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
@@ -100,19 +100,11 @@ impl AwsIid {
     }
 }
 
-struct AwsSession(AwsIid);
-
 #[async_trait]
-impl Session for AwsSession {
-    async fn payload(&mut self) -> Result<Vec<u8>, AttestError> {
-        let p = self.0.evidence().await?;
-        serde_json::to_vec(&p).map_err(|e| AttestError::Failed(e.to_string()))
-    }
-
-    async fn answer(&mut self, _challenge: Vec<u8>) -> Result<Vec<u8>, AttestError> {
-        Err(AttestError::Failed(format!(
-            "the server sent a challenge, but {NAME} attestation has none"
-        )))
+impl Evidence for AwsIid {
+    const NAME: &'static str = NAME;
+    async fn evidence_bytes(&self) -> Result<Vec<u8>, AttestError> {
+        json_evidence(&self.evidence().await?)
     }
 }
 
@@ -126,6 +118,6 @@ impl NodeAttestor for AwsIid {
     }
 
     fn session(&self) -> Box<dyn Session> {
-        Box::new(AwsSession(self.clone()))
+        no_challenge_session(self)
     }
 }

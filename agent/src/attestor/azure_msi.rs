@@ -11,7 +11,7 @@ use tessera_core::attestation::azure_msi::{NAME, Payload};
 use tessera_process::http::Request;
 
 use super::metadata::{Service, query_escape};
-use super::{AttestError, NodeAttestor, Session};
+use super::{AttestError, Evidence, NodeAttestor, Session, json_evidence, no_challenge_session};
 
 /// Where IMDS is.
 pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
@@ -80,19 +80,13 @@ impl AzureMsi {
     }
 }
 
-struct AzureSession(AzureMsi);
-
 #[async_trait]
-impl Session for AzureSession {
-    async fn payload(&mut self) -> Result<Vec<u8>, AttestError> {
-        let token = self.0.token().await?;
-        serde_json::to_vec(&Payload { token }).map_err(|e| AttestError::Failed(e.to_string()))
-    }
-
-    async fn answer(&mut self, _challenge: Vec<u8>) -> Result<Vec<u8>, AttestError> {
-        Err(AttestError::Failed(format!(
-            "the server sent a challenge, but {NAME} attestation has none"
-        )))
+impl Evidence for AzureMsi {
+    const NAME: &'static str = NAME;
+    async fn evidence_bytes(&self) -> Result<Vec<u8>, AttestError> {
+        json_evidence(&Payload {
+            token: self.token().await?,
+        })
     }
 }
 
@@ -106,6 +100,6 @@ impl NodeAttestor for AzureMsi {
     }
 
     fn session(&self) -> Box<dyn Session> {
-        Box::new(AzureSession(self.clone()))
+        no_challenge_session(self)
     }
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use tessera_process::http::Request;
 
 use super::metadata::{Service, query_escape};
-use super::{AttestError, NodeAttestor, Session};
+use super::{AttestError, Evidence, NodeAttestor, Session, no_challenge_session};
 
 pub use tessera_core::attestation::gcp_iit::{DEFAULT_AUDIENCE, NAME};
 
@@ -62,18 +62,11 @@ impl GcpIit {
     }
 }
 
-struct GcpSession(GcpIit);
-
 #[async_trait]
-impl Session for GcpSession {
-    async fn payload(&mut self) -> Result<Vec<u8>, AttestError> {
-        self.0.token().await.map(String::into_bytes)
-    }
-
-    async fn answer(&mut self, _challenge: Vec<u8>) -> Result<Vec<u8>, AttestError> {
-        Err(AttestError::Failed(format!(
-            "the server sent a challenge, but {NAME} attestation has none"
-        )))
+impl Evidence for GcpIit {
+    const NAME: &'static str = NAME;
+    async fn evidence_bytes(&self) -> Result<Vec<u8>, AttestError> {
+        self.token().await.map(String::into_bytes)
     }
 }
 
@@ -87,6 +80,6 @@ impl NodeAttestor for GcpIit {
     }
 
     fn session(&self) -> Box<dyn Session> {
-        Box::new(GcpSession(self.clone()))
+        no_challenge_session(self)
     }
 }

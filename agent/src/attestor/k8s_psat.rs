@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use tessera_core::attestation::k8s_psat::{NAME, Payload};
 
-use super::{AttestError, NodeAttestor, Session};
+use super::{AttestError, Evidence, NodeAttestor, Session, json_evidence, no_challenge_session};
 
 /// The largest token file read.
 const MAX_TOKEN: u64 = 64 * 1024;
@@ -57,19 +57,11 @@ impl K8sPsat {
     }
 }
 
-struct PsatSession(K8sPsat);
-
 #[async_trait]
-impl Session for PsatSession {
-    async fn payload(&mut self) -> Result<Vec<u8>, AttestError> {
-        let p = self.0.payload().await?;
-        serde_json::to_vec(&p).map_err(|e| AttestError::Failed(e.to_string()))
-    }
-
-    async fn answer(&mut self, _challenge: Vec<u8>) -> Result<Vec<u8>, AttestError> {
-        Err(AttestError::Failed(format!(
-            "the server sent a challenge, but {NAME} attestation has none"
-        )))
+impl Evidence for K8sPsat {
+    const NAME: &'static str = NAME;
+    async fn evidence_bytes(&self) -> Result<Vec<u8>, AttestError> {
+        json_evidence(&self.payload().await?)
     }
 }
 
@@ -84,7 +76,7 @@ impl NodeAttestor for K8sPsat {
     }
 
     fn session(&self) -> Box<dyn Session> {
-        Box::new(PsatSession(self.clone()))
+        no_challenge_session(self)
     }
 }
 

@@ -38,6 +38,42 @@ pub trait Session: Send {
     async fn answer(&mut self, challenge: Vec<u8>) -> Result<Vec<u8>, AttestError>;
 }
 
+/// An attestor whose evidence is one message and that answers no challenge (the
+/// cloud and Kubernetes token attestors): [`no_challenge_session`] makes its session.
+#[async_trait]
+pub trait Evidence: Clone + Send + Sync + 'static {
+    /// The name the server knows it by.
+    const NAME: &'static str;
+    /// The evidence, as sent.
+    async fn evidence_bytes(&self) -> Result<Vec<u8>, AttestError>;
+}
+
+struct NoChallenge<A>(A);
+
+#[async_trait]
+impl<A: Evidence> Session for NoChallenge<A> {
+    async fn payload(&mut self) -> Result<Vec<u8>, AttestError> {
+        self.0.evidence_bytes().await
+    }
+
+    async fn answer(&mut self, _challenge: Vec<u8>) -> Result<Vec<u8>, AttestError> {
+        Err(AttestError::Failed(format!(
+            "the server sent a challenge, but {} attestation has none",
+            A::NAME
+        )))
+    }
+}
+
+/// The session of an attestor that sends its evidence and answers no challenge.
+pub fn no_challenge_session<A: Evidence>(attestor: &A) -> Box<dyn Session> {
+    Box::new(NoChallenge(attestor.clone()))
+}
+
+/// `value` as JSON evidence.
+pub fn json_evidence(value: &impl serde::Serialize) -> Result<Vec<u8>, AttestError> {
+    serde_json::to_vec(value).map_err(|e| AttestError::Failed(e.to_string()))
+}
+
 /// An agent-side node attestor.
 pub trait NodeAttestor: Send + Sync + std::fmt::Debug {
     /// The name the server knows it by.
