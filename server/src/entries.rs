@@ -404,7 +404,7 @@ impl EntryCache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(
         clippy::unwrap_used,
         reason = "test code: a failed unwrap is a failed test"
@@ -619,15 +619,26 @@ mod tests {
         v
     }
 
-    /// Two servers on one database (two handles on one SQLite file): events are pruned
-    /// only as far as both have read, a server that is gone stops holding pruning back,
-    /// and a server pruned past reloads and holds exactly what the database holds.
+    /// Two servers on one database (two handles on one SQLite file): see
+    /// [`two_servers_prune_and_reload`]; the PostgreSQL backend's tests run the same.
     #[tokio::test]
     async fn events_are_pruned_once_every_server_read_them_and_a_server_pruned_past_reloads() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ds.sqlite3");
-        let ds_a: Arc<dyn Datastore> = Arc::new(SqliteDatastore::open(&path).unwrap());
-        let ds_b: Arc<dyn Datastore> = Arc::new(SqliteDatastore::open(&path).unwrap());
+        two_servers_prune_and_reload(
+            Arc::new(SqliteDatastore::open(&path).unwrap()),
+            Arc::new(SqliteDatastore::open(&path).unwrap()),
+        )
+        .await;
+    }
+
+    /// Two servers on one empty database: events are pruned only as far as both have
+    /// read, a server that is gone stops holding pruning back, and a server pruned past
+    /// reloads and holds exactly what the database holds.
+    pub(crate) async fn two_servers_prune_and_reload(
+        ds_a: Arc<dyn Datastore>,
+        ds_b: Arc<dyn Datastore>,
+    ) {
         let clock = ManualClock::at_unix(T0);
         let agent = "spiffe://td/spire/agent/join_token/t1";
         let mut created = Vec::new();

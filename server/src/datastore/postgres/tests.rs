@@ -185,3 +185,16 @@ pub(super) fn sample_entry(name: &str) -> RegistrationEntry {
         created_at: 0,
     }
 }
+
+/// Two servers' entry caches on one database stay correct as change events are pruned
+/// (the same steps as on SQLite).
+#[tokio::test]
+async fn entry_caches_of_two_servers_stay_correct_across_pruning() {
+    let db = TestDb::new().await;
+    crate::entries::tests::two_servers_prune_and_reload(
+        std::sync::Arc::new(db.open().await),
+        std::sync::Arc::new(db.open().await),
+    )
+    .await;
+    db.finish().await;
+}
