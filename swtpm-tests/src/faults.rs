@@ -397,21 +397,10 @@ pub struct PgCluster {
 impl PgCluster {
     /// Creates and starts a cluster in `dir` (with `scripts/postgres.sh`).
     pub fn start(dir: &Path) -> Self {
-        let env = run_ok(
-            Command::new("bash")
-                .arg(repo_root().join("scripts/postgres.sh"))
-                .arg("start")
-                .arg(dir),
-        );
-        let port = env
-            .lines()
-            .find_map(|l| l.strip_prefix("export PGPORT="))
-            .map(|v| v.trim_matches('\'').to_owned())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no PGPORT from scripts/postgres.sh:\n{env}"));
+        let env = postgres_sh("start", dir);
         Self {
             dir: dir.to_owned(),
-            port,
+            port: env_port(&env, "PGPORT"),
         }
     }
 
@@ -460,12 +449,7 @@ impl PgCluster {
 
     /// A clean, fast shutdown (`pg_ctl stop -m fast`).
     pub fn stop(&self) {
-        run_ok(
-            Command::new("bash")
-                .arg(repo_root().join("scripts/postgres.sh"))
-                .arg("stop")
-                .arg(&self.dir),
-        );
+        postgres_sh("stop", &self.dir);
     }
 
     /// kill -9 of the postmaster and every backend: a crash. The next start
@@ -525,6 +509,61 @@ impl Drop for PgCluster {
             .arg("stop")
             .arg(&self.dir)
             .output();
+    }
+}
+
+/// Runs `scripts/postgres.sh COMMAND DIR`; returns what it printed.
+fn postgres_sh(command: &str, dir: &Path) -> String {
+    run_ok(
+        Command::new("bash")
+            .arg(repo_root().join("scripts/postgres.sh"))
+            .arg(command)
+            .arg(dir),
+    )
+}
+
+/// A port from the `export NAME='PORT'` lines `scripts/postgres.sh` prints.
+fn env_port(env: &str, name: &str) -> u16 {
+    env.lines()
+        .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+        .map(|v| v.trim_matches('\'').to_owned())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} from scripts/postgres.sh:\n{env}"))
+}
+
+/// A PostgreSQL primary and its synchronous streaming-replication standby
+/// (`scripts/postgres.sh start-ha`): commits wait for the standby. Both stopped when
+/// dropped.
+#[derive(Debug)]
+pub struct PgHaPair {
+    pub dir: PathBuf,
+    pub primary: PgCluster,
+    pub standby: PgCluster,
+    /// The test CA both servers' certificates (for `localhost`) come from.
+    pub ca_file: PathBuf,
+}
+
+impl PgHaPair {
+    /// Creates and starts the pair in `dir` (which must not hold one yet).
+    pub fn start(dir: &Path) -> Self {
+        let env = postgres_sh("start-ha", dir);
+        Self {
+            dir: dir.to_owned(),
+            primary: PgCluster {
+                dir: dir.join("primary"),
+                port: env_port(&env, "TESSERA_PG_PRIMARY_PORT"),
+            },
+            standby: PgCluster {
+                dir: dir.join("standby"),
+                port: env_port(&env, "TESSERA_PG_STANDBY_PORT"),
+            },
+            ca_file: dir.join("primary").join("tls").join("ca.crt"),
+        }
+    }
+
+    /// Promotes the standby (`pg_ctl promote`); returns once it takes writes.
+    pub fn promote_standby(&self) {
+        postgres_sh("promote", &self.dir);
     }
 }
 

@@ -19,7 +19,7 @@ use tessera_swtpm_tests::{Agent, Server, my_uid, repo_root, run_ok, test_dir, wa
 /// database in it: (libpq connection string, psql URL of the database, psql URL of
 /// the cluster, the database's name).
 fn fresh_database() -> (String, String, String, String) {
-    let dir: PathBuf = std::env::temp_dir().join(format!("tessera-postgres-{}", my_uid()));
+    let dir: PathBuf = std::env::temp_dir().join(format!("tessera-pg-{}", my_uid()));
     let env = run_ok(
         Command::new("bash")
             .arg(repo_root().join("scripts/postgres.sh"))

@@ -2,15 +2,26 @@
 //!
 //! # Connections
 //!
-//! `tokio-postgres` over plain TCP or a Unix socket (`host=/path`); TLS is not
-//! supported yet, and a connection string that asks for it (`sslmode=require`,
-//! `verify-ca`, `verify-full`) is refused rather than silently sent in clear.
-//! `sslmode=prefer` (libpq's default) connects without TLS.
+//! `tokio-postgres` over TCP or a Unix socket (`host=/path`), with TLS through
+//! rustls (`tls`) as libpq's `sslmode` and `sslrootcert` say: `disable`, `prefer`
+//! (libpq's default: TLS when the server offers it), `require` (encrypted; the
+//! chain is checked only when `sslrootcert` is given), `verify-ca` (the chain up to
+//! `sslrootcert`), `verify-full` (the chain and the host name). tokio-postgres reads
+//! neither setting, so `connection` takes them out of the string before it parses
+//! the rest.
 //!
-//! A small pool: at most [`POOL_SIZE`] connections, opened on demand and kept while
-//! they work; a closed connection is dropped and a new one opened on the next
-//! request. [`PostgresDatastore::connect`] opens one connection (so that a wrong
-//! address or password shows at start-up) and brings the schema up to date.
+//! Several hosts (`host=a,b`) are tried in order; with
+//! `target_session_attrs=read-write` a server that takes no writes (a standby) is
+//! skipped. That is how a server follows a PostgreSQL failover: connections to the
+//! lost primary break and are dropped, and new ones reach the promoted standby.
+//!
+//! The pool is deadpool-postgres: at most [`POOL_SIZE`] connections, opened on
+//! demand; a request that finds them all busy for 30 s fails with `Unavailable`. An
+//! idle connection is checked with a round trip before it is handed out again
+//! (with `read-write`, a statement a read-only server refuses), and dropped when
+//! the check fails. [`PostgresDatastore::connect`] opens one connection (so that a
+//! wrong address, password or certificate shows at start-up) and brings the schema
+//! up to date.
 //!
 //! The connection string is never logged nor put in an error: messages name the
 //! host, port, database and user only.
@@ -52,17 +63,16 @@
 //! This file holds the datastore and the [`Datastore`] implementation, which
 //! delegates to one file per kind of record: `entries`, `events`, `nodes`,
 //! `join_tokens`, `bundles`, `ca_journal`. `connection` parses connection strings and
-//! keeps the pool, `schema` holds the migrations, `error` maps PostgreSQL's errors.
+//! builds the pool, `tls` makes the rustls sessions, `schema` holds the migrations,
+//! `error` maps PostgreSQL's errors.
 
 use std::fmt;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tessera_core::{Bundle, RegistrationEntry, SpiffeId, TrustDomain};
-use tokio::sync::Semaphore;
-use tokio_postgres::{Client, Config};
 
-use self::connection::parse_config;
+use self::connection::{POOL_WAIT, PoolLimits, parse_config, pool};
 use self::error::Ctx;
 use super::{
     AttestedNode, CaRecord, Datastore, EntryEvent, EntryFilter, EventReader, Page, Relationship,
@@ -81,9 +91,15 @@ mod relationships;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 /// Most connections one server keeps open to the database.
 pub const POOL_SIZE: usize = 16;
+
+const DEFAULT_LIMITS: PoolLimits = PoolLimits {
+    size: POOL_SIZE,
+    wait: POOL_WAIT,
+};
 
 /// The PostgreSQL implementation of [`Datastore`]. Cloning shares the same pool.
 #[derive(Clone)]
@@ -92,11 +108,10 @@ pub struct PostgresDatastore {
 }
 
 struct Inner {
-    config: Config,
+    pool: deadpool_postgres::Pool,
+    limits: PoolLimits,
     /// Where the database is, for messages: never the password.
     target: String,
-    idle: StdMutex<Vec<Client>>,
-    slots: Arc<Semaphore>,
 }
 
 impl fmt::Debug for PostgresDatastore {
@@ -111,17 +126,26 @@ impl PostgresDatastore {
     /// Connects to the database named by `connection_string` (libpq `key=value` pairs
     /// or a `postgres://` URL) and brings its schema up to date.
     pub async fn connect(connection_string: &str) -> Result<Self> {
-        Self::connect_with_migrations(connection_string, schema::MIGRATIONS).await
+        Self::connect_with(connection_string, schema::MIGRATIONS, DEFAULT_LIMITS).await
     }
 
+    #[cfg(test)]
     async fn connect_with_migrations(connection_string: &str, migrations: &[&str]) -> Result<Self> {
-        let (config, target) = parse_config(connection_string)?;
+        Self::connect_with(connection_string, migrations, DEFAULT_LIMITS).await
+    }
+
+    async fn connect_with(
+        connection_string: &str,
+        migrations: &[&str],
+        limits: PoolLimits,
+    ) -> Result<Self> {
+        let settings = parse_config(connection_string)?;
+        let target = settings.target.clone();
         let ds = Self {
             inner: Arc::new(Inner {
-                config,
+                pool: pool(settings, limits)?,
+                limits,
                 target,
-                idle: StdMutex::new(Vec::new()),
-                slots: Arc::new(Semaphore::new(POOL_SIZE)),
             }),
         };
         let mut conn = ds.conn().await?;

@@ -2,11 +2,13 @@
 //! behaviour on a fresh database, and the whole suite twice on one).
 //!
 //! These tests run against a real PostgreSQL: one cluster in
-//! `<temporary folder>/tessera-postgres-<uid>`, started by `scripts/postgres.sh start`
+//! `<temporary folder>/tessera-pg-<uid>`, started by `scripts/postgres.sh start`
 //! (which is cheap and waits on a lock when the cluster already runs, so every test
 //! process may call it) and left running; each test makes its own database in it and
-//! drops it when it passes. If PostgreSQL cannot start, the tests fail with the
-//! script's message: they are never skipped.
+//! drops it when it passes. The cluster has TLS on (a test CA, a certificate for
+//! `localhost`, a role that may connect over TLS only) for the TLS tests. If
+//! PostgreSQL cannot start, the tests fail with the script's message: they are never
+//! skipped.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +23,8 @@ use crate::datastore::{Datastore, conformance};
 pub(super) struct Cluster {
     pub(super) socket_dir: String,
     pub(super) port: u16,
+    /// The test CA that signed the server's certificate (for `localhost`).
+    pub(super) ca_file: String,
     url: String,
 }
 
@@ -34,7 +38,7 @@ pub(super) fn cluster() -> &'static Cluster {
         let uid = std::os::unix::fs::MetadataExt::uid(
             &std::fs::metadata("/proc/self").expect("/proc/self"),
         );
-        let dir: PathBuf = std::env::temp_dir().join(format!("tessera-postgres-{uid}"));
+        let dir: PathBuf = std::env::temp_dir().join(format!("tessera-pg-{uid}"));
         let out = Command::new("bash")
             .arg(root.join("scripts/postgres.sh"))
             .arg("start")
@@ -58,6 +62,7 @@ pub(super) fn cluster() -> &'static Cluster {
         let cluster = Cluster {
             socket_dir: var("PGHOST"),
             port: var("PGPORT").parse().expect("PGPORT is a port"),
+            ca_file: var("TESSERA_PG_SSLROOTCERT"),
             url: var("TESSERA_PG_URL"),
         };
         // Shown with --nocapture: these tests ran against a real cluster.
