@@ -137,7 +137,18 @@ pub struct CaRecord {
     pub not_after: i64,
     pub status: CaStatus,
     pub created_at: i64,
+    /// The server that made it and alone signs with it, rotates and prunes it
+    /// (`server_id`); other servers sharing the datastore only publish it. Empty in
+    /// records written before servers had IDs: the first server to start adopts them.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub server_id: String,
 }
+
+/// Makes a trust domain's bundle from the whole CA journal and the bundle stored now
+/// (see [`Datastore::compose_bundle`]): `Some` to store a new bundle, `None` to keep
+/// the stored one.
+pub type BundleComposer =
+    std::sync::Arc<dyn Fn(&[CaRecord], Option<&Bundle>) -> Option<Bundle> + Send + Sync>;
 
 /// Everything the server persists.
 ///
@@ -318,4 +329,17 @@ pub trait Datastore: Send + Sync + fmt::Debug {
 
     /// `NotFound` if absent.
     async fn delete_ca_record(&self, id: &str) -> Result<()>;
+
+    /// Reads every CA journal record and the bundle of `td`, asks `compose` what the
+    /// bundle should be, stores its answer, and returns the bundle stored afterwards,
+    /// all in one transaction that no other composition (from this server or another
+    /// sharing the datastore) can interleave with. So a bundle made from the journal
+    /// after a record was written always replaces one made before it, never the
+    /// other way round: no server's authorities can vanish from the shared bundle
+    /// because another server published a view that did not know them yet.
+    async fn compose_bundle(
+        &self,
+        td: &TrustDomain,
+        compose: BundleComposer,
+    ) -> Result<Option<Bundle>>;
 }

@@ -49,6 +49,7 @@ macro_rules! each_behaviour {
             bundles,
             federation_relationships,
             ca_journal,
+            bundle_composition,
         );
     };
 }

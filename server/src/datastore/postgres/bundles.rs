@@ -6,8 +6,8 @@ use tokio_postgres::{GenericClient, Row};
 
 use super::PostgresDatastore;
 use super::error::Ctx;
-use crate::datastore::Result;
 use crate::datastore::codec::{decode_bundle_columns, encode_bundle, require_found};
+use crate::datastore::{BundleComposer, Result};
 
 pub(super) async fn set(ds: &PostgresDatastore, bundle: &Bundle) -> Result<()> {
     let mut conn = ds.conn().await?;
@@ -32,17 +32,54 @@ pub(super) async fn put(client: &impl GenericClient, bundle: &Bundle) -> Result<
 }
 
 pub(super) async fn get(ds: &PostgresDatastore, td: &TrustDomain) -> Result<Option<Bundle>> {
-    let name = td.name();
     let mut conn = ds.conn().await?;
-    let row = conn
-        .get()?
+    get_in(conn.get()?, td.name()).await
+}
+
+/// The bundle of `td`, through `client` (a connection, or a transaction).
+async fn get_in(client: &impl GenericClient, td: &str) -> Result<Option<Bundle>> {
+    let row = client
         .query_opt(
             "SELECT trust_domain, jwks, jwt_expiries FROM bundles WHERE trust_domain = $1",
-            &[&name],
+            &[&td],
         )
         .await
-        .ctx(format_args!("bundle of {name}"))?;
+        .ctx(format_args!("bundle of {td}"))?;
     row.as_ref().map(bundle_from_row).transpose()
+}
+
+/// The transaction-level advisory lock every bundle composition takes first, so
+/// that compositions from several servers run one after the other (an advisory
+/// lock rather than a row lock: the bundle row may not exist yet). The number is
+/// arbitrary, only unique among the locks this schema uses.
+const COMPOSE_LOCK: i64 = 0x7465_7373_6272_646c;
+
+/// [`crate::datastore::Datastore::compose_bundle`]: one transaction holding
+/// [`COMPOSE_LOCK`]. Reads after the lock see every record committed before it was
+/// granted, so the last composition always knows every record written before it.
+pub(super) async fn compose(
+    ds: &PostgresDatastore,
+    td: &TrustDomain,
+    compose: BundleComposer,
+) -> Result<Option<Bundle>> {
+    let name = td.name();
+    let what = format!("bundle of {name}");
+    let mut conn = ds.conn().await?;
+    let tx = conn.get()?.transaction().await.ctx("write transaction")?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMPOSE_LOCK])
+        .await
+        .ctx(&what)?;
+    let records = super::ca_journal::list_in(&tx).await?;
+    let current = get_in(&tx, name).await?;
+    let stored = match compose(&records, current.as_ref()) {
+        Some(next) => {
+            put(&tx, &next).await?;
+            Some(next)
+        }
+        None => current,
+    };
+    tx.commit().await.ctx(&what)?;
+    Ok(stored)
 }
 
 pub(super) async fn list(ds: &PostgresDatastore) -> Result<Vec<Bundle>> {

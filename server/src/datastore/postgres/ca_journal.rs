@@ -1,6 +1,8 @@
 //! The CA journal in PostgreSQL: each signing authority's record as JSON, listed in
 //! the order they were made.
 
+use tokio_postgres::GenericClient;
+
 use super::PostgresDatastore;
 use super::error::Ctx;
 use crate::datastore::codec::{decode_ca_record, encode_ca_record, require_found};
@@ -24,8 +26,12 @@ pub(super) async fn put(ds: &PostgresDatastore, record: &CaRecord) -> Result<()>
 
 pub(super) async fn list(ds: &PostgresDatastore) -> Result<Vec<CaRecord>> {
     let mut conn = ds.conn().await?;
-    let rows = conn
-        .get()?
+    list_in(conn.get()?).await
+}
+
+/// Every record, through `client` (a connection, or a transaction with other reads).
+pub(super) async fn list_in(client: &impl GenericClient) -> Result<Vec<CaRecord>> {
+    let rows = client
         .query(
             "SELECT id, data FROM ca_records ORDER BY created_at, id",
             &[],

@@ -75,8 +75,8 @@ use tessera_core::{Bundle, RegistrationEntry, SpiffeId, TrustDomain};
 use self::connection::{POOL_WAIT, PoolLimits, parse_config, pool};
 use self::error::Ctx;
 use super::{
-    AttestedNode, CaRecord, Datastore, EntryEvent, EntryFilter, EventReader, Page, Relationship,
-    Result,
+    AttestedNode, BundleComposer, CaRecord, Datastore, EntryEvent, EntryFilter, EventReader, Page,
+    Relationship, Result,
 };
 
 mod bundles;
@@ -350,5 +350,13 @@ impl Datastore for PostgresDatastore {
 
     async fn delete_ca_record(&self, id: &str) -> Result<()> {
         ca_journal::delete(self, id).await
+    }
+
+    async fn compose_bundle(
+        &self,
+        td: &TrustDomain,
+        compose: BundleComposer,
+    ) -> Result<Option<Bundle>> {
+        bundles::compose(self, td, compose).await
     }
 }

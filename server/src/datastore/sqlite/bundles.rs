@@ -5,10 +5,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tessera_core::{Bundle, TrustDomain};
 
 use super::SqliteDatastore;
-use super::connection::Durability;
+use super::connection::{Durability, begin};
 use super::error::Ctx;
-use crate::datastore::Result;
 use crate::datastore::codec::{decode_bundle_columns, encode_bundle, require_found};
+use crate::datastore::{BundleComposer, Result};
 
 pub(super) async fn set(ds: &SqliteDatastore, bundle: &Bundle) -> Result<()> {
     let row = BundleRow::of(bundle)?;
@@ -49,16 +49,40 @@ impl BundleRow {
 
 pub(super) async fn get(ds: &SqliteDatastore, td: &TrustDomain) -> Result<Option<Bundle>> {
     let td = td.name().to_owned();
-    ds.read(move |conn| {
-        let row: Option<(String, String)> = conn
-            .prepare_cached("SELECT jwks, jwt_expiries FROM bundles WHERE trust_domain = ?1")
-            .and_then(|mut s| {
-                s.query_row([&td], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-            })
-            .ctx(format_args!("bundle of {td}"))?;
-        row.map(|(jwks, expiries)| decode_bundle_columns(&td, &jwks, &expiries))
-            .transpose()
+    ds.read(move |conn| get_in(conn, &td)).await
+}
+
+/// The bundle of `td`, through `conn` (a connection, or a transaction).
+fn get_in(conn: &Connection, td: &str) -> Result<Option<Bundle>> {
+    let row: Option<(String, String)> = conn
+        .prepare_cached("SELECT jwks, jwt_expiries FROM bundles WHERE trust_domain = ?1")
+        .and_then(|mut s| s.query_row([td], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .ctx(format_args!("bundle of {td}"))?;
+    row.map(|(jwks, expiries)| decode_bundle_columns(td, &jwks, &expiries))
+        .transpose()
+}
+
+/// [`crate::datastore::Datastore::compose_bundle`]: one write transaction (the
+/// write lock taken up front, so no other process's composition can interleave).
+pub(super) async fn compose(
+    ds: &SqliteDatastore,
+    td: &TrustDomain,
+    compose: BundleComposer,
+) -> Result<Option<Bundle>> {
+    let td = td.name().to_owned();
+    ds.write(Durability::Full, move |conn| {
+        let tx = begin(conn)?;
+        let records = super::ca_journal::list_in(&tx)?;
+        let current = get_in(&tx, &td)?;
+        let stored = match compose(&records, current.as_ref()) {
+            Some(next) => {
+                BundleRow::of(&next)?.put(&tx)?;
+                Some(next)
+            }
+            None => current,
+        };
+        tx.commit().ctx(format_args!("bundle of {td}"))?;
+        Ok(stored)
     })
     .await
 }

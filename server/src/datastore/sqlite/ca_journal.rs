@@ -1,7 +1,7 @@
 //! The CA journal in SQLite: each signing authority's record as JSON, listed in the
 //! order they were made.
 
-use rusqlite::params;
+use rusqlite::{Connection, params};
 
 use super::SqliteDatastore;
 use super::connection::Durability;
@@ -27,21 +27,23 @@ pub(super) async fn put(ds: &SqliteDatastore, record: &CaRecord) -> Result<()> {
 }
 
 pub(super) async fn list(ds: &SqliteDatastore) -> Result<Vec<CaRecord>> {
-    ds.read(|conn| {
-        let mut stmt = conn
-            .prepare_cached("SELECT id, data FROM ca_records ORDER BY created_at, id")
-            .ctx("CA records")?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .ctx("CA records")?;
-        let mut records = Vec::new();
-        for row in rows {
-            let (id, data) = row.ctx("CA records")?;
-            records.push(decode_ca_record(&id, &data)?);
-        }
-        Ok(records)
-    })
-    .await
+    ds.read(|conn| list_in(conn)).await
+}
+
+/// Every record, through `conn` (a connection, or a transaction with other reads).
+pub(super) fn list_in(conn: &Connection) -> Result<Vec<CaRecord>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id, data FROM ca_records ORDER BY created_at, id")
+        .ctx("CA records")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .ctx("CA records")?;
+    let mut records = Vec::new();
+    for row in rows {
+        let (id, data) = row.ctx("CA records")?;
+        records.push(decode_ca_record(&id, &data)?);
+    }
+    Ok(records)
 }
 
 pub(super) async fn delete(ds: &SqliteDatastore, id: &str) -> Result<()> {

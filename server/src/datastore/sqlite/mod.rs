@@ -85,8 +85,8 @@ use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 use self::connection::{Durability, open_reader, open_writer};
 use self::error::Ctx;
 use super::{
-    AttestedNode, CaRecord, Datastore, DatastoreError, EntryEvent, EntryFilter, EventReader,
-    Failure, Page, Relationship, Result,
+    AttestedNode, BundleComposer, CaRecord, Datastore, DatastoreError, EntryEvent, EntryFilter,
+    EventReader, Failure, Page, Relationship, Result,
 };
 
 mod bundles;
@@ -429,5 +429,13 @@ impl Datastore for SqliteDatastore {
 
     async fn delete_ca_record(&self, id: &str) -> Result<()> {
         ca_journal::delete(self, id).await
+    }
+
+    async fn compose_bundle(
+        &self,
+        td: &TrustDomain,
+        compose: BundleComposer,
+    ) -> Result<Option<Bundle>> {
+        bundles::compose(self, td, compose).await
     }
 }
