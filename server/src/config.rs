@@ -39,6 +39,9 @@ fn default_jwt_ttl() -> Duration {
 fn default_refresh_hint() -> Duration {
     Duration::from_secs(300)
 }
+fn default_agent_sync_interval() -> Duration {
+    Duration::from_secs(5)
+}
 fn default_join_token_ttl() -> Duration {
     Duration::from_secs(600)
 }
@@ -103,6 +106,15 @@ pub struct ServerConfig {
     /// The `spiffe_refresh_hint` published in the bundle.
     #[serde(default = "default_refresh_hint", with = "serde_human")]
     pub bundle_refresh_hint: Duration,
+    /// The longest sync interval of the trust domain's agents (theirs is 5 s by
+    /// default): a new CA or JWT key is published for this plus
+    /// `bundle_refresh_hint` before it signs anything.
+    #[serde(default = "default_agent_sync_interval", with = "serde_human")]
+    pub agent_sync_interval: Duration,
+    /// This server's ID among servers sharing one datastore, on every CA record it
+    /// makes; by default made once and kept in `<data_dir>/server_id`.
+    #[serde(default)]
+    pub server_id: Option<String>,
     /// Lifetime of join tokens made by `token generate` without `--ttl`.
     #[serde(default = "default_join_token_ttl", with = "serde_human")]
     pub default_join_token_ttl: Duration,
@@ -402,6 +414,37 @@ impl ServerConfig {
                 format!("ca_ttl {:?} is too short (at least 10s)", self.ca_ttl),
             );
         }
+        if self.agent_sync_interval.is_zero() {
+            return rule(
+                "agent_sync_interval",
+                "agent_sync_interval must be positive".into(),
+            );
+        }
+        // The next authority is published at half of the active one's life and takes
+        // over with a sixth left: a third of the life to reach every agent.
+        let propagation = self.ca_propagation();
+        if self.ca_ttl / 3 < propagation {
+            return rule(
+                "ca_ttl",
+                format!(
+                    "ca_ttl {} leaves {} between publishing the next CA and signing with it, \
+                     less than agent_sync_interval + bundle_refresh_hint ({}), the time agents \
+                     and federated peers need to learn it: raise ca_ttl to at least {} or \
+                     lower bundle_refresh_hint",
+                    tessera_core::duration::format_duration(self.ca_ttl),
+                    tessera_core::duration::format_duration(Duration::from_secs(
+                        (self.ca_ttl / 3).as_secs()
+                    )),
+                    tessera_core::duration::format_duration(propagation),
+                    tessera_core::duration::format_duration(propagation * 3),
+                ),
+            );
+        }
+        if let Some(id) = &self.server_id
+            && let Err(e) = crate::server_id::check(id)
+        {
+            return rule("server_id", format!("server_id {id:?}: {e}"));
+        }
         if self.x509_svid_ttl.is_zero() {
             return rule("x509_svid_ttl", "SVID lifetimes must be positive".into());
         }
@@ -508,6 +551,12 @@ impl ServerConfig {
             );
         }
         Ok(())
+    }
+
+    /// How long a new authority is published before it signs.
+    pub fn ca_propagation(&self) -> Duration {
+        self.agent_sync_interval
+            .saturating_add(self.bundle_refresh_hint)
     }
 
     pub fn agent_svid_ttl(&self) -> Duration {
@@ -867,5 +916,37 @@ agent_path_template = "/{{ .PluginName }}/{{ .Subject.CommonName }}"
         assert!(e.to_string().contains("too short"), "{e}");
         let e = ServerConfig::parse("bind_address = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(e.to_string().contains("trust_domain"), "{e}");
+    }
+
+    #[test]
+    fn a_ca_lifetime_must_leave_agents_time_to_learn_the_next_ca() {
+        let c = ServerConfig::parse("trust_domain = \"e.org\"\n").unwrap();
+        assert_eq!(c.agent_sync_interval, Duration::from_secs(5));
+        assert_eq!(c.ca_propagation(), Duration::from_secs(305));
+        assert_eq!(c.server_id, None);
+        // 10m leaves 3m20s, less than 5s + 5m.
+        let e = ServerConfig::parse("trust_domain = \"e.org\"\nca_ttl = \"10m\"\n").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("ca_ttl 10m leaves 3m 20s"), "{e}");
+        assert!(
+            text.contains("agent_sync_interval + bundle_refresh_hint (5m 5s)"),
+            "{e}"
+        );
+        assert!(text.contains("at least 15m 15s"), "{e}");
+        let c = ServerConfig::parse(
+            "trust_domain = \"e.org\"\nca_ttl = \"10m\"\nbundle_refresh_hint = \"1m\"\n\
+             agent_sync_interval = \"10s\"\nserver_id = \"eu-1.a_b\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.ca_propagation(), Duration::from_secs(70));
+        assert_eq!(c.server_id.as_deref(), Some("eu-1.a_b"));
+        for (bad, says) in [
+            ("agent_sync_interval = \"0s\"", "must be positive"),
+            ("server_id = \"\"", "1 to 64"),
+            ("server_id = \"a b\"", "' ' is not allowed"),
+        ] {
+            let e = ServerConfig::parse(&format!("trust_domain = \"e.org\"\n{bad}\n")).unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
     }
 }

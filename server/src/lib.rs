@@ -15,6 +15,7 @@ pub mod log_level;
 pub mod metrics;
 pub mod oidc;
 pub mod run;
+pub mod server_id;
 pub mod transport;
 
 /// The upstream authority moved into the CA manager's folder; the old path stays.

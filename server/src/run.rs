@@ -342,6 +342,8 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
         km = MeteredKeyManager::wrap(km, metrics.clone());
     }
     let clock = SystemClock::shared();
+    let server_id = crate::server_id::resolve(config.server_id.as_deref(), &config.data_dir)
+        .map_err(io_error("read the server ID in", &config.data_dir))?;
     let ca = CaManager::start(
         CaSettings {
             trust_domain: config.trust_domain.clone(),
@@ -351,6 +353,8 @@ pub async fn build_state(config: ServerConfig) -> Result<Arc<ServerState>, RunEr
             refresh_hint: config.bundle_refresh_hint,
             upstream: crate::upstream::load(&config, clock.now())?,
             jwt_issuer: config.jwt_issuer.clone(),
+            server_id,
+            propagation: config.ca_propagation(),
         },
         km.clone(),
         ds.clone(),
@@ -431,6 +435,9 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     tracing::debug!(lock = %lock.path().display(), "data directory locked");
     let state = build_state(config).await?;
 
+    // A server joining a trust domain where others sign waits until agents can know
+    // its first authorities before it serves anything signed by them.
+    state.ca.until_signing().await;
     tokio::spawn(state.ca.clone().run());
     tokio::spawn(state.entries.clone().follow(Duration::from_secs(1)));
     tokio::spawn(

@@ -11,7 +11,7 @@ use super::{CaError, CaManager, JwtSlot, X509Slot};
 use crate::datastore::{CaKind, CaRecord, CaStatus};
 
 fn short_id() -> String {
-    let mut b = [0u8; 4];
+    let mut b = [0u8; 8];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -123,15 +123,20 @@ impl CaManager {
             not_after: info.not_after,
             status,
             created_at: x509::unix_seconds(now),
+            server_id: self.settings.server_id.clone(),
         };
         if let Err(e) = self.ds.put_ca_record(&record).await {
             self.discard_key(&record.key_id).await;
             return Err(e.into());
         }
-        self.write_state().x509.push(X509Slot {
-            record: record.clone(),
-            issuer: Some(issuer),
-        });
+        {
+            let mut st = self.write_state();
+            st.dirty = true;
+            st.x509.push(X509Slot {
+                record: record.clone(),
+                issuer: Some(issuer),
+            });
+        }
         Ok(record)
     }
 
@@ -182,15 +187,20 @@ impl CaManager {
             not_after: now + self.settings.ca_ttl.as_secs() as i64,
             status,
             created_at: now,
+            server_id: self.settings.server_id.clone(),
         };
         if let Err(e) = self.ds.put_ca_record(&record).await {
             self.discard_key(&record.key_id).await;
             return Err(e.into());
         }
-        self.write_state().jwt.push(JwtSlot {
-            record: record.clone(),
-            key: Some(key),
-        });
+        {
+            let mut st = self.write_state();
+            st.dirty = true;
+            st.jwt.push(JwtSlot {
+                record: record.clone(),
+                key: Some(key),
+            });
+        }
         Ok(record)
     }
 }

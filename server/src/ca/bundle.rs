@@ -1,6 +1,7 @@
 //! The trust bundle the authorities make: every X.509 root and JWT key still in the
-//! journal (prepared, active, old and retired alike, since what they signed may still
-//! be in use), and its publication to the datastore and to subscribers.
+//! journal and not expired (prepared, active, old and retired alike, since what they
+//! signed may still be in use), of every server sharing the datastore, and its
+//! publication to the datastore and to subscribers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use tessera_core::{Bundle, JwtAuthority, TrustDomain};
 
 use super::{CaError, CaManager};
-use crate::datastore::CaRecord;
+use crate::datastore::{CaKind, CaRecord};
 
 /// The roots an X.509 authority puts in the bundle: its own certificate when it is a
 /// root, the upstream roots otherwise.
@@ -60,40 +61,99 @@ pub(super) fn publishes_the_same(a: &Bundle, b: &Bundle) -> bool {
         && a.refresh_hint() == b.refresh_hint()
 }
 
-impl CaManager {
-    /// The bundle the current authorities make.
-    fn compute_bundle(&self) -> Bundle {
-        let st = self.read_state();
-        compute(
-            &self.settings.trust_domain,
-            self.settings.refresh_hint,
-            st.x509.iter().map(|s| &s.record),
-            st.jwt.iter().map(|s| &s.record),
-        )
+/// The bundle to store, given the whole journal and the stored bundle at `now`:
+/// `None` when the stored one already publishes the same.
+fn composed(
+    trust_domain: &TrustDomain,
+    refresh_hint: Duration,
+    records: &[CaRecord],
+    stored: Option<&Bundle>,
+    now: i64,
+) -> Option<Bundle> {
+    let live = || records.iter().filter(|r| r.not_after > now);
+    let mut next = compute(
+        trust_domain,
+        refresh_hint,
+        live().filter(|r| r.kind == CaKind::X509),
+        live().filter(|r| r.kind == CaKind::Jwt),
+    );
+    match stored {
+        Some(s) if publishes_the_same(s, &next) => None,
+        _ => {
+            next.set_sequence(stored.map_or(0, Bundle::sequence) + 1);
+            Some(next)
+        }
     }
+}
 
+impl CaManager {
     /// Stores and announces the bundle when what it publishes changed (with the next
-    /// sequence number).
+    /// sequence number): the union of every server's live authorities, composed from
+    /// the journal in one transaction. Nothing is written when this server's
+    /// authorities did not change and the bundle held has nothing expired.
     pub(super) async fn publish(&self) -> Result<(), CaError> {
-        let mut next = self.compute_bundle();
-        let current = self.bundle_tx.borrow().clone();
-        if publishes_the_same(&current, &next) {
-            if current.jwt_authorities() != next.jwt_authorities() {
-                // Same keys, expiry learnt from the journal: update in memory only.
-                next.set_sequence(current.sequence());
-                self.bundle_tx.send_replace(Arc::new(next));
-            }
+        let now = self.clock.unix();
+        let due = {
+            let st = self.read_state();
+            st.dirty || holds_expired(&self.bundle(), st.all_records(), now)
+        };
+        if !due {
             return Ok(());
         }
-        next.set_sequence(current.sequence() + 1);
-        self.ds.set_bundle(&next).await?;
-        tracing::info!(
-            sequence = next.sequence(),
-            x509_authorities = next.x509_authorities().len(),
-            jwt_authorities = next.jwt_authorities().len(),
-            "trust bundle updated"
-        );
-        self.bundle_tx.send_replace(Arc::new(next));
+        let td = self.settings.trust_domain.clone();
+        let hint = self.settings.refresh_hint;
+        let compose_td = td.clone();
+        let stored = self
+            .ds
+            .compose_bundle(
+                &td,
+                Arc::new(move |records, stored| composed(&compose_td, hint, records, stored, now)),
+            )
+            .await?;
+        self.write_state().dirty = false;
+        if let Some(b) = stored {
+            self.take_up(b);
+        }
+        Ok(())
+    }
+
+    /// Makes `stored` (the shared bundle as the datastore holds it) the bundle this
+    /// server serves, when it is newer than the one it has.
+    fn take_up(&self, stored: Bundle) {
+        let current = self.bundle();
+        if stored.sequence() == current.sequence() && stored == *current {
+            return;
+        }
+        if stored.sequence() != current.sequence() {
+            tracing::info!(
+                sequence = stored.sequence(),
+                x509_authorities = stored.x509_authorities().len(),
+                jwt_authorities = stored.jwt_authorities().len(),
+                "trust bundle updated"
+            );
+        }
+        self.bundle_tx.send_replace(Arc::new(stored));
+    }
+
+    /// Takes up what other servers changed: when the shared bundle's sequence moved,
+    /// the stored bundle and the other servers' records; and composes again when the
+    /// bundle still publishes an authority that has expired (its server may be gone).
+    pub(super) async fn follow(&self) -> Result<(), CaError> {
+        let stored = self.ds.get_bundle(&self.settings.trust_domain).await?;
+        if let Some(b) = stored
+            && b.sequence() != self.bundle().sequence()
+        {
+            self.take_up(b);
+            self.reload_others().await?;
+        }
+        let now = self.clock.unix();
+        let expired = {
+            let st = self.read_state();
+            holds_expired(&self.bundle(), st.all_records(), now)
+        };
+        if expired {
+            self.publish().await?;
+        }
         Ok(())
     }
 
@@ -106,6 +166,31 @@ impl CaManager {
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<Bundle>> {
         self.bundle_tx.subscribe()
     }
+}
+
+/// Whether `bundle` publishes an authority of `records` that has expired at `now`
+/// (a root shared with a live authority does not count).
+fn holds_expired<'a>(
+    bundle: &Bundle,
+    records: impl Iterator<Item = &'a CaRecord>,
+    now: i64,
+) -> bool {
+    let (expired, live): (Vec<&CaRecord>, Vec<&CaRecord>) =
+        records.partition(|r| r.not_after <= now);
+    let live_roots: Vec<Vec<u8>> = live
+        .iter()
+        .filter(|r| r.kind == CaKind::X509)
+        .flat_map(|r| bundle_roots(r))
+        .collect();
+    expired.iter().any(|r| match r.kind {
+        CaKind::X509 => bundle_roots(r)
+            .iter()
+            .any(|root| bundle.x509_authorities().contains(root) && !live_roots.contains(root)),
+        CaKind::Jwt => bundle
+            .jwt_authorities()
+            .iter()
+            .any(|a| a.key_id == r.jwt_kid),
+    })
 }
 
 #[cfg(test)]
@@ -137,6 +222,7 @@ mod tests {
             not_after: 200,
             status: CaStatus::Active,
             created_at: 100,
+            server_id: "s".into(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The CA journal: the authorities the datastore records, loaded at start with their
-//! keys found again, their status changes written through, lost keys retired, and
-//! expired authorities pruned (key first, record after).
+//! keys found again (this server's; the other servers' are only kept to publish),
+//! their status changes written through, lost keys retired, and expired authorities
+//! pruned (key first, record after).
 
 use std::sync::Arc;
 
@@ -16,9 +17,23 @@ impl CaManager {
     pub(super) async fn load(&self) -> Result<(), CaError> {
         let records = self.ds.list_ca_records().await?;
         let now = self.clock.unix();
-        let mut state = State::default();
+        let mut state = State {
+            dirty: true,
+            ..State::default()
+        };
         let mut lost = Vec::new();
-        for record in records {
+        for mut record in records {
+            if record.server_id.is_empty() {
+                // Made before servers had IDs, by the one server there was then: this
+                // one takes it over.
+                record.server_id = self.settings.server_id.clone();
+                self.ds.put_ca_record(&record).await?;
+                tracing::info!(authority = %record.id, server_id = %record.server_id, "CA record without a server ID taken over by this server");
+            }
+            if record.server_id != self.settings.server_id {
+                state.others.push(record);
+                continue;
+            }
             if record.not_after <= now {
                 // Expired while the server was down: destroy its key and drop it.
                 state.to_destroy.push(record);
@@ -67,6 +82,20 @@ impl CaManager {
         Ok(())
     }
 
+    /// Reads the other servers' records again (they rotate and prune on their own).
+    pub(super) async fn reload_others(&self) -> Result<(), CaError> {
+        let me = &self.settings.server_id;
+        let others: Vec<CaRecord> = self
+            .ds
+            .list_ca_records()
+            .await?
+            .into_iter()
+            .filter(|r| &r.server_id != me && !r.server_id.is_empty())
+            .collect();
+        self.write_state().others = others;
+        Ok(())
+    }
+
     /// The journal record of an authority held in memory.
     pub(super) fn record(&self, kind: CaKind, id: &str) -> Result<CaRecord, CaError> {
         let st = self.read_state();
@@ -96,6 +125,7 @@ impl CaManager {
         updated.status = status;
         self.ds.put_ca_record(&updated).await?;
         let mut st = self.write_state();
+        st.dirty = true;
         match kind {
             CaKind::X509 => {
                 if let Some(s) = st.x509.iter_mut().find(|s| s.record.id == id) {
@@ -222,6 +252,7 @@ impl CaManager {
                 .collect();
             st.x509.retain(|s| !is_expired(&s.record));
             st.jwt.retain(|s| !is_expired(&s.record));
+            st.dirty |= !gone.is_empty();
             gone.append(&mut st.to_destroy);
             gone
         };

@@ -21,6 +21,20 @@
 //!
 //! The manager reads wall-clock time only through the [`SharedClock`] it is given.
 //!
+//! # Several servers
+//!
+//! Servers sharing a datastore are one authority, as in SPIRE: each keeps its own
+//! authorities (its `server_id` is on every record it makes), rotates and prunes only
+//! those, and signs only with those; the others' are only published. The shared
+//! bundle is the union of every server's live authorities, made from the journal by
+//! [`Datastore::compose_bundle`] in one transaction, so a server never publishes a
+//! stale view over another's. Its sequence number is the journal's change counter:
+//! each server polls it ([`FOLLOW_INTERVAL`]) and, when another server changed it,
+//! takes up the stored bundle (and with it the other servers' new authorities, which
+//! its TLS server then trusts) and reads their records again. A new authority signs
+//! only once it has been published for the propagation time, so that agents of every
+//! server have it; see [`rotation`].
+//!
 //! # Lost keys
 //!
 //! An authority whose key is gone (deleted from the token, lost with a restart of the
@@ -56,6 +70,9 @@ use tokio::sync::watch;
 
 use crate::datastore::{CaKind, CaRecord, CaStatus, Datastore};
 
+/// How often a server looks whether another server changed the shared bundle.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+
 mod authority;
 mod bundle;
 mod error;
@@ -84,6 +101,11 @@ pub struct CaSettings {
     pub upstream: Option<Arc<Issuer>>,
     /// The `iss` claim of the JWT-SVIDs it signs (`jwt_issuer`); none when `None`.
     pub jwt_issuer: Option<String>,
+    /// This server's ID among those sharing the datastore (on every record it makes).
+    pub server_id: String,
+    /// How long a new authority is published before it signs: the agents' sync
+    /// interval plus the bundle's refresh hint.
+    pub propagation: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -101,8 +123,13 @@ struct JwtSlot {
 /// The authorities in memory, in journal order (oldest first).
 #[derive(Debug, Default)]
 struct State {
+    /// This server's.
     x509: Vec<X509Slot>,
     jwt: Vec<JwtSlot>,
+    /// The other servers' (published, never used here).
+    others: Vec<CaRecord>,
+    /// This server's records changed since the bundle was last composed.
+    dirty: bool,
     /// Expired authorities whose key could not be destroyed yet (the key store was
     /// down); retried on every rotation step.
     to_destroy: Vec<CaRecord>,
@@ -112,9 +139,9 @@ struct State {
 }
 
 impl State {
-    /// The plan for one kind at `now`.
-    fn plan(&self, kind: CaKind, now: i64) -> rotation::Plan {
-        let authorities: Vec<rotation::Authority<'_>> = match kind {
+    /// This server's authorities of `kind` as rotation sees them.
+    fn authorities(&self, kind: CaKind) -> Vec<rotation::Authority<'_>> {
+        match kind {
             CaKind::X509 => self
                 .x509
                 .iter()
@@ -125,8 +152,46 @@ impl State {
                 .iter()
                 .map(|s| rotation::Authority::of(&s.record, s.key.is_some()))
                 .collect(),
-        };
-        rotation::plan(&authorities, now)
+        }
+    }
+
+    /// What rotation of `kind` needs besides the authorities, at `now`.
+    fn context(&self, kind: CaKind, now: i64, propagation: Duration) -> rotation::Context {
+        rotation::Context {
+            now,
+            propagation: i64::try_from(propagation.as_secs()).unwrap_or(i64::MAX),
+            others_sign: self
+                .others
+                .iter()
+                .any(|r| r.kind == kind && r.status == CaStatus::Active && r.not_after > now),
+        }
+    }
+
+    /// The plan for one kind at `now`.
+    fn plan(&self, kind: CaKind, now: i64, propagation: Duration) -> rotation::Plan {
+        rotation::plan(
+            &self.authorities(kind),
+            self.context(kind, now, propagation),
+        )
+    }
+
+    /// The earliest moment a prepared authority of this server's becomes known.
+    fn waiting_until(&self, now: i64, propagation: Duration) -> Option<i64> {
+        [CaKind::X509, CaKind::Jwt]
+            .into_iter()
+            .filter_map(|k| {
+                rotation::waiting_until(&self.authorities(k), self.context(k, now, propagation))
+            })
+            .min()
+    }
+
+    /// Every record held, this server's and the others'.
+    fn all_records(&self) -> impl Iterator<Item = &CaRecord> {
+        self.x509
+            .iter()
+            .map(|s| &s.record)
+            .chain(self.jwt.iter().map(|s| &s.record))
+            .chain(&self.others)
     }
 }
 
@@ -203,9 +268,13 @@ impl CaManager {
         let now = self.clock.unix();
         // Suspects first: an authority retired now is replaced by this same step.
         let suspects = self.check_suspects().await;
+        let propagation = self.settings.propagation;
         let (x509, jwt) = {
             let st = self.read_state();
-            (st.plan(CaKind::X509, now), st.plan(CaKind::Jwt, now))
+            (
+                st.plan(CaKind::X509, now, propagation),
+                st.plan(CaKind::Jwt, now, propagation),
+            )
         };
         self.prune(x509.prune.iter().chain(&jwt.prune)).await;
         let result = async {
@@ -312,17 +381,80 @@ impl CaManager {
         (self.settings.ca_ttl / 120).clamp(Duration::from_millis(500), Duration::from_secs(30))
     }
 
-    /// Runs rotation until the process stops.
+    /// Runs rotation, and follows the other servers' changes, until the process
+    /// stops.
     pub async fn run(self: Arc<Self>) {
         let tick = self.tick();
+        let mut next_rotation = tokio::time::Instant::now() + tick;
+        let mut following_failed = false;
         loop {
-            // A signature that found its key gone wakes the task at once.
-            tokio::select! {
-                () = tokio::time::sleep(tick) => {}
-                () = self.wake.notified() => {}
+            // A prepared authority that becomes known before the next tick is taken
+            // up on time.
+            let now = self.clock.unix();
+            if let Some(at) = self
+                .read_state()
+                .waiting_until(now, self.settings.propagation)
+            {
+                let secs = u64::try_from(at.saturating_sub(now)).unwrap_or(0);
+                next_rotation =
+                    next_rotation.min(tokio::time::Instant::now() + Duration::from_secs(secs));
             }
-            if let Err(e) = self.rotate().await {
-                tracing::error!(error = %e, "CA rotation failed (will retry)");
+            // A signature that found its key gone wakes the task at once.
+            let woken = tokio::select! {
+                () = tokio::time::sleep(FOLLOW_INTERVAL) => false,
+                () = self.wake.notified() => true,
+            };
+            match self.follow().await {
+                Ok(()) if following_failed => {
+                    following_failed = false;
+                    tracing::info!("the shared trust bundle can be read again");
+                }
+                Ok(()) => {}
+                // Said once, not every second of a datastore outage.
+                Err(e) if !following_failed => {
+                    following_failed = true;
+                    tracing::warn!(error = %e, "cannot read the shared trust bundle (will retry every second)");
+                }
+                Err(_) => {}
+            }
+            if woken || tokio::time::Instant::now() >= next_rotation {
+                next_rotation = tokio::time::Instant::now() + tick;
+                if let Err(e) = self.rotate().await {
+                    tracing::error!(error = %e, "CA rotation failed (will retry)");
+                }
+            }
+        }
+    }
+
+    /// Waits until this server has an X.509 authority and a JWT key that sign: at
+    /// once, unless it has just prepared its first ones in a trust domain where other
+    /// servers sign (then for the propagation time, so that agents know them before
+    /// this server presents or signs anything with them).
+    pub async fn until_signing(&self) {
+        let mut said = false;
+        let mut last_error: Option<String> = None;
+        while self.active_x509().is_err() || self.active_jwt().is_err() {
+            let now = self.clock.unix();
+            let until = self
+                .read_state()
+                .waiting_until(now, self.settings.propagation);
+            if !said {
+                said = true;
+                tracing::info!(
+                    wait_secs = until.map_or(0, |at| at - now),
+                    "this server's authorities are published in the shared bundle; it signs once every agent can have learnt them (agent_sync_interval + bundle_refresh_hint)"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            match self.rotate().await {
+                Ok(()) => last_error = None,
+                Err(e) => {
+                    let text = e.to_string();
+                    if last_error.as_ref() != Some(&text) {
+                        tracing::error!(error = %text, "CA rotation failed (will retry)");
+                        last_error = Some(text);
+                    }
+                }
             }
         }
     }

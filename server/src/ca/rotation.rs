@@ -5,7 +5,16 @@
 //!
 //! The thresholds are counted from the moment the active authority was issued: the
 //! next one is *prepared* (and published) once half of its life is over, and takes
-//! over once a sixth is left. Only the active authority's own lifetime is compared
+//! over once a sixth is left, and never before it has been published for the
+//! propagation time (agents sync it, federated peers refresh it: an SVID signed by an
+//! authority a verifier does not know yet would be refused).
+//!
+//! Several servers can share a trust domain, each with its own authorities. A server
+//! that has nothing able to sign while another server's authority can (it joins the
+//! trust domain, or was down longer than its CA's life) does not sign with a brand-new
+//! authority at once: it prepares one, and activates it after the propagation time.
+//! The server alone in its trust domain, with nothing to wait for, creates one active
+//! at once. Only the active authority's own lifetime is compared
 //! with the time, so a clock stepped backwards delays the next step but never undoes
 //! one already taken: nothing here turns an old authority back into an active one.
 
@@ -42,19 +51,35 @@ impl<'a> Authority<'a> {
     }
 }
 
+/// What the plan needs beside the authorities themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Context {
+    /// Unix seconds.
+    pub now: i64,
+    /// How long (seconds) an authority must have been published before it signs.
+    pub propagation: i64,
+    /// Whether another server of the trust domain has an authority of this kind that
+    /// can sign (so this one may take its time).
+    pub others_sign: bool,
+}
+
 /// The next step for one kind of authority.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Step {
-    /// Nothing can sign, but a prepared authority (which agents already know) can:
-    /// it becomes active at once.
+    /// Nothing of this server's can sign, but a prepared authority can: it becomes
+    /// active now (at once when no other server signs, after the propagation time
+    /// otherwise).
     ActivatePrepared { prepared: String },
-    /// Nothing can sign and nothing is prepared: a new authority is made active now.
+    /// Nothing can sign, nothing is prepared, and no other server signs: a new
+    /// authority is made active now.
     CreateActive,
-    /// Half of the active authority's life is over and nothing is prepared: the next
-    /// one is made and published.
+    /// Half of the active authority's life is over and nothing is prepared, or
+    /// nothing of this server's can sign while another server's can: the next one is
+    /// made and published.
     Prepare,
-    /// A sixth of the active authority's life is left: the prepared one takes over,
-    /// the active one becomes old (and stays published until it expires).
+    /// A sixth of the active authority's life is left, and the prepared one has been
+    /// published for the propagation time: it takes over, the active one becomes old
+    /// (and stays published until it expires).
     Activate { old: String, new: String },
 }
 
@@ -74,16 +99,19 @@ pub(crate) fn thresholds(not_before: i64, not_after: i64) -> (i64, i64) {
     (not_before + life / 2, not_after - life / 6)
 }
 
-/// The plan for `authorities` (one kind) at `now`.
-pub(crate) fn plan(authorities: &[Authority<'_>], now: i64) -> Plan {
+/// The plan for `authorities` (one kind, this server's) in `cx`.
+pub(crate) fn plan(authorities: &[Authority<'_>], cx: Context) -> Plan {
+    let now = cx.now;
     let (expired, live): (Vec<&Authority<'_>>, Vec<&Authority<'_>>) =
         authorities.iter().partition(|a| a.not_after <= now);
     let active = live.iter().find(|a| a.signs(CaStatus::Active));
     let prepared = live.iter().find(|a| a.signs(CaStatus::Prepared));
+    let known = |p: &Authority<'_>| now >= p.not_before.saturating_add(cx.propagation);
     let step = match (active, prepared) {
-        (None, Some(p)) => Some(Step::ActivatePrepared {
+        (None, Some(p)) => (!cx.others_sign || known(p)).then(|| Step::ActivatePrepared {
             prepared: p.id.to_owned(),
         }),
+        (None, None) if cx.others_sign => Some(Step::Prepare),
         (None, None) => Some(Step::CreateActive),
         (Some(a), None) => {
             let (prepare_at, _) = thresholds(a.not_before, a.not_after);
@@ -91,7 +119,7 @@ pub(crate) fn plan(authorities: &[Authority<'_>], now: i64) -> Plan {
         }
         (Some(a), Some(p)) => {
             let (_, activate_at) = thresholds(a.not_before, a.not_after);
-            (now >= activate_at).then(|| Step::Activate {
+            (now >= activate_at && known(p)).then(|| Step::Activate {
                 old: a.id.to_owned(),
                 new: p.id.to_owned(),
             })
@@ -103,6 +131,16 @@ pub(crate) fn plan(authorities: &[Authority<'_>], now: i64) -> Plan {
     }
 }
 
+/// When the prepared authority among `authorities` may sign, if this server waits
+/// for it to be known (nothing of its own signs, or its active authority is due to
+/// hand over): the moment the next rotation step should run.
+pub(crate) fn waiting_until(authorities: &[Authority<'_>], cx: Context) -> Option<i64> {
+    let live = || authorities.iter().filter(|a| a.not_after > cx.now);
+    let prepared = live().find(|a| a.signs(CaStatus::Prepared))?;
+    let known_at = prepared.not_before.saturating_add(cx.propagation);
+    (known_at > cx.now).then_some(known_at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +148,15 @@ mod tests {
     const T0: i64 = 1_700_000_000;
     /// A lifetime that divides evenly: prepare at +600, activate at +1000.
     const LIFE: i64 = 1_200;
+
+    /// The context of a server alone in its trust domain, with no propagation wait.
+    fn at(now: i64) -> Context {
+        Context {
+            now,
+            propagation: 0,
+            others_sign: false,
+        }
+    }
 
     fn auth(id: &str, status: CaStatus, not_before: i64) -> Authority<'_> {
         Authority {
@@ -130,16 +177,16 @@ mod tests {
 
     #[test]
     fn nothing_at_all_makes_an_active_authority() {
-        assert_eq!(plan(&[], T0).step, Some(Step::CreateActive));
+        assert_eq!(plan(&[], at(T0)).step, Some(Step::CreateActive));
     }
 
     #[test]
     fn the_next_authority_is_prepared_at_half_life() {
         let a = [auth("a", CaStatus::Active, T0)];
-        assert_eq!(plan(&a, T0 + 599), Plan::default());
-        assert_eq!(plan(&a, T0 + 600).step, Some(Step::Prepare));
+        assert_eq!(plan(&a, at(T0 + 599)), Plan::default());
+        assert_eq!(plan(&a, at(T0 + 600)).step, Some(Step::Prepare));
         // Still due later on, if preparing failed the first time.
-        assert_eq!(plan(&a, T0 + 1_100).step, Some(Step::Prepare));
+        assert_eq!(plan(&a, at(T0 + 1_100)).step, Some(Step::Prepare));
     }
 
     #[test]
@@ -148,10 +195,10 @@ mod tests {
             auth("a", CaStatus::Active, T0),
             auth("b", CaStatus::Prepared, T0 + 600),
         ];
-        assert_eq!(plan(&a, T0 + 600), Plan::default());
-        assert_eq!(plan(&a, T0 + 999), Plan::default());
+        assert_eq!(plan(&a, at(T0 + 600)), Plan::default());
+        assert_eq!(plan(&a, at(T0 + 999)), Plan::default());
         assert_eq!(
-            plan(&a, T0 + 1_000).step,
+            plan(&a, at(T0 + 1_000)).step,
             Some(Step::Activate {
                 old: "a".into(),
                 new: "b".into()
@@ -165,13 +212,13 @@ mod tests {
             auth("a", CaStatus::Old, T0),
             auth("b", CaStatus::Active, T0 + 1_000),
         ];
-        assert_eq!(plan(&a, T0 + LIFE - 1).prune, Vec::<String>::new());
-        let p = plan(&a, T0 + LIFE);
+        assert_eq!(plan(&a, at(T0 + LIFE - 1)).prune, Vec::<String>::new());
+        let p = plan(&a, at(T0 + LIFE));
         assert_eq!(p.prune, vec!["a".to_owned()]);
         assert_eq!(p.step, None);
         // An expired active authority is no authority: a new one is made.
         let alone = [auth("a", CaStatus::Active, T0)];
-        let p = plan(&alone, T0 + LIFE);
+        let p = plan(&alone, at(T0 + LIFE));
         assert_eq!(p.prune, vec!["a".to_owned()]);
         assert_eq!(p.step, Some(Step::CreateActive));
     }
@@ -182,18 +229,18 @@ mod tests {
         lost.has_key = false;
         let prepared = auth("b", CaStatus::Prepared, T0 + 600);
         assert_eq!(
-            plan(&[lost, prepared], T0 + 700).step,
+            plan(&[lost, prepared], at(T0 + 700)).step,
             Some(Step::ActivatePrepared {
                 prepared: "b".into()
             })
         );
-        assert_eq!(plan(&[lost], T0 + 700).step, Some(Step::CreateActive));
+        assert_eq!(plan(&[lost], at(T0 + 700)).step, Some(Step::CreateActive));
         // An active record whose key was not found cannot sign either.
         let mut keyless = auth("a", CaStatus::Active, T0);
         keyless.has_key = false;
-        assert_eq!(plan(&[keyless], T0 + 1).step, Some(Step::CreateActive));
+        assert_eq!(plan(&[keyless], at(T0 + 1)).step, Some(Step::CreateActive));
         // Retired authorities stay until they expire, like old ones.
-        assert_eq!(plan(&[lost], T0 + LIFE).prune, vec!["a".to_owned()]);
+        assert_eq!(plan(&[lost], at(T0 + LIFE)).prune, vec!["a".to_owned()]);
     }
 
     #[test]
@@ -204,7 +251,63 @@ mod tests {
             auth("b", CaStatus::Active, T0 + 600),
         ];
         for back in [T0 + 999, T0 + 600, T0, T0 - 86_400] {
-            assert_eq!(plan(&after, back), Plan::default(), "at {back}");
+            assert_eq!(plan(&after, at(back)), Plan::default(), "at {back}");
         }
+    }
+
+    #[test]
+    fn the_prepared_authority_signs_only_once_published_for_the_propagation_time() {
+        let a = [
+            auth("a", CaStatus::Active, T0),
+            auth("b", CaStatus::Prepared, T0 + 900),
+        ];
+        let cx = |now| Context {
+            now,
+            propagation: 150,
+            others_sign: false,
+        };
+        // Due by lifetime at +1000, but "b" is known only from +1050.
+        assert_eq!(plan(&a, cx(T0 + 1_000)), Plan::default());
+        assert_eq!(waiting_until(&a, cx(T0 + 1_000)), Some(T0 + 1_050));
+        assert_eq!(
+            plan(&a, cx(T0 + 1_050)).step,
+            Some(Step::Activate {
+                old: "a".into(),
+                new: "b".into()
+            })
+        );
+        assert_eq!(waiting_until(&a, cx(T0 + 1_050)), None);
+    }
+
+    #[test]
+    fn a_server_joining_a_signing_trust_domain_prepares_and_waits() {
+        let joining = |now| Context {
+            now,
+            propagation: 30,
+            others_sign: true,
+        };
+        // Nothing of its own: prepared first, not active.
+        assert_eq!(plan(&[], joining(T0)).step, Some(Step::Prepare));
+        let p = [auth("p", CaStatus::Prepared, T0)];
+        assert_eq!(plan(&p, joining(T0 + 29)), Plan::default());
+        assert_eq!(waiting_until(&p, joining(T0 + 29)), Some(T0 + 30));
+        assert_eq!(
+            plan(&p, joining(T0 + 30)).step,
+            Some(Step::ActivatePrepared {
+                prepared: "p".into()
+            })
+        );
+        // Alone in the trust domain, it cannot wait for anyone: at once.
+        let alone = |now| Context {
+            others_sign: false,
+            ..joining(now)
+        };
+        assert_eq!(plan(&[], alone(T0)).step, Some(Step::CreateActive));
+        assert_eq!(
+            plan(&p, alone(T0 + 1)).step,
+            Some(Step::ActivatePrepared {
+                prepared: "p".into()
+            })
+        );
     }
 }

@@ -10,8 +10,8 @@ use tessera_core::{Bundle, RegistrationEntry, SpiffeId, TrustDomain};
 
 use super::{OpErrorLabels, OpLabels, ServerMetrics};
 use crate::datastore::{
-    AttestedNode, CaRecord, Datastore, DatastoreError, EntryEvent, EntryFilter, EventReader, Page,
-    Relationship, Result,
+    AttestedNode, BundleComposer, CaRecord, Datastore, DatastoreError, EntryEvent, EntryFilter,
+    EventReader, Page, Relationship, Result,
 };
 
 /// Wraps a datastore.
@@ -249,6 +249,14 @@ impl Datastore for MeteredDatastore {
     }
     async fn put_ca_record(&self, record: &CaRecord) -> Result<()> {
         self.time("put_ca_record", self.inner.put_ca_record(record))
+            .await
+    }
+    async fn compose_bundle(
+        &self,
+        td: &TrustDomain,
+        compose: BundleComposer,
+    ) -> Result<Option<Bundle>> {
+        self.time("compose_bundle", self.inner.compose_bundle(td, compose))
             .await
     }
     async fn list_ca_records(&self) -> Result<Vec<CaRecord>> {

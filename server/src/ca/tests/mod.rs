@@ -9,6 +9,7 @@
 mod chains;
 mod lost_keys;
 mod rotation;
+mod servers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -164,6 +165,8 @@ pub(super) fn settings(ttl: Duration) -> CaSettings {
         refresh_hint: Duration::from_secs(60),
         upstream: None,
         jwt_issuer: None,
+        server_id: "test-server".into(),
+        propagation: Duration::from_secs(65),
     }
 }
 
