@@ -20,6 +20,7 @@ pub mod faults_agent;
 pub mod pebble;
 pub mod spiffe_libs;
 pub mod spire;
+pub mod writers;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -766,6 +767,13 @@ pub struct X509Update {
 /// Holds a FetchX509SVID stream open for `duration` (waiting first for the caller to
 /// have an identity) and returns every message.
 pub fn watch_x509(agent: &Agent, duration: Duration) -> Vec<X509Update> {
+    let end = Instant::now() + duration;
+    watch_x509_while(agent, || Instant::now() < end)
+}
+
+/// Like [`watch_x509`], for as long as `go_on` says (asked at least every second).
+/// The stream breaking ends the test with its error.
+pub fn watch_x509_while(agent: &Agent, go_on: impl Fn() -> bool) -> Vec<X509Update> {
     use tessera_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
     let td = tessera_core::TrustDomain::new("example.org").expect("trust domain");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -795,11 +803,13 @@ pub fn watch_x509(agent: &Agent, duration: Duration) -> Vec<X509Update> {
             }
         };
         let mut out = Vec::new();
-        let end = Instant::now() + duration;
-        while let Ok(Some(msg)) = tokio::time::timeout_at(end.into(), stream.message())
-            .await
-            .map(|r| r.expect("stream error"))
-        {
+        while go_on() {
+            let msg = match tokio::time::timeout(Duration::from_secs(1), stream.message()).await {
+                Err(_) => continue,
+                Ok(Ok(Some(msg))) => msg,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => panic!("stream error: {e}\n{}", agent.log()),
+            };
             let at = std::time::SystemTime::now();
             let svid = &msg.svids[0];
             let chain =

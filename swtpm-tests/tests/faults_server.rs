@@ -722,7 +722,11 @@ fn an_unavailable_token_never_replaces_the_ca() {
     let dir = test_dir("hsm-outage");
     let hsm = SoftHsm::init(&dir.path().join("hsm"), "tessera", "1234");
     // A short CA lifetime makes rotation steps run every second during the outage.
-    let mut server = hsm_server(dir.path(), &hsm, "ca_ttl = \"120s\"");
+    let mut server = hsm_server(
+        dir.path(),
+        &hsm,
+        "ca_ttl = \"120s\"\nbundle_refresh_hint = \"5s\"",
+    );
     let db = db_path(&server);
     let token = workload_token(&server, "outage");
     let agent = Agent::start(&dir.path().join("agent"), &server, Some(&token), "");

@@ -399,7 +399,7 @@ fn rotation_in_the_hsm_keeps_workloads_valid_and_destroys_keys_only_once_unused(
     let server = hsm_server(
         dir.path(),
         &hsm,
-        "ca_ttl = \"36s\"\nx509_svid_ttl = \"4s\"\njwt_svid_ttl = \"4s\"",
+        "ca_ttl = \"36s\"\nbundle_refresh_hint = \"1s\"\nx509_svid_ttl = \"4s\"\njwt_svid_ttl = \"4s\"",
     );
     let token = workload(&server);
     let agent = Agent::start(
