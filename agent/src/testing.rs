@@ -398,9 +398,11 @@ pub(crate) fn agent(
 
 /// Real servers on loopback, for the client's address selection.
 pub(crate) mod net {
+    use std::net::SocketAddr;
     use std::pin::Pin;
     use std::sync::Arc;
     use std::task::{Context, Poll};
+    use std::time::Duration;
 
     use tessera_core::SpiffeId;
     use tessera_core::tls::{SharedBundle, SharedIdentity};
@@ -419,6 +421,40 @@ pub(crate) mod net {
     pub(crate) fn refused() -> String {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().to_string()
+    }
+
+    /// An address whose connects hang, as at a host behind a firewall that drops
+    /// packets: a listener whose accept queue is full, so that the kernel drops
+    /// further SYNs. Lives as long as the value.
+    pub(crate) struct Blackhole {
+        pub(crate) addr: SocketAddr,
+        _listener: TcpListener,
+        _queued: Vec<TcpStream>,
+    }
+
+    impl Blackhole {
+        pub(crate) async fn new() -> Self {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let listener = socket.listen(0).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut queued = Vec::new();
+            for _ in 0..16 {
+                let probe = TcpStream::connect(addr);
+                match tokio::time::timeout(Duration::from_millis(200), probe).await {
+                    Ok(Ok(s)) => queued.push(s),
+                    Ok(Err(e)) => panic!("filling the accept queue of {addr}: {e}"),
+                    Err(_) => {
+                        return Self {
+                            addr,
+                            _listener: listener,
+                            _queued: queued,
+                        };
+                    }
+                }
+            }
+            panic!("the accept queue of {addr} never filled");
+        }
     }
 
     /// An address that accepts connections and closes them at once (a port that is
