@@ -1,7 +1,10 @@
 //! The agent's connection to the server: gRPC over TLS, with the server authenticated as
 //! `spiffe://<td>/spire/server` against the agent's bundle (the bootstrap bundle before
 //! the first attestation) and the agent authenticated by its SVID once it has one.
-//! Several servers, and several addresses per name, are tried in order ([`dial`]).
+//!
+//! - `dial`: several servers, and several addresses per name, tried in order;
+//! - `connection`: the agent's one connection, and its return to the preferred server
+//!   after falling over to another.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,15 +19,55 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+mod connection;
 mod dial;
 
+pub use connection::{Lease, ServerConnection};
 pub use dial::{Link, dial};
 
 /// Per-call deadline.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long each step of reaching one address may take: resolving a name, the TCP
 /// connect, the TLS handshake.
-const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection to a fallback server is first kept this many sync intervals...
+const RETURN_INTERVALS: u32 = 6;
+/// ...but at least this long...
+const MIN_RETURN_AFTER: Duration = Duration::from_secs(10);
+/// ...and, doubling while the preferred server stays away, at most this long.
+pub const MAX_RETURN_AFTER: Duration = Duration::from_secs(300);
+
+/// How the agent dials its servers and when it leaves a fallback for the preferred
+/// server (see [`ServerConnection`]). Not a setting: it follows the sync interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failover {
+    /// Each step of reaching one address may take this long.
+    pub step_timeout: Duration,
+    /// A connection to a fallback is kept from half to all of this, the first time.
+    pub return_after: Duration,
+    /// The ceiling the age limit doubles up to while the preferred server stays away.
+    pub return_after_max: Duration,
+}
+
+impl Failover {
+    /// The agent's: six sync intervals (30 s with the default 5 s), at least 10 s,
+    /// doubling up to five minutes.
+    pub fn for_interval(sync_interval: Duration) -> Self {
+        Self {
+            step_timeout: STEP_TIMEOUT,
+            return_after: sync_interval
+                .saturating_mul(RETURN_INTERVALS)
+                .clamp(MIN_RETURN_AFTER, MAX_RETURN_AFTER),
+            return_after_max: MAX_RETURN_AFTER,
+        }
+    }
+}
+
+impl Default for Failover {
+    fn default() -> Self {
+        Self::for_interval(Duration::from_secs(5))
+    }
+}
 
 /// How the agent trusts the server.
 #[derive(Debug, Clone)]
@@ -50,6 +93,8 @@ pub fn tls_connector(
 
 /// Builds a channel to the first reachable server. The channel connects lazily, on
 /// its first call, and again (from the first address) whenever its connection breaks.
+/// It stays on the server it reached: the agent's long-lived connection is a
+/// [`ServerConnection`], which returns to the preferred server.
 pub fn channel(
     servers: Vec<String>,
     server_id: SpiffeId,
@@ -88,44 +133,14 @@ where
         }))
 }
 
+/// Whether `status` is the client's own, not a server's answer: the connection
+/// broke, the call timed out, no server could be reached. tonic keeps the error a
+/// status was made from as its source; a status read off the wire has none.
+pub fn is_local(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
+}
+
 /// A client for the agent API.
 pub fn node_client(ch: Channel) -> NodeClient<Channel> {
     NodeClient::new(ch).max_decoding_message_size(64 * 1024 * 1024)
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::protocol::{GrpcServer, ServerApi};
-    use crate::testing::{TestPki, id, net};
-    use std::time::SystemTime;
-    use tessera_core::tls::{SharedBundle, SharedIdentity};
-
-    #[tokio::test]
-    async fn the_agent_calls_the_next_server_when_the_first_is_down() {
-        let pki = TestPki::new(SystemTime::now());
-        let first = net::node_server(&pki, &id("/spire/server"), 1).await;
-        let second = net::node_server(&pki, &id("/spire/server"), 2).await;
-        let sync = |servers: Vec<String>| {
-            let server = GrpcServer::new(
-                servers,
-                id("/spire/server"),
-                SharedBundle::new(pki.bundle().clone()),
-                SharedIdentity::new(),
-            );
-            async move {
-                server
-                    .sync_entries(tessera_proto::agent::SyncRequest::default())
-                    .await
-                    .map(|r| r.revision)
-            }
-        };
-        assert_eq!(sync(vec![first.clone(), second.clone()]).await, Ok(1));
-        assert_eq!(sync(vec![net::refused(), second.clone()]).await, Ok(2));
-        assert_eq!(
-            sync(vec![net::closes().await, net::refused(), second]).await,
-            Ok(2)
-        );
-        let e = sync(vec![net::refused()]).await.unwrap_err();
-        assert!(e.is_transient(), "{e}");
-    }
 }

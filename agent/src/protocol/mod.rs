@@ -7,7 +7,8 @@
 //! benchmark's simulated agents: [`attest`] (the attestation stream) and
 //! [`sync::sync`] (the sync rounds).
 
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tessera_core::SpiffeId;
@@ -19,7 +20,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::attestor::NodeAttestor;
-use crate::client::{Trust, channel, node_client};
+use crate::client::{Failover, ServerConnection, Trust, channel, node_client, tls_connector};
 
 pub mod sync;
 
@@ -166,15 +167,13 @@ pub async fn attest(
 }
 
 /// [`ServerApi`] over gRPC: the agent's addresses tried in order, the server checked
-/// against the agent's bundle, the agent's SVID presented once it has one.
+/// against the agent's bundle, the agent's SVID presented once it has one, and a
+/// return to the preferred server after falling over to another
+/// ([`ServerConnection`]).
 #[derive(Debug)]
 pub struct GrpcServer {
-    servers: Vec<String>,
     server_id: SpiffeId,
-    bundle: Arc<SharedBundle>,
-    identity: Arc<SharedIdentity>,
-    /// Replaced by [`ServerApi::reconnect`].
-    channel: Mutex<Channel>,
+    conn: ServerConnection,
 }
 
 impl GrpcServer {
@@ -186,34 +185,52 @@ impl GrpcServer {
         bundle: Arc<SharedBundle>,
         identity: Arc<SharedIdentity>,
     ) -> Self {
-        let ch = channel(
-            servers.clone(),
-            server_id.clone(),
-            Trust::Bundle(bundle.clone()),
-            Some(identity.clone()),
-        );
+        let tls = tls_connector(server_id.clone(), Trust::Bundle(bundle), Some(identity));
         Self {
-            servers,
+            conn: ServerConnection::new(servers, tls, Failover::default()),
             server_id,
-            bundle,
-            identity,
-            channel: Mutex::new(ch),
+        }
+    }
+
+    /// The same, with `failover`'s timeouts and age limits (the agent's follow its
+    /// sync interval: [`Failover::for_interval`]).
+    pub fn with_failover(self, failover: Failover) -> Self {
+        Self {
+            conn: self.conn.with_failover(failover),
+            server_id: self.server_id,
         }
     }
 
     /// A client on the current connection.
     pub fn client(&self) -> NodeClient<Channel> {
-        node_client(
-            self.channel
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
+        node_client(self.conn.lease().channel)
     }
 
     /// The addresses tried, in order.
     pub fn servers(&self) -> &[String] {
-        &self.servers
+        self.conn.servers()
+    }
+
+    /// The connection to the servers.
+    pub fn connection(&self) -> &ServerConnection {
+        &self.conn
+    }
+
+    /// One call over the current connection; a failure without an answer from the
+    /// server makes the next call dial again.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, ServerError>
+    where
+        F: FnOnce(NodeClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let lease = self.conn.lease();
+        match call(node_client(lease.channel.clone())).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => {
+                self.conn.call_failed(&lease, &s);
+                Err(from_status(s))
+            }
+        }
     }
 }
 
@@ -225,39 +242,36 @@ impl ServerApi for GrpcServer {
         attestor: &dyn NodeAttestor,
         csr: Vec<u8>,
     ) -> Result<pb::AttestResult, ServerError> {
-        let ch = channel(self.servers.clone(), self.server_id.clone(), trust, None);
+        let ch = channel(
+            self.conn.servers().to_vec(),
+            self.server_id.clone(),
+            trust,
+            None,
+        );
         attest(&mut node_client(ch), attestor, csr).await
     }
 
     async fn sync_entries(&self, req: pb::SyncRequest) -> Result<pb::SyncResponse, ServerError> {
-        Ok(self
-            .client()
-            .sync_entries(req)
+        self.call(|mut c| async move { c.sync_entries(req).await })
             .await
-            .map_err(from_status)?
-            .into_inner())
     }
 
     async fn batch_new_x509_svid(
         &self,
         requests: Vec<pb::SvidRequest>,
     ) -> Result<Vec<pb::SvidResult>, ServerError> {
+        let req = pb::BatchNewX509SvidRequest { requests };
         Ok(self
-            .client()
-            .batch_new_x509_svid(pb::BatchNewX509SvidRequest { requests })
-            .await
-            .map_err(from_status)?
-            .into_inner()
+            .call(|mut c| async move { c.batch_new_x509_svid(req).await })
+            .await?
             .results)
     }
 
     async fn renew_agent(&self, csr: Vec<u8>) -> Result<Vec<Vec<u8>>, ServerError> {
+        let req = pb::RenewAgentRequest { csr };
         Ok(self
-            .client()
-            .renew_agent(pb::RenewAgentRequest { csr })
-            .await
-            .map_err(from_status)?
-            .into_inner()
+            .call(|mut c| async move { c.renew_agent(req).await })
+            .await?
             .svid_chain)
     }
 
@@ -266,21 +280,12 @@ impl ServerApi for GrpcServer {
         entry_id: String,
         audience: Vec<String>,
     ) -> Result<pb::NewJwtSvidResponse, ServerError> {
-        Ok(self
-            .client()
-            .new_jwt_svid(pb::NewJwtSvidRequest { entry_id, audience })
+        let req = pb::NewJwtSvidRequest { entry_id, audience };
+        self.call(|mut c| async move { c.new_jwt_svid(req).await })
             .await
-            .map_err(from_status)?
-            .into_inner())
     }
 
     fn reconnect(&self) {
-        let ch = channel(
-            self.servers.clone(),
-            self.server_id.clone(),
-            Trust::Bundle(self.bundle.clone()),
-            Some(self.identity.clone()),
-        );
-        *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = ch;
+        self.conn.reconnect();
     }
 }
