@@ -63,9 +63,15 @@ pub(crate) fn from_attestor(e: crate::attestor::AttestError) -> ServerError {
     }
 }
 
-/// How a gRPC status reads to the agent: refusals are [`ServerError::Rejected`],
-/// everything else (unreachable, deadline, internal) [`ServerError::Unavailable`].
+/// How a gRPC status reads to the agent: a server's refusal is [`ServerError::Rejected`],
+/// everything else (unreachable, deadline, internal) [`ServerError::Unavailable`]. A
+/// status the client made itself (a broken connection, a timeout) is never a refusal,
+/// whatever its code: only a server can say that the agent is not allowed, and only
+/// that leads the agent to attest again.
 pub fn from_status(s: tonic::Status) -> ServerError {
+    if crate::client::is_local(&s) {
+        return ServerError::Unavailable(format!("{} ({:?})", s.message(), s.code()));
+    }
     match s.code() {
         Code::PermissionDenied | Code::Unauthenticated => {
             ServerError::Rejected(s.message().to_owned())
@@ -287,5 +293,35 @@ impl ServerApi for GrpcServer {
 
     fn reconnect(&self) {
         self.conn.reconnect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn only_a_server_can_refuse() {
+        // A server's refusals.
+        for s in [
+            tonic::Status::permission_denied("banned"),
+            tonic::Status::unauthenticated("unknown agent"),
+            tonic::Status::not_found("no such entry"),
+        ] {
+            assert!(matches!(from_status(s), ServerError::Rejected(_)));
+        }
+        assert!(from_status(tonic::Status::unavailable("HSM away")).is_transient());
+        // The same codes made by the client from a transport error (an HTTP/2 error
+        // code can read as PermissionDenied) are not a refusal: no re-attestation
+        // because a connection broke.
+        let mut local = tonic::Status::permission_denied("h2 protocol error");
+        local.set_source(Arc::new(std::io::Error::other("connection reset")));
+        let e = from_status(local);
+        assert!(e.is_transient(), "{e}");
+        let io = tonic::Status::from_error(Box::new(std::io::Error::other("broken pipe")));
+        assert!(crate::client::is_local(&io));
+        assert!(from_status(io).is_transient());
     }
 }
