@@ -338,18 +338,21 @@ mod tests {
         let (tls, link) = dial(&servers, &connector(&pki), TIMEOUT).await.unwrap();
         assert_eq!(peer(&tls), good);
         assert_eq!(link.server, by_name);
-        assert_eq!(link.passed_over, 1);
+        // Where `localhost` also resolves to ::1 (before 127.0.0.1), that address is
+        // passed over too.
+        assert!(link.passed_over >= 1, "{link:?}");
+        // What failed is named; how depends on the resolver (no such name, or no
+        // answer within the step timeout).
         let first = link.first_failure.unwrap();
         assert!(
-            first.starts_with("no-such-server.invalid:8081: cannot resolve the name"),
+            first.starts_with("no-such-server.invalid:8081: ") && first.contains("resol"),
             "{first}"
         );
         let e = dial(&servers[..1], &connector(&pki), TIMEOUT)
             .await
             .unwrap_err();
         assert!(
-            e.to_string()
-                .starts_with("no-such-server.invalid:8081: cannot resolve"),
+            e.to_string().starts_with("no-such-server.invalid:8081: "),
             "{e}"
         );
     }
