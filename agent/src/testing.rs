@@ -593,8 +593,15 @@ pub(crate) mod net {
     /// closed at once, whatever they were doing) and started again on its address.
     pub(crate) struct NodeProcess {
         pub(crate) addr: String,
-        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        stop: Option<tokio::sync::mpsc::UnboundedSender<Signal>>,
+        /// Held while the server is frozen; dropped to thaw it.
+        thaw: Option<std::sync::mpsc::Sender<()>>,
         thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    enum Signal {
+        Freeze(std::sync::mpsc::Receiver<()>),
+        Kill,
     }
 
     impl NodeProcess {
@@ -604,7 +611,7 @@ pub(crate) mod net {
             listener.set_nonblocking(true).unwrap();
             let addr = listener.local_addr().unwrap().to_string();
             let acceptor = acceptor(pki, id);
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let (stop, mut signals) = tokio::sync::mpsc::unbounded_channel::<Signal>();
             let thread = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -613,7 +620,11 @@ pub(crate) mod net {
                 rt.block_on(async move {
                     let l = TcpListener::from_std(listener).unwrap();
                     tokio::spawn(serve(l, acceptor, SyncOnly(revision)));
-                    let _ = stopped.await;
+                    while let Some(Signal::Freeze(thaw)) = signals.recv().await {
+                        // Blocks the runtime's one thread: nothing is answered, and
+                        // the kernel still accepts connections and keeps them open.
+                        let _ = thaw.recv();
+                    }
                 });
                 // Dropping the runtime drops all its tasks, and with them the
                 // listener and every connection.
@@ -622,15 +633,28 @@ pub(crate) mod net {
             Self {
                 addr,
                 stop: Some(stop),
+                thaw: None,
                 thread: Some(thread),
             }
+        }
+
+        /// Hangs it, as a process that stopped answering (or a host that vanished
+        /// behind a live connection): until killed, it answers nothing, not even a
+        /// TLS handshake.
+        pub(crate) fn freeze(&mut self) {
+            let (thaw, frozen) = std::sync::mpsc::channel();
+            if let Some(stop) = &self.stop {
+                let _ = stop.send(Signal::Freeze(frozen));
+            }
+            self.thaw = Some(thaw);
         }
 
         /// Stops it as a killed process stops.
         pub(crate) fn kill(&mut self) {
             if let Some(stop) = self.stop.take() {
-                let _ = stop.send(());
+                let _ = stop.send(Signal::Kill);
             }
+            self.thaw = None;
             if let Some(t) = self.thread.take() {
                 t.join().unwrap();
             }

@@ -189,7 +189,7 @@ fn open(
         memory.clone(),
         give_up_at.clone(),
     );
-    let channel = super::lazy_channel(move || {
+    let channel = super::lazy_channel(failover.call_timeout, move || {
         let (servers, tls, memory, slot) =
             (servers.clone(), tls.clone(), memory.clone(), slot.clone());
         async move {

@@ -26,7 +26,7 @@ pub use connection::{Lease, ServerConnection};
 pub use dial::{Link, dial};
 
 /// Per-call deadline.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long each step of reaching one address may take: resolving a name, the TCP
 /// connect, the TLS handshake.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,6 +43,8 @@ pub const MAX_RETURN_AFTER: Duration = Duration::from_secs(300);
 pub struct Failover {
     /// Each step of reaching one address may take this long.
     pub step_timeout: Duration,
+    /// A call gets this long, once connected.
+    pub call_timeout: Duration,
     /// A connection to a fallback is kept from half to all of this, the first time.
     pub return_after: Duration,
     /// The ceiling the age limit doubles up to while the preferred server stays away.
@@ -55,6 +57,7 @@ impl Failover {
     pub fn for_interval(sync_interval: Duration) -> Self {
         Self {
             step_timeout: STEP_TIMEOUT,
+            call_timeout: CALL_TIMEOUT,
             return_after: sync_interval
                 .saturating_mul(RETURN_INTERVALS)
                 .clamp(MIN_RETURN_AFTER, MAX_RETURN_AFTER),
@@ -103,7 +106,7 @@ pub fn channel(
 ) -> Channel {
     let connector = tls_connector(server_id, trust, identity);
     let servers = Arc::new(servers);
-    lazy_channel(move || {
+    lazy_channel(CALL_TIMEOUT, move || {
         let (servers, connector) = (servers.clone(), connector.clone());
         async move {
             let (stream, link) = dial(&servers, &connector, STEP_TIMEOUT).await?;
@@ -116,14 +119,14 @@ pub fn channel(
 /// A lazy channel whose connections `connect` makes. The endpoint sets no connect
 /// timeout: tonic's would bound a whole dial, all addresses together, so [`dial`]
 /// times each step instead.
-fn lazy_channel<F, Fut>(connect: F) -> Channel
+fn lazy_channel<F, Fut>(call_timeout: Duration, connect: F) -> Channel
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: Future<Output = std::io::Result<TlsStream<TcpStream>>> + Send + 'static,
 {
     // The URI is only a label: the connector picks the address.
     Endpoint::from_static("http://tessera-server")
-        .timeout(CALL_TIMEOUT)
+        .timeout(call_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(false)

@@ -26,6 +26,7 @@ fn grpc(pki: &TestPki, servers: Vec<String>, failover: Failover) -> Arc<GrpcServ
 fn failover(return_after: Duration) -> Failover {
     Failover {
         step_timeout: Duration::from_millis(500),
+        call_timeout: Duration::from_secs(10),
         return_after,
         return_after_max: return_after,
     }
@@ -197,6 +198,29 @@ async fn a_call_in_flight_is_not_failed_by_the_return() {
 }
 
 #[tokio::test]
+async fn a_call_that_times_out_on_a_hung_server_is_retried_on_the_next() {
+    let pki = TestPki::new(SystemTime::now());
+    let mut s1 = net::NodeProcess::start(&pki, &id("/spire/server"), 1, ANY);
+    let s2 = net::node_server(&pki, &id("/spire/server"), 2).await;
+    let f = Failover {
+        call_timeout: Duration::from_millis(500),
+        ..failover(Duration::from_secs(3600))
+    };
+    let s = grpc(&pki, vec![s1.addr.clone(), s2], f);
+    assert_eq!(sync(&s).await, Ok(1));
+    // The first server hangs with the connection open: the call times out (the
+    // client's own failure, not a refusal)...
+    s1.freeze();
+    let e = sync(&s).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    // ...and the retry does not wait on that connection: it dials again, the hung
+    // server's TLS handshake times out, and the second answers.
+    assert_eq!(sync(&s).await, Ok(2));
+    let first = link(&s).first_failure.unwrap();
+    assert!(first.contains("TLS handshake timed out"), "{first}");
+}
+
+#[tokio::test]
 async fn only_a_failure_without_an_answer_drops_the_connection() {
     let pki = TestPki::new(SystemTime::now());
     let good = net::node_server(&pki, &id("/spire/server"), 1).await;
@@ -283,6 +307,7 @@ fn the_agent_returns_after_a_few_sync_intervals_and_less_often_while_the_first_i
     assert_eq!(f.return_after, Duration::from_secs(30));
     assert_eq!(f.return_after_max, Duration::from_secs(300));
     assert_eq!(f.step_timeout, Duration::from_secs(5));
+    assert_eq!(f.call_timeout, Duration::from_secs(30));
     assert_eq!(
         Failover::for_interval(Duration::from_millis(100)).return_after,
         Duration::from_secs(10)
