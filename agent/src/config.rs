@@ -47,7 +47,8 @@ pub struct AgentConfig {
     pub server_address: String,
     #[serde(default = "default_server_port")]
     pub server_port: u16,
-    /// More servers to try in order when the first cannot be reached.
+    /// More servers to try in order when the first cannot be reached (the agent goes
+    /// back to the first once it answers again: docs/OPERATIONS.md, "Several servers").
     #[serde(default)]
     pub server_addresses: Vec<String>,
     /// State: the agent SVID, its key, the bundle and cached entries.

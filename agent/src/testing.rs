@@ -398,9 +398,11 @@ pub(crate) fn agent(
 
 /// Real servers on loopback, for the client's address selection.
 pub(crate) mod net {
+    use std::net::SocketAddr;
     use std::pin::Pin;
     use std::sync::Arc;
     use std::task::{Context, Poll};
+    use std::time::Duration;
 
     use tessera_core::SpiffeId;
     use tessera_core::tls::{SharedBundle, SharedIdentity};
@@ -419,6 +421,40 @@ pub(crate) mod net {
     pub(crate) fn refused() -> String {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().to_string()
+    }
+
+    /// An address whose connects hang, as at a host behind a firewall that drops
+    /// packets: a listener whose accept queue is full, so that the kernel drops
+    /// further SYNs. Lives as long as the value.
+    pub(crate) struct Blackhole {
+        pub(crate) addr: SocketAddr,
+        _listener: TcpListener,
+        _queued: Vec<TcpStream>,
+    }
+
+    impl Blackhole {
+        pub(crate) async fn new() -> Self {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let listener = socket.listen(0).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut queued = Vec::new();
+            for _ in 0..16 {
+                let probe = TcpStream::connect(addr);
+                match tokio::time::timeout(Duration::from_millis(200), probe).await {
+                    Ok(Ok(s)) => queued.push(s),
+                    Ok(Err(e)) => panic!("filling the accept queue of {addr}: {e}"),
+                    Err(_) => {
+                        return Self {
+                            addr,
+                            _listener: listener,
+                            _queued: queued,
+                        };
+                    }
+                }
+            }
+            panic!("the accept queue of {addr} never filled");
+        }
     }
 
     /// An address that accepts connections and closes them at once (a port that is
@@ -467,7 +503,9 @@ pub(crate) mod net {
         }
     }
 
-    /// Answers `SyncEntries` with its revision; nothing else.
+    /// Answers `SyncEntries` with its revision; nothing else. A sync saying it knows
+    /// revision N is answered after N milliseconds, so that a test can hold a call in
+    /// flight.
     #[derive(Debug)]
     struct SyncOnly(u64);
 
@@ -491,8 +529,9 @@ pub(crate) mod net {
         }
         async fn sync_entries(
             &self,
-            _: Request<pb::SyncRequest>,
+            req: Request<pb::SyncRequest>,
         ) -> Result<Response<pb::SyncResponse>, Status> {
+            tokio::time::sleep(Duration::from_millis(req.get_ref().known_revision)).await;
             Ok(Response::new(pb::SyncResponse {
                 revision: self.0,
                 ..Default::default()
@@ -512,17 +551,17 @@ pub(crate) mod net {
         }
     }
 
-    /// An agent API server on loopback presenting an SVID for `id` from `pki`, whose
-    /// syncs answer with `revision` (so that a test can tell servers apart).
-    pub(crate) async fn node_server(pki: &TestPki, id: &SpiffeId, revision: u64) -> String {
+    /// TLS as a server presenting an SVID for `id` from `pki`.
+    fn acceptor(pki: &TestPki, id: &SpiffeId) -> TlsAcceptor {
         let (chain, key) = pki.identity(id, std::time::SystemTime::now());
         let identity = SharedIdentity::new();
         identity.set(&chain, key);
         let bundle = SharedBundle::new(pki.bundle().clone());
-        let acceptor =
-            TlsAcceptor::from(Arc::new(tessera_core::tls::server_config(identity, bundle)));
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
+        TlsAcceptor::from(Arc::new(tessera_core::tls::server_config(identity, bundle)))
+    }
+
+    /// Serves the agent API (as [`SyncOnly`]) on `l` until dropped.
+    async fn serve(l: TcpListener, acceptor: TlsAcceptor, node: SyncOnly) {
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Tls>>(8);
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
@@ -534,11 +573,97 @@ pub(crate) mod net {
                 });
             }
         });
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(NodeServer::new(SyncOnly(revision)))
-                .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(rx)),
-        );
+        let _ = tonic::transport::Server::builder()
+            .add_service(NodeServer::new(node))
+            .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await;
+    }
+
+    /// An agent API server on loopback presenting an SVID for `id` from `pki`, whose
+    /// syncs answer with `revision` (so that a test can tell servers apart).
+    pub(crate) async fn node_server(pki: &TestPki, id: &SpiffeId, revision: u64) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(serve(l, acceptor(pki, id), SyncOnly(revision)));
         addr
+    }
+
+    /// A [`node_server`] in a runtime of its own, on a thread of its own, so that it
+    /// can be killed as its process would die (the listener and every connection
+    /// closed at once, whatever they were doing) and started again on its address.
+    pub(crate) struct NodeProcess {
+        pub(crate) addr: String,
+        stop: Option<tokio::sync::mpsc::UnboundedSender<Signal>>,
+        /// Held while the server is frozen; dropped to thaw it.
+        thaw: Option<std::sync::mpsc::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    enum Signal {
+        Freeze(std::sync::mpsc::Receiver<()>),
+        Kill,
+    }
+
+    impl NodeProcess {
+        /// Starts on `addr` (`127.0.0.1:0` for any port).
+        pub(crate) fn start(pki: &TestPki, id: &SpiffeId, revision: u64, addr: &str) -> Self {
+            let listener = std::net::TcpListener::bind(addr).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let acceptor = acceptor(pki, id);
+            let (stop, mut signals) = tokio::sync::mpsc::unbounded_channel::<Signal>();
+            let thread = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let l = TcpListener::from_std(listener).unwrap();
+                    tokio::spawn(serve(l, acceptor, SyncOnly(revision)));
+                    while let Some(Signal::Freeze(thaw)) = signals.recv().await {
+                        // Blocks the runtime's one thread: nothing is answered, and
+                        // the kernel still accepts connections and keeps them open.
+                        let _ = thaw.recv();
+                    }
+                });
+                // Dropping the runtime drops all its tasks, and with them the
+                // listener and every connection.
+                drop(rt);
+            });
+            Self {
+                addr,
+                stop: Some(stop),
+                thaw: None,
+                thread: Some(thread),
+            }
+        }
+
+        /// Hangs it, as a process that stopped answering (or a host that vanished
+        /// behind a live connection): until killed, it answers nothing, not even a
+        /// TLS handshake.
+        pub(crate) fn freeze(&mut self) {
+            let (thaw, frozen) = std::sync::mpsc::channel();
+            if let Some(stop) = &self.stop {
+                let _ = stop.send(Signal::Freeze(frozen));
+            }
+            self.thaw = Some(thaw);
+        }
+
+        /// Stops it as a killed process stops.
+        pub(crate) fn kill(&mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(Signal::Kill);
+            }
+            self.thaw = None;
+            if let Some(t) = self.thread.take() {
+                t.join().unwrap();
+            }
+        }
+    }
+
+    impl Drop for NodeProcess {
+        fn drop(&mut self) {
+            self.kill();
+        }
     }
 }

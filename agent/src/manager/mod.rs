@@ -40,6 +40,7 @@ use tokio::time::Instant;
 
 use crate::attestor::NodeAttestor;
 use crate::cache::{Cache, Snapshot};
+use crate::client::Failover;
 use crate::config::AgentConfig;
 use crate::protocol::{GrpcServer, ServerApi, ServerError};
 use crate::retry::{Backoff, RepeatLog};
@@ -223,12 +224,10 @@ impl Agent {
         let identity = SharedIdentity::new();
         let server = match parts.server {
             Some(s) => s,
-            None => Arc::new(GrpcServer::new(
-                cfg.servers(),
-                server_id,
-                bundle.clone(),
-                identity.clone(),
-            )),
+            None => Arc::new(
+                GrpcServer::new(cfg.servers(), server_id, bundle.clone(), identity.clone())
+                    .with_failover(Failover::for_interval(cfg.sync_interval)),
+            ),
         };
         let jwt_gate = Mutex::new(jwt::JwtGate::new(cfg.sync_interval));
         Ok(Arc::new(Self {

@@ -7,7 +7,8 @@
 //! benchmark's simulated agents: [`attest`] (the attestation stream) and
 //! [`sync::sync`] (the sync rounds).
 
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tessera_core::SpiffeId;
@@ -19,7 +20,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::attestor::NodeAttestor;
-use crate::client::{Trust, channel, node_client};
+use crate::client::{Failover, ServerConnection, Trust, channel, node_client, tls_connector};
 
 pub mod sync;
 
@@ -62,9 +63,15 @@ pub(crate) fn from_attestor(e: crate::attestor::AttestError) -> ServerError {
     }
 }
 
-/// How a gRPC status reads to the agent: refusals are [`ServerError::Rejected`],
-/// everything else (unreachable, deadline, internal) [`ServerError::Unavailable`].
+/// How a gRPC status reads to the agent: a server's refusal is [`ServerError::Rejected`],
+/// everything else (unreachable, deadline, internal) [`ServerError::Unavailable`]. A
+/// status the client made itself (a broken connection, a timeout) is never a refusal,
+/// whatever its code: only a server can say that the agent is not allowed, and only
+/// that leads the agent to attest again.
 pub fn from_status(s: tonic::Status) -> ServerError {
+    if crate::client::is_local(&s) {
+        return ServerError::Unavailable(format!("{} ({:?})", s.message(), s.code()));
+    }
     match s.code() {
         Code::PermissionDenied | Code::Unauthenticated => {
             ServerError::Rejected(s.message().to_owned())
@@ -166,15 +173,13 @@ pub async fn attest(
 }
 
 /// [`ServerApi`] over gRPC: the agent's addresses tried in order, the server checked
-/// against the agent's bundle, the agent's SVID presented once it has one.
+/// against the agent's bundle, the agent's SVID presented once it has one, and a
+/// return to the preferred server after falling over to another
+/// ([`ServerConnection`]).
 #[derive(Debug)]
 pub struct GrpcServer {
-    servers: Vec<String>,
     server_id: SpiffeId,
-    bundle: Arc<SharedBundle>,
-    identity: Arc<SharedIdentity>,
-    /// Replaced by [`ServerApi::reconnect`].
-    channel: Mutex<Channel>,
+    conn: ServerConnection,
 }
 
 impl GrpcServer {
@@ -186,34 +191,52 @@ impl GrpcServer {
         bundle: Arc<SharedBundle>,
         identity: Arc<SharedIdentity>,
     ) -> Self {
-        let ch = channel(
-            servers.clone(),
-            server_id.clone(),
-            Trust::Bundle(bundle.clone()),
-            Some(identity.clone()),
-        );
+        let tls = tls_connector(server_id.clone(), Trust::Bundle(bundle), Some(identity));
         Self {
-            servers,
+            conn: ServerConnection::new(servers, tls, Failover::default()),
             server_id,
-            bundle,
-            identity,
-            channel: Mutex::new(ch),
+        }
+    }
+
+    /// The same, with `failover`'s timeouts and age limits (the agent's follow its
+    /// sync interval: [`Failover::for_interval`]).
+    pub fn with_failover(self, failover: Failover) -> Self {
+        Self {
+            conn: self.conn.with_failover(failover),
+            server_id: self.server_id,
         }
     }
 
     /// A client on the current connection.
     pub fn client(&self) -> NodeClient<Channel> {
-        node_client(
-            self.channel
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
+        node_client(self.conn.lease().channel)
     }
 
     /// The addresses tried, in order.
     pub fn servers(&self) -> &[String] {
-        &self.servers
+        self.conn.servers()
+    }
+
+    /// The connection to the servers.
+    pub fn connection(&self) -> &ServerConnection {
+        &self.conn
+    }
+
+    /// One call over the current connection; a failure without an answer from the
+    /// server makes the next call dial again.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, ServerError>
+    where
+        F: FnOnce(NodeClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let lease = self.conn.lease();
+        match call(node_client(lease.channel.clone())).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => {
+                self.conn.call_failed(&lease, &s);
+                Err(from_status(s))
+            }
+        }
     }
 }
 
@@ -225,39 +248,36 @@ impl ServerApi for GrpcServer {
         attestor: &dyn NodeAttestor,
         csr: Vec<u8>,
     ) -> Result<pb::AttestResult, ServerError> {
-        let ch = channel(self.servers.clone(), self.server_id.clone(), trust, None);
+        let ch = channel(
+            self.conn.servers().to_vec(),
+            self.server_id.clone(),
+            trust,
+            None,
+        );
         attest(&mut node_client(ch), attestor, csr).await
     }
 
     async fn sync_entries(&self, req: pb::SyncRequest) -> Result<pb::SyncResponse, ServerError> {
-        Ok(self
-            .client()
-            .sync_entries(req)
+        self.call(|mut c| async move { c.sync_entries(req).await })
             .await
-            .map_err(from_status)?
-            .into_inner())
     }
 
     async fn batch_new_x509_svid(
         &self,
         requests: Vec<pb::SvidRequest>,
     ) -> Result<Vec<pb::SvidResult>, ServerError> {
+        let req = pb::BatchNewX509SvidRequest { requests };
         Ok(self
-            .client()
-            .batch_new_x509_svid(pb::BatchNewX509SvidRequest { requests })
-            .await
-            .map_err(from_status)?
-            .into_inner()
+            .call(|mut c| async move { c.batch_new_x509_svid(req).await })
+            .await?
             .results)
     }
 
     async fn renew_agent(&self, csr: Vec<u8>) -> Result<Vec<Vec<u8>>, ServerError> {
+        let req = pb::RenewAgentRequest { csr };
         Ok(self
-            .client()
-            .renew_agent(pb::RenewAgentRequest { csr })
-            .await
-            .map_err(from_status)?
-            .into_inner()
+            .call(|mut c| async move { c.renew_agent(req).await })
+            .await?
             .svid_chain)
     }
 
@@ -266,21 +286,42 @@ impl ServerApi for GrpcServer {
         entry_id: String,
         audience: Vec<String>,
     ) -> Result<pb::NewJwtSvidResponse, ServerError> {
-        Ok(self
-            .client()
-            .new_jwt_svid(pb::NewJwtSvidRequest { entry_id, audience })
+        let req = pb::NewJwtSvidRequest { entry_id, audience };
+        self.call(|mut c| async move { c.new_jwt_svid(req).await })
             .await
-            .map_err(from_status)?
-            .into_inner())
     }
 
     fn reconnect(&self) {
-        let ch = channel(
-            self.servers.clone(),
-            self.server_id.clone(),
-            Trust::Bundle(self.bundle.clone()),
-            Some(self.identity.clone()),
-        );
-        *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = ch;
+        self.conn.reconnect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn only_a_server_can_refuse() {
+        // A server's refusals.
+        for s in [
+            tonic::Status::permission_denied("banned"),
+            tonic::Status::unauthenticated("unknown agent"),
+            tonic::Status::not_found("no such entry"),
+        ] {
+            assert!(matches!(from_status(s), ServerError::Rejected(_)));
+        }
+        assert!(from_status(tonic::Status::unavailable("HSM away")).is_transient());
+        // The same codes made by the client from a transport error (an HTTP/2 error
+        // code can read as PermissionDenied) are not a refusal: no re-attestation
+        // because a connection broke.
+        let mut local = tonic::Status::permission_denied("h2 protocol error");
+        local.set_source(Arc::new(std::io::Error::other("connection reset")));
+        let e = from_status(local);
+        assert!(e.is_transient(), "{e}");
+        let io = tonic::Status::from_error(Box::new(std::io::Error::other("broken pipe")));
+        assert!(crate::client::is_local(&io));
+        assert!(from_status(io).is_transient());
     }
 }
