@@ -30,7 +30,7 @@ const SERVER_EVENT_POLL: Duration = Duration::from_secs(1);
 
 /// A cluster in its own directory under the system's temporary directory (a root
 /// test run hands it to the `postgres` user, who cannot reach a private temporary
-/// directory), removed when the benchmark ends.
+/// directory), removed with its lock file when the benchmark ends.
 struct Database {
     cluster: Option<PgCluster>,
     dir: std::path::PathBuf,
@@ -59,6 +59,8 @@ impl Drop for Database {
     fn drop(&mut self) {
         drop(self.cluster.take());
         let _ = std::fs::remove_dir_all(&self.dir);
+        // scripts/postgres.sh serialises its callers on DIR.lock, beside DIR.
+        let _ = std::fs::remove_file(self.dir.with_extension("lock"));
     }
 }
 
