@@ -18,6 +18,7 @@ mod sim;
 mod spire;
 mod stats;
 mod sync;
+mod sync_shared;
 mod vs_spire;
 mod vs_spire_server;
 mod workload;
@@ -46,6 +47,15 @@ struct Cli {
     command: Command,
 }
 
+/// The parts of the `sync` benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SyncPart {
+    /// One server on SQLite, thousands of agents.
+    OneServer,
+    /// Two servers sharing PostgreSQL.
+    TwoServers,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// SVIDs/s through BatchNewX509Svid vs the raw signing rate.
@@ -57,8 +67,14 @@ enum Command {
     },
     /// FetchX509SVID latency and throughput vs a bare gRPC round trip.
     WorkloadApi,
-    /// Thousands of agents syncing against many entries.
-    Sync,
+    /// Thousands of agents syncing against many entries: one server (SQLite), then
+    /// two servers sharing PostgreSQL (sync latency per server, and an entry written
+    /// on one server to its SVID served through the other).
+    Sync {
+        /// Run only this part (default: both).
+        #[arg(long, value_enum)]
+        only: Option<SyncPart>,
+    },
     /// Binary sizes and resident memory.
     Footprint,
     /// Agent start to first SVID, join token vs TPM attestation.
@@ -112,8 +128,19 @@ async fn run(cli: Cli, dir: &std::path::Path) -> Result<Vec<report::Report>, Str
     if all || matches!(cli.command, Command::WorkloadApi) {
         out.push(workload::run(&dir.join("workload-api"), quick, vs).await?);
     }
-    if all || matches!(cli.command, Command::Sync) {
-        out.push(sync::run(&dir.join("sync"), quick, vs).await?);
+    let sync_parts = match &cli.command {
+        Command::All | Command::Sync { only: None } => {
+            vec![SyncPart::OneServer, SyncPart::TwoServers]
+        }
+        Command::Sync { only: Some(p) } => vec![*p],
+        _ => Vec::new(),
+    };
+    for part in sync_parts {
+        out.push(match part {
+            SyncPart::OneServer => sync::run(&dir.join("sync"), quick, vs).await?,
+            // Tessera only: `--vs-spire` sets up no pair of SPIRE servers.
+            SyncPart::TwoServers => sync_shared::run(&dir.join("sync-two-servers"), quick).await?,
+        });
     }
     if all || matches!(cli.command, Command::Footprint) {
         out.push(footprint::run(&dir.join("footprint"), quick, vs).await?);

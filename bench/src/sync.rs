@@ -157,7 +157,7 @@ pub(crate) async fn run(
     let mut agent = Agent::configure(
         &dir.join("big-agent"),
         &server,
-        "[key_manager]\ntype = \"memory\"\nsync_interval = \"5s\"\n",
+        "sync_interval = \"5s\"\n[key_manager]\ntype = \"memory\"\n",
     );
     let t2 = Instant::now();
     agent.spawn(Some(&token));

@@ -152,6 +152,36 @@ fn every_benchmark_runs_in_quick_mode() {
             "sync: {key} missing"
         );
     }
+    // Two servers sharing PostgreSQL: sync latency and CPU per server, and an entry
+    // written on A to its SVID served through an agent attached to B.
+    positive(
+        "sync-two-servers",
+        &[
+            "syncs",
+            "sync_p50_ms",
+            "sync_p99_ms",
+            "server_a_syncs",
+            "server_b_syncs",
+            "server_a_sync_p50_ms",
+            "server_a_sync_p99_ms",
+            "server_b_sync_p50_ms",
+            "server_b_sync_p99_ms",
+            "server_a_cpu_per_sec",
+            "server_b_cpu_per_sec",
+            "server_event_poll_ms",
+            "write_to_served_sync_500ms_count",
+            "write_to_served_sync_500ms_p50_ms",
+            "write_to_served_sync_500ms_p99_ms",
+            "write_to_served_sync_500ms_max_ms",
+            "write_to_index_b_p50_ms",
+            "write_to_index_b_p99_ms",
+            "create_ack_p50_ms",
+        ],
+    );
+    assert_eq!(
+        results["sync-two-servers"]["entries_held_total"], results["sync-two-servers"]["entries"],
+        "the agents of the two servers did not get their entries"
+    );
     positive(
         "footprint",
         &[
