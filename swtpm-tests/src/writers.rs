@@ -22,6 +22,7 @@ pub struct Attempt {
 
 /// Writers that create entries through the admin socket until told to stop, each
 /// recording every attempt.
+#[derive(Debug)]
 pub struct Writers {
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicUsize>,
@@ -40,7 +41,7 @@ impl Writers {
         let admin = server.admin.clone();
         let (s, a, log) = (stop.clone(), acked.clone(), attempts.clone());
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
             rt.block_on(async move {
                 let mut tasks = Vec::new();
                 for w in 0..count {
@@ -48,7 +49,9 @@ impl Writers {
                         (admin.clone(), s.clone(), a.clone(), log.clone());
                     let (path, parent) = (path.clone(), parent.clone());
                     tasks.push(tokio::spawn(async move {
-                        let ch = tessera_proto::unix_channel(&admin).await.unwrap();
+                        let ch = tessera_proto::unix_channel(&admin)
+                            .await
+                            .expect("admin socket");
                         let mut client = AdminClient::new(ch);
                         let mut i = 0u64;
                         while !stop.load(Ordering::SeqCst) {
@@ -69,7 +72,7 @@ impl Writers {
                             if !failed {
                                 acked.fetch_add(1, Ordering::SeqCst);
                             }
-                            log.lock().unwrap().push(Attempt {
+                            log.lock().expect("attempt log").push(Attempt {
                                 sent,
                                 done: Instant::now(),
                                 outcome,
@@ -82,7 +85,7 @@ impl Writers {
                     }));
                 }
                 for t in tasks {
-                    t.await.unwrap();
+                    t.await.expect("writer task");
                 }
             });
         });
@@ -102,7 +105,7 @@ impl Writers {
     pub fn acked_after(&self, t: Instant) -> usize {
         self.attempts
             .lock()
-            .unwrap()
+            .expect("attempt log")
             .iter()
             .filter(|a| a.sent > t && a.outcome.is_ok())
             .count()
@@ -111,10 +114,10 @@ impl Writers {
     /// Stops the writers and returns every attempt.
     pub fn finish(self) -> Vec<Attempt> {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().unwrap();
+        self.thread.join().expect("writers thread");
         Arc::try_unwrap(self.attempts)
-            .unwrap()
+            .expect("the writers are done")
             .into_inner()
-            .unwrap()
+            .expect("attempt log")
     }
 }
