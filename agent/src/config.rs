@@ -162,15 +162,16 @@ impl LimitsConfig {
     }
 }
 
-/// Where the agent's own SVID key lives.
-#[derive(Debug, Clone, Deserialize, Default)]
+/// Where the agent's own SVID key lives. (The variants without settings are empty
+/// structs, not unit variants: serde lets a unit variant of a tagged enum ignore
+/// unknown keys, so a misplaced setting would pass unnoticed.)
+#[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum KeyManagerConfig {
     /// In memory: a restart means attesting again.
-    Memory,
+    Memory {},
     /// A PKCS#8 file (mode 0600) in `<data_dir>/keys`.
-    #[default]
-    Disk,
+    Disk {},
     /// A key in the TPM; `<data_dir>/keys` holds only its TPM blob, useless on any
     /// other TPM.
     Tpm {
@@ -178,6 +179,12 @@ pub enum KeyManagerConfig {
         #[serde(default)]
         tcti: Option<tessera_tpm::Tcti>,
     },
+}
+
+impl Default for KeyManagerConfig {
+    fn default() -> Self {
+        Self::Disk {}
+    }
 }
 
 /// How the agent proves its node.
@@ -796,7 +803,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.sync_interval, Duration::from_secs(5));
         assert_eq!(c.servers(), vec!["10.0.0.1:8081".to_string()]);
-        assert!(matches!(c.key_manager, KeyManagerConfig::Disk));
+        assert!(matches!(c.key_manager, KeyManagerConfig::Disk {}));
         assert!(c.node_attestor.join_token.is_some());
     }
 
@@ -1040,5 +1047,20 @@ ek = "ecc-p384"
         )
         .unwrap_err();
         assert!(e.to_string().contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn a_setting_misplaced_under_key_manager_is_refused() {
+        let base = "trust_domain = \"e.org\"\nserver_address = \"a\"\ninsecure_bootstrap = true\n";
+        for kind in ["memory", "disk"] {
+            let c =
+                AgentConfig::parse(&format!("{base}[key_manager]\ntype = \"{kind}\"\n")).unwrap();
+            assert!(!matches!(c.key_manager, KeyManagerConfig::Tpm { .. }));
+            let e = AgentConfig::parse(&format!(
+                "{base}[key_manager]\ntype = \"{kind}\"\nsync_interval = \"500ms\"\n"
+            ))
+            .unwrap_err();
+            assert!(e.to_string().contains("sync_interval"), "{kind}: {e}");
+        }
     }
 }

@@ -120,8 +120,8 @@ pub fn open_key_manager(
     tpm: Option<Arc<Tpm>>,
 ) -> Result<Arc<dyn KeyManager>, StartupError> {
     Ok(match cfg.key_manager {
-        KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::new()),
-        KeyManagerConfig::Disk => Arc::new(
+        KeyManagerConfig::Memory {} => Arc::new(MemoryKeyManager::new()),
+        KeyManagerConfig::Disk {} => Arc::new(
             DiskKeyManager::open(&cfg.data_dir.join("keys")).map_err(StartupError::KeyManager)?,
         ),
         KeyManagerConfig::Tpm { .. } => {

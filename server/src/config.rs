@@ -309,8 +309,9 @@ impl Default for DatastoreConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum KeyManagerConfig {
-    /// In memory: lost on restart (a new CA every start; for tests).
-    Memory,
+    /// In memory: lost on restart (a new CA every start; for tests). An empty
+    /// struct, not a unit variant, so that unknown keys beside it are refused.
+    Memory {},
     /// PKCS#8 files, mode 0600 (default: `<data_dir>/keys`).
     Disk {
         #[serde(default)]
@@ -662,7 +663,7 @@ type = "memory"
             DatastoreTarget::Sqlite(path) => assert_eq!(path, PathBuf::from("/tmp/x.db")),
             DatastoreTarget::Postgres(_) => panic!("sqlite expected"),
         }
-        assert!(matches!(c.key_manager, KeyManagerConfig::Memory));
+        assert!(matches!(c.key_manager, KeyManagerConfig::Memory {}));
     }
 
     #[test]
@@ -948,5 +949,17 @@ agent_path_template = "/{{ .PluginName }}/{{ .Subject.CommonName }}"
             let e = ServerConfig::parse(&format!("trust_domain = \"e.org\"\n{bad}\n")).unwrap_err();
             assert!(e.to_string().contains(says), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_setting_misplaced_under_key_manager_is_refused() {
+        let c = ServerConfig::parse("trust_domain = \"e.org\"\n[key_manager]\ntype = \"memory\"\n")
+            .unwrap();
+        assert!(matches!(c.key_manager, KeyManagerConfig::Memory {}));
+        let e = ServerConfig::parse(
+            "trust_domain = \"e.org\"\n[key_manager]\ntype = \"memory\"\nca_ttl = \"2h\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("ca_ttl"), "{e}");
     }
 }

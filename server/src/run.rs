@@ -199,7 +199,7 @@ pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, RunError> {
 /// Opens the configured key manager.
 pub fn open_key_manager(config: &ServerConfig) -> Result<Arc<dyn KeyManager>, RunError> {
     Ok(match &config.key_manager {
-        KeyManagerConfig::Memory => Arc::new(MemoryKeyManager::new()),
+        KeyManagerConfig::Memory {} => Arc::new(MemoryKeyManager::new()),
         KeyManagerConfig::Disk { dir } => {
             let dir = dir.clone().unwrap_or_else(|| config.data_dir.join("keys"));
             Arc::new(tessera_process::DiskKeyManager::open(&dir).map_err(RunError::KeyManager)?)
