@@ -64,9 +64,13 @@ impl Drop for Database {
     }
 }
 
+/// Both servers share the trust domain: the second publishes its first CA and signs
+/// once the agents (syncing every 5 s at most here) can have learnt it, which the
+/// short refresh hint keeps to 6 s.
 fn server_config(conn: &str) -> String {
     format!(
-        "[key_manager]\ntype = \"memory\"\n[datastore]\ntype = \"postgres\"\nconnection_string = \"{conn}\"\n{}",
+        "bundle_refresh_hint = \"1s\"\nagent_sync_interval = \"5s\"\n\
+         [key_manager]\ntype = \"memory\"\n[datastore]\ntype = \"postgres\"\nconnection_string = \"{conn}\"\n{}",
         env::SERVER_LIMITS
     )
 }
