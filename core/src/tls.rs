@@ -298,6 +298,10 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![b"h2".to_vec()];
+    // No session resumption: a resumed session carries the client certificate of the
+    // handshake it resumes, so a client that reconnects to present a renewed SVID
+    // would be seen with the one it replaced.
+    cfg.resumption = rustls::client::Resumption::disabled();
     cfg
 }
 
