@@ -436,8 +436,21 @@ pub async fn run(config: ServerConfig) -> Result<(), RunError> {
     let state = build_state(config).await?;
 
     // A server joining a trust domain where others sign waits until agents can know
-    // its first authorities before it serves anything signed by them.
-    state.ca.until_signing().await;
+    // its first authorities before it serves anything signed by them; systemd is
+    // told, so that its start timeout does not end the wait.
+    if state.ca.active_x509().is_err() || state.ca.active_jwt().is_err() {
+        let extend = tokio::spawn(async {
+            loop {
+                tessera_telemetry::notify::extend_start(
+                    Duration::from_secs(30),
+                    "waiting until agents can have learnt this server's first CA",
+                );
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        });
+        state.ca.until_signing().await;
+        extend.abort();
+    }
     tokio::spawn(state.ca.clone().run());
     tokio::spawn(state.entries.clone().follow(Duration::from_secs(1)));
     tokio::spawn(

@@ -23,6 +23,7 @@
 )]
 
 use std::collections::BTreeSet;
+use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -75,12 +76,32 @@ fn three_servers_share_a_trust_domain_through_server_kills_rotations_and_a_datab
          [key_manager]\ntype = \"pkcs11\"\n{}",
         hsm.section()
     );
+    // Each server started as systemd starts a Type=notify unit: what it tells
+    // systemd is read from its notification socket.
+    let notify: Vec<(std::path::PathBuf, UnixDatagram)> = (0..3)
+        .map(|i| {
+            let path = dir.path().join(format!("notify{i}.sock"));
+            let sock = UnixDatagram::bind(&path).unwrap();
+            sock.set_nonblocking(true).unwrap();
+            (path, sock)
+        })
+        .collect();
+    let notified = |i: usize| -> Vec<String> {
+        let mut buf = [0u8; 4096];
+        let mut out = Vec::new();
+        while let Ok(n) = notify[i].1.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    };
     let start = |i: usize| {
-        Server::start_with_env(&dir.path().join(format!("server{i}")), &config, &hsm.env())
+        let mut env = hsm.env();
+        env.push(("NOTIFY_SOCKET".into(), notify[i].0.display().to_string()));
+        Server::start_with_env(&dir.path().join(format!("server{i}")), &config, &env)
     };
     let mut servers = vec![start(0)];
     // The others join a trust domain where the first signs: each waits for its first
-    // authorities to be known before it serves.
+    // authorities to be known before it serves, and asks systemd for more time.
     servers.push(start(1));
     servers.push(start(2));
     let log = servers[1].log();
@@ -88,6 +109,25 @@ fn three_servers_share_a_trust_domain_through_server_kills_rotations_and_a_datab
         log.contains("it signs once every agent can have learnt them"),
         "server 1 did not wait for its first CA to be known:\n{log}"
     );
+    for i in 0..3 {
+        let said = notified(i);
+        let extended = said
+            .iter()
+            .position(|m| m.contains("EXTEND_TIMEOUT_USEC=30000000"));
+        let ready = said.iter().position(|m| m.contains("READY=1"));
+        assert!(ready.is_some(), "server {i} told systemd: {said:?}");
+        if i == 0 {
+            assert!(
+                extended.is_none(),
+                "server 0 had nothing to wait for: {said:?}"
+            );
+        } else {
+            assert!(
+                extended < ready && extended.is_some(),
+                "server {i}: {said:?}"
+            );
+        }
+    }
     // Each server made its own CA and JWT key; all in the shared bundle.
     let ids: Vec<String> = (0..3)
         .map(|i| {

@@ -1,6 +1,7 @@
 //! systemd's service notification protocol: `READY=1` once the binary serves,
-//! `WATCHDOG=1` at half the unit's `WatchdogSec`, `STOPPING=1` at shutdown, and a
-//! `STATUS=` line saying what it is doing. Without `NOTIFY_SOCKET` (not started by
+//! `WATCHDOG=1` at half the unit's `WatchdogSec`, `EXTEND_TIMEOUT_USEC=` while a
+//! start takes long on purpose, `STOPPING=1` at shutdown, and a `STATUS=` line saying
+//! what it is doing. Without `NOTIFY_SOCKET` (not started by
 //! systemd with `Type=notify`) every call does nothing.
 
 use std::time::Duration;
@@ -23,6 +24,16 @@ pub fn ready(status: &str) {
 /// Updates the status line `systemctl status` shows.
 pub fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
+}
+
+/// Asks systemd for `by` more before it gives up on a start that has not reported
+/// ready yet (`EXTEND_TIMEOUT_USEC`), saying why in the status line.
+pub fn extend_start(by: Duration, status: &str) {
+    let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);
+    send(&[
+        NotifyState::ExtendTimeoutUsec(usec),
+        NotifyState::Status(status),
+    ]);
 }
 
 /// Tells systemd the service is stopping.
