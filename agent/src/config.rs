@@ -80,6 +80,10 @@ pub struct AgentConfig {
     pub allow_unauthenticated_verifiers: bool,
     #[serde(default)]
     pub key_manager: KeyManagerConfig,
+    /// Which TPM backend talks to the TPM: `esapi` (tpm2-tss, the default when built
+    /// in) or `native` (pure Rust; the only one in a static build).
+    #[serde(default)]
+    pub tpm_backend: tessera_tpm::Backend,
     #[serde(default)]
     pub node_attestor: NodeAttestorConfig,
     #[serde(default)]

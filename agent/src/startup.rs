@@ -35,9 +35,13 @@ pub enum StartupError {
         source: tessera_tpm::DeviceError,
     },
     #[error(
-        "a TPM is configured ({0}) but this agent was built without TPM support (cargo feature `tpm`)"
+        "a TPM is configured ({tcti}) but this agent was built without the {backend} TPM backend (built in: {built}; setting tpm_backend, cargo feature `tpm`)"
     )]
-    NoTpmSupport(Tcti),
+    NoTpmSupport {
+        tcti: Tcti,
+        backend: tessera_tpm::Backend,
+        built: String,
+    },
     /// What needs the TPM that is not configured.
     #[error("{0} needs a TPM")]
     NeedsTpm(&'static str),
@@ -80,21 +84,30 @@ pub enum StartupError {
     Telemetry(#[source] std::io::Error),
 }
 
-/// Opens a TPM through the tss-esapi backend.
-#[cfg(feature = "tpm")]
-pub fn open_tpm_at(tcti: &Tcti) -> Result<Arc<Tpm>, StartupError> {
-    Tpm::open(tcti)
+/// Opens a TPM through `backend`, refusing one this build does not contain.
+pub fn open_tpm_at(tcti: &Tcti, backend: tessera_tpm::Backend) -> Result<Arc<Tpm>, StartupError> {
+    if !backend.is_built() {
+        let built = tessera_tpm::Backend::built();
+        return Err(StartupError::NoTpmSupport {
+            tcti: tcti.clone(),
+            backend,
+            built: if built.is_empty() {
+                "none".into()
+            } else {
+                built
+                    .iter()
+                    .map(|b| b.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        });
+    }
+    Tpm::open_with(backend, tcti)
         .map(Arc::new)
         .map_err(|source| StartupError::OpenTpm {
             tcti: tcti.clone(),
             source,
         })
-}
-
-/// Without the `tpm` feature there is no backend to open a TPM with.
-#[cfg(not(feature = "tpm"))]
-pub fn open_tpm_at(tcti: &Tcti) -> Result<Arc<Tpm>, StartupError> {
-    Err(StartupError::NoTpmSupport(tcti.clone()))
 }
 
 /// Opens the TPM the configuration names, once: the node attestor and the key manager
@@ -111,7 +124,7 @@ pub fn open_tpm(cfg: &AgentConfig) -> Result<Option<Arc<Tpm>>, StartupError> {
             attestor: a,
         });
     }
-    open_tpm_at(&tcti).map(Some)
+    open_tpm_at(&tcti, cfg.tpm_backend).map(Some)
 }
 
 /// Opens the configured key manager for the agent's own key.

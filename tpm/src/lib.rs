@@ -64,6 +64,6 @@ pub mod wire;
 pub use attestation::{AgentOptions, AttestError, NodeAttestation};
 pub use device::keys::{TpmKey, TpmKeyManager};
 pub use device::tcti::Tcti;
-pub use device::{DeviceError, KeyBlob, Tpm, TpmDevice};
+pub use device::{Backend, DeviceError, KeyBlob, Tpm, TpmDevice};
 /// The EK and AK kinds, at the paths the agent's configuration names them by.
 pub use verifier::{ak, ek};

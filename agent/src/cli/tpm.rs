@@ -95,7 +95,7 @@ pub fn execute(c: TpmCommand) -> Result<(), CliError> {
             common_name,
             validity_days,
         } => {
-            let tpm = open_tpm_at(&tcti)?;
+            let tpm = open_tpm_at(&tcti, tessera_tpm::Backend::default())?;
             let ca = tessera_tpm::provision::VendorCa::from_files(&vendor_ca_cert, &vendor_ca_key)?;
             let request = tessera_tpm::provision::DevIdRequest {
                 key_type,
@@ -114,7 +114,7 @@ pub fn execute(c: TpmCommand) -> Result<(), CliError> {
             key_type,
             common_name,
         } => {
-            let tpm = open_tpm_at(&tcti)?;
+            let tpm = open_tpm_at(&tcti, tessera_tpm::Backend::default())?;
             let cn = common_name.unwrap_or_else(hostname);
             create_key(tpm, &out, &csr, key_type, &cn)?;
             tessera_process::output::print(&format!(
@@ -129,7 +129,7 @@ pub fn execute(c: TpmCommand) -> Result<(), CliError> {
             devid_dir,
             output,
         } => {
-            let tpm = open_tpm_at(&tcti)?;
+            let tpm = open_tpm_at(&tcti, tessera_tpm::Backend::default())?;
             let info = tessera_tpm::provision::info(&tpm, devid_dir.as_deref())?;
             tessera_process::output::print(&info_text(&info, output)?);
             Ok(())

@@ -15,10 +15,13 @@
 //! [`Tpm`] is the shared handle: one device behind one mutex. [`keys`] puts the
 //! agent's own keys in the TPM; [`tcti`] parses where the TPM is.
 
+pub mod backend;
 #[cfg(feature = "esapi")]
 pub mod esapi;
 pub mod keys;
 pub mod tcti;
+
+pub use backend::Backend;
 
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
@@ -311,10 +314,19 @@ impl Tpm {
         }
     }
 
-    /// Opens the TPM named by `tcti` with the tss-esapi backend.
-    #[cfg(feature = "esapi")]
+    /// Opens the TPM named by `tcti` with the default backend of this build
+    /// ([`Backend::default`]).
     pub fn open(tcti: &crate::device::tcti::Tcti) -> Result<Self, DeviceError> {
-        Ok(Self::new(Box::new(esapi::EsapiDevice::open(tcti)?)))
+        Self::open_with(Backend::default(), tcti)
+    }
+
+    /// Opens the TPM named by `tcti` with `backend`; a backend this build does not
+    /// contain is refused with a message that says so.
+    pub fn open_with(
+        backend: Backend,
+        tcti: &crate::device::tcti::Tcti,
+    ) -> Result<Self, DeviceError> {
+        backend.open(tcti).map(Self::new)
     }
 
     /// Where the TPM is.
