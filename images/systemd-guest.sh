@@ -48,7 +48,7 @@
 # TESSERA_IMAGE_CACHE  where the root filesystem is kept (default:
 #                      <repo>/target/images); another package list makes it again
 # BOOT_TIMEOUT         seconds the guest may take from power-on to power-off
-#                      (default 300; QEMU emulates the CPU, about 60 s here)
+#                      (default 300; QEMU emulates the CPU: 100 s or so here)
 
 set -euo pipefail
 
