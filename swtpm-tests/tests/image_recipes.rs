@@ -363,10 +363,15 @@ fn kernel_fragment_is_well_formed_used_by_both_recipes_and_enabled_in_debian() {
     ] {
         assert!(opts.iter().any(|o| o == want), "tpm.cfg lacks {want}");
     }
-    // Yocto: the bbappend fetches tpm.cfg from images/kernel.
+    // Yocto: the bbappend fetches tpm.cfg from images/kernel (for distributions
+    // with the tpm or tpm2 feature).
     let append = images().join("yocto/recipes-kernel/linux/linux-yocto_%.bbappend");
     let text = read(&append);
-    assert!(text.contains("SRC_URI += \"file://tpm.cfg\""), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("SRC_URI") && l.contains("'tpm tpm2', ' file://tpm.cfg'")),
+        "{text}"
+    );
     let extra = text
         .lines()
         .find_map(|l| l.strip_prefix("FILESEXTRAPATHS:prepend := \"${THISDIR}/"))

@@ -13,7 +13,8 @@ LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7ca
 TESSERA_AGENT_BINARY ?= ""
 
 # The overlay files come from images/rootfs, next to this layer: the boot tests
-# and the Buildroot tree install the same files.
+# and the Buildroot tree install the same files. (FILESEXTRAPATHS in a recipe
+# rather than an append: there is one source of these files, and it is there.)
 FILESEXTRAPATHS:prepend := "${THISDIR}/../../../rootfs:"
 SRC_URI = " \
     file://etc/tessera/agent.toml \
@@ -35,7 +36,7 @@ inherit systemd useradd
 # unless the TPM software stack's recipe made it already.
 USERADD_PACKAGES = "${PN}"
 GROUPADD_PARAM:${PN} = "--system tss"
-USERADD_PARAM:${PN} = "--system --user-group --groups tss --home-dir /var/lib/tessera/agent \
+USERADD_PARAM:${PN} = "--system --user-group --groups tss --home-dir ${localstatedir}/lib/tessera/agent \
     --no-create-home --shell ${base_sbindir}/nologin --comment 'Tessera SPIFFE agent' tessera-agent"
 
 SYSTEMD_SERVICE:${PN} = "tessera-agent.service"
@@ -60,14 +61,13 @@ do_install() {
     install -D -m 0644 ${TESSERA_FILES}/usr/lib/udev/rules.d/60-tessera-tpm.rules ${D}${nonarch_base_libdir}/udev/rules.d/60-tessera-tpm.rules
 }
 
-FILES:${PN} += " \
-    ${nonarch_libdir}/sysusers.d \
+FILES:${PN} += "${nonarch_libdir}/sysusers.d \
     ${nonarch_libdir}/tmpfiles.d \
     ${nonarch_base_libdir}/udev/rules.d \
 "
 CONFFILES:${PN} = "${sysconfdir}/tessera/agent.toml"
 
-# A release binary comes stripped, with no debug information to split.
+# A release binary comes stripped, with no debug information to split (with both
+# set, the packaging does not look for stripped files either).
 INHIBIT_PACKAGE_STRIP = "1"
 INHIBIT_PACKAGE_DEBUG_SPLIT = "1"
-INSANE_SKIP:${PN} += "already-stripped"

@@ -26,7 +26,7 @@ inherit systemd useradd
 # The same as sysusers.d/tessera-server.conf: members of the group may use the
 # server's admin socket.
 USERADD_PACKAGES = "${PN}"
-USERADD_PARAM:${PN} = "--system --user-group --home-dir /var/lib/tessera \
+USERADD_PARAM:${PN} = "--system --user-group --home-dir ${localstatedir}/lib/tessera \
     --no-create-home --shell ${base_sbindir}/nologin --comment 'Tessera SPIFFE server' tessera"
 
 SYSTEMD_SERVICE:${PN} = "tessera-server.service"
@@ -48,11 +48,9 @@ do_install() {
     install -D -m 0644 ${TESSERA_FILES}/usr/lib/tmpfiles.d/tessera-server.conf ${D}${nonarch_libdir}/tmpfiles.d/tessera-server.conf
 }
 
-FILES:${PN} += " \
-    ${nonarch_libdir}/sysusers.d \
+FILES:${PN} += "${nonarch_libdir}/sysusers.d \
     ${nonarch_libdir}/tmpfiles.d \
 "
 
 INHIBIT_PACKAGE_STRIP = "1"
 INHIBIT_PACKAGE_DEBUG_SPLIT = "1"
-INSANE_SKIP:${PN} += "already-stripped"
