@@ -38,6 +38,8 @@ root=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 bin=${TESSERA_BIN_DIR:-$root/target/debug}
 cache=${TESSERA_IMAGE_CACHE:-$root/target/images}
 boot_timeout=${BOOT_TIMEOUT:-300}
+# free_port, factory, host_server, srv, check_devid_agent
+. "$root/images/lib.sh"
 
 usage() {
     sed -n '/^#   images/,/^# BOOT_TIMEOUT/p' "$0" | sed 's/^# \{0,1\}//' >&2
@@ -76,10 +78,6 @@ fetch() (
     mv -- "$cache/vmlinuz.new" "$cache/vmlinuz"
     rm -rf -- "$debs"
 )
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 # Copies FILE and every shared library it needs (per ldd) into the tree ROOT, at
 # their own paths.
@@ -126,46 +124,10 @@ run() {
 
     # The factory: a TPM with its maker's EK certificates, and a DevID from the
     # vendor's CA. The DevID directory goes into the image.
-    note "provisioning the appliance's TPM and DevID"
-    bash "$root/scripts/swtpm.sh" start "$work/swtpm" >/dev/null
-    local tcti ek_root ek_issuer
-    tcti=$(sed -n "s/^export TPM_TCTI='\(.*\)'$/\1/p" "$work/swtpm/env")
-    ek_root=$(sed -n "s/^export TPM_EK_CA_ROOT='\(.*\)'$/\1/p" "$work/swtpm/env")
-    ek_issuer=$(sed -n "s/^export TPM_EK_CA_INTERMEDIATE='\(.*\)'$/\1/p" "$work/swtpm/env")
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-        -subj "/CN=Boot Test Vendor CA" \
-        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-        -keyout "$work/vendor-ca.key" -out "$work/vendor-ca.pem" 2>/dev/null ||
-        die "openssl could not make the vendor CA"
-    "$bin/tessera-agent" tpm provision-devid --tcti "$tcti" --common-name boot-test-appliance \
-        --vendor-ca-cert "$work/vendor-ca.pem" --vendor-ca-key "$work/vendor-ca.key" \
-        --out "$work/devid" >"$work/provision.log" 2>&1 ||
-        die "provision-devid failed: $(cat "$work/provision.log")"
-    local agent_path
-    agent_path=$(sed -n 's/^Agent ID path *: *//p' "$work/provision.log")
-    [[ -n $agent_path ]] || die "provision-devid printed no agent ID path: $(cat "$work/provision.log")"
-    bash "$root/scripts/swtpm.sh" stop "$work/swtpm" >/dev/null
-
+    factory "$work" boot-test-appliance "Boot Test Vendor CA"
     # The server, on the host's loopback (the guest reaches it as 10.0.2.2).
-    local port
-    port=$(free_port)
-    cat >"$work/server.toml" <<TOML
-trust_domain = "example.org"
-bind_address = "127.0.0.1:$port"
-data_dir = "$work/server"
-admin_socket = "$work/server/admin.sock"
-
-[node_attestors.tpm_devid]
-devid_ca_bundle = ["$work/vendor-ca.pem"]
-ek_ca_bundle = ["$ek_root"]
-ek_intermediates = ["$ek_issuer"]
-TOML
-    "$bin/tessera-server" run --config "$work/server.toml" >"$work/server.log" 2>&1 &
-    pids+=($!)
-    srv() { "$bin/tessera-server" --socket-path "$work/server/admin.sock" "$@"; }
-    for _ in $(seq 100); do srv healthcheck >/dev/null 2>&1 && break; sleep 0.1; done
-    srv healthcheck >/dev/null || die "the server did not start: $(cat "$work/server.log")"
-    srv bundle show >"$work/bundle.pem"
+    host_server "$work"
+    local port=$host_port
     srv entry create --node --spiffe-id spiffe://example.org/appliances \
         --selector "tpm_devid:issuer:cn:Boot Test Vendor CA" >/dev/null
     srv entry create --parent-id spiffe://example.org/appliances \
@@ -256,10 +218,8 @@ INIT
         die "the SVID served is not spiffe://example.org/appliance/root"
     grep -Eq '^boot-test: agent key files: .*\.tpmkey' "$work/console.log" ||
         die "the agent's key on disk is not a TPM blob"
-    local agent_id="spiffe://example.org$agent_path"
-    srv agent list --output json >"$work/agents.json"
-    grep -q "\"$agent_id\"" "$work/agents.json" ||
-        die "the server has no agent $agent_id: $(cat "$work/agents.json")"
+    local agent_id
+    agent_id=$(check_devid_agent "$work")
     printf 'boot test: OK: %s attested with tpm_devid and served spiffe://example.org/appliance/root\n' \
         "$agent_id"
 }

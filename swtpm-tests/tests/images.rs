@@ -2,10 +2,13 @@
 //! agent's own parser (a typo there would brick every device built from it), and an
 //! appliance booted under QEMU with a swtpm TPM device attests with its DevID and
 //! serves an SVID (`images/boot-test.sh`); and the shipped systemd units, installed
-//! in a Debian guest booted with systemd, are notify services that become ready,
-//! run sandboxed as their users, and are restarted by the watchdog when hung, and the
-//! `systemd` and `docker` workload attestors tell two services of one user and two
-//! Podman containers apart (`images/systemd-guest.sh`).
+//! in a Debian guest booted with systemd and a swtpm TPM device, are notify services
+//! that become ready, run sandboxed as their users (the agent as `tessera-agent`,
+//! reaching the TPM through the tss group, with CAP_SYS_PTRACE alone, under a
+//! sandbox `systemd-analyze security` rates 2.5 or lower), attest with the TPM's
+//! DevID to a server on the host, and are restarted by the watchdog when hung, and
+//! the `systemd` and `docker` workload attestors tell two services of one user and
+//! two Podman containers apart (`images/systemd-guest.sh`).
 
 #![allow(
     clippy::unwrap_used,
@@ -90,6 +93,10 @@ fn shipped_units_get_ready_tell_units_and_containers_apart_and_restart_a_hung_ag
     for line in [
         "boot-check: server active: serving agents on 127.0.0.1:8081",
         "boot-check: server user: tessera",
+        "boot-check: tpm device: /dev/tpmrm0 group tss mode 660",
+        "boot-check: agent user: tessera-agent, groups: tessera-agent tss",
+        // CAP_SYS_PTRACE alone.
+        "boot-check: agent capabilities: 0000000000080000",
         "boot-check: svid: spiffe://example.org/boot-check",
         // Two services of one user, by their systemd: selectors.
         "boot-check: systemd unit wl-a.service: spiffe://example.org/svc-a",
@@ -105,4 +112,23 @@ fn shipped_units_get_ready_tell_units_and_containers_apart_and_restart_a_hung_ag
             "{line}\n{stdout}"
         );
     }
+    // The agent unit's exposure as systemd rates it (the guest fails above 2.5 too).
+    let exposure: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("boot-check: agent unit exposure: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no exposure figure:\n{stdout}"))
+        .parse()
+        .unwrap();
+    assert!(exposure <= 2.5, "exposure {exposure}\n{stdout}");
+    // The server on the host recorded the agent of this TPM's DevID.
+    let ok = stdout
+        .lines()
+        .find(|l| l.starts_with("systemd guest: OK "))
+        .unwrap_or_else(|| panic!("no verdict:\n{stdout}"));
+    assert!(
+        ok.contains("spiffe://example.org/spire/agent/tpm_devid/")
+            && ok.ends_with("attested with tpm_devid"),
+        "{ok}"
+    );
 }
