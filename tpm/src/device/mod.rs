@@ -19,6 +19,8 @@ pub mod backend;
 #[cfg(feature = "esapi")]
 pub mod esapi;
 pub mod keys;
+#[cfg(feature = "native")]
+pub mod native;
 pub mod tcti;
 
 pub use backend::Backend;
