@@ -169,6 +169,14 @@ fn template(which: Which) -> &'static Path {
     })
 }
 
+/// A private copy of a template's TPM state (its `state` folder inside), for a
+/// simulator the test starts itself.
+pub(crate) fn state_copy(which: Which) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&template(which).join("state"), &dir.path().join("state"));
+    dir
+}
+
 /// A running simulator on a private copy of a template; stopped when dropped.
 pub(crate) struct Sim {
     dir: tempfile::TempDir,
