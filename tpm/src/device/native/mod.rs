@@ -1,11 +1,11 @@
 //! The pure-Rust backend: [`TpmDevice`] spoken directly to the TPM, with no TSS
 //! library, for the static agent. Commands are marshalled by this crate (the public
 //! areas, signatures and attestations with [`crate::wire`], the command and response
-//! frames in [`command`]); the sessions' cryptography is ring's and RustCrypto's.
+//! frames in `command`); the sessions' cryptography is ring's and RustCrypto's.
 //!
-//! - [`transport`]: `/dev/tpmrm0`, `/dev/tpm0`, swtpm's socket and the simulator's.
-//! - [`command`]: framing, authorization areas, response checks; [`rc`]: response codes.
-//! - [`session`]: the salted HMAC session with parameter encryption.
+//! - `transport`: `/dev/tpmrm0`, `/dev/tpm0`, swtpm's socket and the simulator's.
+//! - `command`: framing, authorization areas, response checks; `rc`: response codes.
+//! - `session`: the salted HMAC session with parameter encryption.
 //! - `ops`: the operations, each loading what it needs and flushing it afterwards
 //!   so that only the SRK stays resident (a TPM without a resource manager holds
 //!   three objects), exactly as the tss-esapi backend does; the SRK is made from the
