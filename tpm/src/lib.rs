@@ -39,8 +39,8 @@
 //!
 //! # Notes
 //!
-//! - Tests: `cargo test -p tessera-tpm` runs the unit tests and, with the `esapi`
-//!   and `native` features (`--features native`), `tests/swtpm`, which runs every
+//! - Tests: `cargo test -p tessera-tpm` runs the unit tests and, with both
+//!   backends built in (the default features), `tests/swtpm`, which runs every
 //!   test once per backend and starts real simulators through
 //!   `scripts/swtpm.sh` (swtpm, swtpm-tools and tpm2-tools must be installed; the
 //!   tests fail, never skip, without them).
