@@ -35,7 +35,7 @@ pub enum StartupError {
         source: tessera_tpm::DeviceError,
     },
     #[error(
-        "a TPM is configured ({tcti}) but this agent was built without the {backend} TPM backend (built in: {built}; setting tpm_backend, cargo feature `tpm`)"
+        "a TPM is configured ({tcti}) but this agent was built without the {backend} TPM backend (built in: {built}; setting tpm_backend, cargo features `tpm` (both backends) and `tpm-native`)"
     )]
     NoTpmSupport {
         tcti: Tcti,

@@ -227,6 +227,100 @@ fn tpm_devid_agent_with_its_key_in_the_tpm() {
     );
 }
 
+/// The same two attestations with the agent on the pure-Rust backend
+/// (`tpm_backend = "native"`): the DevID, provisioned by the CLI through tss-esapi,
+/// is used by the native agent, whose own key blob in turn loads through tss-esapi;
+/// the server accepts both attestations as it does the esapi agent's.
+#[test]
+fn tpm_devid_and_tpm_ek_agents_on_the_native_backend() {
+    let dir = test_dir("tpm-native");
+    let tpm = Swtpm::start(&dir.path().join("tpm-a"));
+    let vendor = TestCa::new(&dir.path().join("ca"), "Vendor CA");
+    let devid = dir.path().join("devid");
+    tpm.provision_devid(&vendor, &devid, "device-0002");
+    let info = tpm.info(Some(&devid));
+    let agent_path = info["devid"]["agent_path"].as_str().unwrap().to_owned();
+    let hash = info["endorsement_keys"][0]["pub_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let server = devid_server(dir.path(), &vendor, &[&tpm]);
+    server.cli_ok(&[
+        "entry",
+        "create",
+        "--node",
+        "--spiffe-id",
+        "spiffe://example.org/devices/native",
+        "--selector",
+        "tpm_devid:subject:cn:device-0002",
+    ]);
+    server.entry(
+        "spiffe://example.org/app",
+        "spiffe://example.org/devices/native",
+        &[&uid()],
+        &[],
+    );
+    let mut agent = Agent::start(
+        &dir.path().join("agent"),
+        &server,
+        None,
+        &format!(
+            "tpm_backend = \"native\"\n[key_manager]\ntype = \"tpm\"\n[node_attestor.tpm_devid]\ntcti = \"{}\"\ndevid_dir = \"{}\"\n",
+            tpm.tcti,
+            devid.display()
+        ),
+    );
+    assert_eq!(
+        agent.spiffe_id(),
+        format!("spiffe://example.org/spire/agent/{agent_path}")
+    );
+    let out = dir.path().join("py");
+    let facts: serde_json::Value =
+        serde_json::from_str(py_ok(&agent, "workload.py", &["x509", out.to_str().unwrap()]).trim())
+            .unwrap();
+    assert_eq!(facts["spiffe_id"], "spiffe://example.org/app");
+    agent.stop();
+    // The native agent's key blob signs through tss-esapi.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(agent.dir.join("data/agent.json")).unwrap())
+            .unwrap();
+    let key_id = state["key_id"].as_str().unwrap();
+    let esapi =
+        Arc::new(Tpm::open_with(tessera_tpm::Backend::Esapi, &tpm.tcti.parse().unwrap()).unwrap());
+    let keys =
+        tessera_tpm::TpmKeyManager::open(esapi.clone(), &agent.dir.join("data/keys")).unwrap();
+    let key = keys.get_key(key_id).unwrap().unwrap();
+    let sig = key.sign_default(b"made by the native agent").unwrap();
+    assert!(!sig.is_empty());
+    drop((key, keys, esapi));
+
+    // tpm_ek, by certificate chain, with the native backend.
+    let by_cert = Server::start(
+        &dir.path().join("s-ek"),
+        &format!(
+            "[node_attestors.tpm_ek]\nek_ca_bundle = [{:?}]\nek_intermediates = [{:?}]\n",
+            tpm.ek_ca_root.display().to_string(),
+            tpm.ek_ca_intermediate.display().to_string()
+        ),
+    );
+    let ek_agent = Agent::start(
+        &dir.path().join("agent-ek"),
+        &by_cert,
+        None,
+        &format!(
+            "tpm_backend = \"native\"\n[node_attestor.tpm_ek]\ntcti = \"{}\"\nek = \"rsa-2048\"\n",
+            tpm.tcti
+        ),
+    );
+    assert_eq!(
+        ek_agent.spiffe_id(),
+        format!("spiffe://example.org/spire/agent/tpm/{hash}")
+    );
+    let list = by_cert.cli_ok(&["agent", "list"]);
+    assert!(list.contains("tpm:model:swtpm"), "{list}");
+}
+
 #[test]
 fn tpm_ek_by_certificate_and_by_allow_list() {
     let dir = test_dir("tpm-ek");

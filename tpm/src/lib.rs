@@ -12,8 +12,11 @@
 //! - **[`device`]**: the agent's TPM. [`device::TpmDevice`] is the small trait of
 //!   TPM operations the agent needs (EK public areas and certificates, keys under
 //!   the SRK, TPM2_Certify, TPM2_ActivateCredential, TPM2_Sign), spoken in wire
-//!   structures so that the tss-esapi backend ([`device::esapi`], cargo feature
-//!   `esapi`, on by default) and a later pure-Rust backend fit the same seam;
+//!   structures, with two backends behind it: tss-esapi (`device::esapi`, cargo
+//!   feature `esapi`, on by default) and a pure-Rust one (`device::native`, cargo
+//!   feature `native`: its own transports, command framing and an HMAC session
+//!   salted to the SRK that encrypts the secret parameters), picked by
+//!   [`device::Backend`];
 //!   [`device::Tpm`] shares one device behind one mutex; [`device::keys`] holds
 //!   the agent's own keys in the TPM ([`TpmKey`], [`TpmKeyManager`]);
 //!   [`device::tcti`] says where the TPM is.
@@ -36,8 +39,9 @@
 //!
 //! # Notes
 //!
-//! - Tests: `cargo test -p tessera-tpm` runs the unit tests and, with the `esapi`
-//!   feature, `tests/swtpm`, which starts real simulators through
+//! - Tests: `cargo test -p tessera-tpm` runs the unit tests and, with both
+//!   backends built in (the default features), `tests/swtpm`, which runs every
+//!   test once per backend and starts real simulators through
 //!   `scripts/swtpm.sh` (swtpm, swtpm-tools and tpm2-tools must be installed; the
 //!   tests fail, never skip, without them).
 //! - swtpm, as provisioned by `swtpm_setup --create-ek-cert`: the RSA EK (L-1) is

@@ -187,6 +187,46 @@ mod tests {
     }
 
     #[test]
+    fn tpm_commands_take_a_backend_and_refuse_an_unknown_one() {
+        for (args, want) in [
+            (vec!["tpm", "info"], tessera_tpm::Backend::default()),
+            (
+                vec!["tpm", "info", "--tpm-backend", "native"],
+                tessera_tpm::Backend::Native,
+            ),
+            (
+                vec![
+                    "tpm",
+                    "create-key",
+                    "--tpm-backend",
+                    "esapi",
+                    "--out",
+                    "/k",
+                    "--csr",
+                    "/c",
+                ],
+                tessera_tpm::Backend::Esapi,
+            ),
+        ] {
+            let cli =
+                Cli::try_parse_from(std::iter::once("tessera-agent").chain(args.clone())).unwrap();
+            let backend = match cli.command {
+                Command::Tpm(
+                    tpm::TpmCommand::Info { tpm_backend, .. }
+                    | tpm::TpmCommand::CreateKey { tpm_backend, .. }
+                    | tpm::TpmCommand::ProvisionDevid { tpm_backend, .. },
+                ) => tpm_backend,
+                _ => panic!("{args:?} is not a tpm command"),
+            };
+            assert_eq!(backend, want, "{args:?}");
+        }
+        let e = Cli::try_parse_from(["tessera-agent", "tpm", "info", "--tpm-backend", "tss"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown TPM backend \"tss\""), "{e}");
+    }
+
+    #[test]
     fn every_command_parses() {
         use clap::CommandFactory;
         Cli::command().debug_assert();

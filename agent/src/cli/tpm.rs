@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Subcommand, ValueEnum};
 use tessera_core::key::KeyType;
-use tessera_tpm::Tcti;
 use tessera_tpm::provision::TpmInfo;
+use tessera_tpm::{Backend, Tcti};
 
 use super::CliError;
 use crate::startup::open_tpm_at;
@@ -20,6 +20,9 @@ pub enum TpmCommand {
         /// The TPM: `device:/dev/tpmrm0`, `swtpm:host=..,port=..`, `mssim:...`, `tabrmd`.
         #[arg(long, default_value = "device:/dev/tpmrm0")]
         tcti: Tcti,
+        /// The TPM backend: `esapi` or `native` (default: esapi when built in).
+        #[arg(long, default_value_t)]
+        tpm_backend: Backend,
         /// The vendor CA certificate (PEM).
         #[arg(long)]
         vendor_ca_cert: PathBuf,
@@ -43,6 +46,9 @@ pub enum TpmCommand {
     CreateKey {
         #[arg(long, default_value = "device:/dev/tpmrm0")]
         tcti: Tcti,
+        /// The TPM backend: `esapi` or `native` (default: esapi when built in).
+        #[arg(long, default_value_t)]
+        tpm_backend: Backend,
         /// Where to write the key blob (refused if it exists).
         #[arg(long)]
         out: PathBuf,
@@ -60,6 +66,9 @@ pub enum TpmCommand {
     Info {
         #[arg(long, default_value = "device:/dev/tpmrm0")]
         tcti: Tcti,
+        /// The TPM backend: `esapi` or `native` (default: esapi when built in).
+        #[arg(long, default_value_t)]
+        tpm_backend: Backend,
         #[arg(long)]
         devid_dir: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t)]
@@ -88,6 +97,7 @@ pub fn execute(c: TpmCommand) -> Result<(), CliError> {
     match c {
         TpmCommand::ProvisionDevid {
             tcti,
+            tpm_backend,
             vendor_ca_cert,
             vendor_ca_key,
             out,
@@ -95,7 +105,7 @@ pub fn execute(c: TpmCommand) -> Result<(), CliError> {
             common_name,
             validity_days,
         } => {
-            let tpm = open_tpm_at(&tcti, tessera_tpm::Backend::default())?;
+            let tpm = open_tpm_at(&tcti, tpm_backend)?;
             let ca = tessera_tpm::provision::VendorCa::from_files(&vendor_ca_cert, &vendor_ca_key)?;
             let request = tessera_tpm::provision::DevIdRequest {
                 key_type,
@@ -109,12 +119,13 @@ pub fn execute(c: TpmCommand) -> Result<(), CliError> {
         }
         TpmCommand::CreateKey {
             tcti,
+            tpm_backend,
             out,
             csr,
             key_type,
             common_name,
         } => {
-            let tpm = open_tpm_at(&tcti, tessera_tpm::Backend::default())?;
+            let tpm = open_tpm_at(&tcti, tpm_backend)?;
             let cn = common_name.unwrap_or_else(hostname);
             create_key(tpm, &out, &csr, key_type, &cn)?;
             tessera_process::output::print(&format!(
@@ -126,10 +137,11 @@ pub fn execute(c: TpmCommand) -> Result<(), CliError> {
         }
         TpmCommand::Info {
             tcti,
+            tpm_backend,
             devid_dir,
             output,
         } => {
-            let tpm = open_tpm_at(&tcti, tessera_tpm::Backend::default())?;
+            let tpm = open_tpm_at(&tcti, tpm_backend)?;
             let info = tessera_tpm::provision::info(&tpm, devid_dir.as_deref())?;
             tessera_process::output::print(&info_text(&info, output)?);
             Ok(())

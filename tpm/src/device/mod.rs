@@ -1,9 +1,9 @@
 //! The seam between Tessera and a TPM: the few operations the agent needs, as one
 //! small object-safe trait, [`TpmDevice`], spoken in TPM wire structures (public
 //! areas, key blobs, TPMT_SIGNATURE) rather than in any TSS library's types. The
-//! tss-esapi backend ([`esapi`], feature `esapi`) implements it today; a pure-Rust
-//! backend for the static agent will implement the same trait, and both can be
-//! checked against each other on swtpm.
+//! tss-esapi backend (`esapi`, feature `esapi`) and the pure-Rust one (`native`,
+//! feature `native`, what the static agent uses) implement it, and tests/swtpm
+//! checks them against each other on swtpm.
 //!
 //! Keys live under Tessera's storage root key (SRK): a primary key in the owner
 //! hierarchy made from [`srk_template`]. A primary key is a deterministic function of
@@ -19,6 +19,8 @@ pub mod backend;
 #[cfg(feature = "esapi")]
 pub mod esapi;
 pub mod keys;
+#[cfg(feature = "native")]
+pub mod native;
 pub mod tcti;
 
 pub use backend::Backend;

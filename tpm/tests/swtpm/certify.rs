@@ -7,7 +7,6 @@ use tessera_tpm::verifier::certify::{CertifyError, verify_certify};
 
 use crate::common::{Sim, Which};
 
-#[test]
 fn certify_from_swtpm_verifies_for_rsa_and_ecc_aks() {
     let sim = Sim::start(Which::A);
     let tpm = sim.tpm();
@@ -75,7 +74,6 @@ fn certify_from_swtpm_verifies_for_rsa_and_ecc_aks() {
     }
 }
 
-#[test]
 fn certify_from_a_second_swtpm_fails_against_the_first_ak() {
     let a = Sim::start(Which::A);
     let b = Sim::start(Which::B);
@@ -102,3 +100,8 @@ fn certify_from_a_second_swtpm_fails_against_the_first_ak() {
     assert!(matches!(err, CertifyError::Signature(_)), "{err}");
     assert!(err.to_string().contains("does not verify"), "{err}");
 }
+
+crate::common::per_backend!(
+    certify_from_swtpm_verifies_for_rsa_and_ecc_aks,
+    certify_from_a_second_swtpm_fails_against_the_first_ak,
+);

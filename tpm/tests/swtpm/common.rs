@@ -16,7 +16,44 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use tessera_tpm::verifier::chain::{CaPool, load_pem_file};
-use tessera_tpm::{Tcti, Tpm};
+use tessera_tpm::{Backend, Tcti, Tpm};
+
+thread_local! {
+    static BACKEND: std::cell::Cell<Option<Backend>> = const { std::cell::Cell::new(None) };
+}
+
+/// The backend the running test exercises (set by [`per_backend!`]'s variants).
+pub(crate) fn backend() -> Backend {
+    BACKEND.with(|b| b.get()).unwrap_or_default()
+}
+
+/// Runs `test` with `backend` as the one [`Sim::tpm`] opens.
+pub(crate) fn run_with(backend: Backend, test: fn()) {
+    BACKEND.with(|b| b.set(Some(backend)));
+    test();
+}
+
+/// One test function, run once per backend built in: `name::esapi` and
+/// `name::native`, so a failure names the backend it failed with.
+macro_rules! per_backend {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[cfg(feature = "esapi")]
+                #[test]
+                fn esapi() {
+                    crate::common::run_with(tessera_tpm::Backend::Esapi, super::$name);
+                }
+                #[cfg(feature = "native")]
+                #[test]
+                fn native() {
+                    crate::common::run_with(tessera_tpm::Backend::Native, super::$name);
+                }
+            }
+        )*
+    };
+}
+pub(crate) use per_backend;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -132,11 +169,21 @@ fn template(which: Which) -> &'static Path {
     })
 }
 
+/// A private copy of a template's TPM state (its `state` folder inside), for a
+/// simulator the test starts itself.
+pub(crate) fn state_copy(which: Which) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&template(which).join("state"), &dir.path().join("state"));
+    dir
+}
+
 /// A running simulator on a private copy of a template; stopped when dropped.
 pub(crate) struct Sim {
     dir: tempfile::TempDir,
     pub env: HashMap<String, String>,
     pub which: Which,
+    /// The backend [`Sim::tpm`] opens.
+    pub backend: Backend,
 }
 
 impl Sim {
@@ -147,7 +194,12 @@ impl Sim {
             copy_dir(&src.join(sub), &dir.path().join(sub));
         }
         let env = parse_env(&run_script(&["start", dir.path().to_str().unwrap()]));
-        Sim { dir, env, which }
+        Sim {
+            dir,
+            env,
+            which,
+            backend: backend(),
+        }
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -159,7 +211,15 @@ impl Sim {
     }
 
     pub(crate) fn tpm(&self) -> Arc<Tpm> {
-        Arc::new(Tpm::open(&self.tcti()).unwrap())
+        self.tpm_with(self.backend)
+    }
+
+    /// A handle on the simulator through `backend`.
+    pub(crate) fn tpm_with(&self, backend: Backend) -> Arc<Tpm> {
+        Arc::new(
+            Tpm::open_with(backend, &self.tcti())
+                .unwrap_or_else(|e| panic!("open the simulator with the {backend} backend: {e}")),
+        )
     }
 
     /// Stops and starts the simulator on the same state (a reboot).

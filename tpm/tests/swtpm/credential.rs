@@ -9,7 +9,6 @@ use crate::common::{Sim, Which};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
-#[test]
 fn software_credential_activates_in_swtpm_for_every_ek_type() {
     let sim = Sim::start(Which::A);
     let tpm = sim.tpm();
@@ -33,7 +32,6 @@ fn software_credential_activates_in_swtpm_for_every_ek_type() {
     }
 }
 
-#[test]
 fn credential_is_bound_to_the_ak_name() {
     let sim = Sim::start(Which::A);
     let tpm = sim.tpm();
@@ -48,7 +46,6 @@ fn credential_is_bound_to_the_ak_name() {
     assert!(err.to_string().contains("TPM2_ActivateCredential"), "{err}");
 }
 
-#[test]
 fn credential_for_one_tpm_does_not_activate_in_another() {
     let a = Sim::start(Which::A);
     let b = Sim::start(Which::B);
@@ -73,3 +70,9 @@ fn credential_for_one_tpm_does_not_activate_in_another() {
         );
     }
 }
+
+crate::common::per_backend!(
+    software_credential_activates_in_swtpm_for_every_ek_type,
+    credential_is_bound_to_the_ak_name,
+    credential_for_one_tpm_does_not_activate_in_another,
+);

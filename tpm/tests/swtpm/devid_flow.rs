@@ -53,7 +53,6 @@ fn run(
     pending.finish(&via_json(&response))
 }
 
-#[test]
 fn devid_attestation_succeeds_for_rsa_and_ecc_devids_aks_and_eks() {
     let sim = Sim::start(Which::A);
     let tpm = sim.tpm();
@@ -94,7 +93,6 @@ fn attempt(tpm: &Tpm, identity: &DevIdIdentity) -> Attempt {
     Attempt { payload, state }
 }
 
-#[test]
 fn devid_refusals() {
     let a = Sim::start(Which::A);
     let b = Sim::start(Which::B);
@@ -207,3 +205,8 @@ fn devid_refusals() {
     let err = verifier.start(&garbage).unwrap_err();
     assert!(err.to_string().contains("AK public area"), "{err}");
 }
+
+crate::common::per_backend!(
+    devid_attestation_succeeds_for_rsa_and_ecc_devids_aks_and_eks,
+    devid_refusals,
+);

@@ -6,7 +6,6 @@ use tessera_tpm::verifier::ek::{EkKind, tpm_identity};
 
 use crate::common::{Sim, Which};
 
-#[test]
 fn ek_certificates_match_their_keys_and_chain_to_the_local_ca_root() {
     let sim = Sim::start(Which::A);
     let tpm = sim.tpm();
@@ -43,7 +42,6 @@ fn ek_certificates_match_their_keys_and_chain_to_the_local_ca_root() {
     ));
 }
 
-#[test]
 fn another_simulators_local_ca_is_not_trusted() {
     let a = Sim::start(Which::A);
     let b = Sim::start(Which::B);
@@ -55,3 +53,8 @@ fn another_simulators_local_ca_is_not_trusted() {
     let err = verify_chain(&cert_b, &[], &a.ek_pool(), LeafProfile::EndorsementKey).unwrap_err();
     assert!(matches!(err, ChainError::Untrusted { .. }), "{err}");
 }
+
+crate::common::per_backend!(
+    ek_certificates_match_their_keys_and_chain_to_the_local_ca_root,
+    another_simulators_local_ca_is_not_trusted,
+);

@@ -24,7 +24,6 @@ fn run(
     pending.finish(&via_json(&response))
 }
 
-#[test]
 fn ek_attestation_by_certificate_for_every_ek_type() {
     let sim = Sim::start(Which::A);
     let tpm = sim.tpm();
@@ -57,7 +56,6 @@ fn ek_attestation_by_certificate_for_every_ek_type() {
     }
 }
 
-#[test]
 fn ek_attestation_by_allow_list_and_its_refusals() {
     let a = Sim::start(Which::A);
     let b = Sim::start(Which::B);
@@ -138,7 +136,6 @@ fn ek_attestation_by_allow_list_and_its_refusals() {
     assert!(run(&tpm_a, &options, &verifier, true).is_err());
 }
 
-#[test]
 fn malformed_payloads_are_refused_by_field() {
     let verifier = EkVerifier::new(CaPool::default(), None);
     let rsa = tessera_tpm::verifier::ek::EkKind::Rsa2048
@@ -165,3 +162,9 @@ fn malformed_payloads_are_refused_by_field() {
         .is_err()
     );
 }
+
+crate::common::per_backend!(
+    ek_attestation_by_certificate_for_every_ek_type,
+    ek_attestation_by_allow_list_and_its_refusals,
+    malformed_payloads_are_refused_by_field,
+);

@@ -48,7 +48,6 @@ fn openssl_verifies(spki: &[u8], scheme: SignatureScheme, message: &[u8], sig: &
     out.status.success()
 }
 
-#[test]
 fn tpm_keys_sign_and_openssl_and_ring_verify() {
     let sim = Sim::start(Which::A);
     let tpm = sim.tpm();
@@ -115,7 +114,6 @@ fn tpm_keys_sign_and_openssl_and_ring_verify() {
     parsed.verify_signature(None).unwrap();
 }
 
-#[test]
 fn key_blobs_reload_after_restart_and_nowhere_else() {
     let mut a = Sim::start(Which::A);
     let b = Sim::start(Which::B);
@@ -177,7 +175,6 @@ fn key_blobs_reload_after_restart_and_nowhere_else() {
     manager.delete_key(id).unwrap();
 }
 
-#[test]
 fn info_reports_what_an_operator_allow_lists() {
     let sim = Sim::start(Which::A);
     let tpm = sim.tpm();
@@ -210,12 +207,13 @@ fn info_reports_what_an_operator_allow_lists() {
 /// Set in the child process of [`key_blob_loads_in_a_new_process_after_restart`].
 const CHILD_KEYS: &str = "TESSERA_TPM_TEST_CHILD_KEYS";
 const CHILD_TCTI: &str = "TESSERA_TPM_TEST_CHILD_TCTI";
+const CHILD_BACKEND: &str = "TESSERA_TPM_TEST_CHILD_BACKEND";
 
-#[test]
 fn key_blob_loads_in_a_new_process_after_restart() {
     if let (Ok(keys), Ok(tcti)) = (std::env::var(CHILD_KEYS), std::env::var(CHILD_TCTI)) {
         // The child: a fresh process that only has the blob folder and the TCTI.
-        let tpm = Arc::new(tessera_tpm::Tpm::open(&tcti.parse().unwrap()).unwrap());
+        let backend = std::env::var(CHILD_BACKEND).unwrap().parse().unwrap();
+        let tpm = Arc::new(tessera_tpm::Tpm::open_with(backend, &tcti.parse().unwrap()).unwrap());
         let manager = TpmKeyManager::open(tpm, std::path::Path::new(&keys)).unwrap();
         let key = manager.get_key("svid").unwrap().unwrap();
         let sig = key.sign_default(b"from the child").unwrap();
@@ -236,13 +234,17 @@ fn key_blob_loads_in_a_new_process_after_restart() {
     sim.restart();
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
-            "keys::key_blob_loads_in_a_new_process_after_restart",
+            &format!(
+                "keys::key_blob_loads_in_a_new_process_after_restart::{}",
+                sim.backend
+            ),
             "--exact",
             "--nocapture",
             "--test-threads=1",
         ])
         .env(CHILD_KEYS, &keys_dir)
         .env(CHILD_TCTI, &sim.env["TPM_TCTI"])
+        .env(CHILD_BACKEND, sim.backend.as_str())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -270,7 +272,6 @@ fn key_blob_loads_in_a_new_process_after_restart() {
     ));
 }
 
-#[test]
 fn an_open_context_survives_a_simulator_restart_and_outage() {
     let mut sim = Sim::start(Which::A);
     let tpm = sim.tpm();
@@ -316,3 +317,11 @@ fn an_open_context_survives_a_simulator_restart_and_outage() {
     let other = manager.generate_key("other", KeyType::EcP256).unwrap();
     other.sign_default(b"new key").unwrap();
 }
+
+crate::common::per_backend!(
+    tpm_keys_sign_and_openssl_and_ring_verify,
+    key_blobs_reload_after_restart_and_nowhere_else,
+    info_reports_what_an_operator_allow_lists,
+    key_blob_loads_in_a_new_process_after_restart,
+    an_open_context_survives_a_simulator_restart_and_outage,
+);

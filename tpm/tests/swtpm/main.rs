@@ -21,3 +21,4 @@ mod devid_flow;
 mod ek_certs;
 mod ek_flow;
 mod keys;
+mod native;

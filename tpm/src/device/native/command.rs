@@ -1,0 +1,320 @@
+//! Command framing (TPM 2.0 Part 1, 18): the header, the handle area, the
+//! authorization area with password, policy and salted HMAC sessions, and the
+//! parameters; the response's header, handles, parameters and authorizations,
+//! every length checked. A response that is not what was asked for (cut short,
+//! another tag, a size that disagrees with the bytes, a response HMAC that does
+//! not verify) is an error naming what was wrong, never a panic.
+
+use std::io;
+
+use super::rc;
+use super::session::{DECRYPT, ENCRYPT, SESSION_HASH, Session, Use};
+use super::transport::Transport;
+use crate::device::DeviceError;
+use crate::wire::{Reader, put_tpm2b, put_u16, put_u32};
+
+/// TPM_ST_NO_SESSIONS.
+const ST_NO_SESSIONS: u16 = 0x8001;
+/// TPM_ST_SESSIONS.
+const ST_SESSIONS: u16 = 0x8002;
+/// TPM_ST_RSP_COMMAND: what a TPM answers a command with a TPM 1.2 tag.
+const ST_RSP_COMMAND: u16 = 0x00c4;
+/// TPM_RS_PW: the password "session".
+const RS_PW: u32 = 0x4000_0009;
+
+/// How a handle is authorised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Auth {
+    /// The (empty) password.
+    Password,
+    /// The salted HMAC session, with parameter encryption as asked.
+    Salted {
+        /// Encrypt the command's first parameter.
+        decrypt: bool,
+        /// Have the TPM encrypt the response's first parameter.
+        encrypt: bool,
+    },
+    /// A policy session that has been satisfied.
+    Policy(u32),
+}
+
+impl Auth {
+    /// The salted session, for integrity only.
+    pub(crate) const HMAC: Auth = Auth::Salted {
+        decrypt: false,
+        encrypt: false,
+    };
+}
+
+/// A command to run.
+pub(crate) struct Command<'a> {
+    /// TPM_CC.
+    pub(crate) code: u32,
+    /// Its name, for messages.
+    pub(crate) name: &'static str,
+    /// The handles with their names (for cpHash).
+    pub(crate) handles: &'a [(u32, &'a [u8])],
+    /// How the first `auths.len()` handles are authorised.
+    pub(crate) auths: &'a [Auth],
+    /// The marshalled parameters.
+    pub(crate) params: Vec<u8>,
+    /// How many handles the response carries.
+    pub(crate) response_handles: usize,
+}
+
+/// A successful response.
+#[derive(Debug)]
+pub(crate) struct Response {
+    pub(crate) handles: Vec<u32>,
+    pub(crate) params: Vec<u8>,
+}
+
+/// The name of a permanent handle or a session: the handle itself.
+pub(crate) fn handle_name(handle: u32) -> [u8; 4] {
+    handle.to_be_bytes()
+}
+
+/// A connection to the TPM: the transport and the salted session started on it.
+pub(crate) struct Conn {
+    transport: Box<dyn Transport>,
+    pub(crate) session: Option<Session>,
+    /// Sessions given up on (a response that did not verify), to flush.
+    pub(crate) stale: Vec<u32>,
+}
+
+fn interrupted(command: &'static str, e: &io::Error) -> DeviceError {
+    DeviceError::Interrupted {
+        command,
+        reason: e.to_string(),
+    }
+}
+
+fn malformed(command: &'static str, what: impl std::fmt::Display) -> DeviceError {
+    DeviceError::Malformed(format!("{command}: {what}"))
+}
+
+/// The start of a TPM2B parameter's contents within `params`, if it is one.
+fn first_tpm2b(params: &[u8]) -> Option<std::ops::Range<usize>> {
+    let n = u16::from_be_bytes([*params.first()?, *params.get(1)?]) as usize;
+    (params.len() >= 2 + n).then_some(2..2 + n)
+}
+
+impl Conn {
+    pub(crate) fn new(transport: Box<dyn Transport>) -> Self {
+        Self {
+            transport,
+            session: None,
+            stale: Vec::new(),
+        }
+    }
+
+    /// Runs `cmd`; `Ok(Err(rc))` when the TPM answered with an error code. A TPM
+    /// that asks for the command again (busy, testing) gets it again.
+    pub(crate) fn run(&mut self, cmd: &Command<'_>) -> Result<Result<Response, u32>, DeviceError> {
+        let mut tries = 0;
+        loop {
+            let r = self.run_once(cmd)?;
+            match r {
+                Err(code) if rc::is_retry(code) && tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Runs `cmd`; an error code becomes [`DeviceError::Command`], or
+    /// [`DeviceError::Interrupted`] when it says the TPM restarted.
+    pub(crate) fn execute(&mut self, cmd: &Command<'_>) -> Result<Response, DeviceError> {
+        self.run(cmd)?.map_err(|code| code_error(cmd.name, code))
+    }
+
+    fn run_once(&mut self, cmd: &Command<'_>) -> Result<Result<Response, u32>, DeviceError> {
+        let mut params = cmd.params.clone();
+        // One use of the salted session per command (a session may appear once).
+        let mut uses: Vec<Option<Use>> = Vec::with_capacity(cmd.auths.len());
+        for auth in cmd.auths {
+            uses.push(match auth {
+                Auth::Salted { decrypt, encrypt } => {
+                    let session = self.session.as_ref().ok_or_else(|| {
+                        malformed(cmd.name, "no salted session is open (internal error)")
+                    })?;
+                    let mut attrs = 0;
+                    if *decrypt {
+                        attrs |= DECRYPT;
+                    }
+                    if *encrypt {
+                        attrs |= ENCRYPT;
+                    }
+                    let u = session.begin(attrs);
+                    if *decrypt {
+                        let range = first_tpm2b(&params).ok_or_else(|| {
+                            malformed(cmd.name, "the first parameter is not a TPM2B to encrypt")
+                        })?;
+                        session.encrypt_parameter(&u, &mut params[range]);
+                    }
+                    Some(u)
+                }
+                _ => None,
+            });
+        }
+        let cp_hash = {
+            let names: Vec<&[u8]> = cmd.handles.iter().map(|(_, n)| *n).collect();
+            let mut parts: Vec<&[u8]> = Vec::with_capacity(names.len() + 2);
+            let code = cmd.code.to_be_bytes();
+            parts.push(&code);
+            parts.extend(names);
+            parts.push(&params);
+            SESSION_HASH.digest(&parts)
+        };
+
+        let mut out = Vec::with_capacity(64 + params.len());
+        let tag = if cmd.auths.is_empty() {
+            ST_NO_SESSIONS
+        } else {
+            ST_SESSIONS
+        };
+        put_u16(&mut out, tag);
+        put_u32(&mut out, 0);
+        put_u32(&mut out, cmd.code);
+        for (h, _) in cmd.handles {
+            put_u32(&mut out, *h);
+        }
+        if !cmd.auths.is_empty() {
+            let mut area = Vec::new();
+            for (auth, u) in cmd.auths.iter().zip(&uses) {
+                match (auth, u) {
+                    (Auth::Salted { .. }, Some(u)) => {
+                        let session = self.session.as_ref().ok_or_else(|| {
+                            malformed(cmd.name, "no salted session is open (internal error)")
+                        })?;
+                        put_u32(&mut area, session.handle);
+                        put_tpm2b(&mut area, &u.nonce_caller);
+                        area.push(u.attributes);
+                        put_tpm2b(&mut area, &session.command_hmac(u, &cp_hash));
+                    }
+                    (Auth::Policy(handle), _) => {
+                        // An unsalted, unbound policy session whose policy asks for
+                        // no auth value: the TPM checks no HMAC.
+                        put_u32(&mut area, *handle);
+                        put_tpm2b(&mut area, &super::session::nonce());
+                        area.push(0);
+                        put_tpm2b(&mut area, &[]);
+                    }
+                    _ => {
+                        put_u32(&mut area, RS_PW);
+                        put_tpm2b(&mut area, &[]);
+                        area.push(0);
+                        put_tpm2b(&mut area, &[]);
+                    }
+                }
+            }
+            put_u32(&mut out, area.len() as u32);
+            out.extend_from_slice(&area);
+        }
+        out.extend_from_slice(&params);
+        let size = out.len() as u32;
+        out[2..6].copy_from_slice(&size.to_be_bytes());
+
+        let response = self
+            .transport
+            .transact(&out)
+            .map_err(|e| interrupted(cmd.name, &e))?;
+        self.parse(cmd, &uses, &response)
+    }
+
+    fn parse(
+        &mut self,
+        cmd: &Command<'_>,
+        uses: &[Option<Use>],
+        data: &[u8],
+    ) -> Result<Result<Response, u32>, DeviceError> {
+        let bad = |what: String| malformed(cmd.name, format!("malformed response: {what}"));
+        let mut r = Reader::new(data, "TPM response");
+        let tag = r.u16().map_err(|e| bad(e.to_string()))?;
+        let size = r.u32().map_err(|e| bad(e.to_string()))? as usize;
+        let code = r.u32().map_err(|e| bad(e.to_string()))?;
+        if size != data.len() {
+            return Err(bad(format!(
+                "the header announces {size} bytes, {} arrived",
+                data.len()
+            )));
+        }
+        if code != 0 {
+            if !matches!(tag, ST_NO_SESSIONS | ST_RSP_COMMAND) {
+                return Err(bad(format!("tag {tag:#06x} on an error response")));
+            }
+            return Ok(Err(code));
+        }
+        let sessions = !cmd.auths.is_empty();
+        let expected = if sessions {
+            ST_SESSIONS
+        } else {
+            ST_NO_SESSIONS
+        };
+        if tag != expected {
+            return Err(bad(format!("tag {tag:#06x}, expected {expected:#06x}")));
+        }
+        let mut handles = Vec::with_capacity(cmd.response_handles);
+        for _ in 0..cmd.response_handles {
+            handles.push(r.u32().map_err(|e| bad(e.to_string()))?);
+        }
+        let mut params = if sessions {
+            let n = r.u32().map_err(|e| bad(e.to_string()))? as usize;
+            r.take(n)
+                .map_err(|_| bad(format!("the parameter area of {n} bytes is cut short")))?
+                .to_vec()
+        } else {
+            r.rest().to_vec()
+        };
+        if sessions {
+            let rp_hash =
+                SESSION_HASH.digest(&[&0u32.to_be_bytes(), &cmd.code.to_be_bytes(), &params]);
+            let mut decrypt_with: Option<(usize, Vec<u8>)> = None;
+            for (i, (auth, u)) in cmd.auths.iter().zip(uses).enumerate() {
+                let nonce = r.tpm2b().map_err(|e| bad(e.to_string()))?;
+                let attrs = r.u8().map_err(|e| bad(e.to_string()))?;
+                let hmac = r.tpm2b().map_err(|e| bad(e.to_string()))?;
+                if let (Auth::Salted { encrypt, .. }, Some(u)) = (auth, u) {
+                    let session = self.session.as_mut().ok_or_else(|| {
+                        malformed(cmd.name, "no salted session is open (internal error)")
+                    })?;
+                    if let Err(why) = session.check_response(u, &rp_hash, nonce, attrs, hmac) {
+                        // The session's nonces can no longer be trusted: start afresh.
+                        if let Some(s) = self.session.take() {
+                            self.stale.push(s.handle);
+                        }
+                        return Err(malformed(cmd.name, why));
+                    }
+                    if *encrypt {
+                        decrypt_with = Some((i, nonce.to_vec()));
+                    }
+                }
+            }
+            r.finish().map_err(|e| bad(e.to_string()))?;
+            if let Some((i, nonce_tpm)) = decrypt_with
+                && let (Some(session), Some(Some(u))) = (self.session.as_ref(), uses.get(i))
+            {
+                let range = first_tpm2b(&params)
+                    .ok_or_else(|| bad("the encrypted first parameter is cut short".into()))?;
+                session.decrypt_parameter(u, &nonce_tpm, &mut params[range]);
+            }
+        }
+        Ok(Ok(Response { handles, params }))
+    }
+}
+
+/// The error for a response code.
+pub(crate) fn code_error(command: &'static str, code: u32) -> DeviceError {
+    match rc::fault(code) {
+        Some(why) => DeviceError::Interrupted {
+            command,
+            reason: format!("{why}: {}", rc::describe(code)),
+        },
+        None => DeviceError::Command {
+            command,
+            message: rc::describe(code),
+        },
+    }
+}
