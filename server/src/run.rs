@@ -74,6 +74,21 @@ pub enum RunError {
     /// The PKCS#11 token cannot be opened.
     #[error("key manager pkcs11: {0}")]
     Hsm(#[source] tessera_hsm::HsmError),
+    /// `[key_manager] type = "tpm"` names a backend this build lacks.
+    #[error(
+        "key manager tpm: this server was built without the {backend} TPM backend (built in: {built}; setting tpm_backend, cargo feature `tpm`)"
+    )]
+    NoTpmBackend {
+        backend: tessera_tpm::Backend,
+        built: String,
+    },
+    /// The key manager's TPM cannot be opened.
+    #[error("key manager tpm: cannot open the TPM at {tcti}: {source}")]
+    Tpm {
+        tcti: tessera_tpm::Tcti,
+        #[source]
+        source: tessera_tpm::DeviceError,
+    },
     /// The datastore cannot be opened (`at` names it, never the connection string).
     #[error("datastore{at}: {source}")]
     Datastore {
@@ -207,7 +222,41 @@ pub fn open_key_manager(config: &ServerConfig) -> Result<Arc<dyn KeyManager>, Ru
         KeyManagerConfig::Pkcs11(p) => {
             Arc::new(tessera_hsm::Pkcs11KeyManager::open(p).map_err(RunError::Hsm)?)
         }
+        KeyManagerConfig::Tpm { tcti, dir } => {
+            let tpm = open_tpm(tcti, config.tpm_backend)?;
+            let dir = dir.clone().unwrap_or_else(|| config.data_dir.join("keys"));
+            Arc::new(tessera_tpm::TpmKeyManager::open(tpm, &dir).map_err(RunError::KeyManager)?)
+        }
     })
+}
+
+/// Opens the key manager's TPM through `backend`, refusing one this build does not
+/// contain by name. A TPM that cannot be reached stops the start: the server never
+/// replaces its CA because the TPM is away.
+fn open_tpm(
+    tcti: &tessera_tpm::Tcti,
+    backend: tessera_tpm::Backend,
+) -> Result<Arc<tessera_tpm::Tpm>, RunError> {
+    if !backend.is_built() {
+        let built: Vec<&str> = tessera_tpm::Backend::built()
+            .into_iter()
+            .map(|b| b.as_str())
+            .collect();
+        return Err(RunError::NoTpmBackend {
+            backend,
+            built: if built.is_empty() {
+                "none".into()
+            } else {
+                built.join(", ")
+            },
+        });
+    }
+    tessera_tpm::Tpm::open_with(backend, tcti)
+        .map(Arc::new)
+        .map_err(|source| RunError::Tpm {
+            tcti: tcti.clone(),
+            source,
+        })
 }
 
 /// The admin socket's modes: the server's user and group only (0770), in a directory
