@@ -710,6 +710,38 @@ mod tests {
     }
 
     #[test]
+    fn a_tpm_backend_not_built_in_or_a_tpm_not_there_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = |backend: tessera_tpm::Backend| {
+            ServerConfig::parse(&format!(
+                "trust_domain = \"e.org\"\ndata_dir = \"{}\"\ntpm_backend = \"{backend}\"\n\
+                 [key_manager]\ntype = \"tpm\"\ntcti = \"device:{}\"\n",
+                dir.path().display(),
+                dir.path().join("no-tpm").display()
+            ))
+            .expect("config")
+        };
+        for backend in tessera_tpm::Backend::ALL {
+            let e = open_key_manager(&config(backend))
+                .expect_err("no TPM there")
+                .to_string();
+            if backend.is_built() {
+                assert!(
+                    e.contains("key manager tpm: cannot open the TPM at device:"),
+                    "{e}"
+                );
+            } else {
+                assert!(
+                    e.contains(&format!("built without the {backend} TPM backend")),
+                    "{e}"
+                );
+            }
+            // Nothing made: no key directory for a key manager that did not open.
+            assert!(!dir.path().join("keys").exists(), "{e}");
+        }
+    }
+
+    #[test]
     fn startup_errors_keep_their_cause() {
         use std::error::Error as _;
         let dir = tempfile::tempdir().expect("tempdir");
