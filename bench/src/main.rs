@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod coldstart;
+mod edge;
 mod env;
 mod footprint;
 mod issuance;
@@ -79,7 +80,21 @@ enum Command {
     Footprint,
     /// Agent start to first SVID, join token vs TPM attestation.
     ColdStart,
-    /// Every benchmark above, in turn.
+    /// Two agent builds side by side (issue 13: the static agent as A, the glibc one
+    /// as B): stripped size, idle memory with 0/100/1,000 SVIDs and after 1,000
+    /// clients, Workload API p50 and throughput (X.509 and JWT), and the ratios A/B;
+    /// then cold start with tpm_devid on swtpm, tpm_backend native vs esapi (binary
+    /// B). Not part of `all`.
+    Edge {
+        /// Agent binary A (default: the tessera-agent next to tessera-bench).
+        #[arg(long)]
+        agent_a: Option<PathBuf>,
+        /// Agent binary B (default: the tessera-agent next to tessera-bench); its
+        /// TPM backends are the ones compared in the cold start.
+        #[arg(long)]
+        agent_b: Option<PathBuf>,
+    },
+    /// Every benchmark above but `edge`, in turn.
     All,
     /// (internal) raw C_Sign rate of a token, printed as a number.
     #[command(hide = true)]
@@ -102,6 +117,11 @@ async fn run(cli: Cli, dir: &std::path::Path) -> Result<Vec<report::Report>, Str
     let quick = cli.quick;
     let vs = cli.vs_spire;
     let mut out = Vec::new();
+    if vs && matches!(cli.command, Command::Edge { .. }) {
+        return Err(
+            "--vs-spire does not apply to edge (it compares two Tessera agent builds)".into(),
+        );
+    }
     if vs {
         spire::prepare()?;
     }
@@ -147,6 +167,10 @@ async fn run(cli: Cli, dir: &std::path::Path) -> Result<Vec<report::Report>, Str
     }
     if all || matches!(cli.command, Command::ColdStart) {
         out.push(coldstart::run(&dir.join("cold-start"), quick, vs).await?);
+    }
+    if let Command::Edge { agent_a, agent_b } = &cli.command {
+        let builds = edge::Builds::resolve(agent_a.clone(), agent_b.clone())?;
+        out.push(edge::run(&dir.join("edge"), quick, &builds).await?);
     }
     Ok(out)
 }

@@ -63,6 +63,22 @@ pub(crate) fn rss_mib(pid: u32) -> f64 {
     status_kb(pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0
 }
 
+/// Proportional set size now (`Pss` of `/proc/<pid>/smaps_rollup`: shared pages
+/// divided among the processes that map them), MiB.
+pub(crate) fn pss_mib(pid: u32) -> f64 {
+    let kb = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Pss:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        });
+    kb.unwrap_or(0) as f64 / 1024.0
+}
+
 /// Peak resident memory, MiB.
 pub(crate) fn peak_rss_mib(pid: u32) -> f64 {
     status_kb(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0
@@ -113,6 +129,7 @@ mod tests {
         let pid = std::process::id();
         assert!(cpu_seconds(pid).is_some());
         assert!(rss_mib(pid) > 0.0);
+        assert!(pss_mib(pid) > 0.0);
         assert!(peak_rss_mib(pid) >= rss_mib(pid) - 1.0);
     }
 }

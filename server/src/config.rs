@@ -122,6 +122,11 @@ pub struct ServerConfig {
     pub datastore: DatastoreConfig,
     #[serde(default)]
     pub key_manager: KeyManagerConfig,
+    /// Which TPM backend `[key_manager] type = "tpm"` talks to the TPM with: `esapi`
+    /// (tpm2-tss, the default when built in) or `native` (pure Rust; the only one in
+    /// a static build).
+    #[serde(default)]
+    pub tpm_backend: tessera_tpm::Backend,
     #[serde(default)]
     pub node_attestors: NodeAttestorsConfig,
     /// A root CA above the server's CA; without it the server's CA is a self-signed
@@ -319,6 +324,20 @@ pub enum KeyManagerConfig {
     },
     /// A PKCS#11 token (an HSM): keys are made inside it and never leave it.
     Pkcs11(tessera_hsm::Pkcs11Config),
+    /// The TPM (a small edge server's CA key): keys are made under its SRK and only
+    /// their blobs are kept, mode 0600 (default: `<data_dir>/keys`). A blob loads in
+    /// no other TPM. The backend is the top-level `tpm_backend`.
+    Tpm {
+        /// The TPM (default `device:/dev/tpmrm0`).
+        #[serde(default = "default_tcti")]
+        tcti: tessera_tpm::Tcti,
+        #[serde(default)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn default_tcti() -> tessera_tpm::Tcti {
+    tessera_tpm::Tcti::default_device()
 }
 
 impl Default for KeyManagerConfig {
@@ -445,6 +464,21 @@ impl ServerConfig {
             && let Err(e) = crate::server_id::check(id)
         {
             return rule("server_id", format!("server_id {id:?}: {e}"));
+        }
+        if let KeyManagerConfig::Tpm { .. } = &self.key_manager {
+            for (key, kt) in [
+                ("ca_key_type", self.ca_key_type),
+                ("jwt_key_type", self.jwt_key_type),
+            ] {
+                if !tessera_tpm::device::keys::supported(kt) {
+                    return rule(
+                        key,
+                        format!(
+                            "{key} {kt} cannot be made in a TPM ([key_manager] type = \"tpm\" makes ec-p256, ec-p384, rsa-2048 and rsa-3072 keys)"
+                        ),
+                    );
+                }
+            }
         }
         if self.x509_svid_ttl.is_zero() {
             return rule("x509_svid_ttl", "SVID lifetimes must be positive".into());
@@ -945,6 +979,52 @@ agent_path_template = "/{{ .PluginName }}/{{ .Subject.CommonName }}"
             ("agent_sync_interval = \"0s\"", "must be positive"),
             ("server_id = \"\"", "1 to 64"),
             ("server_id = \"a b\"", "' ' is not allowed"),
+        ] {
+            let e = ServerConfig::parse(&format!("trust_domain = \"e.org\"\n{bad}\n")).unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn tpm_key_manager_defaults_and_refusals() {
+        let c = ServerConfig::parse("trust_domain = \"e.org\"\n[key_manager]\ntype = \"tpm\"\n")
+            .unwrap();
+        match &c.key_manager {
+            KeyManagerConfig::Tpm { tcti, dir } => {
+                assert_eq!(*tcti, tessera_tpm::Tcti::default_device());
+                assert_eq!(*dir, None);
+            }
+            other => panic!("tpm expected: {other:?}"),
+        }
+        assert_eq!(c.tpm_backend, tessera_tpm::Backend::default());
+        let c = ServerConfig::parse(
+            "trust_domain = \"e.org\"\ntpm_backend = \"native\"\n[key_manager]\ntype = \"tpm\"\n\
+             tcti = \"swtpm:host=127.0.0.1,port=2321\"\ndir = \"/srv/keys\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.tpm_backend, tessera_tpm::Backend::Native);
+        match &c.key_manager {
+            KeyManagerConfig::Tpm { tcti, dir } => {
+                assert_eq!(tcti.to_string(), "swtpm:host=127.0.0.1,port=2321");
+                assert_eq!(dir.as_deref(), Some(Path::new("/srv/keys")));
+            }
+            other => panic!("tpm expected: {other:?}"),
+        }
+        for (bad, says) in [
+            ("[key_manager]\ntype = \"tpm\"\ntcit = \"x\"", "tcit"),
+            (
+                "[key_manager]\ntype = \"tpm\"\ntcti = \"serial:/x\"",
+                "bad TPM TCTI setting \"serial:/x\"",
+            ),
+            ("tpm_backend = \"tss\"", "unknown TPM backend \"tss\""),
+            (
+                "ca_key_type = \"rsa-4096\"\n[key_manager]\ntype = \"tpm\"",
+                "ca_key_type rsa-4096 cannot be made in a TPM",
+            ),
+            (
+                "jwt_key_type = \"rsa-4096\"\n[key_manager]\ntype = \"tpm\"",
+                "jwt_key_type rsa-4096",
+            ),
         ] {
             let e = ServerConfig::parse(&format!("trust_domain = \"e.org\"\n{bad}\n")).unwrap_err();
             assert!(e.to_string().contains(says), "{bad}: {e}");

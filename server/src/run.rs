@@ -74,6 +74,21 @@ pub enum RunError {
     /// The PKCS#11 token cannot be opened.
     #[error("key manager pkcs11: {0}")]
     Hsm(#[source] tessera_hsm::HsmError),
+    /// `[key_manager] type = "tpm"` names a backend this build lacks.
+    #[error(
+        "key manager tpm: this server was built without the {backend} TPM backend (built in: {built}; setting tpm_backend, cargo feature `tpm`)"
+    )]
+    NoTpmBackend {
+        backend: tessera_tpm::Backend,
+        built: String,
+    },
+    /// The key manager's TPM cannot be opened.
+    #[error("key manager tpm: cannot open the TPM at {tcti}: {source}")]
+    Tpm {
+        tcti: tessera_tpm::Tcti,
+        #[source]
+        source: tessera_tpm::DeviceError,
+    },
     /// The datastore cannot be opened (`at` names it, never the connection string).
     #[error("datastore{at}: {source}")]
     Datastore {
@@ -207,7 +222,41 @@ pub fn open_key_manager(config: &ServerConfig) -> Result<Arc<dyn KeyManager>, Ru
         KeyManagerConfig::Pkcs11(p) => {
             Arc::new(tessera_hsm::Pkcs11KeyManager::open(p).map_err(RunError::Hsm)?)
         }
+        KeyManagerConfig::Tpm { tcti, dir } => {
+            let tpm = open_tpm(tcti, config.tpm_backend)?;
+            let dir = dir.clone().unwrap_or_else(|| config.data_dir.join("keys"));
+            Arc::new(tessera_tpm::TpmKeyManager::open(tpm, &dir).map_err(RunError::KeyManager)?)
+        }
     })
+}
+
+/// Opens the key manager's TPM through `backend`, refusing one this build does not
+/// contain by name. A TPM that cannot be reached stops the start: the server never
+/// replaces its CA because the TPM is away.
+fn open_tpm(
+    tcti: &tessera_tpm::Tcti,
+    backend: tessera_tpm::Backend,
+) -> Result<Arc<tessera_tpm::Tpm>, RunError> {
+    if !backend.is_built() {
+        let built: Vec<&str> = tessera_tpm::Backend::built()
+            .into_iter()
+            .map(|b| b.as_str())
+            .collect();
+        return Err(RunError::NoTpmBackend {
+            backend,
+            built: if built.is_empty() {
+                "none".into()
+            } else {
+                built.join(", ")
+            },
+        });
+    }
+    tessera_tpm::Tpm::open_with(backend, tcti)
+        .map(Arc::new)
+        .map_err(|source| RunError::Tpm {
+            tcti: tcti.clone(),
+            source,
+        })
 }
 
 /// The admin socket's modes: the server's user and group only (0770), in a directory
@@ -658,6 +707,38 @@ mod tests {
             std::fs::read_to_string(again.path()).expect("lock file"),
             format!("{}\n", std::process::id())
         );
+    }
+
+    #[test]
+    fn a_tpm_backend_not_built_in_or_a_tpm_not_there_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = |backend: tessera_tpm::Backend| {
+            ServerConfig::parse(&format!(
+                "trust_domain = \"e.org\"\ndata_dir = \"{}\"\ntpm_backend = \"{backend}\"\n\
+                 [key_manager]\ntype = \"tpm\"\ntcti = \"device:{}\"\n",
+                dir.path().display(),
+                dir.path().join("no-tpm").display()
+            ))
+            .expect("config")
+        };
+        for backend in tessera_tpm::Backend::ALL {
+            let e = open_key_manager(&config(backend))
+                .expect_err("no TPM there")
+                .to_string();
+            if backend.is_built() {
+                assert!(
+                    e.contains("key manager tpm: cannot open the TPM at device:"),
+                    "{e}"
+                );
+            } else {
+                assert!(
+                    e.contains(&format!("built without the {backend} TPM backend")),
+                    "{e}"
+                );
+            }
+            // Nothing made: no key directory for a key manager that did not open.
+            assert!(!dir.path().join("keys").exists(), "{e}");
+        }
     }
 
     #[test]

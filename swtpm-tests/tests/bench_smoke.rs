@@ -214,3 +214,75 @@ fn every_benchmark_runs_in_quick_mode() {
     );
     assert!(doc["machine"]["cpus"].as_u64().unwrap() > 0);
 }
+
+/// `edge` in quick mode (tiny counts) with the same agent as A and B: every figure
+/// of both and every ratio is there and positive; the cold start measures each TPM
+/// backend the agent contains and names the ones it lacks.
+#[test]
+fn edge_runs_in_quick_mode() {
+    let dir = tessera_swtpm_tests::test_dir("bench-edge");
+    let json = dir.path().join("edge.json");
+    let agent = tessera_swtpm_tests::bin("tessera-agent");
+    let out = Command::new(tessera_swtpm_tests::bin("tessera-bench"))
+        .args(["--quick", "edge", "--agent-a"])
+        .arg(&agent)
+        .arg("--agent-b")
+        .arg(&agent)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tessera-bench edge failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let r = &doc["results"]["edge"];
+    let mut keys = vec![
+        "binary_stripped_mib".to_owned(),
+        "rss_mib_burst".to_owned(),
+        "pss_mib_burst".to_owned(),
+        "rss_mib_settled".to_owned(),
+        "pss_mib_settled".to_owned(),
+        "x509_p50_us".to_owned(),
+        "jwt_p50_us".to_owned(),
+    ];
+    for n in [0, 5, 20] {
+        keys.push(format!("rss_mib_{n}_svids"));
+        keys.push(format!("pss_mib_{n}_svids"));
+    }
+    for c in [1, 5] {
+        keys.push(format!("x509_per_sec_{c}"));
+        keys.push(format!("jwt_per_sec_{c}"));
+    }
+    for k in &keys {
+        for side in ["a", "b", "a_over_b"] {
+            let v = r[format!("{k}_{side}")]
+                .as_f64()
+                .unwrap_or_else(|| panic!("edge: {k}_{side} missing in {r}"));
+            assert!(v > 0.0, "edge: {k}_{side} = {v}");
+        }
+    }
+    // The same file as A and B: the sizes are equal.
+    assert_eq!(r["binary_stripped_mib_a_over_b"].as_f64(), Some(1.0), "{r}");
+    // esapi is built into the default agent and measured; native either measured
+    // with its ratio or named as missing.
+    assert!(
+        r["cold_start_esapi_ms"].as_f64().is_some_and(|v| v > 0.0),
+        "{r}"
+    );
+    match r["cold_start_native_ms"].as_f64() {
+        Some(v) => {
+            assert!(v > 0.0, "{r}");
+            assert!(
+                r["cold_start_native_over_esapi"]
+                    .as_f64()
+                    .is_some_and(|v| v > 0.0),
+                "{r}"
+            );
+        }
+        None => assert_eq!(r["cold_start_native_ms"], "native: not built in", "{r}"),
+    }
+}
