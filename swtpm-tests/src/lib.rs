@@ -68,13 +68,14 @@ pub fn jwt_kids(jwks: &serde_json::Value) -> Vec<String> {
 
 /// The path of a project binary; panics with the command to run when it is missing.
 ///
-/// `$TESSERA_AGENT_BIN` and `$TESSERA_SERVER_BIN` name another build of the agent or
+/// `$TESSERA_TEST_AGENT_BIN` and `$TESSERA_TEST_SERVER_BIN` name another build of the agent or
 /// the server (the static ones of `scripts/static.sh`, say) for the tests to run
-/// instead of the one in [`bin_dir`].
+/// instead of the one in [`bin_dir`]. (Not `TESSERA_AGENT_*` or `TESSERA_SERVER_*`:
+/// the binaries read those as configuration overrides.)
 pub fn bin(name: &str) -> PathBuf {
     let over = match name {
-        "tessera-agent" => "TESSERA_AGENT_BIN",
-        "tessera-server" => "TESSERA_SERVER_BIN",
+        "tessera-agent" => "TESSERA_TEST_AGENT_BIN",
+        "tessera-server" => "TESSERA_TEST_SERVER_BIN",
         _ => "",
     };
     if let Some(p) = std::env::var_os(over).filter(|_| !over.is_empty()) {

@@ -3,7 +3,7 @@
 //! reason, and a static server configured with PKCS#11 (as its key manager or its
 //! upstream authority) refuses to start, saying that PKCS#11 needs the dynamic build.
 //! The static agent runs the join-token (and, with its TPM backend, the TPM)
-//! end-to-end tests a second time in scripts/test.sh, with `TESSERA_AGENT_BIN`.
+//! end-to-end tests a second time in scripts/test.sh, with `TESSERA_TEST_AGENT_BIN`.
 
 #![allow(
     clippy::unwrap_used,
