@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use tessera_swtpm_tests::{Server, SoftHsm, bin, repo_root, static_bin, test_dir};
+use tessera_swtpm_tests::{Server, SoftHsm, bin_dir, repo_root, static_bin, test_dir};
 
 const X86: &str = "x86_64-unknown-linux-musl";
 const ARM: &str = "aarch64-unknown-linux-musl";
@@ -44,8 +44,15 @@ fn static_binaries_have_no_interpreter_and_need_no_library() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    // The check can fail: the glibc build is refused, with the reason.
-    let out = check(&bin("tessera-agent"));
+    // The check can fail: the glibc build is refused, with the reason. (From the
+    // build directory: TESSERA_TEST_AGENT_BIN may name the static one.)
+    let glibc = bin_dir().join("tessera-agent");
+    assert!(
+        glibc.is_file(),
+        "{} is missing: cargo build --bins",
+        glibc.display()
+    );
+    let out = check(&glibc);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
