@@ -44,15 +44,24 @@ fn run_image_script_with(
     work: &std::path::Path,
     more: impl Fn(&std::path::Path) -> String,
 ) -> String {
-    use tessera_swtpm_tests::{bin, repo_root};
-    // Fail early, with the cargo command, if the binaries are missing.
-    let agent = bin("tessera-agent");
+    use tessera_swtpm_tests::{bin_dir, repo_root};
+    // The build directory's binaries (not a TESSERA_TEST_AGENT_BIN override: the
+    // host's agent provisions the DevID with its own TPM backend). Fail early, with
+    // the cargo command, if they are missing.
+    let dir = bin_dir();
+    for name in ["tessera-agent", "tessera-server"] {
+        assert!(
+            dir.join(name).is_file(),
+            "{} is missing: build the binaries first (cargo build --bins)",
+            dir.join(name).display()
+        );
+    }
     let out = std::process::Command::new("bash")
         .arg(repo_root().join("images").join(script))
         .arg("run")
         .args(args)
         .arg(work)
-        .env("TESSERA_BIN_DIR", agent.parent().unwrap())
+        .env("TESSERA_BIN_DIR", &dir)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
