@@ -38,13 +38,11 @@
 #   images/systemd-guest.sh rootfs
 #       Makes the cached root filesystem unless it is there.
 #
-# TESSERA_BIN_DIR      where tessera-agent and tessera-server are (default:
-#                      <repo>/target/debug)
-# TESSERA_AGENT_BIN    the agent binary installed in the guest (default:
-#                      $TESSERA_BIN_DIR/tessera-agent)
-# TESSERA_AGENT_LIB_PACKAGES  the Debian packages of the shared libraries that
-#                      agent loads, comma-separated (default: the glibc build's,
-#                      libtss2 and OpenSSL); empty for a static agent
+# TESSERA_BIN_DIR      where the host's tessera-agent (which provisions the DevID)
+#                      and tessera-server are (default: <repo>/target/debug)
+# TESSERA_GUEST_BIN_DIR  where the guest's static tessera-agent and tessera-server
+#                      are (default: <repo>/target/static/x86_64-unknown-linux-musl,
+#                      scripts/static.sh); nothing else is installed with them
 # TESSERA_IMAGE_CACHE  where the root filesystem is kept (default:
 #                      <repo>/target/images); another package list makes it again
 # BOOT_TIMEOUT         seconds the guest may take from power-on to power-off
@@ -59,17 +57,14 @@ root=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 bin=${TESSERA_BIN_DIR:-$root/target/debug}
 cache=${TESSERA_IMAGE_CACHE:-$root/target/images}
 boot_timeout=${BOOT_TIMEOUT:-300}
-agent_bin=${TESSERA_AGENT_BIN:-$bin/tessera-agent}
+guest_bin=${TESSERA_GUEST_BIN_DIR:-$root/target/static/x86_64-unknown-linux-musl}
 # free_port, factory, host_server, srv, check_devid_agent
 . "$root/images/lib.sh"
 
-# The shared libraries the glibc build of tessera-agent loads: libtss2 with its
-# TCTIs, OpenSSL. Empty for a static agent.
-AGENT_LIB_PACKAGES=${TESSERA_AGENT_LIB_PACKAGES-libtss2-esys-3.0.2-0,libtss2-tctildr0,libssl3}
 # What the guest needs besides minbase: systemd as init, the kernel (with the
-# initrd that mounts a virtio disk), the agent's libraries, and Podman (with crun)
-# for the container checks.
-PACKAGES=systemd,systemd-sysv,udev,dbus,linux-image-amd64${AGENT_LIB_PACKAGES:+,$AGENT_LIB_PACKAGES},podman,crun,conmon,containernetworking-plugins
+# initrd that mounts a virtio disk), and Podman (with crun) for the container
+# checks. No library for Tessera: both binaries are static.
+PACKAGES=systemd,systemd-sysv,udev,dbus,linux-image-amd64,podman,crun,conmon,containernetworking-plugins
 SUITE=bookworm
 rootfs_dir=$cache/systemd-rootfs
 
@@ -120,13 +115,13 @@ make_rootfs() (
 # attests to the host's server on port $2.
 install_test_files() {
     local r=$1 port=$2
-    install -m 0755 "$bin/tessera-server" "$r/usr/bin/tessera-server"
-    install -m 0755 "$agent_bin" "$r/usr/bin/tessera-agent"
+    install -m 0755 "$guest_bin/tessera-server" "$r/usr/bin/tessera-server"
+    install -m 0755 "$guest_bin/tessera-agent" "$r/usr/bin/tessera-agent"
     install -m 0755 "$client" "$r/usr/local/bin/go-spiffe-workload"
     cp -a -- "$root/images/rootfs/." "$r/"
-    # Debian's rule for the TPM devices (from tpm-udev, which the TPM libraries
-    # pull in) is removed, so that the overlay's rule is what gives /dev/tpmrm0 to
-    # tss, as on an image with a static agent and no TPM library.
+    # Should Debian's rule for the TPM devices (tpm-udev) come in with a package,
+    # it goes, so that the overlay's rule is what gives /dev/tpmrm0 to tss, as on an
+    # image with a static agent and no TPM library.
     rm -f -- "$r/usr/lib/udev/rules.d/60-tpm-udev.rules" "$r/lib/udev/rules.d/60-tpm-udev.rules"
     # The factory's output: the server's bundle and the DevID, whose folder the
     # shipped tmpfiles.d gives to the agent's group at boot.
@@ -185,7 +180,10 @@ run() {
     work=$1
     [[ -x $bin/tessera-server && -x $bin/tessera-agent ]] ||
         die "tessera-server and tessera-agent are not in $bin (cargo build --bins, or set TESSERA_BIN_DIR)"
-    [[ -x $agent_bin ]] || die "TESSERA_AGENT_BIN=$agent_bin is not an executable"
+    [[ -x $guest_bin/tessera-server && -x $guest_bin/tessera-agent ]] ||
+        die "the static tessera-server and tessera-agent are not in $guest_bin (scripts/static.sh, or set TESSERA_GUEST_BIN_DIR)"
+    # Static, for x86_64: nothing else goes into the guest with them.
+    bash "$root/scripts/static.sh" check "$guest_bin/tessera-server" "$guest_bin/tessera-agent" >/dev/null
     local tool
     for tool in qemu-system-x86_64 mkfs.ext4 openssl python3; do
         command -v "$tool" >/dev/null 2>&1 || die "$tool not found; run scripts/setup.sh --tests"

@@ -4,8 +4,9 @@
 # libtss2, OpenSSL, Python's venv; with --tests also a JDK, Maven, QEMU and
 # PostgreSQL), the Rust components, the Python virtualenv with py-spiffe and, with
 # --tests, the go-spiffe and java-spiffe workloads, SPIRE's server and agent, and
-# a Debian kernel for the boot test. Safe to run again: it installs and builds
-# only what is missing.
+# Debian's x86_64 and arm64 kernels for the boot tests (scripts/static.sh, which
+# the tests run, installs what the static builds need). Safe to run again: it
+# installs and builds only what is missing.
 #
 #   scripts/setup.sh            # what the build and the demo need
 #   scripts/setup.sh --tests    # and what only the tests need
@@ -36,9 +37,10 @@ packages=(
 # (scripts/java-spiffe-env.sh); Go comes from outside Debian (see above).
 test_packages=(
     default-jdk-headless maven
-    # The appliance boot test (images/boot-test.sh) and the systemd guest
-    # (images/systemd-guest.sh: debootstrap, and mkfs.ext4 from e2fsprogs).
-    qemu-system-x86 cpio debootstrap e2fsprogs
+    # The appliance boot tests (images/boot-test.sh, x86_64 and aarch64) and the
+    # systemd guest (images/systemd-guest.sh: debootstrap, and mkfs.ext4 from
+    # e2fsprogs).
+    qemu-system-x86 qemu-system-arm cpio debootstrap e2fsprogs
     # The PostgreSQL datastore's tests (scripts/postgres.sh).
     postgresql postgresql-client
     # The metrics tests scrape both binaries with a real Prometheus server.
@@ -110,6 +112,7 @@ if $tests; then
     bash "$root/scripts/java-spiffe-env.sh" >/dev/null
     bash "$root/scripts/spire.sh" >/dev/null
     bash "$root/scripts/spire-driver.sh" >/dev/null
-    bash "$root/images/boot-test.sh" fetch
+    bash "$root/images/boot-test.sh" fetch --arch x86_64
+    bash "$root/images/boot-test.sh" fetch --arch aarch64
 fi
 note "ready"

@@ -41,12 +41,33 @@ fi
 echo "== build (the end-to-end tests run these binaries)"
 cargo build --workspace --bins --locked
 
+# The static agents (x86_64 and aarch64) and server (docs/STATIC.md): the boot tests
+# run the agents in their guests, and the end-to-end tests run again below with the
+# x86_64 agent and server. The `static-ci` profile builds much faster than
+# `static-release` (what ships), with the same code and features.
+echo "== static build (musl)"
+bash scripts/static.sh --profile static-ci
+static_dir=$root/target/static/x86_64-unknown-linux-musl
+
+# Runs the test runner with the given filter arguments.
+run_tests() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest run --locked --no-fail-fast "$@"
+    else
+        cargo test --locked --no-fail-fast "$@"
+    fi
+}
+
 echo "== tests"
-if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --locked --no-fail-fast
-else
-    cargo test --workspace --locked --no-fail-fast
-fi
+run_tests --workspace
+
+# The end-to-end attestation tests a second time, with the static agent and server:
+# join tokens (workload_api), tpm_devid and tpm_ek (tpm_attestation; the static
+# agent reaches swtpm with its pure-Rust TPM backend).
+static_tests=(--test workload_api --test tpm_attestation)
+echo "== end-to-end tests with the static agent and server (${static_tests[*]})"
+TESSERA_TEST_AGENT_BIN=$static_dir/tessera-agent TESSERA_TEST_SERVER_BIN=$static_dir/tessera-server \
+    run_tests -p tessera-swtpm-tests "${static_tests[@]}"
 
 fuzz_seconds=${TESSERA_FUZZ_SECONDS:-5}
 if [[ $fuzz_seconds == 0 ]]; then

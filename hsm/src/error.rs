@@ -30,6 +30,16 @@ pub enum HsmError {
         /// The module path.
         path: PathBuf,
     },
+    /// This binary is a static build (musl, `crt-static`): it has no dynamic loader, so
+    /// it cannot load any PKCS#11 module.
+    #[error(
+        "cannot load PKCS#11 module {}: this is a static build of Tessera, which cannot load shared libraries; PKCS#11 needs the dynamic (glibc) build, or choose another key manager (memory, disk, tpm)",
+        path.display()
+    )]
+    StaticBuild {
+        /// The module path.
+        path: PathBuf,
+    },
     /// The module exists but could not be loaded or initialised.
     #[error("cannot load PKCS#11 module {}: {reason}", path.display())]
     ModuleLoad {

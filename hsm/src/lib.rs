@@ -64,6 +64,7 @@ pub use config::{DEFAULT_KEY_LABEL_PREFIX, DEFAULT_SESSIONS, MAX_SESSIONS, Pkcs1
 pub use error::{HsmError, ckr_name};
 pub use keys::{KeyProtection, OBJECT_ID_LEN, object_id_for_label};
 pub use manager::{Pkcs11Key, Pkcs11KeyManager};
+pub use module::STATIC_BUILD;
 pub use pin::PinError;
 pub use sign::SignRate;
 pub use uri::{ObjectType, Pkcs11Uri, UriError, redact as redact_uri};

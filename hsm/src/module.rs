@@ -80,6 +80,9 @@ fn init_args() -> CInitializeArgs {
     CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)
 }
 
+/// Whether this is a static build that cannot load shared libraries.
+pub const STATIC_BUILD: bool = cfg!(all(target_env = "musl", target_feature = "crt-static"));
+
 fn load_error(path: &Path, reason: impl fmt::Display) -> HsmError {
     HsmError::ModuleLoad {
         path: path.to_owned(),
@@ -89,6 +92,13 @@ fn load_error(path: &Path, reason: impl fmt::Display) -> HsmError {
 
 /// Loads and initialises the module at `path`, or returns the one already loaded.
 pub(crate) fn load(path: &Path) -> Result<Arc<Module>, HsmError> {
+    // A static musl binary has no dynamic loader: musl's dlopen there always fails.
+    // Say why, rather than passing on dlopen's terse message.
+    if STATIC_BUILD {
+        return Err(HsmError::StaticBuild {
+            path: path.to_owned(),
+        });
+    }
     // A bare file name is searched for by the dynamic loader, like dlopen does.
     let has_dir = path.components().count() > 1;
     if has_dir && !path.exists() {

@@ -67,11 +67,51 @@ pub fn jwt_kids(jwks: &serde_json::Value) -> Vec<String> {
 }
 
 /// The path of a project binary; panics with the command to run when it is missing.
+///
+/// `$TESSERA_TEST_AGENT_BIN` and `$TESSERA_TEST_SERVER_BIN` name another build of the agent or
+/// the server (the static ones of `scripts/static.sh`, say) for the tests to run
+/// instead of the one in [`bin_dir`]. (Not `TESSERA_AGENT_*` or `TESSERA_SERVER_*`:
+/// the binaries read those as configuration overrides.)
 pub fn bin(name: &str) -> PathBuf {
+    let over = match name {
+        "tessera-agent" => "TESSERA_TEST_AGENT_BIN",
+        "tessera-server" => "TESSERA_TEST_SERVER_BIN",
+        _ => "",
+    };
+    if let Some(p) = std::env::var_os(over).filter(|_| !over.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "{over}={} is not a file: build it (scripts/static.sh) or unset {over}",
+            p.display()
+        );
+        return p;
+    }
     let p = bin_dir().join(name);
     assert!(
         p.exists(),
         "{} is missing: build the binaries first (cargo build --bins), or set TESSERA_BIN_DIR",
+        p.display()
+    );
+    p
+}
+
+/// Where `scripts/static.sh` puts the static binaries for a target triple:
+/// `$TESSERA_STATIC_DIR/<triple>` (default `<repo>/target/static/<triple>`).
+pub fn static_dir(triple: &str) -> PathBuf {
+    std::env::var_os("TESSERA_STATIC_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/static"))
+        .join(triple)
+}
+
+/// A static binary of `scripts/static.sh`; panics with the command to run when it
+/// is missing.
+pub fn static_bin(triple: &str, name: &str) -> PathBuf {
+    let p = static_dir(triple).join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build the static binaries first (scripts/static.sh {triple})",
         p.display()
     );
     p

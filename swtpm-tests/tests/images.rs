@@ -1,14 +1,15 @@
 //! The appliance image: the overlay's default agent configuration must load with the
-//! agent's own parser (a typo there would brick every device built from it), and an
-//! appliance booted under QEMU with a swtpm TPM device attests with its DevID and
-//! serves an SVID (`images/boot-test.sh`); and the shipped systemd units, installed
-//! in a Debian guest booted with systemd and a swtpm TPM device, are notify services
-//! that become ready, run sandboxed as their users (the agent as `tessera-agent`,
-//! reaching the TPM through the tss group, with CAP_SYS_PTRACE alone, under a
-//! sandbox `systemd-analyze security` rates 2.5 or lower), attest with the TPM's
-//! DevID to a server on the host, and are restarted by the watchdog when hung, and
-//! the `systemd` and `docker` workload attestors tell two services of one user and
-//! two Podman containers apart (`images/systemd-guest.sh`).
+//! agent's own parser (a typo there would brick every device built from it); an
+//! appliance booted under QEMU, x86_64 and aarch64, with swtpm as its TPM and only
+//! the static agent of `scripts/static.sh` in it, attests with its DevID and serves
+//! an SVID (`images/boot-test.sh`); and the shipped systemd units, installed with
+//! the static binaries in a Debian guest booted with systemd and a swtpm TPM device,
+//! are notify services that become ready, run sandboxed as their users (the agent
+//! as `tessera-agent`, reaching the TPM through the tss group, with CAP_SYS_PTRACE
+//! alone, under a sandbox `systemd-analyze security` rates 2.5 or lower), attest
+//! with the TPM's DevID to a server on the host, and are restarted by the watchdog
+//! when hung, and the `systemd` and `docker` workload attestors tell two services of
+//! one user and two Podman containers apart (`images/systemd-guest.sh`).
 
 #![allow(
     clippy::unwrap_used,
@@ -36,14 +37,34 @@ fn run_image_script(
     work: &std::path::Path,
     more: impl Fn(&std::path::Path) -> String,
 ) -> String {
-    use tessera_swtpm_tests::{bin, repo_root};
-    // Fail early, with the cargo command, if the binaries are missing.
-    let agent = bin("tessera-agent");
+    run_image_script_with(script, &[], work, more)
+}
+
+/// [`run_image_script`] with `args` before `<work>`.
+fn run_image_script_with(
+    script: &str,
+    args: &[&str],
+    work: &std::path::Path,
+    more: impl Fn(&std::path::Path) -> String,
+) -> String {
+    use tessera_swtpm_tests::{bin_dir, repo_root};
+    // The build directory's binaries (not a TESSERA_TEST_AGENT_BIN override: the
+    // host's agent provisions the DevID with its own TPM backend). Fail early, with
+    // the cargo command, if they are missing.
+    let dir = bin_dir();
+    for name in ["tessera-agent", "tessera-server"] {
+        assert!(
+            dir.join(name).is_file(),
+            "{} is missing: build the binaries first (cargo build --bins)",
+            dir.join(name).display()
+        );
+    }
     let out = std::process::Command::new("bash")
         .arg(repo_root().join("images").join(script))
         .arg("run")
+        .args(args)
         .arg(work)
-        .env("TESSERA_BIN_DIR", agent.parent().unwrap())
+        .env("TESSERA_BIN_DIR", &dir)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -56,36 +77,61 @@ fn run_image_script(
     stdout
 }
 
-#[test]
-fn appliance_boots_attests_with_its_tpm_and_serves_an_svid() {
-    let dir = tessera_swtpm_tests::test_dir("boot");
+/// Boots the appliance for `arch` with its static agent (glibc binaries on the host
+/// provision the DevID and serve) and checks what the guest and the server saw.
+fn appliance_boots(arch: &str) {
+    let triple = format!("{arch}-unknown-linux-musl");
+    // Fail early, with the command, if the static agent is missing.
+    tessera_swtpm_tests::static_bin(&triple, "tessera-agent");
+    let dir = tessera_swtpm_tests::test_dir(&format!("boot-{arch}"));
     let work = dir.path().join("boot");
-    let stdout = run_image_script("boot-test.sh", &work, |work| {
+    let stdout = run_image_script_with("boot-test.sh", &["--arch", arch], &work, |work| {
         std::fs::read_to_string(work.join("server.log"))
             .map(|log| format!("server log:\n{log}"))
             .unwrap_or_default()
     });
-    // The guest's console: its TPM device, the SVID the agent served it, and the
-    // agent's key on disk being a TPM blob.
+    // The guest's console: its TPM, as devices and in sysfs, answering the kernel;
+    // the SVID the agent served it.
     assert!(stdout.contains("/dev/tpmrm0"), "{stdout}");
+    let pcr = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("boot-test: PCR 0 (SHA-256) the kernel read from the TPM: "))
+        .unwrap_or_else(|| panic!("no PCR read:\n{stdout}"));
+    assert_eq!(pcr.len(), 64, "{pcr}");
     assert!(
         stdout.contains("SPIFFE ID:\t\tspiffe://example.org/appliance/root"),
         "{stdout}"
     );
-    assert!(stdout.contains(".tpmkey"), "{stdout}");
     let ok = stdout
         .lines()
-        .find(|l| l.starts_with("boot test: OK: "))
+        .find(|l| l.starts_with(&format!("boot test: OK: {arch}: ")))
         .unwrap_or_else(|| panic!("no verdict:\n{stdout}"));
+    // The agent proved the node with the TPM's DevID, and its key is in the TPM.
     assert!(
-        ok.contains("spiffe://example.org/spire/agent/tpm_devid/"),
+        ok.contains("spiffe://example.org/spire/agent/tpm_devid/")
+            && ok.contains("attested with tpm_devid "),
         "{ok}"
     );
+    assert!(stdout.contains(".tpmkey"), "{stdout}");
+}
+
+#[test]
+fn x86_64_appliance_boots_attests_with_its_tpm_and_serves_an_svid() {
+    appliance_boots("x86_64");
+}
+
+#[test]
+fn aarch64_appliance_boots_attests_with_its_tpm_and_serves_an_svid() {
+    appliance_boots("aarch64");
 }
 
 #[test]
 fn shipped_units_get_ready_tell_units_and_containers_apart_and_restart_a_hung_agent() {
     let dir = tessera_swtpm_tests::test_dir("systemd-guest");
+    // Fail early, with the command, if the static binaries are missing.
+    for bin in ["tessera-agent", "tessera-server"] {
+        tessera_swtpm_tests::static_bin("x86_64-unknown-linux-musl", bin);
+    }
     let stdout = run_image_script("systemd-guest.sh", &dir.path().join("guest"), |_| {
         String::new()
     });
