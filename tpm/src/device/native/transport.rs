@@ -23,9 +23,10 @@ const TPM_SEND_COMMAND: u32 = 8;
 const TPM_SIGNAL_POWER_ON: u32 = 1;
 const TPM_SIGNAL_NV_ON: u32 = 11;
 
-/// How long a TPM may take to answer before the conversation counts as broken.
-/// RSA key generation on a slow TPM takes tens of seconds.
-const IO_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a TPM on a socket may take to answer before the conversation counts as
+/// broken, unless told otherwise: RSA key generation on a slow TPM takes tens of
+/// seconds. (A device node has the kernel driver's own timeouts.)
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// One command in, one response out.
 pub(crate) trait Transport: Send {
@@ -114,9 +115,10 @@ impl<S: Read + Write + Send> Transport for DeviceTransport<S> {
 /// swtpm's command socket or the simulator's, in the simulator's framing.
 pub(crate) struct SocketTransport {
     stream: TcpStream,
+    timeout: Duration,
 }
 
-fn connect(host: &str, port: u16) -> io::Result<TcpStream> {
+fn connect(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
     for addr in (host, port).to_socket_addrs()? {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
@@ -124,8 +126,8 @@ fn connect(host: &str, port: u16) -> io::Result<TcpStream> {
                 // A command is written in pieces (header, then body); without
                 // TCP_NODELAY each exchange waits on delayed acknowledgements.
                 s.set_nodelay(true)?;
-                s.set_read_timeout(Some(IO_TIMEOUT))?;
-                s.set_write_timeout(Some(IO_TIMEOUT))?;
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
                 return Ok(s);
             }
             Err(e) => last = e,
@@ -142,16 +144,20 @@ fn read_u32(r: &mut impl Read) -> io::Result<u32> {
 
 impl SocketTransport {
     /// Connects to a command port.
-    pub(crate) fn connect(host: &str, port: u16) -> io::Result<Self> {
+    pub(crate) fn connect(host: &str, port: u16, timeout: Duration) -> io::Result<Self> {
         Ok(Self {
-            stream: connect(host, port)?,
+            stream: connect(host, port, timeout)?,
+            timeout,
         })
     }
 
     /// Over an already connected stream (the tests' hostile servers).
     #[cfg(test)]
     pub(crate) fn over(stream: TcpStream) -> Self {
-        Self { stream }
+        Self {
+            stream,
+            timeout: IO_TIMEOUT,
+        }
     }
 }
 
@@ -167,6 +173,19 @@ pub(crate) fn frame(command: &[u8]) -> Vec<u8> {
 
 impl Transport for SocketTransport {
     fn transact(&mut self, command: &[u8]) -> io::Result<Vec<u8>> {
+        self.exchange(command).map_err(|e| match e.kind() {
+            // What a socket timeout looks like on Linux, and elsewhere.
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the TPM did not answer within {:?}", self.timeout),
+            ),
+            _ => e,
+        })
+    }
+}
+
+impl SocketTransport {
+    fn exchange(&mut self, command: &[u8]) -> io::Result<Vec<u8>> {
         self.stream.write_all(&frame(command))?;
         let len = read_u32(&mut self.stream)? as usize;
         if !(HEADER..=MAX_RESPONSE).contains(&len) {
@@ -194,11 +213,11 @@ impl Transport for SocketTransport {
 
 /// Powers the simulator on through its platform port (command port + 1): power-on,
 /// then NV-on, each acknowledged with 0.
-pub(crate) fn mssim_power_on(host: &str, port: u16) -> io::Result<()> {
+pub(crate) fn mssim_power_on(host: &str, port: u16, timeout: Duration) -> io::Result<()> {
     let platform = port
         .checked_add(1)
         .ok_or_else(|| invalid("the platform port would be past 65535".into()))?;
-    let mut s = connect(host, platform)?;
+    let mut s = connect(host, platform, timeout)?;
     for signal in [TPM_SIGNAL_POWER_ON, TPM_SIGNAL_NV_ON] {
         s.write_all(&signal.to_be_bytes())?;
         let ack = read_u32(&mut s)?;
