@@ -62,6 +62,8 @@ enum Fault {
     CloseMid,
     /// No answer at all (the connection stays open).
     Stall,
+    /// The answer one byte every 300 ms.
+    Trickle,
     /// The last response to another command instead.
     Other,
     /// The last earlier response to the same command instead.
@@ -219,6 +221,18 @@ fn relay(mut client: TcpStream, mut up: TcpStream, rule: &Mutex<Rule>, fired: &A
                     let mut sink = [0u8; 64];
                     while matches!(client.read(&mut sink), Ok(n) if n > 0) {}
                     return;
+                }
+                Fault::Trickle => {
+                    let mut frame = rlen.to_be_bytes().to_vec();
+                    frame.extend_from_slice(&out);
+                    frame.extend_from_slice(&[0; 4]);
+                    for b in frame {
+                        std::thread::sleep(Duration::from_millis(300));
+                        if client.write_all(&[b]).is_err() {
+                            return;
+                        }
+                    }
+                    continue;
                 }
                 Fault::Other => {
                     out = other
@@ -408,6 +422,12 @@ fn a_tpm_that_never_answers_times_out() {
         started.elapsed() >= Duration::from_secs(4),
         "{:?}",
         started.elapsed()
+    );
+    // A byte every 300 ms: each read would be in time, the answer is not.
+    let e = sign_under(&rig, CC_SIGN, Fault::Trickle, None);
+    assert!(
+        matches!(&e, DeviceError::Interrupted { command: "TPM2_Sign", reason } if reason.contains("did not answer within 2s")),
+        "trickle: {e}"
     );
 }
 

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The largest response accepted: TPMs answer with at most a few KiB (4096 is the
 /// usual maximum buffer), so anything larger is a desynchronised or hostile stream.
@@ -187,15 +187,21 @@ impl Transport for SocketTransport {
 impl SocketTransport {
     fn exchange(&mut self, command: &[u8]) -> io::Result<Vec<u8>> {
         self.stream.write_all(&frame(command))?;
-        let len = read_u32(&mut self.stream)? as usize;
+        // One deadline for the whole answer: a TPM (or an interposer) that sends a
+        // byte now and then must not keep each read's timeout from firing.
+        let mut stream = Timed {
+            stream: &mut self.stream,
+            deadline: Instant::now() + self.timeout,
+        };
+        let len = read_u32(&mut stream)? as usize;
         if !(HEADER..=MAX_RESPONSE).contains(&len) {
             return Err(invalid(format!(
                 "the simulator announces a {len}-byte response (expected {HEADER} to {MAX_RESPONSE})"
             )));
         }
         let mut body = vec![0u8; len];
-        self.stream.read_exact(&mut body)?;
-        let ack = read_u32(&mut self.stream)?;
+        stream.read_exact(&mut body)?;
+        let ack = read_u32(&mut stream)?;
         if ack != 0 {
             return Err(invalid(format!(
                 "the simulator acknowledged the command with {ack} instead of 0"
@@ -208,6 +214,23 @@ impl SocketTransport {
             )));
         }
         Ok(body)
+    }
+}
+
+/// A socket read against a deadline: each read waits only for what is left of it.
+struct Timed<'a> {
+    stream: &'a mut TcpStream,
+    deadline: Instant,
+}
+
+impl Read for Timed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
     }
 }
 
