@@ -142,3 +142,76 @@ fn a_substituted_srk_is_an_error_never_a_result() {
         "{e}"
     );
 }
+
+/// One operation of the agent's, by the command whose response is damaged.
+type Op = Box<dyn Fn(&Tpm) -> Result<(), DeviceError> + Send + Sync>;
+
+#[test]
+fn every_authorised_response_is_checked() {
+    use tessera_tpm::ek::EkKind;
+    use tessera_tpm::verifier::ak::AkKind;
+    use tessera_tpm::verifier::credential::make_credential;
+
+    let rig = rig();
+    let ak = rig
+        .tpm
+        .with(|d| d.create_key(&AkKind::EccP256.template()))
+        .unwrap();
+    let ek = rig.tpm.with(|d| d.ek_public(EkKind::EccP256)).unwrap();
+    let key = rig.key.clone();
+    let activate = || -> Op {
+        let (ak, ek) = (ak.clone(), ek.clone());
+        Box::new(move |t: &Tpm| {
+            let blob = make_credential(&ek, &ak.public.name(), b"secret").unwrap();
+            let s = t.with(|d| d.activate_credential(&ak, EkKind::EccP256, &blob))?;
+            assert_eq!(s.as_slice(), b"secret", "a wrong secret was returned");
+            Ok(())
+        })
+    };
+    let cases: Vec<(u32, &str, Op)> = vec![
+        (
+            0x153,
+            "TPM2_Create",
+            Box::new(|t: &Tpm| {
+                t.with(|d| d.create_key(&signing_key_template(KeyType::EcP256)))
+                    .map(drop)
+            }),
+        ),
+        (
+            0x148,
+            "TPM2_Certify",
+            Box::new({
+                let ak = ak.clone();
+                move |t: &Tpm| t.with(|d| d.certify(&key, &ak, b"nonce")).map(drop)
+            }),
+        ),
+        (0x147, "TPM2_ActivateCredential", activate()),
+        // The EK's policy session, satisfied through the salted one.
+        (0x151, "TPM2_PolicySecret", activate()),
+        (
+            0x14e,
+            "TPM2_NV_Read",
+            Box::new(|t: &Tpm| {
+                let cert = t.with(|d| d.nv_read(EkKind::Rsa2048.cert_nv_index()))?;
+                assert!(cert.is_some(), "the EK certificate is gone");
+                Ok(())
+            }),
+        ),
+    ];
+    let cases = Arc::new(cases);
+    for i in 0..cases.len() {
+        let (code, name) = (cases[i].0, cases[i].1);
+        rig.proxy.arm(code, Fault::FlipParam, Some(1));
+        let (tpm, c) = (rig.tpm.clone(), cases.clone());
+        let r = guarded(name, move || (c[i].2)(&tpm));
+        assert_eq!(rig.proxy.disarm(), 1, "{name}: the fault never fired");
+        let e = r.expect_err(&format!("{name}: a damaged response was used"));
+        assert!(
+            matches!(&e, DeviceError::Malformed(m) if m.contains(name) && m.contains("response HMAC does not verify")),
+            "{name}: {e}"
+        );
+        let (tpm, c) = (rig.tpm.clone(), cases.clone());
+        guarded(name, move || (c[i].2)(&tpm))
+            .unwrap_or_else(|e| panic!("{name} after a damaged response: {e}"));
+    }
+}
