@@ -238,8 +238,15 @@ impl Conn {
             }
         };
         let parsed = self.parse(cmd, &uses, &response);
-        if parsed.is_err() {
-            self.give_up(cmd, &uses, &response);
+        match &parsed {
+            Err(_) => self.give_up(cmd, &uses, &response),
+            // The TPM computes another session key or nonce than this side (its
+            // StartAuthSession answer was altered, or the two fell out of step):
+            // the session is useless, the next command starts a new one.
+            Ok(Err(code)) if rc::is_session_auth_failure(*code) => {
+                self.give_up(cmd, &uses, &response);
+            }
+            Ok(_) => {}
         }
         parsed
     }

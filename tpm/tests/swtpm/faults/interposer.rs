@@ -215,3 +215,39 @@ fn every_authorised_response_is_checked() {
             .unwrap_or_else(|e| panic!("{name} after a damaged response: {e}"));
     }
 }
+
+#[test]
+fn an_altered_session_nonce_costs_one_operation() {
+    // A refused Sign response gives the session up; the new session's
+    // StartAuthSession answer has its nonceTPM altered, so this side's session key
+    // is not the TPM's, which refuses the next command's HMAC. That session is
+    // given up too, and the operation after starts a good one.
+    let rig = rig();
+    rig.proxy.arm(CC_SIGN, Fault::FlipParam, Some(1));
+    rig.proxy.rule.lock().unwrap().then = Some((0x176, Fault::FlipParam, Some(1)));
+    let (tpm, key) = (rig.tpm.clone(), rig.key.clone());
+    let (first, second) = guarded("signs under an altered nonce", move || {
+        (
+            sign_checked(&tpm, &key, b"one"),
+            sign_checked(&tpm, &key, b"two"),
+        )
+    });
+    assert_eq!(rig.proxy.disarm(), 2, "both faults fired");
+    let first = first.expect_err("a damaged Sign response was used");
+    assert!(
+        matches!(&first, DeviceError::Malformed(m) if m.contains("response HMAC does not verify")),
+        "{first}"
+    );
+    let second = second.expect_err("a command passed in a session the TPM does not share");
+    assert!(
+        matches!(&second, DeviceError::Command { command: "TPM2_Load", message } if message.contains("TPM_RC_BAD_AUTH")),
+        "{second}"
+    );
+    let (tpm, key) = (rig.tpm.clone(), rig.key.clone());
+    guarded("signs after", move || {
+        for i in 0..5 {
+            sign_checked(&tpm, &key, format!("{i}").as_bytes())
+                .unwrap_or_else(|e| panic!("sign {i} after an altered session nonce: {e}"));
+        }
+    });
+}
