@@ -20,5 +20,6 @@ mod credential;
 mod devid_flow;
 mod ek_certs;
 mod ek_flow;
+mod faults;
 mod keys;
 mod native;

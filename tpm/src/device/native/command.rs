@@ -21,6 +21,8 @@ const ST_SESSIONS: u16 = 0x8002;
 const ST_RSP_COMMAND: u16 = 0x00c4;
 /// TPM_RS_PW: the password "session".
 const RS_PW: u32 = 0x4000_0009;
+/// Where a response's handles start: after the tag, size and response code.
+const HANDLES: usize = 10;
 
 /// How a handle is authorised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,8 +80,12 @@ pub(crate) fn handle_name(handle: u32) -> [u8; 4] {
 pub(crate) struct Conn {
     transport: Box<dyn Transport>,
     pub(crate) session: Option<Session>,
-    /// Sessions given up on (a response that did not verify), to flush.
+    /// Sessions given up on and objects whose response was refused, to flush.
     pub(crate) stale: Vec<u32>,
+    /// Why the byte stream is out of step (an exchange failed half-way: a timeout,
+    /// a cut connection, a length that was refused): a late answer to that command
+    /// would be taken for the next command's, so the connection is not used again.
+    broken: Option<String>,
 }
 
 fn interrupted(command: &'static str, e: &io::Error) -> DeviceError {
@@ -105,6 +111,7 @@ impl Conn {
             transport,
             session: None,
             stale: Vec::new(),
+            broken: None,
         }
     }
 
@@ -217,11 +224,56 @@ impl Conn {
         let size = out.len() as u32;
         out[2..6].copy_from_slice(&size.to_be_bytes());
 
-        let response = self
-            .transport
-            .transact(&out)
-            .map_err(|e| interrupted(cmd.name, &e))?;
-        self.parse(cmd, &uses, &response)
+        if let Some(why) = &self.broken {
+            return Err(DeviceError::Interrupted {
+                command: cmd.name,
+                reason: format!("the connection is out of step since: {why}"),
+            });
+        }
+        let response = match self.transport.transact(&out) {
+            Ok(r) => r,
+            Err(e) => {
+                self.broken = Some(format!("{}: {e}", cmd.name));
+                return Err(interrupted(cmd.name, &e));
+            }
+        };
+        let parsed = self.parse(cmd, &uses, &response);
+        match &parsed {
+            Err(_) => self.give_up(cmd, &uses, &response),
+            // The TPM computes another session key or nonce than this side (its
+            // StartAuthSession answer was altered, or the two fell out of step):
+            // the session is useless, the next command starts a new one.
+            Ok(Err(code)) if rc::is_session_auth_failure(*code) => {
+                self.give_up(cmd, &uses, &response);
+            }
+            Ok(_) => {}
+        }
+        parsed
+    }
+
+    /// After a successful response that was refused (it did not verify, or did not
+    /// parse): the TPM ran the command, so the objects or sessions it created are
+    /// flushed before the next session command (they would take the TPM's few
+    /// slots for good), and the salted
+    /// session, whose nonce the TPM has rolled on and this side has not, is
+    /// given up for a new one (commands in it would fail their HMAC at the TPM, each
+    /// failure counting toward the dictionary-attack lockout).
+    fn give_up(&mut self, cmd: &Command<'_>, uses: &[Option<Use>], response: &[u8]) {
+        if uses.iter().any(Option::is_some)
+            && let Some(s) = self.session.take()
+        {
+            self.stale.push(s.handle);
+        }
+        let succeeded = response.len() >= HANDLES && response[6..HANDLES] == [0; 4];
+        if !succeeded {
+            return;
+        }
+        let handles = response[HANDLES..]
+            .chunks_exact(4)
+            .take(cmd.response_handles)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .filter(|h| matches!(h >> 24, 0x02 | 0x03 | 0x80));
+        self.stale.extend(handles);
     }
 
     fn parse(
@@ -281,10 +333,8 @@ impl Conn {
                         malformed(cmd.name, "no salted session is open (internal error)")
                     })?;
                     if let Err(why) = session.check_response(u, &rp_hash, nonce, attrs, hmac) {
-                        // The session's nonces can no longer be trusted: start afresh.
-                        if let Some(s) = self.session.take() {
-                            self.stale.push(s.handle);
-                        }
+                        // The session's nonces can no longer be trusted: `give_up`
+                        // starts afresh.
                         return Err(malformed(cmd.name, why));
                     }
                     if *encrypt {

@@ -33,6 +33,7 @@ mod tests;
 
 use std::fmt;
 use std::io::{Read, Write};
+use std::time::Duration;
 
 use zeroize::Zeroizing;
 
@@ -74,7 +75,18 @@ pub struct NativeDevice {
     /// `None` after the conversation broke: the next operation connects again.
     conn: Option<Conn>,
     srk: Option<Srk>,
+    /// The name of the first SRK this device made: a later one must be the same.
+    srk_seen: Option<Vec<u8>>,
     nv_max: Option<usize>,
+    /// How long a socket TPM may take to answer.
+    timeout: Duration,
+    /// What a broken connection left loaded (the SRK, the session, a key whose
+    /// flush failed): a TPM without a resource manager keeps them after the
+    /// connection closes, and with three object slots the next connection would
+    /// find no room. Flushed as soon as the next connection is made, before it
+    /// loads anything (after a TPM restart they are gone and the flush fails
+    /// harmlessly).
+    orphans: Vec<u32>,
 }
 
 impl fmt::Debug for NativeDevice {
@@ -85,7 +97,7 @@ impl fmt::Debug for NativeDevice {
     }
 }
 
-fn connect(tcti: &Tcti) -> Result<Conn, DeviceError> {
+fn connect(tcti: &Tcti, timeout: Duration) -> Result<Conn, DeviceError> {
     let unavailable = |reason: String| DeviceError::Unavailable {
         tcti: tcti.to_string(),
         reason,
@@ -98,18 +110,18 @@ fn connect(tcti: &Tcti) -> Result<Conn, DeviceError> {
             ))
         })?),
         Tcti::Swtpm { host, port } => {
-            Box::new(SocketTransport::connect(host, *port).map_err(|e| {
+            Box::new(SocketTransport::connect(host, *port, timeout).map_err(|e| {
                 unavailable(format!("cannot connect: {e}; is the simulator running?"))
             })?)
         }
         Tcti::Mssim { host, port } => {
-            transport::mssim_power_on(host, *port).map_err(|e| {
+            transport::mssim_power_on(host, *port, timeout).map_err(|e| {
                 unavailable(format!(
                     "cannot power the simulator on through its platform port {}: {e}",
                     u32::from(*port) + 1
                 ))
             })?;
-            Box::new(SocketTransport::connect(host, *port).map_err(|e| {
+            Box::new(SocketTransport::connect(host, *port, timeout).map_err(|e| {
                 unavailable(format!("cannot connect: {e}; is the simulator running?"))
             })?)
         }
@@ -129,19 +141,33 @@ fn connect(tcti: &Tcti) -> Result<Conn, DeviceError> {
 impl NativeDevice {
     /// Connects to the TPM named by `tcti`.
     pub fn open(tcti: &Tcti) -> Result<Self, DeviceError> {
-        let conn = connect(tcti)?;
+        Self::open_with_timeout(tcti, transport::IO_TIMEOUT)
+    }
+
+    /// Connects to the TPM named by `tcti`; a TPM on a socket that takes longer than
+    /// `timeout` to take a command or answer it is taken as gone (the operation
+    /// fails with [`DeviceError::Interrupted`] after one reconnection and retry,
+    /// instead of holding the device lock for ever). [`NativeDevice::open`] waits
+    /// two minutes, which RSA key generation on a slow TPM needs. A device node
+    /// has the kernel driver's own timeouts.
+    pub fn open_with_timeout(tcti: &Tcti, timeout: Duration) -> Result<Self, DeviceError> {
+        let conn = connect(tcti, timeout)?;
         Ok(Self {
             target: Target::Tcti(tcti.clone()),
             conn: Some(conn),
             srk: None,
+            srk_seen: None,
             nv_max: None,
+            timeout,
+            orphans: Vec::new(),
         })
     }
 
     /// Speaks to a TPM over a stream already open that carries bare commands and
     /// responses as a TPM device node does: a `/dev/tpm*` file handed over by a
     /// supervisor, or a socket to `swtpm chardev`. `what` names it in messages. The
-    /// stream cannot be reopened, so a broken conversation stays broken.
+    /// stream cannot be reopened, so a broken conversation stays broken. Reads wait
+    /// as long as the stream lets them: give a socket a read timeout first.
     pub fn from_stream<S: Read + Write + Send + 'static>(stream: S, what: &str) -> Self {
         Self::with_transport(Box::new(DeviceTransport::new(stream)), what)
     }
@@ -151,7 +177,10 @@ impl NativeDevice {
             target: Target::Stream(what.to_owned()),
             conn: Some(Conn::new(transport)),
             srk: None,
+            srk_seen: None,
             nv_max: None,
+            timeout: transport::IO_TIMEOUT,
+            orphans: Vec::new(),
         }
     }
 
@@ -161,7 +190,14 @@ impl NativeDevice {
             self.srk = None;
             self.nv_max = None;
             let conn = match &self.target {
-                Target::Tcti(t) => connect(t)?,
+                Target::Tcti(t) => {
+                    let mut conn = connect(t, self.timeout)?;
+                    for handle in std::mem::take(&mut self.orphans) {
+                        ops::flush(&mut conn, handle);
+                    }
+                    // What failed to flush now waits for the next session.
+                    conn
+                }
                 Target::Stream(s) => {
                     return Err(DeviceError::Unavailable {
                         tcti: s.clone(),
@@ -179,9 +215,14 @@ impl NativeDevice {
     }
 
     fn drop_conn(&mut self) {
-        self.srk = None;
+        if let Some(srk) = self.srk.take() {
+            self.orphans.push(srk.handle);
+        }
+        if let Some(mut conn) = self.conn.take() {
+            self.orphans.extend(conn.session.take().map(|s| s.handle));
+            self.orphans.append(&mut conn.stale);
+        }
         self.nv_max = None;
-        self.conn = None;
     }
 
     /// Runs `op`; when the conversation with the TPM broke, reconnects and runs it
@@ -191,9 +232,16 @@ impl NativeDevice {
         mut op: impl FnMut(&mut Self) -> Result<T, DeviceError>,
     ) -> Result<T, DeviceError> {
         match op(self) {
-            Err(DeviceError::Interrupted { .. }) => {
+            Err(DeviceError::Interrupted { command, reason }) => {
                 self.drop_conn();
-                self.conn()?;
+                // A TPM that cannot be reached again: say what broke first.
+                self.conn().map_err(|e| match e {
+                    DeviceError::Unavailable { tcti, reason: why } => DeviceError::Unavailable {
+                        tcti,
+                        reason: format!("{why} (after {command} was interrupted: {reason})"),
+                    },
+                    other => other,
+                })?;
                 let again = op(self);
                 if let Err(DeviceError::Interrupted { .. }) = &again {
                     self.drop_conn();

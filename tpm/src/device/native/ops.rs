@@ -58,12 +58,13 @@ pub(super) fn startup(conn: &mut Conn) -> Result<(), DeviceError> {
     }
 }
 
-/// TPM2_FlushContext, best effort: a failure leaves a slot taken until the TPM
-/// restarts; nothing better can be done, and the operation's result matters more.
+/// TPM2_FlushContext, best effort: the operation's result matters more. When the
+/// connection failed, the handle is kept to flush later (on the next session, or
+/// on the next connection); a TPM that refuses (the handle is gone) is believed.
 pub(super) fn flush(conn: &mut Conn, handle: u32) {
     let mut params = Vec::new();
     put_u32(&mut params, handle);
-    let _ = conn.run(&Command {
+    let r = conn.run(&Command {
         code: CC_FLUSH_CONTEXT,
         name: "TPM2_FlushContext",
         handles: &[],
@@ -71,6 +72,9 @@ pub(super) fn flush(conn: &mut Conn, handle: u32) {
         params,
         response_handles: 0,
     });
+    if r.is_err() {
+        conn.stale.push(handle);
+    }
 }
 
 fn parse_err(command: &'static str) -> impl Fn(crate::wire::StructureError) -> DeviceError {
@@ -166,6 +170,18 @@ impl NativeDevice {
             name: public.name(),
             public,
         };
+        // The SRK is the same for the life of the owner hierarchy: another one after
+        // a reconnection is an interposer's key (the session would be salted to it),
+        // or the TPM was cleared under a running agent. Either way, refused.
+        if let Some(seen) = &self.srk_seen
+            && *seen != srk.name
+        {
+            flush(self.conn()?, handle);
+            return Err(DeviceError::Malformed(format!(
+                "{name}: the SRK the TPM reports now is not the one it reported first (an interposer substituting its own key, or the TPM was cleared): refused"
+            )));
+        }
+        self.srk_seen = Some(srk.name.clone());
         self.srk = Some(srk.clone());
         Ok(srk)
     }

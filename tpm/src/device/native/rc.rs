@@ -101,6 +101,12 @@ pub(crate) fn is_handle_error(rc: u32, code: u32) -> bool {
     format_one_code(rc) == Some(code) && rc & 0x40 == 0 && rc & 0x800 == 0
 }
 
+/// Whether a format-one code says a session's HMAC did not verify
+/// (`TPM_RC_BAD_AUTH`, `TPM_RC_AUTH_FAIL` about a session).
+pub(crate) fn is_session_auth_failure(rc: u32) -> bool {
+    matches!(format_one_code(rc), Some(0x22 | 0x0e)) && rc & 0x800 != 0
+}
+
 /// `TPM_RC_HANDLE` (format one, code 0x0b).
 pub(crate) const HANDLE: u32 = 0x0b;
 
@@ -185,5 +191,8 @@ mod tests {
         assert!(fault(0x1cb).is_none(), "handle error of a parameter");
         assert!(fault(0x101).is_none(), "failure");
         assert!(is_retry(0x922) && !is_retry(0x921));
+        // BAD_AUTH and AUTH_FAIL about session 1; not about a parameter.
+        assert!(is_session_auth_failure(0x9a2) && is_session_auth_failure(0x98e));
+        assert!(!is_session_auth_failure(0x1a2) && !is_session_auth_failure(0x9a1));
     }
 }

@@ -411,3 +411,58 @@ fn an_absent_nv_index_is_none_and_tabrmd_is_refused_by_name() {
         .to_string();
     assert!(e.contains("esapi") && e.contains("D-Bus"), "{e}");
 }
+
+#[test]
+fn a_failed_exchange_leaves_the_connection_unused() {
+    let fake = Fake::default();
+    fake.responses.lock().unwrap().push_back(Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the TPM did not answer within 2s",
+    )));
+    fake.push(response(0x8001, 0, &[]));
+    let mut conn = Conn::new(Box::new(fake.clone()));
+    let e = conn.execute(&flush_cmd(1)).unwrap_err();
+    assert!(
+        matches!(&e, DeviceError::Interrupted { reason, .. } if reason.contains("did not answer")),
+        "{e}"
+    );
+    // The late answer (still queued) is never taken for the next command's.
+    let e = conn.execute(&flush_cmd(2)).unwrap_err();
+    assert!(
+        matches!(&e, DeviceError::Interrupted { reason, .. } if reason.contains("out of step since: TPM2_FlushContext")),
+        "{e}"
+    );
+    assert_eq!(fake.commands.lock().unwrap().len(), 1, "nothing more sent");
+}
+
+#[test]
+fn a_refused_response_gives_up_the_session_and_the_object_made() {
+    let (s, _) = session_pair();
+    // A Load-shaped success: one handle, the parameters, a session whose HMAC is wrong.
+    let mut body = Vec::new();
+    put_u32(&mut body, 0x8000_0002);
+    put_u32(&mut body, 4);
+    put_tpm2b(&mut body, &[1, 2]);
+    put_tpm2b(&mut body, &session::nonce());
+    body.push(1);
+    put_tpm2b(&mut body, &[0; 32]);
+    let fake = Fake::default();
+    fake.push(response(0x8002, 0, &body));
+    let mut conn = Conn::new(Box::new(fake));
+    conn.session = Some(s);
+    let cmd = Command {
+        code: 0x157,
+        name: "TPM2_Load",
+        handles: &[(0x8100_0001, &[0, 0xb, 1])],
+        auths: &[Auth::HMAC],
+        params: vec![0, 0],
+        response_handles: 1,
+    };
+    let e = conn.execute(&cmd).unwrap_err();
+    assert!(
+        matches!(&e, DeviceError::Malformed(m) if m.contains("TPM2_Load") && m.contains("response HMAC does not verify")),
+        "{e}"
+    );
+    assert!(conn.session.is_none(), "the session is given up");
+    assert_eq!(conn.stale, vec![0x0200_0000, 0x8000_0002], "both to flush");
+}

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The largest response accepted: TPMs answer with at most a few KiB (4096 is the
 /// usual maximum buffer), so anything larger is a desynchronised or hostile stream.
@@ -23,9 +23,10 @@ const TPM_SEND_COMMAND: u32 = 8;
 const TPM_SIGNAL_POWER_ON: u32 = 1;
 const TPM_SIGNAL_NV_ON: u32 = 11;
 
-/// How long a TPM may take to answer before the conversation counts as broken.
-/// RSA key generation on a slow TPM takes tens of seconds.
-const IO_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a TPM on a socket may take to answer before the conversation counts as
+/// broken, unless told otherwise: RSA key generation on a slow TPM takes tens of
+/// seconds. (A device node has the kernel driver's own timeouts.)
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// One command in, one response out.
 pub(crate) trait Transport: Send {
@@ -114,9 +115,10 @@ impl<S: Read + Write + Send> Transport for DeviceTransport<S> {
 /// swtpm's command socket or the simulator's, in the simulator's framing.
 pub(crate) struct SocketTransport {
     stream: TcpStream,
+    timeout: Duration,
 }
 
-fn connect(host: &str, port: u16) -> io::Result<TcpStream> {
+fn connect(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"));
     for addr in (host, port).to_socket_addrs()? {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
@@ -124,8 +126,8 @@ fn connect(host: &str, port: u16) -> io::Result<TcpStream> {
                 // A command is written in pieces (header, then body); without
                 // TCP_NODELAY each exchange waits on delayed acknowledgements.
                 s.set_nodelay(true)?;
-                s.set_read_timeout(Some(IO_TIMEOUT))?;
-                s.set_write_timeout(Some(IO_TIMEOUT))?;
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
                 return Ok(s);
             }
             Err(e) => last = e,
@@ -142,16 +144,20 @@ fn read_u32(r: &mut impl Read) -> io::Result<u32> {
 
 impl SocketTransport {
     /// Connects to a command port.
-    pub(crate) fn connect(host: &str, port: u16) -> io::Result<Self> {
+    pub(crate) fn connect(host: &str, port: u16, timeout: Duration) -> io::Result<Self> {
         Ok(Self {
-            stream: connect(host, port)?,
+            stream: connect(host, port, timeout)?,
+            timeout,
         })
     }
 
     /// Over an already connected stream (the tests' hostile servers).
     #[cfg(test)]
     pub(crate) fn over(stream: TcpStream) -> Self {
-        Self { stream }
+        Self {
+            stream,
+            timeout: IO_TIMEOUT,
+        }
     }
 }
 
@@ -167,16 +173,35 @@ pub(crate) fn frame(command: &[u8]) -> Vec<u8> {
 
 impl Transport for SocketTransport {
     fn transact(&mut self, command: &[u8]) -> io::Result<Vec<u8>> {
+        self.exchange(command).map_err(|e| match e.kind() {
+            // What a socket timeout looks like on Linux, and elsewhere.
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the TPM did not answer within {:?}", self.timeout),
+            ),
+            _ => e,
+        })
+    }
+}
+
+impl SocketTransport {
+    fn exchange(&mut self, command: &[u8]) -> io::Result<Vec<u8>> {
         self.stream.write_all(&frame(command))?;
-        let len = read_u32(&mut self.stream)? as usize;
+        // One deadline for the whole answer: a TPM (or an interposer) that sends a
+        // byte now and then must not keep each read's timeout from firing.
+        let mut stream = Timed {
+            stream: &mut self.stream,
+            deadline: Instant::now() + self.timeout,
+        };
+        let len = read_u32(&mut stream)? as usize;
         if !(HEADER..=MAX_RESPONSE).contains(&len) {
             return Err(invalid(format!(
                 "the simulator announces a {len}-byte response (expected {HEADER} to {MAX_RESPONSE})"
             )));
         }
         let mut body = vec![0u8; len];
-        self.stream.read_exact(&mut body)?;
-        let ack = read_u32(&mut self.stream)?;
+        stream.read_exact(&mut body)?;
+        let ack = read_u32(&mut stream)?;
         if ack != 0 {
             return Err(invalid(format!(
                 "the simulator acknowledged the command with {ack} instead of 0"
@@ -192,13 +217,30 @@ impl Transport for SocketTransport {
     }
 }
 
+/// A socket read against a deadline: each read waits only for what is left of it.
+struct Timed<'a> {
+    stream: &'a mut TcpStream,
+    deadline: Instant,
+}
+
+impl Read for Timed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
+}
+
 /// Powers the simulator on through its platform port (command port + 1): power-on,
 /// then NV-on, each acknowledged with 0.
-pub(crate) fn mssim_power_on(host: &str, port: u16) -> io::Result<()> {
+pub(crate) fn mssim_power_on(host: &str, port: u16, timeout: Duration) -> io::Result<()> {
     let platform = port
         .checked_add(1)
         .ok_or_else(|| invalid("the platform port would be past 65535".into()))?;
-    let mut s = connect(host, platform)?;
+    let mut s = connect(host, platform, timeout)?;
     for signal in [TPM_SIGNAL_POWER_ON, TPM_SIGNAL_NV_ON] {
         s.write_all(&signal.to_be_bytes())?;
         let ack = read_u32(&mut s)?;
