@@ -52,7 +52,7 @@ root=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 bin=${TESSERA_BIN_DIR:-$root/target/debug}
 cache_root=${TESSERA_IMAGE_CACHE:-$root/target/images}
 boot_timeout=${BOOT_TIMEOUT:-300}
-# free_port, factory, host_server, srv, check_devid_agent
+# fresh_work, free_port, factory, host_server, srv, check_devid_agent
 . "$root/images/lib.sh"
 
 usage() {
@@ -176,25 +176,9 @@ run() {
     bash "$root/scripts/static.sh" check "$guest_agent" >/dev/null
     fetch
 
-    # WORK is made fresh; refuse to empty a folder a boot test did not make.
-    if [[ -e $work ]]; then
-        [[ -f $work/.boot-test || -z $(ls -A -- "$work" 2>/dev/null) ]] ||
-            die "$work exists and is not a boot test's folder; name a new one"
-        rm -rf -- "$work"
-    fi
-    mkdir -p -- "$work"
-    : >"$work/.boot-test"
-    # Global, for the exit trap.
-    work=$(cd -- "$work" && pwd -P)
-    pids=()
-    cleanup() {
-        local p
-        for p in "${pids[@]}"; do
-            kill "$p" 2>/dev/null || true
-        done
-        bash "$root/scripts/swtpm.sh" stop "$work/swtpm" >/dev/null 2>&1 || true
-    }
-    trap cleanup EXIT
+    # WORK is made fresh (a folder of an earlier run is emptied, any other
+    # non-empty one refused); the exit trap stops what the run started.
+    fresh_work "$work" .boot-test
 
     # The factory (a TPM with its maker's EK certificates, a DevID from the vendor's
     # CA: the DevID directory goes into the image) and the server on the host.

@@ -1,8 +1,34 @@
-# Sourced by the image tests (boot-test.sh, systemd-guest.sh): the factory that
-# provisions an appliance's TPM and DevID, and the server on the host that the
-# guest's agent attests to. Needs scripts/common.sh sourced first (die, note) and
+# Sourced by the image tests (boot-test.sh, systemd-guest.sh): a fresh work folder
+# with its exit trap, the factory that provisions an appliance's TPM and DevID,
+# and the server on the host that the guest's agent attests to. Needs scripts/common.sh sourced first (die, note) and
 # `root` (the repository) and `bin` (where tessera-agent and tessera-server are)
 # set.
+
+# Makes WORK afresh, marked with the file MARKER, refusing to empty a non-empty
+# folder an earlier run of the same script did not make; sets `work` to its
+# absolute path and `pids` to an empty array, and installs an exit trap that stops
+# every process in `pids` and the simulator in WORK/swtpm.
+fresh_work() {
+    local dir=$1 marker=$2
+    if [[ -e $dir ]]; then
+        [[ -f $dir/$marker || -z $(ls -A -- "$dir" 2>/dev/null) ]] ||
+            die "$dir exists and is not an earlier run's folder; name a new one"
+        rm -rf -- "$dir"
+    fi
+    mkdir -p -- "$dir"
+    : >"$dir/$marker"
+    work=$(cd -- "$dir" && pwd -P)
+    pids=()
+    trap stop_work EXIT
+}
+
+stop_work() {
+    local p
+    for p in "${pids[@]}"; do
+        kill "$p" 2>/dev/null || true
+    done
+    bash "$root/scripts/swtpm.sh" stop "$work/swtpm" >/dev/null 2>&1 || true
+}
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'

@@ -58,7 +58,7 @@ bin=${TESSERA_BIN_DIR:-$root/target/debug}
 cache=${TESSERA_IMAGE_CACHE:-$root/target/images}
 boot_timeout=${BOOT_TIMEOUT:-300}
 guest_bin=${TESSERA_GUEST_BIN_DIR:-$root/target/static/x86_64-unknown-linux-musl}
-# free_port, factory, host_server, srv, check_devid_agent
+# fresh_work, free_port, factory, host_server, srv, check_devid_agent
 . "$root/images/lib.sh"
 
 # What the guest needs besides minbase: systemd as init, the kernel (with the
@@ -190,23 +190,9 @@ run() {
     done
     make_rootfs
     client=$(bash "$root/scripts/go-spiffe-env.sh") || die "cannot build the go-spiffe workload"
-    if [[ -e $work ]]; then
-        [[ -z $(ls -A -- "$work") || -f $work/console.log || -f $work/.systemd-guest ]] ||
-            die "$work is not empty and not an earlier run's folder"
-        rm -rf -- "$work"
-    fi
-    mkdir -p -- "$work"
-    : >"$work/.systemd-guest"
-    work=$(cd -- "$work" && pwd -P)
-    pids=()
-    cleanup() {
-        local p
-        for p in "${pids[@]}"; do
-            kill "$p" 2>/dev/null || true
-        done
-        bash "$root/scripts/swtpm.sh" stop "$work/swtpm" >/dev/null 2>&1 || true
-    }
-    trap cleanup EXIT
+    # WORK is made fresh (a folder of an earlier run is emptied, any other
+    # non-empty one refused); the exit trap stops what the run started.
+    fresh_work "$work" .systemd-guest
 
     # The factory, and the server on the host with the workloads' entries: the
     # node entry for the vendor's DevIDs, root (the check's own fetch), two

@@ -87,19 +87,10 @@ pub enum StartupError {
 /// Opens a TPM through `backend`, refusing one this build does not contain.
 pub fn open_tpm_at(tcti: &Tcti, backend: tessera_tpm::Backend) -> Result<Arc<Tpm>, StartupError> {
     if !backend.is_built() {
-        let built = tessera_tpm::Backend::built();
         return Err(StartupError::NoTpmSupport {
             tcti: tcti.clone(),
             backend,
-            built: if built.is_empty() {
-                "none".into()
-            } else {
-                built
-                    .iter()
-                    .map(|b| b.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            },
+            built: tessera_tpm::Backend::built_names(),
         });
     }
     Tpm::open_with(backend, tcti)

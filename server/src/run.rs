@@ -238,17 +238,9 @@ fn open_tpm(
     backend: tessera_tpm::Backend,
 ) -> Result<Arc<tessera_tpm::Tpm>, RunError> {
     if !backend.is_built() {
-        let built: Vec<&str> = tessera_tpm::Backend::built()
-            .into_iter()
-            .map(|b| b.as_str())
-            .collect();
         return Err(RunError::NoTpmBackend {
             backend,
-            built: if built.is_empty() {
-                "none".into()
-            } else {
-                built.join(", ")
-            },
+            built: tessera_tpm::Backend::built_names(),
         });
     }
     tessera_tpm::Tpm::open_with(backend, tcti)

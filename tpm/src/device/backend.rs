@@ -35,6 +35,19 @@ impl Backend {
         Self::ALL.into_iter().filter(|b| b.is_built()).collect()
     }
 
+    /// The backends this build contains, for messages: `esapi, native`, or `none`.
+    pub fn built_names() -> String {
+        let built = Self::built();
+        if built.is_empty() {
+            return "none".into();
+        }
+        built
+            .iter()
+            .map(|b| b.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The setting's spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -56,21 +69,10 @@ impl Backend {
             )]
             other => Err(DeviceError::Unsupported(format!(
                 "cannot open {tcti}: this build has no {other} TPM backend (built in: {})",
-                list(&Self::built())
+                Self::built_names()
             ))),
         }
     }
-}
-
-fn list(backends: &[Backend]) -> String {
-    if backends.is_empty() {
-        return "none".into();
-    }
-    backends
-        .iter()
-        .map(|b| b.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 impl Default for Backend {
