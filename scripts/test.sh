@@ -61,10 +61,10 @@ run_tests() {
 echo "== tests"
 run_tests --workspace
 
-# The end-to-end attestation tests a second time, with the static agent and server:
-# join tokens (workload_api), tpm_devid and tpm_ek (tpm_attestation; the static
-# agent reaches swtpm with its pure-Rust TPM backend).
-static_tests=(--test workload_api --test tpm_attestation)
+# The end-to-end tests a second time, with the static agent and server: join tokens
+# (workload_api), tpm_devid and tpm_ek (tpm_attestation), and the server's CA keys in
+# a TPM (tpm_server_keys); a static binary reaches swtpm with the pure-Rust backend.
+static_tests=(--test workload_api --test tpm_attestation --test tpm_server_keys)
 echo "== end-to-end tests with the static agent and server (${static_tests[*]})"
 TESSERA_TEST_AGENT_BIN=$static_dir/tessera-agent TESSERA_TEST_SERVER_BIN=$static_dir/tessera-server \
     run_tests -p tessera-swtpm-tests "${static_tests[@]}"
