@@ -24,6 +24,31 @@ fn median(mut v: Vec<Duration>) -> f64 {
     v.get(v.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
+/// A server (memory keys) in `dir` that attests `tpm_devid` agents of `vendor`'s
+/// DevIDs on `tpm`, and with `tpm_ek` also `tpm_ek` agents of that TPM's maker.
+pub(crate) fn tpm_server(
+    dir: &std::path::Path,
+    tpm: &Swtpm,
+    vendor: &TestCa,
+    tpm_ek: bool,
+) -> Server {
+    let (root, issuer) = (
+        tpm.ek_ca_root.display().to_string(),
+        tpm.ek_ca_intermediate.display().to_string(),
+    );
+    let mut config = format!(
+        "[key_manager]\ntype = \"memory\"\n[node_attestors.tpm_devid]\ndevid_ca_bundle = [{:?}]\nek_ca_bundle = [{root:?}]\nek_intermediates = [{issuer:?}]\n",
+        vendor.cert.display().to_string(),
+    );
+    if tpm_ek {
+        config += &format!(
+            "[node_attestors.tpm_ek]\nek_ca_bundle = [{root:?}]\nek_intermediates = [{issuer:?}]\n"
+        );
+    }
+    config += env::SERVER_LIMITS;
+    Server::start(dir, &config)
+}
+
 pub(crate) async fn run(
     dir: &std::path::Path,
     quick: bool,
@@ -34,19 +59,7 @@ pub(crate) async fn run(
     let vendor = TestCa::new(&dir.join("ca"), "Bench Vendor CA");
     let devid = dir.join("devid");
     tpm.provision_devid(&vendor, &devid, "bench-device");
-    let server = Server::start(
-        &dir.join("server"),
-        &format!(
-            "[key_manager]\ntype = \"memory\"\n[node_attestors.tpm_devid]\ndevid_ca_bundle = [{:?}]\nek_ca_bundle = [{:?}]\nek_intermediates = [{:?}]\n\
-             [node_attestors.tpm_ek]\nek_ca_bundle = [{:?}]\nek_intermediates = [{:?}]\n{}",
-            vendor.cert.display().to_string(),
-            tpm.ek_ca_root.display().to_string(),
-            tpm.ek_ca_intermediate.display().to_string(),
-            tpm.ek_ca_root.display().to_string(),
-            tpm.ek_ca_intermediate.display().to_string(),
-            env::SERVER_LIMITS,
-        ),
-    );
+    let server = tpm_server(&dir.join("server"), &tpm, &vendor, true);
     let mut admin = env::admin(&server).await?;
     // Workload entries for this process under every agent the TPM attestors make.
     env::create_entries(

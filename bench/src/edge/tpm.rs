@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tessera_swtpm_tests::{Agent, Server, Swtpm, TestCa};
+use tessera_swtpm_tests::{Agent, Swtpm, TestCa};
 
 use super::wrapper;
 use crate::env;
@@ -60,16 +60,7 @@ pub(super) async fn run(
     let vendor = TestCa::new(&dir.join("ca"), "Bench Vendor CA");
     let devid = dir.join("devid");
     tpm.provision_devid(&vendor, &devid, "edge-device");
-    let server = Server::start(
-        &dir.join("server"),
-        &format!(
-            "[key_manager]\ntype = \"memory\"\n[node_attestors.tpm_devid]\ndevid_ca_bundle = [{:?}]\nek_ca_bundle = [{:?}]\nek_intermediates = [{:?}]\n{}",
-            vendor.cert.display().to_string(),
-            tpm.ek_ca_root.display().to_string(),
-            tpm.ek_ca_intermediate.display().to_string(),
-            env::SERVER_LIMITS,
-        ),
-    );
+    let server = crate::coldstart::tpm_server(&dir.join("server"), &tpm, &vendor, false);
     let mut admin = env::admin(&server).await?;
     env::create_entries(
         &mut admin,
