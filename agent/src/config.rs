@@ -84,6 +84,9 @@ pub struct AgentConfig {
     /// in) or `native` (pure Rust; the only one in a static build).
     #[serde(default)]
     pub tpm_backend: tessera_tpm::Backend,
+    /// `[tpm]`: the TPM's hierarchy passwords (crate::tpm_settings).
+    #[serde(default)]
+    pub tpm: crate::tpm_settings::TpmSettings,
     #[serde(default)]
     pub node_attestor: NodeAttestorConfig,
     #[serde(default)]
@@ -376,7 +379,7 @@ pub struct X509PopConfig {
     pub pkcs11: Option<tessera_hsm::Pkcs11Config>,
 }
 
-fn default_tcti() -> tessera_tpm::Tcti {
+pub(crate) fn default_tcti() -> tessera_tpm::Tcti {
     tessera_tpm::Tcti::default_device()
 }
 
@@ -392,34 +395,7 @@ impl std::fmt::Debug for JoinTokenConfig {
     }
 }
 
-/// `[node_attestor.tpm_devid]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TpmDevIdConfig {
-    /// `device:/dev/tpmrm0` (default), `swtpm:host=..,port=..`, `mssim:...`, `tabrmd`.
-    #[serde(default = "default_tcti")]
-    pub tcti: tessera_tpm::Tcti,
-    /// The folder `tpm provision-devid` wrote (DevID key blob and certificate chain).
-    pub devid_dir: PathBuf,
-    /// The EK: `rsa-2048`, `ecc-p256`, `ecc-p384` (default: the first with a certificate).
-    #[serde(default)]
-    pub ek: Option<tessera_tpm::ek::EkKind>,
-    /// The fresh AK's algorithm: `ecc-p256` (default) or `rsa-2048`.
-    #[serde(default)]
-    pub ak: tessera_tpm::ak::AkKind,
-}
-
-/// `[node_attestor.tpm_ek]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TpmEkConfig {
-    #[serde(default = "default_tcti")]
-    pub tcti: tessera_tpm::Tcti,
-    #[serde(default)]
-    pub ek: Option<tessera_tpm::ek::EkKind>,
-    #[serde(default)]
-    pub ak: tessera_tpm::ak::AkKind,
-}
+pub use crate::tpm_settings::{TpmDevIdConfig, TpmEkConfig};
 
 /// Where the join token comes from: the first that is set. `--join-token-file` and
 /// `$TESSERA_AGENT_JOIN_TOKEN` work as well (and `--join-token`, which warns).

@@ -12,6 +12,7 @@ pub mod protocol;
 pub mod retry;
 pub mod startup;
 pub mod state;
+pub mod tpm_settings;
 pub mod workload;
 
 #[cfg(test)]

@@ -51,6 +51,13 @@ pub enum StartupError {
     TpmKeyManager(#[source] KeyError),
     #[error("node_attestor.tpm_devid: {0} (provision it with `tessera-agent tpm provision-devid`)")]
     DevId(#[source] tessera_tpm::provision::ProvisionError),
+    /// The factory DevID (persistent key, certificate in NV) cannot be used.
+    #[error("node_attestor.tpm_devid: factory DevID: {0}")]
+    FactoryDevId(#[source] tessera_tpm::factory::FactoryError),
+    /// A TPM setting cannot be used (a hierarchy password that cannot be read or
+    /// set, DevID settings that contradict each other).
+    #[error("{0}")]
+    TpmAuth(String),
     /// The x509pop settings cannot work as given.
     #[error("node_attestor.x509pop: {0}")]
     X509Pop(String),
@@ -115,7 +122,16 @@ pub fn open_tpm(cfg: &AgentConfig) -> Result<Option<Arc<Tpm>>, StartupError> {
             attestor: a,
         });
     }
-    open_tpm_at(&tcti, cfg.tpm_backend).map(Some)
+    let tpm = open_tpm_at(&tcti, cfg.tpm_backend)?;
+    if cfg.tpm.is_set() {
+        let auth = cfg
+            .tpm
+            .hierarchy_auth()
+            .map_err(|e| StartupError::TpmAuth(e.to_string()))?;
+        tpm.with(|dev| dev.set_hierarchy_auth(&auth))
+            .map_err(|e| StartupError::TpmAuth(format!("[tpm]: {e}")))?;
+    }
+    Ok(Some(tpm))
 }
 
 /// Opens the configured key manager for the agent's own key.
@@ -186,8 +202,7 @@ pub fn node_attestor(
     let tpm_attestor: Option<Arc<dyn NodeAttestor>> = if let Some(c) = &cfg.node_attestor.tpm_devid
     {
         let tpm = tpm.clone().ok_or(StartupError::NeedsTpm("tpm_devid"))?;
-        let identity =
-            tessera_tpm::provision::load_devid(&c.devid_dir).map_err(StartupError::DevId)?;
+        let identity = devid_identity(c, &tpm)?;
         Some(Arc::new(crate::attestor::tpm_devid::TpmDevId::new(
             tpm,
             identity,
@@ -404,4 +419,28 @@ pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError>
     }
     tracing::info!("stopped");
     result
+}
+
+/// The DevID `[node_attestor.tpm_devid]` names: from `devid_dir`, or else the
+/// factory one (the key at `devid_key_handle`, the chain in `devid_cert_nv_index`,
+/// each defaulting to the TCG guidance's value).
+fn devid_identity(
+    c: &crate::config::TpmDevIdConfig,
+    tpm: &Arc<Tpm>,
+) -> Result<tessera_tpm::attestation::tpm_devid::DevIdIdentity, StartupError> {
+    use tessera_tpm::factory::{IDEVID_CERT_NV_INDEX, IDEVID_KEY_HANDLE, load_factory_devid};
+    if let Some(dir) = &c.devid_dir {
+        if c.devid_key_handle.is_some() || c.devid_cert_nv_index.is_some() {
+            return Err(StartupError::TpmAuth(
+                "node_attestor.tpm_devid: devid_dir (a DevID folder) and devid_key_handle or devid_cert_nv_index (a factory DevID) are both set: set one".into(),
+            ));
+        }
+        return tessera_tpm::provision::load_devid(dir).map_err(StartupError::DevId);
+    }
+    let handle = c.devid_key_handle.unwrap_or(IDEVID_KEY_HANDLE);
+    let index = c.devid_cert_nv_index.unwrap_or(IDEVID_CERT_NV_INDEX);
+    tracing::info!(
+        "tpm_devid: the factory DevID: key at persistent handle {handle:#010x}, certificates in NV index {index:#010x}"
+    );
+    load_factory_devid(tpm, handle, index).map_err(StartupError::FactoryDevId)
 }

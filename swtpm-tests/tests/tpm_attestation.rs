@@ -586,12 +586,12 @@ fn forged_evidence_is_refused_with_a_reason_and_no_record() {
             serde_json::from_slice(&c).unwrap();
         let mut answer = state.answer(&ta, &ch).unwrap();
         let id_b = tessera_tpm::provision::load_devid(&devid_b).unwrap();
-        let scheme = tessera_tpm::device::SigningScheme::default_for(&id_b.key.public);
+        let scheme = tessera_tpm::device::SigningScheme::default_for(id_b.key.public());
         let digest = scheme.hash().digest(&[
             tessera_tpm::attestation::tpm_devid::NONCE_CONTEXT,
             &ch.nonce,
         ]);
-        let sig = tb.with(|dev| dev.sign(&id_b.key, &digest, scheme)).unwrap();
+        let sig = tb.with(|dev| id_b.key.sign(dev, &digest, scheme)).unwrap();
         answer.nonce_signature = sig.marshal();
         Some(serde_json::to_vec(&answer).unwrap())
     });

@@ -28,7 +28,8 @@
 //!   `start` checks the payload and returns the challenge with a single-use
 //!   pending state whose `finish` checks the answer.
 //!
-//! On top, [`provision`] holds the operator's tools (DevID provisioning, `tpm info`).
+//! On top, [`provision`] holds the operator's tools (DevID provisioning, `tpm info`),
+//! and [`factory`] reads a DevID a vendor left at a persistent handle and in NV.
 //!
 //! ```text
 //! agent                                    server
@@ -61,6 +62,7 @@
 #![warn(missing_docs)]
 pub mod attestation;
 pub mod device;
+pub mod factory;
 pub mod provision;
 pub mod verifier;
 pub mod wire;

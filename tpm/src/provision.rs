@@ -28,7 +28,7 @@ use tessera_core::pem;
 use tessera_process::fs;
 
 use crate::attestation::read_ek_certificate;
-use crate::attestation::tpm_devid::DevIdIdentity;
+use crate::attestation::tpm_devid::{DevIdIdentity, DevIdKey};
 use crate::attestation::tpm_ek::ek_pub_hash;
 use crate::device::keys::TpmKey;
 use crate::device::{DeviceError, KeyBlob, Tpm};
@@ -278,7 +278,7 @@ pub fn provision_devid(
     write(&dir.join(DEVID_CERT_FILE), chain_pem.as_bytes(), 0o644)?;
     Ok(DevIdIdentity {
         chain: vec![leaf, ca.certificate().to_vec()],
-        key: blob,
+        key: DevIdKey::Blob(blob),
     })
 }
 
@@ -307,7 +307,10 @@ pub fn load_devid(dir: &Path) -> Result<DevIdIdentity, ProvisionError> {
             "{DEVID_KEY_FILE} is not the key of the first certificate in {DEVID_CERT_FILE}"
         )));
     }
-    Ok(DevIdIdentity { chain, key })
+    Ok(DevIdIdentity {
+        chain,
+        key: DevIdKey::Blob(key),
+    })
 }
 
 /// A certificate as an operator sees it.

@@ -63,13 +63,13 @@ pub fn execute(args: &ValidateArgs) -> Result<String, CliError> {
             false,
         )?;
     }
-    if let Some(d) = &cfg.node_attestor.tpm_devid {
-        present(
-            "node_attestor.tpm_devid.devid_dir",
-            "devid_dir",
-            &d.devid_dir,
-            true,
-        )?;
+    if let Some(d) = cfg
+        .node_attestor
+        .tpm_devid
+        .as_ref()
+        .and_then(|d| d.devid_dir.as_ref())
+    {
+        present("node_attestor.tpm_devid.devid_dir", "devid_dir", d, true)?;
     }
     Ok(format!("Configuration file {path} is valid.\n"))
 }

@@ -29,6 +29,7 @@ use crate::attestation::{
     parse_public, public_matches_spki, random_bytes, secrets_equal, select_ek, selector,
 };
 use crate::device::{KeyBlob, SigningScheme, Tpm};
+pub use crate::factory::DevIdKey;
 use crate::verifier::ak::check_ak_public;
 use crate::verifier::certify::verify_certify;
 use crate::verifier::chain::{CaPool, LeafProfile, common_name, verify_chain};
@@ -100,20 +101,20 @@ pub struct DevIdResponse {
     pub activated_secret: Vec<u8>,
 }
 
-/// The agent's DevID: its certificate chain and its key blob.
+/// The agent's DevID: its certificate chain and its key.
 #[derive(Debug, Clone)]
 pub struct DevIdIdentity {
     /// DER certificates, leaf first.
     pub chain: Vec<Vec<u8>>,
-    /// The DevID key, loadable only in this TPM.
-    pub key: KeyBlob,
+    /// The DevID key: a blob loadable only in this TPM, or a persistent handle.
+    pub key: DevIdKey,
 }
 
 /// What the agent keeps between its payload and the challenge.
 #[derive(Debug)]
 pub struct DevIdAgentState {
     ak: KeyBlob,
-    devid_key: KeyBlob,
+    devid_key: DevIdKey,
     ek: EkKind,
 }
 
@@ -132,10 +133,10 @@ pub fn build_payload(
     let mut dev = tpm.lock()?;
     let ek = select_ek(dev.as_mut(), options.ek)?;
     let ak = dev.create_key(&options.ak.template())?;
-    let certified = dev.certify(&identity.key, &ak, &[])?;
+    let certified = identity.key.certify(dev.as_mut(), &ak, &[])?;
     let payload = DevIdPayload {
         devid_chain: identity.chain.clone(),
-        devid_public: identity.key.public.marshal(),
+        devid_public: identity.key.public().marshal(),
         ek_certificate: ek.certificate,
         ek_public: ek.public.marshal(),
         ak_public: ak.public.marshal(),
@@ -158,10 +159,10 @@ impl AgentState for DevIdAgentState {
 
     /// Agent: signs the nonce with the DevID key and activates the credential.
     fn answer(self, tpm: &Tpm, challenge: &DevIdChallenge) -> Result<DevIdResponse, AttestError> {
-        let scheme = SigningScheme::default_for(&self.devid_key.public);
+        let scheme = SigningScheme::default_for(self.devid_key.public());
         let digest = scheme.hash().digest(&[NONCE_CONTEXT, &challenge.nonce]);
         let mut dev = tpm.lock()?;
-        let signature = dev.sign(&self.devid_key, &digest, scheme)?;
+        let signature = self.devid_key.sign(dev.as_mut(), &digest, scheme)?;
         let secret = dev.activate_credential(&self.ak, self.ek, &challenge.credential)?;
         Ok(DevIdResponse {
             nonce_signature: signature.marshal(),

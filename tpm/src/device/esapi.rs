@@ -29,7 +29,7 @@ use tss_esapi::handles::{
     TpmHandle,
 };
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
-use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth};
+use tss_esapi::interface_types::resource_handles::{Hierarchy as TssHierarchy, NvAuth};
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
     CapabilityData, Data, Digest, EncryptedSecret, HashScheme, HashcheckTicket, IdObject, Private,
@@ -40,7 +40,10 @@ use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use zeroize::Zeroizing;
 
-use super::{CertifyOutput, DeviceError, KeyBlob, SigningScheme, TpmDevice, srk_template};
+use super::{
+    CertifyOutput, DeviceError, Hierarchy, HierarchyAuth, KeyBlob, SigningScheme, TpmDevice,
+    srk_template,
+};
 use crate::device::tcti::Tcti;
 use crate::verifier::credential::CredentialBlob;
 use crate::verifier::ek::{EkKind, EkTemplate, check_ek_public, matches_template};
@@ -51,6 +54,9 @@ const TPM_ST_HASHCHECK: u16 = 0x8024;
 const PERSISTENT_FIRST: u32 = 0x8100_0000;
 const NV_FIRST: u32 = 0x0100_0000;
 
+#[path = "esapi_factory.rs"]
+mod factory;
+
 /// A TPM reached through tpm2-tss.
 pub struct EsapiDevice {
     /// `None` after the conversation broke and reconnecting failed: the next
@@ -58,6 +64,8 @@ pub struct EsapiDevice {
     ctx: Option<Context>,
     tcti: Tcti,
     srk: Option<KeyHandle>,
+    /// Set on every context made.
+    hierarchy: HierarchyAuth,
 }
 
 impl fmt::Debug for EsapiDevice {
@@ -210,6 +218,7 @@ impl EsapiDevice {
             ctx: Some(connect(tcti)?),
             tcti: tcti.clone(),
             srk: None,
+            hierarchy: HierarchyAuth::default(),
         })
     }
 
@@ -217,7 +226,9 @@ impl EsapiDevice {
     fn ctx(&mut self) -> Result<&mut Context, DeviceError> {
         if self.ctx.is_none() {
             self.srk = None;
-            self.ctx = Some(connect(&self.tcti)?);
+            let mut ctx = connect(&self.tcti)?;
+            factory::apply(&mut ctx, &self.hierarchy)?;
+            self.ctx = Some(ctx);
         }
         self.ctx
             .as_mut()
@@ -261,9 +272,13 @@ impl EsapiDevice {
         let result = self
             .ctx()?
             .execute_with_session(Some(AuthSession::Password), |ctx| {
-                ctx.create_primary(Hierarchy::Owner, template, None, None, None, None)
-            })
-            .map_err(command("TPM2_CreatePrimary (SRK)"))?;
+                ctx.create_primary(TssHierarchy::Owner, template, None, None, None, None)
+            });
+        let result = result.map_err(factory::refused(
+            &self.hierarchy,
+            Hierarchy::Owner,
+            "TPM2_CreatePrimary (SRK)",
+        ))?;
         self.srk = Some(result.key_handle);
         Ok(result.key_handle)
     }
@@ -376,14 +391,22 @@ impl EsapiDevice {
         let result = self
             .ctx()?
             .execute_with_session(Some(AuthSession::Password), |ctx| {
-                ctx.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
+                ctx.create_primary(TssHierarchy::Endorsement, template, None, None, None, None)
             })
             .map_err(|e| match fault(&e) {
                 Some(reason) => DeviceError::Interrupted {
                     command: "TPM2_CreatePrimary (EK)",
                     reason,
                 },
-                None => DeviceError::NoEk(kind, format!("TPM2_CreatePrimary: {e}")),
+                None => match factory::refused(
+                    &self.hierarchy,
+                    Hierarchy::Endorsement,
+                    "TPM2_CreatePrimary (EK)",
+                )(e)
+                {
+                    e @ DeviceError::HierarchyAuth { .. } => e,
+                    e => DeviceError::NoEk(kind, format!("TPM2_CreatePrimary: {e}")),
+                },
             })?;
         let public = from_tss_public(&result.out_public)?;
         Ok(EkHandle {
@@ -421,7 +444,8 @@ impl EsapiDevice {
             .ok_or_else(|| DeviceError::Malformed("TPM returned no session".into()))?;
         let policy = PolicySession::try_from(session).map_err(command("policy session"));
         let result = policy.and_then(|policy| {
-            self.ctx()?
+            let r = self
+                .ctx()?
                 .execute_with_session(Some(AuthSession::Password), |ctx| {
                     ctx.policy_secret(
                         policy,
@@ -431,8 +455,12 @@ impl EsapiDevice {
                         Default::default(),
                         None,
                     )
-                })
-                .map_err(command("TPM2_PolicySecret (endorsement)"))
+                });
+            r.map_err(factory::refused(
+                &self.hierarchy,
+                Hierarchy::Endorsement,
+                "TPM2_PolicySecret (endorsement)",
+            ))
         });
         match result {
             Ok(_) => Ok(session),
@@ -469,12 +497,16 @@ impl EsapiDevice {
             return Ok(None);
         }
         let nv = NvIndexTpmHandle::new(index).map_err(command("NV index handle"))?;
-        self.ctx()?
+        let r = self
+            .ctx()?
             .execute_with_session(Some(AuthSession::Password), |ctx| {
                 tss_esapi::abstraction::nv::read_full(ctx, NvAuth::Owner, nv)
-            })
-            .map(Some)
-            .map_err(command("TPM2_NV_Read"))
+            });
+        r.map(Some).map_err(factory::refused(
+            &self.hierarchy,
+            Hierarchy::Owner,
+            "TPM2_NV_Read",
+        ))
     }
 
     fn ek_public_once(&mut self, kind: EkKind) -> Result<PublicArea, DeviceError> {
@@ -656,6 +688,32 @@ impl TpmDevice for EsapiDevice {
         scheme: SigningScheme,
     ) -> Result<Signature, DeviceError> {
         self.recovering(|dev| dev.sign_once(key, digest, scheme))
+    }
+
+    fn set_hierarchy_auth(&mut self, auth: &HierarchyAuth) -> Result<(), DeviceError> {
+        self.set_hierarchy_auth_once(auth)
+    }
+
+    fn persistent_public(&mut self, handle: u32) -> Result<Option<PublicArea>, DeviceError> {
+        self.recovering(|dev| dev.persistent_public_once(handle))
+    }
+
+    fn certify_persistent(
+        &mut self,
+        handle: u32,
+        signer: &KeyBlob,
+        qualifying_data: &[u8],
+    ) -> Result<CertifyOutput, DeviceError> {
+        self.recovering(|dev| dev.certify_persistent_once(handle, signer, qualifying_data))
+    }
+
+    fn sign_persistent(
+        &mut self,
+        handle: u32,
+        digest: &[u8],
+        scheme: SigningScheme,
+    ) -> Result<Signature, DeviceError> {
+        self.recovering(|dev| dev.sign_persistent_once(handle, digest, scheme))
     }
 }
 

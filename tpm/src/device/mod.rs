@@ -18,12 +18,14 @@
 pub mod backend;
 #[cfg(feature = "esapi")]
 pub mod esapi;
+pub mod hierarchy;
 pub mod keys;
 #[cfg(feature = "native")]
 pub mod native;
 pub mod tcti;
 
 pub use backend::Backend;
+pub use hierarchy::{Hierarchy, HierarchyAuth};
 
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
@@ -83,6 +85,21 @@ pub enum DeviceError {
     /// The operation is not possible with these arguments.
     #[error("{0}")]
     Unsupported(String),
+    /// The TPM refused a hierarchy's password (owner or endorsement): the
+    /// configured one is wrong, or one is needed and none is configured. Never
+    /// retried (see [`hierarchy`]).
+    #[error(
+        "{command}: the TPM refused the {hierarchy} hierarchy password ({}); check the {hierarchy}_auth_file or {hierarchy}_auth_credential setting",
+        if *configured { "the configured password is wrong" } else { "none is configured, and the TPM's owner set one" }
+    )]
+    HierarchyAuth {
+        /// The hierarchy.
+        hierarchy: Hierarchy,
+        /// The command that was refused.
+        command: &'static str,
+        /// Whether a password was configured.
+        configured: bool,
+    },
     /// Another thread panicked while holding the TPM.
     #[error("TPM lock poisoned by an earlier panic")]
     Poisoned,
@@ -219,6 +236,57 @@ pub trait TpmDevice: Send + fmt::Debug {
         digest: &[u8],
         scheme: SigningScheme,
     ) -> Result<Signature, DeviceError>;
+
+    // Factory provisioning: hierarchy passwords and keys at persistent handles
+    // (docs/TPM.md, "Factory provisioning"). The defaults refuse, for test doubles.
+
+    /// Sets the owner and endorsement hierarchy passwords every later command
+    /// authorising those hierarchies uses.
+    fn set_hierarchy_auth(&mut self, auth: &HierarchyAuth) -> Result<(), DeviceError> {
+        let _ = auth;
+        Err(DeviceError::Unsupported(format!(
+            "{}: hierarchy passwords are not supported",
+            self.describe()
+        )))
+    }
+
+    /// TPM2_ReadPublic of a persistent handle (0x81xxxxxx); `None` when nothing is
+    /// there.
+    fn persistent_public(&mut self, handle: u32) -> Result<Option<PublicArea>, DeviceError> {
+        Err(DeviceError::Unsupported(format!(
+            "{}: keys at persistent handles ({handle:#010x}) are not supported",
+            self.describe()
+        )))
+    }
+
+    /// TPM2_Certify of the key at persistent `handle` (empty auth value) by `signer`.
+    fn certify_persistent(
+        &mut self,
+        handle: u32,
+        signer: &KeyBlob,
+        qualifying_data: &[u8],
+    ) -> Result<CertifyOutput, DeviceError> {
+        let _ = (signer, qualifying_data);
+        Err(DeviceError::Unsupported(format!(
+            "{}: keys at persistent handles ({handle:#010x}) are not supported",
+            self.describe()
+        )))
+    }
+
+    /// TPM2_Sign of `digest` with the unrestricted signing key at persistent
+    /// `handle` (empty auth value).
+    fn sign_persistent(
+        &mut self,
+        handle: u32,
+        digest: &[u8],
+        scheme: SigningScheme,
+    ) -> Result<Signature, DeviceError> {
+        let _ = (digest, scheme);
+        Err(DeviceError::Unsupported(format!(
+            "{}: keys at persistent handles ({handle:#010x}) are not supported",
+            self.describe()
+        )))
+    }
 }
 
 /// Tessera's SRK template: ECC P-256 (fast to derive, unlike an RSA primary),

@@ -10,7 +10,7 @@ use std::io;
 use super::rc;
 use super::session::{DECRYPT, ENCRYPT, SESSION_HASH, Session, Use};
 use super::transport::Transport;
-use crate::device::DeviceError;
+use crate::device::{DeviceError, HierarchyAuth};
 use crate::wire::{Reader, put_tpm2b, put_u16, put_u32};
 
 /// TPM_ST_NO_SESSIONS.
@@ -27,7 +27,7 @@ const HANDLES: usize = 10;
 /// How a handle is authorised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Auth {
-    /// The (empty) password.
+    /// The password: the hierarchy's for a hierarchy handle, else empty.
     Password,
     /// The salted HMAC session, with parameter encryption as asked.
     Salted {
@@ -86,6 +86,8 @@ pub(crate) struct Conn {
     /// a cut connection, a length that was refused): a late answer to that command
     /// would be taken for the next command's, so the connection is not used again.
     broken: Option<String>,
+    /// The hierarchy passwords, for commands that authorise a hierarchy handle.
+    pub(crate) hierarchy: HierarchyAuth,
 }
 
 fn interrupted(command: &'static str, e: &io::Error) -> DeviceError {
@@ -112,6 +114,7 @@ impl Conn {
             session: None,
             stale: Vec::new(),
             broken: None,
+            hierarchy: HierarchyAuth::default(),
         }
     }
 
@@ -141,7 +144,13 @@ impl Conn {
         let mut params = cmd.params.clone();
         // One use of the salted session per command (a session may appear once).
         let mut uses: Vec<Option<Use>> = Vec::with_capacity(cmd.auths.len());
-        for auth in cmd.auths {
+        let auth_value = |i: usize| -> &[u8] {
+            cmd.handles
+                .get(i)
+                .and_then(|(h, _)| self.hierarchy.for_handle(*h))
+                .unwrap_or(&[])
+        };
+        for (i, auth) in cmd.auths.iter().enumerate() {
             uses.push(match auth {
                 Auth::Salted { decrypt, encrypt } => {
                     let session = self.session.as_ref().ok_or_else(|| {
@@ -154,7 +163,7 @@ impl Conn {
                     if *encrypt {
                         attrs |= ENCRYPT;
                     }
-                    let u = session.begin(attrs);
+                    let u = session.begin(attrs, auth_value(i));
                     if *decrypt {
                         let range = first_tpm2b(&params).ok_or_else(|| {
                             malformed(cmd.name, "the first parameter is not a TPM2B to encrypt")
@@ -190,7 +199,7 @@ impl Conn {
         }
         if !cmd.auths.is_empty() {
             let mut area = Vec::new();
-            for (auth, u) in cmd.auths.iter().zip(&uses) {
+            for (i, (auth, u)) in cmd.auths.iter().zip(&uses).enumerate() {
                 match (auth, u) {
                     (Auth::Salted { .. }, Some(u)) => {
                         let session = self.session.as_ref().ok_or_else(|| {
@@ -213,7 +222,12 @@ impl Conn {
                         put_u32(&mut area, RS_PW);
                         put_tpm2b(&mut area, &[]);
                         area.push(0);
-                        put_tpm2b(&mut area, &[]);
+                        let password = cmd
+                            .handles
+                            .get(i)
+                            .and_then(|(h, _)| self.hierarchy.for_handle(*h))
+                            .unwrap_or(&[]);
+                        put_tpm2b(&mut area, password);
                     }
                 }
             }

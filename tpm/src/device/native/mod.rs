@@ -23,6 +23,7 @@
 //! reconnects and runs once more, and an error that survives that says the TPM is away.
 
 pub(crate) mod command;
+mod factory;
 mod ops;
 pub(crate) mod rc;
 pub(crate) mod session;
@@ -40,7 +41,9 @@ use zeroize::Zeroizing;
 use self::command::Conn;
 use self::transport::{DeviceTransport, SocketTransport, Transport};
 use super::tcti::Tcti;
-use super::{CertifyOutput, DeviceError, KeyBlob, SigningScheme, TpmDevice, srk_template};
+use super::{
+    CertifyOutput, DeviceError, HierarchyAuth, KeyBlob, SigningScheme, TpmDevice, srk_template,
+};
 use crate::verifier::credential::CredentialBlob;
 use crate::verifier::ek::EkKind;
 use crate::wire::{PublicArea, Signature};
@@ -87,6 +90,8 @@ pub struct NativeDevice {
     /// loads anything (after a TPM restart they are gone and the flush fails
     /// harmlessly).
     orphans: Vec<u32>,
+    /// The hierarchy passwords, given to every connection made.
+    hierarchy: HierarchyAuth,
 }
 
 impl fmt::Debug for NativeDevice {
@@ -160,6 +165,7 @@ impl NativeDevice {
             nv_max: None,
             timeout,
             orphans: Vec::new(),
+            hierarchy: HierarchyAuth::default(),
         })
     }
 
@@ -181,6 +187,7 @@ impl NativeDevice {
             nv_max: None,
             timeout: transport::IO_TIMEOUT,
             orphans: Vec::new(),
+            hierarchy: HierarchyAuth::default(),
         }
     }
 
@@ -196,6 +203,7 @@ impl NativeDevice {
                         ops::flush(&mut conn, handle);
                     }
                     // What failed to flush now waits for the next session.
+                    conn.hierarchy = self.hierarchy.clone();
                     conn
                 }
                 Target::Stream(s) => {
@@ -315,5 +323,35 @@ impl TpmDevice for NativeDevice {
         scheme: SigningScheme,
     ) -> Result<Signature, DeviceError> {
         self.recovering(|dev| dev.sign_once(key, digest, scheme))
+    }
+
+    fn set_hierarchy_auth(&mut self, auth: &HierarchyAuth) -> Result<(), DeviceError> {
+        self.hierarchy = auth.clone();
+        if let Some(conn) = self.conn.as_mut() {
+            conn.hierarchy = auth.clone();
+        }
+        Ok(())
+    }
+
+    fn persistent_public(&mut self, handle: u32) -> Result<Option<PublicArea>, DeviceError> {
+        self.recovering(|dev| dev.persistent_public_once(handle))
+    }
+
+    fn certify_persistent(
+        &mut self,
+        handle: u32,
+        signer: &KeyBlob,
+        qualifying_data: &[u8],
+    ) -> Result<CertifyOutput, DeviceError> {
+        self.recovering(|dev| dev.certify_persistent_once(handle, signer, qualifying_data))
+    }
+
+    fn sign_persistent(
+        &mut self,
+        handle: u32,
+        digest: &[u8],
+        scheme: SigningScheme,
+    ) -> Result<Signature, DeviceError> {
+        self.recovering(|dev| dev.sign_persistent_once(handle, digest, scheme))
     }
 }

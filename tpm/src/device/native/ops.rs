@@ -7,25 +7,25 @@ use super::command::{Auth, Command, Conn, Response, code_error, handle_name};
 use super::rc;
 use super::session::{self, Session};
 use super::{NativeDevice, Srk, srk_template};
-use crate::device::{CertifyOutput, DeviceError, KeyBlob, SigningScheme};
+use crate::device::{CertifyOutput, DeviceError, Hierarchy, KeyBlob, SigningScheme};
 use crate::verifier::credential::CredentialBlob;
 use crate::verifier::ek::{EkKind, EkTemplate, check_ek_public, matches_template};
 use crate::wire::{HashAlg, PublicArea, Reader, Signature, alg, put_tpm2b, put_u16, put_u32};
 
 const RH_OWNER: u32 = 0x4000_0001;
-const RH_NULL: u32 = 0x4000_0007;
+pub(super) const RH_NULL: u32 = 0x4000_0007;
 const RH_ENDORSEMENT: u32 = 0x4000_000b;
-const ST_HASHCHECK: u16 = 0x8024;
+pub(super) const ST_HASHCHECK: u16 = 0x8024;
 
 const CC_NV_READ: u32 = 0x14e;
 const CC_ACTIVATE_CREDENTIAL: u32 = 0x147;
-const CC_CERTIFY: u32 = 0x148;
+pub(super) const CC_CERTIFY: u32 = 0x148;
 const CC_CREATE_PRIMARY: u32 = 0x131;
 const CC_STARTUP: u32 = 0x144;
 const CC_POLICY_SECRET: u32 = 0x151;
 const CC_CREATE: u32 = 0x153;
 const CC_LOAD: u32 = 0x157;
-const CC_SIGN: u32 = 0x15d;
+pub(super) const CC_SIGN: u32 = 0x15d;
 const CC_FLUSH_CONTEXT: u32 = 0x165;
 const CC_NV_READ_PUBLIC: u32 = 0x169;
 const CC_READ_PUBLIC: u32 = 0x173;
@@ -77,7 +77,9 @@ pub(super) fn flush(conn: &mut Conn, handle: u32) {
     }
 }
 
-fn parse_err(command: &'static str) -> impl Fn(crate::wire::StructureError) -> DeviceError {
+pub(super) fn parse_err(
+    command: &'static str,
+) -> impl Fn(crate::wire::StructureError) -> DeviceError {
     move |e| DeviceError::Malformed(format!("{command}: {e}"))
 }
 
@@ -164,7 +166,7 @@ impl NativeDevice {
         let name = "TPM2_CreatePrimary (SRK)";
         let (handle, public) = self
             .create_primary(RH_OWNER, &srk_template(), Auth::Password, name)?
-            .map_err(|code| code_error(name, code))?;
+            .map_err(|code| self.hierarchy_error(Hierarchy::Owner, name, code))?;
         let srk = Srk {
             handle,
             name: public.name(),
@@ -187,7 +189,7 @@ impl NativeDevice {
     }
 
     /// Makes sure the salted session is open (and the SRK, its salt key, loaded).
-    fn session(&mut self) -> Result<(), DeviceError> {
+    pub(super) fn session(&mut self) -> Result<(), DeviceError> {
         let srk = self.srk()?;
         let conn = self.conn()?;
         for stale in std::mem::take(&mut conn.stale) {
@@ -230,7 +232,7 @@ impl NativeDevice {
         Ok(())
     }
 
-    fn load(&mut self, blob: &KeyBlob) -> Result<u32, DeviceError> {
+    pub(super) fn load(&mut self, blob: &KeyBlob) -> Result<u32, DeviceError> {
         self.session()?;
         let srk = self.srk()?;
         let mut params = Vec::new();
@@ -463,17 +465,20 @@ impl NativeDevice {
             put_u16(&mut params, want as u16);
             put_u16(&mut params, data.len() as u16);
             let name = "TPM2_NV_Read";
-            let r = self.conn()?.execute(&Command {
-                code: CC_NV_READ,
-                name,
-                handles: &[(RH_OWNER, &owner), (index, &nv_name)],
-                auths: &[Auth::Salted {
-                    decrypt: false,
-                    encrypt: true,
-                }],
-                params,
-                response_handles: 0,
-            })?;
+            let r = self
+                .conn()?
+                .run(&Command {
+                    code: CC_NV_READ,
+                    name,
+                    handles: &[(RH_OWNER, &owner), (index, &nv_name)],
+                    auths: &[Auth::Salted {
+                        decrypt: false,
+                        encrypt: true,
+                    }],
+                    params,
+                    response_handles: 0,
+                })?
+                .map_err(|code| self.hierarchy_error(Hierarchy::Owner, name, code))?;
             let mut rd = Reader::new(&r.params, "TPM2_NV_Read response");
             let part = rd.tpm2b().map_err(parse_err(name))?;
             if part.len() != want {
@@ -488,7 +493,7 @@ impl NativeDevice {
     }
 
     /// TPM2_ReadPublic of a persistent handle; `None` if nothing is there.
-    fn read_public(&mut self, handle: u32) -> Result<Option<PublicArea>, DeviceError> {
+    pub(super) fn read_public(&mut self, handle: u32) -> Result<Option<PublicArea>, DeviceError> {
         let name = "TPM2_ReadPublic";
         let hname = handle_name(handle);
         let r = self.conn()?.run(&Command {
@@ -540,8 +545,8 @@ impl NativeDevice {
                 persistent: false,
                 public,
             }),
-            Err(code) => match code_error(name, code) {
-                e @ DeviceError::Interrupted { .. } => Err(e),
+            Err(code) => match self.hierarchy_error(Hierarchy::Endorsement, name, code) {
+                e @ (DeviceError::Interrupted { .. } | DeviceError::HierarchyAuth { .. }) => Err(e),
                 _ => Err(DeviceError::NoEk(
                     kind,
                     format!("TPM2_CreatePrimary: {}", rc::describe(code)),
@@ -590,14 +595,20 @@ impl NativeDevice {
         put_tpm2b(&mut params, &[]); // policyRef
         put_u32(&mut params, 0); // expiration
         let (endorsement, pname) = (handle_name(RH_ENDORSEMENT), handle_name(policy));
-        let result = self.conn()?.execute(&Command {
-            code: CC_POLICY_SECRET,
-            name: "TPM2_PolicySecret (endorsement)",
-            handles: &[(RH_ENDORSEMENT, &endorsement), (policy, &pname)],
-            auths: &[Auth::HMAC],
-            params,
-            response_handles: 0,
-        });
+        let name = "TPM2_PolicySecret (endorsement)";
+        let result = self
+            .conn()?
+            .run(&Command {
+                code: CC_POLICY_SECRET,
+                name,
+                handles: &[(RH_ENDORSEMENT, &endorsement), (policy, &pname)],
+                auths: &[Auth::HMAC],
+                params,
+                response_handles: 0,
+            })
+            .and_then(|r| {
+                r.map_err(|code| self.hierarchy_error(Hierarchy::Endorsement, name, code))
+            });
         match result {
             Ok(_) => Ok(policy),
             Err(e) => {

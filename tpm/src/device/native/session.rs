@@ -87,10 +87,13 @@ pub(crate) struct Session {
     nonce_tpm: Vec<u8>,
 }
 
-/// One command's use of the session: the caller's fresh nonce and the attributes.
+/// One command's use of the session: the caller's fresh nonce, the attributes, and
+/// the auth value of the entity it authorises (a hierarchy's password; empty for
+/// the keys Tessera makes).
 pub(crate) struct Use {
     pub(crate) nonce_caller: Vec<u8>,
     pub(crate) attributes: u8,
+    auth: Zeroizing<Vec<u8>>,
 }
 
 fn aes_cfb(key_iv: &[u8], data: &mut [u8], encrypt: bool) {
@@ -123,20 +126,29 @@ impl Session {
         }
     }
 
-    /// Starts one command's use with these attributes (continueSession is added).
-    pub(crate) fn begin(&self, attributes: u8) -> Use {
+    /// Starts one command's use with these attributes (continueSession is added),
+    /// authorising an entity whose auth value is `auth` (trailing zeros removed).
+    pub(crate) fn begin(&self, attributes: u8, auth: &[u8]) -> Use {
         Use {
             nonce_caller: nonce(),
             attributes: attributes | CONTINUE_SESSION,
+            auth: Zeroizing::new(auth.to_vec()),
         }
     }
 
-    fn cfb_key(&self, newer: &[u8], older: &[u8]) -> Zeroizing<Vec<u8>> {
-        // The objects authorised through the session all have an empty auth value,
-        // so the session value is the session key alone.
+    /// The session value (Part 1, 19.6): the session key, then the auth value of
+    /// the entity authorised (the session is bound to none).
+    fn value(&self, u: &Use) -> Zeroizing<Vec<u8>> {
+        let mut v = Zeroizing::new(Vec::with_capacity(self.key.len() + u.auth.len()));
+        v.extend_from_slice(&self.key);
+        v.extend_from_slice(&u.auth);
+        v
+    }
+
+    fn cfb_key(&self, u: &Use, newer: &[u8], older: &[u8]) -> Zeroizing<Vec<u8>> {
         kdfa(
             SESSION_HASH,
-            &self.key,
+            &self.value(u),
             b"CFB",
             newer,
             older,
@@ -146,19 +158,23 @@ impl Session {
 
     /// Encrypts the contents of the command's first parameter (a TPM2B) in place.
     pub(crate) fn encrypt_parameter(&self, u: &Use, data: &mut [u8]) {
-        aes_cfb(&self.cfb_key(&u.nonce_caller, &self.nonce_tpm), data, true);
+        aes_cfb(
+            &self.cfb_key(u, &u.nonce_caller, &self.nonce_tpm),
+            data,
+            true,
+        );
     }
 
     /// Decrypts the contents of the response's first parameter in place; `nonce_tpm`
     /// is the TPM's new nonce from the response.
     pub(crate) fn decrypt_parameter(&self, u: &Use, nonce_tpm: &[u8], data: &mut [u8]) {
-        aes_cfb(&self.cfb_key(nonce_tpm, &u.nonce_caller), data, false);
+        aes_cfb(&self.cfb_key(u, nonce_tpm, &u.nonce_caller), data, false);
     }
 
     /// The command HMAC over `cp_hash`.
     pub(crate) fn command_hmac(&self, u: &Use, cp_hash: &[u8]) -> Vec<u8> {
         SESSION_HASH.hmac(
-            &self.key,
+            &self.value(u),
             &[cp_hash, &u.nonce_caller, &self.nonce_tpm, &[u.attributes]],
         )
     }
@@ -177,7 +193,7 @@ impl Session {
         msg.extend_from_slice(nonce_tpm);
         msg.extend_from_slice(&u.nonce_caller);
         msg.push(attributes);
-        let key = ring::hmac::Key::new(SESSION_HASH.ring_hmac(), &self.key);
+        let key = ring::hmac::Key::new(SESSION_HASH.ring_hmac(), &self.value(u));
         ring::hmac::verify(&key, &msg, hmac)
             .map_err(|_| "the response HMAC does not verify: the response was altered on its way from the TPM, or is not the TPM's".to_owned())?;
         if nonce_tpm.len() < 16 {

@@ -1,0 +1,147 @@
+//! The native backend's half of factory provisioning: hierarchy password failures
+//! told apart from other errors, and keys at persistent handles, authorised
+//! (empty auth value) through the salted session like the keys under the SRK.
+
+use super::NativeDevice;
+use super::command::{Auth, Command, code_error};
+use super::ops::{CC_CERTIFY, CC_SIGN, RH_NULL, ST_HASHCHECK, parse_err};
+use super::rc;
+use crate::device::{CertifyOutput, DeviceError, Hierarchy, KeyBlob, SigningScheme};
+use crate::wire::{PublicArea, Reader, Signature, alg, put_tpm2b, put_u16, put_u32};
+
+fn check_persistent(handle: u32) -> Result<(), DeviceError> {
+    if (0x8100_0000..=0x81ff_ffff).contains(&handle) {
+        Ok(())
+    } else {
+        Err(DeviceError::Unsupported(format!(
+            "{handle:#010x} is not a persistent handle (0x81000000 to 0x81ffffff)"
+        )))
+    }
+}
+
+/// TPMT_SIG_SCHEME and a NULL TPMT_TK_HASHCHECK after the digest (TPM2_Sign's
+/// parameters).
+pub(super) fn sign_params(digest: &[u8], scheme: SigningScheme) -> Result<Vec<u8>, DeviceError> {
+    if digest.len() != scheme.hash().size() {
+        return Err(DeviceError::Unsupported(format!(
+            "digest: {} bytes for {:?}, which makes {}",
+            digest.len(),
+            scheme.hash(),
+            scheme.hash().size()
+        )));
+    }
+    let scheme_alg = match scheme {
+        SigningScheme::RsaSsa(_) => alg::RSASSA,
+        SigningScheme::RsaPss(_) => alg::RSAPSS,
+        SigningScheme::Ecdsa(_) => alg::ECDSA,
+    };
+    let mut params = Vec::new();
+    put_tpm2b(&mut params, digest);
+    put_u16(&mut params, scheme_alg);
+    put_u16(&mut params, scheme.hash().id());
+    put_u16(&mut params, ST_HASHCHECK);
+    put_u32(&mut params, RH_NULL);
+    put_tpm2b(&mut params, &[]);
+    Ok(params)
+}
+
+impl NativeDevice {
+    /// The error for response `code` of a command that authorised `hierarchy`.
+    pub(super) fn hierarchy_error(
+        &self,
+        hierarchy: Hierarchy,
+        command: &'static str,
+        code: u32,
+    ) -> DeviceError {
+        if matches!(rc::format_one_code(code), Some(0x22 | 0x0e)) && code & 0x800 != 0 {
+            return self.hierarchy.refused(hierarchy, command);
+        }
+        code_error(command, code)
+    }
+
+    pub(super) fn persistent_public_once(
+        &mut self,
+        handle: u32,
+    ) -> Result<Option<PublicArea>, DeviceError> {
+        check_persistent(handle)?;
+        self.read_public(handle)
+    }
+
+    /// The name of the key at `handle`, or an error saying nothing is there.
+    fn persistent_name(&mut self, handle: u32) -> Result<Vec<u8>, DeviceError> {
+        check_persistent(handle)?;
+        self.read_public(handle)?.map(|p| p.name()).ok_or_else(|| {
+            DeviceError::Unsupported(format!("no key at persistent handle {handle:#010x}"))
+        })
+    }
+
+    pub(super) fn certify_persistent_once(
+        &mut self,
+        handle: u32,
+        signer: &KeyBlob,
+        qualifying_data: &[u8],
+    ) -> Result<CertifyOutput, DeviceError> {
+        if qualifying_data.len() > 64 {
+            return Err(DeviceError::Unsupported(format!(
+                "qualifying data: {} bytes (at most 64)",
+                qualifying_data.len()
+            )));
+        }
+        let object_name = self.persistent_name(handle)?;
+        let mut params = Vec::new();
+        put_tpm2b(&mut params, qualifying_data);
+        put_u16(&mut params, alg::NULL);
+        let signer_name = signer.public.name();
+        let name = "TPM2_Certify";
+        self.with_loaded(signer, |dev, signer| {
+            let r = dev.conn()?.execute(&Command {
+                code: CC_CERTIFY,
+                name,
+                handles: &[(handle, &object_name), (signer, &signer_name)],
+                auths: &[Auth::HMAC, Auth::Password],
+                params,
+                response_handles: 0,
+            })?;
+            let mut rd = Reader::new(&r.params, "TPM2_Certify response");
+            let attest = rd.tpm2b().map_err(parse_err(name))?.to_vec();
+            let signature = rd.rest().to_vec();
+            Signature::parse(&signature).map_err(parse_err(name))?;
+            Ok(CertifyOutput { attest, signature })
+        })
+    }
+
+    pub(super) fn sign_persistent_once(
+        &mut self,
+        handle: u32,
+        digest: &[u8],
+        scheme: SigningScheme,
+    ) -> Result<Signature, DeviceError> {
+        let params = sign_params(digest, scheme)?;
+        let key_name = self.persistent_name(handle)?;
+        self.session()?;
+        let name = "TPM2_Sign";
+        let r = self.conn()?.execute(&Command {
+            code: CC_SIGN,
+            name,
+            handles: &[(handle, &key_name)],
+            auths: &[Auth::HMAC],
+            params,
+            response_handles: 0,
+        })?;
+        Signature::parse(&r.params).map_err(parse_err(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_persistent_handles_are_taken() {
+        assert!(check_persistent(0x8102_0000).is_ok());
+        for h in [0x8000_0001, 0x0100_0000, 0x4000_0001, 0x8200_0000] {
+            let e = check_persistent(h).unwrap_err().to_string();
+            assert!(e.contains("not a persistent handle"), "{e}");
+        }
+    }
+}
