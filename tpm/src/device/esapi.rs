@@ -698,6 +698,14 @@ impl TpmDevice for EsapiDevice {
         self.recovering(|dev| dev.persistent_public_once(handle))
     }
 
+    fn ecdh_zgen(
+        &mut self,
+        key: &KeyBlob,
+        point: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, DeviceError> {
+        self.recovering(|dev| dev.ecdh_zgen_once(key, point))
+    }
+
     fn certify_persistent(
         &mut self,
         handle: u32,

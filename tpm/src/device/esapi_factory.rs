@@ -185,3 +185,28 @@ impl EsapiDevice {
         Ok(Signature::parse(&bytes)?)
     }
 }
+
+impl EsapiDevice {
+    pub(super) fn ecdh_zgen_once(
+        &mut self,
+        key: &KeyBlob,
+        point: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, DeviceError> {
+        use tss_esapi::structures::{EccParameter, EccPoint};
+        let (x, y) = crate::device::sealing::split_point(point)?;
+        let bad = |e: tss_esapi::Error| DeviceError::Unsupported(format!("ECDH point: {e}"));
+        let in_point = EccPoint::new(
+            EccParameter::try_from(x.to_vec()).map_err(bad)?,
+            EccParameter::try_from(y.to_vec()).map_err(bad)?,
+        );
+        self.with_loaded(key, |dev, handle| {
+            let out = dev
+                .ctx()?
+                .execute_with_session(Some(AuthSession::Password), |ctx| {
+                    ctx.ecdh_z_gen(handle, in_point)
+                })
+                .map_err(command("TPM2_ECDH_ZGen"))?;
+            Ok(zeroize::Zeroizing::new(out.x().value().to_vec()))
+        })
+    }
+}

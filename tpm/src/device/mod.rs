@@ -22,6 +22,7 @@ pub mod hierarchy;
 pub mod keys;
 #[cfg(feature = "native")]
 pub mod native;
+pub mod sealing;
 pub mod tcti;
 
 pub use backend::Backend;
@@ -269,6 +270,20 @@ pub trait TpmDevice: Send + fmt::Debug {
         let _ = (signer, qualifying_data);
         Err(DeviceError::Unsupported(format!(
             "{}: keys at persistent handles ({handle:#010x}) are not supported",
+            self.describe()
+        )))
+    }
+
+    /// TPM2_ECDH_ZGen: the x coordinate of the point `key` (an unrestricted ECC
+    /// decryption key under the SRK) times `point` (uncompressed); see [`sealing`].
+    fn ecdh_zgen(
+        &mut self,
+        key: &KeyBlob,
+        point: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, DeviceError> {
+        let _ = (key, point);
+        Err(DeviceError::Unsupported(format!(
+            "{}: TPM2_ECDH_ZGen is not supported",
             self.describe()
         )))
     }

@@ -132,6 +132,51 @@ impl NativeDevice {
     }
 }
 
+impl NativeDevice {
+    /// TPM2_ECDH_ZGen, the result encrypted on its way back by the salted session.
+    pub(super) fn ecdh_zgen_once(
+        &mut self,
+        key: &KeyBlob,
+        point: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, DeviceError> {
+        let (x, y) = crate::device::sealing::split_point(point)?;
+        let mut inner = Vec::new();
+        put_tpm2b(&mut inner, x);
+        put_tpm2b(&mut inner, y);
+        let mut params = Vec::new();
+        put_tpm2b(&mut params, &inner);
+        let key_name = key.public.name();
+        let name = "TPM2_ECDH_ZGen";
+        self.with_loaded(key, |dev, handle| {
+            let r = dev.conn()?.execute(&Command {
+                code: CC_ECDH_ZGEN,
+                name,
+                handles: &[(handle, &key_name)],
+                auths: &[Auth::Salted {
+                    decrypt: false,
+                    encrypt: true,
+                }],
+                params,
+                response_handles: 0,
+            })?;
+            let z = (|| {
+                let mut rd = Reader::new(&r.params, "TPM2_ECDH_ZGen response");
+                let mut p = Reader::new(rd.tpm2b()?, "TPMS_ECC_POINT");
+                let x = p.tpm2b()?.to_vec();
+                let _y = p.tpm2b()?;
+                p.finish()?;
+                rd.finish()?;
+                Ok(x)
+            })()
+            .map_err(parse_err(name))?;
+            Ok(zeroize::Zeroizing::new(z))
+        })
+    }
+}
+
+/// TPM_CC_ECDH_ZGen.
+const CC_ECDH_ZGEN: u32 = 0x154;
+
 #[cfg(test)]
 mod tests {
     use super::*;

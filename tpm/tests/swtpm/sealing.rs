@@ -1,0 +1,44 @@
+//! A secret sealed to the TPM (ECDH with a TPM-held key): the same TPM recomputes
+//! it, after the simulator restarts too; another TPM refuses the key blob; a damaged
+//! stored form is refused.
+
+use tessera_tpm::DeviceError;
+use tessera_tpm::device::sealing::SealedSecret;
+
+use crate::common::{Sim, Which};
+
+fn a_sealed_secret_opens_only_on_its_tpm() {
+    let sim = Sim::start(Which::A);
+    let tpm = sim.tpm();
+    let (sealed, secret) = SealedSecret::create(&tpm).unwrap();
+    let (other_sealed, other_secret) = SealedSecret::create(&tpm).unwrap();
+    assert_ne!(*secret, *other_secret, "two sealings gave one secret");
+    let stored = sealed.to_bytes();
+    let back = SealedSecret::from_bytes(&stored).unwrap();
+    assert_eq!(back, sealed);
+    assert_eq!(*back.unseal(&tpm).unwrap(), *secret);
+    assert_eq!(*other_sealed.unseal(&tpm).unwrap(), *other_secret);
+    // Another point (another sealing's) gives another secret with the same key.
+    let mixed = SealedSecret {
+        key: sealed.key.clone(),
+        point: other_sealed.point.clone(),
+    };
+    assert_ne!(*mixed.unseal(&tpm).unwrap(), *secret);
+
+    // A second TPM: the blob does not load.
+    let b = Sim::start(Which::B);
+    match back.unseal(&b.tpm()) {
+        Err(DeviceError::ForeignKey(_)) => {}
+        other => panic!("another TPM unsealed, or failed otherwise: {other:?}"),
+    }
+
+    // Damaged stored forms.
+    for cut in [0, 10, stored.len() - 1] {
+        assert!(SealedSecret::from_bytes(&stored[..cut]).is_err());
+    }
+    let mut long = stored.clone();
+    long.push(0);
+    assert!(SealedSecret::from_bytes(&long).is_err());
+}
+
+crate::common::per_backend!(a_sealed_secret_opens_only_on_its_tpm);
