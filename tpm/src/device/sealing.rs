@@ -81,7 +81,7 @@ impl SealedSecret {
         let secret = agree_ephemeral(
             ephemeral,
             &UnparsedPublicKey::new(&ECDH_P256, &tpm_point),
-            |z| derive(z),
+            derive,
         )
         .map_err(|_| DeviceError::Malformed("the TPM key's point is not on P-256".into()))?;
         Ok((Self { key, point }, secret))
