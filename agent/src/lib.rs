@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod manager;
 pub mod metrics;
+pub mod persist;
 pub mod protocol;
 pub mod retry;
 pub mod startup;

@@ -347,9 +347,10 @@ pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError>
     tessera_process::limits::nofile::raise_and_log();
     let tpm = open_tpm(&cfg)?;
     let km = open_key_manager(&cfg, tpm.clone())?;
-    let attestor = node_attestor(&cfg, token, tpm)?;
+    let attestor = node_attestor(&cfg, token, tpm.clone())?;
     // Bind first: a second agent on the same socket fails before touching any state.
     let (listener, socket) = socket::bind(&cfg.socket_path, crate::workload::SOCKET_MODES)?;
+    let data_dir = cfg.data_dir.clone();
     let agent = match Agent::new(cfg, km, attestor) {
         Ok(a) => a,
         Err(e) => {
@@ -357,6 +358,10 @@ pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError>
             return Err(e.into());
         }
     };
+    // The state directory exists now (Agent::new made it).
+    if let Some(store) = crate::persist::SvidStore::open(&data_dir, tpm.as_ref()) {
+        agent.set_svid_store(store);
+    }
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let mut serving = tokio::spawn(crate::workload::serve(
         agent.clone(),

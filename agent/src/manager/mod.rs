@@ -48,6 +48,7 @@ use crate::state::{SavedIdentity, StateDir};
 
 mod identity;
 mod jwt;
+mod persisted;
 mod run;
 mod svids;
 #[cfg(test)]
@@ -166,6 +167,8 @@ pub struct Agent {
     logs: Mutex<BTreeMap<Op, RepeatLog>>,
     jwt_gate: Mutex<jwt::JwtGate>,
     metrics: Arc<crate::metrics::AgentMetrics>,
+    /// The persisted SVID cache, when turned on (`persisted`).
+    svid_store: std::sync::OnceLock<crate::persist::SvidStore>,
 }
 
 impl Agent {
@@ -246,6 +249,7 @@ impl Agent {
             logs: Mutex::new(BTreeMap::new()),
             jwt_gate,
             metrics: crate::metrics::AgentMetrics::new(),
+            svid_store: std::sync::OnceLock::new(),
         }))
     }
 
@@ -288,6 +292,7 @@ impl Agent {
             bundle: Some(b),
             ..clone_snapshot(s)
         });
+        self.restore_svids().await;
         Ok(())
     }
 

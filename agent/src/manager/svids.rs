@@ -390,7 +390,7 @@ impl Agent {
         out
     }
 
-    fn publish(&self, st: &SyncState) {
+    pub(super) fn publish(&self, st: &SyncState) {
         let bundle = self.bundle.get();
         let entries: Vec<Arc<RegistrationEntry>> = st.entries.values().cloned().collect();
         let svids = st.svids.clone();
@@ -403,12 +403,13 @@ impl Agent {
             entries,
             svids,
         });
+        self.persist_svids(st);
     }
 }
 
 /// Checks an SVID the server sent, at `now`: leaf profile, SPIFFE ID, key, chain to
 /// the bundle.
-fn check_svid(
+pub(super) fn check_svid(
     chain: &[Vec<u8>],
     id: &SpiffeId,
     spki: &[u8],
