@@ -19,6 +19,9 @@
 //!   [`device::Backend`];
 //!   [`device::Tpm`] shares one device behind one mutex; [`device::keys`] holds
 //!   the agent's own keys in the TPM ([`TpmKey`], [`TpmKeyManager`]);
+//!   [`device::hierarchy`] the owner and endorsement passwords;
+//!   [`device::sealing`] a secret only this TPM can recompute (the agent's SVID
+//!   cache key);
 //!   [`device::tcti`] says where the TPM is.
 //! - **[`attestation`]**: the two node attestors, each both halves, named as they
 //!   are everywhere: [`attestation::tpm_devid`] and [`attestation::tpm_ek`]. Each

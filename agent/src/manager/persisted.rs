@@ -131,3 +131,91 @@ fn restore_one(r: SvidRecord, bundle: &Bundle, now: std::time::SystemTime) -> Re
         revision: r.revision,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        reason = "test code: a failed unwrap is a failed test"
+    )]
+
+    use std::time::{Duration, SystemTime};
+
+    use tessera_core::clock::{ManualClock, SharedClock};
+    use tessera_process::DiskKeyManager;
+
+    use super::*;
+    use crate::manager::Parts;
+    use crate::testing::{self, FakeServer, TestAttestor};
+
+    const START: u64 = 1_800_000_000;
+
+    /// An agent on `dir` whose own key is on disk (so that it resumes), with the
+    /// persisted cache.
+    fn agent(dir: &std::path::Path, server: &Arc<FakeServer>, clock: &SharedClock) -> Arc<Agent> {
+        let km = DiskKeyManager::open(&dir.join("keys")).unwrap();
+        let a = Agent::with_parts(
+            testing::config(dir, "1s"),
+            Parts {
+                km: Arc::new(km),
+                attestor: Some(Arc::new(TestAttestor { reattest: true })),
+                clock: clock.clone(),
+                server: Some(server.clone()),
+            },
+        )
+        .unwrap();
+        a.set_svid_store(SvidStore::open(dir, None).unwrap());
+        a
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn svids_come_back_offline_until_they_expire_and_deleted_entries_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(START));
+        let shared: SharedClock = clock.clone();
+        let server = FakeServer::new(shared.clone());
+        server.add_entry("e1", "/web", &["unix:uid:1000"]);
+        server.add_entry("e2", "/db", &["unix:uid:1001"]);
+        let first = agent(dir.path(), &server, &shared);
+        first.establish().await.unwrap();
+        first.sync_once().await.unwrap();
+        first.sign_due().await;
+        let held = first.cache.snapshot().svids.clone();
+        assert_eq!(held.len(), 2);
+        drop(first);
+
+        // Restarted with the server away: both SVIDs at once, the same ones.
+        server.state().down = true;
+        let second = agent(dir.path(), &server, &shared);
+        second.establish().await.unwrap();
+        let snap = second.cache.snapshot();
+        assert!(snap.synced, "a restored cache is served without a sync");
+        assert_eq!(snap.svids.len(), 2);
+        assert_eq!(snap.svids["e1"].chain, held["e1"].chain);
+        assert_eq!(snap.entries.len(), 2);
+        assert_eq!(server.state().signed.len(), 2, "nothing signed again");
+
+        // The server back, e2 deleted meanwhile: gone at the next sync, from the
+        // cache and from the file.
+        {
+            let mut st = server.state();
+            st.down = false;
+            st.entries.remove("e2");
+            st.revision += 1;
+        }
+        second.sync_once().await.unwrap();
+        let snap = second.cache.snapshot();
+        assert_eq!(snap.svids.keys().collect::<Vec<_>>(), ["e1"]);
+        let stored = SvidStore::open(dir.path(), None).unwrap().load().unwrap();
+        assert_eq!(stored.svids.len(), 1);
+        assert_eq!(stored.svids[0].entry.id, "e1");
+        drop(second);
+
+        // Past the SVID's expiry (and the agent's own, so it attests again): the
+        // expired SVID is not restored.
+        clock.advance(Duration::from_secs(3700));
+        let third = agent(dir.path(), &server, &shared);
+        third.establish().await.unwrap();
+        assert!(third.cache.snapshot().svids.is_empty());
+    }
+}
