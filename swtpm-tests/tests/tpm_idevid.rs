@@ -381,6 +381,35 @@ fn factory_idevid_attests(backend: &str) {
         "{}",
         agent.log()
     );
+    agent.stop();
+
+    // `tpm info` shows the factory DevID with the owner password, and says what is
+    // wrong without it.
+    let info = |auth: bool| {
+        let mut c = Command::new(tessera_swtpm_tests::bin("tessera-agent"));
+        c.args(["tpm", "info", "--factory-devid", "--output", "json"])
+            .args(["--tpm-backend", backend, "--tcti", &s.tpm.tcti]);
+        if auth {
+            c.arg("--owner-auth-file").arg(s.pw("owner.pw"));
+        }
+        c.output().unwrap()
+    };
+    let shown: serde_json::Value =
+        serde_json::from_slice(&info(true).stdout).expect("tpm info JSON");
+    assert_eq!(
+        format!(
+            "spiffe://example.org/spire/agent/{}",
+            shown["devid"]["agent_path"].as_str().unwrap()
+        ),
+        id
+    );
+    let refused = info(false);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("refused the owner hierarchy password"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -375,6 +375,12 @@ pub struct TpmInfo {
 /// Reads the EKs (all three kinds; one that cannot be made is reported, not fatal)
 /// and, given a DevID folder, the DevID.
 pub fn info(tpm: &Tpm, devid_dir: Option<&Path>) -> Result<TpmInfo, ProvisionError> {
+    let devid = devid_dir.map(load_devid).transpose()?;
+    info_for(tpm, devid.as_ref())
+}
+
+/// [`info`] with a DevID already loaded (a folder's, or a factory one).
+pub fn info_for(tpm: &Tpm, devid: Option<&DevIdIdentity>) -> Result<TpmInfo, ProvisionError> {
     let mut endorsement_keys = Vec::new();
     for kind in EkKind::ALL {
         let (cert, public) = tpm.with(|dev| {
@@ -401,14 +407,13 @@ pub fn info(tpm: &Tpm, devid_dir: Option<&Path>) -> Result<TpmInfo, ProvisionErr
         }
         endorsement_keys.push(entry);
     }
-    let devid = match devid_dir {
+    let devid = match devid {
         None => None,
-        Some(dir) => {
-            let id = load_devid(dir)?;
+        Some(id) => {
             let leaf = &id.chain[0];
             Some(DevIdInfo {
                 certificate: summary(leaf).ok_or_else(|| ProvisionError::DevId {
-                    dir: dir.to_owned(),
+                    dir: PathBuf::new(),
                     reason: "certificate unreadable".into(),
                 })?,
                 subject_cn: common_name(leaf, false),

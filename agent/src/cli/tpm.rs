@@ -40,6 +40,8 @@ pub enum TpmCommand {
         common_name: Option<String>,
         #[arg(long, default_value_t = 3650)]
         validity_days: u32,
+        #[command(flatten)]
+        auth: HierarchyArgs,
     },
     /// Creates a signing key in the TPM for x509pop: writes its blob (the agent's
     /// `tpm_key_path`) and a certificate signing request for the node's CA.
@@ -61,6 +63,8 @@ pub enum TpmCommand {
         /// The CSR's subject CN (default: this host's name).
         #[arg(long)]
         common_name: Option<String>,
+        #[command(flatten)]
+        auth: HierarchyArgs,
     },
     /// Prints the EKs (hash, certificate subject and issuer) and the DevID.
     Info {
@@ -71,9 +75,62 @@ pub enum TpmCommand {
         tpm_backend: Backend,
         #[arg(long)]
         devid_dir: Option<PathBuf>,
+        /// Show the factory DevID: the key at a persistent handle and its
+        /// certificates in NV (`--devid-key-handle`, `--devid-cert-nv-index`).
+        #[arg(long, conflicts_with = "devid_dir")]
+        factory_devid: bool,
+        /// The factory DevID key's persistent handle (hex).
+        #[arg(long, default_value = "0x81020000", value_parser = parse_handle)]
+        devid_key_handle: u32,
+        /// The factory DevID certificates' NV index (hex).
+        #[arg(long, default_value = "0x01C90000", value_parser = parse_handle)]
+        devid_cert_nv_index: u32,
         #[arg(long, value_enum, default_value_t)]
         output: InfoOutput,
+        #[command(flatten)]
+        auth: HierarchyArgs,
     },
+}
+
+/// The TPM's hierarchy passwords (docs/TPM.md, "Hierarchy passwords").
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct HierarchyArgs {
+    /// A file holding the owner hierarchy's password.
+    #[arg(long)]
+    pub owner_auth_file: Option<PathBuf>,
+    /// A file holding the endorsement hierarchy's password.
+    #[arg(long)]
+    pub endorsement_auth_file: Option<PathBuf>,
+}
+
+fn parse_handle(s: &str) -> Result<u32, String> {
+    let hex = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .ok_or_else(|| format!("{s:?}: write the handle in hex, as 0x81020000"))?;
+    u32::from_str_radix(hex, 16).map_err(|_| format!("{s:?} is not a 32-bit hex handle"))
+}
+
+/// Opens the TPM and sets the hierarchy passwords given.
+fn open(
+    tcti: &Tcti,
+    backend: Backend,
+    auth: &HierarchyArgs,
+) -> Result<std::sync::Arc<tessera_tpm::Tpm>, CliError> {
+    let tpm = open_tpm_at(tcti, backend)?;
+    let settings = crate::tpm_settings::TpmSettings {
+        owner_auth_file: auth.owner_auth_file.clone(),
+        endorsement_auth_file: auth.endorsement_auth_file.clone(),
+        ..Default::default()
+    };
+    if settings.is_set() {
+        let auth = settings
+            .hierarchy_auth()
+            .map_err(|e| CliError::Key(e.to_string()))?;
+        tpm.with(|dev| dev.set_hierarchy_auth(&auth))
+            .map_err(|e| CliError::Key(e.to_string()))?;
+    }
+    Ok(tpm)
 }
 
 /// How `tpm info` prints.
@@ -104,8 +161,9 @@ pub fn execute(c: TpmCommand) -> Result<(), CliError> {
             key_type,
             common_name,
             validity_days,
+            auth,
         } => {
-            let tpm = open_tpm_at(&tcti, tpm_backend)?;
+            let tpm = open(&tcti, tpm_backend, &auth)?;
             let ca = tessera_tpm::provision::VendorCa::from_files(&vendor_ca_cert, &vendor_ca_key)?;
             let request = tessera_tpm::provision::DevIdRequest {
                 key_type,
@@ -124,8 +182,9 @@ pub fn execute(c: TpmCommand) -> Result<(), CliError> {
             csr,
             key_type,
             common_name,
+            auth,
         } => {
-            let tpm = open_tpm_at(&tcti, tpm_backend)?;
+            let tpm = open(&tcti, tpm_backend, &auth)?;
             let cn = common_name.unwrap_or_else(hostname);
             create_key(tpm, &out, &csr, key_type, &cn)?;
             tessera_process::output::print(&format!(
@@ -139,10 +198,24 @@ pub fn execute(c: TpmCommand) -> Result<(), CliError> {
             tcti,
             tpm_backend,
             devid_dir,
+            factory_devid,
+            devid_key_handle,
+            devid_cert_nv_index,
             output,
+            auth,
         } => {
-            let tpm = open_tpm_at(&tcti, tpm_backend)?;
-            let info = tessera_tpm::provision::info(&tpm, devid_dir.as_deref())?;
+            let tpm = open(&tcti, tpm_backend, &auth)?;
+            let info = if factory_devid {
+                let id = tessera_tpm::factory::load_factory_devid(
+                    &tpm,
+                    devid_key_handle,
+                    devid_cert_nv_index,
+                )
+                .map_err(|e| CliError::Key(format!("factory DevID: {e}")))?;
+                tessera_tpm::provision::info_for(&tpm, Some(&id))?
+            } else {
+                tessera_tpm::provision::info(&tpm, devid_dir.as_deref())?
+            };
             tessera_process::output::print(&info_text(&info, output)?);
             Ok(())
         }
