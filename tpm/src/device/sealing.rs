@@ -120,7 +120,7 @@ impl SealedSecret {
 }
 
 /// The uncompressed point's coordinates.
-pub(crate) fn split_point(point: &[u8]) -> Result<(&[u8], &[u8]), DeviceError> {
+pub fn split_point(point: &[u8]) -> Result<(&[u8], &[u8]), DeviceError> {
     match point.split_first() {
         Some((4, xy)) if xy.len() % 2 == 0 && !xy.is_empty() => Ok(xy.split_at(xy.len() / 2)),
         _ => Err(DeviceError::Unsupported(
