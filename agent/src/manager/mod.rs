@@ -260,6 +260,9 @@ impl Agent {
     /// expired join token, evidence the server does not accept) or a configuration
     /// error is returned.
     pub async fn establish(&self) -> Result<(), AgentError> {
+        // The SVIDs saved before are served at once, even while the agent's own
+        // identity waits for the server (`persisted`).
+        self.restore_svids().await;
         let mut backoff = Backoff::for_interval(self.cfg.sync_interval);
         loop {
             let result = match self.resume().await {
@@ -292,7 +295,6 @@ impl Agent {
             bundle: Some(b),
             ..clone_snapshot(s)
         });
-        self.restore_svids().await;
         Ok(())
     }
 

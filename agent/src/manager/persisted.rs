@@ -1,7 +1,7 @@
 //! The agent's side of the persisted SVID cache ([`crate::persist`]): every
-//! publication of the entries and SVIDs is saved; at start-up, once the agent has
-//! its identity, the SVIDs saved before are restored and published at once, before
-//! any sync: those whose certificate has expired, no longer chains to the bundle or
+//! publication of the entries and SVIDs is saved; at start-up, before the agent
+//! resumes or waits for its own identity, the SVIDs saved before are restored and
+//! published at once, before any sync: those whose certificate has expired, no longer chains to the bundle or
 //! is not for its key are dropped. The first sync then corrects the rest: entries
 //! deleted on the server meanwhile go with their SVIDs, changed ones are signed
 //! again.
@@ -174,6 +174,8 @@ mod tests {
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(START));
         let shared: SharedClock = clock.clone();
         let server = FakeServer::new(shared.clone());
+        // The agent's own SVID lives less than the workloads'.
+        server.state().agent_ttl = Duration::from_secs(600);
         server.add_entry("e1", "/web", &["unix:uid:1000"]);
         server.add_entry("e2", "/db", &["unix:uid:1001"]);
         let first = agent(dir.path(), &server, &shared);
@@ -211,9 +213,27 @@ mod tests {
         assert_eq!(stored.svids[0].entry.id, "e1");
         drop(second);
 
-        // Past the SVID's expiry (and the agent's own, so it attests again): the
-        // expired SVID is not restored.
-        clock.advance(Duration::from_secs(3700));
+        // The agent's own SVID expired while the server is away: it cannot get its
+        // identity back, and still serves the workload SVID it holds.
+        server.state().down = true;
+        clock.advance(Duration::from_secs(700));
+        let waiting = agent(dir.path(), &server, &shared);
+        let task = tokio::spawn({
+            let a = waiting.clone();
+            async move { a.establish().await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!task.is_finished(), "start-up did not wait for the server");
+        assert_eq!(
+            waiting.cache.snapshot().svids.keys().collect::<Vec<_>>(),
+            ["e1"]
+        );
+        task.abort();
+        drop(waiting);
+        server.state().down = false;
+
+        // Past the SVID's expiry: it is not restored.
+        clock.advance(Duration::from_secs(3000));
         let third = agent(dir.path(), &server, &shared);
         third.establish().await.unwrap();
         assert!(third.cache.snapshot().svids.is_empty());
