@@ -200,6 +200,7 @@ impl FakeServer {
             expires_at: 0,
             revision_number: st.revision,
             created_at: 0,
+            workload_key: Default::default(),
         };
         st.entries.insert(entry_id.into(), e);
     }

@@ -551,6 +551,7 @@ mod tests {
             expires_at: 0,
             revision_number: 1,
             created_at: 0,
+            workload_key: Default::default(),
         })
     }
 
