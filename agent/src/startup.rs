@@ -332,6 +332,7 @@ pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError>
     tessera_process::limits::nofile::raise_and_log();
     let tpm = open_tpm(&cfg)?;
     let km = open_key_manager(&cfg, tpm.clone())?;
+    let workload_tpm = tpm.clone();
     let attestor = node_attestor(&cfg, token, tpm)?;
     // Bind first: a second agent on the same socket fails before touching any state.
     let (listener, socket) = socket::bind(&cfg.socket_path, crate::workload::SOCKET_MODES)?;
@@ -342,6 +343,9 @@ pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError>
             return Err(e.into());
         }
     };
+    if let Some(tpm) = workload_tpm {
+        agent.set_workload_tpm(tpm);
+    }
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let mut serving = tokio::spawn(crate::workload::serve(
         agent.clone(),

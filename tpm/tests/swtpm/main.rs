@@ -23,3 +23,4 @@ mod ek_flow;
 mod faults;
 mod keys;
 mod native;
+mod workload_keys;

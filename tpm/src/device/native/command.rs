@@ -25,8 +25,8 @@ const RS_PW: u32 = 0x4000_0009;
 const HANDLES: usize = 10;
 
 /// How a handle is authorised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Auth {
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Auth<'a> {
     /// The (empty) password.
     Password,
     /// The salted HMAC session, with parameter encryption as asked.
@@ -38,11 +38,30 @@ pub(crate) enum Auth {
     },
     /// A policy session that has been satisfied.
     Policy(u32),
+    /// The salted HMAC session (integrity only) for an object whose authorization
+    /// value is this: the HMACs are keyed with the session key and the value, which
+    /// never crosses the bus.
+    Keyed(&'a [u8]),
 }
 
-impl Auth {
+impl std::fmt::Debug for Auth<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Password => f.write_str("Password"),
+            Auth::Salted { decrypt, encrypt } => f
+                .debug_struct("Salted")
+                .field("decrypt", decrypt)
+                .field("encrypt", encrypt)
+                .finish(),
+            Auth::Policy(h) => write!(f, "Policy({h:#x})"),
+            Auth::Keyed(_) => f.write_str("Keyed(..)"),
+        }
+    }
+}
+
+impl Auth<'_> {
     /// The salted session, for integrity only.
-    pub(crate) const HMAC: Auth = Auth::Salted {
+    pub(crate) const HMAC: Auth<'static> = Auth::Salted {
         decrypt: false,
         encrypt: false,
     };
@@ -57,7 +76,7 @@ pub(crate) struct Command<'a> {
     /// The handles with their names (for cpHash).
     pub(crate) handles: &'a [(u32, &'a [u8])],
     /// How the first `auths.len()` handles are authorised.
-    pub(crate) auths: &'a [Auth],
+    pub(crate) auths: &'a [Auth<'a>],
     /// The marshalled parameters.
     pub(crate) params: Vec<u8>,
     /// How many handles the response carries.
@@ -163,6 +182,12 @@ impl Conn {
                     }
                     Some(u)
                 }
+                Auth::Keyed(_) => {
+                    let session = self.session.as_ref().ok_or_else(|| {
+                        malformed(cmd.name, "no salted session is open (internal error)")
+                    })?;
+                    Some(session.begin(0))
+                }
                 _ => None,
             });
         }
@@ -199,7 +224,16 @@ impl Conn {
                         put_u32(&mut area, session.handle);
                         put_tpm2b(&mut area, &u.nonce_caller);
                         area.push(u.attributes);
-                        put_tpm2b(&mut area, &session.command_hmac(u, &cp_hash));
+                        put_tpm2b(&mut area, &session.command_hmac(u, &cp_hash, &[]));
+                    }
+                    (Auth::Keyed(value), Some(u)) => {
+                        let session = self.session.as_ref().ok_or_else(|| {
+                            malformed(cmd.name, "no salted session is open (internal error)")
+                        })?;
+                        put_u32(&mut area, session.handle);
+                        put_tpm2b(&mut area, &u.nonce_caller);
+                        area.push(u.attributes);
+                        put_tpm2b(&mut area, &session.command_hmac(u, &cp_hash, value));
                     }
                     (Auth::Policy(handle), _) => {
                         // An unsalted, unbound policy session whose policy asks for
@@ -328,16 +362,22 @@ impl Conn {
                 let nonce = r.tpm2b().map_err(|e| bad(e.to_string()))?;
                 let attrs = r.u8().map_err(|e| bad(e.to_string()))?;
                 let hmac = r.tpm2b().map_err(|e| bad(e.to_string()))?;
-                if let (Auth::Salted { encrypt, .. }, Some(u)) = (auth, u) {
+                let (encrypt, value): (bool, &[u8]) = match auth {
+                    Auth::Salted { encrypt, .. } => (*encrypt, &[]),
+                    Auth::Keyed(value) => (false, value),
+                    _ => (false, &[]),
+                };
+                if let (Auth::Salted { .. } | Auth::Keyed(_), Some(u)) = (auth, u) {
                     let session = self.session.as_mut().ok_or_else(|| {
                         malformed(cmd.name, "no salted session is open (internal error)")
                     })?;
-                    if let Err(why) = session.check_response(u, &rp_hash, nonce, attrs, hmac) {
+                    if let Err(why) = session.check_response(u, &rp_hash, nonce, attrs, hmac, value)
+                    {
                         // The session's nonces can no longer be trusted: `give_up`
                         // starts afresh.
                         return Err(malformed(cmd.name, why));
                     }
-                    if *encrypt {
+                    if encrypt {
                         decrypt_with = Some((i, nonce.to_vec()));
                     }
                 }

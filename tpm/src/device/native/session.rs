@@ -155,10 +155,21 @@ impl Session {
         aes_cfb(&self.cfb_key(nonce_tpm, &u.nonce_caller), data, false);
     }
 
-    /// The command HMAC over `cp_hash`.
-    pub(crate) fn command_hmac(&self, u: &Use, cp_hash: &[u8]) -> Vec<u8> {
+    /// The HMAC key for an object whose authorization value is `auth`: the session
+    /// key followed by the value (Part 1, 19.6.8; the session is bound to nothing).
+    /// Tessera's values never end in a zero byte, which the TPM would strip.
+    fn hmac_key(&self, auth: &[u8]) -> Zeroizing<Vec<u8>> {
+        let mut key = Zeroizing::new(Vec::with_capacity(self.key.len() + auth.len()));
+        key.extend_from_slice(&self.key);
+        key.extend_from_slice(auth);
+        key
+    }
+
+    /// The command HMAC over `cp_hash`, for an object whose authorization value is
+    /// `auth`.
+    pub(crate) fn command_hmac(&self, u: &Use, cp_hash: &[u8], auth: &[u8]) -> Vec<u8> {
         SESSION_HASH.hmac(
-            &self.key,
+            &self.hmac_key(auth),
             &[cp_hash, &u.nonce_caller, &self.nonce_tpm, &[u.attributes]],
         )
     }
@@ -171,13 +182,14 @@ impl Session {
         nonce_tpm: &[u8],
         attributes: u8,
         hmac: &[u8],
+        auth: &[u8],
     ) -> Result<(), String> {
         let mut msg = Vec::with_capacity(rp_hash.len() + 2 * nonce_tpm.len() + 1);
         msg.extend_from_slice(rp_hash);
         msg.extend_from_slice(nonce_tpm);
         msg.extend_from_slice(&u.nonce_caller);
         msg.push(attributes);
-        let key = ring::hmac::Key::new(SESSION_HASH.ring_hmac(), &self.key);
+        let key = ring::hmac::Key::new(SESSION_HASH.ring_hmac(), &self.hmac_key(auth));
         ring::hmac::verify(&key, &msg, hmac)
             .map_err(|_| "the response HMAC does not verify: the response was altered on its way from the TPM, or is not the TPM's".to_owned())?;
         if nonce_tpm.len() < 16 {
