@@ -49,6 +49,7 @@ struct ResourceManagers {
 
 impl ResourceManagers {
     fn start(dir: &Path, tpms: &[&Swtpm]) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
         let config = dir.join("bus.conf");
         std::fs::write(
             &config,
@@ -174,6 +175,94 @@ fn fetch_written(agent: &Agent, out: &Path) {
         o.status.success() && out.join("svid.0.tss2.key").exists()
     });
     assert!(ok, "no TPM-held SVID written:\n{}", agent.log());
+}
+
+/// `openssl s_server` on the first resource manager's TPM with the TLS server's
+/// TPM-held SVID, requiring a client SVID, for one connection.
+struct SServer {
+    child: Child,
+    collected: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl SServer {
+    fn start(rm: &ResourceManagers, port: u16, out: &Path) -> Self {
+        let file = |f: &str| out.join(f).display().to_string();
+        let mut child = rm
+            .openssl(0)
+            .arg("s_server")
+            .args(TLS_PROVIDERS)
+            .args(["-accept", &port.to_string(), "-naccept", "1"])
+            .args(["-cert", &file("svid.0.pem")])
+            .args(["-key", &file("svid.0.tss2.key")])
+            .args(["-pass", &format!("file:{}", file("svid.0.auth"))])
+            .args(["-CAfile", &file("bundle.0.pem")])
+            .args(["-Verify", "2", "-verify_return_error"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Its output, read as it comes: "ACCEPT" says it listens.
+        let collected = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let readers = [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ]
+        .into_iter()
+        .map(|mut r| {
+            let c = collected.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = r.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    c.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            })
+        })
+        .collect();
+        let mut server = Self {
+            child,
+            collected,
+            readers,
+        };
+        let listening = wait_until(Duration::from_secs(30), || {
+            server.collected.lock().unwrap().contains("ACCEPT")
+        });
+        if !listening {
+            let _ = server.child.kill();
+            panic!(
+                "s_server did not listen:\n{}",
+                server.collected.lock().unwrap()
+            );
+        }
+        server
+    }
+
+    /// What it printed so far.
+    fn output(&self) -> String {
+        self.collected.lock().unwrap().clone()
+    }
+
+    /// Waits for the server to end after its one connection; what it printed.
+    fn finish(mut self) -> String {
+        let _ = self.child.stdin.take();
+        let ended = wait_until(Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten().is_some()
+        });
+        if !ended {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        self.collected.lock().unwrap().clone()
+    }
 }
 
 #[test]
@@ -335,50 +424,7 @@ fn openssl_tpm2_provider_does_mtls_with_tpm_held_svids_and_nothing_else_gets_the
     // mTLS: s_server on TPM A, s_client on TPM B.
     let port = free_port();
     let file = |out: &Path, f: &str| out.join(f).display().to_string();
-    let mut s_server = rm
-        .openssl(0)
-        .arg("s_server")
-        .args(TLS_PROVIDERS)
-        .args(["-accept", &port.to_string(), "-naccept", "1"])
-        .args(["-cert", &file(&out_a, "svid.0.pem")])
-        .args(["-key", &file(&out_a, "svid.0.tss2.key")])
-        .args(["-pass", &format!("file:{}", file(&out_a, "svid.0.auth"))])
-        .args(["-CAfile", &file(&out_a, "bundle.0.pem")])
-        .args(["-Verify", "2", "-verify_return_error"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Its output, read as it comes: "ACCEPT" says it listens.
-    let collected = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let readers: Vec<_> = [
-        Box::new(s_server.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(s_server.stderr.take().unwrap()),
-    ]
-    .into_iter()
-    .map(|mut r| {
-        let c = collected.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = r.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                c.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        })
-    })
-    .collect();
-    let listening = wait_until(Duration::from_secs(30), || {
-        collected.lock().unwrap().contains("ACCEPT")
-    });
-    if !listening {
-        let _ = s_server.kill();
-        panic!("s_server did not listen:\n{}", collected.lock().unwrap());
-    }
+    let s_server = SServer::start(&rm, port, &out_a);
     let mut s_client = rm
         .openssl(1)
         .arg("s_client")
@@ -401,18 +447,7 @@ fn openssl_tpm2_provider_does_mtls_with_tpm_held_svids_and_nothing_else_gets_the
         .write_all(b"hello from the client\n")
         .unwrap();
     let client = s_client.wait_with_output().unwrap();
-    let _ = s_server.stdin.take();
-    let ok = wait_until(Duration::from_secs(10), || {
-        s_server.try_wait().ok().flatten().is_some()
-    });
-    if !ok {
-        let _ = s_server.kill();
-    }
-    let _ = s_server.wait();
-    for r in readers {
-        let _ = r.join();
-    }
-    let server_text = collected.lock().unwrap().clone();
+    let server_text = s_server.finish();
     let client_text = text(&client);
     assert!(
         client_text.contains("Verify return code: 0 (ok)")
@@ -443,4 +478,73 @@ fn openssl_tpm2_provider_does_mtls_with_tpm_held_svids_and_nothing_else_gets_the
         server_text.contains("hello from the client"),
         "{server_text}"
     );
+
+    // The Rust crate: a rustls client signing in TPM B (pure-Rust backend, straight
+    // to the simulator) against s_server on TPM A.
+    drop(rm);
+    let rm = ResourceManagers::start(&dir.path().join("rm-rust"), &[&tpm_a]);
+    let port = free_port();
+    let s_server = SServer::start(&rm, port, &out_a);
+    let key = tessera_tpm_rustls::TpmSigningKey::open(
+        &tpm_b.tcti,
+        &out_b.join("svid.0.tss2.key"),
+        &out_b.join("svid.0.auth"),
+    )
+    .expect("the TSS2 key file loads in TPM B");
+    let chain = tessera_tpm_rustls::certificates(&std::fs::read(out_b.join("svid.0.pem")).unwrap())
+        .unwrap();
+    let td = tessera_core::TrustDomain::new("example.org").unwrap();
+    let roots =
+        tessera_core::x509::pem_certs(&std::fs::read(out_b.join("bundle.0.pem")).unwrap()).unwrap();
+    let verifier = tessera_core::tls::SpiffeServerVerifier::new(
+        tessera_core::tls::SharedBundle::new(tessera_core::Bundle::with_x509(td, roots)),
+        "spiffe://example.org/tls-server".parse().unwrap(),
+    );
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(verifier)
+    .with_client_cert_resolver(std::sync::Arc::new(tessera_tpm_rustls::FixedIdentity::new(
+        key.certified_key(chain),
+    )));
+    let conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(config),
+        rustls::pki_types::ServerName::try_from("tls-server").unwrap(),
+    )
+    .unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"hello from rustls\n").unwrap();
+    tls.flush().unwrap();
+    let peer = tls
+        .conn
+        .peer_certificates()
+        .expect("the server's chain")
+        .to_vec();
+    assert_eq!(
+        tessera_core::tls::peer_spiffe_id(&peer).map(|i| i.to_string()),
+        Some("spiffe://example.org/tls-server".to_owned())
+    );
+    // Let the server print the line before the connection closes under it.
+    let printed = wait_until(Duration::from_secs(10), || {
+        s_server.output().contains("hello from rustls")
+    });
+    assert!(printed, "{}", s_server.output());
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+    drop(tls);
+    let server_text = s_server.finish();
+    let client_cert = server_text
+        .split("Client certificate")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no client certificate:\n{server_text}"));
+    assert_eq!(
+        uri_sans_of_first_pem(client_cert),
+        ["spiffe://example.org/tls-client"],
+        "{server_text}"
+    );
+    assert!(server_text.contains("hello from rustls"), "{server_text}");
 }
