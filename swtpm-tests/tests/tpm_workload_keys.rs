@@ -23,9 +23,11 @@
 )]
 
 use std::io::{Read as _, Write as _};
+
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
+use tessera_core::key::Key as _;
 
 use tessera_swtpm_tests::attack::{as_user, open_to_others, shared_binary};
 use tessera_swtpm_tests::{Agent, Server, Swtpm, free_port, my_uid, py, test_dir, wait_until};
@@ -547,4 +549,113 @@ fn openssl_tpm2_provider_does_mtls_with_tpm_held_svids_and_nothing_else_gets_the
         "{server_text}"
     );
     assert!(server_text.contains("hello from rustls"), "{server_text}");
+}
+
+/// The service's stream: the header rule, then a rotation at half-life that brings
+/// a new TPM key, a new authorization value and a new certificate on the same
+/// stream, each key signing in the TPM only with its own value.
+#[test]
+fn tpm_held_svids_rotate_with_a_new_key_on_the_stream() {
+    use tessera_proto::local as lpb;
+    use tessera_proto::local::tpm_workload_keys_client::TpmWorkloadKeysClient;
+
+    let dir = test_dir("tpm-workload-rotation");
+    let tpm = Swtpm::start(&dir.path().join("tpm"));
+    let server = Server::start(
+        &dir.path().join("server"),
+        &format!(
+            "[node_attestors.tpm_ek]\nek_ca_bundle = [{:?}]\nek_intermediates = [{:?}]\n",
+            tpm.ek_ca_root.display().to_string(),
+            tpm.ek_ca_intermediate.display().to_string()
+        ),
+    );
+    let (agent, id) = agent_on(&dir.path().join("agent"), &server, &tpm);
+    let me = format!("unix:uid:{}", my_uid());
+    server.entry(
+        "spiffe://example.org/rotating",
+        &id,
+        &[&me],
+        &["--workload-key", "tpm", "--x509-svid-ttl", "20s"],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (first, second) = rt.block_on(async {
+        let ch = tessera_proto::unix_channel(&agent.socket).await.unwrap();
+        let mut c = TpmWorkloadKeysClient::new(ch);
+        // Without the header: refused, as the Workload API refuses it.
+        let err = c
+            .fetch_tpm_x509svid(lpb::TpmX509svidRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        assert!(err.message().contains("workload.spiffe.io"), "{err}");
+        let request = || {
+            let mut r = tonic::Request::new(lpb::TpmX509svidRequest {});
+            r.metadata_mut().insert(
+                tessera_proto::WORKLOAD_HEADER,
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+            r
+        };
+        // The entry may not be synced yet: retry until the stream opens.
+        let mut stream = None;
+        for _ in 0..60 {
+            match c.fetch_tpm_x509svid(request()).await {
+                Ok(s) => {
+                    stream = Some(s.into_inner());
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+        let mut stream = stream.expect("the TPM-held SVID");
+        let mut first = stream.message().await.unwrap().expect("a first message");
+        while first.svids.is_empty() {
+            first = stream.message().await.unwrap().expect("a message");
+        }
+        let second = tokio::time::timeout(Duration::from_secs(40), async {
+            loop {
+                let m = stream.message().await.unwrap().expect("the stream goes on");
+                if !m.svids.is_empty() && m.svids[0].x509_svid != first.svids[0].x509_svid {
+                    return m;
+                }
+            }
+        })
+        .await
+        .expect("a rotated SVID within 40 s (TTL 20 s)");
+        (first, second)
+    });
+    let (a, b) = (&first.svids[0], &second.svids[0]);
+    assert_eq!(a.spiffe_id, "spiffe://example.org/rotating");
+    assert_eq!(b.spiffe_id, a.spiffe_id);
+    assert_ne!(a.tss2_private_key, b.tss2_private_key, "a new key");
+    assert_ne!(a.key_auth, b.key_auth, "a new authorization value");
+    assert_eq!(b.key_auth.len(), 32);
+    // The agent lets go of the TPM; each key signs only with its own value.
+    let mut agent = agent;
+    agent.stop();
+    let tpm_handle = std::sync::Arc::new(
+        tessera_tpm::Tpm::open_with(tessera_tpm::Backend::Native, &tpm.tcti.parse().unwrap())
+            .unwrap(),
+    );
+    for (svid, other) in [(a, b), (b, a)] {
+        let own = tessera_tpm::TpmWorkloadKey::from_tss2_pem(
+            tpm_handle.clone(),
+            svid.tss2_private_key.as_bytes(),
+            zeroize::Zeroizing::new(svid.key_auth.clone()),
+        )
+        .unwrap();
+        own.sign_default(b"mine").expect("signs with its own value");
+        let crossed = tessera_tpm::TpmWorkloadKey::from_tss2_pem(
+            tpm_handle.clone(),
+            svid.tss2_private_key.as_bytes(),
+            zeroize::Zeroizing::new(other.key_auth.clone()),
+        )
+        .unwrap();
+        let err = crossed.sign_default(b"not mine").unwrap_err();
+        assert!(err.to_string().contains("TPM2_Sign"), "{err}");
+        // The leaf is for this key.
+        let leaf = tessera_core::x509::split_concatenated(&svid.x509_svid).unwrap();
+        let info = tessera_core::x509::cert_info(&leaf[0]).unwrap();
+        assert_eq!(info.public_key_der, own.public_key_der());
+    }
 }
