@@ -23,6 +23,8 @@
 //! TPM commands run one at a time (the device is behind one mutex), so handshakes
 //! on one key are serialised at the TPM: a few milliseconds each.
 
+#![warn(missing_docs)]
+
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
