@@ -672,6 +672,41 @@ mod tests {
         assert_eq!(next_expiry(&snap, &sels, NOW), None);
     }
 
+    /// Entries whose key is in the TPM are never served here; a workload that has
+    /// only those is told which service serves them.
+    #[test]
+    fn tpm_key_entries_are_left_to_their_service() {
+        let (mut snap, sels) = snapshot(NOW + 10, NOW + 20);
+        let mut e2 = (*snap.entries[1]).clone();
+        e2.workload_key = WorkloadKey::Tpm;
+        let e2 = Arc::new(e2);
+        snap.entries[1] = e2.clone();
+        snap.svids.insert("e2".into(), svid(&e2, NOW + 20));
+        // Both kinds: the software SVID only.
+        let r = x509_response(&snap, &sels, NOW).unwrap().unwrap();
+        assert_eq!(ids(&r), ["spiffe://example.org/one"]);
+        // Only the TPM-held one: refused, naming the service.
+        let only_tpm: SelectorSet = [Selector::new("unix", "gid:1000").unwrap()]
+            .into_iter()
+            .collect();
+        let err = x509_response(&snap, &only_tpm, NOW).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            err.message()
+                .contains("tessera.local.v1.TpmWorkloadKeys/FetchTpmX509SVID")
+                && err.message().contains("spiffe://example.org/two"),
+            "{}",
+            err.message()
+        );
+        // And the service refuses a workload that has no TPM-held entry.
+        let only_software: SelectorSet = [Selector::new("unix", "uid:1000").unwrap()]
+            .into_iter()
+            .collect();
+        let err = super::super::tpm_keys::tpm_response(&snap, &only_software, NOW).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.message().contains("FetchX509SVID"), "{}", err.message());
+    }
+
     #[test]
     fn times_read_as_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
