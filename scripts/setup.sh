@@ -47,6 +47,10 @@ test_packages=(
     prometheus
     # The systemd workload attestor's tests talk D-Bus to a real dbus-daemon.
     dbus-daemon
+    # The referee for TPM-held workload keys: OpenSSL's tpm2 provider loads the
+    # agent's TSS2 key files, through tpm2-abrmd (TLS needs a resource manager;
+    # swtpm-tests/tests/tpm_workload_keys.rs).
+    tpm2-openssl tpm2-abrmd libtss2-tcti-tabrmd0
 )
 
 tests=false

@@ -6,9 +6,47 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use tessera_core::clock::{SharedClock, SystemClock};
-use tessera_core::key::SoftwareKey;
-use tessera_core::{Bundle, RegistrationEntry, SelectorSet, TrustDomain};
+use tessera_core::key::{Key, SoftwareKey};
+use tessera_core::{Bundle, RegistrationEntry, SelectorSet, TrustDomain, WorkloadKey};
+use tessera_tpm::TpmWorkloadKey;
 use tokio::sync::watch;
+
+/// The key of an X509-SVID: where it was born decides how it is served.
+#[derive(Debug, Clone)]
+pub enum SvidKey {
+    /// A software key, served as PKCS#8 by the SPIFFE Workload API.
+    Software(Arc<SoftwareKey>),
+    /// A key in the agent's TPM (entry `workload_key = tpm`): the blob and its
+    /// authorization value (zeroized on drop), served as a TSS2 key file by
+    /// `tessera.local.v1.TpmWorkloadKeys` only.
+    Tpm(Arc<TpmWorkloadKey>),
+}
+
+impl SvidKey {
+    /// The key, to sign CSRs with.
+    pub fn as_key(&self) -> Arc<dyn Key> {
+        match self {
+            SvidKey::Software(k) => k.clone(),
+            SvidKey::Tpm(k) => k.clone(),
+        }
+    }
+
+    /// The SubjectPublicKeyInfo, DER.
+    pub fn public_key_der(&self) -> &[u8] {
+        match self {
+            SvidKey::Software(k) => k.public_key_der(),
+            SvidKey::Tpm(k) => k.public_key_der(),
+        }
+    }
+
+    /// Where it lives, as the entry field spells it.
+    pub fn kind(&self) -> WorkloadKey {
+        match self {
+            SvidKey::Software(_) => WorkloadKey::Software,
+            SvidKey::Tpm(_) => WorkloadKey::Tpm,
+        }
+    }
+}
 
 /// An X509-SVID held for one entry.
 #[derive(Debug, Clone)]
@@ -16,7 +54,7 @@ pub struct Svid {
     pub entry: Arc<RegistrationEntry>,
     /// DER, leaf first.
     pub chain: Arc<Vec<Vec<u8>>>,
-    pub key: Arc<SoftwareKey>,
+    pub key: SvidKey,
     pub not_before: i64,
     pub not_after: i64,
     /// When to ask for the next one: half-life with jitter.
@@ -55,6 +93,14 @@ impl Snapshot {
     /// The SVIDs the workload is entitled to, in a stable order (entry ID).
     pub fn svids_for(&self, workload: &SelectorSet) -> Vec<&Svid> {
         self.matching_entries(workload)
+            .filter_map(|e| self.svids.get(&e.id))
+            .collect()
+    }
+
+    /// [`Snapshot::svids_for`], of the entries whose key is born as `kind`.
+    pub fn svids_of_kind(&self, workload: &SelectorSet, kind: WorkloadKey) -> Vec<&Svid> {
+        self.matching_entries(workload)
+            .filter(|e| e.workload_key == kind)
             .filter_map(|e| self.svids.get(&e.id))
             .collect()
     }

@@ -358,6 +358,11 @@ pub async fn run(cfg: AgentConfig, token: TokenArgs) -> Result<(), StartupError>
             return Err(e.into());
         }
     };
+    // Workload keys in the TPM (entries with `workload_key = tpm`); set before the
+    // persisted cache, whose TPM-held keys load through it.
+    if let Some(tpm) = tpm.clone() {
+        agent.set_workload_tpm(tpm);
+    }
     // The state directory exists now (Agent::new made it).
     if let Some(store) = crate::persist::SvidStore::open(&data_dir, tpm.as_ref()) {
         agent.set_svid_store(store);

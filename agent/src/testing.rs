@@ -180,6 +180,17 @@ impl FakeServer {
 
     /// Registers an entry (a new revision) for `path` with `selectors`.
     pub(crate) fn add_entry(&self, entry_id: &str, path: &str, selectors: &[&str]) {
+        self.add_entry_keyed(entry_id, path, selectors, Default::default());
+    }
+
+    /// [`Self::add_entry`] whose key is born as `workload_key` says.
+    pub(crate) fn add_entry_keyed(
+        &self,
+        entry_id: &str,
+        path: &str,
+        selectors: &[&str],
+        workload_key: tessera_core::WorkloadKey,
+    ) {
         let mut st = self.state();
         st.revision += 1;
         let e = RegistrationEntry {
@@ -200,6 +211,7 @@ impl FakeServer {
             expires_at: 0,
             revision_number: st.revision,
             created_at: 0,
+            workload_key,
         };
         st.entries.insert(entry_id.into(), e);
     }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::selector::Selector;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
+pub use crate::workload_key::WorkloadKey;
 
 /// The path of the server's own ID; entries parented to it are node aliases.
 pub const SERVER_PATH: &str = "/spire/server";
@@ -101,6 +102,9 @@ pub struct RegistrationEntry {
     /// Unix seconds.
     #[serde(default)]
     pub created_at: i64,
+    /// Where the X509-SVID's key is born (Tessera's own field; software when absent).
+    #[serde(default)]
+    pub workload_key: WorkloadKey,
 }
 
 /// Why an entry cannot be stored.
@@ -236,6 +240,7 @@ mod tests {
             expires_at: 0,
             revision_number: 0,
             created_at: 0,
+            workload_key: WorkloadKey::Software,
         }
     }
 

@@ -21,6 +21,7 @@ pub mod pem;
 pub mod selector;
 pub mod spiffe_id;
 pub mod tls;
+pub mod workload_key;
 pub mod x509;
 
 pub use bundle::{Bundle, JwtAuthority};
@@ -28,3 +29,4 @@ pub use clock::{Clock, SharedClock, SystemClock};
 pub use entry::RegistrationEntry;
 pub use selector::{Selector, SelectorSet};
 pub use spiffe_id::{SpiffeId, TrustDomain};
+pub use workload_key::WorkloadKey;

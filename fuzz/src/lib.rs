@@ -32,6 +32,7 @@ pub mod selector;
 pub mod spiffe_id;
 pub mod tpm_attestation;
 pub mod tpm_wire;
+pub mod tss2_key;
 
 mod h2_judge;
 
@@ -53,6 +54,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("spiffe_id", spiffe_id::run),
     ("tpm_attestation", tpm_attestation::run),
     ("tpm_wire", tpm_wire::run),
+    ("tss2_key", tss2_key::run),
 ];
 
 /// Splits fuzzer bytes into a selector byte and the rest, for targets that

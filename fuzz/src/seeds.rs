@@ -27,6 +27,7 @@ pub fn all() -> Vec<Seed> {
     selector(&mut out);
     spiffe_id(&mut out);
     tpm_seeds(&mut out);
+    tss2_seeds(&mut out);
     out
 }
 
@@ -476,4 +477,29 @@ fn tpm_seeds(out: &mut Vec<Seed>) {
 
 fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("a payload serialises")
+}
+
+/// A TSS2 key file as the agent writes them (the DevID fixture's public area, a
+/// made-up private part), as DER and as PEM, with and without an auth value.
+fn tss2_seeds(out: &mut Vec<Seed>) {
+    let t = tpm();
+    let blob = tessera_tpm::KeyBlob {
+        public: t.devid.public.clone(),
+        private: (0u8..=199).collect(),
+    };
+    for (name, has_auth) in [("auth", true), ("no-auth", false)] {
+        let key = tessera_tpm::tss2::Tss2Key::under_owner(blob.clone(), has_auth);
+        add(
+            out,
+            "tss2_key",
+            &format!("{name}.der"),
+            with_mode(0, &key.to_der()),
+        );
+        add(
+            out,
+            "tss2_key",
+            &format!("{name}.pem"),
+            with_mode(1, key.to_pem().as_bytes()),
+        );
+    }
 }

@@ -107,4 +107,5 @@ replay_tests!(
     spiffe_id,
     tpm_attestation,
     tpm_wire,
+    tss2_key,
 );

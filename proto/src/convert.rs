@@ -1,7 +1,9 @@
 //! Conversions between wire messages and core types, shared by the server and the
 //! agent. Everything that comes in is validated; errors name the field.
 
-use tessera_core::{Bundle, JwtAuthority, RegistrationEntry, Selector, SpiffeId, TrustDomain};
+use tessera_core::{
+    Bundle, JwtAuthority, RegistrationEntry, Selector, SpiffeId, TrustDomain, WorkloadKey,
+};
 
 use crate::types as pb;
 
@@ -21,6 +23,11 @@ pub fn entry_to_proto(e: &RegistrationEntry) -> pb::Entry {
         expires_at: e.expires_at,
         revision_number: e.revision_number,
         created_at: e.created_at,
+        workload_key: if e.workload_key.is_software() {
+            String::new()
+        } else {
+            e.workload_key.to_string()
+        },
     }
 }
 
@@ -40,6 +47,7 @@ pub fn entry_from_proto(p: pb::Entry) -> Result<RegistrationEntry, String> {
         .map(|s| TrustDomain::new(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("federates_with: {e}"))?;
+    let workload_key = WorkloadKey::from_wire(&p.workload_key).map_err(|e| e.to_string())?;
     Ok(RegistrationEntry {
         id: p.id,
         spiffe_id,
@@ -55,6 +63,7 @@ pub fn entry_from_proto(p: pb::Entry) -> Result<RegistrationEntry, String> {
         expires_at: p.expires_at,
         revision_number: p.revision_number,
         created_at: p.created_at,
+        workload_key,
     })
 }
 
@@ -128,8 +137,24 @@ mod tests {
             expires_at: 5,
             revision_number: 9,
             created_at: 1,
+            workload_key: WorkloadKey::Tpm,
         };
+        assert_eq!(entry_to_proto(&e).workload_key, "tpm");
         assert_eq!(entry_from_proto(entry_to_proto(&e)).unwrap(), e);
+        let software = RegistrationEntry {
+            workload_key: WorkloadKey::Software,
+            ..e.clone()
+        };
+        // Software is sent as the empty string, what older peers send and read.
+        assert_eq!(entry_to_proto(&software).workload_key, "");
+        assert_eq!(
+            entry_from_proto(entry_to_proto(&software)).unwrap(),
+            software
+        );
+        let mut bad = entry_to_proto(&e);
+        bad.workload_key = "hsm".into();
+        let err = entry_from_proto(bad).unwrap_err();
+        assert!(err.contains("workload_key \"hsm\""), "{err}");
         let mut bad = entry_to_proto(&e);
         bad.selectors = vec!["nocolon".into()];
         assert!(entry_from_proto(bad).unwrap_err().starts_with("selector:"));

@@ -431,6 +431,7 @@ pub(crate) mod tests {
             expires_at: 0,
             revision_number: 1,
             created_at: 0,
+            workload_key: Default::default(),
         }
     }
 

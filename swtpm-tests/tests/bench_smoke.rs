@@ -286,3 +286,35 @@ fn edge_runs_in_quick_mode() {
         None => assert_eq!(r["cold_start_native_ms"], "native: not built in", "{r}"),
     }
 }
+
+/// `tpm-workload-keys` in quick mode (not in `all --vs-spire`: SPIRE has no
+/// TPM-held workload keys to compare with): every figure is there and positive.
+#[test]
+fn tpm_workload_keys_runs_in_quick_mode() {
+    let dir = tessera_swtpm_tests::test_dir("bench-tpm-keys");
+    let json = dir.path().join("tpm.json");
+    let out = Command::new(tessera_swtpm_tests::bin("tessera-bench"))
+        .args(["--quick", "tpm-workload-keys", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tessera-bench tpm-workload-keys failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let r = &doc["results"]["tpm-workload-keys"];
+    for k in [
+        "cold_start_ms",
+        "rotate_ms",
+        "key_and_csr_native_ms",
+        "key_and_csr_esapi_ms",
+    ] {
+        let v = r[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("tpm-workload-keys: {k} missing in {r}"));
+        assert!(v > 0.0, "tpm-workload-keys: {k} = {v}");
+    }
+}

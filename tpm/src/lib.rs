@@ -67,8 +67,10 @@ pub mod attestation;
 pub mod device;
 pub mod factory;
 pub mod provision;
+pub mod tss2;
 pub mod verifier;
 pub mod wire;
+pub mod workload;
 
 pub use attestation::{AgentOptions, AttestError, NodeAttestation};
 pub use device::keys::{TpmKey, TpmKeyManager};
@@ -76,3 +78,4 @@ pub use device::tcti::Tcti;
 pub use device::{Backend, DeviceError, KeyBlob, Tpm, TpmDevice};
 /// The EK and AK kinds, at the paths the agent's configuration names them by.
 pub use verifier::{ak, ek};
+pub use workload::TpmWorkloadKey;

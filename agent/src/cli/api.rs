@@ -33,7 +33,9 @@ pub enum FetchCommand {
     X509 {
         #[command(flatten)]
         socket: SocketArg,
-        /// Write svid.N.pem, svid.N.key and bundle.N.pem into this directory.
+        /// Write svid.N.pem, svid.N.key and bundle.N.pem into this directory; for
+        /// an SVID whose key is in the agent's TPM, svid.N.tss2.key (TSS2 PRIVATE
+        /// KEY) and svid.N.auth (its authorization value) instead of svid.N.key.
         #[arg(long)]
         write: Option<PathBuf>,
     },
@@ -68,7 +70,7 @@ type WorkloadClient = SpiffeWorkloadApiClient<
     >,
 >;
 
-fn add_header(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+pub(super) fn add_header(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
     req.metadata_mut().insert(
         tessera_proto::WORKLOAD_HEADER,
         tonic::metadata::MetadataValue::from_static("true"),
@@ -98,13 +100,43 @@ async fn workload_client(path: &Path) -> Result<WorkloadClient, CliError> {
 pub async fn execute(command: ApiCommand) -> Result<(), CliError> {
     match command {
         ApiCommand::Fetch(FetchCommand::X509 { socket, write }) => {
-            let mut c = workload_client(&socket.resolve()?).await?;
+            let path = socket.resolve()?;
+            let mut c = workload_client(&path).await?;
             let start = Instant::now();
-            let mut stream = c.fetch_x509svid(pb::X509svidRequest {}).await?.into_inner();
-            let resp = stream.message().await?.ok_or(CliError::NoAnswer)?;
+            // Software keys from the Workload API; keys in the agent's TPM from
+            // Tessera's own service (the Workload API refuses a workload that has
+            // only those with FailedPrecondition).
+            let resp = match c.fetch_x509svid(pb::X509svidRequest {}).await {
+                Ok(stream) => Some(
+                    stream
+                        .into_inner()
+                        .message()
+                        .await?
+                        .ok_or(CliError::NoAnswer)?,
+                ),
+                Err(s) if s.code() == tonic::Code::FailedPrecondition => None,
+                Err(s) => return Err(s.into()),
+            };
+            let tpm = super::api_tpm::fetch(&path).await?;
+            if resp.is_none() && tpm.is_none() {
+                return Err(CliError::NoAnswer);
+            }
+            let resp = resp.unwrap_or_default();
             match write {
-                Some(dir) => write_x509(&resp, &dir)?,
-                None => tessera_process::output::print(&x509_text(&resp, start.elapsed())),
+                Some(dir) => {
+                    let mut files = x509_files(&resp);
+                    if let Some(t) = &tpm {
+                        files.extend(super::api_tpm::tpm_files(t, resp.svids.len()));
+                    }
+                    write_files(files, &dir)?;
+                }
+                None => {
+                    let mut text = x509_text(&resp, start.elapsed());
+                    if let Some(t) = &tpm {
+                        text.push_str(&super::api_tpm::tpm_text(t));
+                    }
+                    tessera_process::output::print(&text);
+                }
             }
         }
         ApiCommand::Fetch(FetchCommand::Jwt {
@@ -252,13 +284,13 @@ pub fn x509_files(resp: &pb::X509svidResponse) -> Vec<OutFile> {
     files
 }
 
-fn write_x509(resp: &pb::X509svidResponse, dir: &Path) -> Result<(), CliError> {
+fn write_files(files: Vec<OutFile>, dir: &Path) -> Result<(), CliError> {
     let failed = |p: &Path| {
         let path = p.display().to_string();
         move |source| CliError::Write { path, source }
     };
     tessera_process::fs::ensure_dir(dir, 0o755).map_err(failed(dir))?;
-    for f in x509_files(resp) {
+    for f in files {
         let p = dir.join(&f.name);
         tessera_process::fs::write_atomic(&p, &f.data, f.mode).map_err(failed(&p))?;
         tessera_process::output::print(&format!("Writing {}\n", p.display()));

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod api;
+pub mod api_tpm;
 pub mod healthcheck;
 pub mod run;
 pub mod tpm;

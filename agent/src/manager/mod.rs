@@ -169,9 +169,21 @@ pub struct Agent {
     metrics: Arc<crate::metrics::AgentMetrics>,
     /// The persisted SVID cache, when turned on (`persisted`).
     svid_store: std::sync::OnceLock<crate::persist::SvidStore>,
+    /// The TPM workload keys are made in (entries with `workload_key = tpm`).
+    workload_tpm: std::sync::OnceLock<Arc<tessera_tpm::Tpm>>,
 }
 
 impl Agent {
+    /// Makes keys of entries with `workload_key = tpm` in `tpm` (the agent's TPM);
+    /// without it such entries get no SVID and their failure is reported.
+    pub fn set_workload_tpm(&self, tpm: Arc<tessera_tpm::Tpm>) {
+        let _ = self.workload_tpm.set(tpm);
+    }
+
+    pub(crate) fn workload_tpm(&self) -> Option<Arc<tessera_tpm::Tpm>> {
+        self.workload_tpm.get().cloned()
+    }
+
     /// Resumes from the state directory, or attests (see [`Agent::establish`]).
     pub async fn start(
         cfg: AgentConfig,
@@ -250,6 +262,7 @@ impl Agent {
             jwt_gate,
             metrics: crate::metrics::AgentMetrics::new(),
             svid_store: std::sync::OnceLock::new(),
+            workload_tpm: std::sync::OnceLock::new(),
         }))
     }
 

@@ -8,12 +8,14 @@
 
 use std::sync::Arc;
 
-use tessera_core::key::{Key as _, SoftwareKey};
+use tessera_core::key::SoftwareKey;
 use tessera_core::{Bundle, TrustDomain};
+use tessera_tpm::TpmWorkloadKey;
+use zeroize::Zeroizing;
 
 use super::Agent;
 use super::svids::{SyncState, check_svid};
-use crate::cache::Svid;
+use crate::cache::{Svid, SvidKey};
 use crate::persist::SvidStore;
 use crate::persist::record::{CacheRecord, KeyRecord, SvidRecord, VERSION};
 
@@ -34,8 +36,14 @@ impl Agent {
             .map(|s| SvidRecord {
                 entry: (*s.entry).clone(),
                 chain: (*s.chain).clone(),
-                key: KeyRecord::Software {
-                    pkcs8: s.key.pkcs8_der().to_vec(),
+                key: match &s.key {
+                    SvidKey::Software(k) => KeyRecord::Software {
+                        pkcs8: k.pkcs8_der().to_vec(),
+                    },
+                    SvidKey::Tpm(k) => KeyRecord::Tpm {
+                        tss2_pem: k.tss2_pem().into_bytes(),
+                        auth: k.auth().to_vec(),
+                    },
                 },
                 not_before: s.not_before,
                 not_after: s.not_after,
@@ -70,7 +78,7 @@ impl Agent {
         let (mut restored, mut dropped) = (0usize, Vec::new());
         for r in record.svids {
             let id = r.entry.id.clone();
-            match restore_one(r, &bundle, now) {
+            match restore_one(r, &bundle, now, self.workload_tpm()) {
                 Ok(svid) => {
                     st.entries.insert(id.clone(), svid.entry.clone());
                     st.svids.insert(id, svid);
@@ -104,13 +112,22 @@ impl Agent {
     }
 }
 
-fn restore_one(r: SvidRecord, bundle: &Bundle, now: std::time::SystemTime) -> Result<Svid, String> {
+fn restore_one(
+    r: SvidRecord,
+    bundle: &Bundle,
+    now: std::time::SystemTime,
+    tpm: Option<Arc<tessera_tpm::Tpm>>,
+) -> Result<Svid, String> {
     let key = match &r.key {
-        KeyRecord::Software { pkcs8 } => {
-            SoftwareKey::from_pkcs8(pkcs8).map_err(|e| format!("its key is unusable: {e}"))?
-        }
-        KeyRecord::Tpm { .. } => {
-            return Err("its key is TPM-held, which this agent does not restore".into());
+        KeyRecord::Software { pkcs8 } => SvidKey::Software(Arc::new(
+            SoftwareKey::from_pkcs8(pkcs8).map_err(|e| format!("its key is unusable: {e}"))?,
+        )),
+        KeyRecord::Tpm { tss2_pem, auth } => {
+            let tpm = tpm.ok_or("its key is TPM-held and this agent has no TPM configured")?;
+            SvidKey::Tpm(Arc::new(
+                TpmWorkloadKey::from_tss2_pem(tpm, tss2_pem, Zeroizing::new(auth.clone()))
+                    .map_err(|e| format!("its TPM key file is unusable: {e}"))?,
+            ))
         }
     };
     let (not_before, not_after) = check_svid(
@@ -124,7 +141,7 @@ fn restore_one(r: SvidRecord, bundle: &Bundle, now: std::time::SystemTime) -> Re
     Ok(Svid {
         entry: Arc::new(r.entry),
         chain: Arc::new(r.chain.clone()),
-        key: Arc::new(key),
+        key,
         not_before,
         not_after,
         rotate_at: r.rotate_at,

@@ -8,15 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rand::Rng;
-use tessera_core::failure::Failure;
-use tessera_core::key::{Key, KeyError, SoftwareKey};
+use tessera_core::key::SoftwareKey;
 use tessera_core::x509;
-use tessera_core::{Bundle, RegistrationEntry, SpiffeId, TrustDomain};
+use tessera_core::{Bundle, RegistrationEntry, SpiffeId, TrustDomain, WorkloadKey};
 use tessera_proto::agent as pb;
 use tokio::time::Instant;
 
 use super::{Agent, AgentError, Op};
-use crate::cache::{Snapshot, Svid};
+use crate::cache::{Snapshot, Svid, SvidKey};
 use crate::protocol::sync::{Round, SyncHolder};
 use crate::retry::Backoff;
 
@@ -300,22 +299,20 @@ impl Agent {
         let mut out = MintOutcome::default();
         for chunk in due.chunks(BATCH) {
             let kt = self.cfg.workload_key_type;
+            let tpm = self.workload_tpm();
             let chunk_owned: Vec<Arc<RegistrationEntry>> = chunk.to_vec();
+            // Each entry's key on its own: an entry that asks for a TPM key on an
+            // agent without a TPM fails alone.
             let prepared = tokio::task::spawn_blocking(move || {
                 chunk_owned
                     .into_iter()
                     .map(|e| {
-                        let key = Arc::new(SoftwareKey::generate(kt)?);
-                        let dyn_key: Arc<dyn Key> = key.clone();
-                        let csr = x509::build_csr(&dyn_key)
-                            .map_err(|e| KeyError::Backend(Failure::caused_by(e.to_string(), e)))?;
-                        Ok((e, key, csr))
+                        let made = make_key(&e, kt, tpm.as_ref());
+                        (e, made)
                     })
-                    .collect::<Result<Vec<_>, KeyError>>()
+                    .collect::<Vec<_>>()
             })
-            .await
-            .map_err(|e| AgentError::Internal(e.to_string()))
-            .and_then(|r| r.map_err(AgentError::from));
+            .await;
             let prepared = match prepared {
                 Ok(p) => p,
                 Err(e) => {
@@ -323,6 +320,20 @@ impl Agent {
                     continue;
                 }
             };
+            let mut ready = Vec::with_capacity(prepared.len());
+            for (entry, made) in prepared {
+                match made {
+                    Ok((key, csr)) => ready.push((entry, key, csr)),
+                    Err(why) => {
+                        tracing::debug!(entry = %entry.id, spiffe_id = %entry.spiffe_id, "no workload key: {why}");
+                        out.failed.push((entry, why));
+                    }
+                }
+            }
+            if ready.is_empty() {
+                continue;
+            }
+            let prepared = ready;
             let requests = prepared
                 .iter()
                 .map(|(e, _, csr)| pb::SvidRequest {
@@ -407,6 +418,31 @@ impl Agent {
     }
 }
 
+/// A fresh key for `entry` and its CSR: in the TPM when the entry asks for it
+/// (`workload_key = tpm`), which needs the agent's TPM.
+fn make_key(
+    entry: &RegistrationEntry,
+    kt: tessera_core::key::KeyType,
+    tpm: Option<&Arc<tessera_tpm::Tpm>>,
+) -> Result<(SvidKey, Vec<u8>), String> {
+    let key = match entry.workload_key {
+        WorkloadKey::Software => SvidKey::Software(Arc::new(
+            SoftwareKey::generate(kt).map_err(|e| format!("cannot make a workload key: {e}"))?,
+        )),
+        WorkloadKey::Tpm => {
+            let tpm = tpm.ok_or_else(|| {
+                "the entry asks for a key in the TPM (workload_key = tpm), but this agent has no TPM configured (a tpm_devid or tpm_ek node attestor, or key_manager tpm)".to_owned()
+            })?;
+            SvidKey::Tpm(Arc::new(
+                tessera_tpm::TpmWorkloadKey::generate(tpm.clone(), kt)
+                    .map_err(|e| format!("cannot make a workload key in the TPM: {e}"))?,
+            ))
+        }
+    };
+    let csr = x509::build_csr(&key.as_key()).map_err(|e| format!("cannot sign the CSR: {e}"))?;
+    Ok((key, csr))
+}
+
 /// Checks an SVID the server sent, at `now`: leaf profile, SPIFFE ID, key, chain to
 /// the bundle.
 pub(super) fn check_svid(
@@ -488,7 +524,9 @@ mod tests {
         Svid {
             entry: e.clone(),
             chain: Arc::new(vec![vec![0]]),
-            key: Arc::new(SoftwareKey::generate(tessera_core::key::KeyType::EcP256).unwrap()),
+            key: SvidKey::Software(Arc::new(
+                SoftwareKey::generate(tessera_core::key::KeyType::EcP256).unwrap(),
+            )),
             not_before: rotate_at - 100,
             not_after: rotate_at + 100,
             rotate_at,

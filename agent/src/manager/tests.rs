@@ -203,6 +203,29 @@ async fn a_refused_entry_backs_off_alone() {
     assert!(snap.svids.contains_key("bad") && snap.svids.contains_key("good"));
 }
 
+/// An entry that asks for a key in the TPM, on an agent without a TPM: nothing is
+/// asked of the server for it and nothing is issued; the other entries are served.
+#[tokio::test(start_paused = true)]
+async fn a_tpm_key_entry_without_a_tpm_fails_alone() {
+    let w = world(true);
+    w.server.add_entry("good", "/good", &["unix:uid:1000"]);
+    w.server.add_entry_keyed(
+        "in-tpm",
+        "/in-tpm",
+        &["unix:uid:1001"],
+        tessera_core::WorkloadKey::Tpm,
+    );
+    w.agent.establish().await.unwrap();
+    w.agent.sync_once().await.unwrap();
+    w.agent.sign_due().await;
+    assert_eq!(w.server.state().asked, ["good"]);
+    assert_eq!(w.server.state().signed, ["good"]);
+    let snap = w.agent.cache.snapshot();
+    assert!(snap.svids.contains_key("good") && !snap.svids.contains_key("in-tpm"));
+    // It is retried with backoff, like any entry that could not be signed.
+    assert!(w.agent.next_signing().await.is_some());
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_evicted_agent_attests_again() {
     let w = world(true);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures::Stream;
 use prost::Message;
 use tessera_core::clock::SharedClock;
-use tessera_core::{SelectorSet, SpiffeId, TrustDomain};
+use tessera_core::{SelectorSet, SpiffeId, TrustDomain, WorkloadKey};
 use tessera_proto::workload as pb;
 use tessera_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use tokio::sync::mpsc;
@@ -26,7 +26,7 @@ use super::source::IdentitySource;
 use crate::cache::{Snapshot, Svid};
 use crate::manager::Agent;
 
-type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub(super) type Out<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Rejects calls without the `workload.spiffe.io: true` metadata (a browser or a
 /// confused proxy cannot add it), as the Workload API standard asks.
@@ -77,7 +77,10 @@ impl WorkloadApi {
 
     /// Attests the caller: the process pinned when it connected, checked unchanged
     /// before and after its selectors are read.
-    async fn attest<T>(&self, req: &Request<T>) -> Result<(SelectorSet, Caller), Status> {
+    pub(super) async fn attest<T>(
+        &self,
+        req: &Request<T>,
+    ) -> Result<(SelectorSet, Caller), Status> {
         let caller = req
             .extensions()
             .get::<Caller>()
@@ -87,15 +90,20 @@ impl WorkloadApi {
         Ok((selectors.into_iter().collect(), caller))
     }
 
-    fn now(&self) -> i64 {
+    /// The source's current snapshot.
+    pub(super) fn source_snapshot(&self) -> Arc<Snapshot> {
+        self.source.snapshot()
+    }
+
+    pub(super) fn now(&self) -> i64 {
         self.clock.unix()
     }
 
-    fn no_identity() -> Status {
+    pub(super) fn no_identity() -> Status {
         Status::permission_denied("no identity issued")
     }
 
-    fn ready(snap: &Snapshot) -> Result<(), Status> {
+    pub(super) fn ready(snap: &Snapshot) -> Result<(), Status> {
         if snap.bundle.is_none() || !snap.synced {
             return Err(Status::unavailable(
                 "the agent is not ready yet (it has not synced with the server)",
@@ -148,7 +156,10 @@ async fn attest_pinned(
 }
 
 /// The trust domains a workload's entries federate with.
-fn federated_for<'a>(snap: &'a Snapshot, selectors: &'a SelectorSet) -> BTreeSet<&'a TrustDomain> {
+pub(super) fn federated_for<'a>(
+    snap: &'a Snapshot,
+    selectors: &'a SelectorSet,
+) -> BTreeSet<&'a TrustDomain> {
     snap.matching_entries(selectors)
         .flat_map(|e| e.federates_with.iter())
         .collect()
@@ -183,7 +194,10 @@ fn x509_response(
     let Some(bundle) = snap.bundle.as_ref() else {
         return Ok(None);
     };
-    let held = snap.svids_for(selectors);
+    if let Some(refusal) = only_tpm_keys(snap, selectors) {
+        return Err(refusal);
+    }
+    let held = snap.svids_of_kind(selectors, WorkloadKey::Software);
     let valid: Vec<&Svid> = held.iter().copied().filter(|s| servable(s, now)).collect();
     if valid.is_empty() {
         return match held.iter().max_by_key(|s| s.not_after) {
@@ -206,7 +220,11 @@ fn x509_response(
         svids.push(pb::X509svid {
             spiffe_id: s.entry.spiffe_id.to_string(),
             x509_svid: s.chain.concat(),
-            x509_svid_key: s.key.pkcs8_der().to_vec(),
+            x509_svid_key: match &s.key {
+                crate::cache::SvidKey::Software(k) => k.pkcs8_der().to_vec(),
+                // Filtered out above: TPM keys are never served here.
+                crate::cache::SvidKey::Tpm(_) => continue,
+            },
             bundle: bundle_der.clone(),
             hint: s.entry.hint.clone(),
         });
@@ -224,6 +242,23 @@ fn x509_response(
         crl: Vec::new(),
         federated_bundles,
     }))
+}
+
+/// The refusal of FetchX509SVID for a workload whose entries all keep their keys
+/// in the TPM: a PKCS#8 key cannot carry them, Tessera's own service does.
+fn only_tpm_keys(snap: &Snapshot, selectors: &SelectorSet) -> Option<Status> {
+    let mut entries = snap.matching_entries(selectors).peekable();
+    let first = entries.peek()?.spiffe_id.clone();
+    if snap
+        .matching_entries(selectors)
+        .all(|e| e.workload_key == WorkloadKey::Tpm)
+    {
+        return Some(Status::failed_precondition(format!(
+            "the X509-SVID of {first} has its key in the agent's TPM (entry workload_key = tpm), which the SPIFFE Workload API cannot carry: fetch it from the service {}/FetchTpmX509SVID on this socket (`tessera-agent api fetch x509` does)",
+            super::tpm_keys::SERVICE
+        )));
+    }
+    None
 }
 
 /// When the next X509-SVID the workload is served stops being servable.
@@ -282,7 +317,7 @@ impl WorkloadApi {
     /// PermissionDenied when the caller has no identity left or its process is no
     /// longer the one that connected (checked before each message), and with the
     /// error `build` gives (Unavailable when every SVID expired).
-    fn stream<T, F>(
+    pub(super) fn stream<T, F>(
         &self,
         caller: Caller,
         selectors: SelectorSet,
@@ -551,6 +586,7 @@ mod tests {
             expires_at: 0,
             revision_number: 1,
             created_at: 0,
+            workload_key: Default::default(),
         })
     }
 
@@ -558,7 +594,9 @@ mod tests {
         Svid {
             entry: e.clone(),
             chain: Arc::new(vec![e.spiffe_id.to_string().into_bytes()]),
-            key: Arc::new(SoftwareKey::generate(KeyType::EcP256).unwrap()),
+            key: crate::cache::SvidKey::Software(Arc::new(
+                SoftwareKey::generate(KeyType::EcP256).unwrap(),
+            )),
             not_before: not_after - 3600,
             not_after,
             rotate_at: not_after - 1800,
@@ -632,6 +670,41 @@ mod tests {
         snap.svids.clear();
         assert!(x509_response(&snap, &sels, NOW).unwrap().is_none());
         assert_eq!(next_expiry(&snap, &sels, NOW), None);
+    }
+
+    /// Entries whose key is in the TPM are never served here; a workload that has
+    /// only those is told which service serves them.
+    #[test]
+    fn tpm_key_entries_are_left_to_their_service() {
+        let (mut snap, sels) = snapshot(NOW + 10, NOW + 20);
+        let mut e2 = (*snap.entries[1]).clone();
+        e2.workload_key = WorkloadKey::Tpm;
+        let e2 = Arc::new(e2);
+        snap.entries[1] = e2.clone();
+        snap.svids.insert("e2".into(), svid(&e2, NOW + 20));
+        // Both kinds: the software SVID only.
+        let r = x509_response(&snap, &sels, NOW).unwrap().unwrap();
+        assert_eq!(ids(&r), ["spiffe://example.org/one"]);
+        // Only the TPM-held one: refused, naming the service.
+        let only_tpm: SelectorSet = [Selector::new("unix", "gid:1000").unwrap()]
+            .into_iter()
+            .collect();
+        let err = x509_response(&snap, &only_tpm, NOW).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            err.message()
+                .contains("tessera.local.v1.TpmWorkloadKeys/FetchTpmX509SVID")
+                && err.message().contains("spiffe://example.org/two"),
+            "{}",
+            err.message()
+        );
+        // And the service refuses a workload that has no TPM-held entry.
+        let only_software: SelectorSet = [Selector::new("unix", "uid:1000").unwrap()]
+            .into_iter()
+            .collect();
+        let err = super::super::tpm_keys::tpm_response(&snap, &only_software, NOW).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.message().contains("FetchX509SVID"), "{}", err.message());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tessera_process::limits::{ConnLimiter, Guarded, StreamTrackingLayer};
 use tessera_proto::local::agent_health_server::{AgentHealth, AgentHealthServer};
+use tessera_proto::local::tpm_workload_keys_server::TpmWorkloadKeysServer;
 use tessera_proto::local::{HealthCheckRequest, HealthCheckResponse};
 use tessera_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tokio::net::UnixListener;
@@ -17,6 +18,7 @@ pub mod api;
 pub mod authority;
 pub mod closing;
 pub mod peer;
+pub mod tpm_keys;
 pub mod trim;
 
 // The seams the Workload API plugs into: who the caller is, and what it may have.
@@ -195,6 +197,10 @@ pub async fn serve(
         .layer(closing)
         .add_service(SpiffeWorkloadApiServer::with_interceptor(
             api::WorkloadApi::for_agent(agent.clone()),
+            api::check_security_header,
+        ))
+        .add_service(TpmWorkloadKeysServer::with_interceptor(
+            tpm_keys::TpmKeysApi::new(api::WorkloadApi::for_agent(agent.clone())),
             api::check_security_header,
         ))
         .add_service(AgentHealthServer::new(Health { agent }))

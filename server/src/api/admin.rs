@@ -326,6 +326,7 @@ impl Admin for AdminApi {
                 expires_at: 0,
                 revision_number: 0,
                 created_at: 0,
+                workload_key: Default::default(),
             };
             self.validate(&e)?;
             Some(e)

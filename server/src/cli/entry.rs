@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use tessera_core::duration::parse_duration;
-use tessera_core::{RegistrationEntry, SpiffeId};
+use tessera_core::{RegistrationEntry, SpiffeId, WorkloadKey};
 use tessera_proto::admin as pb;
 use tessera_proto::admin::admin_client::AdminClient;
 use tessera_proto::types as tpb;
@@ -50,6 +50,15 @@ pub struct EntryFields {
     /// Unix time after which the entry no longer applies.
     #[arg(long)]
     entry_expiry: Option<i64>,
+    /// Where the X509-SVID key is born: software (default) or tpm (in the agent's
+    /// TPM, served by the tessera.local.v1.TpmWorkloadKeys service only).
+    #[arg(long, value_name = "software|tpm", value_parser = parse_workload_key)]
+    workload_key: Option<WorkloadKey>,
+}
+
+fn parse_workload_key(s: &str) -> Result<WorkloadKey, String> {
+    s.parse()
+        .map_err(|e: tessera_core::workload_key::BadWorkloadKey| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +167,13 @@ impl EntryFields {
         if let Some(x) = self.entry_expiry {
             e.expires_at = x;
         }
+        if let Some(k) = self.workload_key {
+            e.workload_key = if k.is_software() {
+                String::new()
+            } else {
+                k.to_string()
+            };
+        }
         Ok(())
     }
 
@@ -175,6 +191,7 @@ impl EntryFields {
             && self.downstream.is_none()
             && self.hint.is_none()
             && self.entry_expiry.is_none()
+            && self.workload_key.is_none()
     }
 
     /// `spiffe://<td>/spire/server` for `--node`, from the entry's own trust domain.
@@ -364,6 +381,9 @@ pub fn entry_text(e: &tpb::Entry) -> String {
     if !e.hint.is_empty() {
         line("Hint", &e.hint);
     }
+    if !e.workload_key.is_empty() {
+        line("Workload key", &e.workload_key);
+    }
     out.push('\n');
     out
 }
@@ -533,5 +553,41 @@ mod tests {
         f.apply(&mut e, false, None).unwrap();
         assert_eq!(e.spiffe_id, "spiffe://td/n");
         assert_eq!((e.hint.as_str(), e.x509_svid_ttl), ("h", 3600));
+        assert_eq!(e.workload_key, "");
+    }
+
+    #[test]
+    fn workload_key_is_set_shown_and_checked() {
+        let mut e = entry();
+        let parse = |args: &[&str]| {
+            #[derive(clap::Parser)]
+            struct P {
+                #[command(flatten)]
+                f: EntryFields,
+            }
+            let mut argv = vec!["x"];
+            argv.extend_from_slice(args);
+            <P as clap::Parser>::try_parse_from(argv).map(|p| p.f)
+        };
+        parse(&["--workload-key", "tpm"])
+            .unwrap()
+            .apply(&mut e, false, None)
+            .unwrap();
+        assert_eq!(e.workload_key, "tpm");
+        assert!(entry_text(&e).contains("Workload key     : tpm\n"));
+        let json = entry_json(&e).unwrap();
+        assert_eq!(json["workload_key"], "tpm");
+        // Back to software: the wire's empty default, and not shown.
+        parse(&["--workload-key", "software"])
+            .unwrap()
+            .apply(&mut e, false, None)
+            .unwrap();
+        assert_eq!(e.workload_key, "");
+        assert!(!entry_text(&e).contains("Workload key"));
+        let err = parse(&["--workload-key", "hsm"]).unwrap_err().to_string();
+        assert!(
+            err.contains("\"hsm\" is not one of: software, tpm"),
+            "{err}"
+        );
     }
 }

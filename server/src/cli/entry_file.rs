@@ -6,6 +6,7 @@
 //!   with `spiffe_id` and `parent_id` as URIs, `selectors` as `[{"type", "value"}]`,
 //!   `x509_svid_ttl` (or the older `ttl`), `jwt_svid_ttl`, `federates_with`,
 //!   `entry_id`, `admin`, `downstream`, `entryExpiry`, `dns_names`, `hint`;
+//!   Tessera's own `workload_key` (`software` or `tpm`) is read too;
 //! - what `spire-server entry show -output json` prints: `{"entries": [...],
 //!   "next_page_token": ""}`, each entry with `id`, `spiffe_id` and `parent_id` as
 //!   `{"trust_domain", "path"}`, `expires_at`, and its 64-bit numbers as JSON
@@ -161,6 +162,9 @@ struct FileEntry {
     dns_names: Vec<String>,
     #[serde(default)]
     hint: String,
+    /// Tessera's own (`software` or `tpm`); SPIRE's files have none.
+    #[serde(default)]
+    workload_key: String,
     #[serde(default)]
     store_svid: bool,
     #[serde(default)]
@@ -256,6 +260,7 @@ impl FileEntry {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
+        tessera_core::WorkloadKey::from_wire(&self.workload_key).map_err(|e| e.to_string())?;
         Ok(tpb::Entry {
             id,
             spiffe_id,
@@ -272,6 +277,7 @@ impl FileEntry {
             dns_names: self.dns_names,
             hint: self.hint,
             expires_at,
+            workload_key: self.workload_key,
             ..Default::default()
         })
     }
@@ -512,6 +518,7 @@ mod tests {
                 expires_at: 1_900_000_000,
                 revision_number: 0,
                 created_at: 0,
+                workload_key: String::new(),
             }
         );
         let errs: Vec<String> = got[2..].iter().map(|r| r.clone().unwrap_err()).collect();
@@ -594,6 +601,7 @@ mod tests {
                 expires_at: 1_900_000_000,
                 revision_number: 0,
                 created_at: 0,
+                workload_key: String::new(),
             }
         );
         let plain = got[1].as_ref().unwrap();

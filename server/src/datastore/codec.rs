@@ -355,6 +355,7 @@ mod tests {
             expires_at: 0,
             revision_number: 0,
             created_at: 0,
+            workload_key: Default::default(),
         }
     }
 
@@ -381,6 +382,26 @@ mod tests {
         let mut c = entry("c");
         c.selectors.pop();
         assert_ne!(Identity::of(&a).hash, Identity::of(&c).hash);
+    }
+
+    /// Entries are stored as JSON documents in both datastores, so the workload_key
+    /// field needs no new column: a record written before it existed reads as a
+    /// software key, and a value no server wrote is refused by name.
+    #[test]
+    fn workload_key_is_stored_in_the_entry_record() {
+        let mut e = entry("e1");
+        e.workload_key = tessera_core::WorkloadKey::Tpm;
+        let data = encode_entry(&e).expect("encode");
+        assert!(data.contains(r#""workload_key":"tpm""#), "{data}");
+        assert_eq!(decode_entry("e1", &data).expect("decode"), e);
+        let old = data.replace(r#","workload_key":"tpm""#, "");
+        assert!(!old.contains("workload_key"));
+        let read = decode_entry("e1", &old).expect("decode an older record");
+        assert_eq!(read.workload_key, tessera_core::WorkloadKey::Software);
+        let bad = data.replace(r#""workload_key":"tpm""#, r#""workload_key":"hsm""#);
+        let err = decode_entry("e1", &bad).expect_err("unknown kind");
+        let text = format!("{err} {:?}", std::error::Error::source(&err));
+        assert!(text.contains("entry e1") && text.contains("hsm"), "{text}");
     }
 
     #[test]

@@ -516,13 +516,18 @@ impl EsapiDevice {
         Ok(public)
     }
 
-    fn create_key_once(&mut self, template: &PublicArea) -> Result<KeyBlob, DeviceError> {
+    fn create_key_once(
+        &mut self,
+        template: &PublicArea,
+        auth: &[u8],
+    ) -> Result<KeyBlob, DeviceError> {
         let srk = self.srk()?;
         let public = to_tss_public(template)?;
+        let auth = tss_auth(auth)?;
         let result = self
             .ctx()?
             .execute_with_session(Some(AuthSession::Password), |ctx| {
-                ctx.create(srk, public, None, None, None, None)
+                ctx.create(srk, public, auth, None, None, None)
             })
             .map_err(command("TPM2_Create"))?;
         Ok(KeyBlob {
@@ -609,9 +614,11 @@ impl EsapiDevice {
     fn sign_once(
         &mut self,
         key: &KeyBlob,
+        auth: &[u8],
         digest: &[u8],
         scheme: SigningScheme,
     ) -> Result<Signature, DeviceError> {
+        let auth = tss_auth(auth)?;
         let hash_scheme = HashScheme::new(tss_hash(scheme.hash()));
         let tss_scheme = match scheme {
             SigningScheme::RsaSsa(_) => SignatureScheme::RsaSsa { hash_scheme },
@@ -629,6 +636,11 @@ impl EsapiDevice {
         })
         .map_err(|e| DeviceError::Malformed(format!("hashcheck ticket: {e}")))?;
         let signature = self.with_loaded(key, |dev, handle| {
+            if let Some(auth) = auth {
+                dev.ctx()?
+                    .tr_set_auth(handle.into(), auth)
+                    .map_err(command("Esys_TR_SetAuth"))?;
+            }
             dev.ctx()?
                 .execute_with_session(Some(AuthSession::Password), |ctx| {
                     ctx.sign(handle, digest, tss_scheme, ticket)
@@ -656,7 +668,7 @@ impl TpmDevice for EsapiDevice {
     }
 
     fn create_key(&mut self, template: &PublicArea) -> Result<KeyBlob, DeviceError> {
-        self.recovering(|dev| dev.create_key_once(template))
+        self.recovering(|dev| dev.create_key_once(template, &[]))
     }
 
     fn check_key(&mut self, key: &KeyBlob) -> Result<(), DeviceError> {
@@ -687,7 +699,7 @@ impl TpmDevice for EsapiDevice {
         digest: &[u8],
         scheme: SigningScheme,
     ) -> Result<Signature, DeviceError> {
-        self.recovering(|dev| dev.sign_once(key, digest, scheme))
+        self.recovering(|dev| dev.sign_once(key, &[], digest, scheme))
     }
 
     fn set_hierarchy_auth(&mut self, auth: &HierarchyAuth) -> Result<(), DeviceError> {
@@ -723,6 +735,35 @@ impl TpmDevice for EsapiDevice {
     ) -> Result<Signature, DeviceError> {
         self.recovering(|dev| dev.sign_persistent_once(handle, digest, scheme))
     }
+
+    fn create_key_with_auth(
+        &mut self,
+        template: &PublicArea,
+        auth: &[u8],
+    ) -> Result<KeyBlob, DeviceError> {
+        crate::device::check_auth_value(auth)?;
+        self.recovering(|dev| dev.create_key_once(template, auth))
+    }
+
+    fn sign_with_auth(
+        &mut self,
+        key: &KeyBlob,
+        auth: &[u8],
+        digest: &[u8],
+        scheme: SigningScheme,
+    ) -> Result<Signature, DeviceError> {
+        self.recovering(|dev| dev.sign_once(key, auth, digest, scheme))
+    }
+}
+
+/// An authorization value as tss-esapi takes it; `None` for the empty one.
+fn tss_auth(auth: &[u8]) -> Result<Option<tss_esapi::structures::Auth>, DeviceError> {
+    if auth.is_empty() {
+        return Ok(None);
+    }
+    tss_esapi::structures::Auth::try_from(auth.to_vec())
+        .map(Some)
+        .map_err(|e| DeviceError::Unsupported(format!("authorization value: {e}")))
 }
 
 #[cfg(test)]

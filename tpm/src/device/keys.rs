@@ -33,7 +33,7 @@ impl fmt::Debug for TpmKey {
     }
 }
 
-fn device_error(e: DeviceError) -> KeyError {
+pub(crate) fn device_error(e: DeviceError) -> KeyError {
     match e {
         DeviceError::Unavailable { .. }
         | DeviceError::Interrupted { .. }
@@ -93,7 +93,7 @@ impl TpmKey {
     }
 }
 
-fn tpm_scheme(scheme: SignatureScheme) -> Option<SigningScheme> {
+pub(crate) fn tpm_scheme(scheme: SignatureScheme) -> Option<SigningScheme> {
     let hash = match scheme.hash() {
         HashAlgorithm::Sha256 => HashAlg::Sha256,
         HashAlgorithm::Sha384 => HashAlg::Sha384,
@@ -132,31 +132,39 @@ impl Key for TpmKey {
             .tpm
             .with(|dev| dev.sign(&self.blob, &digest, tpm_scheme))
             .map_err(device_error)?;
-        match (signature, &self.blob.public.params) {
-            (Signature::Ecdsa { r, s, .. }, PublicParams::Ecc { curve, .. }) => {
-                tessera_core::der::ecdsa_parts_to_der(&r, &s, curve.field_size()).map_err(|e| {
-                    KeyError::Backend(Failure::caused_by(format!("TPM's ECDSA signature: {e}"), e))
-                })
-            }
-            (
-                Signature::RsaSsa { sig, .. } | Signature::RsaPss { sig, .. },
-                PublicParams::Rsa { key_bits, .. },
-            ) => {
-                // RSA signatures are as long as the modulus; pad a short one.
-                let len = *key_bits as usize / 8;
-                if sig.len() > len {
-                    return Err(KeyError::Backend(
-                        "TPM returned an oversized RSA signature".into(),
-                    ));
-                }
-                let mut out = vec![0u8; len - sig.len()];
-                out.extend_from_slice(&sig);
-                Ok(out)
-            }
-            _ => Err(KeyError::Backend(
-                "TPM returned a signature of another algorithm".into(),
-            )),
+        signature_der(signature, &self.blob.public)
+    }
+}
+
+/// A TPM signature as the DER (ECDSA) or fixed-length (RSA) bytes X.509 and TLS use.
+pub(crate) fn signature_der(
+    signature: Signature,
+    public: &crate::wire::PublicArea,
+) -> Result<Vec<u8>, KeyError> {
+    match (signature, &public.params) {
+        (Signature::Ecdsa { r, s, .. }, PublicParams::Ecc { curve, .. }) => {
+            tessera_core::der::ecdsa_parts_to_der(&r, &s, curve.field_size()).map_err(|e| {
+                KeyError::Backend(Failure::caused_by(format!("TPM's ECDSA signature: {e}"), e))
+            })
         }
+        (
+            Signature::RsaSsa { sig, .. } | Signature::RsaPss { sig, .. },
+            PublicParams::Rsa { key_bits, .. },
+        ) => {
+            // RSA signatures are as long as the modulus; pad a short one.
+            let len = *key_bits as usize / 8;
+            if sig.len() > len {
+                return Err(KeyError::Backend(
+                    "TPM returned an oversized RSA signature".into(),
+                ));
+            }
+            let mut out = vec![0u8; len - sig.len()];
+            out.extend_from_slice(&sig);
+            Ok(out)
+        }
+        _ => Err(KeyError::Backend(
+            "TPM returned a signature of another algorithm".into(),
+        )),
     }
 }
 

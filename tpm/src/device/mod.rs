@@ -302,6 +302,61 @@ pub trait TpmDevice: Send + fmt::Debug {
             self.describe()
         )))
     }
+
+    // Workload keys (`workload_key`): keys with their own authorization value.
+
+    /// Creates a key from `template` under the SRK whose authorization value is
+    /// `auth` (see [`check_auth_value`]); the TPM asks for it at every use.
+    /// Both backends implement it; the default is for test doubles.
+    fn create_key_with_auth(
+        &mut self,
+        template: &PublicArea,
+        auth: &[u8],
+    ) -> Result<KeyBlob, DeviceError> {
+        let _ = (template, auth);
+        Err(DeviceError::Unsupported(format!(
+            "{} cannot create keys with an authorization value",
+            self.describe()
+        )))
+    }
+
+    /// TPM2_Sign of `digest` with an unrestricted signing key whose authorization
+    /// value is `auth`; a wrong value is refused by the TPM.
+    /// Both backends implement it; the default is for test doubles.
+    fn sign_with_auth(
+        &mut self,
+        key: &KeyBlob,
+        auth: &[u8],
+        digest: &[u8],
+        scheme: SigningScheme,
+    ) -> Result<Signature, DeviceError> {
+        let _ = (key, auth, digest, scheme);
+        Err(DeviceError::Unsupported(format!(
+            "{} cannot sign with keys that have an authorization value",
+            self.describe()
+        )))
+    }
+}
+
+/// The longest authorization value a key with a SHA-256 name takes (its digest size).
+pub const MAX_AUTH_VALUE: usize = 32;
+
+/// Checks an authorization value for [`TpmDevice::create_key_with_auth`]: 1 to
+/// [`MAX_AUTH_VALUE`] bytes, not ending in a zero byte (the TPM strips trailing
+/// zeros, and every TSS then agrees only by accident).
+pub fn check_auth_value(auth: &[u8]) -> Result<(), DeviceError> {
+    if auth.is_empty() || auth.len() > MAX_AUTH_VALUE {
+        return Err(DeviceError::Unsupported(format!(
+            "a key's authorization value must be 1 to {MAX_AUTH_VALUE} bytes, not {}",
+            auth.len()
+        )));
+    }
+    if auth.last() == Some(&0) {
+        return Err(DeviceError::Unsupported(
+            "a key's authorization value must not end in a zero byte".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Tessera's SRK template: ECC P-256 (fast to derive, unlike an RSA primary),

@@ -24,3 +24,4 @@ mod faults;
 mod keys;
 mod native;
 mod sealing;
+mod workload_keys;

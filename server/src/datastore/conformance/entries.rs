@@ -21,6 +21,7 @@ pub async fn entry_create_and_get(ds: &dyn Datastore) {
     e.hint = "web".into();
     e.expires_at = 4_000_000_000;
     e.revision_number = 999_999_999;
+    e.workload_key = tessera_core::WorkloadKey::Tpm;
 
     let before = now();
     let created = ok(ds.create_entry(e.clone()).await, "create_entry");

@@ -135,6 +135,7 @@ impl Ns {
             expires_at: 0,
             revision_number: 0,
             created_at: 0,
+            workload_key: Default::default(),
         }
     }
 

@@ -188,6 +188,7 @@ pub(super) fn sample_entry(name: &str) -> RegistrationEntry {
         expires_at: 0,
         revision_number: 0,
         created_at: 0,
+        workload_key: Default::default(),
     }
 }
 

@@ -25,8 +25,8 @@ const RS_PW: u32 = 0x4000_0009;
 const HANDLES: usize = 10;
 
 /// How a handle is authorised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Auth {
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Auth<'a> {
     /// The password: the hierarchy's for a hierarchy handle, else empty.
     Password,
     /// The salted HMAC session, with parameter encryption as asked.
@@ -38,11 +38,30 @@ pub(crate) enum Auth {
     },
     /// A policy session that has been satisfied.
     Policy(u32),
+    /// The salted HMAC session (integrity only) for an object whose authorization
+    /// value is this: the HMACs are keyed with the session key and the value, which
+    /// never crosses the bus.
+    Keyed(&'a [u8]),
 }
 
-impl Auth {
+impl std::fmt::Debug for Auth<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Password => f.write_str("Password"),
+            Auth::Salted { decrypt, encrypt } => f
+                .debug_struct("Salted")
+                .field("decrypt", decrypt)
+                .field("encrypt", encrypt)
+                .finish(),
+            Auth::Policy(h) => write!(f, "Policy({h:#x})"),
+            Auth::Keyed(_) => f.write_str("Keyed(..)"),
+        }
+    }
+}
+
+impl Auth<'_> {
     /// The salted session, for integrity only.
-    pub(crate) const HMAC: Auth = Auth::Salted {
+    pub(crate) const HMAC: Auth<'static> = Auth::Salted {
         decrypt: false,
         encrypt: false,
     };
@@ -57,7 +76,7 @@ pub(crate) struct Command<'a> {
     /// The handles with their names (for cpHash).
     pub(crate) handles: &'a [(u32, &'a [u8])],
     /// How the first `auths.len()` handles are authorised.
-    pub(crate) auths: &'a [Auth],
+    pub(crate) auths: &'a [Auth<'a>],
     /// The marshalled parameters.
     pub(crate) params: Vec<u8>,
     /// How many handles the response carries.
@@ -172,6 +191,12 @@ impl Conn {
                     }
                     Some(u)
                 }
+                Auth::Keyed(value) => {
+                    let session = self.session.as_ref().ok_or_else(|| {
+                        malformed(cmd.name, "no salted session is open (internal error)")
+                    })?;
+                    Some(session.begin(0, value))
+                }
                 _ => None,
             });
         }
@@ -201,7 +226,7 @@ impl Conn {
             let mut area = Vec::new();
             for (i, (auth, u)) in cmd.auths.iter().zip(&uses).enumerate() {
                 match (auth, u) {
-                    (Auth::Salted { .. }, Some(u)) => {
+                    (Auth::Salted { .. } | Auth::Keyed(_), Some(u)) => {
                         let session = self.session.as_ref().ok_or_else(|| {
                             malformed(cmd.name, "no salted session is open (internal error)")
                         })?;
@@ -342,7 +367,8 @@ impl Conn {
                 let nonce = r.tpm2b().map_err(|e| bad(e.to_string()))?;
                 let attrs = r.u8().map_err(|e| bad(e.to_string()))?;
                 let hmac = r.tpm2b().map_err(|e| bad(e.to_string()))?;
-                if let (Auth::Salted { encrypt, .. }, Some(u)) = (auth, u) {
+                let encrypt = matches!(auth, Auth::Salted { encrypt: true, .. });
+                if let (Auth::Salted { .. } | Auth::Keyed(_), Some(u)) = (auth, u) {
                     let session = self.session.as_mut().ok_or_else(|| {
                         malformed(cmd.name, "no salted session is open (internal error)")
                     })?;
@@ -351,7 +377,7 @@ impl Conn {
                         // starts afresh.
                         return Err(malformed(cmd.name, why));
                     }
-                    if *encrypt {
+                    if encrypt {
                         decrypt_with = Some((i, nonce.to_vec()));
                     }
                 }

@@ -291,7 +291,7 @@ impl TpmDevice for NativeDevice {
     }
 
     fn create_key(&mut self, template: &PublicArea) -> Result<KeyBlob, DeviceError> {
-        self.recovering(|dev| dev.create_key_once(template))
+        self.recovering(|dev| dev.create_key_once(template, &[]))
     }
 
     fn check_key(&mut self, key: &KeyBlob) -> Result<(), DeviceError> {
@@ -322,7 +322,26 @@ impl TpmDevice for NativeDevice {
         digest: &[u8],
         scheme: SigningScheme,
     ) -> Result<Signature, DeviceError> {
-        self.recovering(|dev| dev.sign_once(key, digest, scheme))
+        self.recovering(|dev| dev.sign_once(key, &[], digest, scheme))
+    }
+
+    fn create_key_with_auth(
+        &mut self,
+        template: &PublicArea,
+        auth: &[u8],
+    ) -> Result<KeyBlob, DeviceError> {
+        crate::device::check_auth_value(auth)?;
+        self.recovering(|dev| dev.create_key_once(template, auth))
+    }
+
+    fn sign_with_auth(
+        &mut self,
+        key: &KeyBlob,
+        auth: &[u8],
+        digest: &[u8],
+        scheme: SigningScheme,
+    ) -> Result<Signature, DeviceError> {
+        self.recovering(|dev| dev.sign_once(key, auth, digest, scheme))
     }
 
     fn set_hierarchy_auth(&mut self, auth: &HierarchyAuth) -> Result<(), DeviceError> {

@@ -83,14 +83,20 @@ pub(super) fn parse_err(
     move |e| DeviceError::Malformed(format!("{command}: {e}"))
 }
 
-/// TPM2B_SENSITIVE_CREATE with an empty auth value and no data.
-fn empty_sensitive() -> Vec<u8> {
-    vec![0, 4, 0, 0, 0, 0]
+/// TPM2B_SENSITIVE_CREATE with the auth value `auth` and no data.
+fn sensitive(auth: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut inner = Zeroizing::new(Vec::with_capacity(4 + auth.len()));
+    put_tpm2b(&mut inner, auth);
+    put_tpm2b(&mut inner, &[]);
+    let mut out = Zeroizing::new(Vec::with_capacity(2 + inner.len()));
+    put_tpm2b(&mut out, &inner);
+    out
 }
 
-/// inSensitive, inPublic, outsideInfo (empty), creationPCR (none).
-fn creation_params(template: &PublicArea) -> Vec<u8> {
-    let mut p = empty_sensitive();
+/// inSensitive (with the auth value `auth`), inPublic, outsideInfo (empty),
+/// creationPCR (none).
+fn creation_params(template: &PublicArea, auth: &[u8]) -> Vec<u8> {
+    let mut p = sensitive(auth).to_vec();
     p.extend_from_slice(&template.marshal_tpm2b());
     put_tpm2b(&mut p, &[]);
     put_u32(&mut p, 0);
@@ -125,7 +131,7 @@ impl NativeDevice {
         &mut self,
         hierarchy: u32,
         template: &PublicArea,
-        auth: Auth,
+        auth: Auth<'_>,
         name: &'static str,
     ) -> Result<Result<(u32, PublicArea), u32>, DeviceError> {
         let hname = handle_name(hierarchy);
@@ -134,7 +140,7 @@ impl NativeDevice {
             name,
             handles: &[(hierarchy, &hname)],
             auths: &[auth],
-            params: creation_params(template),
+            params: creation_params(template, &[]),
             response_handles: 1,
         })?;
         let r = match r {
@@ -278,9 +284,12 @@ impl NativeDevice {
         result
     }
 
+    /// TPM2_Create under the SRK; `auth` (sent encrypted to the TPM) becomes the
+    /// key's authorization value.
     pub(super) fn create_key_once(
         &mut self,
         template: &PublicArea,
+        auth: &[u8],
     ) -> Result<KeyBlob, DeviceError> {
         self.session()?;
         let srk = self.srk()?;
@@ -293,7 +302,7 @@ impl NativeDevice {
                 decrypt: true,
                 encrypt: true,
             }],
-            params: creation_params(template),
+            params: creation_params(template, auth),
             response_handles: 0,
         })?;
         let mut rd = Reader::new(&r.params, "TPM2_Create response");
@@ -310,9 +319,12 @@ impl NativeDevice {
         Ok(KeyBlob { public, private })
     }
 
+    /// TPM2_Sign with `key`, whose authorization value is `auth` (empty for the
+    /// agent's own keys).
     pub(super) fn sign_once(
         &mut self,
         key: &KeyBlob,
+        auth: &[u8],
         digest: &[u8],
         scheme: SigningScheme,
     ) -> Result<Signature, DeviceError> {
@@ -345,7 +357,7 @@ impl NativeDevice {
                 code: CC_SIGN,
                 name,
                 handles: &[(handle, &key_name)],
-                auths: &[Auth::HMAC],
+                auths: &[Auth::Keyed(auth)],
                 params,
                 response_handles: 0,
             })?;

@@ -88,8 +88,8 @@ pub(crate) struct Session {
 }
 
 /// One command's use of the session: the caller's fresh nonce, the attributes, and
-/// the auth value of the entity it authorises (a hierarchy's password; empty for
-/// the keys Tessera makes).
+/// the auth value of the entity it authorises (a hierarchy's password, a workload
+/// key's value; empty for the agent's own keys).
 pub(crate) struct Use {
     pub(crate) nonce_caller: Vec<u8>,
     pub(crate) attributes: u8,
@@ -129,6 +129,8 @@ impl Session {
     /// Starts one command's use with these attributes (continueSession is added),
     /// authorising an entity whose auth value is `auth` (trailing zeros removed).
     pub(crate) fn begin(&self, attributes: u8, auth: &[u8]) -> Use {
+        let end = auth.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        let auth = &auth[..end];
         Use {
             nonce_caller: nonce(),
             attributes: attributes | CONTINUE_SESSION,
