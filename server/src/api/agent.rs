@@ -269,6 +269,26 @@ impl AgentApi {
             }
         }
 
+        // TPM attestors: is the SVID key in the TPM? Checked before anything is issued.
+        let key_verdict = attested
+            .tpm
+            .as_ref()
+            .map(|t| super::key_proof::at_attestation(t, &params.csr, &public_key));
+        if let Some(Err(e)) = &key_verdict {
+            if self
+                .state
+                .config
+                .requires_agent_key_in_tpm(&params.attestor)
+            {
+                return Err(super::key_proof::refusal(
+                    &agent_id.to_string(),
+                    &params.attestor,
+                    e,
+                ));
+            }
+            tracing::warn!(agent = %agent_id, "agent SVID key not proven to be in its TPM: {e}");
+        }
+
         let ca = self.state.ca.clone();
         let ttl = self.state.config.agent_svid_ttl();
         let id = agent_id.clone();
@@ -301,6 +321,8 @@ impl AgentApi {
             selectors: attested.selectors,
             created_at: existing.as_ref().map_or(now, |n| n.created_at),
             updated_at: now,
+            key_in_tpm: matches!(key_verdict, Some(Ok(()))),
+            ak_public: attested.tpm.map(|t| t.ak_public).unwrap_or_default(),
         };
         self.state.ds.upsert_attested_node(node.clone()).await?;
         self.state.nodes.put(&agent_id, Some(node));
@@ -393,9 +415,32 @@ impl Node for AgentApi {
         req: Request<pb::RenewAgentRequest>,
     ) -> Result<Response<pb::RenewAgentResponse>, Status> {
         let caller = self.authenticate(&req).await?;
-        let csr = req.into_inner().csr;
+        let pb::RenewAgentRequest { csr, key_certify } = req.into_inner();
         let public_key = tessera_core::x509::csr_public_key(&csr, Some(&caller.id))
             .map_err(|e| Status::invalid_argument(format!("agent CSR: {e}")))?;
+        let key_verdict = super::key_proof::at_renewal(
+            &caller.node,
+            &caller.serial,
+            &csr,
+            &public_key,
+            key_certify,
+        );
+        let attestor = caller.node.attestation_type.as_str();
+        if let Some(Err(e)) = &key_verdict {
+            if self.state.config.requires_agent_key_in_tpm(attestor) {
+                if caller.node.key_in_tpm {
+                    let _ = self.state.ds.set_node_key_in_tpm(&caller.id, false).await;
+                    self.state.nodes.put(&caller.id, None);
+                }
+                tracing::warn!(agent = %caller.id, "agent SVID renewal refused: key not proven to be in its TPM: {e}");
+                return Err(super::key_proof::refusal(
+                    &caller.id.to_string(),
+                    attestor,
+                    e,
+                ));
+            }
+            tracing::warn!(agent = %caller.id, "renewed agent SVID key not proven to be in its TPM: {e}");
+        }
         let ca = self.state.ca.clone();
         let ttl = self.state.config.agent_svid_ttl();
         let id = caller.id.clone();
@@ -419,6 +464,19 @@ impl Node for AgentApi {
                 return Err(Status::permission_denied(m));
             }
             Err(e) => return Err(e.into()),
+        };
+        let node = match key_verdict.map(|v| v.is_ok()) {
+            Some(proven) if proven != node.key_in_tpm => {
+                self.state
+                    .ds
+                    .set_node_key_in_tpm(&caller.id, proven)
+                    .await?;
+                AttestedNode {
+                    key_in_tpm: proven,
+                    ..node
+                }
+            }
+            _ => node,
         };
         self.state.nodes.put(&caller.id, Some(node));
         self.state.audit.record(&audit::Svid {

@@ -22,6 +22,7 @@ pub mod admin_access;
 pub mod admin_federation;
 pub mod agent;
 pub mod convert;
+mod key_proof;
 pub mod preauth;
 pub mod ratelimit;
 

@@ -45,6 +45,21 @@ pub struct Attested {
     /// Whether the agent may attest again with the same evidence (TPM: yes; join
     /// token: no).
     pub can_reattest: bool,
+    /// TPM attestors: the AK the attestation verified and the agent's proof that
+    /// its SVID key is in the TPM, checked against the CSR by the agent API.
+    pub tpm: Option<TpmKeyEvidence>,
+}
+
+/// What a TPM attestation hands the agent API about the agent's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmKeyEvidence {
+    /// The AK's TPMT_PUBLIC, verified by this attestation (kept per agent to check
+    /// the certify sent with each renewal).
+    pub ak_public: Vec<u8>,
+    /// The nonce the server sent for the key certify.
+    pub key_nonce: Vec<u8>,
+    /// The agent's TPM2_Certify of its SVID key, if it sent one.
+    pub key_certify: Option<tessera_tpm::verifier::key_proof::KeyCertify>,
 }
 
 /// One step of an attestation.

@@ -32,6 +32,10 @@ pub struct TpmDevIdConfig {
     /// when the agents' DevID chains do not carry them.
     #[serde(default)]
     pub devid_intermediates: Vec<PathBuf>,
+    /// Refuse attestation and renewal unless the agent proves, with a TPM2_Certify
+    /// by its attested AK, that its SVID key lives in its TPM (off by default).
+    #[serde(default)]
+    pub require_agent_key_in_tpm: bool,
 }
 
 /// See the module documentation.

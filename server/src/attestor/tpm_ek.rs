@@ -30,6 +30,10 @@ pub struct TpmEkConfig {
     /// SubjectPublicKeyInfo, one per line, `#` comments). Re-read when it changes.
     #[serde(default)]
     pub ek_hash_allow_list: Option<PathBuf>,
+    /// Refuse attestation and renewal unless the agent proves, with a TPM2_Certify
+    /// by its attested AK, that its SVID key lives in its TPM (off by default).
+    #[serde(default)]
+    pub require_agent_key_in_tpm: bool,
 }
 
 /// See the module documentation.

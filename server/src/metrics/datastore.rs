@@ -176,6 +176,13 @@ impl Datastore for MeteredDatastore {
         self.time("ban_attested_node", self.inner.ban_attested_node(id))
             .await
     }
+    async fn set_node_key_in_tpm(&self, id: &SpiffeId, key_in_tpm: bool) -> Result<()> {
+        self.time(
+            "set_node_key_in_tpm",
+            self.inner.set_node_key_in_tpm(id, key_in_tpm),
+        )
+        .await
+    }
     async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<()> {
         self.time(
             "create_join_token",

@@ -18,6 +18,8 @@
 //! runs the operation once more. When that fails too the TPM is away: the error says
 //! so, and the next operation tries to reconnect first.
 
+mod import;
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -621,6 +623,14 @@ impl TpmDevice for EsapiDevice {
 
     fn ek_public(&mut self, kind: EkKind) -> Result<PublicArea, DeviceError> {
         self.recovering(|dev| dev.ek_public_once(kind))
+    }
+
+    fn import_key(
+        &mut self,
+        public: &PublicArea,
+        sensitive: &[u8],
+    ) -> Result<KeyBlob, DeviceError> {
+        self.recovering(|dev| dev.import_key_once(public, sensitive))
     }
 
     fn create_key(&mut self, template: &PublicArea) -> Result<KeyBlob, DeviceError> {

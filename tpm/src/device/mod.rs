@@ -18,6 +18,7 @@
 pub mod backend;
 #[cfg(feature = "esapi")]
 pub mod esapi;
+pub mod import;
 pub mod keys;
 #[cfg(feature = "native")]
 pub mod native;
@@ -219,6 +220,22 @@ pub trait TpmDevice: Send + fmt::Debug {
         digest: &[u8],
         scheme: SigningScheme,
     ) -> Result<Signature, DeviceError>;
+
+    /// TPM2_Import of a key made outside the TPM (`public`, and `sensitive`, its
+    /// marshalled TPMT_SENSITIVE), unwrapped, under the SRK: a software key the TPM
+    /// can use but did not make, so its public area has neither fixedTPM, fixedParent
+    /// nor sensitiveDataOrigin. What an agent trying to pass a software key as
+    /// TPM-born would do; the tests use it to check the server refuses that.
+    fn import_key(
+        &mut self,
+        _public: &PublicArea,
+        _sensitive: &[u8],
+    ) -> Result<KeyBlob, DeviceError> {
+        Err(DeviceError::Unsupported(format!(
+            "{}: this backend cannot import keys",
+            self.describe()
+        )))
+    }
 }
 
 /// Tessera's SRK template: ECC P-256 (fast to derive, unlike an RSA primary),

@@ -21,5 +21,6 @@ mod devid_flow;
 mod ek_certs;
 mod ek_flow;
 mod faults;
+mod key_proof;
 mod keys;
 mod native;

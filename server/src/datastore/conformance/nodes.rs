@@ -18,6 +18,8 @@ fn node(ns: &Ns, name: &str, selectors: &[&str]) -> AttestedNode {
         selectors: selectors.iter().map(|s| ns.sel(s)).collect(),
         created_at: 100,
         updated_at: 100,
+        key_in_tpm: false,
+        ak_public: vec![],
     }
 }
 
@@ -49,12 +51,35 @@ pub async fn attested_nodes(ds: &dyn Datastore) {
     again.can_reattest = true;
     again.created_at = 200;
     again.updated_at = 300;
+    again.key_in_tpm = true;
+    again.ak_public = vec![0, 0x23, 0, 0x0b, 0xff];
     ok(ds.upsert_attested_node(again.clone()).await, "re-attest");
     assert_eq!(
         ok(ds.get_attested_node(&n1.spiffe_id).await, "get"),
         Some(again.clone()),
         "upsert replaces the record"
     );
+    // The key proof is recorded on its own, the rest untouched.
+    ok(
+        ds.set_node_key_in_tpm(&n1.spiffe_id, false).await,
+        "key not proven",
+    );
+    let mut unproven = again.clone();
+    unproven.key_in_tpm = false;
+    assert_eq!(
+        ok(ds.get_attested_node(&n1.spiffe_id).await, "get"),
+        Some(unproven),
+        "set_node_key_in_tpm changes only the proof"
+    );
+    ok(
+        ds.set_node_key_in_tpm(&n1.spiffe_id, true).await,
+        "key proven",
+    );
+    assert!(matches!(
+        ds.set_node_key_in_tpm(&ns.id("/spire/agent/join_token/none"), true)
+            .await,
+        Err(DatastoreError::NotFound(_))
+    ));
 
     let n2 = node(&ns, "two", &[]);
     ok(ds.upsert_attested_node(n2.clone()).await, "upsert n2");

@@ -276,6 +276,10 @@ impl Datastore for PostgresDatastore {
         nodes::ban(self, id).await
     }
 
+    async fn set_node_key_in_tpm(&self, id: &SpiffeId, key_in_tpm: bool) -> Result<()> {
+        nodes::set_key_in_tpm(self, id, key_in_tpm).await
+    }
+
     // ---- join tokens ----
 
     async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<()> {

@@ -112,10 +112,18 @@ CREATE TABLE entry_event_readers (
 );
 ";
 
+/// Version 5: whether an agent proved its SVID key is in its TPM, and the AK its
+/// TPM attestation verified (what later proofs are checked with).
+const SCHEMA_V5: &str = "
+ALTER TABLE attested_nodes ADD COLUMN key_in_tpm INTEGER NOT NULL DEFAULT 0
+    CHECK (key_in_tpm IN (0, 1));
+ALTER TABLE attested_nodes ADD COLUMN ak_public BLOB NOT NULL DEFAULT x'';
+";
+
 /// Schema migrations, oldest first: step `i` takes the database from version `i` to
 /// `i + 1`. A released step is never edited (databases in the field already ran it);
 /// a change is a new step appended here.
-pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
 
 /// Brings the schema from its stored version up to `migrations.len()`, one step per
 /// transaction, so that a failed step leaves the database at the previous version.

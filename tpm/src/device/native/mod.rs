@@ -23,6 +23,7 @@
 //! reconnects and runs once more, and an error that survives that says the TPM is away.
 
 pub(crate) mod command;
+mod import;
 mod ops;
 pub(crate) mod rc;
 pub(crate) mod session;
@@ -280,6 +281,14 @@ impl TpmDevice for NativeDevice {
 
     fn ek_public(&mut self, kind: EkKind) -> Result<PublicArea, DeviceError> {
         self.recovering(|dev| dev.ek_public_once(kind))
+    }
+
+    fn import_key(
+        &mut self,
+        public: &PublicArea,
+        sensitive: &[u8],
+    ) -> Result<KeyBlob, DeviceError> {
+        self.recovering(|dev| dev.import_key_once(public, sensitive))
     }
 
     fn create_key(&mut self, template: &PublicArea) -> Result<KeyBlob, DeviceError> {

@@ -155,7 +155,7 @@ impl NativeDevice {
     }
 
     /// The SRK, made on first use and kept for the life of the connection.
-    fn srk(&mut self) -> Result<Srk, DeviceError> {
+    pub(super) fn srk(&mut self) -> Result<Srk, DeviceError> {
         if let Some(s) = &self.srk {
             return Ok(s.clone());
         }
@@ -187,7 +187,7 @@ impl NativeDevice {
     }
 
     /// Makes sure the salted session is open (and the SRK, its salt key, loaded).
-    fn session(&mut self) -> Result<(), DeviceError> {
+    pub(super) fn session(&mut self) -> Result<(), DeviceError> {
         let srk = self.srk()?;
         let conn = self.conn()?;
         for stale in std::mem::take(&mut conn.stale) {
