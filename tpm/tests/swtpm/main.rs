@@ -24,3 +24,4 @@ mod faults;
 mod key_proof;
 mod keys;
 mod native;
+mod quote;
