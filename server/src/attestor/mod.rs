@@ -14,6 +14,7 @@ pub mod join_token;
 pub mod jwt;
 pub mod k8s_psat;
 pub mod one_shot;
+pub mod pcr_policy;
 pub mod template;
 pub mod tpm_devid;
 pub mod tpm_ek;

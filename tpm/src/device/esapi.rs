@@ -19,6 +19,7 @@
 //! so, and the next operation tries to reconnect first.
 
 mod import;
+mod quote;
 
 use std::fmt;
 use std::str::FromStr;
@@ -631,6 +632,19 @@ impl TpmDevice for EsapiDevice {
         sensitive: &[u8],
     ) -> Result<KeyBlob, DeviceError> {
         self.recovering(|dev| dev.import_key_once(public, sensitive))
+    }
+
+    fn pcr_read(&mut self, pcrs: &[u8]) -> Result<Vec<Vec<u8>>, DeviceError> {
+        self.recovering(|dev| dev.pcr_read_once(pcrs))
+    }
+
+    fn quote(
+        &mut self,
+        ak: &KeyBlob,
+        pcrs: &[u8],
+        qualifying_data: &[u8],
+    ) -> Result<CertifyOutput, DeviceError> {
+        self.recovering(|dev| dev.quote_once(ak, pcrs, qualifying_data))
     }
 
     fn create_key(&mut self, template: &PublicArea) -> Result<KeyBlob, DeviceError> {

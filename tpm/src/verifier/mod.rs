@@ -9,4 +9,5 @@ pub mod chain;
 pub mod credential;
 pub mod ek;
 pub mod key_proof;
+pub mod quote;
 pub mod signature;

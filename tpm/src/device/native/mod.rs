@@ -25,6 +25,7 @@
 pub(crate) mod command;
 mod import;
 mod ops;
+mod quote;
 pub(crate) mod rc;
 pub(crate) mod session;
 pub(crate) mod transport;
@@ -289,6 +290,19 @@ impl TpmDevice for NativeDevice {
         sensitive: &[u8],
     ) -> Result<KeyBlob, DeviceError> {
         self.recovering(|dev| dev.import_key_once(public, sensitive))
+    }
+
+    fn pcr_read(&mut self, pcrs: &[u8]) -> Result<Vec<Vec<u8>>, DeviceError> {
+        self.recovering(|dev| dev.pcr_read_once(pcrs))
+    }
+
+    fn quote(
+        &mut self,
+        ak: &KeyBlob,
+        pcrs: &[u8],
+        qualifying_data: &[u8],
+    ) -> Result<crate::device::CertifyOutput, DeviceError> {
+        self.recovering(|dev| dev.quote_once(ak, pcrs, qualifying_data))
     }
 
     fn create_key(&mut self, template: &PublicArea) -> Result<KeyBlob, DeviceError> {
