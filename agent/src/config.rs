@@ -94,6 +94,30 @@ pub struct AgentConfig {
     /// The metrics and health listeners (`[telemetry]`); both off by default.
     #[serde(default)]
     pub telemetry: tessera_telemetry::http::TelemetryConfig,
+    /// `[measured_boot]`: PCRs quoted with TPM attestation and each renewal.
+    #[serde(default)]
+    pub measured_boot: MeasuredBootConfig,
+}
+
+/// `[measured_boot]`: with a TPM node attestor, the agent sends a TPM2_Quote by its
+/// AK over these PCRs of the SHA-256 bank, with their values, at attestation and at
+/// every renewal (off when empty, the default).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeasuredBootConfig {
+    /// PCR indices, 0 to 23.
+    #[serde(default)]
+    pub pcrs: Vec<u8>,
+}
+
+impl MeasuredBootConfig {
+    /// The PCRs, ascending and each once.
+    pub fn sorted(&self) -> Vec<u8> {
+        let mut p = self.pcrs.clone();
+        p.sort_unstable();
+        p.dedup();
+        p
+    }
 }
 
 /// `[limits]`: connection caps and the idle timeout of the Workload API socket. See
@@ -662,6 +686,17 @@ impl AgentConfig {
                 "sync_interval",
                 "sync_interval must be at least 100ms".into(),
             );
+        }
+        if !self.measured_boot.pcrs.is_empty() {
+            if let Err(e) = tessera_tpm::device::check_pcr_indices(&self.measured_boot.sorted()) {
+                return rule("measured_boot.pcrs", format!("measured_boot.pcrs: {e}"));
+            }
+            if self.node_attestor.tpm_tcti().is_none() {
+                return rule(
+                    "measured_boot.pcrs",
+                    "measured_boot.pcrs needs a TPM node attestor ([node_attestor.tpm_devid] or [node_attestor.tpm_ek]): the quote is signed by its AK".into(),
+                );
+            }
         }
         let set = self.node_attestor.configured();
         if set.len() > 1 {

@@ -183,12 +183,17 @@ pub fn node_attestor(
     args: TokenArgs,
     tpm: Option<Arc<Tpm>>,
 ) -> Result<Option<Arc<dyn NodeAttestor>>, StartupError> {
-    // With the agent's own key in the TPM, the TPM attestors prove it is there.
+    // With the agent's own key in the TPM, the TPM attestors prove it is there;
+    // with measured boot configured, they quote the PCRs.
     let key_prover = |tpm: &Arc<Tpm>| {
-        matches!(cfg.key_manager, KeyManagerConfig::Tpm { .. }).then(|| {
+        let certify = matches!(cfg.key_manager, KeyManagerConfig::Tpm { .. });
+        let pcrs = cfg.measured_boot.sorted();
+        (certify || !pcrs.is_empty()).then(|| {
             Arc::new(crate::attestor::key_proof::KeyProver::open(
                 tpm.clone(),
                 &cfg.data_dir,
+                certify,
+                pcrs,
             ))
         })
     };

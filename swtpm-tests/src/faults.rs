@@ -682,6 +682,7 @@ pub async fn renew_agent(
         .renew_agent(tessera_proto::agent::RenewAgentRequest {
             csr,
             key_certify: None,
+            pcr_quote: None,
         })
         .await?
         .into_inner();

@@ -19,22 +19,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_agent::client::{Trust, channel, node_client};
 use tessera_core::key::{Key, KeyType};
-use tessera_core::tls::SharedBundle;
-use tessera_core::{Bundle, TrustDomain};
-use tessera_proto::agent as pb;
-use tessera_swtpm_tests::{Agent, Server, Swtpm, test_dir, wait_until};
-use tessera_tpm::attestation::key_proof::{WithKeyCertify, WithKeyNonce, certify_key};
-use tessera_tpm::attestation::tpm_ek::{EkChallenge, EkProver};
-use tessera_tpm::attestation::{AgentState as _, Prover as _};
+use tessera_swtpm_tests::{Agent, Server, Swtpm, test_dir, tpm_agent, wait_until};
+use tessera_tpm::attestation::key_proof::certify_key;
 use tessera_tpm::device::signing_key_template;
-use tessera_tpm::ek::EkKind;
 use tessera_tpm::verifier::ak::AkKind;
 use tessera_tpm::verifier::key_proof::{
     KeyCertify, attestation_qualifying_data, renewal_qualifying_data,
 };
-use tessera_tpm::{AgentOptions, Backend, KeyBlob, Tpm, TpmKey};
+use tessera_tpm::{Backend, KeyBlob, Tpm, TpmKey};
 
 fn server(dir: &Path, tpm: &Swtpm, extra: &str) -> Server {
     Server::start(
@@ -112,7 +105,7 @@ fn agents_prove_their_key_at_attestation_and_at_each_renewal_on_both_backends() 
 }
 
 /// What a forger has when it answers the challenge: this attempt's AK, the
-/// server's key nonce, the CSR and the qualifying data they make.
+/// server's key nonce, and the qualifying data they make with the CSR.
 struct Attempt {
     ak: KeyBlob,
     nonce: Vec<u8>,
@@ -127,71 +120,15 @@ fn attest(
     svid_key: &KeyBlob,
     forge: impl FnOnce(&Attempt) -> Option<KeyCertify>,
 ) -> Result<Vec<Vec<u8>>, tonic::Status> {
-    let td = TrustDomain::new("example.org").unwrap();
-    let roots =
-        tessera_core::x509::pem_certs(server.cli_ok(&["bundle", "show"]).as_bytes()).unwrap();
-    let key: Arc<dyn Key> = Arc::new(TpmKey::from_blob(tpm.clone(), svid_key.clone()).unwrap());
-    let csr = tessera_core::x509::build_csr(&key).unwrap();
-    let prover = EkProver {
-        options: AgentOptions {
-            ek: Some(EkKind::Rsa2048),
-            ak: AkKind::EccP256,
-        },
-    };
-    let (payload, state) = prover.payload(tpm).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async move {
-        let mut client = node_client(channel(
-            vec![server.address()],
-            td.id("/spire/server").unwrap(),
-            Trust::Bundle(SharedBundle::new(Bundle::with_x509(td.clone(), roots))),
-            None,
-        ));
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(pb::AttestRequest {
-            step: Some(pb::attest_request::Step::Params(pb::AttestationParams {
-                attestor: "tpm_ek".into(),
-                payload: serde_json::to_vec(&payload).unwrap(),
-                csr: csr.clone(),
-            })),
-        })
-        .await
-        .unwrap();
-        let mut inbound = client
-            .attest(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        let mut state = Some(state);
-        let mut forge = Some(forge);
-        loop {
-            match inbound.message().await?.and_then(|m| m.step) {
-                Some(pb::attest_response::Step::Challenge(c)) => {
-                    let c: WithKeyNonce<EkChallenge> = serde_json::from_slice(&c).unwrap();
-                    let state = state.take().expect("one challenge");
-                    let ak = state.ak().clone();
-                    let response = state.answer(tpm, &c.challenge).unwrap();
-                    let nonce = c.key_nonce.expect("the server sends a key nonce");
-                    let attempt = Attempt {
-                        qualifying: attestation_qualifying_data(&nonce, &csr),
-                        ak,
-                        nonce,
-                    };
-                    let key_certify = forge.take().unwrap()(&attempt);
-                    let answer = WithKeyCertify {
-                        response,
-                        key_certify,
-                    };
-                    tx.send(pb::AttestRequest {
-                        step: Some(pb::attest_request::Step::ChallengeResponse(
-                            serde_json::to_vec(&answer).unwrap(),
-                        )),
-                    })
-                    .await
-                    .unwrap();
-                }
-                Some(pb::attest_response::Step::Result(r)) => return Ok(r.svid_chain),
-                None => panic!("stream ended without a verdict"),
-            }
+    tpm_agent::attest(server, tpm, svid_key, |at| {
+        let attempt = Attempt {
+            ak: at.ak.clone().expect("the attempt's AK"),
+            qualifying: attestation_qualifying_data(&at.nonce, &at.csr),
+            nonce: at.nonce.clone(),
+        };
+        tpm_agent::Proofs {
+            key_certify: forge(&attempt),
+            pcr_quote: None,
         }
     })
 }
@@ -206,27 +143,9 @@ fn renew(
     new_key: &KeyBlob,
     forge: impl FnOnce(&[u8]) -> Option<KeyCertify>,
 ) -> Result<Vec<Vec<u8>>, tonic::Status> {
-    let roots =
-        tessera_core::x509::pem_certs(server.cli_ok(&["bundle", "show"]).as_bytes()).unwrap();
-    let current: Arc<dyn Key> = Arc::new(TpmKey::from_blob(tpm.clone(), key.clone()).unwrap());
-    let next: Arc<dyn Key> = Arc::new(TpmKey::from_blob(tpm.clone(), new_key.clone()).unwrap());
-    let csr = tessera_core::x509::build_csr(&next).unwrap();
-    let serial = tessera_core::x509::cert_info(&chain[0]).unwrap().serial_hex;
-    let key_certify = forge(&renewal_qualifying_data(&serial, &csr)).map(|c| pb::TpmKeyCertify {
-        public: c.public,
-        attest: c.attest,
-        signature: c.signature,
-    });
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let resp = tessera_swtpm_tests::faults::node_client(
-            &server.address(),
-            roots,
-            Some((chain.to_vec(), current)),
-        )
-        .renew_agent(pb::RenewAgentRequest { csr, key_certify })
-        .await?;
-        Ok(resp.into_inner().svid_chain)
+    tpm_agent::renew(server, tpm, chain, key, new_key, |at| tpm_agent::Proofs {
+        key_certify: forge(&renewal_qualifying_data(&at.serial, &at.csr)),
+        pcr_quote: None,
     })
 }
 

@@ -75,9 +75,14 @@ impl<P: Prover> NodeAttestor for ChallengeAttestor<P> {
         slot: &str,
         serial_hex: &str,
         csr: &[u8],
-    ) -> Option<Result<tessera_proto::agent::TpmKeyCertify, String>> {
-        let keys = self.keys.as_ref()?;
-        Some(keys.certify_at_renewal(slot, serial_hex, csr))
+    ) -> (
+        Option<tessera_proto::agent::TpmKeyCertify>,
+        Option<tessera_proto::agent::PcrQuote>,
+    ) {
+        match &self.keys {
+            Some(keys) => keys.prove_at_renewal(slot, serial_hex, csr),
+            None => (None, None),
+        }
     }
 }
 
@@ -118,23 +123,18 @@ impl<P: Prover> Session for ChallengeSession<P> {
         let response = tokio::task::spawn_blocking(move || {
             let ak = state.ak().clone();
             let response = state.answer(&tpm, &challenge.challenge)?;
-            // The key proof: a failure leaves it out (the server then records the
-            // key as not proven, or refuses the agent if it requires the proof).
-            let key_certify = match (key, &challenge.key_nonce) {
+            // The proofs: one that cannot be made is left out (the server then
+            // records it, or refuses the agent if its policy requires the proof).
+            let (key_certify, pcr_quote) = match (key, &challenge.key_nonce) {
                 (Some((keys, binding)), Some(nonce)) => {
-                    match keys.certify_at_attestation(&binding, &ak, nonce) {
-                        Ok(c) => Some(c),
-                        Err(e) => {
-                            tracing::warn!("{name}: cannot prove the SVID key is in the TPM: {e}");
-                            None
-                        }
-                    }
+                    keys.prove_at_attestation(&binding, &ak, nonce)
                 }
-                _ => None,
+                _ => (None, None),
             };
             Ok(WithKeyCertify {
                 response,
                 key_certify,
+                pcr_quote,
             })
         })
         .await
@@ -259,7 +259,7 @@ mod tests {
         assert_eq!(attestor.name(), "doubling");
         assert!(attestor.can_reattest());
         // No key prover: nothing to prove renewals with.
-        assert!(attestor.renewal_proof("slot", "0a", b"csr").is_none());
+        assert_eq!(attestor.renewal_proof("slot", "0a", b"csr"), (None, None));
         let mut s = attestor.session();
         // No payload yet: no state to answer with.
         let err = s.answer(n(1)).await.unwrap_err();

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tessera_proto::agent as pb;
-use tessera_tpm::attestation::key_proof::certify_key;
+use tessera_tpm::attestation::key_proof::{certify_key, quote_pcrs};
 use tessera_tpm::verifier::key_proof::{
     KeyCertify, attestation_qualifying_data, renewal_qualifying_data,
 };
+use tessera_tpm::verifier::quote::{self, PcrQuote};
 use tessera_tpm::{KeyBlob, Tpm};
 
 /// The file the AK blob is kept in, in the data directory.
@@ -22,6 +23,10 @@ pub const AK_FILE: &str = "agent-ak.tpmkey";
 #[derive(Debug)]
 pub struct KeyProver {
     tpm: Arc<Tpm>,
+    /// Whether the SVID keys are TPM keys to certify (`[key_manager] type = "tpm"`).
+    certify_keys: bool,
+    /// The PCRs to quote (`[measured_boot] pcrs`), ascending.
+    pcrs: Vec<u8>,
     keys_dir: PathBuf,
     ak_path: PathBuf,
     ak: Mutex<Option<KeyBlob>>,
@@ -39,13 +44,15 @@ pub struct KeyBinding {
 impl KeyProver {
     /// The prover for keys in `data_dir/keys` (the TPM key manager's folder); loads
     /// the AK kept by an earlier attestation, if any.
-    pub fn open(tpm: Arc<Tpm>, data_dir: &Path) -> Self {
+    pub fn open(tpm: Arc<Tpm>, data_dir: &Path, certify_keys: bool, pcrs: Vec<u8>) -> Self {
         let ak_path = data_dir.join(AK_FILE);
         let ak = std::fs::read(&ak_path)
             .ok()
             .and_then(|b| KeyBlob::from_bytes(&b).ok());
         Self {
             tpm,
+            certify_keys,
+            pcrs,
             keys_dir: data_dir.join("keys"),
             ak_path,
             ak: Mutex::new(ak),
@@ -60,45 +67,82 @@ impl KeyProver {
     }
 
     /// Attestation: certifies the key of `binding` with this attestation's `ak`
-    /// over the server's `nonce`, and keeps `ak` for the renewals to come.
-    pub fn certify_at_attestation(
+    /// over the server's `nonce` (when the keys are TPM keys), quotes the PCRs
+    /// (when configured), and keeps `ak` for the renewals to come. A proof that
+    /// cannot be made is left out (and logged): the server decides.
+    pub fn prove_at_attestation(
         &self,
         binding: &KeyBinding,
         ak: &KeyBlob,
         nonce: &[u8],
-    ) -> Result<KeyCertify, String> {
-        let key = self.key_blob(&binding.slot)?;
-        let qualifying = attestation_qualifying_data(nonce, &binding.csr);
-        let proof = certify_key(&self.tpm, &key, ak, &qualifying)
-            .map_err(|e| format!("TPM2_Certify of the SVID key: {e}"))?;
-        tessera_process::fs::write_atomic(&self.ak_path, &ak.to_bytes(), 0o600)
-            .map_err(|e| format!("cannot keep the AK in {}: {e}", self.ak_path.display()))?;
+    ) -> (Option<KeyCertify>, Option<PcrQuote>) {
+        let certify = self.certify_keys.then(|| {
+            let key = self.key_blob(&binding.slot)?;
+            let qualifying = attestation_qualifying_data(nonce, &binding.csr);
+            certify_key(&self.tpm, &key, ak, &qualifying)
+                .map_err(|e| format!("TPM2_Certify of the SVID key: {e}"))
+        });
+        let quote = (!self.pcrs.is_empty()).then(|| {
+            let qualifying = quote::attestation_qualifying_data(nonce, &binding.csr);
+            quote_pcrs(&self.tpm, ak, &self.pcrs, &qualifying)
+                .map_err(|e| format!("TPM2_Quote of PCRs {:?}: {e}", self.pcrs))
+        });
+        if let Err(e) = tessera_process::fs::write_atomic(&self.ak_path, &ak.to_bytes(), 0o600) {
+            tracing::warn!("cannot keep the AK in {}: {e}", self.ak_path.display());
+        }
         *self.ak.lock().unwrap_or_else(|p| p.into_inner()) = Some(ak.clone());
-        Ok(proof)
+        (logged(certify), logged(quote))
     }
 
-    /// Renewal: certifies the key in `slot` with the kept AK for the renewal
-    /// authenticated with the SVID of serial `serial_hex`.
-    pub fn certify_at_renewal(
+    /// Renewal: certifies the key in `slot` with the kept AK, and quotes the PCRs,
+    /// for the renewal authenticated with the SVID of serial `serial_hex`. A proof
+    /// that cannot be made is left out (and logged).
+    pub fn prove_at_renewal(
         &self,
         slot: &str,
         serial_hex: &str,
         csr: &[u8],
-    ) -> Result<pb::TpmKeyCertify, String> {
-        let ak = self
-            .ak
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| format!("no AK kept in {}", self.ak_path.display()))?;
-        let key = self.key_blob(slot)?;
-        let qualifying = renewal_qualifying_data(serial_hex, csr);
-        let proof = certify_key(&self.tpm, &key, &ak, &qualifying)
-            .map_err(|e| format!("TPM2_Certify of the SVID key: {e}"))?;
-        Ok(pb::TpmKeyCertify {
-            public: proof.public,
-            attest: proof.attest,
-            signature: proof.signature,
-        })
+    ) -> (Option<pb::TpmKeyCertify>, Option<pb::PcrQuote>) {
+        let Some(ak) = self.ak.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            tracing::warn!(
+                "no AK kept in {}: the renewal carries no TPM proof",
+                self.ak_path.display()
+            );
+            return (None, None);
+        };
+        let certify = self.certify_keys.then(|| {
+            let key = self.key_blob(slot)?;
+            let qualifying = renewal_qualifying_data(serial_hex, csr);
+            certify_key(&self.tpm, &key, &ak, &qualifying)
+                .map(|c| pb::TpmKeyCertify {
+                    public: c.public,
+                    attest: c.attest,
+                    signature: c.signature,
+                })
+                .map_err(|e| format!("TPM2_Certify of the SVID key: {e}"))
+        });
+        let quote = (!self.pcrs.is_empty()).then(|| {
+            let qualifying = quote::renewal_qualifying_data(serial_hex, csr);
+            quote_pcrs(&self.tpm, &ak, &self.pcrs, &qualifying)
+                .map(|q| pb::PcrQuote {
+                    pcrs: q.pcrs.iter().map(|&i| u32::from(i)).collect(),
+                    values: q.values,
+                    attest: q.attest,
+                    signature: q.signature,
+                })
+                .map_err(|e| format!("TPM2_Quote of PCRs {:?}: {e}", self.pcrs))
+        });
+        (logged(certify), logged(quote))
+    }
+}
+
+/// A proof, or `None` with the reason logged.
+fn logged<T>(proof: Option<Result<T, String>>) -> Option<T> {
+    match proof? {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!("cannot make a TPM proof: {e}");
+            None
+        }
     }
 }

@@ -88,15 +88,17 @@ pub trait NodeAttestor: Send + Sync + std::fmt::Debug {
     /// certify it with its AK; other attestors ignore it.
     fn bind_key(&self, _binding: key_proof::KeyBinding) {}
 
-    /// A TPM attestor's certify of the renewal key in `slot` (see
-    /// [`key_proof::KeyProver::certify_at_renewal`]); `None` when there is nothing
-    /// to prove with.
+    /// A TPM attestor's proofs for a renewal to the key in `slot`: the certify of
+    /// the key and the PCR quote (see [`key_proof::KeyProver::prove_at_renewal`]).
     fn renewal_proof(
         &self,
         _slot: &str,
         _serial_hex: &str,
         _csr: &[u8],
-    ) -> Option<Result<tessera_proto::agent::TpmKeyCertify, String>> {
-        None
+    ) -> (
+        Option<tessera_proto::agent::TpmKeyCertify>,
+        Option<tessera_proto::agent::PcrQuote>,
+    ) {
+        (None, None)
     }
 }

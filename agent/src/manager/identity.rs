@@ -114,10 +114,14 @@ impl Agent {
     pub async fn renew(&self) -> Result<(), AgentError> {
         let (slot, key) = self.new_agent_key().await?;
         let csr = x509::build_csr(&key).map_err(|e| AgentError::Internal(format!("CSR: {e}")))?;
-        let key_certify = self.renewal_key_proof(slot, &csr).await;
+        let (key_certify, pcr_quote) = self.renewal_proofs(slot, &csr).await;
         let svid_chain = self
             .server
-            .renew_agent_with(tessera_proto::agent::RenewAgentRequest { csr, key_certify })
+            .renew_agent_with(tessera_proto::agent::RenewAgentRequest {
+                csr,
+                key_certify,
+                pcr_quote,
+            })
             .await?;
         let leaf = svid_chain
             .first()
@@ -146,31 +150,34 @@ impl Agent {
         Ok(())
     }
 
-    /// A TPM-attested agent's certify of its renewal key by its AK, for the renewal
-    /// authenticated with its current SVID; `None` (logged) when it cannot be made.
-    async fn renewal_key_proof(
+    /// A TPM-attested agent's proofs for the renewal authenticated with its
+    /// current SVID: the certify of its renewal key by its AK and its PCR quote
+    /// (each `None`, logged, when it cannot be made).
+    async fn renewal_proofs(
         &self,
         slot: &'static str,
         csr: &[u8],
-    ) -> Option<tessera_proto::agent::TpmKeyCertify> {
-        let attestor = self.attestor.clone()?;
+    ) -> (
+        Option<tessera_proto::agent::TpmKeyCertify>,
+        Option<tessera_proto::agent::PcrQuote>,
+    ) {
+        let Some(attestor) = self.attestor.clone() else {
+            return (None, None);
+        };
         let serial = {
             let me = self.me.lock().unwrap_or_else(|p| p.into_inner());
-            let leaf = me.as_ref()?.chain.first()?.clone();
-            x509::cert_info(&leaf).ok()?.serial_hex
+            me.as_ref()
+                .and_then(|m| m.chain.first())
+                .and_then(|leaf| x509::cert_info(leaf).ok())
+                .map(|i| i.serial_hex)
+        };
+        let Some(serial) = serial else {
+            return (None, None);
         };
         let csr = csr.to_vec();
-        let proof =
-            tokio::task::spawn_blocking(move || attestor.renewal_proof(slot, &serial, &csr))
-                .await
-                .ok()??;
-        match proof {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::warn!("cannot prove the renewal key is in the TPM: {e}");
-                None
-            }
-        }
+        tokio::task::spawn_blocking(move || attestor.renewal_proof(slot, &serial, &csr))
+            .await
+            .unwrap_or((None, None))
     }
 
     /// The agent SVID's NotBefore and NotAfter.

@@ -286,6 +286,7 @@ impl ServerApi for GrpcServer {
         self.renew_agent_with(pb::RenewAgentRequest {
             csr,
             key_certify: None,
+            pcr_quote: None,
         })
         .await
     }

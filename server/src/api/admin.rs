@@ -117,6 +117,7 @@ fn agent_to_proto(n: &crate::datastore::AttestedNode) -> pb::Agent {
         can_reattest: n.can_reattest,
         created_at: n.created_at,
         key_proof: key_proof(n).to_owned(),
+        measured_boot: n.measured_boot.clone(),
     }
 }
 

@@ -23,6 +23,7 @@ pub mod admin_federation;
 pub mod agent;
 pub mod convert;
 mod key_proof;
+mod measured_boot;
 pub mod preauth;
 pub mod ratelimit;
 

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use tessera_tpm::attestation::key_proof::{KEY_NONCE_LEN, WithKeyCertify, WithKeyNonce};
 use tessera_tpm::attestation::{Pending, Verifier};
 
+use super::pcr_policy::PcrPolicy;
 use super::{AttestError, Attested, NodeAttestor, Session, Step, TpmKeyEvidence};
 
 /// A node attestor made of a TPM verifier; TPM agents may attest again with the
@@ -18,6 +19,22 @@ use super::{AttestError, Attested, NodeAttestor, Session, Step, TpmKeyEvidence};
 #[derive(Debug)]
 pub struct ChallengeAttestor<V> {
     verifier: Arc<V>,
+    policy: Option<Arc<PcrPolicy>>,
+}
+
+/// `attestor` held to the PCR allow-list at `path`, if any (a start-up error when
+/// the file is unusable).
+pub fn with_policy<V: Verifier>(
+    mut attestor: ChallengeAttestor<V>,
+    path: Option<&std::path::Path>,
+    name: &str,
+) -> Result<ChallengeAttestor<V>, super::AttestorConfigError> {
+    if let Some(p) = path {
+        let setting = format!("node_attestors.{name}.pcr_allow_list");
+        let policy = PcrPolicy::open(p, &setting).map_err(super::AttestorConfigError::Setting)?;
+        attestor.policy = Some(Arc::new(policy));
+    }
+    Ok(attestor)
 }
 
 impl<V: Verifier> ChallengeAttestor<V> {
@@ -25,6 +42,7 @@ impl<V: Verifier> ChallengeAttestor<V> {
     pub fn with_verifier(verifier: V) -> Self {
         Self {
             verifier: Arc::new(verifier),
+            policy: None,
         }
     }
 }
@@ -32,6 +50,10 @@ impl<V: Verifier> ChallengeAttestor<V> {
 impl<V: Verifier> NodeAttestor for ChallengeAttestor<V> {
     fn name(&self) -> &'static str {
         V::NAME
+    }
+
+    fn pcr_policy(&self) -> Option<Arc<PcrPolicy>> {
+        self.policy.clone()
     }
 
     fn session(&self) -> Box<dyn Session> {
@@ -93,11 +115,12 @@ impl<V: Verifier> Session for ChallengeSession<V> {
             agent_path: done.agent_path,
             selectors: done.selectors,
             can_reattest: true,
-            tpm: Some(TpmKeyEvidence {
+            tpm: Some(Box::new(TpmKeyEvidence {
                 ak_public,
                 key_nonce: std::mem::take(&mut self.key_nonce),
                 key_certify: response.key_certify,
-            }),
+                pcr_quote: response.pcr_quote,
+            })),
         }))
     }
 }

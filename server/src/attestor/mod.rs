@@ -48,7 +48,7 @@ pub struct Attested {
     pub can_reattest: bool,
     /// TPM attestors: the AK the attestation verified and the agent's proof that
     /// its SVID key is in the TPM, checked against the CSR by the agent API.
-    pub tpm: Option<TpmKeyEvidence>,
+    pub tpm: Option<Box<TpmKeyEvidence>>,
 }
 
 /// What a TPM attestation hands the agent API about the agent's key.
@@ -61,6 +61,8 @@ pub struct TpmKeyEvidence {
     pub key_nonce: Vec<u8>,
     /// The agent's TPM2_Certify of its SVID key, if it sent one.
     pub key_certify: Option<tessera_tpm::verifier::key_proof::KeyCertify>,
+    /// The agent's TPM2_Quote of its PCRs, if it sent one.
+    pub pcr_quote: Option<tessera_tpm::verifier::quote::PcrQuote>,
 }
 
 /// One step of an attestation.
@@ -89,6 +91,12 @@ pub trait NodeAttestor: Send + Sync + std::fmt::Debug {
 
     /// Starts an attestation.
     fn session(&self) -> Box<dyn Session>;
+
+    /// The measured-boot policy agents of this attestor are held to (TPM
+    /// attestors with `pcr_allow_list`).
+    fn pcr_policy(&self) -> Option<std::sync::Arc<pcr_policy::PcrPolicy>> {
+        None
+    }
 }
 
 /// Why a node attestor's configuration cannot be used; the message names the setting.

@@ -118,6 +118,9 @@ pub fn agent_text(a: &pb::Agent) -> String {
         "unproven" => line("Agent key", &"NOT proven to be in the TPM"),
         other => line("Agent key", &other),
     }
+    if !a.measured_boot.is_empty() {
+        line("Measured boot", &a.measured_boot);
+    }
     for s in &a.selectors {
         line("Selector", s);
     }
@@ -139,6 +142,7 @@ pub fn agents_json(agents: &[pb::Agent]) -> Result<String, CliError> {
                 "banned": a.banned,
                 "can_reattest": a.can_reattest,
                 "key_proof": a.key_proof,
+                "measured_boot": a.measured_boot,
             })
         })
         .collect();
@@ -165,6 +169,7 @@ mod tests {
             can_reattest: true,
             created_at: 1_800_000_000,
             key_proof: "tpm".into(),
+            measured_boot: String::new(),
         }
     }
 
@@ -195,6 +200,11 @@ mod tests {
             ..agent()
         };
         assert!(!agents_text(&[join]).contains("Agent key"));
+        let refused = pb::Agent {
+            measured_boot: "refused: PCR 7 is 00".into(),
+            ..agent()
+        };
+        assert!(agents_text(&[refused]).contains("Measured boot     : refused: PCR 7 is 00\n"));
         assert!(agents_text(&[agent(), agent()]).starts_with("Found 2 attested agents:\n\n"));
     }
 
@@ -213,6 +223,7 @@ mod tests {
                 "banned": false,
                 "can_reattest": true,
                 "key_proof": "tpm",
+                "measured_boot": "",
             }])
         );
     }

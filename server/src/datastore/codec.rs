@@ -192,6 +192,7 @@ pub(super) struct NodeColumns {
     pub(super) can_reattest: bool,
     pub(super) key_in_tpm: bool,
     pub(super) ak_public: Vec<u8>,
+    pub(super) measured_boot: String,
     pub(super) created_at: i64,
     pub(super) updated_at: i64,
 }
@@ -220,6 +221,7 @@ impl NodeColumns {
             updated_at: self.updated_at,
             key_in_tpm: self.key_in_tpm,
             ak_public: self.ak_public,
+            measured_boot: self.measured_boot,
         })
     }
 }

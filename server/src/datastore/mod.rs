@@ -93,6 +93,10 @@ pub struct AttestedNode {
     /// attestors): the key its later proofs are checked with.
     #[serde(default)]
     pub ak_public: Vec<u8>,
+    /// Measured boot: empty when no quote was checked, `ok`, or `refused: <reason>`
+    /// when the agent's PCRs stopped matching the allow-list.
+    #[serde(default)]
+    pub measured_boot: String,
 }
 
 /// Which kind of signing authority a CA journal record is.
@@ -270,9 +274,14 @@ pub trait Datastore: Send + Sync + fmt::Debug {
     /// Deletes a node (evict: it may attest again). `NotFound` if absent.
     async fn delete_attested_node(&self, id: &SpiffeId) -> Result<()>;
 
-    /// Records whether the agent proved its latest SVID key is in its TPM.
-    /// `NotFound` if absent.
-    async fn set_node_key_in_tpm(&self, id: &SpiffeId, key_in_tpm: bool) -> Result<()>;
+    /// Records whether the agent proved its latest SVID key is in its TPM, and its
+    /// measured-boot status. `NotFound` if absent.
+    async fn set_node_tpm_state(
+        &self,
+        id: &SpiffeId,
+        key_in_tpm: bool,
+        measured_boot: &str,
+    ) -> Result<()>;
 
     /// Bans a node: keeps the record, clears its serials, refuses re-attestation until
     /// it is deleted. `NotFound` if absent.

@@ -85,6 +85,7 @@ mod tests {
             updated_at: 1,
             key_in_tpm: false,
             ak_public: vec![],
+            measured_boot: String::new(),
         }
     }
 

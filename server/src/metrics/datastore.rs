@@ -176,10 +176,15 @@ impl Datastore for MeteredDatastore {
         self.time("ban_attested_node", self.inner.ban_attested_node(id))
             .await
     }
-    async fn set_node_key_in_tpm(&self, id: &SpiffeId, key_in_tpm: bool) -> Result<()> {
+    async fn set_node_tpm_state(
+        &self,
+        id: &SpiffeId,
+        key_in_tpm: bool,
+        measured_boot: &str,
+    ) -> Result<()> {
         self.time(
-            "set_node_key_in_tpm",
-            self.inner.set_node_key_in_tpm(id, key_in_tpm),
+            "set_node_tpm_state",
+            self.inner.set_node_tpm_state(id, key_in_tpm, measured_boot),
         )
         .await
     }

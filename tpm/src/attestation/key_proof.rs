@@ -36,6 +36,31 @@ pub struct WithKeyCertify<R> {
     /// agents, and from agents whose key is not in the TPM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_certify: Option<KeyCertify>,
+    /// A TPM2_Quote by the same AK over the PCRs the agent is configured to send
+    /// (measured boot), with their values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr_quote: Option<crate::verifier::quote::PcrQuote>,
+}
+
+/// Agent: quotes the SHA-256 bank's `pcrs` with `ak` and reads their values.
+pub fn quote_pcrs(
+    tpm: &Tpm,
+    ak: &KeyBlob,
+    pcrs: &[u8],
+    qualifying: &[u8],
+) -> Result<crate::verifier::quote::PcrQuote, DeviceError> {
+    // Read after the quote, in one lock: nothing extends a PCR in between unless
+    // another process shares the TPM, and then the server sees a digest mismatch.
+    let (out, values) = tpm.with(|dev| {
+        let out = dev.quote(ak, pcrs, qualifying)?;
+        Ok((out, dev.pcr_read(pcrs)?))
+    })?;
+    Ok(crate::verifier::quote::PcrQuote {
+        pcrs: pcrs.to_vec(),
+        values,
+        attest: out.attest,
+        signature: out.signature,
+    })
 }
 
 /// Agent: certifies `key` (a key blob under the SRK) with `ak`.
@@ -88,6 +113,7 @@ mod tests {
                 attest: vec![2],
                 signature: vec![3],
             }),
+            pcr_quote: None,
         };
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(

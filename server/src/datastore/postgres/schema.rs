@@ -119,11 +119,13 @@ CREATE TABLE entry_event_readers (
 );
 "#;
 
-/// Version 5: whether an agent proved its SVID key is in its TPM, and the AK its
-/// TPM attestation verified (what later proofs are checked with).
+/// Version 5: whether an agent proved its SVID key is in its TPM, the AK its TPM
+/// attestation verified (what later proofs are checked with), and its
+/// measured-boot status.
 const SCHEMA_V5: &str = r#"
 ALTER TABLE attested_nodes ADD COLUMN key_in_tpm BOOLEAN NOT NULL DEFAULT FALSE;
 ALTER TABLE attested_nodes ADD COLUMN ak_public BYTEA NOT NULL DEFAULT '';
+ALTER TABLE attested_nodes ADD COLUMN measured_boot TEXT NOT NULL DEFAULT '';
 "#;
 
 /// Schema migrations, oldest first: step `i` takes the database from version `i` to

@@ -355,8 +355,13 @@ impl Datastore for SqliteDatastore {
         nodes::ban(self, id).await
     }
 
-    async fn set_node_key_in_tpm(&self, id: &SpiffeId, key_in_tpm: bool) -> Result<()> {
-        nodes::set_key_in_tpm(self, id, key_in_tpm).await
+    async fn set_node_tpm_state(
+        &self,
+        id: &SpiffeId,
+        key_in_tpm: bool,
+        measured_boot: &str,
+    ) -> Result<()> {
+        nodes::set_tpm_state(self, id, key_in_tpm, measured_boot).await
     }
 
     // ---- join tokens ----

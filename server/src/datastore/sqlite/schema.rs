@@ -112,12 +112,14 @@ CREATE TABLE entry_event_readers (
 );
 ";
 
-/// Version 5: whether an agent proved its SVID key is in its TPM, and the AK its
-/// TPM attestation verified (what later proofs are checked with).
+/// Version 5: whether an agent proved its SVID key is in its TPM, the AK its TPM
+/// attestation verified (what later proofs are checked with), and its
+/// measured-boot status.
 const SCHEMA_V5: &str = "
 ALTER TABLE attested_nodes ADD COLUMN key_in_tpm INTEGER NOT NULL DEFAULT 0
     CHECK (key_in_tpm IN (0, 1));
 ALTER TABLE attested_nodes ADD COLUMN ak_public BLOB NOT NULL DEFAULT x'';
+ALTER TABLE attested_nodes ADD COLUMN measured_boot TEXT NOT NULL DEFAULT '';
 ";
 
 /// Schema migrations, oldest first: step `i` takes the database from version `i` to
