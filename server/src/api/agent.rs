@@ -456,7 +456,13 @@ impl Node for AgentApi {
             key_certify,
         );
         let attestor = caller.node.attestation_type.as_str();
-        let measured = self.renewal_measured_boot(&caller, &csr, pcr_quote);
+        let measured = super::measured_boot::at_renewal(
+            &self.state,
+            &caller.node,
+            &caller.serial,
+            &csr,
+            pcr_quote,
+        );
         if let super::measured_boot::Outcome::Refused(reason) = &measured {
             // The agent loses its renewal, and its record says why.
             tracing::warn!(agent = %caller.id, "agent SVID renewal refused: measured boot: {reason}");
@@ -767,36 +773,6 @@ impl Node for AgentApi {
             issued_at: svid.issued_at,
             expires_at: svid.expiry,
         }))
-    }
-}
-
-impl AgentApi {
-    /// The measured-boot check of a renewal by a TPM-attested agent.
-    fn renewal_measured_boot(
-        &self,
-        caller: &Caller,
-        csr: &[u8],
-        quote: Option<pb::PcrQuote>,
-    ) -> super::measured_boot::Outcome {
-        use super::measured_boot::{Outcome, check, from_proto};
-        if caller.node.ak_public.is_empty() {
-            return Outcome::NotChecked;
-        }
-        let quote = match quote.map(from_proto).transpose() {
-            Ok(q) => q,
-            Err(e) => return Outcome::Refused(format!("malformed PCR quote: {e}")),
-        };
-        let policy = self
-            .state
-            .attestors
-            .get(caller.node.attestation_type.as_str())
-            .and_then(|a| a.pcr_policy());
-        check(
-            policy.as_deref(),
-            &caller.node.ak_public,
-            quote.as_ref(),
-            &tessera_tpm::verifier::quote::renewal_qualifying_data(&caller.serial, csr),
-        )
     }
 }
 

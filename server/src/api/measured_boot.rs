@@ -109,3 +109,31 @@ pub(super) fn from_proto(q: tessera_proto::agent::PcrQuote) -> Result<PcrQuote, 
         signature: q.signature,
     })
 }
+
+/// The measured-boot check of a renewal by `node`, authenticated with the SVID
+/// of serial `serial`.
+pub(super) fn at_renewal(
+    state: &super::ServerState,
+    node: &crate::datastore::AttestedNode,
+    serial: &str,
+    csr: &[u8],
+    quote: Option<tessera_proto::agent::PcrQuote>,
+) -> Outcome {
+    if node.ak_public.is_empty() {
+        return Outcome::NotChecked;
+    }
+    let quote = match quote.map(from_proto).transpose() {
+        Ok(q) => q,
+        Err(e) => return Outcome::Refused(format!("malformed PCR quote: {e}")),
+    };
+    let policy = state
+        .attestors
+        .get(node.attestation_type.as_str())
+        .and_then(|a| a.pcr_policy());
+    check(
+        policy.as_deref(),
+        &node.ak_public,
+        quote.as_ref(),
+        &tessera_tpm::verifier::quote::renewal_qualifying_data(serial, csr),
+    )
+}
