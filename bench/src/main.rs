@@ -20,6 +20,7 @@ mod spire;
 mod stats;
 mod sync;
 mod sync_shared;
+mod tpm_commands;
 mod vs_spire;
 mod vs_spire_server;
 mod workload;
@@ -80,6 +81,9 @@ enum Command {
     Footprint,
     /// Agent start to first SVID, join token vs TPM attestation.
     ColdStart,
+    /// TPM commands per agent renewal (native backend, swtpm), without and with
+    /// the agent-key certify and the measured-boot quote. Not part of `all`.
+    TpmCommands,
     /// Two agent builds side by side (issue 13: the static agent as A, the glibc one
     /// as B): stripped size, idle memory with 0/100/1,000 SVIDs and after 1,000
     /// clients, Workload API p50 and throughput (X.509 and JWT), and the ratios A/B;
@@ -167,6 +171,9 @@ async fn run(cli: Cli, dir: &std::path::Path) -> Result<Vec<report::Report>, Str
     }
     if all || matches!(cli.command, Command::ColdStart) {
         out.push(coldstart::run(&dir.join("cold-start"), quick, vs).await?);
+    }
+    if matches!(cli.command, Command::TpmCommands) {
+        out.push(tpm_commands::run(&dir.join("tpm-commands"), quick).await?);
     }
     if let Command::Edge { agent_a, agent_b } = &cli.command {
         let builds = edge::Builds::resolve(agent_a.clone(), agent_b.clone())?;

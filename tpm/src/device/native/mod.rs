@@ -23,6 +23,7 @@
 //! reconnects and runs once more, and an error that survives that says the TPM is away.
 
 pub(crate) mod command;
+pub mod count;
 mod import;
 mod ops;
 mod quote;
