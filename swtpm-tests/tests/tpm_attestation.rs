@@ -172,6 +172,12 @@ fn tpm_devid_agent_with_its_key_in_the_tpm() {
     assert!(list.contains("tpm_devid:subject:cn:device-0001"), "{list}");
     assert!(list.contains("tpm_devid:issuer:cn:Vendor CA"), "{list}");
     assert!(list.contains("tpm_devid:ca:fingerprint:"), "{list}");
+    // And it proved, with a TPM2_Certify by its attested AK, that this key is in
+    // the TPM (docs/TPM.md: proof that the agent key is in the TPM).
+    assert!(
+        list.contains("Agent key         : in TPM (certified by the attested AK)"),
+        "{list}"
+    );
 
     // The agent's own key is a TPM key: the SVID carries its public key, and what is
     // on disk is a TPM blob, not a private key.
