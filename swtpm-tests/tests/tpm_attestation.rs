@@ -389,6 +389,19 @@ fn tpm_ek_by_certificate_and_by_allow_list() {
     ] {
         assert!(list.contains(&s), "{s} missing:\n{list}");
     }
+    // Its SVID key is a file (the default key manager): not proven to be in the
+    // TPM, said in the list, and served (require_agent_key_in_tpm is off).
+    assert!(
+        list.contains("Agent key         : NOT proven to be in the TPM"),
+        "{list}"
+    );
+    assert!(
+        by_cert
+            .log()
+            .contains("agent SVID key not proven to be in its TPM: the agent sent no TPM2_Certify"),
+        "{}",
+        by_cert.log()
+    );
 
     // A simulator has no resource manager (a device's /dev/tpmrm0 does): one agent
     // per TPM at a time.

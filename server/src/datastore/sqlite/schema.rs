@@ -240,6 +240,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn version_4_nodes_start_with_no_tpm_proof() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("v4.db");
+        drop(SqliteDatastore::open_with_migrations(&path, &MIGRATIONS[..4]).expect("open v4"));
+        let conn = Connection::open(&path).expect("raw");
+        conn.execute_batch(
+            "INSERT INTO attested_nodes VALUES
+                ('spiffe://example.org/spire/agent/tpm/ab', 'tpm_ek', 'aa', 100,
+                 0, 1, 1, 2, 'bb', 200);",
+        )
+        .expect("v4 row");
+        drop(conn);
+        let ds = SqliteDatastore::open(&path).expect("open");
+        assert_eq!(user_version(&path), 5);
+        let id: SpiffeId = "spiffe://example.org/spire/agent/tpm/ab"
+            .parse()
+            .expect("id");
+        let n = ds.get_attested_node(&id).await.expect("get").expect("node");
+        assert_eq!(n.new_cert_serial, "bb");
+        assert!(!n.key_in_tpm && n.ak_public.is_empty() && n.measured_boot.is_empty());
+    }
+
+    #[tokio::test]
     async fn v1_database_is_migrated_to_a_later_version() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ds.sqlite3");
