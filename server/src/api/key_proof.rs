@@ -29,8 +29,9 @@ pub(super) fn at_attestation(evidence: &TpmKeyEvidence, csr: &[u8], csr_spki: &[
     verify_key_proof(&ak, proof, &qualifying, csr_spki)
 }
 
-/// Checks the certify a renewal carried; `None` for an agent with no attested AK
-/// (not attested by a TPM attestor).
+/// Checks the certify a renewal carried; `None` for an agent not attested by a
+/// TPM attestor. A TPM agent with no AK on record (attested before the server kept
+/// AKs) is not proven: it proves its key again by attesting again.
 pub(super) fn at_renewal(
     node: &AttestedNode,
     presented_serial: &str,
@@ -38,7 +39,7 @@ pub(super) fn at_renewal(
     csr_spki: &[u8],
     proof: Option<pb::TpmKeyCertify>,
 ) -> Option<Verdict> {
-    if node.ak_public.is_empty() {
+    if !is_tpm_attestor(&node.attestation_type) {
         return None;
     }
     Some((|| {
@@ -52,6 +53,11 @@ pub(super) fn at_renewal(
         let qualifying = renewal_qualifying_data(presented_serial, csr);
         verify_key_proof(&ak, &proof, &qualifying, csr_spki)
     })())
+}
+
+/// Whether agents of `attestor` have an AK (the TPM attestors).
+pub(super) fn is_tpm_attestor(attestor: &str) -> bool {
+    attestor == crate::attestor::tpm_ek::NAME || attestor == crate::attestor::tpm_devid::NAME
 }
 
 /// The refusal of an agent whose key is not proven while its attestor requires it.

@@ -54,7 +54,14 @@ pub(super) fn check(
         };
     };
     let Ok(ak) = PublicArea::parse(ak_public) else {
-        return Outcome::Refused("the server holds no attested AK for this agent".into());
+        // Attested before the server kept AKs: nothing to check the quote with.
+        return match policy {
+            Some(_) => Outcome::Refused(
+                "the server holds no attested AK for this agent to check its quote with (attest again)"
+                    .into(),
+            ),
+            None => Outcome::NotChecked,
+        };
     };
     if let Err(e) = verify_quote(&ak, quote, qualifying) {
         return Outcome::Refused(e.to_string());
@@ -119,7 +126,7 @@ pub(super) fn at_renewal(
     csr: &[u8],
     quote: Option<tessera_proto::agent::PcrQuote>,
 ) -> Outcome {
-    if node.ak_public.is_empty() {
+    if !super::key_proof::is_tpm_attestor(&node.attestation_type) {
         return Outcome::NotChecked;
     }
     let quote = match quote.map(from_proto).transpose() {
