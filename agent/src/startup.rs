@@ -199,21 +199,45 @@ pub fn node_attestor(
     args: TokenArgs,
     tpm: Option<Arc<Tpm>>,
 ) -> Result<Option<Arc<dyn NodeAttestor>>, StartupError> {
+    // With the agent's own key in the TPM, the TPM attestors prove it is there;
+    // with measured boot configured, they quote the PCRs.
+    let key_prover = |tpm: &Arc<Tpm>| {
+        let certify = matches!(cfg.key_manager, KeyManagerConfig::Tpm { .. });
+        let pcrs = cfg.measured_boot.sorted();
+        (certify || !pcrs.is_empty()).then(|| {
+            Arc::new(crate::attestor::key_proof::KeyProver::open(
+                tpm.clone(),
+                &cfg.data_dir,
+                certify,
+                pcrs,
+            ))
+        })
+    };
     let tpm_attestor: Option<Arc<dyn NodeAttestor>> = if let Some(c) = &cfg.node_attestor.tpm_devid
     {
         let tpm = tpm.clone().ok_or(StartupError::NeedsTpm("tpm_devid"))?;
         let identity = devid_identity(c, &tpm)?;
-        Some(Arc::new(crate::attestor::tpm_devid::TpmDevId::new(
+        let keys = key_prover(&tpm);
+        let mut a = crate::attestor::tpm_devid::TpmDevId::new(
             tpm,
             identity,
             tessera_tpm::AgentOptions { ek: c.ek, ak: c.ak },
-        )))
+        );
+        if let Some(k) = keys {
+            a = a.with_key_prover(k);
+        }
+        Some(Arc::new(a))
     } else if let Some(c) = &cfg.node_attestor.tpm_ek {
         let tpm = tpm.clone().ok_or(StartupError::NeedsTpm("tpm_ek"))?;
-        Some(Arc::new(crate::attestor::tpm_ek::TpmEk::new(
+        let keys = key_prover(&tpm);
+        let mut a = crate::attestor::tpm_ek::TpmEk::new(
             tpm,
             tessera_tpm::AgentOptions { ek: c.ek, ak: c.ak },
-        )))
+        );
+        if let Some(k) = keys {
+            a = a.with_key_prover(k);
+        }
+        Some(Arc::new(a))
     } else {
         cloud_or_certificate_attestor(cfg, tpm.clone())?
     };

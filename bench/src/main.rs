@@ -20,6 +20,7 @@ mod spire;
 mod stats;
 mod sync;
 mod sync_shared;
+mod tpm_commands;
 mod tpm_keys;
 mod vs_spire;
 mod vs_spire_server;
@@ -84,6 +85,9 @@ enum Command {
     /// Workload keys in the TPM: start to first TPM-held SVID, rotation of one,
     /// and the TPM's share (key + CSR) per backend.
     TpmWorkloadKeys,
+    /// TPM commands per agent renewal (native backend, swtpm), without and with
+    /// the agent-key certify and the measured-boot quote. Not part of `all`.
+    TpmCommands,
     /// Two agent builds side by side (issue 13: the static agent as A, the glibc one
     /// as B): stripped size, idle memory with 0/100/1,000 SVIDs and after 1,000
     /// clients, Workload API p50 and throughput (X.509 and JWT), and the ratios A/B;
@@ -174,6 +178,9 @@ async fn run(cli: Cli, dir: &std::path::Path) -> Result<Vec<report::Report>, Str
     }
     if (all && !vs) || matches!(cli.command, Command::TpmWorkloadKeys) {
         out.push(tpm_keys::run(&dir.join("tpm-workload-keys"), quick).await?);
+    }
+    if matches!(cli.command, Command::TpmCommands) {
+        out.push(tpm_commands::run(&dir.join("tpm-commands"), quick).await?);
     }
     if let Command::Edge { agent_a, agent_b } = &cli.command {
         let builds = edge::Builds::resolve(agent_a.clone(), agent_b.clone())?;

@@ -598,6 +598,23 @@ impl ServerConfig {
         self.agent_svid_ttl.unwrap_or(self.x509_svid_ttl)
     }
 
+    /// Whether agents attested by `attestor` must prove their SVID key is in their
+    /// TPM (`require_agent_key_in_tpm` of `tpm_devid` or `tpm_ek`).
+    pub fn requires_agent_key_in_tpm(&self, attestor: &str) -> bool {
+        let n = &self.node_attestors;
+        match attestor {
+            crate::attestor::tpm_devid::NAME => n
+                .tpm_devid
+                .as_ref()
+                .is_some_and(|c| c.require_agent_key_in_tpm),
+            crate::attestor::tpm_ek::NAME => n
+                .tpm_ek
+                .as_ref()
+                .is_some_and(|c| c.require_agent_key_in_tpm),
+            _ => false,
+        }
+    }
+
     /// Where the upstream root certificate lives.
     pub fn upstream_root_cert(&self) -> Option<PathBuf> {
         match &self.upstream_authority {

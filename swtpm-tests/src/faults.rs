@@ -679,7 +679,11 @@ pub async fn renew_agent(
     );
     let csr = tessera_core::x509::build_csr(&key).expect("CSR");
     let resp = node_client(address, roots, Some(identity))
-        .renew_agent(tessera_proto::agent::RenewAgentRequest { csr })
+        .renew_agent(tessera_proto::agent::RenewAgentRequest {
+            csr,
+            key_certify: None,
+            pcr_quote: None,
+        })
         .await?
         .into_inner();
     Ok((resp.svid_chain, key))

@@ -20,6 +20,7 @@ pub mod faults_agent;
 pub mod pebble;
 pub mod spiffe_libs;
 pub mod spire;
+pub mod tpm_agent;
 pub mod writers;
 
 use std::path::{Path, PathBuf};

@@ -318,3 +318,36 @@ fn tpm_workload_keys_runs_in_quick_mode() {
         assert!(v > 0.0, "tpm-workload-keys: {k} = {v}");
     }
 }
+
+/// `tpm-commands` in quick mode: each renewal variant's count is there, and the
+/// agent-key certify and the quote each add commands (five and three plus one a
+/// PCR, as docs/BENCHMARKS.md explains).
+#[test]
+fn tpm_commands_runs_in_quick_mode() {
+    let dir = tessera_swtpm_tests::test_dir("bench-tpm-commands");
+    let json = dir.path().join("tpm.json");
+    let out = Command::new(tessera_swtpm_tests::bin("tessera-bench"))
+        .args(["--quick", "tpm-commands", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tessera-bench tpm-commands failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let r = &doc["results"]["tpm-commands"];
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {r}"));
+    assert!(n("plain") > 0, "{r}");
+    assert_eq!(n("certify"), n("plain") + 5, "{r}");
+    assert_eq!(n("certify_quote"), n("certify") + 3 + 2, "{r}");
+    assert!(
+        r["certify_quote_by_command"]
+            .as_str()
+            .unwrap()
+            .contains("TPM2_Quote 1"),
+        "{r}"
+    );
+}

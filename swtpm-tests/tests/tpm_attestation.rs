@@ -172,6 +172,12 @@ fn tpm_devid_agent_with_its_key_in_the_tpm() {
     assert!(list.contains("tpm_devid:subject:cn:device-0001"), "{list}");
     assert!(list.contains("tpm_devid:issuer:cn:Vendor CA"), "{list}");
     assert!(list.contains("tpm_devid:ca:fingerprint:"), "{list}");
+    // And it proved, with a TPM2_Certify by its attested AK, that this key is in
+    // the TPM (docs/TPM.md: proof that the agent key is in the TPM).
+    assert!(
+        list.contains("Agent key         : in TPM (certified by the attested AK)"),
+        "{list}"
+    );
 
     // The agent's own key is a TPM key: the SVID carries its public key, and what is
     // on disk is a TPM blob, not a private key.
@@ -383,6 +389,19 @@ fn tpm_ek_by_certificate_and_by_allow_list() {
     ] {
         assert!(list.contains(&s), "{s} missing:\n{list}");
     }
+    // Its SVID key is a file (the default key manager): not proven to be in the
+    // TPM, said in the list, and served (require_agent_key_in_tpm is off).
+    assert!(
+        list.contains("Agent key         : NOT proven to be in the TPM"),
+        "{list}"
+    );
+    assert!(
+        by_cert
+            .log()
+            .contains("agent SVID key not proven to be in its TPM: the agent sent no TPM2_Certify"),
+        "{}",
+        by_cert.log()
+    );
 
     // A simulator has no resource manager (a device's /dev/tpmrm0 does): one agent
     // per TPM at a time.

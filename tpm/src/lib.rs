@@ -11,7 +11,8 @@
 //!   and EK and DevID certificate paths ([`verifier::chain`]).
 //! - **[`device`]**: the agent's TPM. [`device::TpmDevice`] is the small trait of
 //!   TPM operations the agent needs (EK public areas and certificates, keys under
-//!   the SRK, TPM2_Certify, TPM2_ActivateCredential, TPM2_Sign), spoken in wire
+//!   the SRK, TPM2_Certify, TPM2_ActivateCredential, TPM2_Sign, TPM2_Quote and
+//!   TPM2_PCR_Read, TPM2_Import for tests), spoken in wire
 //!   structures, with two backends behind it: tss-esapi (`device::esapi`, cargo
 //!   feature `esapi`, on by default) and a pure-Rust one (`device::native`, cargo
 //!   feature `native`: its own transports, command framing and an HMAC session

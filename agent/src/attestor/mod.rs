@@ -10,6 +10,7 @@ pub mod challenge;
 pub mod gcp_iit;
 pub mod join_token;
 pub mod k8s_psat;
+pub mod key_proof;
 pub mod metadata;
 pub mod tpm_devid;
 pub mod tpm_ek;
@@ -82,4 +83,22 @@ pub trait NodeAttestor: Send + Sync + std::fmt::Debug {
     fn can_reattest(&self) -> bool;
     /// Starts an attestation.
     fn session(&self) -> Box<dyn Session>;
+
+    /// The key the next attestation's SVID is for, so that a TPM attestor can
+    /// certify it with its AK; other attestors ignore it.
+    fn bind_key(&self, _binding: key_proof::KeyBinding) {}
+
+    /// A TPM attestor's proofs for a renewal to the key in `slot`: the certify of
+    /// the key and the PCR quote (see [`key_proof::KeyProver::prove_at_renewal`]).
+    fn renewal_proof(
+        &self,
+        _slot: &str,
+        _serial_hex: &str,
+        _csr: &[u8],
+    ) -> (
+        Option<tessera_proto::agent::TpmKeyCertify>,
+        Option<tessera_proto::agent::PcrQuote>,
+    ) {
+        (None, None)
+    }
 }

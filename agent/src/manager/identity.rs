@@ -55,6 +55,10 @@ impl Agent {
         };
         let (slot, key) = self.new_agent_key().await?;
         let csr = x509::build_csr(&key).map_err(|e| AgentError::Internal(format!("CSR: {e}")))?;
+        attestor.bind_key(crate::attestor::key_proof::KeyBinding {
+            slot: slot.to_owned(),
+            csr: csr.clone(),
+        });
         let result = self.server.attest(trust, attestor.as_ref(), csr).await?;
         let spiffe_id = SpiffeId::new(&result.spiffe_id)
             .map_err(|e| AgentError::Attestation(format!("server sent a bad agent ID: {e}")))?;
@@ -110,7 +114,15 @@ impl Agent {
     pub async fn renew(&self) -> Result<(), AgentError> {
         let (slot, key) = self.new_agent_key().await?;
         let csr = x509::build_csr(&key).map_err(|e| AgentError::Internal(format!("CSR: {e}")))?;
-        let svid_chain = self.server.renew_agent(csr).await?;
+        let (key_certify, pcr_quote) = self.renewal_proofs(slot, &csr).await;
+        let svid_chain = self
+            .server
+            .renew_agent_with(tessera_proto::agent::RenewAgentRequest {
+                csr,
+                key_certify,
+                pcr_quote,
+            })
+            .await?;
         let leaf = svid_chain
             .first()
             .ok_or_else(|| AgentError::Internal("no SVID in the renewal".into()))?;
@@ -136,6 +148,36 @@ impl Agent {
         let _ = tokio::task::spawn_blocking(move || km.delete_key(&old_key)).await;
         tracing::info!(expires_at = info.not_after, "agent SVID renewed");
         Ok(())
+    }
+
+    /// A TPM-attested agent's proofs for the renewal authenticated with its
+    /// current SVID: the certify of its renewal key by its AK and its PCR quote
+    /// (each `None`, logged, when it cannot be made).
+    async fn renewal_proofs(
+        &self,
+        slot: &'static str,
+        csr: &[u8],
+    ) -> (
+        Option<tessera_proto::agent::TpmKeyCertify>,
+        Option<tessera_proto::agent::PcrQuote>,
+    ) {
+        let Some(attestor) = self.attestor.clone() else {
+            return (None, None);
+        };
+        let serial = {
+            let me = self.me.lock().unwrap_or_else(|p| p.into_inner());
+            me.as_ref()
+                .and_then(|m| m.chain.first())
+                .and_then(|leaf| x509::cert_info(leaf).ok())
+                .map(|i| i.serial_hex)
+        };
+        let Some(serial) = serial else {
+            return (None, None);
+        };
+        let csr = csr.to_vec();
+        tokio::task::spawn_blocking(move || attestor.renewal_proof(slot, &serial, &csr))
+            .await
+            .unwrap_or((None, None))
     }
 
     /// The agent SVID's NotBefore and NotAfter.

@@ -109,6 +109,15 @@ pub trait ServerApi: Send + Sync + std::fmt::Debug {
     /// A new agent SVID for the key in `csr`: the chain, leaf first.
     async fn renew_agent(&self, csr: Vec<u8>) -> Result<Vec<Vec<u8>>, ServerError>;
 
+    /// [`ServerApi::renew_agent`] with the request's other fields (the TPM key
+    /// proof); servers that cannot carry them send the CSR alone.
+    async fn renew_agent_with(
+        &self,
+        req: pb::RenewAgentRequest,
+    ) -> Result<Vec<Vec<u8>>, ServerError> {
+        self.renew_agent(req.csr).await
+    }
+
     /// A JWT-SVID for an entry and audience.
     async fn new_jwt_svid(
         &self,
@@ -274,7 +283,18 @@ impl ServerApi for GrpcServer {
     }
 
     async fn renew_agent(&self, csr: Vec<u8>) -> Result<Vec<Vec<u8>>, ServerError> {
-        let req = pb::RenewAgentRequest { csr };
+        self.renew_agent_with(pb::RenewAgentRequest {
+            csr,
+            key_certify: None,
+            pcr_quote: None,
+        })
+        .await
+    }
+
+    async fn renew_agent_with(
+        &self,
+        req: pb::RenewAgentRequest,
+    ) -> Result<Vec<Vec<u8>>, ServerError> {
         Ok(self
             .call(|mut c| async move { c.renew_agent(req).await })
             .await?

@@ -116,6 +116,19 @@ fn agent_to_proto(n: &crate::datastore::AttestedNode) -> pb::Agent {
         banned: n.banned,
         can_reattest: n.can_reattest,
         created_at: n.created_at,
+        key_proof: key_proof(n).to_owned(),
+        measured_boot: n.measured_boot.clone(),
+    }
+}
+
+/// The `key_proof` of an agent (see admin.proto).
+pub(crate) fn key_proof(n: &crate::datastore::AttestedNode) -> &'static str {
+    if n.key_in_tpm {
+        "tpm"
+    } else if !n.ak_public.is_empty() {
+        "unproven"
+    } else {
+        ""
     }
 }
 

@@ -269,6 +269,47 @@ impl AgentApi {
             }
         }
 
+        // TPM attestors: is the SVID key in the TPM? Checked before anything is issued.
+        let key_verdict = attested
+            .tpm
+            .as_ref()
+            .map(|t| super::key_proof::at_attestation(t, &params.csr, &public_key));
+        if let Some(Err(e)) = &key_verdict {
+            if self
+                .state
+                .config
+                .requires_agent_key_in_tpm(&params.attestor)
+            {
+                return Err(super::key_proof::refusal(
+                    &agent_id.to_string(),
+                    &params.attestor,
+                    e,
+                ));
+            }
+            tracing::warn!(agent = %agent_id, "agent SVID key not proven to be in its TPM: {e}");
+        }
+        // Measured boot: the quote (if any) and the attestor's PCR allow-list.
+        let measured = match attested.tpm.as_ref() {
+            Some(t) => super::measured_boot::check(
+                attestor.pcr_policy().as_deref(),
+                &t.ak_public,
+                t.pcr_quote.as_ref(),
+                &tessera_tpm::verifier::quote::attestation_qualifying_data(
+                    &t.key_nonce,
+                    &params.csr,
+                ),
+            ),
+            None => super::measured_boot::Outcome::NotChecked,
+        };
+        let pcr_selectors = match &measured {
+            super::measured_boot::Outcome::Refused(reason) => {
+                self.state.metrics.measured_boot_refused("attestation");
+                return Err(super::measured_boot::refusal(&agent_id.to_string(), reason));
+            }
+            super::measured_boot::Outcome::Ok(s) => s.clone(),
+            super::measured_boot::Outcome::NotChecked => Vec::new(),
+        };
+
         let ca = self.state.ca.clone();
         let ttl = self.state.config.agent_svid_ttl();
         let id = agent_id.clone();
@@ -298,9 +339,16 @@ impl AgentApi {
             new_cert_not_after: 0,
             banned: false,
             can_reattest: attested.can_reattest,
-            selectors: attested.selectors,
+            selectors: attested
+                .selectors
+                .into_iter()
+                .chain(pcr_selectors)
+                .collect(),
             created_at: existing.as_ref().map_or(now, |n| n.created_at),
             updated_at: now,
+            key_in_tpm: matches!(key_verdict, Some(Ok(()))),
+            ak_public: attested.tpm.map(|t| t.ak_public).unwrap_or_default(),
+            measured_boot: measured.status(),
         };
         self.state.ds.upsert_attested_node(node.clone()).await?;
         self.state.nodes.put(&agent_id, Some(node));
@@ -393,9 +441,64 @@ impl Node for AgentApi {
         req: Request<pb::RenewAgentRequest>,
     ) -> Result<Response<pb::RenewAgentResponse>, Status> {
         let caller = self.authenticate(&req).await?;
-        let csr = req.into_inner().csr;
+        let pb::RenewAgentRequest {
+            csr,
+            key_certify,
+            pcr_quote,
+        } = req.into_inner();
         let public_key = tessera_core::x509::csr_public_key(&csr, Some(&caller.id))
             .map_err(|e| Status::invalid_argument(format!("agent CSR: {e}")))?;
+        let key_verdict = super::key_proof::at_renewal(
+            &caller.node,
+            &caller.serial,
+            &csr,
+            &public_key,
+            key_certify,
+        );
+        let attestor = caller.node.attestation_type.as_str();
+        let measured = super::measured_boot::at_renewal(
+            &self.state,
+            &caller.node,
+            &caller.serial,
+            &csr,
+            pcr_quote,
+        );
+        if let super::measured_boot::Outcome::Refused(reason) = &measured {
+            // The agent loses its renewal, and its record says why.
+            tracing::warn!(agent = %caller.id, "agent SVID renewal refused: measured boot: {reason}");
+            self.state.metrics.measured_boot_refused("renewal");
+            let status = measured.status();
+            if caller.node.measured_boot != status {
+                self.state
+                    .ds
+                    .set_node_tpm_state(&caller.id, caller.node.key_in_tpm, &status)
+                    .await?;
+                self.state.nodes.put(&caller.id, None);
+            }
+            return Err(super::measured_boot::refusal(
+                &caller.id.to_string(),
+                reason,
+            ));
+        }
+        if let Some(Err(e)) = &key_verdict {
+            if self.state.config.requires_agent_key_in_tpm(attestor) {
+                if caller.node.key_in_tpm {
+                    let _ = self
+                        .state
+                        .ds
+                        .set_node_tpm_state(&caller.id, false, &caller.node.measured_boot)
+                        .await;
+                    self.state.nodes.put(&caller.id, None);
+                }
+                tracing::warn!(agent = %caller.id, "agent SVID renewal refused: key not proven to be in its TPM: {e}");
+                return Err(super::key_proof::refusal(
+                    &caller.id.to_string(),
+                    attestor,
+                    e,
+                ));
+            }
+            tracing::warn!(agent = %caller.id, "renewed agent SVID key not proven to be in its TPM: {e}");
+        }
         let ca = self.state.ca.clone();
         let ttl = self.state.config.agent_svid_ttl();
         let id = caller.id.clone();
@@ -419,6 +522,36 @@ impl Node for AgentApi {
                 return Err(Status::permission_denied(m));
             }
             Err(e) => return Err(e.into()),
+        };
+        let proven = key_verdict.map_or(node.key_in_tpm, |v| v.is_ok());
+        let status = measured.status();
+        let node = if proven != node.key_in_tpm || status != node.measured_boot {
+            self.state
+                .ds
+                .set_node_tpm_state(&caller.id, proven, &status)
+                .await?;
+            AttestedNode {
+                key_in_tpm: proven,
+                measured_boot: status,
+                ..node
+            }
+        } else {
+            node
+        };
+        // Selectors that depend on the measured state follow it.
+        let node = match measured {
+            super::measured_boot::Outcome::Ok(pcr) => {
+                let selectors = super::measured_boot::with_pcr_selectors(&node.selectors, pcr);
+                if selectors == node.selectors {
+                    node
+                } else {
+                    let node = AttestedNode { selectors, ..node };
+                    self.state.ds.upsert_attested_node(node.clone()).await?;
+                    self.state.entries.forget_agent(&caller.id);
+                    node
+                }
+            }
+            _ => node,
         };
         self.state.nodes.put(&caller.id, Some(node));
         self.state.audit.record(&audit::Svid {

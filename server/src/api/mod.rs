@@ -22,6 +22,8 @@ pub mod admin_access;
 pub mod admin_federation;
 pub mod agent;
 pub mod convert;
+mod key_proof;
+mod measured_boot;
 pub mod preauth;
 pub mod ratelimit;
 

@@ -257,6 +257,7 @@ impl Check for AzureMsiCheck {
             agent_path,
             selectors,
             can_reattest: self.reattest,
+            tpm: None,
         })
     }
 }

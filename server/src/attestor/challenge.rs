@@ -8,15 +8,33 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tessera_tpm::attestation::key_proof::{KEY_NONCE_LEN, WithKeyCertify, WithKeyNonce};
 use tessera_tpm::attestation::{Pending, Verifier};
 
-use super::{AttestError, Attested, NodeAttestor, Session, Step};
+use super::pcr_policy::PcrPolicy;
+use super::{AttestError, Attested, NodeAttestor, Session, Step, TpmKeyEvidence};
 
 /// A node attestor made of a TPM verifier; TPM agents may attest again with the
 /// same evidence.
 #[derive(Debug)]
 pub struct ChallengeAttestor<V> {
     verifier: Arc<V>,
+    policy: Option<Arc<PcrPolicy>>,
+}
+
+/// `attestor` held to the PCR allow-list at `path`, if any (a start-up error when
+/// the file is unusable).
+pub fn with_policy<V: Verifier>(
+    mut attestor: ChallengeAttestor<V>,
+    path: Option<&std::path::Path>,
+    name: &str,
+) -> Result<ChallengeAttestor<V>, super::AttestorConfigError> {
+    if let Some(p) = path {
+        let setting = format!("node_attestors.{name}.pcr_allow_list");
+        let policy = PcrPolicy::open(p, &setting).map_err(super::AttestorConfigError::Setting)?;
+        attestor.policy = Some(Arc::new(policy));
+    }
+    Ok(attestor)
 }
 
 impl<V: Verifier> ChallengeAttestor<V> {
@@ -24,6 +42,7 @@ impl<V: Verifier> ChallengeAttestor<V> {
     pub fn with_verifier(verifier: V) -> Self {
         Self {
             verifier: Arc::new(verifier),
+            policy: None,
         }
     }
 }
@@ -33,10 +52,15 @@ impl<V: Verifier> NodeAttestor for ChallengeAttestor<V> {
         V::NAME
     }
 
+    fn pcr_policy(&self) -> Option<Arc<PcrPolicy>> {
+        self.policy.clone()
+    }
+
     fn session(&self) -> Box<dyn Session> {
         Box::new(ChallengeSession::<V> {
             verifier: self.verifier.clone(),
             pending: None,
+            key_nonce: Vec::new(),
             started: false,
         })
     }
@@ -45,6 +69,9 @@ impl<V: Verifier> NodeAttestor for ChallengeAttestor<V> {
 struct ChallengeSession<V: Verifier> {
     verifier: Arc<V>,
     pending: Option<V::Pending>,
+    /// The nonce the agent's key certify must carry (see
+    /// `tessera_tpm::verifier::key_proof`).
+    key_nonce: Vec<u8>,
     started: bool,
 }
 
@@ -64,6 +91,14 @@ impl<V: Verifier> Session for ChallengeSession<V> {
                     .map_err(|e| AttestError::Unavailable(e.to_string()))?
                     .map_err(from_tpm)?;
             self.pending = Some(pending);
+            let mut nonce = vec![0u8; KEY_NONCE_LEN];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+                .map_err(|_| AttestError::Unavailable("random generator failed".into()))?;
+            self.key_nonce = nonce.clone();
+            let challenge = WithKeyNonce {
+                challenge,
+                key_nonce: Some(nonce),
+            };
             return serde_json::to_vec(&challenge)
                 .map(Step::Challenge)
                 .map_err(|e| AttestError::Unavailable(e.to_string()));
@@ -71,13 +106,21 @@ impl<V: Verifier> Session for ChallengeSession<V> {
         let pending = self.pending.take().ok_or_else(|| {
             AttestError::Malformed(format!("{name} takes exactly one challenge response"))
         })?;
-        let response: <V::Pending as Pending>::Response = serde_json::from_slice(&input)
-            .map_err(|e| AttestError::Malformed(format!("{name} response: {e}")))?;
-        let done = pending.finish(&response).map_err(from_tpm)?;
+        let response: WithKeyCertify<<V::Pending as Pending>::Response> =
+            serde_json::from_slice(&input)
+                .map_err(|e| AttestError::Malformed(format!("{name} response: {e}")))?;
+        let ak_public = pending.ak_public().marshal();
+        let done = pending.finish(&response.response).map_err(from_tpm)?;
         Ok(Step::Attested(Attested {
             agent_path: done.agent_path,
             selectors: done.selectors,
             can_reattest: true,
+            tpm: Some(Box::new(TpmKeyEvidence {
+                ak_public,
+                key_nonce: std::mem::take(&mut self.key_nonce),
+                key_certify: response.key_certify,
+                pcr_quote: response.pcr_quote,
+            })),
         }))
     }
 }
@@ -104,10 +147,18 @@ mod tests {
     #[derive(Debug)]
     struct Doubling;
 
+    /// A struct, as every TPM attestor's messages are (the key nonce and certify
+    /// sit beside its fields).
     #[derive(Serialize, Deserialize)]
-    struct Number(u32);
+    struct Number {
+        n: u32,
+    }
 
-    struct Expect(u32);
+    fn num(n: u32) -> Number {
+        Number { n }
+    }
+
+    struct Expect(u32, tessera_tpm::wire::PublicArea);
 
     impl Verifier for Doubling {
         const NAME: &'static str = "doubling";
@@ -116,13 +167,14 @@ mod tests {
         type Pending = Expect;
 
         fn start(&self, payload: &Number) -> Result<(Number, Expect), tessera_tpm::AttestError> {
-            if payload.0 == 0 {
+            if payload.n == 0 {
                 return Err(tessera_tpm::AttestError::Malformed {
                     field: "number",
                     reason: "zero".into(),
                 });
             }
-            Ok((Number(payload.0 + 1), Expect(2 * (payload.0 + 1))))
+            let ak = tessera_tpm::ak::AkKind::EccP256.template();
+            Ok((num(payload.n + 1), Expect(2 * (payload.n + 1), ak)))
         }
     }
 
@@ -130,13 +182,17 @@ mod tests {
         type Response = Number;
 
         fn finish(self, response: &Number) -> Result<NodeAttestation, tessera_tpm::AttestError> {
-            if response.0 != self.0 {
+            if response.n != self.0 {
                 return Err(tessera_tpm::AttestError::ActivationFailed);
             }
             Ok(NodeAttestation {
                 agent_path: format!("doubling/{}", self.0),
                 selectors: Vec::new(),
             })
+        }
+
+        fn ak_public(&self) -> &tessera_tpm::wire::PublicArea {
+            &self.1
         }
     }
 
@@ -150,23 +206,38 @@ mod tests {
         assert_eq!(attestor.name(), "doubling");
         let mut a = attestor.session();
         let mut b = attestor.session();
-        let Step::Challenge(ca) = a.step(json(&Number(4))).await.unwrap() else {
+        let Step::Challenge(ca) = a.step(json(&num(4))).await.unwrap() else {
             panic!("no challenge");
         };
-        let Step::Challenge(_) = b.step(json(&Number(9))).await.unwrap() else {
+        let Step::Challenge(_) = b.step(json(&num(9))).await.unwrap() else {
             panic!("no challenge");
         };
-        let Number(ca) = serde_json::from_slice(&ca).unwrap();
+        let challenge: serde_json::Value = serde_json::from_slice(&ca).unwrap();
+        // The key nonce sits beside the attestor's own challenge.
+        assert_eq!(
+            challenge["key_nonce"].as_str().unwrap().len(),
+            44,
+            "{challenge}"
+        );
+        let Number { n: ca } = serde_json::from_slice(&ca).unwrap();
         // A's answer is wrong for B's attempt.
-        let err = b.step(json(&Number(2 * ca))).await.unwrap_err();
+        let err = b.step(json(&num(2 * ca))).await.unwrap_err();
         assert!(matches!(err, AttestError::Refused(_)), "{err}");
-        let Step::Attested(done) = a.step(json(&Number(2 * ca))).await.unwrap() else {
+        let Step::Attested(done) = a.step(json(&num(2 * ca))).await.unwrap() else {
             panic!("not attested");
         };
         assert_eq!(done.agent_path, "doubling/10");
         assert!(done.can_reattest);
+        // No certify was sent: the evidence says so, with the AK kept.
+        let tpm = done.tpm.unwrap();
+        assert_eq!(tpm.key_certify, None);
+        assert_eq!(tpm.key_nonce.len(), 32);
+        assert_eq!(
+            tpm.ak_public,
+            tessera_tpm::ak::AkKind::EccP256.template().marshal()
+        );
         // Each attempt is answered once.
-        let err = a.step(json(&Number(2 * ca))).await.unwrap_err();
+        let err = a.step(json(&num(2 * ca))).await.unwrap_err();
         assert_eq!(
             err.to_string(),
             "malformed attestation data: doubling takes exactly one challenge response"
@@ -179,11 +250,11 @@ mod tests {
         let err = attestor.session().step(b"{".to_vec()).await.unwrap_err();
         assert!(matches!(err, AttestError::Malformed(_)), "{err}");
         assert!(err.to_string().contains("doubling payload: "), "{err}");
-        let err = attestor.session().step(json(&Number(0))).await.unwrap_err();
+        let err = attestor.session().step(json(&num(0))).await.unwrap_err();
         assert!(matches!(err, AttestError::Malformed(_)), "{err}");
         assert!(err.to_string().contains("number: zero"), "{err}");
         let mut s = attestor.session();
-        s.step(json(&Number(1))).await.unwrap();
+        s.step(json(&num(1))).await.unwrap();
         let err = s.step(b"\"two\"".to_vec()).await.unwrap_err();
         assert!(err.to_string().contains("doubling response: "), "{err}");
     }

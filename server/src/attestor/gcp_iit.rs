@@ -231,6 +231,7 @@ impl Check for GcpIitCheck {
             agent_path,
             selectors,
             can_reattest: self.reattest,
+            tpm: None,
         })
     }
 }

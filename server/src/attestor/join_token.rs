@@ -71,6 +71,7 @@ impl Session for JoinSession {
             agent_path: format!("{NAME}/{token}"),
             selectors: Vec::new(),
             can_reattest: false,
+            tpm: None,
         }))
     }
 }

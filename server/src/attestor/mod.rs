@@ -14,6 +14,7 @@ pub mod join_token;
 pub mod jwt;
 pub mod k8s_psat;
 pub mod one_shot;
+pub mod pcr_policy;
 pub mod template;
 pub mod tpm_devid;
 pub mod tpm_ek;
@@ -45,6 +46,23 @@ pub struct Attested {
     /// Whether the agent may attest again with the same evidence (TPM: yes; join
     /// token: no).
     pub can_reattest: bool,
+    /// TPM attestors: the AK the attestation verified and the agent's proof that
+    /// its SVID key is in the TPM, checked against the CSR by the agent API.
+    pub tpm: Option<Box<TpmKeyEvidence>>,
+}
+
+/// What a TPM attestation hands the agent API about the agent's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmKeyEvidence {
+    /// The AK's TPMT_PUBLIC, verified by this attestation (kept per agent to check
+    /// the certify sent with each renewal).
+    pub ak_public: Vec<u8>,
+    /// The nonce the server sent for the key certify.
+    pub key_nonce: Vec<u8>,
+    /// The agent's TPM2_Certify of its SVID key, if it sent one.
+    pub key_certify: Option<tessera_tpm::verifier::key_proof::KeyCertify>,
+    /// The agent's TPM2_Quote of its PCRs, if it sent one.
+    pub pcr_quote: Option<tessera_tpm::verifier::quote::PcrQuote>,
 }
 
 /// One step of an attestation.
@@ -73,6 +91,12 @@ pub trait NodeAttestor: Send + Sync + std::fmt::Debug {
 
     /// Starts an attestation.
     fn session(&self) -> Box<dyn Session>;
+
+    /// The measured-boot policy agents of this attestor are held to (TPM
+    /// attestors with `pcr_allow_list`).
+    fn pcr_policy(&self) -> Option<std::sync::Arc<pcr_policy::PcrPolicy>> {
+        None
+    }
 }
 
 /// Why a node attestor's configuration cannot be used; the message names the setting.

@@ -85,6 +85,7 @@ mod tests {
                 agent_path: format!("echo/{p}"),
                 selectors: vec![selector("echo", p)?],
                 can_reattest: false,
+                tpm: None,
             })
         }
     }

@@ -32,6 +32,15 @@ pub struct TpmDevIdConfig {
     /// when the agents' DevID chains do not carry them.
     #[serde(default)]
     pub devid_intermediates: Vec<PathBuf>,
+    /// Refuse attestation and renewal unless the agent proves, with a TPM2_Certify
+    /// by its attested AK, that its SVID key lives in its TPM (off by default).
+    #[serde(default)]
+    pub require_agent_key_in_tpm: bool,
+    /// A file of allowed PCR values (SHA-256 bank): agents must send a TPM2_Quote
+    /// matching it at attestation and at every renewal (see
+    /// [`super::pcr_policy`]). Re-read when it changes.
+    #[serde(default)]
+    pub pcr_allow_list: Option<PathBuf>,
 }
 
 /// See the module documentation.
@@ -50,6 +59,7 @@ impl TpmDevId {
             &cfg.ek_ca_bundle,
             &cfg.ek_intermediates,
         )?;
-        Ok(Self::with_verifier(DevIdVerifier::new(devid, ek)))
+        let a = Self::with_verifier(DevIdVerifier::new(devid, ek));
+        super::challenge::with_policy(a, cfg.pcr_allow_list.as_deref(), NAME)
     }
 }

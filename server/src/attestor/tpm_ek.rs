@@ -30,6 +30,15 @@ pub struct TpmEkConfig {
     /// SubjectPublicKeyInfo, one per line, `#` comments). Re-read when it changes.
     #[serde(default)]
     pub ek_hash_allow_list: Option<PathBuf>,
+    /// Refuse attestation and renewal unless the agent proves, with a TPM2_Certify
+    /// by its attested AK, that its SVID key lives in its TPM (off by default).
+    #[serde(default)]
+    pub require_agent_key_in_tpm: bool,
+    /// A file of allowed PCR values (SHA-256 bank): agents must send a TPM2_Quote
+    /// matching it at attestation and at every renewal (see
+    /// [`super::pcr_policy`]). Re-read when it changes.
+    #[serde(default)]
+    pub pcr_allow_list: Option<PathBuf>,
 }
 
 /// See the module documentation.
@@ -57,6 +66,7 @@ impl TpmEk {
             }
             None => None,
         };
-        Ok(Self::with_verifier(EkVerifier::new(cas, allow)))
+        let a = Self::with_verifier(EkVerifier::new(cas, allow));
+        super::challenge::with_policy(a, cfg.pcr_allow_list.as_deref(), NAME)
     }
 }

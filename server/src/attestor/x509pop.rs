@@ -280,6 +280,7 @@ impl Inner {
             agent_path,
             selectors,
             can_reattest: true,
+            tpm: None,
         })
     }
 }

@@ -112,6 +112,15 @@ pub fn agent_text(a: &pb::Agent) -> String {
     line("Serial number", &a.x509_svid_serial);
     line("Can re-attest", &a.can_reattest);
     line("Banned", &a.banned);
+    match a.key_proof.as_str() {
+        "" => {}
+        "tpm" => line("Agent key", &"in TPM (certified by the attested AK)"),
+        "unproven" => line("Agent key", &"NOT proven to be in the TPM"),
+        other => line("Agent key", &other),
+    }
+    if !a.measured_boot.is_empty() {
+        line("Measured boot", &a.measured_boot);
+    }
     for s in &a.selectors {
         line("Selector", s);
     }
@@ -132,6 +141,8 @@ pub fn agents_json(agents: &[pb::Agent]) -> Result<String, CliError> {
                 "selectors": a.selectors,
                 "banned": a.banned,
                 "can_reattest": a.can_reattest,
+                "key_proof": a.key_proof,
+                "measured_boot": a.measured_boot,
             })
         })
         .collect();
@@ -157,6 +168,8 @@ mod tests {
             banned: false,
             can_reattest: true,
             created_at: 1_800_000_000,
+            key_proof: "tpm".into(),
+            measured_boot: String::new(),
         }
     }
 
@@ -172,8 +185,26 @@ mod tests {
              Serial number     : 0a1b\n\
              Can re-attest     : true\n\
              Banned            : false\n\
+             Agent key         : in TPM (certified by the attested AK)\n\
              Selector          : tpm_ek:pub_hash:ab\n\n"
         );
+        let unproven = pb::Agent {
+            key_proof: "unproven".into(),
+            ..agent()
+        };
+        assert!(
+            agents_text(&[unproven]).contains("Agent key         : NOT proven to be in the TPM\n")
+        );
+        let join = pb::Agent {
+            key_proof: String::new(),
+            ..agent()
+        };
+        assert!(!agents_text(&[join]).contains("Agent key"));
+        let refused = pb::Agent {
+            measured_boot: "refused: PCR 7 is 00".into(),
+            ..agent()
+        };
+        assert!(agents_text(&[refused]).contains("Measured boot     : refused: PCR 7 is 00\n"));
         assert!(agents_text(&[agent(), agent()]).starts_with("Found 2 attested agents:\n\n"));
     }
 
@@ -191,6 +222,8 @@ mod tests {
                 "selectors": ["tpm_ek:pub_hash:ab"],
                 "banned": false,
                 "can_reattest": true,
+                "key_proof": "tpm",
+                "measured_boot": "",
             }])
         );
     }

@@ -190,6 +190,9 @@ pub(super) struct NodeColumns {
     pub(super) new_cert_not_after: i64,
     pub(super) banned: bool,
     pub(super) can_reattest: bool,
+    pub(super) key_in_tpm: bool,
+    pub(super) ak_public: Vec<u8>,
+    pub(super) measured_boot: String,
     pub(super) created_at: i64,
     pub(super) updated_at: i64,
 }
@@ -216,6 +219,9 @@ impl NodeColumns {
             selectors,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            key_in_tpm: self.key_in_tpm,
+            ak_public: self.ak_public,
+            measured_boot: self.measured_boot,
         })
     }
 }

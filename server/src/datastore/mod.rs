@@ -85,6 +85,18 @@ pub struct AttestedNode {
     pub selectors: Vec<Selector>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Whether the agent proved, with a TPM2_Certify by its attested AK, that the
+    /// key of its latest SVID lives in its TPM (TPM attestors only).
+    #[serde(default)]
+    pub key_in_tpm: bool,
+    /// The TPMT_PUBLIC of the AK its TPM attestation verified (empty for other
+    /// attestors): the key its later proofs are checked with.
+    #[serde(default)]
+    pub ak_public: Vec<u8>,
+    /// Measured boot: empty when no quote was checked, `ok`, or `refused: <reason>`
+    /// when the agent's PCRs stopped matching the allow-list.
+    #[serde(default)]
+    pub measured_boot: String,
 }
 
 /// Which kind of signing authority a CA journal record is.
@@ -261,6 +273,15 @@ pub trait Datastore: Send + Sync + fmt::Debug {
 
     /// Deletes a node (evict: it may attest again). `NotFound` if absent.
     async fn delete_attested_node(&self, id: &SpiffeId) -> Result<()>;
+
+    /// Records whether the agent proved its latest SVID key is in its TPM, and its
+    /// measured-boot status. `NotFound` if absent.
+    async fn set_node_tpm_state(
+        &self,
+        id: &SpiffeId,
+        key_in_tpm: bool,
+        measured_boot: &str,
+    ) -> Result<()>;
 
     /// Bans a node: keeps the record, clears its serials, refuses re-attestation until
     /// it is deleted. `NotFound` if absent.

@@ -83,6 +83,9 @@ mod tests {
             selectors: vec![],
             created_at: 1,
             updated_at: 1,
+            key_in_tpm: false,
+            ak_public: vec![],
+            measured_boot: String::new(),
         }
     }
 

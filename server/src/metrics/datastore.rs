@@ -176,6 +176,18 @@ impl Datastore for MeteredDatastore {
         self.time("ban_attested_node", self.inner.ban_attested_node(id))
             .await
     }
+    async fn set_node_tpm_state(
+        &self,
+        id: &SpiffeId,
+        key_in_tpm: bool,
+        measured_boot: &str,
+    ) -> Result<()> {
+        self.time(
+            "set_node_tpm_state",
+            self.inner.set_node_tpm_state(id, key_in_tpm, measured_boot),
+        )
+        .await
+    }
     async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<()> {
         self.time(
             "create_join_token",

@@ -91,6 +91,7 @@ pub struct ServerMetrics {
     ds_errors: Family<OpErrorLabels, Counter>,
     entries: Gauge,
     agents: Gauge,
+    measured_boot_refused: Family<KindLabels, Counter>,
 }
 
 impl ServerMetrics {
@@ -110,6 +111,7 @@ impl ServerMetrics {
             ds_errors: Family::default(),
             entries: Gauge::default(),
             agents: Gauge::default(),
+            measured_boot_refused: Family::default(),
         };
         let s = r.sub_registry_with_prefix("server");
         s.register(
@@ -145,8 +147,21 @@ impl ServerMetrics {
         );
         s.register("entries", "Registration entries", m.entries.clone());
         s.register("agents", "Attested agents", m.agents.clone());
+        s.register(
+            "measured_boot_refusals",
+            "Agents refused because their PCR quote failed or did not match the allow-list, by phase (attestation or renewal)",
+            m.measured_boot_refused.clone(),
+        );
         m.registry = Arc::new(r);
         Arc::new(m)
+    }
+
+    /// Counts an agent refused by its measured-boot policy at `phase`
+    /// (`attestation` or `renewal`).
+    pub fn measured_boot_refused(&self, phase: &'static str) {
+        self.measured_boot_refused
+            .get_or_create(&KindLabels { kind: phase })
+            .inc();
     }
 
     /// Counts an attestation.

@@ -14,6 +14,7 @@
 //! checking the response: an answer can only ever be checked against the one attempt
 //! it was made for, and each attempt can be answered once.
 
+pub mod key_proof;
 pub mod tpm_devid;
 pub mod tpm_ek;
 
@@ -27,7 +28,7 @@ use tessera_core::der::{split_sequence, trim_leading_zeros};
 use x509_parser::prelude::FromDer;
 use zeroize::Zeroizing;
 
-use crate::device::{DeviceError, Tpm, TpmDevice};
+use crate::device::{DeviceError, KeyBlob, Tpm, TpmDevice};
 use crate::verifier::ak::{AkError, AkKind};
 use crate::verifier::certify::CertifyError;
 use crate::verifier::chain::{CaPool, ChainError, LeafProfile, VerifiedChain, verify_chain};
@@ -63,6 +64,10 @@ pub trait Pending: Send + 'static {
 
     /// Checks the answer against this attempt, and only this one.
     fn finish(self, response: &Self::Response) -> Result<NodeAttestation, AttestError>;
+
+    /// The AK this attempt checked: what later proofs by the agent (the certify of
+    /// its SVID key at attestation and at each renewal) are verified with.
+    fn ak_public(&self) -> &PublicArea;
 }
 
 /// The agent half of a TPM attestor: what it sends first, and the state that
@@ -88,6 +93,10 @@ pub trait AgentState: Send + 'static {
 
     /// Answers the challenge with the TPM.
     fn answer(self, tpm: &Tpm, challenge: &Self::Challenge) -> Result<Self::Response, AttestError>;
+
+    /// The AK of this attempt: kept after attestation to certify the agent's later
+    /// SVID keys.
+    fn ak(&self) -> &KeyBlob;
 }
 
 /// What a successful attestation gives the server: the agent ID path (the server

@@ -169,6 +169,10 @@ impl AgentState for DevIdAgentState {
             activated_secret: secret.to_vec(),
         })
     }
+
+    fn ak(&self) -> &KeyBlob {
+        &self.ak
+    }
 }
 
 /// The agent side of `tpm_devid`: [`build_payload`] with this DevID and options.
@@ -203,6 +207,7 @@ pub struct DevIdPending {
     nonce: Vec<u8>,
     secret: Zeroizing<Vec<u8>>,
     devid_public: PublicArea,
+    ak_public: PublicArea,
     result: NodeAttestation,
 }
 
@@ -306,6 +311,7 @@ impl Verifier for DevIdVerifier {
                 nonce,
                 secret,
                 devid_public,
+                ak_public,
                 result,
             },
         ))
@@ -327,6 +333,10 @@ impl Pending for DevIdPending {
         verify_signature(&self.devid_public, &signed, &signature)
             .map_err(|e| AttestError::NonceSignature(e.to_string()))?;
         Ok(self.result)
+    }
+
+    fn ak_public(&self) -> &PublicArea {
+        &self.ak_public
     }
 }
 

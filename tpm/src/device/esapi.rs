@@ -18,6 +18,9 @@
 //! runs the operation once more. When that fails too the TPM is away: the error says
 //! so, and the next operation tries to reconnect first.
 
+mod import;
+mod quote;
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -665,6 +668,27 @@ impl TpmDevice for EsapiDevice {
 
     fn ek_public(&mut self, kind: EkKind) -> Result<PublicArea, DeviceError> {
         self.recovering(|dev| dev.ek_public_once(kind))
+    }
+
+    fn import_key(
+        &mut self,
+        public: &PublicArea,
+        sensitive: &[u8],
+    ) -> Result<KeyBlob, DeviceError> {
+        self.recovering(|dev| dev.import_key_once(public, sensitive))
+    }
+
+    fn pcr_read(&mut self, pcrs: &[u8]) -> Result<Vec<Vec<u8>>, DeviceError> {
+        self.recovering(|dev| dev.pcr_read_once(pcrs))
+    }
+
+    fn quote(
+        &mut self,
+        ak: &KeyBlob,
+        pcrs: &[u8],
+        qualifying_data: &[u8],
+    ) -> Result<CertifyOutput, DeviceError> {
+        self.recovering(|dev| dev.quote_once(ak, pcrs, qualifying_data))
     }
 
     fn create_key(&mut self, template: &PublicArea) -> Result<KeyBlob, DeviceError> {

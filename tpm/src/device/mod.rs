@@ -19,6 +19,7 @@ pub mod backend;
 #[cfg(feature = "esapi")]
 pub mod esapi;
 pub mod hierarchy;
+pub mod import;
 pub mod keys;
 #[cfg(feature = "native")]
 pub mod native;
@@ -336,6 +337,45 @@ pub trait TpmDevice: Send + fmt::Debug {
             self.describe()
         )))
     }
+
+    /// TPM2_Import of a key made outside the TPM (`public`, and `sensitive`, its
+    /// marshalled TPMT_SENSITIVE), unwrapped, under the SRK: a software key the TPM
+    /// can use but did not make, so its public area has neither fixedTPM, fixedParent
+    /// nor sensitiveDataOrigin. What an agent trying to pass a software key as
+    /// TPM-born would do; the tests use it to check the server refuses that.
+    fn import_key(
+        &mut self,
+        _public: &PublicArea,
+        _sensitive: &[u8],
+    ) -> Result<KeyBlob, DeviceError> {
+        Err(DeviceError::Unsupported(format!(
+            "{}: this backend cannot import keys",
+            self.describe()
+        )))
+    }
+
+    /// TPM2_PCR_Read of the SHA-256 bank: the values of `pcrs` (indices 0 to 23,
+    /// ascending, no repeats), in that order.
+    fn pcr_read(&mut self, _pcrs: &[u8]) -> Result<Vec<Vec<u8>>, DeviceError> {
+        Err(DeviceError::Unsupported(format!(
+            "{}: this backend cannot read PCRs",
+            self.describe()
+        )))
+    }
+
+    /// TPM2_Quote by `ak` over the SHA-256 bank's `pcrs` (as for
+    /// [`TpmDevice::pcr_read`]), with `qualifying_data` as extra data.
+    fn quote(
+        &mut self,
+        _ak: &KeyBlob,
+        _pcrs: &[u8],
+        _qualifying_data: &[u8],
+    ) -> Result<CertifyOutput, DeviceError> {
+        Err(DeviceError::Unsupported(format!(
+            "{}: this backend cannot quote",
+            self.describe()
+        )))
+    }
 }
 
 /// The longest authorization value a key with a SHA-256 name takes (its digest size).
@@ -357,6 +397,43 @@ pub fn check_auth_value(auth: &[u8]) -> Result<(), DeviceError> {
         ));
     }
     Ok(())
+}
+
+/// The highest PCR index of the SHA-256 bank quoted and read (PC Client TPMs have 24).
+pub const MAX_PCR: u8 = 23;
+
+/// Checks a PCR list: indices 0 to [`MAX_PCR`], ascending, no repeats, not empty.
+pub fn check_pcr_indices(pcrs: &[u8]) -> Result<(), DeviceError> {
+    if pcrs.is_empty() {
+        return Err(DeviceError::Unsupported("no PCR selected".into()));
+    }
+    if let Some(i) = pcrs.iter().find(|&&i| i > MAX_PCR) {
+        return Err(DeviceError::Unsupported(format!(
+            "PCR {i}: indices go from 0 to {MAX_PCR}"
+        )));
+    }
+    if pcrs.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(DeviceError::Unsupported(format!(
+            "PCRs {pcrs:?}: list them ascending, each once"
+        )));
+    }
+    Ok(())
+}
+
+/// TPML_PCR_SELECTION of `pcrs` in the SHA-256 bank (what TPM2_Quote signs over).
+pub fn pcr_selection(pcrs: &[u8]) -> Vec<u8> {
+    let mut bitmap = [0u8; 3];
+    for &i in pcrs {
+        if let Some(b) = bitmap.get_mut(usize::from(i / 8)) {
+            *b |= 1 << (i % 8);
+        }
+    }
+    let mut out = Vec::new();
+    crate::wire::put_u32(&mut out, 1);
+    crate::wire::put_u16(&mut out, crate::wire::alg::SHA256);
+    out.push(3);
+    out.extend_from_slice(&bitmap);
+    out
 }
 
 /// Tessera's SRK template: ECC P-256 (fast to derive, unlike an RSA primary),

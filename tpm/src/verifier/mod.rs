@@ -8,4 +8,6 @@ pub mod certify;
 pub mod chain;
 pub mod credential;
 pub mod ek;
+pub mod key_proof;
+pub mod quote;
 pub mod signature;

@@ -262,6 +262,7 @@ impl Check for AwsIidCheck {
             agent_path,
             selectors,
             can_reattest: self.reattest,
+            tpm: None,
         })
     }
 }

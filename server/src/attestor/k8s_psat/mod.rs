@@ -663,6 +663,7 @@ impl Check for K8sPsatCheck {
             agent_path: format!("{NAME}/{name}/{id_part}"),
             selectors,
             can_reattest: true,
+            tpm: None,
         })
     }
 }

@@ -18,6 +18,9 @@ fn node(ns: &Ns, name: &str, selectors: &[&str]) -> AttestedNode {
         selectors: selectors.iter().map(|s| ns.sel(s)).collect(),
         created_at: 100,
         updated_at: 100,
+        key_in_tpm: false,
+        ak_public: vec![],
+        measured_boot: String::new(),
     }
 }
 
@@ -49,12 +52,38 @@ pub async fn attested_nodes(ds: &dyn Datastore) {
     again.can_reattest = true;
     again.created_at = 200;
     again.updated_at = 300;
+    again.key_in_tpm = true;
+    again.ak_public = vec![0, 0x23, 0, 0x0b, 0xff];
+    again.measured_boot = "ok".into();
     ok(ds.upsert_attested_node(again.clone()).await, "re-attest");
     assert_eq!(
         ok(ds.get_attested_node(&n1.spiffe_id).await, "get"),
         Some(again.clone()),
         "upsert replaces the record"
     );
+    // The key proof is recorded on its own, the rest untouched.
+    ok(
+        ds.set_node_tpm_state(&n1.spiffe_id, false, "refused: PCR 7")
+            .await,
+        "key not proven",
+    );
+    let mut unproven = again.clone();
+    unproven.key_in_tpm = false;
+    unproven.measured_boot = "refused: PCR 7".into();
+    assert_eq!(
+        ok(ds.get_attested_node(&n1.spiffe_id).await, "get"),
+        Some(unproven),
+        "set_node_tpm_state changes only the TPM state"
+    );
+    ok(
+        ds.set_node_tpm_state(&n1.spiffe_id, true, "ok").await,
+        "key proven",
+    );
+    assert!(matches!(
+        ds.set_node_tpm_state(&ns.id("/spire/agent/join_token/none"), true, "")
+            .await,
+        Err(DatastoreError::NotFound(_))
+    ));
 
     let n2 = node(&ns, "two", &[]);
     ok(ds.upsert_attested_node(n2.clone()).await, "upsert n2");

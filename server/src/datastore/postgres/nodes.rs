@@ -25,8 +25,8 @@ pub(super) async fn upsert(ds: &PostgresDatastore, node: AttestedNode) -> Result
     tx.execute(
         "INSERT INTO attested_nodes (spiffe_id, attestation_type, cert_serial,
             cert_not_after, new_cert_serial, new_cert_not_after, banned, can_reattest,
-            created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            created_at, updated_at, key_in_tpm, ak_public, measured_boot)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          ON CONFLICT (spiffe_id) DO UPDATE SET
             attestation_type = excluded.attestation_type,
             cert_serial = excluded.cert_serial,
@@ -36,7 +36,10 @@ pub(super) async fn upsert(ds: &PostgresDatastore, node: AttestedNode) -> Result
             banned = excluded.banned,
             can_reattest = excluded.can_reattest,
             created_at = excluded.created_at,
-            updated_at = excluded.updated_at",
+            updated_at = excluded.updated_at,
+            key_in_tpm = excluded.key_in_tpm,
+            ak_public = excluded.ak_public,
+            measured_boot = excluded.measured_boot",
         &[
             &id,
             &node.attestation_type,
@@ -48,6 +51,9 @@ pub(super) async fn upsert(ds: &PostgresDatastore, node: AttestedNode) -> Result
             &node.can_reattest,
             &node.created_at,
             &node.updated_at,
+            &node.key_in_tpm,
+            &node.ak_public,
+            &node.measured_boot,
         ],
     )
     .await
@@ -87,6 +93,27 @@ pub(super) async fn list(ds: &PostgresDatastore) -> Result<Vec<AttestedNode>> {
         .await
         .ctx("attested nodes")?;
     rows.iter().map(node_from_row).collect()
+}
+
+pub(super) async fn set_tpm_state(
+    ds: &PostgresDatastore,
+    id: &SpiffeId,
+    key_in_tpm: bool,
+    measured_boot: &str,
+) -> Result<()> {
+    let id = id.to_string();
+    let what = format!("attested node {id}");
+    let mut conn = ds.conn().await?;
+    let n = conn
+        .get()?
+        .execute(
+            "UPDATE attested_nodes SET key_in_tpm = $2, measured_boot = $3
+             WHERE spiffe_id = $1",
+            &[&id, &key_in_tpm, &measured_boot],
+        )
+        .await
+        .ctx(&what)?;
+    require_found(n != 0, &what)
 }
 
 pub(super) async fn renew_svid(
@@ -164,7 +191,7 @@ pub(super) async fn ban(ds: &PostgresDatastore, id: &SpiffeId) -> Result<()> {
 
 const NODE_QUERY: &str = "SELECT n.spiffe_id, n.attestation_type, n.cert_serial, n.cert_not_after,
         n.new_cert_serial, n.new_cert_not_after, n.banned, n.can_reattest, n.created_at,
-        n.updated_at,
+        n.updated_at, n.key_in_tpm, n.ak_public, n.measured_boot,
         COALESCE((SELECT array_agg(s.selector ORDER BY s.position) FROM node_selectors s
                   WHERE s.node_id = n.spiffe_id), '{}'::TEXT[])
      FROM attested_nodes n";
@@ -172,7 +199,7 @@ const NODE_QUERY: &str = "SELECT n.spiffe_id, n.attestation_type, n.cert_serial,
 fn node_from_row(r: &Row) -> Result<AttestedNode> {
     let id: String = r.try_get(0).ctx("attested node")?;
     let what = format!("attested node {id}");
-    let selectors: Vec<String> = r.try_get(10).ctx(&what)?;
+    let selectors: Vec<String> = r.try_get(13).ctx(&what)?;
     let columns = NodeColumns {
         attestation_type: r.try_get(1).ctx(&what)?,
         cert_serial: r.try_get(2).ctx(&what)?,
@@ -183,6 +210,9 @@ fn node_from_row(r: &Row) -> Result<AttestedNode> {
         can_reattest: r.try_get(7).ctx(&what)?,
         created_at: r.try_get(8).ctx(&what)?,
         updated_at: r.try_get(9).ctx(&what)?,
+        key_in_tpm: r.try_get(10).ctx(&what)?,
+        ak_public: r.try_get(11).ctx(&what)?,
+        measured_boot: r.try_get(12).ctx(&what)?,
         id,
     };
     columns.into_node(&selectors)

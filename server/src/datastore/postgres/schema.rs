@@ -119,9 +119,18 @@ CREATE TABLE entry_event_readers (
 );
 "#;
 
+/// Version 5: whether an agent proved its SVID key is in its TPM, the AK its TPM
+/// attestation verified (what later proofs are checked with), and its
+/// measured-boot status.
+const SCHEMA_V5: &str = r#"
+ALTER TABLE attested_nodes ADD COLUMN key_in_tpm BOOLEAN NOT NULL DEFAULT FALSE;
+ALTER TABLE attested_nodes ADD COLUMN ak_public BYTEA NOT NULL DEFAULT '';
+ALTER TABLE attested_nodes ADD COLUMN measured_boot TEXT NOT NULL DEFAULT '';
+"#;
+
 /// Schema migrations, oldest first: step `i` takes the database from version `i` to
 /// `i + 1`. A released step is never edited; a change is a new step appended here.
-pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
 
 /// Brings the schema up to `migrations.len()` in one transaction, under an advisory
 /// lock so that servers starting together do not both run a step.

@@ -355,6 +355,15 @@ impl Datastore for SqliteDatastore {
         nodes::ban(self, id).await
     }
 
+    async fn set_node_tpm_state(
+        &self,
+        id: &SpiffeId,
+        key_in_tpm: bool,
+        measured_boot: &str,
+    ) -> Result<()> {
+        nodes::set_tpm_state(self, id, key_in_tpm, measured_boot).await
+    }
+
     // ---- join tokens ----
 
     async fn create_join_token(&self, token: &str, expires_at: i64) -> Result<()> {

@@ -21,7 +21,7 @@ pub(super) async fn upsert(ds: &SqliteDatastore, node: AttestedNode) -> Result<(
         let tx = begin(conn)?;
         tx.prepare_cached(&format!(
             "INSERT INTO attested_nodes ({NODE_COLUMNS})
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
              ON CONFLICT (spiffe_id) DO UPDATE SET
                 attestation_type = excluded.attestation_type,
                 cert_serial = excluded.cert_serial,
@@ -31,7 +31,10 @@ pub(super) async fn upsert(ds: &SqliteDatastore, node: AttestedNode) -> Result<(
                 banned = excluded.banned,
                 can_reattest = excluded.can_reattest,
                 created_at = excluded.created_at,
-                updated_at = excluded.updated_at"
+                updated_at = excluded.updated_at,
+                key_in_tpm = excluded.key_in_tpm,
+                ak_public = excluded.ak_public,
+                measured_boot = excluded.measured_boot"
         ))
         .and_then(|mut s| {
             s.execute(params![
@@ -44,7 +47,10 @@ pub(super) async fn upsert(ds: &SqliteDatastore, node: AttestedNode) -> Result<(
                 node.banned,
                 node.can_reattest,
                 node.created_at,
-                node.updated_at
+                node.updated_at,
+                node.key_in_tpm,
+                node.ak_public,
+                node.measured_boot
             ])
         })
         .ctx(&what)?;
@@ -109,6 +115,28 @@ pub(super) async fn list(ds: &SqliteDatastore) -> Result<Vec<AttestedNode>> {
                 row.into_node(&s)
             })
             .collect()
+    })
+    .await
+}
+
+pub(super) async fn set_tpm_state(
+    ds: &SqliteDatastore,
+    id: &SpiffeId,
+    key_in_tpm: bool,
+    measured_boot: &str,
+) -> Result<()> {
+    let id = id.to_string();
+    let measured_boot = measured_boot.to_owned();
+    ds.write(Durability::Full, move |conn| {
+        let what = format!("attested node {id}");
+        let n = conn
+            .prepare_cached(
+                "UPDATE attested_nodes SET key_in_tpm = ?2, measured_boot = ?3
+                 WHERE spiffe_id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![id, key_in_tpm, measured_boot]))
+            .ctx(&what)?;
+        require_found(n != 0, &what)
     })
     .await
 }
@@ -197,7 +225,8 @@ pub(super) async fn ban(ds: &SqliteDatastore, id: &SpiffeId) -> Result<()> {
 }
 
 const NODE_COLUMNS: &str = "spiffe_id, attestation_type, cert_serial, cert_not_after, \
-     new_cert_serial, new_cert_not_after, banned, can_reattest, created_at, updated_at";
+     new_cert_serial, new_cert_not_after, banned, can_reattest, created_at, updated_at, \
+     key_in_tpm, ak_public, measured_boot";
 
 /// The columns of an attested node row, in the order of [`NODE_COLUMNS`].
 fn node_columns(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeColumns> {
@@ -212,6 +241,9 @@ fn node_columns(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeColumns> {
         can_reattest: r.get(7)?,
         created_at: r.get(8)?,
         updated_at: r.get(9)?,
+        key_in_tpm: r.get(10)?,
+        ak_public: r.get(11)?,
+        measured_boot: r.get(12)?,
     })
 }
 

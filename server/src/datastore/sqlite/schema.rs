@@ -112,10 +112,20 @@ CREATE TABLE entry_event_readers (
 );
 ";
 
+/// Version 5: whether an agent proved its SVID key is in its TPM, the AK its TPM
+/// attestation verified (what later proofs are checked with), and its
+/// measured-boot status.
+const SCHEMA_V5: &str = "
+ALTER TABLE attested_nodes ADD COLUMN key_in_tpm INTEGER NOT NULL DEFAULT 0
+    CHECK (key_in_tpm IN (0, 1));
+ALTER TABLE attested_nodes ADD COLUMN ak_public BLOB NOT NULL DEFAULT x'';
+ALTER TABLE attested_nodes ADD COLUMN measured_boot TEXT NOT NULL DEFAULT '';
+";
+
 /// Schema migrations, oldest first: step `i` takes the database from version `i` to
 /// `i + 1`. A released step is never edited (databases in the field already ran it);
 /// a change is a new step appended here.
-pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
 
 /// Brings the schema from its stored version up to `migrations.len()`, one step per
 /// transaction, so that a failed step leaves the database at the previous version.
@@ -227,6 +237,29 @@ mod tests {
         );
         let c = get("c").await;
         assert!(c.banned && c.cert_serial.is_empty() && c.new_cert_serial.is_empty());
+    }
+
+    #[tokio::test]
+    async fn version_4_nodes_start_with_no_tpm_proof() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("v4.db");
+        drop(SqliteDatastore::open_with_migrations(&path, &MIGRATIONS[..4]).expect("open v4"));
+        let conn = Connection::open(&path).expect("raw");
+        conn.execute_batch(
+            "INSERT INTO attested_nodes VALUES
+                ('spiffe://example.org/spire/agent/tpm/ab', 'tpm_ek', 'aa', 100,
+                 0, 1, 1, 2, 'bb', 200);",
+        )
+        .expect("v4 row");
+        drop(conn);
+        let ds = SqliteDatastore::open(&path).expect("open");
+        assert_eq!(user_version(&path), 5);
+        let id: SpiffeId = "spiffe://example.org/spire/agent/tpm/ab"
+            .parse()
+            .expect("id");
+        let n = ds.get_attested_node(&id).await.expect("get").expect("node");
+        assert_eq!(n.new_cert_serial, "bb");
+        assert!(!n.key_in_tpm && n.ak_public.is_empty() && n.measured_boot.is_empty());
     }
 
     #[tokio::test]

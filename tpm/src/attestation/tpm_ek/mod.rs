@@ -125,6 +125,10 @@ impl AgentState for EkAgentState {
             activated_secret: secret.to_vec(),
         })
     }
+
+    fn ak(&self) -> &KeyBlob {
+        &self.ak
+    }
 }
 
 /// The agent side of `tpm_ek`: [`build_payload`] with these options.
@@ -156,6 +160,7 @@ pub struct EkVerifier {
 /// it is consumed).
 pub struct EkPending {
     secret: Zeroizing<Vec<u8>>,
+    ak_public: PublicArea,
     result: NodeAttestation,
 }
 
@@ -242,6 +247,7 @@ impl Verifier for EkVerifier {
             EkChallenge { credential },
             EkPending {
                 secret,
+                ak_public,
                 result: NodeAttestation {
                     agent_path: format!("tpm/{pub_hash}"),
                     selectors,
@@ -260,6 +266,10 @@ impl Pending for EkPending {
             return Err(AttestError::ActivationFailed);
         }
         Ok(self.result)
+    }
+
+    fn ak_public(&self) -> &PublicArea {
+        &self.ak_public
     }
 }
 

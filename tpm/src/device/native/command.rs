@@ -160,6 +160,7 @@ impl Conn {
     }
 
     fn run_once(&mut self, cmd: &Command<'_>) -> Result<Result<Response, u32>, DeviceError> {
+        super::count::record(cmd.name);
         let mut params = cmd.params.clone();
         // One use of the salted session per command (a session may appear once).
         let mut uses: Vec<Option<Use>> = Vec::with_capacity(cmd.auths.len());

@@ -23,8 +23,11 @@
 //! reconnects and runs once more, and an error that survives that says the TPM is away.
 
 pub(crate) mod command;
+pub mod count;
 mod factory;
+mod import;
 mod ops;
+mod quote;
 pub(crate) mod rc;
 pub(crate) mod session;
 pub(crate) mod transport;
@@ -288,6 +291,27 @@ impl TpmDevice for NativeDevice {
 
     fn ek_public(&mut self, kind: EkKind) -> Result<PublicArea, DeviceError> {
         self.recovering(|dev| dev.ek_public_once(kind))
+    }
+
+    fn import_key(
+        &mut self,
+        public: &PublicArea,
+        sensitive: &[u8],
+    ) -> Result<KeyBlob, DeviceError> {
+        self.recovering(|dev| dev.import_key_once(public, sensitive))
+    }
+
+    fn pcr_read(&mut self, pcrs: &[u8]) -> Result<Vec<Vec<u8>>, DeviceError> {
+        self.recovering(|dev| dev.pcr_read_once(pcrs))
+    }
+
+    fn quote(
+        &mut self,
+        ak: &KeyBlob,
+        pcrs: &[u8],
+        qualifying_data: &[u8],
+    ) -> Result<crate::device::CertifyOutput, DeviceError> {
+        self.recovering(|dev| dev.quote_once(ak, pcrs, qualifying_data))
     }
 
     fn create_key(&mut self, template: &PublicArea) -> Result<KeyBlob, DeviceError> {

@@ -163,7 +163,7 @@ impl NativeDevice {
     }
 
     /// The SRK, made on first use and kept for the life of the connection.
-    fn srk(&mut self) -> Result<Srk, DeviceError> {
+    pub(super) fn srk(&mut self) -> Result<Srk, DeviceError> {
         if let Some(s) = &self.srk {
             return Ok(s.clone());
         }

@@ -1,0 +1,212 @@
+//! The measured-boot policy of a TPM attestor: an allow-list of PCR values
+//! (SHA-256 bank) that agents' quotes must match, at attestation and at every
+//! renewal.
+//!
+//! The file, one entry per line, `#` starts a comment, blank lines are ignored:
+//!
+//! ```text
+//! # PCR  allowed SHA-256 value (hex); several lines for one PCR allow any of them
+//! 0      3d458cfe55cc03ea1f443f1562beec8df51c75e14a9fcf9a7234a13f198e7969
+//! 7      b5710bf57d25623e4019027da116821fa99f5c81e9e38b87671cc574f9281439
+//! ```
+//!
+//! Every PCR the list names must be in the agent's quote, with one of its values;
+//! PCRs the agent quotes that the list does not name are not checked. The file is
+//! checked on every use and re-read when its modification time or size changes; a
+//! file that no longer parses (or cannot be read) is reported in the log with the
+//! line and what is wrong, and the previous list stays in force. At start-up an
+//! unusable file stops the server.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use tessera_tpm::device::MAX_PCR;
+use tessera_tpm::verifier::quote::PcrQuote;
+use tessera_tpm::wire::hex;
+
+/// PCR index to its allowed values (lower-case hex).
+type Allowed = BTreeMap<u8, BTreeSet<String>>;
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct PcrPolicy {
+    path: PathBuf,
+    /// The setting that names the file, for messages.
+    setting: String,
+    state: Mutex<Loaded>,
+}
+
+#[derive(Debug, Default)]
+struct Loaded {
+    stamp: Option<(Option<SystemTime>, u64)>,
+    allowed: Allowed,
+}
+
+/// Parses the allow-list text; the error names the line and what is wrong.
+pub fn parse(text: &str) -> Result<BTreeMap<u8, BTreeSet<String>>, String> {
+    let mut allowed = Allowed::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let at = |what: String| format!("line {}: {what}", n + 1);
+        let mut parts = line.split_whitespace();
+        let (Some(index), Some(value), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(at(format!("{line:?} is not \"<PCR index> <SHA-256 hex>\"")));
+        };
+        let index: u8 = index
+            .parse()
+            .ok()
+            .filter(|i| *i <= MAX_PCR)
+            .ok_or_else(|| {
+                at(format!(
+                    "PCR index {index:?} is not a number from 0 to {MAX_PCR}"
+                ))
+            })?;
+        if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(at(format!(
+                "{value:?} is not a SHA-256 value (64 hex digits)"
+            )));
+        }
+        allowed
+            .entry(index)
+            .or_default()
+            .insert(value.to_ascii_lowercase());
+    }
+    if allowed.is_empty() {
+        return Err("no PCR value is listed (an empty list would refuse nothing)".into());
+    }
+    Ok(allowed)
+}
+
+impl PcrPolicy {
+    /// Reads the list at `path`; `setting` names it in messages.
+    pub fn open(path: &Path, setting: &str) -> Result<Self, String> {
+        let policy = Self {
+            path: path.to_owned(),
+            setting: setting.to_owned(),
+            state: Mutex::new(Loaded::default()),
+        };
+        policy.refresh()?;
+        Ok(policy)
+    }
+
+    /// The setting naming the file.
+    pub fn setting(&self) -> &str {
+        &self.setting
+    }
+
+    /// Re-reads the file if it changed. An error leaves the previous list in force
+    /// (and is returned, for start-up and for the log).
+    fn refresh(&self) -> Result<(), String> {
+        let fail = |e: String| format!("{} {}: {e}", self.setting, self.path.display());
+        let meta = std::fs::metadata(&self.path).map_err(|e| fail(e.to_string()))?;
+        let stamp = (meta.modified().ok(), meta.len());
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.stamp == Some(stamp) {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&self.path).map_err(|e| fail(e.to_string()))?;
+        // Remember the stamp even when the text is bad: the error is reported once
+        // per change, not on every check.
+        state.stamp = Some(stamp);
+        let allowed = parse(&text).map_err(fail)?;
+        tracing::info!(
+            file = %self.path.display(),
+            pcrs = allowed.len(),
+            "PCR allow-list loaded"
+        );
+        state.allowed = allowed;
+        Ok(())
+    }
+
+    /// Checks `quote`'s values (already verified against the AK) against the list.
+    pub fn check(&self, quote: &PcrQuote) -> Result<(), String> {
+        if let Err(e) = self.refresh() {
+            tracing::error!("{e}; the previous PCR allow-list stays in force");
+        }
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for (index, values) in &state.allowed {
+            let Some(at) = quote.pcrs.iter().position(|p| p == index) else {
+                return Err(format!(
+                    "PCR {index} is on the allow-list ({}) but not in the agent's quote",
+                    self.setting
+                ));
+            };
+            let value = hex(&quote.values[at]);
+            if !values.contains(&value) {
+                return Err(format!(
+                    "PCR {index} is {value}, which is not on the allow-list ({})",
+                    self.setting
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quote(pcrs: &[u8], fill: &[u8]) -> PcrQuote {
+        PcrQuote {
+            pcrs: pcrs.to_vec(),
+            values: fill.iter().map(|b| vec![*b; 32]).collect(),
+            attest: vec![],
+            signature: vec![],
+        }
+    }
+
+    #[test]
+    fn the_file_format_and_its_errors() {
+        let a = "aa".repeat(32);
+        let text = format!(
+            "# boot\n0 {a}\n0 {}  # update\n\n7 {}\n",
+            "bb".repeat(32),
+            "CC".repeat(32)
+        );
+        let allowed = parse(&text).unwrap();
+        assert_eq!(allowed[&0].len(), 2);
+        assert!(allowed[&7].contains(&"cc".repeat(32)));
+        for (bad, says) in [
+            (format!("24 {a}"), "line 1: PCR index \"24\""),
+            (format!("x {a}"), "line 1: PCR index \"x\""),
+            ("0 abc".to_owned(), "line 1: \"abc\" is not a SHA-256 value"),
+            (format!("\n0 {a} extra"), "line 2: "),
+            ("# nothing\n".to_owned(), "no PCR value is listed"),
+        ] {
+            let e = parse(&bad).unwrap_err();
+            assert!(e.starts_with(says) || e.contains(says), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn quotes_must_cover_and_match_every_listed_pcr_and_bad_edits_keep_the_old_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pcrs.txt");
+        std::fs::write(
+            &path,
+            format!("0 {}\n7 {}\n", "01".repeat(32), "07".repeat(32)),
+        )
+        .unwrap();
+        let p = PcrPolicy::open(&path, "node_attestors.tpm_ek.pcr_allow_list").unwrap();
+        p.check(&quote(&[0, 7, 16], &[1, 7, 9])).unwrap();
+        let e = p.check(&quote(&[0, 7], &[1, 8])).unwrap_err();
+        assert!(e.starts_with("PCR 7 is 0808"), "{e}");
+        let e = p.check(&quote(&[0], &[1])).unwrap_err();
+        assert!(e.contains("PCR 7 is on the allow-list"), "{e}");
+        // A broken edit: reported, the previous list kept.
+        std::fs::write(&path, "0 nonsense\n").unwrap();
+        p.check(&quote(&[0, 7], &[1, 7])).unwrap();
+        // A good edit takes effect.
+        std::fs::write(&path, format!("7 {}\n", "08".repeat(32))).unwrap();
+        p.check(&quote(&[0, 7], &[5, 8])).unwrap();
+        // Unreadable at start-up: an error naming the setting and the file.
+        let e = PcrPolicy::open(&dir.path().join("none"), "x.pcr_allow_list").unwrap_err();
+        assert!(e.starts_with("x.pcr_allow_list "), "{e}");
+    }
+}
