@@ -659,3 +659,103 @@ fn tpm_held_svids_rotate_with_a_new_key_on_the_stream() {
         assert_eq!(info.public_key_der, own.public_key_der());
     }
 }
+
+/// The first non-empty answer of `TpmWorkloadKeys/FetchTpmX509SVID`, within 30 s.
+fn first_tpm_svids(agent: &Agent) -> tessera_proto::local::TpmX509svidResponse {
+    use tessera_proto::local as lpb;
+    use tessera_proto::local::tpm_workload_keys_client::TpmWorkloadKeysClient;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let ch = tessera_proto::unix_channel(&agent.socket).await;
+            if let Ok(ch) = ch {
+                let mut r = tonic::Request::new(lpb::TpmX509svidRequest {});
+                r.metadata_mut().insert(
+                    tessera_proto::WORKLOAD_HEADER,
+                    tonic::metadata::MetadataValue::from_static("true"),
+                );
+                if let Ok(s) = TpmWorkloadKeysClient::new(ch).fetch_tpm_x509svid(r).await {
+                    let mut s = s.into_inner();
+                    if let Ok(Some(m)) = s.message().await
+                        && !m.svids.is_empty()
+                    {
+                        return m;
+                    }
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no TPM-held SVID in 30 s:\n{}",
+                agent.log()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+/// A TPM-held SVID survives a restart with the server away: the persisted cache
+/// keeps its key file and authorization value (encrypted under a key only this TPM
+/// can recompute), and the restarted agent serves the same SVID, key and value at
+/// once, which still sign in the TPM.
+#[test]
+fn tpm_held_svids_are_served_from_the_cache_after_an_offline_restart() {
+    let dir = test_dir("tpm-workload-cache");
+    let tpm = Swtpm::start(&dir.path().join("tpm"));
+    let mut server = Server::start(
+        &dir.path().join("server"),
+        &format!(
+            "[node_attestors.tpm_ek]\nek_ca_bundle = [{:?}]\nek_intermediates = [{:?}]\n",
+            tpm.ek_ca_root.display().to_string(),
+            tpm.ek_ca_intermediate.display().to_string()
+        ),
+    );
+    let (mut agent, id) = agent_on(&dir.path().join("agent"), &server, &tpm);
+    server.entry(
+        "spiffe://example.org/cached-tpm-app",
+        &id,
+        &[&format!("unix:uid:{}", my_uid())],
+        &["--workload-key", "tpm"],
+    );
+    let first = first_tpm_svids(&agent).svids.remove(0);
+    let cache = agent.dir.join("data/svids.cache");
+    assert!(
+        wait_until(Duration::from_secs(10), || cache.exists()),
+        "no SVID cache written"
+    );
+    let on_disk = std::fs::read(&cache).unwrap();
+    assert!(
+        !on_disk
+            .windows(first.key_auth.len())
+            .any(|w| w == first.key_auth.as_slice()),
+        "the authorization value is in the cache in clear"
+    );
+
+    agent.stop();
+    server.stop();
+    agent.spawn(None);
+    let again = first_tpm_svids(&agent).svids.remove(0);
+    assert_eq!(again.spiffe_id, first.spiffe_id);
+    assert_eq!(again.x509_svid, first.x509_svid, "not the cached SVID");
+    assert_eq!(again.tss2_private_key, first.tss2_private_key);
+    assert_eq!(again.key_auth, first.key_auth);
+    let log = agent.log();
+    assert!(
+        log.contains("restored workload SVIDs from the SVID cache"),
+        "{log}"
+    );
+    agent.stop();
+    // The restored key still signs in the TPM with its value.
+    let tpm_handle = std::sync::Arc::new(
+        tessera_tpm::Tpm::open_with(tessera_tpm::Backend::Native, &tpm.tcti.parse().unwrap())
+            .unwrap(),
+    );
+    let key = tessera_tpm::TpmWorkloadKey::from_tss2_pem(
+        tpm_handle,
+        again.tss2_private_key.as_bytes(),
+        zeroize::Zeroizing::new(again.key_auth.clone()),
+    )
+    .unwrap();
+    key.sign_default(b"restored")
+        .expect("the restored key signs");
+}
