@@ -165,6 +165,22 @@ pub(super) fn federated_for<'a>(
         .collect()
 }
 
+/// The X.509 bundles of the trust domains a workload's entries federate with, by
+/// trust domain ID, as both X509-SVID responses carry them.
+pub(super) fn federated_x509(
+    snap: &Snapshot,
+    selectors: &SelectorSet,
+) -> std::collections::HashMap<String, Vec<u8>> {
+    federated_for(snap, selectors)
+        .into_iter()
+        .filter_map(|td| {
+            snap.federated
+                .get(td)
+                .map(|b| (td.id_string(), b.x509_concatenated()))
+        })
+        .collect()
+}
+
 /// A Unix time as RFC 3339, for messages.
 pub(crate) fn rfc3339(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
@@ -229,14 +245,7 @@ fn x509_response(
             hint: s.entry.hint.clone(),
         });
     }
-    let federated_bundles = federated_for(snap, selectors)
-        .into_iter()
-        .filter_map(|td| {
-            snap.federated
-                .get(td)
-                .map(|b| (td.id_string(), b.x509_concatenated()))
-        })
-        .collect();
+    let federated_bundles = federated_x509(snap, selectors);
     Ok(Some(pb::X509svidResponse {
         svids,
         crl: Vec::new(),

@@ -14,7 +14,7 @@ use tessera_proto::local as lpb;
 use tessera_proto::local::tpm_workload_keys_server::TpmWorkloadKeys;
 use tonic::{Request, Response, Status};
 
-use super::api::{Out, WorkloadApi, federated_for, servable};
+use super::api::{Out, WorkloadApi, federated_x509, servable};
 use crate::cache::{Snapshot, Svid, SvidKey};
 
 /// The service's full name, for messages.
@@ -85,14 +85,7 @@ pub(super) fn tpm_response(
             hint: s.entry.hint.clone(),
         });
     }
-    let federated_bundles = federated_for(snap, selectors)
-        .into_iter()
-        .filter_map(|td| {
-            snap.federated
-                .get(td)
-                .map(|b| (td.id_string(), b.x509_concatenated()))
-        })
-        .collect();
+    let federated_bundles = federated_x509(snap, selectors);
     Ok(Some(lpb::TpmX509svidResponse {
         svids,
         federated_bundles,

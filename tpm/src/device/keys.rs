@@ -119,24 +119,45 @@ impl Key for TpmKey {
     }
 
     fn sign(&self, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let unsupported = || KeyError::UnsupportedScheme {
-            key_type: self.key_type,
+        sign_in_tpm(
+            &self.tpm,
+            &self.blob,
+            self.key_type,
             scheme,
-        };
-        if !self.key_type.supports(scheme) {
-            return Err(unsupported());
-        }
-        let tpm_scheme = tpm_scheme(scheme).ok_or_else(unsupported)?;
-        let digest = scheme.hash().digest(message);
-        let signature = self
-            .tpm
-            .with(|dev| dev.sign(&self.blob, &digest, tpm_scheme))
-            .map_err(device_error)?;
-        signature_der(signature, &self.blob.public)
+            message,
+            |dev, digest, tpm_scheme| dev.sign(&self.blob, digest, tpm_scheme),
+        )
     }
 }
 
 /// A TPM signature as the DER (ECDSA) or fixed-length (RSA) bytes X.509 and TLS use.
+/// [`Key::sign`] for a key of `key_type` in the TPM: the scheme checked, the message
+/// hashed, `op` signing the digest in the device, the signature as DER (ECDSA) or raw
+/// (RSA).
+pub(crate) fn sign_in_tpm(
+    tpm: &Tpm,
+    blob: &KeyBlob,
+    key_type: KeyType,
+    scheme: SignatureScheme,
+    message: &[u8],
+    op: impl FnOnce(
+        &mut dyn crate::device::TpmDevice,
+        &[u8],
+        SigningScheme,
+    ) -> Result<Signature, DeviceError>,
+) -> Result<Vec<u8>, KeyError> {
+    let unsupported = || KeyError::UnsupportedScheme { key_type, scheme };
+    if !key_type.supports(scheme) {
+        return Err(unsupported());
+    }
+    let tpm_scheme = tpm_scheme(scheme).ok_or_else(unsupported)?;
+    let digest = scheme.hash().digest(message);
+    let signature = tpm
+        .with(|dev| op(dev, &digest, tpm_scheme))
+        .map_err(device_error)?;
+    signature_der(signature, &blob.public)
+}
+
 pub(crate) fn signature_der(
     signature: Signature,
     public: &crate::wire::PublicArea,

@@ -17,7 +17,7 @@ use rand::RngCore as _;
 use tessera_core::key::{Key, KeyError, KeyType, SignatureScheme};
 use zeroize::Zeroizing;
 
-use crate::device::keys::{device_error, signature_der, supported, tpm_scheme};
+use crate::device::keys::{device_error, sign_in_tpm, supported};
 use crate::device::{KeyBlob, Tpm, signing_key_template};
 use crate::tss2::{PARENT_OWNER, Tss2Key};
 
@@ -142,20 +142,16 @@ impl Key for TpmWorkloadKey {
     }
 
     fn sign(&self, scheme: SignatureScheme, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let unsupported = || KeyError::UnsupportedScheme {
-            key_type: self.key_type,
+        sign_in_tpm(
+            &self.tpm,
+            &self.blob,
+            self.key_type,
             scheme,
-        };
-        if !self.key_type.supports(scheme) {
-            return Err(unsupported());
-        }
-        let tpm_scheme = tpm_scheme(scheme).ok_or_else(unsupported)?;
-        let digest = scheme.hash().digest(message);
-        let signature = self
-            .tpm
-            .with(|dev| dev.sign_with_auth(&self.blob, &self.auth, &digest, tpm_scheme))
-            .map_err(device_error)?;
-        signature_der(signature, &self.blob.public)
+            message,
+            |dev, digest, tpm_scheme| {
+                dev.sign_with_auth(&self.blob, &self.auth, digest, tpm_scheme)
+            },
+        )
     }
 }
 
