@@ -12,7 +12,8 @@
 //!
 //! Every PCR the list names must be in the agent's quote, with one of its values;
 //! PCRs the agent quotes that the list does not name are not checked. The file is
-//! checked on every use and re-read when its modification time or size changes; a
+//! checked on every use and re-read when it changes (another file renamed over it,
+//! or its size, modification or change time moves); a
 //! file that no longer parses (or cannot be read) is reported in the log with the
 //! line and what is wrong, and the previous list stays in force. At start-up an
 //! unusable file stops the server.
@@ -40,8 +41,34 @@ pub struct PcrPolicy {
 
 #[derive(Debug, Default)]
 struct Loaded {
-    stamp: Option<(Option<SystemTime>, u64)>,
+    stamp: Option<Stamp>,
     allowed: Allowed,
+}
+
+/// What tells one version of the file from another without reading it: the
+/// modification time and size alone miss a same-size edit whose time was kept
+/// (`cp -p`, `rsync -t`) or fell in the same clock tick; a rename brings another
+/// inode, and any write or time change moves the change time, which no one sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    dev: u64,
+    ino: u64,
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Self {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 /// Parses the allow-list text; the error names the line and what is wrong.
@@ -104,7 +131,7 @@ impl PcrPolicy {
     fn refresh(&self) -> Result<(), String> {
         let fail = |e: String| format!("{} {}: {e}", self.setting, self.path.display());
         let meta = std::fs::metadata(&self.path).map_err(|e| fail(e.to_string()))?;
-        let stamp = (meta.modified().ok(), meta.len());
+        let stamp = Stamp::of(&meta);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.stamp == Some(stamp) {
             return Ok(());
@@ -208,5 +235,45 @@ mod tests {
         // Unreadable at start-up: an error naming the setting and the file.
         let e = PcrPolicy::open(&dir.path().join("none"), "x.pcr_allow_list").unwrap_err();
         assert!(e.starts_with("x.pcr_allow_list "), "{e}");
+    }
+
+    /// An edit that keeps the file's size and modification time (one SHA-256 value
+    /// replaced by another, the file copied with its time kept, as `cp -p`,
+    /// `install -p` or `rsync -t` do, or two writes within one tick of the
+    /// file system's clock) is still seen, replaced atomically or in place.
+    #[test]
+    fn same_size_edits_with_the_old_modification_time_are_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pcrs.txt");
+        std::fs::write(&path, format!("0 {}\n", "01".repeat(32))).unwrap();
+        let old = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let p = PcrPolicy::open(&path, "node_attestors.tpm_ek.pcr_allow_list").unwrap();
+        p.check(&quote(&[0], &[1])).unwrap();
+
+        // Replaced by rename: the value 01.. withdrawn, 02.. allowed.
+        let staged = dir.path().join("pcrs.new");
+        std::fs::write(&staged, format!("0 {}\n", "02".repeat(32))).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&staged)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        std::fs::rename(&staged, &path).unwrap();
+        let e = p.check(&quote(&[0], &[1])).unwrap_err();
+        assert!(e.starts_with("PCR 0 is 0101"), "{e}");
+        p.check(&quote(&[0], &[2])).unwrap();
+
+        // Rewritten in place, the time set back.
+        std::fs::write(&path, format!("0 {}\n", "03".repeat(32))).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let e = p.check(&quote(&[0], &[2])).unwrap_err();
+        assert!(e.starts_with("PCR 0 is 0202"), "{e}");
+        p.check(&quote(&[0], &[3])).unwrap();
     }
 }
