@@ -27,6 +27,9 @@ use tessera_tpm::device::MAX_PCR;
 use tessera_tpm::verifier::quote::PcrQuote;
 use tessera_tpm::wire::hex;
 
+/// The largest allow-list read (24 PCRs with thousands of values each fit).
+const MAX_FILE: u64 = 4 << 20;
+
 /// PCR index to its allowed values (lower-case hex).
 type Allowed = BTreeMap<u8, BTreeSet<String>>;
 
@@ -136,6 +139,19 @@ impl PcrPolicy {
         if state.stamp == Some(stamp) {
             return Ok(());
         }
+        // Not a FIFO (reading it would hold every TPM attestation and renewal until
+        // someone writes to it) nor a device, and not more than any list needs.
+        if !meta.is_file() {
+            state.stamp = Some(stamp);
+            return Err(fail(format!("not a regular file ({:?})", meta.file_type())));
+        }
+        if meta.len() > MAX_FILE {
+            state.stamp = Some(stamp);
+            return Err(fail(format!(
+                "{} bytes, more than the {MAX_FILE} a PCR allow-list may have",
+                meta.len()
+            )));
+        }
         let text = std::fs::read_to_string(&self.path).map_err(|e| fail(e.to_string()))?;
         // Remember the stamp even when the text is bad: the error is reported once
         // per change, not on every check.
@@ -235,6 +251,50 @@ mod tests {
         // Unreadable at start-up: an error naming the setting and the file.
         let e = PcrPolicy::open(&dir.path().join("none"), "x.pcr_allow_list").unwrap_err();
         assert!(e.starts_with("x.pcr_allow_list "), "{e}");
+    }
+
+    /// Hostile files at the list's path: refused with a reason, not waited on, and
+    /// the list in force stays.
+    #[test]
+    fn fifos_devices_and_huge_files_are_refused_and_the_list_in_force_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pcrs.txt");
+        let setting = "node_attestors.tpm_ek.pcr_allow_list";
+        // At start-up: each stops the server with a reason.
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(MAX_FILE + 1)
+            .unwrap();
+        let e = PcrPolicy::open(&path, setting).unwrap_err();
+        assert!(e.contains("more than the"), "{e}");
+        let e = PcrPolicy::open(Path::new("/dev/zero"), setting).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+
+        // While running: a FIFO renamed over the list is not read (which would
+        // wait for a writer forever); the list in force stays.
+        std::fs::write(&path, format!("0 {}\n", "01".repeat(32))).unwrap();
+        let p = std::sync::Arc::new(PcrPolicy::open(&path, setting).unwrap());
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        std::fs::rename(&fifo, &path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let checking = p.clone();
+        std::thread::spawn(move || {
+            tx.send((
+                checking.check(&quote(&[0], &[1])),
+                checking.check(&quote(&[0], &[2])),
+            ))
+            .unwrap();
+        });
+        let (good, bad) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("checking a quote waited on a FIFO");
+        good.unwrap();
+        assert!(bad.unwrap_err().starts_with("PCR 0 is 0202"));
     }
 
     /// An edit that keeps the file's size and modification time (one SHA-256 value
