@@ -247,6 +247,27 @@ fn forged_quotes(backend: Backend) {
         }),
         "the PCR values sent do not hash to the quoted PCR digest",
     );
+    refused(
+        "a PCR the selection cannot name (index 99) beside the quoted one",
+        tpm_agent::attest(&server, &ta, &key, |at| {
+            let q = attestation_qualifying_data(&at.nonce, &at.csr);
+            let mut pq = quote(&ta, at.ak.as_ref().unwrap(), &q);
+            pq.pcrs.push(99);
+            pq.values.push(pq.values[0].clone());
+            with_quote(pq)
+        }),
+        "the PCR quote covers other PCRs than the values sent",
+    );
+    refused(
+        "more values than PCRs",
+        tpm_agent::attest(&server, &ta, &key, |at| {
+            let q = attestation_qualifying_data(&at.nonce, &at.csr);
+            let mut pq = quote(&ta, at.ak.as_ref().unwrap(), &q);
+            pq.values.push(pq.values[0].clone());
+            with_quote(pq)
+        }),
+        "the PCR quote covers other PCRs than the values sent",
+    );
     assert!(agents(&server).is_empty(), "a refused agent was recorded");
 
     // The genuine quote.
