@@ -100,7 +100,23 @@ pub enum TpmAuthError {
         /// Where it was read from.
         what: String,
     },
+    /// Longer than any TPM takes.
+    #[error(
+        "[tpm] {hierarchy} hierarchy password: {what} holds {len} bytes, and a TPM hierarchy password (a TPM2B_AUTH) has at most {MAX_HIERARCHY_AUTH}: is it the right file?"
+    )]
+    TooLong {
+        /// The hierarchy.
+        hierarchy: Hierarchy,
+        /// Where it was read from.
+        what: String,
+        /// Its length.
+        len: usize,
+    },
 }
+
+/// The longest hierarchy password a TPM can hold: a TPM2B_AUTH is at most the size of
+/// the largest digest (SHA-512's 64 bytes, on TPMs that have it).
+pub const MAX_HIERARCHY_AUTH: usize = 64;
 
 impl TpmSettings {
     fn source(&self, h: Hierarchy) -> Result<Option<SecretSource>, TpmAuthError> {
@@ -145,6 +161,13 @@ impl TpmSettings {
                 return Err(TpmAuthError::Empty {
                     hierarchy: h,
                     what: source.describe(),
+                });
+            }
+            if text.len() > MAX_HIERARCHY_AUTH {
+                return Err(TpmAuthError::TooLong {
+                    hierarchy: h,
+                    what: source.describe(),
+                    len: text.len(),
                 });
             }
             let value = Some(Zeroizing::new(text.as_bytes().to_vec()));
@@ -347,6 +370,31 @@ mod tests {
             e.contains("endorsement hierarchy password") && e.contains("empty"),
             "{e}"
         );
+
+        // A PEM file or a key named by mistake: longer than any TPM takes.
+        let long = dir.path().join("long");
+        std::fs::write(&long, format!("{}\n", "p".repeat(65))).unwrap();
+        let s = TpmSettings {
+            owner_auth_file: Some(long.clone()),
+            ..Default::default()
+        };
+        let e = s.hierarchy_auth().unwrap_err().to_string();
+        assert!(
+            e.contains("owner hierarchy password") && e.contains("holds 65 bytes"),
+            "{e}"
+        );
+        std::fs::write(&long, "p".repeat(64)).unwrap();
+        assert_eq!(
+            s.hierarchy_auth().unwrap().value(Hierarchy::Owner).len(),
+            64
+        );
+        // A directory.
+        let s = TpmSettings {
+            owner_auth_file: Some(dir.path().to_owned()),
+            ..Default::default()
+        };
+        let e = s.hierarchy_auth().unwrap_err().to_string();
+        assert!(e.contains("owner hierarchy password"), "{e}");
 
         let s = TpmSettings {
             endorsement_auth_file: Some(dir.path().join("missing")),
