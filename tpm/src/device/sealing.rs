@@ -89,6 +89,11 @@ impl SealedSecret {
 
     /// The secret, recomputed by the TPM; [`DeviceError::ForeignKey`] on another TPM.
     pub fn unseal(&self, tpm: &Tpm) -> Result<Zeroizing<[u8; 32]>, DeviceError> {
+        if !on_p256(&self.point) {
+            return Err(DeviceError::Malformed(
+                "the sealed secret's point is not a point on P-256 (damaged)".into(),
+            ));
+        }
         let z = tpm.with(|dev| dev.ecdh_zgen(&self.key, &self.point))?;
         Ok(derive(&z))
     }
@@ -112,11 +117,25 @@ impl SealedSecret {
                 "sealed secret (empty key or bad point)",
             ));
         }
+        if !on_p256(&point) {
+            return Err(StructureError::Invalid(
+                "sealed secret (its point is not a point on P-256)",
+            ));
+        }
         Ok(Self {
             key: KeyBlob { public, private },
             point,
         })
     }
+}
+
+/// Whether `point` is an uncompressed point on P-256 (ring checks it when agreeing
+/// with a throwaway key): a damaged one is told from a TPM that fails.
+fn on_p256(point: &[u8]) -> bool {
+    EphemeralPrivateKey::generate(&ECDH_P256, &SystemRandom::new())
+        .ok()
+        .and_then(|k| agree_ephemeral(k, &UnparsedPublicKey::new(&ECDH_P256, point), |_| ()).ok())
+        .is_some()
 }
 
 /// The uncompressed point's coordinates.

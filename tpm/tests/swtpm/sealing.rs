@@ -39,6 +39,24 @@ fn a_sealed_secret_opens_only_on_its_tpm() {
     let mut long = stored.clone();
     long.push(0);
     assert!(SealedSecret::from_bytes(&long).is_err());
+    // A point off the curve (one bit of its y flipped): refused as damaged when
+    // read (so the agent seals a new key), not handed to the TPM, whose refusal
+    // would read as a TPM that cannot unseal now, run after run.
+    let mut off_curve = stored.clone();
+    let last = off_curve.len() - 1;
+    off_curve[last] ^= 1;
+    let e = SealedSecret::from_bytes(&off_curve)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a point on P-256"), "{e}");
+    let damaged = SealedSecret {
+        key: sealed.key.clone(),
+        point: off_curve[off_curve.len() - 65..].to_vec(),
+    };
+    match damaged.unseal(&tpm) {
+        Err(DeviceError::ForeignKey(_) | DeviceError::Malformed(_)) => {}
+        other => panic!("an off-curve point was not refused as damaged: {other:?}"),
+    }
 }
 
 crate::common::per_backend!(a_sealed_secret_opens_only_on_its_tpm);
