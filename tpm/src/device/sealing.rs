@@ -117,6 +117,25 @@ impl SealedSecret {
                 "sealed secret (empty key or bad point)",
             ));
         }
+        // The key is one `create` made: the template's, but for its point. Any other
+        // public area is damage the TPM would refuse with an error that reads as
+        // a failing TPM (reserved bits, attributes), not as a foreign key.
+        let mut expected = ecdh_key_template();
+        if let (
+            PublicParams::Ecc { x, y, .. },
+            PublicParams::Ecc {
+                x: got_x, y: got_y, ..
+            },
+        ) = (&mut expected.params, &public.params)
+        {
+            x.clone_from(got_x);
+            y.clone_from(got_y);
+        }
+        if public != expected {
+            return Err(StructureError::Invalid(
+                "sealed secret (its key is not one made from the sealing template)",
+            ));
+        }
         if !on_p256(&point) {
             return Err(StructureError::Invalid(
                 "sealed secret (its point is not a point on P-256)",
