@@ -50,11 +50,11 @@ pub struct TpmDevIdConfig {
     pub devid_dir: Option<PathBuf>,
     /// The persistent handle of a factory DevID key (default 0x81020000 when
     /// `devid_dir` is not set); takes the key from there even with `devid_dir`.
-    #[serde(default, deserialize_with = "handle")]
+    #[serde(default, deserialize_with = "persistent_handle")]
     pub devid_key_handle: Option<u32>,
     /// The NV index of a factory DevID certificate chain (DER; default 0x01C90000
     /// when `devid_dir` is not set); takes the chain from there even with `devid_dir`.
-    #[serde(default, deserialize_with = "handle")]
+    #[serde(default, deserialize_with = "nv_index")]
     pub devid_cert_nv_index: Option<u32>,
     /// The EK: `rsa-2048`, `ecc-p256`, `ecc-p384` (default: the first with a certificate).
     #[serde(default)]
@@ -100,7 +100,23 @@ pub enum TpmAuthError {
         /// Where it was read from.
         what: String,
     },
+    /// Longer than any TPM takes.
+    #[error(
+        "[tpm] {hierarchy} hierarchy password: {what} holds {len} bytes, and a TPM hierarchy password (a TPM2B_AUTH) has at most {MAX_HIERARCHY_AUTH}: is it the right file?"
+    )]
+    TooLong {
+        /// The hierarchy.
+        hierarchy: Hierarchy,
+        /// Where it was read from.
+        what: String,
+        /// Its length.
+        len: usize,
+    },
 }
+
+/// The longest hierarchy password a TPM can hold: a TPM2B_AUTH is at most the size of
+/// the largest digest (SHA-512's 64 bytes, on TPMs that have it).
+pub const MAX_HIERARCHY_AUTH: usize = 64;
 
 impl TpmSettings {
     fn source(&self, h: Hierarchy) -> Result<Option<SecretSource>, TpmAuthError> {
@@ -147,6 +163,13 @@ impl TpmSettings {
                     what: source.describe(),
                 });
             }
+            if text.len() > MAX_HIERARCHY_AUTH {
+                return Err(TpmAuthError::TooLong {
+                    hierarchy: h,
+                    what: source.describe(),
+                    len: text.len(),
+                });
+            }
             let value = Some(Zeroizing::new(text.as_bytes().to_vec()));
             match h {
                 Hierarchy::Owner => auth.owner = value,
@@ -182,6 +205,56 @@ pub fn handle<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> 
                 .map_err(|_| serde::de::Error::custom(format!("{t:?} is not a 32-bit hex handle")))
         }
     }
+}
+
+/// Checks that `h` is a persistent handle (0x81000000 to 0x81FFFFFF); the error
+/// says what kind of handle it is instead.
+pub fn check_persistent_handle(h: u32) -> Result<u32, String> {
+    if h >> 24 == 0x81 {
+        return Ok(h);
+    }
+    Err(format!(
+        "{h:#010x} is {}, not a persistent handle (0x81000000 to 0x81ffffff)",
+        handle_kind(h)
+    ))
+}
+
+/// Checks that `h` is an NV index (0x01000000 to 0x01FFFFFF); the error says what
+/// kind of handle it is instead.
+pub fn check_nv_index(h: u32) -> Result<u32, String> {
+    if h >> 24 == 0x01 {
+        return Ok(h);
+    }
+    Err(format!(
+        "{h:#010x} is {}, not an NV index (0x01000000 to 0x01ffffff)",
+        handle_kind(h)
+    ))
+}
+
+/// What the top octet of a handle says it is (TPM 2.0 Part 2, TPM_HT).
+fn handle_kind(h: u32) -> &'static str {
+    match h >> 24 {
+        0x01 => "an NV index",
+        0x02 | 0x03 => "a session handle",
+        0x40 => "a permanent handle (a hierarchy)",
+        0x80 => "a transient handle (it does not survive a restart)",
+        0x81 => "a persistent handle",
+        _ => "no kind of TPM handle",
+    }
+}
+
+fn persistent_handle<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    handle(d)?
+        .map(check_persistent_handle)
+        .transpose()
+        .map_err(|e| serde::de::Error::custom(format!("devid_key_handle: {e}")))
+}
+
+fn nv_index<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    handle(d)?
+        .map(check_nv_index)
+        .transpose()
+        .map_err(|e| serde::de::Error::custom(format!("devid_cert_nv_index: {e}")))
 }
 
 #[cfg(test)]
@@ -220,6 +293,49 @@ mod tests {
     }
 
     #[test]
+    fn devid_handles_of_the_wrong_kind_are_refused_with_what_they_are() {
+        let section = |extra: &str| {
+            toml::from_str::<TpmDevIdConfig>(&format!("tcti = \"swtpm:port=2321\"\n{extra}"))
+                .map(|c| (c.devid_key_handle, c.devid_cert_nv_index))
+        };
+        assert_eq!(
+            section("devid_key_handle = \"0x81020001\"\ndevid_cert_nv_index = \"0x01C90001\"")
+                .unwrap(),
+            (Some(0x8102_0001), Some(0x01C9_0001))
+        );
+        for (bad, says) in [
+            // The two swapped: a common slip.
+            (
+                "devid_cert_nv_index = \"0x81020000\"",
+                "devid_cert_nv_index: 0x81020000 is a persistent handle, not an NV index",
+            ),
+            (
+                "devid_key_handle = \"0x01C90000\"",
+                "devid_key_handle: 0x01c90000 is an NV index, not a persistent handle",
+            ),
+            (
+                "devid_key_handle = \"0x80000001\"",
+                "is a transient handle (it does not survive a restart), not a persistent handle",
+            ),
+            (
+                "devid_key_handle = \"0x40000001\"",
+                "is a permanent handle (a hierarchy)",
+            ),
+            (
+                "devid_cert_nv_index = 0",
+                "devid_cert_nv_index: 0x00000000 is no kind of TPM handle, not an NV index",
+            ),
+            (
+                "devid_cert_nv_index = \"0xFFFFFFFF\"",
+                "0xffffffff is no kind of TPM handle",
+            ),
+        ] {
+            let e = section(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn passwords_come_from_files_and_credentials() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("owner");
@@ -254,6 +370,31 @@ mod tests {
             e.contains("endorsement hierarchy password") && e.contains("empty"),
             "{e}"
         );
+
+        // A PEM file or a key named by mistake: longer than any TPM takes.
+        let long = dir.path().join("long");
+        std::fs::write(&long, format!("{}\n", "p".repeat(65))).unwrap();
+        let s = TpmSettings {
+            owner_auth_file: Some(long.clone()),
+            ..Default::default()
+        };
+        let e = s.hierarchy_auth().unwrap_err().to_string();
+        assert!(
+            e.contains("owner hierarchy password") && e.contains("holds 65 bytes"),
+            "{e}"
+        );
+        std::fs::write(&long, "p".repeat(64)).unwrap();
+        assert_eq!(
+            s.hierarchy_auth().unwrap().value(Hierarchy::Owner).len(),
+            64
+        );
+        // A directory.
+        let s = TpmSettings {
+            owner_auth_file: Some(dir.path().to_owned()),
+            ..Default::default()
+        };
+        let e = s.hierarchy_auth().unwrap_err().to_string();
+        assert!(e.contains("owner hierarchy password"), "{e}");
 
         let s = TpmSettings {
             endorsement_auth_file: Some(dir.path().join("missing")),

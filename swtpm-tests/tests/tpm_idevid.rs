@@ -203,10 +203,12 @@ fn agents(server: &Server) -> usize {
     v.as_array().unwrap().len()
 }
 
+// Fields drop in this order: the server and swtpm stop before their folder goes
+// (swtpm is stopped through the pid file in it).
 struct Setup {
-    dir: tessera_swtpm_tests::TestDir,
-    tpm: Swtpm,
     server: Server,
+    tpm: Swtpm,
+    dir: tessera_swtpm_tests::TestDir,
 }
 
 fn setup(name: &str) -> Setup {
@@ -226,7 +228,7 @@ fn setup(name: &str) -> Setup {
     std::fs::write(dir.path().join("owner.pw"), format!("{OWNER_PW}\n")).unwrap();
     std::fs::write(dir.path().join("endorsement.pw"), ENDORSEMENT_PW).unwrap();
     std::fs::write(dir.path().join("wrong.pw"), "not-the-password\n").unwrap();
-    Setup { dir, tpm, server }
+    Setup { server, tpm, dir }
 }
 
 impl Setup {

@@ -6,7 +6,8 @@
 //! agent renew again, with its selector following the PCR. Hand-made agents on both
 //! backends: a quote over a wrong nonce, one by another TPM's AK, values that are
 //! not the quoted ones and a missing quote are each refused with their reason and
-//! nothing issued.
+//! nothing issued. Without an allow-list, a renewal that leaves its quote out leaves
+//! the node no PCR selector.
 
 #![allow(
     clippy::expect_used,
@@ -246,6 +247,27 @@ fn forged_quotes(backend: Backend) {
         }),
         "the PCR values sent do not hash to the quoted PCR digest",
     );
+    refused(
+        "a PCR the selection cannot name (index 99) beside the quoted one",
+        tpm_agent::attest(&server, &ta, &key, |at| {
+            let q = attestation_qualifying_data(&at.nonce, &at.csr);
+            let mut pq = quote(&ta, at.ak.as_ref().unwrap(), &q);
+            pq.pcrs.push(99);
+            pq.values.push(pq.values[0].clone());
+            with_quote(pq)
+        }),
+        "the PCR quote covers other PCRs than the values sent",
+    );
+    refused(
+        "more values than PCRs",
+        tpm_agent::attest(&server, &ta, &key, |at| {
+            let q = attestation_qualifying_data(&at.nonce, &at.csr);
+            let mut pq = quote(&ta, at.ak.as_ref().unwrap(), &q);
+            pq.values.push(pq.values[0].clone());
+            with_quote(pq)
+        }),
+        "the PCR quote covers other PCRs than the values sent",
+    );
     assert!(agents(&server).is_empty(), "a refused agent was recorded");
 
     // The genuine quote.
@@ -297,4 +319,83 @@ fn forged_quotes_are_refused_with_a_reason_and_nothing_issued_esapi() {
 #[test]
 fn forged_quotes_are_refused_with_a_reason_and_nothing_issued_native() {
     forged_quotes(Backend::Native);
+}
+
+fn pcr_selectors(server: &Server) -> Vec<String> {
+    agents(server)[0]["selectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.as_str())
+        .filter(|s| s.starts_with("tpm:pcr:"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Without an allow-list, the PCR selectors are what the last renewal's quote
+/// showed: an agent whose PCR changed cannot keep the old selector (and the entries
+/// that depend on it) by leaving the quote out of its renewal.
+#[test]
+fn a_renewal_without_a_quote_drops_the_pcr_selectors() {
+    let dir = test_dir("tpm-quote-dropped");
+    let a = Swtpm::start(&dir.path().join("tpm-a"));
+    let server = Server::start(
+        &dir.path().join("server"),
+        &format!(
+            "[node_attestors.tpm_ek]\nek_ca_bundle = [{:?}]\nek_intermediates = [{:?}]\n",
+            a.ek_ca_root.display().to_string(),
+            a.ek_ca_intermediate.display().to_string(),
+        ),
+    );
+    let ta = Arc::new(Tpm::open_with(Backend::Native, &a.tcti.parse().unwrap()).unwrap());
+    let new_key = || {
+        ta.with(|d| d.create_key(&signing_key_template(KeyType::EcP256)))
+            .unwrap()
+    };
+    let key = new_key();
+    let mut kept = None;
+    let chain = tpm_agent::attest(&server, &ta, &key, |at| {
+        let ak = at.ak.clone().unwrap();
+        let q = attestation_qualifying_data(&at.nonce, &at.csr);
+        let quote = quote_pcrs(&ta, &ak, &[PCR], &q).unwrap();
+        kept = Some(ak);
+        Proofs {
+            key_certify: None,
+            pcr_quote: Some(quote),
+        }
+    })
+    .expect("the agent attests with its quote");
+    let ak = kept.unwrap();
+    // Read through the same connection: the simulator serves one client at a time.
+    let value = hex(&ta.with(|d| d.pcr_read(&[PCR])).unwrap()[0]);
+    let before = format!("tpm:pcr:{PCR}:{value}");
+    assert_eq!(pcr_selectors(&server), std::slice::from_ref(&before));
+
+    // A renewal with a quote keeps the selector up to date.
+    let key2 = new_key();
+    let chain2 = tpm_agent::renew(&server, &ta, &chain, &key, &key2, |at| Proofs {
+        key_certify: None,
+        pcr_quote: Some(
+            quote_pcrs(
+                &ta,
+                &ak,
+                &[PCR],
+                &renewal_qualifying_data(&at.serial, &at.csr),
+            )
+            .unwrap(),
+        ),
+    })
+    .expect("a renewal with a quote");
+    assert_eq!(pcr_selectors(&server), [before]);
+
+    // The agent renews without a quote (as one whose PCR moved on would, to keep
+    // the old value's selector): no PCR selector is left.
+    let key3 = new_key();
+    tpm_agent::renew(&server, &ta, &chain2, &key2, &key3, |_| Proofs::default())
+        .expect("without an allow-list a renewal needs no quote");
+    assert_eq!(
+        pcr_selectors(&server),
+        Vec::<String>::new(),
+        "the PCR selector of an unproven measured state stayed"
+    );
 }

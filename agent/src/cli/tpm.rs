@@ -80,10 +80,10 @@ pub enum TpmCommand {
         #[arg(long, conflicts_with = "devid_dir")]
         factory_devid: bool,
         /// The factory DevID key's persistent handle (hex).
-        #[arg(long, default_value = "0x81020000", value_parser = parse_handle)]
+        #[arg(long, default_value = "0x81020000", value_parser = parse_persistent_handle)]
         devid_key_handle: u32,
         /// The factory DevID certificates' NV index (hex).
-        #[arg(long, default_value = "0x01C90000", value_parser = parse_handle)]
+        #[arg(long, default_value = "0x01C90000", value_parser = parse_nv_index)]
         devid_cert_nv_index: u32,
         #[arg(long, value_enum, default_value_t)]
         output: InfoOutput,
@@ -109,6 +109,14 @@ fn parse_handle(s: &str) -> Result<u32, String> {
         .or_else(|| s.strip_prefix("0X"))
         .ok_or_else(|| format!("{s:?}: write the handle in hex, as 0x81020000"))?;
     u32::from_str_radix(hex, 16).map_err(|_| format!("{s:?} is not a 32-bit hex handle"))
+}
+
+fn parse_persistent_handle(s: &str) -> Result<u32, String> {
+    parse_handle(s).and_then(crate::tpm_settings::check_persistent_handle)
+}
+
+fn parse_nv_index(s: &str) -> Result<u32, String> {
+    parse_handle(s).and_then(crate::tpm_settings::check_nv_index)
 }
 
 /// Opens the TPM and sets the hierarchy passwords given.

@@ -57,6 +57,48 @@ impl std::fmt::Debug for SvidStore {
     }
 }
 
+/// The largest cache file read (a cache of thousands of SVIDs is a few MiB).
+pub const MAX_CACHE_FILE: u64 = 64 << 20;
+/// The largest key file read (either kind is well under a KiB).
+const MAX_KEY_FILE: u64 = 64 << 10;
+
+/// Reads the state file `path`: only a regular file of at most `max` bytes, opened
+/// without following a symbolic link and without waiting on a FIFO; anything else
+/// (a link, a FIFO, a device, a directory, a huge file) is an `InvalidData` error
+/// saying what it is, never read.
+fn read_state_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let refused = |what: String| Error::new(ErrorKind::InvalidData, what);
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => refused("a symbolic link, not followed".into()),
+            _ => e,
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(refused(format!(
+            "not a regular file ({:?})",
+            meta.file_type()
+        )));
+    }
+    if meta.len() > max {
+        return Err(refused(format!(
+            "{} bytes, more than the {max} expected",
+            meta.len()
+        )));
+    }
+    let mut data = Vec::new();
+    file.take(max + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > max {
+        return Err(refused(format!("more than the {max} bytes expected")));
+    }
+    Ok(data)
+}
+
 fn write(path: &Path, data: &[u8]) -> std::io::Result<()> {
     tessera_process::fs::write_atomic(path, data, 0o600)
 }
@@ -102,9 +144,17 @@ impl SvidStore {
     /// logged and removed.
     pub fn load(&self) -> Option<CacheRecord> {
         let path = self.cache_path();
-        let data = match std::fs::read(&path) {
+        let data = match read_state_file(&path, MAX_CACHE_FILE) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                tracing::warn!(
+                    "the SVID cache {} is unusable ({e}): discarded; SVIDs come from the server",
+                    path.display()
+                );
+                remove(&path);
+                return None;
+            }
             Err(e) => {
                 tracing::warn!("cannot read the SVID cache {}: {e}", path.display());
                 return None;
@@ -153,9 +203,16 @@ fn new_sealed(dir: &Path, tpm: &Tpm) -> Option<Zeroizing<[u8; 32]>> {
 
 fn tpm_key(dir: &Path, tpm: &Tpm) -> Option<Zeroizing<[u8; 32]>> {
     let path = dir.join(SEALED_KEY_FILE);
-    let data = match std::fs::read(&path) {
+    let data = match read_state_file(&path, MAX_KEY_FILE) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return new_sealed(dir, tpm),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            tracing::warn!(
+                "{} is unusable ({e}): the SVID cache is discarded and a new key sealed",
+                path.display()
+            );
+            return new_sealed(dir, tpm);
+        }
         Err(e) => {
             tracing::warn!(
                 "cannot read {}: {e}; SVIDs are not persisted",
@@ -194,7 +251,7 @@ fn tpm_key(dir: &Path, tpm: &Tpm) -> Option<Zeroizing<[u8; 32]>> {
 
 fn file_key(dir: &Path) -> Option<Zeroizing<[u8; 32]>> {
     let path = dir.join(KEY_FILE);
-    match std::fs::read(&path) {
+    match read_state_file(&path, MAX_KEY_FILE) {
         Ok(d) if d.len() == 32 => {
             tessera_process::secret::warn_if_shared(&path);
             let mut key = Zeroizing::new([0u8; 32]);
@@ -210,6 +267,12 @@ fn file_key(dir: &Path) -> Option<Zeroizing<[u8; 32]>> {
             );
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            tracing::warn!(
+                "{} is unusable ({e}): the SVID cache is discarded and a new key made",
+                path.display()
+            );
+        }
         Err(e) => {
             tracing::warn!(
                 "cannot read {}: {e}; SVIDs are not persisted",
@@ -289,5 +352,62 @@ mod tests {
         let fresh = SvidStore::open(dir.path(), None).unwrap();
         assert!(fresh.load().is_none());
         assert_eq!(std::fs::read(dir.path().join(KEY_FILE)).unwrap().len(), 32);
+    }
+
+    /// `load` on another thread, with a bound: a hostile file must not hang it.
+    fn load_within(store: SvidStore) -> Option<CacheRecord> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(store.load()).unwrap());
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("loading the SVID cache hung")
+    }
+
+    #[test]
+    fn hostile_files_at_the_cache_path_are_neither_followed_nor_read_and_the_good_cache_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CACHE_FILE);
+        let r = record::tests::sample();
+        let open = || SvidStore::open(dir.path(), None).unwrap();
+
+        // A symlink to a good cache elsewhere: not followed, the link goes, the
+        // target stays untouched.
+        let elsewhere = tempfile::tempdir().unwrap();
+        open().save(&r);
+        let target = elsewhere.path().join("real");
+        std::fs::rename(&path, &target).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(load_within(open()).is_none(), "a symlinked cache was read");
+        assert!(std::fs::symlink_metadata(&path).is_err(), "the link stays");
+        assert!(target.exists());
+
+        // A symlink to an endless device: refused at once.
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        assert!(load_within(open()).is_none());
+        assert!(std::fs::symlink_metadata(&path).is_err());
+
+        // A FIFO no one writes to: refused at once, not waited on.
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert!(load_within(open()).is_none());
+        assert!(std::fs::symlink_metadata(&path).is_err());
+
+        // A file larger than any cache: refused without reading it all.
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(MAX_CACHE_FILE + 1)
+            .unwrap();
+        assert!(load_within(open()).is_none());
+
+        // And a good cache saved after all that is read back.
+        open().save(&r);
+        assert_eq!(load_within(open()).unwrap(), r);
+        // A directory in its place: not removed (it may hold something), no cache.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(load_within(open()).is_none());
+        assert!(path.is_dir());
     }
 }

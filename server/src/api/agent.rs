@@ -538,9 +538,16 @@ impl Node for AgentApi {
         } else {
             node
         };
-        // Selectors that depend on the measured state follow it.
-        let node = match measured {
-            super::measured_boot::Outcome::Ok(pcr) => {
+        // Selectors that depend on the measured state follow it: a renewal without
+        // a verified quote leaves none (else an agent whose PCRs moved on would keep
+        // the old values' selectors by leaving its quote out).
+        let pcr = match measured {
+            super::measured_boot::Outcome::Ok(pcr) => Some(pcr),
+            _ if super::key_proof::is_tpm_attestor(attestor) => Some(Vec::new()),
+            _ => None,
+        };
+        let node = match pcr {
+            Some(pcr) => {
                 let selectors = super::measured_boot::with_pcr_selectors(&node.selectors, pcr);
                 if selectors == node.selectors {
                     node
@@ -551,7 +558,7 @@ impl Node for AgentApi {
                     node
                 }
             }
-            _ => node,
+            None => node,
         };
         self.state.nodes.put(&caller.id, Some(node));
         self.state.audit.record(&audit::Svid {

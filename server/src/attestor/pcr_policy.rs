@@ -12,7 +12,8 @@
 //!
 //! Every PCR the list names must be in the agent's quote, with one of its values;
 //! PCRs the agent quotes that the list does not name are not checked. The file is
-//! checked on every use and re-read when its modification time or size changes; a
+//! checked on every use and re-read when it changes (another file renamed over it,
+//! or its size, modification or change time moves); a
 //! file that no longer parses (or cannot be read) is reported in the log with the
 //! line and what is wrong, and the previous list stays in force. At start-up an
 //! unusable file stops the server.
@@ -25,6 +26,9 @@ use std::time::SystemTime;
 use tessera_tpm::device::MAX_PCR;
 use tessera_tpm::verifier::quote::PcrQuote;
 use tessera_tpm::wire::hex;
+
+/// The largest allow-list read (24 PCRs with thousands of values each fit).
+const MAX_FILE: u64 = 4 << 20;
 
 /// PCR index to its allowed values (lower-case hex).
 type Allowed = BTreeMap<u8, BTreeSet<String>>;
@@ -40,8 +44,34 @@ pub struct PcrPolicy {
 
 #[derive(Debug, Default)]
 struct Loaded {
-    stamp: Option<(Option<SystemTime>, u64)>,
+    stamp: Option<Stamp>,
     allowed: Allowed,
+}
+
+/// What tells one version of the file from another without reading it: the
+/// modification time and size alone miss a same-size edit whose time was kept
+/// (`cp -p`, `rsync -t`) or fell in the same clock tick; a rename brings another
+/// inode, and any write or time change moves the change time, which no one sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    dev: u64,
+    ino: u64,
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Self {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 /// Parses the allow-list text; the error names the line and what is wrong.
@@ -104,10 +134,23 @@ impl PcrPolicy {
     fn refresh(&self) -> Result<(), String> {
         let fail = |e: String| format!("{} {}: {e}", self.setting, self.path.display());
         let meta = std::fs::metadata(&self.path).map_err(|e| fail(e.to_string()))?;
-        let stamp = (meta.modified().ok(), meta.len());
+        let stamp = Stamp::of(&meta);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.stamp == Some(stamp) {
             return Ok(());
+        }
+        // Not a FIFO (reading it would hold every TPM attestation and renewal until
+        // someone writes to it) nor a device, and not more than any list needs.
+        if !meta.is_file() {
+            state.stamp = Some(stamp);
+            return Err(fail(format!("not a regular file ({:?})", meta.file_type())));
+        }
+        if meta.len() > MAX_FILE {
+            state.stamp = Some(stamp);
+            return Err(fail(format!(
+                "{} bytes, more than the {MAX_FILE} a PCR allow-list may have",
+                meta.len()
+            )));
         }
         let text = std::fs::read_to_string(&self.path).map_err(|e| fail(e.to_string()))?;
         // Remember the stamp even when the text is bad: the error is reported once
@@ -208,5 +251,89 @@ mod tests {
         // Unreadable at start-up: an error naming the setting and the file.
         let e = PcrPolicy::open(&dir.path().join("none"), "x.pcr_allow_list").unwrap_err();
         assert!(e.starts_with("x.pcr_allow_list "), "{e}");
+    }
+
+    /// Hostile files at the list's path: refused with a reason, not waited on, and
+    /// the list in force stays.
+    #[test]
+    fn fifos_devices_and_huge_files_are_refused_and_the_list_in_force_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pcrs.txt");
+        let setting = "node_attestors.tpm_ek.pcr_allow_list";
+        // At start-up: each stops the server with a reason.
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(MAX_FILE + 1)
+            .unwrap();
+        let e = PcrPolicy::open(&path, setting).unwrap_err();
+        assert!(e.contains("more than the"), "{e}");
+        let e = PcrPolicy::open(Path::new("/dev/zero"), setting).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+
+        // While running: a FIFO renamed over the list is not read (which would
+        // wait for a writer forever); the list in force stays.
+        std::fs::write(&path, format!("0 {}\n", "01".repeat(32))).unwrap();
+        let p = std::sync::Arc::new(PcrPolicy::open(&path, setting).unwrap());
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        std::fs::rename(&fifo, &path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let checking = p.clone();
+        std::thread::spawn(move || {
+            tx.send((
+                checking.check(&quote(&[0], &[1])),
+                checking.check(&quote(&[0], &[2])),
+            ))
+            .unwrap();
+        });
+        let (good, bad) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("checking a quote waited on a FIFO");
+        good.unwrap();
+        assert!(bad.unwrap_err().starts_with("PCR 0 is 0202"));
+    }
+
+    /// An edit that keeps the file's size and modification time (one SHA-256 value
+    /// replaced by another, the file copied with its time kept, as `cp -p`,
+    /// `install -p` or `rsync -t` do, or two writes within one tick of the
+    /// file system's clock) is still seen, replaced atomically or in place.
+    #[test]
+    fn same_size_edits_with_the_old_modification_time_are_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pcrs.txt");
+        std::fs::write(&path, format!("0 {}\n", "01".repeat(32))).unwrap();
+        let old = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let p = PcrPolicy::open(&path, "node_attestors.tpm_ek.pcr_allow_list").unwrap();
+        p.check(&quote(&[0], &[1])).unwrap();
+
+        // Replaced by rename: the value 01.. withdrawn, 02.. allowed.
+        let staged = dir.path().join("pcrs.new");
+        std::fs::write(&staged, format!("0 {}\n", "02".repeat(32))).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&staged)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        std::fs::rename(&staged, &path).unwrap();
+        let e = p.check(&quote(&[0], &[1])).unwrap_err();
+        assert!(e.starts_with("PCR 0 is 0101"), "{e}");
+        p.check(&quote(&[0], &[2])).unwrap();
+
+        // Rewritten in place, the time set back.
+        std::fs::write(&path, format!("0 {}\n", "03".repeat(32))).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let e = p.check(&quote(&[0], &[2])).unwrap_err();
+        assert!(e.starts_with("PCR 0 is 0202"), "{e}");
+        p.check(&quote(&[0], &[3])).unwrap();
     }
 }

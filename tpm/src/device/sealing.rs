@@ -89,6 +89,11 @@ impl SealedSecret {
 
     /// The secret, recomputed by the TPM; [`DeviceError::ForeignKey`] on another TPM.
     pub fn unseal(&self, tpm: &Tpm) -> Result<Zeroizing<[u8; 32]>, DeviceError> {
+        if !on_p256(&self.point) {
+            return Err(DeviceError::Malformed(
+                "the sealed secret's point is not a point on P-256 (damaged)".into(),
+            ));
+        }
         let z = tpm.with(|dev| dev.ecdh_zgen(&self.key, &self.point))?;
         Ok(derive(&z))
     }
@@ -112,11 +117,44 @@ impl SealedSecret {
                 "sealed secret (empty key or bad point)",
             ));
         }
+        // The key is one `create` made: the template's, but for its point. Any other
+        // public area is damage the TPM would refuse with an error that reads as
+        // a failing TPM (reserved bits, attributes), not as a foreign key.
+        let mut expected = ecdh_key_template();
+        if let (
+            PublicParams::Ecc { x, y, .. },
+            PublicParams::Ecc {
+                x: got_x, y: got_y, ..
+            },
+        ) = (&mut expected.params, &public.params)
+        {
+            x.clone_from(got_x);
+            y.clone_from(got_y);
+        }
+        if public != expected {
+            return Err(StructureError::Invalid(
+                "sealed secret (its key is not one made from the sealing template)",
+            ));
+        }
+        if !on_p256(&point) {
+            return Err(StructureError::Invalid(
+                "sealed secret (its point is not a point on P-256)",
+            ));
+        }
         Ok(Self {
             key: KeyBlob { public, private },
             point,
         })
     }
+}
+
+/// Whether `point` is an uncompressed point on P-256 (ring checks it when agreeing
+/// with a throwaway key): a damaged one is told from a TPM that fails.
+fn on_p256(point: &[u8]) -> bool {
+    EphemeralPrivateKey::generate(&ECDH_P256, &SystemRandom::new())
+        .ok()
+        .and_then(|k| agree_ephemeral(k, &UnparsedPublicKey::new(&ECDH_P256, point), |_| ()).ok())
+        .is_some()
 }
 
 /// The uncompressed point's coordinates.

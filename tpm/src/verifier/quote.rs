@@ -99,6 +99,7 @@ pub fn verify_quote(
     let malformed = |e: crate::wire::StructureError| QuoteError::Malformed(e.to_string());
     let expected = pcr_selection(&quote.pcrs);
     if quote.pcrs.is_empty()
+        || quote.pcrs.iter().any(|&i| i > crate::device::MAX_PCR)
         || quote.pcrs.len() != quote.values.len()
         || quote.pcrs.windows(2).any(|w| w[0] >= w[1])
         || info.len() < expected.len()

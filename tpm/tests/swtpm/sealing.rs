@@ -39,6 +39,52 @@ fn a_sealed_secret_opens_only_on_its_tpm() {
     let mut long = stored.clone();
     long.push(0);
     assert!(SealedSecret::from_bytes(&long).is_err());
+    // A point off the curve (one bit of its y flipped): refused as damaged when
+    // read (so the agent seals a new key), not handed to the TPM, whose refusal
+    // would read as a TPM that cannot unseal now, run after run.
+    let mut off_curve = stored.clone();
+    let last = off_curve.len() - 1;
+    off_curve[last] ^= 1;
+    let e = SealedSecret::from_bytes(&off_curve)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a point on P-256"), "{e}");
+    let damaged = SealedSecret {
+        key: sealed.key.clone(),
+        point: off_curve[off_curve.len() - 65..].to_vec(),
+    };
+    match damaged.unseal(&tpm) {
+        Err(DeviceError::ForeignKey(_) | DeviceError::Malformed(_)) => {}
+        other => panic!("an off-curve point was not refused as damaged: {other:?}"),
+    }
 }
 
 crate::common::per_backend!(a_sealed_secret_opens_only_on_its_tpm);
+
+/// Every single-bit flip of the stored form (key blob and point): refused when
+/// read, refused by the TPM as a key that is not its own (so the agent seals a new
+/// key), or opening to another secret (so the cache does not decrypt); never an
+/// error that would read as a TPM failing for now, which left the cache off at
+/// every start.
+fn every_flipped_bit_reads_as_damaged_not_as_a_failing_tpm() {
+    let sim = Sim::start(Which::A);
+    let tpm = sim.tpm();
+    let (sealed, secret) = SealedSecret::create(&tpm).unwrap();
+    let stored = sealed.to_bytes();
+    let mut transient = Vec::new();
+    for i in 0..stored.len() {
+        let mut bad = stored.clone();
+        bad[i] ^= 0x01;
+        let Ok(parsed) = SealedSecret::from_bytes(&bad) else {
+            continue;
+        };
+        match parsed.unseal(&tpm) {
+            Ok(other) => assert_ne!(*other, *secret, "byte {i} flipped still opens"),
+            Err(DeviceError::ForeignKey(_) | DeviceError::Malformed(_)) => {}
+            Err(e) => transient.push(format!("byte {i}: {e}")),
+        }
+    }
+    assert!(transient.is_empty(), "{transient:#?}");
+}
+
+crate::common::per_backend!(every_flipped_bit_reads_as_damaged_not_as_a_failing_tpm);
