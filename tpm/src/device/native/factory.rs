@@ -4,10 +4,10 @@
 
 use super::NativeDevice;
 use super::command::{Auth, Command, code_error};
-use super::ops::{CC_CERTIFY, CC_SIGN, RH_NULL, ST_HASHCHECK, parse_err};
+use super::ops::{CC_CERTIFY, CC_SIGN, parse_err, sign_params};
 use super::rc;
 use crate::device::{CertifyOutput, DeviceError, Hierarchy, KeyBlob, SigningScheme};
-use crate::wire::{PublicArea, Reader, Signature, alg, put_tpm2b, put_u16, put_u32};
+use crate::wire::{PublicArea, Reader, Signature, alg, put_tpm2b, put_u16};
 
 fn check_persistent(handle: u32) -> Result<(), DeviceError> {
     if (0x8100_0000..=0x81ff_ffff).contains(&handle) {
@@ -17,32 +17,6 @@ fn check_persistent(handle: u32) -> Result<(), DeviceError> {
             "{handle:#010x} is not a persistent handle (0x81000000 to 0x81ffffff)"
         )))
     }
-}
-
-/// TPMT_SIG_SCHEME and a NULL TPMT_TK_HASHCHECK after the digest (TPM2_Sign's
-/// parameters).
-pub(super) fn sign_params(digest: &[u8], scheme: SigningScheme) -> Result<Vec<u8>, DeviceError> {
-    if digest.len() != scheme.hash().size() {
-        return Err(DeviceError::Unsupported(format!(
-            "digest: {} bytes for {:?}, which makes {}",
-            digest.len(),
-            scheme.hash(),
-            scheme.hash().size()
-        )));
-    }
-    let scheme_alg = match scheme {
-        SigningScheme::RsaSsa(_) => alg::RSASSA,
-        SigningScheme::RsaPss(_) => alg::RSAPSS,
-        SigningScheme::Ecdsa(_) => alg::ECDSA,
-    };
-    let mut params = Vec::new();
-    put_tpm2b(&mut params, digest);
-    put_u16(&mut params, scheme_alg);
-    put_u16(&mut params, scheme.hash().id());
-    put_u16(&mut params, ST_HASHCHECK);
-    put_u32(&mut params, RH_NULL);
-    put_tpm2b(&mut params, &[]);
-    Ok(params)
 }
 
 impl NativeDevice {

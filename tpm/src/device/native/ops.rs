@@ -328,28 +328,7 @@ impl NativeDevice {
         digest: &[u8],
         scheme: SigningScheme,
     ) -> Result<Signature, DeviceError> {
-        if digest.len() != scheme.hash().size() {
-            return Err(DeviceError::Unsupported(format!(
-                "digest: {} bytes for {:?}, which makes {}",
-                digest.len(),
-                scheme.hash(),
-                scheme.hash().size()
-            )));
-        }
-        let scheme_alg = match scheme {
-            SigningScheme::RsaSsa(_) => alg::RSASSA,
-            SigningScheme::RsaPss(_) => alg::RSAPSS,
-            SigningScheme::Ecdsa(_) => alg::ECDSA,
-        };
-        let mut params = Vec::new();
-        put_tpm2b(&mut params, digest);
-        put_u16(&mut params, scheme_alg);
-        put_u16(&mut params, scheme.hash().id());
-        // A NULL ticket: the key is unrestricted, so the TPM needs no proof that it
-        // hashed the message itself.
-        put_u16(&mut params, ST_HASHCHECK);
-        put_u32(&mut params, RH_NULL);
-        put_tpm2b(&mut params, &[]);
+        let params = sign_params(digest, scheme)?;
         let key_name = key.public.name();
         let name = "TPM2_Sign";
         self.with_loaded(key, |dev, handle| {
@@ -688,4 +667,32 @@ impl NativeDevice {
             result
         })
     }
+}
+
+/// TPMT_SIG_SCHEME and a NULL TPMT_TK_HASHCHECK after the digest (TPM2_Sign's
+/// parameters).
+pub(super) fn sign_params(digest: &[u8], scheme: SigningScheme) -> Result<Vec<u8>, DeviceError> {
+    if digest.len() != scheme.hash().size() {
+        return Err(DeviceError::Unsupported(format!(
+            "digest: {} bytes for {:?}, which makes {}",
+            digest.len(),
+            scheme.hash(),
+            scheme.hash().size()
+        )));
+    }
+    let scheme_alg = match scheme {
+        SigningScheme::RsaSsa(_) => alg::RSASSA,
+        SigningScheme::RsaPss(_) => alg::RSAPSS,
+        SigningScheme::Ecdsa(_) => alg::ECDSA,
+    };
+    let mut params = Vec::new();
+    put_tpm2b(&mut params, digest);
+    put_u16(&mut params, scheme_alg);
+    put_u16(&mut params, scheme.hash().id());
+    // A NULL ticket: the key is unrestricted, so the TPM needs no proof that it
+    // hashed the message itself.
+    put_u16(&mut params, ST_HASHCHECK);
+    put_u32(&mut params, RH_NULL);
+    put_tpm2b(&mut params, &[]);
+    Ok(params)
 }
