@@ -4,10 +4,10 @@
 
 use super::NativeDevice;
 use super::command::{Auth, Command, code_error};
-use super::ops::{CC_CERTIFY, CC_SIGN, parse_err, sign_params};
+use super::ops::{CC_SIGN, check_qualifying_data, parse_err, sign_params};
 use super::rc;
 use crate::device::{CertifyOutput, DeviceError, Hierarchy, KeyBlob, SigningScheme};
-use crate::wire::{PublicArea, Reader, Signature, alg, put_tpm2b, put_u16};
+use crate::wire::{PublicArea, Reader, Signature, put_tpm2b};
 
 fn check_persistent(handle: u32) -> Result<(), DeviceError> {
     if (0x8100_0000..=0x81ff_ffff).contains(&handle) {
@@ -55,32 +55,15 @@ impl NativeDevice {
         signer: &KeyBlob,
         qualifying_data: &[u8],
     ) -> Result<CertifyOutput, DeviceError> {
-        if qualifying_data.len() > 64 {
-            return Err(DeviceError::Unsupported(format!(
-                "qualifying data: {} bytes (at most 64)",
-                qualifying_data.len()
-            )));
-        }
+        check_qualifying_data(qualifying_data)?;
         let object_name = self.persistent_name(handle)?;
-        let mut params = Vec::new();
-        put_tpm2b(&mut params, qualifying_data);
-        put_u16(&mut params, alg::NULL);
         let signer_name = signer.public.name();
-        let name = "TPM2_Certify";
         self.with_loaded(signer, |dev, signer| {
-            let r = dev.conn()?.execute(&Command {
-                code: CC_CERTIFY,
-                name,
-                handles: &[(handle, &object_name), (signer, &signer_name)],
-                auths: &[Auth::HMAC, Auth::Password],
-                params,
-                response_handles: 0,
-            })?;
-            let mut rd = Reader::new(&r.params, "TPM2_Certify response");
-            let attest = rd.tpm2b().map_err(parse_err(name))?.to_vec();
-            let signature = rd.rest().to_vec();
-            Signature::parse(&signature).map_err(parse_err(name))?;
-            Ok(CertifyOutput { attest, signature })
+            dev.certify_handles(
+                (handle, &object_name),
+                (signer, &signer_name),
+                qualifying_data,
+            )
         })
     }
 

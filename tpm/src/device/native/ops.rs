@@ -350,34 +350,44 @@ impl NativeDevice {
         signer: &KeyBlob,
         qualifying_data: &[u8],
     ) -> Result<CertifyOutput, DeviceError> {
-        if qualifying_data.len() > 64 {
-            return Err(DeviceError::Unsupported(format!(
-                "qualifying data: {} bytes (at most 64)",
-                qualifying_data.len()
-            )));
-        }
+        check_qualifying_data(qualifying_data)?;
+        let (object_name, signer_name) = (object.public.name(), signer.public.name());
+        self.with_loaded(object, |dev, object| {
+            dev.with_loaded(signer, |dev, signer| {
+                dev.certify_handles(
+                    (object, &object_name),
+                    (signer, &signer_name),
+                    qualifying_data,
+                )
+            })
+        })
+    }
+
+    /// TPM2_Certify of the loaded or persistent `object` by the loaded `signer`
+    /// (each a handle with its name).
+    pub(super) fn certify_handles(
+        &mut self,
+        object: (u32, &[u8]),
+        signer: (u32, &[u8]),
+        qualifying_data: &[u8],
+    ) -> Result<CertifyOutput, DeviceError> {
         let mut params = Vec::new();
         put_tpm2b(&mut params, qualifying_data);
         put_u16(&mut params, alg::NULL);
-        let (object_name, signer_name) = (object.public.name(), signer.public.name());
         let name = "TPM2_Certify";
-        self.with_loaded(object, |dev, object| {
-            dev.with_loaded(signer, |dev, signer| {
-                let r = dev.conn()?.execute(&Command {
-                    code: CC_CERTIFY,
-                    name,
-                    handles: &[(object, &object_name), (signer, &signer_name)],
-                    auths: &[Auth::HMAC, Auth::Password],
-                    params,
-                    response_handles: 0,
-                })?;
-                let mut rd = Reader::new(&r.params, "TPM2_Certify response");
-                let attest = rd.tpm2b().map_err(parse_err(name))?.to_vec();
-                let signature = rd.rest().to_vec();
-                Signature::parse(&signature).map_err(parse_err(name))?;
-                Ok(CertifyOutput { attest, signature })
-            })
-        })
+        let r = self.conn()?.execute(&Command {
+            code: CC_CERTIFY,
+            name,
+            handles: &[object, signer],
+            auths: &[Auth::HMAC, Auth::Password],
+            params,
+            response_handles: 0,
+        })?;
+        let mut rd = Reader::new(&r.params, "TPM2_Certify response");
+        let attest = rd.tpm2b().map_err(parse_err(name))?.to_vec();
+        let signature = rd.rest().to_vec();
+        Signature::parse(&signature).map_err(parse_err(name))?;
+        Ok(CertifyOutput { attest, signature })
     }
 
     /// The most NV_Read returns at once (TPM_PT_NV_BUFFER_MAX).
@@ -695,4 +705,15 @@ pub(super) fn sign_params(digest: &[u8], scheme: SigningScheme) -> Result<Vec<u8
     put_u32(&mut params, RH_NULL);
     put_tpm2b(&mut params, &[]);
     Ok(params)
+}
+
+/// TPM2_Certify's qualifying data fits a TPM2B_DATA (64 bytes).
+pub(super) fn check_qualifying_data(qualifying_data: &[u8]) -> Result<(), DeviceError> {
+    if qualifying_data.len() > 64 {
+        return Err(DeviceError::Unsupported(format!(
+            "qualifying data: {} bytes (at most 64)",
+            qualifying_data.len()
+        )));
+    }
+    Ok(())
 }
